@@ -1,0 +1,56 @@
+# mailbak build and test entry points. Everything lives in .venv under the checkout; a fresh
+# machine needs only python3 (3.11+), a Rust toolchain and make.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUST_SRC := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
+PY_META := pyproject.toml
+
+.PHONY: all setup dev release test test-rust test-python demo bench-smoke bench clean
+
+all: setup
+
+# A virtualenv with the package installed editable and the extension built in release mode.
+$(STAMP): $(RUST_SRC) $(PY_META)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'maturin>=1.5,<2.0'
+	rm -f python/mailbak/_engine*.so
+	$(VENV)/bin/maturin develop --release --extras test -q
+	touch $@
+
+setup: $(STAMP)
+
+# Debug build of the extension (faster to compile; slow engine).
+dev:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q 'maturin>=1.5,<2.0'
+	rm -f python/mailbak/_engine*.so
+	$(VENV)/bin/maturin develop --extras test -q
+	rm -f $(STAMP)
+
+release: $(STAMP)
+
+test: $(STAMP) test-rust test-python
+
+test-rust:
+	cargo test --quiet
+
+test-python: $(STAMP)
+	$(PY) -m pytest -q
+
+# Generates a 20k-message sample store in a temporary directory and runs backup, verify and
+# restore on it.
+demo: $(STAMP)
+	$(VENV)/bin/mailbak demo
+
+bench-smoke: $(STAMP)
+	$(PY) bench/run.py --smoke
+
+bench: $(STAMP)
+	$(PY) bench/run.py --messages 1000000 --accounts 50 --repeat 3
+
+clean:
+	rm -rf $(VENV) target python/mailbak/_engine*.so .pytest_cache .hypothesis
