@@ -1,0 +1,254 @@
+//! Verifying a message area's files against its index: every live message has a regular file
+//! of the recorded size, and nothing else sits in the message tree.
+//!
+//! Algorithm (stat only, no reads):
+//! 1. Walk the area; classify each entry (`classify.rs`). A snapshot message gets one `lstat`
+//!    relative to its directory descriptor and its size compared with the record.
+//! 2. Anything else in the message tree is an unrecognized file (an error: a future message could
+//!    collide with it). With a fix root, it is moved there instead, keeping its relative path,
+//!    never deleted, never overwriting (a numeric suffix is added when the name is taken).
+//! 3. Live IDs the walk did not meet are looked up by path; absent ones are missing.
+//!
+//! Unrecognized files outside the message tree are warnings: they cannot collide with anything.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{self as rfs, RenameFlags};
+use rustix::io::Errno;
+
+use crate::classify::{Area, Class, Snapshot};
+use crate::fsutil::{self, join, Kind};
+use crate::ids::SeenSet;
+use crate::msgpath;
+use crate::progress::{Sink, Tally};
+use crate::walk::{self, Dir, Roots, Visitor};
+
+/// Record size that means "unknown" (the record did not decode); the size check is skipped.
+pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
+/// Where `--fix` moves unrecognized files: a directory and the path below it for this area.
+pub struct FixTarget {
+    /// The directory the relative path starts from (the store's `data/`).
+    pub root: OwnedFd,
+    /// Path below `root` that mirrors the area root, e.g. `moved/accounts/alice`.
+    pub rel: Vec<u8>,
+}
+
+/// Checks one area (see the module doc).
+pub struct AreaCheck<'a> {
+    /// The area's layout.
+    area: &'a Area,
+    /// The index's IDs.
+    snap: &'a Snapshot,
+    /// Recorded sizes, aligned with `snap.live`.
+    sizes: &'a [u64],
+    /// Which live IDs the walk met.
+    seen: SeenSet,
+    /// Where unrecognized files go, with --fix.
+    fix: Option<FixTarget>,
+    /// Where counts and events go.
+    sink: &'a Sink<'a>,
+}
+
+impl<'a> AreaCheck<'a> {
+    /// A check of `area` against `snap` and `sizes`.
+    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [u64], fix: Option<FixTarget>, sink: &'a Sink<'a>) -> Self {
+        assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
+        AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, sink }
+    }
+
+    /// Runs steps 1 to 3.
+    pub fn run(&self, root: OwnedFd) {
+        let root2 = match rustix::io::dup(&root) {
+            Ok(fd) => fd,
+            Err(e) => return self.sink.io_error(b"", "dup", e),
+        };
+        walk::walk(Roots { src: root, dst: None, only: None }, self, self.sink);
+        if !self.sink.cancelled() {
+            self.check_unseen(root2.as_fd());
+        }
+    }
+
+    /// Compares one live message's file with its record.
+    fn check_file(&self, dir: BorrowedFd<'_>, name: &CStr, rel: &[u8], index: usize) {
+        Tally::bump(&self.sink.tally.checked);
+        self.sink.progress.add_done(1);
+        let st = match fsutil::lstat_at(dir, name) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => {
+                Tally::bump(&self.sink.tally.missing);
+                let id = self.snap.live.as_slice()[index];
+                return self.sink.error("missing", rel, Errno::NOENT.raw_os_error(), format!("message {id} has no file"));
+            }
+            Err(e) => return self.sink.io_error(rel, "stat", e),
+        };
+        if Kind::from_mode(st.st_mode) != Kind::File {
+            Tally::bump(&self.sink.tally.damaged);
+            return self.sink.error("not_regular", rel, 0, "message file is not a regular file".into());
+        }
+        let want = self.sizes[index];
+        if want != UNKNOWN_SIZE && st.st_size as u64 != want {
+            Tally::bump(&self.sink.tally.damaged);
+            self.sink.error("size_mismatch", rel, 0, format!("file has {} bytes, its record says {}", st.st_size, want));
+        }
+    }
+
+    /// Step 3.
+    fn check_unseen(&self, root: BorrowedFd<'_>) {
+        let ids = self.snap.live.as_slice();
+        let mut name = Vec::new();
+        let mut cached: Option<(u64, Result<OwnedFd, Errno>)> = None;
+        for i in self.seen.unmarked() {
+            if self.sink.cancelled() {
+                return;
+            }
+            let id = ids[i];
+            let dir_rel = join(&self.area.tree, msgpath::dir_name(id).as_bytes());
+            if cached.as_ref().is_none_or(|(d, _)| *d != msgpath::dir_index(id)) {
+                cached = Some((msgpath::dir_index(id), fsutil::open_dir_below(root, &dir_rel)));
+            }
+            msgpath::file_name(id, &mut name);
+            let rel = join(&dir_rel, &name);
+            match &cached.as_ref().expect("set above").1 {
+                Ok(dir) => self.check_file(dir.as_fd(), &CString::new(name.clone()).expect("digits"), &rel, i),
+                Err(Errno::NOENT) => {
+                    Tally::bump(&self.sink.tally.checked);
+                    Tally::bump(&self.sink.tally.missing);
+                    self.sink.progress.add_done(1);
+                    self.sink.error("missing", &rel, Errno::NOENT.raw_os_error(), format!("message {id} has no file"));
+                }
+                Err(e) => self.sink.io_error(&rel, "open directory", *e),
+            }
+        }
+    }
+
+    /// Moves an unrecognized file out of the message tree (with --fix) or reports it: as an error
+    /// when its name is a decimal ID (a future message could collide with it), else a warning.
+    fn unrecognized(&self, dir: &Dir<'_>, name: &CStr, rel: &[u8]) {
+        let Some(fix) = &self.fix else {
+            Tally::bump(&self.sink.tally.unrecognized);
+            if msgpath::parse_id(name.to_bytes()).is_some() {
+                return self.sink.error("unrecognized_message", rel, 0, "not a message of the index, in a message directory (it could collide with a future message); move it with verify --fix".into());
+            }
+            return self.sink.warn("unrecognized", rel, 0, "unrecognized file in a message directory; move it with verify --fix".into());
+        };
+        match move_aside(fix, dir, name) {
+            Ok(to) => {
+                Tally::bump(&self.sink.tally.moved);
+                self.sink.warn("moved", rel, 0, format!("unrecognized file moved to {}", String::from_utf8_lossy(&to)));
+            }
+            Err((op, e)) => {
+                Tally::bump(&self.sink.tally.unrecognized);
+                self.sink.io_error(rel, op, e);
+            }
+        }
+    }
+}
+
+/// Moves `name` of `dir` to the same relative place below the fix target; returns where it went.
+fn move_aside(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, (&'static str, Errno)> {
+    let target_rel = join(&fix.rel, dir.rel);
+    let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
+    for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
+        let c = CString::new(comp).map_err(|_| ("create directory", Errno::INVAL))?;
+        cur = fsutil::make_dir_at(cur.as_fd(), &c, 0o750, None).map_err(|e| ("create directory", e))?;
+    }
+    for n in 0..100u32 {
+        let mut to = name.to_bytes().to_vec();
+        if n > 0 {
+            to.extend_from_slice(format!(".{n}").as_bytes());
+        }
+        let to_c = CString::new(to.clone()).expect("no NUL in a file name");
+        match rfs::renameat_with(dir.src, name, &cur, &to_c, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(join(&target_rel, &to)),
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(("move", e)),
+        }
+    }
+    Err(("move", Errno::EXIST))
+}
+
+impl Visitor for AreaCheck<'_> {
+    fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
+        let rel = join(dir.rel, name.to_bytes());
+        let t = &self.sink.tally;
+        match self.area.classify(self.snap, dir.rel, name.to_bytes()) {
+            Class::Message(i) => {
+                self.seen.mark(i);
+                self.check_file(dir.src, name, &rel, i);
+            }
+            Class::New => Tally::bump(&t.skipped_new),
+            Class::Erasing => Tally::bump(&t.skipped_erasing),
+            Class::Known => Tally::bump(&t.known),
+            Class::StrayInTree => self.unrecognized(dir, name, &rel),
+            Class::Stray => {
+                let what = if kind == Kind::Symlink { "symlink" } else { "file" };
+                self.sink.warn("unrecognized", &rel, 0, format!("unrecognized {what} outside the message directories"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::testutil::Scratch;
+    use crate::ids::IdSet;
+    use crate::progress::Progress;
+
+    fn tally(t: &Tally) -> std::collections::HashMap<&'static str, u64> {
+        t.to_pairs().into_iter().collect()
+    }
+
+    fn setup(s: &Scratch) -> (Area, Snapshot, Vec<u64>) {
+        s.file("acc/msg/a/1", b"12345");
+        s.file("acc/msg/a/2", b"123");
+        s.file("acc/msg/a/77", b"stray");
+        s.file("acc/msg/a/3", b"erasing");
+        s.file("acc/readme", b"x");
+        s.file("acc/msg/a/notes.txt", b"x");
+        let area = Area { tree: b"msg".to_vec(), known: vec![] };
+        let snap = Snapshot { live: IdSet::new(vec![1, 2, 5]), erasing: IdSet::new(vec![3]), highest: 80 };
+        (area, snap, vec![5, 4, 9])
+    }
+
+    #[test]
+    fn finds_missing_size_mismatch_and_strays() {
+        let s = Scratch::new("check");
+        let (area, snap, sizes) = setup(&s);
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"data/accounts/x");
+        AreaCheck::new(&area, &snap, &sizes, None, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        let t = tally(&sink.tally);
+        assert_eq!((t["checked"], t["missing"], t["damaged"], t["unrecognized"], t["warnings"], t["errors"]), (3, 1, 1, 2, 2, 3));
+        let mut codes: Vec<_> = p.drain().into_iter().map(|e| (e.code, String::from_utf8(e.path).unwrap())).collect();
+        codes.sort();
+        assert_eq!(
+            codes,
+            vec![
+                ("missing", "data/accounts/x/msg/a/5".to_string()),
+                ("size_mismatch", "data/accounts/x/msg/a/2".to_string()),
+                ("unrecognized", "data/accounts/x/msg/a/notes.txt".to_string()),
+                ("unrecognized", "data/accounts/x/readme".to_string()),
+                ("unrecognized_message", "data/accounts/x/msg/a/77".to_string()),
+            ]
+        );
+        assert!(s.path("acc/msg/a/77").exists(), "verify without --fix writes nothing");
+    }
+
+    #[test]
+    fn fix_moves_strays_and_never_overwrites() {
+        let s = Scratch::new("fix");
+        let (area, snap, sizes) = setup(&s);
+        s.file("data/moved/accounts/x/msg/a/77", b"earlier");
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved/accounts/x".to_vec() };
+        AreaCheck::new(&area, &snap, &sizes, Some(fix), &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        assert_eq!(tally(&sink.tally)["moved"], 2);
+        assert!(!s.path("acc/msg/a/77").exists());
+        assert_eq!(std::fs::read(s.path("data/moved/accounts/x/msg/a/77")).unwrap(), b"earlier");
+        assert_eq!(std::fs::read(s.path("data/moved/accounts/x/msg/a/77.1")).unwrap(), b"stray");
+    }
+}

@@ -1,0 +1,346 @@
+//! Writing trees into a destination: a message area from a snapshot (backup), and plain trees
+//! (configuration, everything else under `data/`, and restores).
+//!
+//! Backup of one area:
+//! 1. Walk the area (see `walk.rs`), mirroring directories into the destination.
+//! 2. Classify each file against the snapshot (`classify.rs`): snapshot messages are hardlinked
+//!    (or copied), files added after the snapshot and files being erased are skipped, the
+//!    caller's known files are left to the caller, anything else is reported and copied.
+//! 3. Every snapshot ID the walk did not meet is placed by its path directly; one that does not
+//!    exist there is reported missing (the backup is then failed).
+//!
+//! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
+//! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use rustix::io::Errno;
+
+use crate::classify::{Area, Class, Snapshot};
+use crate::fsutil::{self, join, Kind};
+use crate::ids::SeenSet;
+use crate::linkcopy::{LinkPolicy, OpError, Placed};
+use crate::msgpath;
+use crate::progress::{Sink, Tally};
+use crate::walk::{self, Dir, Roots, Visitor};
+
+/// Counts a placed file and reports it in verbose mode.
+fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
+    match placed {
+        Placed::Linked => {
+            Tally::bump(&sink.tally.linked);
+            sink.info("linked", rel, "hardlinked");
+        }
+        Placed::Copied(n) => {
+            Tally::bump(&sink.tally.copied);
+            sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
+            sink.info("copied", rel, "copied");
+        }
+    }
+}
+
+/// Copies one non-directory entry as a plain file: regular files copied, symlinks recreated,
+/// special files skipped with a warning. Shared by every visitor that meets odd files.
+fn copy_plain(policy: &LinkPolicy, sink: &Sink<'_>, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, kind: Kind, rel: &[u8]) {
+    let result = match kind {
+        Kind::File => policy.copy(src, dst, name).map(|n| count_placed(sink, rel, Placed::Copied(n))),
+        Kind::Symlink => fsutil::copy_symlink(src, dst, name, policy.as_root())
+            .map(|()| {
+                Tally::bump(&sink.tally.symlinks);
+                sink.info("symlink", rel, "symlink recreated");
+            })
+            .map_err(|e| OpError::new("symlink", e)),
+        Kind::Special | Kind::Dir => {
+            Tally::bump(&sink.tally.special);
+            sink.warn("special", rel, 0, "socket, FIFO or device: not backed up".into());
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        sink.io_error(rel, e.op, e.errno);
+    }
+}
+
+/// Backs up one message area (see the module doc).
+pub struct AreaBackup<'a> {
+    /// The area's layout.
+    area: &'a Area,
+    /// The snapshot deciding what belongs.
+    snap: &'a Snapshot,
+    /// Which live IDs the walk met.
+    seen: SeenSet,
+    /// Link-or-copy decisions.
+    policy: &'a LinkPolicy,
+    /// Where counts and events go.
+    sink: &'a Sink<'a>,
+}
+
+impl<'a> AreaBackup<'a> {
+    /// A backup of `area` from `snap`.
+    pub fn new(area: &'a Area, snap: &'a Snapshot, policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
+        AreaBackup { area, snap, seen: SeenSet::new(snap.live.len()), policy, sink }
+    }
+
+    /// Runs steps 1 to 3 of the module doc.
+    pub fn run(&self, src: OwnedFd, dst: OwnedFd) {
+        let (src2, dst2) = match (rustix::io::dup(&src), rustix::io::dup(&dst)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return self.sink.io_error(b"", "dup", e),
+        };
+        walk::walk(Roots { src, dst: Some(dst), only: None }, self, self.sink);
+        if !self.sink.cancelled() {
+            self.place_unseen(src2.as_fd(), dst2.as_fd());
+        }
+    }
+
+    /// Places one message file of the snapshot.
+    fn place(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8]) {
+        match self.policy.link_or_copy(src, dst, name) {
+            Ok(p) => count_placed(self.sink, rel, p),
+            Err(OpError { errno: Errno::NOENT, .. }) => {
+                Tally::bump(&self.sink.tally.missing);
+                self.sink.error("missing", rel, Errno::NOENT.raw_os_error(), "message file of the snapshot disappeared while the backup ran (erased by a writer that ignores the lease?); not backed up".into());
+            }
+            Err(e) => self.sink.io_error(rel, e.op, e.errno),
+        }
+        self.sink.progress.add_done(1);
+    }
+
+    /// Step 3: live IDs whose file the walk did not meet, by path.
+    fn place_unseen(&self, src_root: BorrowedFd<'_>, dst_root: BorrowedFd<'_>) {
+        let unseen = self.seen.unmarked();
+        let ids = self.snap.live.as_slice();
+        let mut i = 0;
+        while i < unseen.len() && !self.sink.cancelled() {
+            // One message directory at a time: IDs are sorted, so a directory is one run.
+            let dir_idx = msgpath::dir_index(ids[unseen[i]]);
+            let end = unseen[i..].iter().position(|&u| msgpath::dir_index(ids[u]) != dir_idx).map_or(unseen.len(), |n| i + n);
+            let dir_rel = join(&self.area.tree, msgpath::dir_name(ids[unseen[i]]).as_bytes());
+            let dirs = fsutil::open_dir_below(src_root, &dir_rel)
+                .and_then(|s| Ok((s, make_dirs(src_root, dst_root, &dir_rel)?)));
+            let mut name = Vec::new();
+            for &u in &unseen[i..end] {
+                msgpath::file_name(ids[u], &mut name);
+                let rel = join(&dir_rel, &name);
+                match &dirs {
+                    Ok((s, d)) => {
+                        let cname = CString::new(name.clone()).expect("digits only");
+                        self.place(s.as_fd(), d.as_fd(), &cname, &rel);
+                    }
+                    Err(Errno::NOENT) => {
+                        Tally::bump(&self.sink.tally.missing);
+                        self.sink.error("missing", &rel, Errno::NOENT.raw_os_error(), format!("message {} of the snapshot has no file; not backed up", ids[u]));
+                        self.sink.progress.add_done(1);
+                    }
+                    Err(e) => {
+                        self.sink.io_error(&rel, "open directory", *e);
+                        self.sink.progress.add_done(1);
+                    }
+                }
+            }
+            i = end;
+        }
+    }
+}
+
+/// Creates (or opens) the destination directories for `rel`, each with its source's mode
+/// when the source directory exists.
+fn make_dirs(src_root: BorrowedFd<'_>, dst_root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
+    let mut done = Vec::new();
+    let mut cur = rustix::io::dup(dst_root)?;
+    for comp in rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
+        done = join(&done, comp);
+        let mode = fsutil::open_dir_below(src_root, &done).and_then(|fd| rustix::fs::fstat(&fd)).map_or(0o750, |st| st.st_mode);
+        let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
+        cur = fsutil::make_dir_at(cur.as_fd(), &name, mode, None)?;
+    }
+    Ok(cur)
+}
+
+impl Visitor for AreaBackup<'_> {
+    fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
+        let dst = dir.dst.expect("area backups mirror into a destination");
+        let rel = join(dir.rel, name.to_bytes());
+        let class = self.area.classify(self.snap, dir.rel, name.to_bytes());
+        let t = &self.sink.tally;
+        match (class, kind) {
+            (Class::Message(i), Kind::File) => {
+                self.seen.mark(i);
+                self.place(dir.src, dst, name, &rel);
+            }
+            (Class::New, Kind::File) => {
+                Tally::bump(&t.skipped_new);
+                self.sink.info("skipped_new", &rel, "added after the snapshot");
+            }
+            (Class::Erasing, Kind::File) => {
+                Tally::bump(&t.skipped_erasing);
+                self.sink.info("skipped_erasing", &rel, "being erased");
+            }
+            (Class::Known, _) => Tally::bump(&t.known),
+            (_, Kind::Special) => copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel),
+            (Class::StrayInTree | Class::Message(_) | Class::New | Class::Erasing, _) => {
+                // A symlink named like a message is not a message: it is reported, never followed.
+                Tally::bump(&t.unrecognized);
+                if msgpath::parse_id(name.to_bytes()).is_some() {
+                    self.sink.warn("unrecognized_message", &rel, 0, "not a message of the snapshot, in a message directory (it could collide with a future message); copied".into());
+                } else {
+                    self.sink.warn("unrecognized", &rel, 0, "unrecognized file in a message directory; copied".into());
+                }
+                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+            }
+            (Class::Stray, _) => {
+                Tally::bump(&t.unrecognized);
+                self.sink.warn("unrecognized", &rel, 0, "unrecognized file; copied".into());
+                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+            }
+        }
+    }
+}
+
+/// Copies a tree as plain files (configuration, unknown data, restores). With `messages` set,
+/// files at a message path of that area are placed by link-or-copy (restore); everything else
+/// is always copied, because databases and configuration are modified in place by the server.
+pub struct PlainCopy<'a> {
+    /// The message area layout whose message files may be linked, if any.
+    messages: Option<&'a Area>,
+    /// Link-or-copy decisions.
+    policy: &'a LinkPolicy,
+    /// Where counts and events go.
+    sink: &'a Sink<'a>,
+}
+
+impl<'a> PlainCopy<'a> {
+    /// A plain copy; see the type doc for `messages`.
+    pub fn new(messages: Option<&'a Area>, policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
+        PlainCopy { messages, policy, sink }
+    }
+
+    /// Copies the tree (only the root-level `only` names when given).
+    pub fn run(&self, src: OwnedFd, dst: OwnedFd, only: Option<&[Vec<u8>]>) {
+        walk::walk(Roots { src, dst: Some(dst), only }, self, self.sink);
+    }
+}
+
+impl Visitor for PlainCopy<'_> {
+    fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
+        let dst = dir.dst.expect("plain copies mirror into a destination");
+        let rel = join(dir.rel, name.to_bytes());
+        let is_message = kind == Kind::File && self.messages.is_some_and(|a| a.is_message_path(dir.rel, name.to_bytes()));
+        if is_message {
+            match self.policy.link_or_copy(dir.src, dst, name) {
+                Ok(p) => count_placed(self.sink, &rel, p),
+                Err(e) => self.sink.io_error(&rel, e.op, e.errno),
+            }
+        } else {
+            copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+        }
+        self.sink.progress.add_done(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::testutil::Scratch;
+    use crate::ids::IdSet;
+    use crate::progress::Progress;
+    use std::os::unix::fs::MetadataExt;
+
+    fn area() -> Area {
+        Area { tree: b"msg".to_vec(), known: vec![b"index.db".to_vec()] }
+    }
+
+    fn get(t: &Tally) -> std::collections::HashMap<&'static str, u64> {
+        t.to_pairs().into_iter().collect()
+    }
+
+    #[test]
+    fn backup_area_links_skips_reports_and_finds_missing() {
+        let s = Scratch::new("area");
+        for f in ["msg/a/1", "msg/a/2", "msg/a/3", "msg/b/9000", "msg/a/9001", "msg/a/stray", "notes", "index.db"] {
+            s.file(&format!("src/{f}"), f.as_bytes());
+        }
+        std::fs::create_dir(s.path("dst")).unwrap();
+        // 1 and 2 live, 4 live but missing, 3 being erased, highest 5: 9000 is new, 9001 is at
+        // the wrong path (dir "a" holds IDs below 8192) and so is a stray.
+        let snap = Snapshot { live: IdSet::new(vec![1, 2, 4]), erasing: IdSet::new(vec![3]), highest: 5 };
+        let a = area();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"data/accounts/x");
+        let policy = LinkPolicy::new(false);
+        AreaBackup::new(&a, &snap, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        let t = get(&sink.tally);
+        assert_eq!((t["linked"], t["skipped_new"], t["skipped_erasing"], t["known"], t["unrecognized"], t["missing"]), (2, 1, 1, 1, 3, 1));
+        assert_eq!(std::fs::metadata(s.path("src/msg/a/1")).unwrap().ino(), std::fs::metadata(s.path("dst/msg/a/1")).unwrap().ino());
+        assert_ne!(std::fs::metadata(s.path("src/notes")).unwrap().ino(), std::fs::metadata(s.path("dst/notes")).unwrap().ino());
+        assert!(s.path("dst/msg/a/stray").exists() && s.path("dst/msg/a/9001").exists());
+        assert!(!s.path("dst/msg/b/9000").exists() && !s.path("dst/msg/a/3").exists() && !s.path("dst/index.db").exists());
+        let events = p.drain();
+        let missing: Vec<_> = events.iter().filter(|e| e.code == "missing").collect();
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].path, b"data/accounts/x/msg/a/4");
+        assert_eq!(p.position().0, 3);
+    }
+
+    #[test]
+    fn unreadable_message_dir_files_are_placed_by_path() {
+        // A message directory the walk cannot list (here: one that is really a symlink to a
+        // directory, which the walk refuses to enter) still gets its snapshot files placed by
+        // path, never through the symlink.
+        let s = Scratch::new("unseen");
+        s.file("elsewhere/5", b"five");
+        std::fs::create_dir_all(s.path("src/msg")).unwrap();
+        std::os::unix::fs::symlink(s.path("elsewhere"), s.path("src/msg/a")).unwrap();
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let snap = Snapshot { live: IdSet::new(vec![5]), erasing: IdSet::default(), highest: 5 };
+        let a = area();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        let policy = LinkPolicy::new(false);
+        AreaBackup::new(&a, &snap, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        let t = get(&sink.tally);
+        assert_eq!(t["linked"], 0);
+        assert_eq!(t["errors"], 1);
+        // The symlink was recreated as a link, and nothing was written through it.
+        assert!(std::fs::symlink_metadata(s.path("dst/msg/a")).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read_dir(s.path("elsewhere")).unwrap().count(), 1);
+        let ev = p.drain();
+        assert!(ev.iter().any(|e| e.path == b"msg/a/5" && e.errno == Errno::NOTDIR.raw_os_error()), "{ev:?}");
+    }
+
+    #[test]
+    fn plain_copy_recreates_symlinks_and_skips_fifos() {
+        let s = Scratch::new("plain");
+        s.file("src/conf/a.toml", b"x");
+        std::os::unix::fs::symlink("/etc/shadow", s.path("src/conf/shadow")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, s.path("src/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"config");
+        let policy = LinkPolicy::new(false);
+        PlainCopy::new(None, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap(), None);
+        let t = get(&sink.tally);
+        assert_eq!((t["copied"], t["symlinks"], t["special"], t["warnings"]), (1, 1, 1, 1));
+        assert_eq!(std::fs::read_link(s.path("dst/conf/shadow")).unwrap().to_str(), Some("/etc/shadow"));
+        assert!(!s.path("dst/fifo").exists());
+        assert_eq!(p.drain()[0].path, b"config/fifo");
+    }
+
+    #[test]
+    fn plain_copy_links_only_message_files_when_asked() {
+        let s = Scratch::new("restore");
+        s.file("src/msg/a/7", b"m");
+        s.file("src/index.db", b"db");
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let a = area();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        let policy = LinkPolicy::new(false);
+        PlainCopy::new(Some(&a), &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap(), None);
+        let ino = |p: &str| std::fs::metadata(s.path(p)).unwrap().ino();
+        assert_eq!(ino("src/msg/a/7"), ino("dst/msg/a/7"));
+        assert_ne!(ino("src/index.db"), ino("dst/index.db"));
+    }
+}
