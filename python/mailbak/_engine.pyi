@@ -1,0 +1,166 @@
+"""mailbak's Rust engine: the per-file work of backup, verify, restore and gen, in parallel.
+
+Every call runs in a pool of ``jobs`` threads with the GIL released, so call it from a worker
+thread and poll ``Progress`` from the main one (``mailbak.runner`` does). Per-file problems never
+raise: they arrive as events through ``Progress.drain()`` and are counted in the returned dict.
+Paths in events are bytes (file names need not be UTF-8), prefixed with the call's ``prefix``.
+
+ID sets and sizes are buffers of little-endian u64 (``mailbak.layout.pack_ids``), never lists.
+"""
+
+import os
+from typing import TypedDict
+
+StrPath = str | os.PathLike[str]
+
+class LmdbError(Exception):
+    """A database failed the structural check; ``args`` is (kind, page, message) with kind one
+    of "corrupt", "unsupported", "stale" (the snapshot's meta page was reused: retry with a new
+    read transaction) or "io"."""
+
+class Progress:
+    """Progress counters, the cancel flag and the event queue shared with running calls."""
+
+    def __init__(self, verbose: bool = False, max_queued: int = 100_000) -> None:
+        """``verbose`` queues per-file "info" events; past ``max_queued`` undrained events,
+        further ones are counted in ``dropped`` but not kept."""
+    def cancel(self) -> None:
+        """Asks every worker to stop at its next file; the call then returns early."""
+    @property
+    def cancelled(self) -> bool: ...
+    def position(self) -> tuple[int, int]:
+        """(done, total) units of work (files)."""
+    def add_total(self, n: int) -> None:
+        """Adds to the expected total (the caller knows it from the snapshot)."""
+    def add_done(self, n: int) -> None:
+        """Records work done outside the engine."""
+    def drain(self) -> list[tuple[str, str, bytes, int, str]]:
+        """Takes the queued events: (severity "info"|"warning"|"error", code, path, errno, detail)."""
+    @property
+    def dropped(self) -> int:
+        """Events not kept because the queue was full."""
+
+class Tally(TypedDict):
+    """Exact counts of one call (keys present in every result dict)."""
+
+    linked: int
+    copied: int
+    bytes_copied: int
+    skipped_new: int
+    skipped_erasing: int
+    known: int
+    unrecognized: int
+    missing: int
+    damaged: int
+    special: int
+    symlinks: int
+    dirs: int
+    checked: int
+    moved: int
+    errors: int
+    warnings: int
+
+class TransferResult(Tally):
+    """A Tally plus the errno of the first link that had to become a copy (None if none)."""
+
+    link_fallback_errno: int | None
+
+def backup_area(
+    src: StrPath,
+    dst: StrPath,
+    *,
+    tree: bytes,
+    known: list[bytes],
+    live: bytes,
+    erasing: bytes,
+    highest: int,
+    jobs: int,
+    progress: Progress,
+    prefix: bytes,
+    force_copy: bool = False,
+) -> TransferResult:
+    """Backs up one message area (the queue, or one account) from its index snapshot.
+
+    Walks ``src`` mirroring directories into ``dst`` (which must exist). Files at
+    ``tree/dir(id)/id`` with ``id`` in ``live`` are hardlinked (copied when a link is impossible);
+    with ``id`` in ``erasing`` or above ``highest`` they are skipped; root-level ``known`` names are
+    left to the caller; anything else is reported ("unrecognized", or "unrecognized_message"
+    inside the message tree) and copied. Live IDs without a file are errors ("missing")."""
+
+def copy_tree(
+    src: StrPath,
+    dst: StrPath,
+    *,
+    jobs: int,
+    progress: Progress,
+    prefix: bytes,
+    only: list[bytes] | None = None,
+    message_tree: bytes | None = None,
+    force_copy: bool = False,
+) -> TransferResult:
+    """Copies a tree into ``dst`` (which must exist): files copied with their mode bits and
+    mtime, symlinks recreated and never followed, special files skipped with a warning. ``only``
+    limits the root level to those names. With ``message_tree`` (restore), files at a message
+    path below it are hardlinked instead when possible."""
+
+def check_area(
+    root: StrPath,
+    *,
+    tree: bytes,
+    known: list[bytes],
+    live: bytes,
+    sizes: bytes,
+    erasing: bytes,
+    highest: int,
+    jobs: int,
+    progress: Progress,
+    prefix: bytes,
+    fix_root: StrPath | None = None,
+    fix_rel: bytes | None = None,
+) -> Tally:
+    """Verifies one area's files (stat only): each live ID has a regular file of its size
+    (``sizes`` aligned with ascending ``live``; u64 max = unknown); unrecognized files in the
+    message tree are errors when named like an ID, or moved below ``fix_root/fix_rel`` when given."""
+
+class CheckSummary(TypedDict):
+    txnid: int
+    page_size: int
+    last_page: int
+    tree_pages: int
+    free_pages: int
+    dbs: list[tuple[bytes, int]]
+
+def lmdb_check(path: StrPath, txnid: int | None = None) -> CheckSummary:
+    """Structural check of an LMDB data file by reading it directly (never through LMDB):
+    every B-tree page of the snapshot ``txnid`` (default: the newest) is bounds-checked, typed,
+    ordered and counted. Raises LmdbError, or OSError if the file cannot be read."""
+
+class IndexSnapshot(TypedDict):
+    txnid: int
+    live: bytes
+    sizes: bytes
+    erasing: bytes
+    highest: int
+    records: int
+    expunged: int
+    mailboxes: int
+    next_id: int | None
+    problems: list[tuple[str, int, str]]
+    problem_count: int
+
+def read_index(path: StrPath, kind: str, txnid: int | None = None) -> IndexSnapshot:
+    """Reads an area index ("account" or "queue") from an LMDB file: live IDs and sizes, erase
+    set, highest ID, and the first 1000 problems (codes ``bad_*``/``missing_*``: unreadable;
+    others: consistency rules of docs/FORMAT.md). Raises LmdbError."""
+
+def write_messages(root: StrPath, ids: bytes, sizes: bytes, *, seed: int, jobs: int, progress: Progress) -> Tally:
+    """Writes generated message files below message tree ``root`` (deterministic for ``seed``)."""
+
+def syncfs(path: StrPath) -> None:
+    """Flushes the file system holding ``path`` to stable storage."""
+
+def message_path(id: int) -> str:
+    """``dir(id)/id``, the path of message ``id`` relative to its message tree."""
+
+def parse_message_name(name: bytes) -> int | None:
+    """The ID a file name stands for, if it is canonical decimal (no sign, no leading zero)."""

@@ -1,0 +1,259 @@
+"""The mail store format of docs/FORMAT.md: names, paths, account names and the config file.
+
+Naming convention, kept across mailbak: a name ending in ``_path`` or ``_dir`` is a full
+filesystem path (``pathlib.Path``); ``rel`` names are relative to the store's data directory
+and use ``/`` separators.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailbak import _engine
+
+#: Format version written to ``data/mailstore-version``.
+FORMAT_VERSION = 1
+
+#: Top-level databases in ``data/``; their contents are opaque to mailbak.
+TOP_DATABASES = (
+    "auth.db",
+    "dmarcrpt.db",
+    "dmarceval.db",
+    "mtasts.db",
+    "tlsrpt.db",
+    "tlsrptresult.db",
+)
+
+#: Plain files in ``data/`` that are copied, never hardlinked (they may change in place).
+TOP_PLAIN_FILES = ("mailstore-version", "receivedid.key")
+
+#: The lease file of the erase protocol (docs/FORMAT.md, "Removing files while a backup runs").
+LEASE_FILE = "backup.lease"
+
+#: Entries of ``data/`` that are never part of a backup.
+NEVER_BACKED_UP = ("tmp", "ctl")
+
+#: Suffix of LMDB lock files; never part of a backup.
+LOCK_SUFFIX = "-lock"
+
+#: Tables of an account's ``index.db``.
+ACCOUNT_TABLES = ("message", "mailbox", "message_erase", "meta")
+
+#: Tables of ``queue/index.db``.
+QUEUE_TABLES = ("msg", "msg_erase", "meta")
+
+#: Files of an account directory that are not message files.
+ACCOUNT_KNOWN_FILES = (
+    "index.db",
+    "index.db-lock",
+    "junkfilter.db",
+    "junkfilter.db-lock",
+    "junkfilter.bloom",
+)
+
+#: Files of the queue directory that are not message files.
+QUEUE_KNOWN_FILES = ("index.db", "index.db-lock")
+
+#: The config file listing accounts, relative to the config directory.
+CONFIG_FILE = "mailstore.toml"
+
+#: Largest config file mailbak parses (a store with 100k accounts fits in well under this).
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+#: Key of the ID counter in each index's ``meta`` table.
+NEXT_ID_KEY = b"next_id"
+
+
+def message_rel(id_: int) -> str:
+    """Path of message ``id_`` relative to its message tree: ``dir(id)/id``."""
+    return _engine.message_path(id_)
+
+
+def id_key(id_: int) -> bytes:
+    """The LMDB key of a record ID: 8 bytes, big-endian."""
+    return id_.to_bytes(8, "big")
+
+
+def key_id(key: bytes) -> int:
+    """The record ID of an LMDB key."""
+    return int.from_bytes(key, "big")
+
+
+def pack_ids(values) -> bytes:
+    """IDs (or sizes) as one buffer of little-endian u64, the engine's input format."""
+    a = array("Q", values)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_ids(buf: bytes) -> array:
+    """The inverse of :func:`pack_ids`."""
+    a = array("Q")
+    a.frombytes(buf)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
+class FormatError(ValueError):
+    """The store (or a backup of it) does not follow docs/FORMAT.md."""
+
+
+def check_account_name(name: str) -> None:
+    """Raises FormatError unless ``name`` is a valid account name.
+
+    Valid: non-empty UTF-8 without ``/`` or NUL and not starting with ``.``. The rules keep an
+    account directory a single, visible path component: ``..``, ``a/b`` and ``.hidden`` could
+    otherwise reach outside ``data/accounts/`` or hide from listings.
+    """
+    if not isinstance(name, str) or name == "":
+        raise FormatError("account name is empty")
+    if "/" in name or "\0" in name:
+        raise FormatError(f"account name {name!r} contains '/' or NUL")
+    if name.startswith("."):
+        raise FormatError(f"account name {name!r} starts with '.'")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise FormatError(f"account name {name!r} is not valid UTF-8") from e
+
+
+@dataclass(frozen=True)
+class Config:
+    """What mailbak reads from ``config/mailstore.toml``."""
+
+    #: Valid account names, in file order.
+    accounts: tuple[str, ...]
+    #: (name, reason) of configured accounts whose names are invalid.
+    invalid: tuple[tuple[str, str], ...]
+
+
+def read_config(config_dir: Path) -> Config:
+    """Parses the account list; raises FormatError for a missing, oversized or malformed file."""
+    path = config_dir / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as e:
+        raise FormatError(f"{path}: missing (a store's config directory has {CONFIG_FILE})") from e
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read: {e.strerror}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise FormatError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise FormatError(f"{path}: not valid TOML: {e}") from e
+    accounts = doc.get("accounts", {})
+    if not isinstance(accounts, dict):
+        raise FormatError(f"{path}: 'accounts' must be a table of [accounts.NAME] tables")
+    valid: list[str] = []
+    invalid: list[tuple[str, str]] = []
+    for name, body in accounts.items():
+        try:
+            check_account_name(name)
+            if not isinstance(body, dict):
+                raise FormatError(f"account {name!r} must be a table")
+        except FormatError as e:
+            invalid.append((name, str(e)))
+        else:
+            valid.append(name)
+    return Config(tuple(valid), tuple(invalid))
+
+
+def toml_key(name: str) -> str:
+    """``name`` as a TOML quoted key (basic string with escapes)."""
+    out = []
+    for ch in name:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    """Where a store's two halves are."""
+
+    config_dir: Path
+    data_dir: Path
+
+    @classmethod
+    def of(cls, store: os.PathLike | str, config: os.PathLike | str | None = None, data: os.PathLike | str | None = None) -> "StorePaths":
+        root = Path(store)
+        return cls(Path(config) if config else root / "config", Path(data) if data else root / "data")
+
+    def problem(self) -> str | None:
+        """Why this is not a store, or None when it looks like one."""
+        if not self.config_dir.is_dir():
+            return f"{self.config_dir}: no config directory (is this a mail store?)"
+        if not self.data_dir.is_dir():
+            return f"{self.data_dir}: no data directory (is this a mail store?)"
+        if not (self.config_dir / CONFIG_FILE).is_file():
+            return f"{self.config_dir / CONFIG_FILE}: missing (is this a mail store?)"
+        return None
+
+
+def escape_path(raw: bytes | str) -> str:
+    """A file name for a one-line report, losslessly.
+
+    Valid UTF-8 prints as itself; each byte that is not is written ``\\xNN``, a backslash is
+    doubled, and control characters (newline included) are written ``\\n``, ``\\t`` or ``\\xNN``,
+    so a hostile name can neither forge report lines nor lose bytes.
+    """
+    if isinstance(raw, str):
+        raw = os.fsencode(raw)
+    text = raw.decode("utf-8", errors="surrogateescape")
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\x{o:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_path(text: str) -> bytes:
+    """The inverse of :func:`escape_path`."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "\\":
+            out += ch.encode("utf-8")
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "\\":
+            out.append(0x5C)
+            i += 2
+        elif nxt == "n":
+            out.append(0x0A)
+            i += 2
+        elif nxt == "t":
+            out.append(0x09)
+            i += 2
+        elif nxt == "x":
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            raise ValueError(f"bad escape at {i} in {text!r}")
+    return bytes(out)

@@ -1,0 +1,344 @@
+//! The PyO3 boundary: argument conversion, GIL release, result conversion. Nothing else.
+//!
+//! Each function turns its arguments into core types, runs the core in a rayon pool of `jobs`
+//! threads with the GIL released, and returns plain dicts of counts. Per-file problems never
+//! raise: they travel as events on the shared `Progress`. Only failures of the whole call raise
+//! (a root that cannot be opened: `OSError`; a damaged LMDB file: `LmdbError`; an engine panic:
+//! `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
+
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::check::{AreaCheck, FixTarget};
+use crate::classify::{Area, Snapshot};
+use crate::ids::IdSet;
+use crate::linkcopy::LinkPolicy;
+use crate::lmdbfile::{ErrorKind, LmdbFile};
+use crate::progress::{self, Sink, Tally};
+use crate::records::{self, IndexKind};
+use crate::transfer::{AreaBackup, PlainCopy};
+use crate::{fsutil, gen, msgpath};
+
+create_exception!(_engine, LmdbError, PyException, "An LMDB file failed the structural check (args: kind, page, message).");
+
+/// Progress counters, cancel flag and event queue shared with running engine calls.
+#[pyclass(frozen, module = "mailbak._engine")]
+struct Progress {
+    /// The shared state.
+    inner: Arc<progress::Progress>,
+}
+
+#[pymethods]
+impl Progress {
+    #[new]
+    #[pyo3(signature = (verbose = false, max_queued = progress::DEFAULT_MAX_QUEUED))]
+    fn new(verbose: bool, max_queued: usize) -> Self {
+        Progress { inner: Arc::new(progress::Progress::new(verbose, max_queued)) }
+    }
+
+    /// Asks all workers to stop at their next file.
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    /// Whether cancel() was called.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+
+    /// (done, total).
+    fn position(&self) -> (u64, u64) {
+        self.inner.position()
+    }
+
+    /// Adds to the expected total.
+    fn add_total(&self, n: u64) {
+        self.inner.add_total(n);
+    }
+
+    /// Records work done outside the engine (e.g. records without a file).
+    fn add_done(&self, n: u64) {
+        self.inner.add_done(n);
+    }
+
+    /// Takes the queued events: (severity, code, path bytes, errno, detail).
+    fn drain<'py>(&self, py: Python<'py>) -> Vec<(&'static str, &'static str, Bound<'py, PyBytes>, i32, String)> {
+        self.inner
+            .drain()
+            .into_iter()
+            .map(|e| (e.severity.as_str(), e.code, PyBytes::new(py, &e.path), e.errno, e.detail))
+            .collect()
+    }
+
+    /// Events not kept because the queue was full.
+    #[getter]
+    fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
+}
+
+/// Runs `f` in a pool of `jobs` threads with the GIL released; a panic becomes RuntimeError.
+fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    if jobs == 0 {
+        return Err(PyValueError::new_err("jobs must be at least 1"));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .thread_name(|i| format!("mailbak-{i}"))
+        .build()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start worker threads: {e}")))?;
+    py.detach(|| catch_unwind(AssertUnwindSafe(|| pool.install(f))))
+        .map_err(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            PyRuntimeError::new_err(format!("engine panic: {}", msg.unwrap_or_default()))
+        })
+}
+
+/// Opens a root directory, as OSError with the path on failure.
+fn open_root(path: &Path) -> PyResult<OwnedFd> {
+    fsutil::open_dir(path).map_err(|e| {
+        let err = std::io::Error::from_raw_os_error(e.raw_os_error());
+        PyOSError::new_err((e.raw_os_error(), err.to_string(), path.to_path_buf()))
+    })
+}
+
+/// A tally as a dict.
+fn tally_dict<'py>(py: Python<'py>, t: &Tally) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in t.to_pairs() {
+        d.set_item(k, v)?;
+    }
+    Ok(d)
+}
+
+/// An ID set from packed little-endian u64s.
+fn ids(buf: &[u8]) -> PyResult<IdSet> {
+    IdSet::from_le_bytes(buf).map_err(PyValueError::new_err)
+}
+
+/// Packed little-endian u64s from a slice.
+fn packed(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Backs up one message area; see `transfer.rs`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, tree, known, live, erasing, highest, jobs, progress, prefix, force_copy = false))]
+#[allow(clippy::too_many_arguments)]
+fn backup_area<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    tree: Vec<u8>,
+    known: Vec<Vec<u8>>,
+    live: &[u8],
+    erasing: &[u8],
+    highest: u64,
+    jobs: usize,
+    progress: &Progress,
+    prefix: Vec<u8>,
+    force_copy: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let area = Area { tree, known };
+    let snap = Snapshot { live: ids(live)?, erasing: ids(erasing)?, highest };
+    let (src, dst) = (open_root(&src)?, open_root(&dst)?);
+    let p = Arc::clone(&progress.inner);
+    let (tally, fallback) = run(py, jobs, move || {
+        let sink = Sink::new(&p, &prefix);
+        let policy = LinkPolicy::new(force_copy);
+        AreaBackup::new(&area, &snap, &policy, &sink).run(src, dst);
+        (sink.tally, policy.first_fallback())
+    })?;
+    let d = tally_dict(py, &tally)?;
+    d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
+    Ok(d)
+}
+
+/// Copies a tree (or the named root-level entries of it); see `transfer.rs`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false))]
+#[allow(clippy::too_many_arguments)]
+fn copy_tree<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    jobs: usize,
+    progress: &Progress,
+    prefix: Vec<u8>,
+    only: Option<Vec<Vec<u8>>>,
+    message_tree: Option<Vec<u8>>,
+    force_copy: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let area = message_tree.map(|tree| Area { tree, known: Vec::new() });
+    let (src, dst) = (open_root(&src)?, open_root(&dst)?);
+    let p = Arc::clone(&progress.inner);
+    let (tally, fallback) = run(py, jobs, move || {
+        let sink = Sink::new(&p, &prefix);
+        let policy = LinkPolicy::new(force_copy);
+        PlainCopy::new(area.as_ref(), &policy, &sink).run(src, dst, only.as_deref());
+        (sink.tally, policy.first_fallback())
+    })?;
+    let d = tally_dict(py, &tally)?;
+    d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
+    Ok(d)
+}
+
+/// Verifies one message area's files against its index; see `check.rs`.
+#[pyfunction]
+#[pyo3(signature = (root, *, tree, known, live, sizes, erasing, highest, jobs, progress, prefix, fix_root = None, fix_rel = None))]
+#[allow(clippy::too_many_arguments)]
+fn check_area<'py>(
+    py: Python<'py>,
+    root: PathBuf,
+    tree: Vec<u8>,
+    known: Vec<Vec<u8>>,
+    live: &[u8],
+    sizes: &[u8],
+    erasing: &[u8],
+    highest: u64,
+    jobs: usize,
+    progress: &Progress,
+    prefix: Vec<u8>,
+    fix_root: Option<PathBuf>,
+    fix_rel: Option<Vec<u8>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let area = Area { tree, known };
+    // Sizes are aligned with the live IDs as given; keep that order (it is ascending already when
+    // it comes from read_index) by checking instead of re-sorting.
+    let live_ids: Vec<u64> = live.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    let size_list: Vec<u64> = sizes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    if live.len() % 8 != 0 || sizes.len() != live.len() || !live_ids.windows(2).all(|w| w[0] < w[1]) {
+        return Err(PyValueError::new_err("live must be ascending unique u64s and sizes must align with it"));
+    }
+    let snap = Snapshot { live: IdSet::new(live_ids), erasing: ids(erasing)?, highest };
+    let fix = match fix_root {
+        Some(r) => Some(FixTarget { root: open_root(&r)?, rel: fix_rel.unwrap_or_default() }),
+        None => None,
+    };
+    let root = open_root(&root)?;
+    let p = Arc::clone(&progress.inner);
+    let tally = run(py, jobs, move || {
+        let sink = Sink::new(&p, &prefix);
+        AreaCheck::new(&area, &snap, &size_list, fix, &sink).run(root);
+        sink.tally
+    })?;
+    tally_dict(py, &tally)
+}
+
+/// Converts an LMDB error to the Python exception.
+fn lmdb_err(e: crate::lmdbfile::LmdbError) -> PyErr {
+    let kind = match e.kind {
+        ErrorKind::Io(_) => "io",
+        ErrorKind::Corrupt => "corrupt",
+        ErrorKind::Unsupported => "unsupported",
+        ErrorKind::Stale => "stale",
+        ErrorKind::Callback => "corrupt",
+    };
+    LmdbError::new_err((kind, e.page, e.message))
+}
+
+/// Structural check of an LMDB file (optionally of the snapshot `txnid`).
+#[pyfunction]
+#[pyo3(signature = (path, txnid = None))]
+fn lmdb_check<'py>(py: Python<'py>, path: PathBuf, txnid: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+    let s = py.detach(|| LmdbFile::open(&path, txnid).and_then(|f| f.check())).map_err(lmdb_err)?;
+    let d = PyDict::new(py);
+    d.set_item("txnid", s.txnid)?;
+    d.set_item("page_size", s.page_size)?;
+    d.set_item("last_page", s.last_page)?;
+    d.set_item("tree_pages", s.tree_pages)?;
+    d.set_item("free_pages", s.free_pages)?;
+    let dbs: Vec<(Bound<'py, PyBytes>, u64)> = s.dbs.iter().map(|(n, c)| (PyBytes::new(py, n), *c)).collect();
+    d.set_item("dbs", dbs)?;
+    Ok(d)
+}
+
+/// Reads an area's index from an LMDB file; see `records.rs`.
+#[pyfunction]
+#[pyo3(signature = (path, kind, txnid = None))]
+fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+    let kind = match kind {
+        "account" => IndexKind::Account,
+        "queue" => IndexKind::Queue,
+        other => return Err(PyValueError::new_err(format!("unknown index kind {other:?}"))),
+    };
+    let (file_txnid, idx) = py
+        .detach(|| LmdbFile::open(&path, txnid).and_then(|f| Ok((f.txnid(), records::read_index(&f, kind)?))))
+        .map_err(lmdb_err)?;
+    let d = PyDict::new(py);
+    d.set_item("txnid", file_txnid)?;
+    d.set_item("live", PyBytes::new(py, &packed(&idx.live)))?;
+    d.set_item("sizes", PyBytes::new(py, &packed(&idx.sizes)))?;
+    d.set_item("erasing", PyBytes::new(py, &packed(&idx.erasing)))?;
+    d.set_item("highest", idx.highest)?;
+    d.set_item("records", idx.records)?;
+    d.set_item("expunged", idx.expunged)?;
+    d.set_item("mailboxes", idx.mailboxes)?;
+    d.set_item("next_id", idx.next_id)?;
+    let problems: Vec<(&str, u64, String)> = idx.problems.into_iter().map(|p| (p.code, p.id, p.detail)).collect();
+    d.set_item("problems", problems)?;
+    d.set_item("problem_count", idx.problem_count)?;
+    Ok(d)
+}
+
+/// Writes generated message files; see `gen.rs`.
+#[pyfunction]
+#[pyo3(signature = (root, ids, sizes, *, seed, jobs, progress))]
+fn write_messages<'py>(py: Python<'py>, root: PathBuf, ids: &[u8], sizes: &[u8], seed: u64, jobs: usize, progress: &Progress) -> PyResult<Bound<'py, PyDict>> {
+    if ids.len() % 8 != 0 || ids.len() != sizes.len() {
+        return Err(PyValueError::new_err("ids and sizes must be packed u64s of equal length"));
+    }
+    let unpack = |b: &[u8]| -> Vec<u64> { b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect() };
+    let (ids, sizes) = (unpack(ids), unpack(sizes));
+    let p = Arc::clone(&progress.inner);
+    let tally = run(py, jobs, move || {
+        let sink = Sink::new(&p, b"");
+        gen::write_messages(&root, &ids, &sizes, seed, &sink).map(|()| sink.tally)
+    })?
+    .map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string())))?;
+    tally_dict(py, &tally)
+}
+
+/// Flushes the file system holding `path` to stable storage (`syncfs`), with the GIL released.
+#[pyfunction]
+fn syncfs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    let fd = open_root(&path)?;
+    py.detach(|| rustix::fs::syncfs(&fd)).map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(), path)))
+}
+
+/// The relative path of message `id`: `dir(id)/id`.
+#[pyfunction]
+fn message_path(id: u64) -> String {
+    String::from_utf8(msgpath::rel_path(id)).expect("ASCII")
+}
+
+/// The ID a message file name stands for, if it is canonical decimal.
+#[pyfunction]
+fn parse_message_name(name: &[u8]) -> Option<u64> {
+    msgpath::parse_id(name)
+}
+
+/// The module.
+#[pymodule]
+fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Progress>()?;
+    m.add("LmdbError", m.py().get_type::<LmdbError>())?;
+    m.add_function(wrap_pyfunction!(backup_area, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(check_area, m)?)?;
+    m.add_function(wrap_pyfunction!(lmdb_check, m)?)?;
+    m.add_function(wrap_pyfunction!(read_index, m)?)?;
+    m.add_function(wrap_pyfunction!(write_messages, m)?)?;
+    m.add_function(wrap_pyfunction!(message_path, m)?)?;
+    m.add_function(wrap_pyfunction!(syncfs, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_message_name, m)?)?;
+    Ok(())
+}
