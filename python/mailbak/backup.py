@@ -1,0 +1,383 @@
+"""mailbak backup: one consistent backup of a live mail store.
+
+The phases, in order:
+1. **Check.** STORE must look like a store, its config must parse, DEST must be absent or an
+   empty directory. Any problem here is bad input: exit 2, nothing written.
+2. **Config.** ``config/`` is copied: directories and files with their permission bits,
+   symlinks recreated (never followed), special files skipped with a warning.
+3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
+   docs/FORMAT.md defer removing message files until the backup releases it after phase 5.
+4. **Databases.** Every known database is copied from one LMDB read transaction
+   (``snapshot.py``); for the queue and each account the IDs come from that copy.
+5. **Messages.** Per area, the engine hardlinks (or copies) the snapshot's message files, skips
+   files added after the snapshot or being erased, and reports and copies anything else.
+6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
+   anything unknown reported and copied as plain files.
+7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is written
+   atomically. Without it a destination is an incomplete backup.
+
+Not guaranteed: databases are separate snapshots taken one after the other (LMDB has no
+transaction across files); each area's files agree with its own index, which is what matters.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailbak import __version__, _engine, manifest
+from mailbak.layout import (
+    ACCOUNT_KNOWN_FILES,
+    LEASE_FILE,
+    LOCK_SUFFIX,
+    NEVER_BACKED_UP,
+    QUEUE_KNOWN_FILES,
+    TOP_DATABASES,
+    TOP_PLAIN_FILES,
+    FormatError,
+    StorePaths,
+    read_config,
+)
+from mailbak.report import Reporter, rfc3339
+from mailbak.runner import Runner
+from mailbak.snapshot import Index, SnapshotError, copy_database
+
+#: Seconds to wait for the lease while a writer's sweep holds it exclusively (a sweep holds it
+#: only while unlinking files, normally milliseconds).
+LEASE_WAIT_SECONDS = 60.0
+
+#: Per-area counts recorded in the manifest.
+AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "unrecognized", "missing", "errors", "warnings")
+
+
+class UsageError(Exception):
+    """Bad usage or input, found before anything was written (exit status 2)."""
+
+
+def check_destination(dest: Path) -> None:
+    """DEST must not exist (its parent must) or be an empty directory."""
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        if not dest.parent.is_dir():
+            raise UsageError(f"{dest}: its parent directory does not exist") from None
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{dest}: exists and is not a directory")
+    try:
+        if any(os.scandir(dest)):
+            raise UsageError(f"{dest}: destination is not empty (back up into a new or empty directory)")
+    except PermissionError as e:
+        raise UsageError(f"{dest}: cannot read the destination: {e.strerror}") from e
+
+
+def make_dir(path: Path, like: Path | None) -> None:
+    """Creates a destination directory with its source's mode, capped at 0770."""
+    mode = 0o750
+    if like is not None:
+        try:
+            mode = stat.S_IMODE(os.stat(like).st_mode) & 0o770
+        except OSError:
+            pass
+    os.mkdir(path, 0o700)
+    os.chmod(path, mode | 0o700 if mode & 0o700 != 0o700 else mode)
+
+
+@dataclass
+class Area:
+    """A message area to back up: the queue or one account."""
+
+    #: Name in reports: "queue" or the account name.
+    name: str
+    #: Path relative to the data directory, e.g. ``accounts/alice``.
+    rel: str
+    #: Source directory.
+    src: Path
+    #: Destination directory.
+    dst: Path
+    #: The index snapshot.
+    index: Index
+    #: Message tree relative to the area ("" for the queue).
+    tree: bytes
+    #: Files the phases handle themselves.
+    known: tuple[str, ...]
+    #: Counts for the manifest.
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Lease:
+    """The backup's side of the lease protocol: a shared lock held from before the first
+    snapshot until every message file is placed."""
+
+    def __init__(self, data_dir: Path, reporter: Reporter):
+        self.path = data_dir / LEASE_FILE
+        self.reporter = reporter
+        self.fd: int | None = None
+
+    def __enter__(self) -> "Lease":
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"cannot open the lease file ({e.strerror}); writers cannot defer erasures, so an erase during the backup can fail it")
+            return self
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                self.fd = fd
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"a writer held the lease for over {LEASE_WAIT_SECONDS:.0f}s; going on without it, so an erase during the backup can fail it")
+                    return self
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+class Backup:
+    """One run of ``mailbak backup``."""
+
+    def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False):
+        self.paths = paths
+        self.dest = dest
+        self.jobs = jobs
+        self.reporter = reporter
+        self.runner = Runner(reporter, verbose=verbose)
+        self.data_dst = dest / "data"
+        self.started = time.time()
+        self.databases: dict[str, dict[str, int]] = {}
+        self.areas: list[Area] = []
+        self.plain_accounts: list[str] = []
+        self.link_warning_given = False
+        self.config = None
+
+    # Phase 1 ---------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Phase 1; raises UsageError."""
+        problem = self.paths.problem()
+        if problem:
+            raise UsageError(problem)
+        try:
+            self.config = read_config(self.paths.config_dir)
+        except FormatError as e:
+            raise UsageError(str(e)) from e
+        check_destination(self.dest)
+        if self.dest.resolve().is_relative_to(self.paths.data_dir.resolve()) or self.dest.resolve().is_relative_to(self.paths.config_dir.resolve()):
+            raise UsageError(f"{self.dest}: the destination is inside the store")
+        try:
+            if not self.dest.exists():
+                os.mkdir(self.dest, 0o700)
+            else:
+                os.chmod(self.dest, stat.S_IMODE(os.stat(self.dest).st_mode) & 0o770)
+            make_dir(self.dest / "config", self.paths.config_dir)
+        except OSError as e:
+            raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
+        make_dir(self.data_dst, self.paths.data_dir)
+
+    # Phases 2 to 7 ---------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Phases 2 to 7 (after check()); returns the status written to the manifest."""
+        self.runner.new_phase("config")
+        self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
+        with Lease(self.paths.data_dir, self.reporter) as lease:
+            self.runner.new_phase("databases")
+            self.snapshot_databases()
+            total = sum(a.index.live_count for a in self.areas)
+            self.runner.new_phase("messages", total)
+            for area in self.areas:
+                self.backup_area(area)
+            lease.release()
+        self.runner.new_phase("other files")
+        self.copy_other_files()
+        self.runner.relay()
+        status = "failed" if self.reporter.counts.errors else "ok"
+        _engine.syncfs(self.dest)
+        manifest.write(self.dest, self.facts(status))
+        return status
+
+    def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only)
+        self.note_link_fallback(result)
+        return result
+
+    def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
+        """Copies one database; reports and returns False on failure."""
+        try:
+            copy = copy_database(src, dst)
+        except SnapshotError as e:
+            self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
+            return False
+        self.databases[rel] = {"txnid": copy.txnid, "bytes": copy.size}
+        return True
+
+    def snapshot_databases(self) -> None:
+        """Phase 4."""
+        data = self.paths.data_dir
+        for name in TOP_DATABASES:
+            if not os.path.lexists(data / name):
+                self.reporter.warn("missing_database", f"data/{name}", "known database missing from the store; not in the backup")
+                continue
+            self.snapshot(name, data / name, self.data_dst / name)
+        self.add_area("queue", "queue", b"", QUEUE_KNOWN_FILES, "queue")
+        for name, why in self.config.invalid:
+            self.reporter.error("invalid_account", f"config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
+        if self.config.accounts:
+            make_dir(self.data_dst / "accounts", data / "accounts")
+        for name in self.config.accounts:
+            self.add_area(name, f"accounts/{name}", b"msg", ACCOUNT_KNOWN_FILES, "account")
+
+    def add_area(self, name: str, rel: str, tree: bytes, known: tuple[str, ...], kind: str) -> None:
+        src = self.paths.data_dir / rel
+        dst = self.data_dst / rel
+        what = "queue" if kind == "queue" else f"account {name!r}"
+        try:
+            st = os.lstat(src)
+        except OSError as e:
+            self.reporter.error("area_missing", f"data/{rel}", f"{what}: directory missing ({e.strerror}); not backed up")
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            self.reporter.error("area_missing", f"data/{rel}", f"{what}: not a directory (never followed); not backed up")
+            return
+        make_dir(dst, src)
+        if not self.snapshot(f"{rel}/index.db", src / "index.db", dst / "index.db"):
+            self.reporter.error("area_unreadable", f"data/{rel}", f"{what} cannot be opened; its directory is copied as plain files")
+            self.plain_accounts.append(rel)
+            return
+        try:
+            index = Index.read(dst / "index.db", kind)
+        except SnapshotError as e:
+            self.reporter.error("area_unreadable", f"data/{rel}/index.db", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
+            self.plain_accounts.append(rel)
+            return
+        for code, id_, detail in index.problems:
+            if code.startswith(("bad_", "missing_")):
+                self.reporter.error(code, f"data/{rel}/index.db", f"{detail} (files of such records are kept if present)")
+        if kind == "account" and os.path.lexists(src / "junkfilter.db"):
+            self.snapshot(f"{rel}/junkfilter.db", src / "junkfilter.db", dst / "junkfilter.db")
+        self.areas.append(Area(name, rel, src, dst, index, tree, known))
+
+    def backup_area(self, area: Area) -> None:
+        """Phase 5 for one area."""
+        idx = area.index
+        result = self.runner.call(
+            _engine.backup_area,
+            area.src,
+            area.dst,
+            tree=area.tree,
+            known=[k.encode() for k in area.known],
+            live=idx.live,
+            erasing=idx.erasing,
+            highest=idx.highest,
+            jobs=self.jobs,
+            prefix=f"data/{area.rel}".encode(),
+        )
+        self.note_link_fallback(result)
+        area.counts = {k: result[k] for k in AREA_COUNTS}
+        if os.path.lexists(area.src / "junkfilter.bloom"):
+            self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
+
+    def note_link_fallback(self, result: dict[str, Any]) -> None:
+        """One warning per run when hardlinks were impossible."""
+        err = result.get("link_fallback_errno")
+        if not err or self.link_warning_given:
+            return
+        self.link_warning_given = True
+        hint = ""
+        if err == errno.EXDEV:
+            hint = "; DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
+        self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}); message files are copied instead{hint}")
+
+    def copy_other_files(self) -> None:
+        """Phase 6."""
+        data = self.paths.data_dir
+        handled = {os.fsencode(n) for n in ("queue", "accounts", *NEVER_BACKED_UP, *TOP_DATABASES)}
+        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in TOP_DATABASES}
+        expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, "acme")}
+        to_copy: list[bytes] = []
+        for name in sorted(os.listdir(os.fsencode(data))):
+            if name in handled:
+                continue
+            if name not in expected and not _is_special(data / os.fsdecode(name)):
+                self.reporter.warn("unrecognized", b"data/" + name, "not part of the mail store format; copied")
+            to_copy.append(name)
+        for name in (os.fsencode(n) for n in TOP_PLAIN_FILES):
+            if name not in to_copy:
+                self.reporter.warn("missing_file", b"data/" + name, "known file missing from the store")
+        if to_copy:
+            self.copy_tree(data, self.data_dst, b"data", only=to_copy)
+        accounts = data / "accounts"
+        if accounts.is_dir() and not accounts.is_symlink():
+            configured = {os.fsencode(n) for n in self.config.accounts}
+            extra = [n for n in sorted(os.listdir(os.fsencode(accounts))) if n not in configured]
+            for name in extra:
+                self.reporter.warn("unrecognized", b"data/accounts/" + name, "directory of an account not in the config; copied as plain files")
+            if extra:
+                (self.data_dst / "accounts").mkdir(mode=0o750, exist_ok=True)
+                self.copy_tree(accounts, self.data_dst / "accounts", b"data/accounts", only=extra)
+        for rel in self.plain_accounts:
+            src = data / rel
+            names = [n for n in os.listdir(os.fsencode(src)) if not n.endswith(LOCK_SUFFIX.encode())]
+            self.copy_tree(src, self.data_dst / rel, f"data/{rel}".encode(), only=names)
+
+    # Phase 7 ---------------------------------------------------------------------------------
+
+    def store_format_version(self) -> str | None:
+        try:
+            with open(self.paths.data_dir / "mailstore-version", "rb") as f:
+                return f.read(64).decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """The manifest's content (also the JSON summary)."""
+        counts = self.reporter.counts
+        return {
+            "status": status,
+            "mailbak_version": __version__,
+            "store_format_version": self.store_format_version(),
+            "store": str(self.paths.data_dir.parent.resolve()),
+            "started": rfc3339(self.started),
+            "finished": rfc3339(),
+            "databases": self.databases,
+            "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.name == "queue" and a.rel == "queue"), None),
+            "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.rel != "queue"},
+            "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
+            "warnings": counts.warnings,
+            "errors": counts.errors,
+        }
+
+    def table(self) -> list[tuple[str, ...]]:
+        """The summary table: one row per area and a total."""
+        rows: list[tuple[str, ...]] = [("area", "linked", "copied", "new", "erasing", "unrecognized", "missing")]
+        keys = ("linked", "copied", "skipped_new", "skipped_erasing", "unrecognized", "missing")
+        total = dict.fromkeys(keys, 0)
+        for a in self.areas:
+            rows.append((a.name if a.rel == "queue" else f"account {a.name}", *(str(a.counts.get(k, 0)) for k in keys)))
+            for k in keys:
+                total[k] += a.counts.get(k, 0)
+        rows.append(("total", *(str(total[k]) for k in keys)))
+        return rows
+
+
+def _is_special(path: Path) -> bool:
+    try:
+        m = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m))

@@ -1,0 +1,246 @@
+"""The ``mailbak`` command line: one click command per verb, each a thin shell around its phase
+module. Exit statuses (docs/CLI.md): 0 ok, 1 failed or problems found, 2 bad usage or input,
+130 interrupted. Scripts must treat any other status as failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from mailbak import __version__
+
+#: Exit statuses.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def default_jobs() -> int:
+    """Worker threads for file work: two per core. Linking is bound by the kernel's directory
+    locks and by waiting on metadata I/O, so a thread per core leaves cores idle; measured in
+    BENCHMARKS.md (jobs sweep)."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+def jobs_option(f):
+    return click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Worker threads for file work (default: two per core).")(f)
+
+
+def output_options(f):
+    f = click.option("--json", "json_output", is_flag=True, help="JSON Lines on stdout (status, warning, error, summary); nothing else on stdout.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help="Print only errors (and the summary when something failed).")(f)
+    f = click.option("--verbose", "-v", is_flag=True, help="Also print a line per file.")(f)
+    return f
+
+
+def fail_usage(reporter, text: str) -> NoReturn:
+    """Bad usage or input: one clear message, exit status 2."""
+    reporter.usage_error(text)
+    reporter.close()
+    click.echo(f"mailbak: error: {text}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mailbak")
+def main() -> None:
+    """Consistent online backups of LMDB mail stores.
+
+    A store is a directory with config/ and data/ (docs/FORMAT.md). Backups are taken while the
+    mail server keeps running; message files are hardlinked, so a backup on the same file system
+    costs almost no space or time.
+    """
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--config", "config_dir", type=click.Path(path_type=Path), help="Config directory (default: STORE/config).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory (default: STORE/data).")
+@jobs_option
+@output_options
+def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, quiet, verbose) -> None:
+    """Back up STORE into DEST (new or empty) while the server runs.
+
+    \b
+    Phases: copy config/; take the backup lease; copy every LMDB database from
+    one read transaction each; hardlink (or copy) the message files those
+    snapshots name, skipping files added later or being erased; copy all other
+    files of data/ (unknown ones with a warning); flush DEST; write
+    DEST/mailbak.json last.
+
+    \b
+    Safety: nothing in STORE is modified (LMDB registers the backup as a reader
+    in the lock files, as it does any reader). Writers are never blocked.
+    Ctrl-C or SIGTERM stops workers and leaves DEST without a manifest, which
+    `mailbak verify` reports as an incomplete backup; delete it and run again.
+
+    \b
+    Exit status: 0 ok (warnings allowed), 1 failed (errors, backup kept and
+    marked failed, or stopped by a full destination), 2 bad usage or input
+    (nothing written), 130 interrupted.
+    """
+    from mailbak.backup import Backup, UsageError
+    from mailbak.layout import StorePaths
+    from mailbak.report import make_reporter
+    from mailbak.runner import DestinationFull, Interrupted, install_signal_handlers
+
+    install_signal_handlers()
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    b = Backup(StorePaths.of(store, config_dir, data_dir), dest, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+    try:
+        b.check()
+    except UsageError as e:
+        fail_usage(reporter, str(e))
+    try:
+        status = b.run()
+    except Interrupted as e:
+        reporter.close()
+        click.echo(f"mailbak: interrupted ({e}); {dest} is an incomplete backup (no manifest)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except DestinationFull as e:
+        reporter.close()
+        click.echo(f"mailbak: error: the destination cannot take more data: {e}; {dest} is an incomplete backup (no manifest)", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as e:
+        reporter.close()
+        where = f" {e.filename}:" if e.filename else ""
+        click.echo(f"mailbak: error:{where} {e.strerror or e}; {dest} is an incomplete backup (no manifest)", err=True)
+        sys.exit(EXIT_FAILED)
+    reporter.summary(f"backup {status}: {dest}", b.facts(status), b.table())
+    sys.exit(EXIT_OK if status == "ok" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--fix", is_flag=True, help="Move unrecognized files out of message directories to data/moved/ (never deletes).")
+@jobs_option
+@output_options
+def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose) -> None:
+    """Prove a backup (or a store) complete and consistent.
+
+    \b
+    Checks: the manifest says ok (backups); every LMDB file passes a structural
+    check before LMDB opens it, and every record decodes; every live message and
+    queued message has its file with the recorded size; account rules (uid below
+    uidnext, no live message in an expunged mailbox, erase entries name expunged
+    messages); no unrecognized files in message directories; accounts and
+    directories agree with the config.
+
+    \b
+    Writes nothing (no lock files in a backup) unless --fix, which moves
+    unrecognized files to data/moved/ keeping their path. Exit status: 0 clean,
+    1 problems found, 2 bad usage or input, 130 interrupted.
+    """
+    from mailbak.report import make_reporter
+    from mailbak.runner import Interrupted, install_signal_handlers
+    from mailbak.verify import UsageError, Verify
+
+    install_signal_handlers()
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    v = Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+    try:
+        v.check_usage()
+        result = v.run()
+    except UsageError as e:
+        fail_usage(reporter, str(e))
+    except Interrupted as e:
+        reporter.close()
+        click.echo(f"mailbak: interrupted ({e}); verification incomplete", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    reporter.summary(f"verify {result}: {path}", v.facts(result), v.table())
+    sys.exit(EXIT_OK if result == "clean" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("backup_dir", metavar="BACKUP", type=click.Path(path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--copy", "force_copy", is_flag=True, help="Copy message files instead of hardlinking them, so the restored store shares no inode with the backup.")
+@click.option("--force", is_flag=True, help="Restore even if the backup's manifest is missing or says failed.")
+@jobs_option
+@output_options
+def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, json_output, quiet, verbose) -> None:
+    """Restore BACKUP into STORE (new or empty), then verify the result.
+
+    \b
+    Databases are written as fresh LMDB files (no lock files) and all other
+    files are copied; message files are hardlinked when BACKUP and STORE share
+    a file system. Use --copy when the server might modify message files in
+    place: with hardlinks that would change the backup too. Permission bits and
+    symlinks are kept; nothing outside STORE is ever written.
+
+    \b
+    Refuses a backup without an "ok" manifest unless --force. Exit status: 0
+    restored and verified clean, 1 restored with problems, 2 bad usage or input
+    (nothing written), 130 interrupted (STORE is then incomplete).
+    """
+    from mailbak.report import make_reporter
+    from mailbak.restore import Restore, UsageError
+    from mailbak.runner import DestinationFull, Interrupted, install_signal_handlers
+
+    install_signal_handlers()
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    r = Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+    try:
+        r.check()
+    except UsageError as e:
+        fail_usage(reporter, str(e))
+    try:
+        result = r.run()
+    except Interrupted as e:
+        reporter.close()
+        click.echo(f"mailbak: interrupted ({e}); {store} is incomplete; delete it and restore again", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except (DestinationFull, OSError) as e:
+        reporter.close()
+        click.echo(f"mailbak: error: {e}; {store} is incomplete", err=True)
+        sys.exit(EXIT_FAILED)
+    reporter.summary(f"restore {result}: {store}", r.facts(result), r.table())
+    sys.exit(EXIT_OK if result == "clean" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--messages", "-n", type=click.IntRange(0), required=True, help="Messages over all accounts.")
+@click.option("--accounts", "-a", type=click.IntRange(1), required=True, help="Accounts (sizes vary like real users').")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same store.")
+@click.option("--median-size", type=click.IntRange(256, 1 << 20), default=4096, show_default=True, help="Median message size in bytes (lognormal, capped at 1 MiB).")
+@jobs_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def gen(store: Path, messages: int, accounts: int, seed: int, median_size: int, jobs, quiet: bool) -> None:
+    """Generate a realistic store for tests, demos and benchmarks.
+
+    Deterministic for a seed. Refuses a STORE that exists and is not empty (exit 2).
+    """
+    from mailbak.demo import generate_with_report
+
+    if store.exists() and (not store.is_dir() or any(store.iterdir())):
+        click.echo(f"mailbak: error: {store}: exists and is not an empty directory", err=True)
+        sys.exit(EXIT_USAGE)
+    generate_with_report(store, messages=messages, accounts=accounts, seed=seed, median_size=median_size, jobs=jobs or default_jobs(), quiet=quiet)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(path_type=Path))
+@click.option("--messages", "-n", type=click.IntRange(0), default=20_000, show_default=True, help="Messages in the sample store.")
+@click.option("--accounts", "-a", type=click.IntRange(1), default=12, show_default=True, help="Accounts in the sample store.")
+@jobs_option
+def demo(directory: Path | None, messages: int, accounts: int, jobs) -> None:
+    """Generate a sample store, then back it up, verify the backup, and restore it.
+
+    Works in DIRECTORY (new or empty) or in a temporary directory that is removed afterwards.
+    """
+    from mailbak.demo import run_demo
+
+    if directory is not None and directory.exists() and any(directory.iterdir()):
+        click.echo(f"mailbak: error: {directory}: not empty", err=True)
+        sys.exit(EXIT_USAGE)
+    if directory is None:
+        with tempfile.TemporaryDirectory(prefix="mailbak-demo-") as tmp:
+            sys.exit(run_demo(Path(tmp), messages=messages, accounts=accounts, jobs=jobs or default_jobs()))
+    directory.mkdir(parents=True, exist_ok=True)
+    sys.exit(run_demo(directory, messages=messages, accounts=accounts, jobs=jobs or default_jobs()))

@@ -1,0 +1,303 @@
+"""Reporting: one stream of events and progress, rendered for a terminal, as plain lines, or as
+JSON Lines. The phases (backup, verify, restore, gen) report through :class:`Reporter` only and
+never import rich; this module is the only one that writes to the terminal.
+
+Vocabulary (as mox's backup uses it): a *warning* leaves the result good; an *error* marks it
+failed and the work goes on; *info* lines are per-file detail shown with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from mailbak.layout import escape_path
+
+#: Lines shown per event code on a terminal before further ones are only counted; every event
+#: still goes to --json output and into the counts.
+HUMAN_LINES_PER_CODE = 1000
+
+
+def rfc3339(ts: float | None = None) -> str:
+    """A UTC timestamp in RFC 3339 form, to the second."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One located event."""
+
+    severity: str  # "info", "warning" or "error"
+    code: str
+    path: bytes | None
+    detail: str
+    errno: int = 0
+
+    def line(self) -> str:
+        where = f"{escape_path(self.path)}: " if self.path is not None else ""
+        return f"{self.severity}: {where}{self.detail}"
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"message_type": self.severity, "code": self.code, "cause": self.detail}
+        if self.path is not None:
+            d["path"] = escape_path(self.path)
+        if self.errno:
+            d["errno"] = self.errno
+        return d
+
+
+@dataclass
+class Counts:
+    """Warnings and errors seen so far, by code."""
+
+    warnings: int = 0
+    errors: int = 0
+    by_code: Counter = field(default_factory=Counter)
+
+
+class Reporter:
+    """Receives everything a command has to say. This base class only counts."""
+
+    def __init__(self) -> None:
+        self.counts = Counts()
+        self.started = time.monotonic()
+        self.phase_name = ""
+        self.phase_started = self.started
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        """A new phase begins; ``total`` units of work are expected when known."""
+        self.phase_name = name
+        self.phase_started = time.monotonic()
+
+    def advance(self, done: int, total: int | None) -> None:
+        """Progress within the phase (called a few times a second)."""
+
+    def event(self, ev: Event) -> None:
+        """A warning, error or per-file line."""
+        if ev.severity == "warning":
+            self.counts.warnings += 1
+        elif ev.severity == "error":
+            self.counts.errors += 1
+        self.counts.by_code[ev.code] += 1
+
+    def warn(self, code: str, path: bytes | str | None, detail: str) -> None:
+        self.event(Event("warning", code, _b(path), detail))
+
+    def error(self, code: str, path: bytes | str | None, detail: str) -> None:
+        self.event(Event("error", code, _b(path), detail))
+
+    def info(self, code: str, path: bytes | str | None, detail: str) -> None:
+        self.event(Event("info", code, _b(path), detail))
+
+    def message(self, text: str) -> None:
+        """A line of human prose (nothing in JSON mode)."""
+
+    def usage_error(self, text: str) -> None:
+        """Bad usage or input; the command prints it on stderr and exits 2."""
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        """The end of the run: facts for JSON, a table for people."""
+
+    def close(self) -> None:
+        """Stops any live display."""
+
+    def eta(self, done: int, total: int | None) -> tuple[float, float | None, float]:
+        """(elapsed seconds in phase, seconds remaining or None, rate per second)."""
+        elapsed = max(time.monotonic() - self.phase_started, 1e-9)
+        rate = done / elapsed
+        remaining = (total - done) / rate if total and rate > 0 and done <= total else None
+        return elapsed, remaining, rate
+
+
+def _b(path: bytes | str | None) -> bytes | None:
+    if path is None or isinstance(path, bytes):
+        return path
+    return path.encode("utf-8", "surrogateescape")
+
+
+class PlainReporter(Reporter):
+    """Plain lines on stderr (no terminal), a text summary on stdout."""
+
+    def __init__(self, *, quiet: bool = False, verbose: bool = False, err: IO[str] | None = None, out: IO[str] | None = None):
+        super().__init__()
+        self.quiet, self.verbose = quiet, verbose
+        self.err = err or sys.stderr
+        self.out = out or sys.stdout
+        self._shown: Counter = Counter()
+        self._last_status = 0.0
+
+    def _wants(self, ev: Event) -> bool:
+        if ev.severity == "error":
+            return True
+        if self.quiet:
+            return False
+        return ev.severity == "warning" or self.verbose
+
+    def event(self, ev: Event) -> None:
+        super().event(ev)
+        if not self._wants(ev):
+            return
+        self._shown[ev.code] += 1
+        if ev.severity != "info" and self._shown[ev.code] == HUMAN_LINES_PER_CODE + 1:
+            self._print(f"note: further '{ev.code}' {ev.severity}s are counted but not shown (use --json for all)")
+        if ev.severity == "info" or self._shown[ev.code] <= HUMAN_LINES_PER_CODE:
+            self._print(ev.line())
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.err, flush=True)
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        super().phase(name, total)
+        self._last_status = time.monotonic()
+        if not self.quiet:
+            self._print(f"== {name}" + (f" ({total} files)" if total else ""))
+
+    def advance(self, done: int, total: int | None) -> None:
+        # One status line every 10 s keeps logs of long cron runs readable.
+        now = time.monotonic()
+        if self.quiet or not self.phase_name or now - self._last_status < 10:
+            return
+        self._last_status = now
+        elapsed, remaining, rate = self.eta(done, total)
+        of = f"/{total}" if total else ""
+        left = f", about {remaining:.0f}s left" if remaining is not None else ""
+        self._print(f"   {self.phase_name}: {done}{of} files, {rate:.0f}/s{left}")
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self._print(text)
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        if self.quiet and facts.get("status") in ("ok", "clean"):
+            return
+        hidden = {c: n - HUMAN_LINES_PER_CODE for c, n in self._shown.items() if n > HUMAN_LINES_PER_CODE}
+        print(title, file=self.out)
+        if table:
+            widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
+            for row in table:
+                print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=self.out)
+        for code, n in sorted(hidden.items()):
+            print(f"  ({n} more '{code}' lines not shown)", file=self.out)
+        self.out.flush()
+
+
+class RichReporter(PlainReporter):
+    """A live progress bar per phase on a terminal (stderr), events above it, a table at the end."""
+
+    def __init__(self, *, quiet: bool = False, verbose: bool = False):
+        super().__init__(quiet=quiet, verbose=verbose)
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.out_console = Console()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+            disable=quiet,
+        )
+        self.task = None
+        self.progress.start()
+
+    def _print(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        Reporter.phase(self, name, total)
+        if self.task is not None:
+            self.progress.update(self.task, completed=self.progress.tasks[self.task].completed)
+            self.progress.stop_task(self.task)
+        self.task = self.progress.add_task(name, total=total or None, rate="")
+
+    def advance(self, done: int, total: int | None) -> None:
+        if self.task is None:
+            return
+        _, _, rate = self.eta(done, total)
+        self.progress.update(self.task, completed=done, total=total or None, rate=f"{rate:,.0f} files/s")
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        self.close()
+        if self.quiet and facts.get("status") in ("ok", "clean"):
+            return
+        from rich.table import Table
+
+        t = Table(title=title, show_header=bool(table), title_justify="left")
+        if table:
+            for h in table[0]:
+                t.add_column(str(h), justify="right" if h not in ("", "area", "check") else "left")
+            for row in table[1:]:
+                t.add_row(*(str(c) for c in row))
+        self.out_console.print(t)
+        for code, n in sorted(self._shown.items()):
+            if n > HUMAN_LINES_PER_CODE:
+                self.out_console.print(f"({n - HUMAN_LINES_PER_CODE} more '{code}' lines not shown; use --json for all)")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+class JsonReporter(Reporter):
+    """JSON Lines on stdout, one object per line with a ``message_type`` (as restic does)."""
+
+    #: Seconds between ``status`` lines.
+    STATUS_EVERY = 1.0
+
+    def __init__(self, *, verbose: bool = False, out: IO[str] | None = None):
+        super().__init__()
+        self.verbose = verbose
+        self.out = out or sys.stdout
+        self._last = 0.0
+
+    def _emit(self, obj: dict[str, Any]) -> None:
+        self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+    def event(self, ev: Event) -> None:
+        super().event(ev)
+        if ev.severity != "info" or self.verbose:
+            self._emit(ev.as_json())
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        super().phase(name, total)
+        self._last = 0.0
+        self.advance(0, total)
+
+    def advance(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.STATUS_EVERY and done != total:
+            return
+        self._last = now
+        elapsed, remaining, _ = self.eta(done, total)
+        obj: dict[str, Any] = {"message_type": "status", "phase": self.phase_name, "files_done": done, "seconds_elapsed": round(elapsed, 3)}
+        if total:
+            obj["files_total"] = total
+        if remaining is not None:
+            obj["seconds_remaining"] = round(remaining, 3)
+        self._emit(obj)
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        self._emit({"message_type": "summary", **facts})
+
+    def usage_error(self, text: str) -> None:
+        self._emit({"message_type": "error", "code": "usage", "cause": text})
+
+
+def make_reporter(*, json_output: bool, quiet: bool, verbose: bool) -> Reporter:
+    """The reporter a command line asks for: JSON, rich on a terminal, or plain lines."""
+    if json_output:
+        return JsonReporter(verbose=verbose)
+    if sys.stderr.isatty() and not quiet:
+        return RichReporter(quiet=quiet, verbose=verbose)
+    return PlainReporter(quiet=quiet, verbose=verbose)

@@ -1,0 +1,106 @@
+"""Running engine calls: in a worker thread, with progress and events relayed to a Reporter,
+and Ctrl-C / SIGTERM turned into a prompt, clean stop.
+
+The Rust engine releases the GIL while it works, so the main thread stays free to draw the
+progress bar and to receive signals (Python runs signal handlers only in the main thread). On an
+interrupt the main thread sets the engine's cancel flag, waits for the workers to finish their
+current file and return, then re-raises: no worker outlives the command.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import threading
+from typing import Any, Callable
+
+from mailbak import _engine
+from mailbak.report import Event, Reporter
+
+#: Seconds between progress polls: frequent enough for a smooth bar and a quick cancel, rare
+#: enough to cost nothing.
+POLL_SECONDS = 0.1
+
+#: Errors on the destination after which nothing more can be written: the run stops.
+FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; the command stops and exits 130."""
+
+
+class DestinationFull(Exception):
+    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS)."""
+
+    def __init__(self, ev: Event):
+        super().__init__(ev.line())
+        self.event = ev
+
+
+class Runner:
+    """Relays one command's engine calls to its reporter."""
+
+    def __init__(self, reporter: Reporter, *, verbose: bool = False):
+        self.reporter = reporter
+        self.verbose = verbose
+        self.progress = _engine.Progress(verbose=verbose)
+        self.fatal: Event | None = None
+        self.dropped = 0
+
+    def relay(self) -> None:
+        """Moves queued events and the current position to the reporter."""
+        for severity, code, path, err, detail in self.progress.drain():
+            ev = Event(severity, code, path, detail, err)
+            self.reporter.event(ev)
+            if severity == "error" and err in FATAL_ERRNOS and self.fatal is None:
+                self.fatal = ev
+                self.progress.cancel()
+        done, total = self.progress.position()
+        self.reporter.advance(done, total or None)
+        self.dropped = self.progress.dropped
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Runs ``fn(*args, progress=..., **kwargs)`` in a worker thread until it returns."""
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = fn(*args, progress=self.progress, **kwargs)
+            except BaseException as e:  # re-raised in the caller's thread
+                box["error"] = e
+
+        t = threading.Thread(target=work, name="mailbak-engine", daemon=True)
+        t.start()
+        try:
+            while t.is_alive():
+                t.join(POLL_SECONDS)
+                self.relay()
+        except BaseException:
+            self.progress.cancel()
+            t.join()
+            self.relay()
+            raise
+        self.relay()
+        if self.fatal is not None:
+            raise DestinationFull(self.fatal)
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+    def new_phase(self, name: str, total: int | None = None) -> None:
+        """Starts a phase with fresh counters for the progress bar."""
+        self.relay()
+        self.progress = _engine.Progress(verbose=self.verbose)
+        if total:
+            self.progress.add_total(total)
+        self.reporter.phase(name, total)
+
+
+def install_signal_handlers() -> None:
+    """Makes SIGTERM behave like Ctrl-C: raise Interrupted in the main thread."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,147 @@
+"""Consistent copies of live LMDB databases, and the IDs each copy holds.
+
+For one database file:
+1. Open the environment read-only and begin a read transaction. That registers a reader in the
+   lock file, which keeps every page of this snapshot from being reused by writers until the
+   transaction ends; writers in other processes are never blocked.
+2. Have the engine check the snapshot's B-trees structurally (bounds, page types, order, counts)
+   by reading the file directly. A damaged file is reported and never handed to LMDB, whose C
+   code trusts page contents and could crash the whole process on a bad pointer.
+3. ``Environment.copy(dst, compact=True, txn=txn)``: LMDB writes exactly that snapshot to
+   ``dst``, compacted, without a lock file.
+4. For an index (queue or account), the engine reads the live IDs, sizes, erase set and highest
+   ID *from the copy*. The copy is the backup, so the IDs cannot disagree with it (docs/BACKUP.md
+   explains why this beat reading them in Python inside the transaction).
+
+Not guaranteed: different database files are different snapshots (LMDB has no transaction
+spanning environments). That is harmless here: each area's message files are decided by its own
+index alone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from mailbak import _engine
+from mailbak.layout import unpack_ids
+
+#: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page
+#: of our snapshot after two further commits (Stale), and a page being rewritten can be read torn;
+#: both clear on a fresh transaction, real damage does not.
+CHECK_ATTEMPTS = 8
+
+
+class SnapshotError(Exception):
+    """A database could not be snapshotted; the message says why."""
+
+
+@dataclass
+class DbCopy:
+    """One database copied from one snapshot."""
+
+    #: Path of the copy.
+    path: Path
+    #: Transaction ID of the snapshot in the source.
+    txnid: int
+    #: Size of the copy in bytes.
+    size: int
+
+
+@dataclass
+class Index:
+    """What an index snapshot says about its area."""
+
+    live: bytes
+    sizes: bytes
+    erasing: bytes
+    highest: int
+    records: int
+    expunged: int
+    mailboxes: int
+    next_id: int | None
+    problems: list[tuple[str, int, str]]
+    problem_count: int
+
+    @classmethod
+    def read(cls, path: Path, kind: str) -> "Index":
+        """Reads an index from a snapshot file (a copy); raises SnapshotError when damaged."""
+        try:
+            d = _engine.read_index(path, kind)
+        except _engine.LmdbError as e:
+            raise SnapshotError(describe(e)) from e
+        except OSError as e:
+            raise SnapshotError(f"cannot read: {e.strerror}") from e
+        d.pop("txnid")
+        return cls(**d)
+
+    @property
+    def live_count(self) -> int:
+        return len(self.live) // 8
+
+    def live_ids(self):
+        return unpack_ids(self.live)
+
+    def summary(self) -> dict[str, Any]:
+        return {"records": self.records, "live": self.live_count, "expunged": self.expunged, "erasing": len(self.erasing) // 8, "highest_id": self.highest}
+
+
+def describe(e: BaseException) -> str:
+    """Text for an engine LmdbError (kind, page, message) or anything else."""
+    if isinstance(e, _engine.LmdbError) and len(e.args) == 3:
+        kind, page, message = e.args
+        where = f" (page {page})" if page is not None else ""
+        return f"{kind}{where}: {message}"
+    return str(e)
+
+
+def open_readonly(path: Path) -> lmdb.Environment:
+    """Opens a live database for reading, as one more LMDB reader (see the module doc)."""
+    return lmdb.open(str(path), subdir=False, readonly=True, lock=True, create=False, max_dbs=0, readahead=False)
+
+
+def copy_database(src: Path, dst: Path) -> DbCopy:
+    """Steps 1 to 3 of the module doc; raises SnapshotError with the cause."""
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError as e:
+        raise SnapshotError("missing") from e
+    except OSError as e:
+        raise SnapshotError(f"cannot stat: {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise SnapshotError("not a regular file (a symlink or special file is never opened)")
+    try:
+        env = open_readonly(src)
+    except lmdb.Error as e:
+        raise SnapshotError(f"LMDB cannot open it: {e}") from e
+    try:
+        last: BaseException | None = None
+        for _ in range(CHECK_ATTEMPTS):
+            with env.begin() as txn:
+                txnid = txn.id()
+                try:
+                    _engine.lmdb_check(src, txnid)
+                except _engine.LmdbError as e:
+                    last = e
+                    if e.args[0] == "io":
+                        break
+                    continue
+                except OSError as e:
+                    raise SnapshotError(f"cannot read: {e.strerror}") from e
+                try:
+                    env.copy(str(dst), compact=True, txn=txn)
+                except lmdb.Error as e:
+                    raise SnapshotError(f"LMDB copy failed: {e}") from e
+                os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
+                if os.geteuid() == 0:
+                    os.chown(dst, st.st_uid, st.st_gid)
+                return DbCopy(dst, txnid, os.stat(dst).st_size)
+        assert last is not None
+        raise SnapshotError(f"damaged: {describe(last)}")
+    finally:
+        env.close()

@@ -1,0 +1,257 @@
+"""mailbak verify: proves a backup (or a live store) complete and consistent.
+
+The checks, in order, each reported with its path:
+1. Manifest (backups): present and ``ok``. Missing means incomplete; ``failed`` means failed.
+2. Databases: every LMDB file passes the engine's structural check (it reads the file itself,
+   so a damaged file never reaches LMDB's C code), and only then is opened read-only, without a
+   lock file in a backup. Index records must decode (engine: ``read_index``).
+3. Files (engine: ``check_area``, stat only, in parallel): every live message and queued
+   message has a regular file of the recorded size.
+4. Account rules: uid below the mailbox's uidnext, no live message in an expunged mailbox,
+   erase entries name expunged messages, IDs below the ``next_id`` counter.
+5. Unrecognized files in message directories: an ID-named one is an error (a future message
+   could collide with it), others warnings. ``--fix`` moves them to ``data/moved/`` keeping their
+   relative path, never deleting and never overwriting.
+6. Accounts in the config without a directory (error), directories not in the config (warning).
+
+A live store is verified from a snapshot of each index copied to a temporary directory outside
+the store (``snapshot.py``), so writers are not disturbed and files added meanwhile are skipped.
+Nothing is written anywhere in PATH except by ``--fix``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from mailbak import _engine, manifest
+from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, read_config
+from mailbak.report import Reporter
+from mailbak.runner import Runner
+from mailbak.snapshot import Index, SnapshotError, copy_database, describe
+
+#: Counts shown per area.
+AREA_COUNTS = ("checked", "missing", "damaged", "unrecognized", "moved")
+
+
+class UsageError(Exception):
+    """PATH is not a backup or a store (exit status 2)."""
+
+
+@dataclass
+class AreaResult:
+    """One verified area."""
+
+    name: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def is_live_store(path: Path) -> bool:
+    """A store has ``data/tmp/`` (writers stage deliveries there) or LMDB lock files; a backup
+    never holds either."""
+    data = path / "data"
+    if (data / "tmp").is_dir():
+        return True
+    return any(n.endswith(".db-lock") for n in _listdir(data))
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+class Verify:
+    """One run of ``mailbak verify``."""
+
+    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False):
+        self.path = path
+        self.fix = fix
+        self.jobs = jobs
+        self.reporter = reporter
+        self.runner = Runner(reporter, verbose=verbose)
+        self.paths = StorePaths.of(path)
+        self.live = False
+        self.areas: list[AreaResult] = []
+        self.manifest_status: str | None = None
+        self.databases = 0
+
+    def check_usage(self) -> None:
+        if not self.path.is_dir():
+            raise UsageError(f"{self.path}: not a directory")
+        self.live = is_live_store(self.path)
+        if self.live and self.paths.problem():
+            raise UsageError(self.paths.problem())
+
+    def run(self) -> str:
+        """All checks; returns "clean" or "problems"."""
+        with tempfile.TemporaryDirectory(prefix="mailbak-verify-") as tmp:
+            self.tmp = Path(tmp)
+            if not self.live:
+                self.check_manifest()
+            if self.paths.problem():
+                self.reporter.error("not_a_store", str(self.path), f"{self.paths.problem()}; nothing more to check")
+                return "problems"
+            try:
+                config = read_config(self.paths.config_dir)
+            except FormatError as e:
+                self.reporter.error("config", "config/mailstore.toml", str(e))
+                return "problems"
+            self.runner.new_phase("databases")
+            self.check_top_databases()
+            indexes = self.read_indexes(config)
+            total = sum(ix.live_count for _, _, ix in indexes)
+            self.runner.new_phase("files", total)
+            for name, rel, index in indexes:
+                self.check_files(name, rel, index)
+            self.check_account_dirs(config)
+            self.runner.relay()
+        return "problems" if self.reporter.counts.errors else "clean"
+
+    # 1 ---------------------------------------------------------------------------------------
+
+    def check_manifest(self) -> None:
+        try:
+            doc = manifest.read(self.path)
+        except manifest.ManifestError as e:
+            code = "incomplete" if "no manifest" in str(e) else "manifest"
+            self.reporter.error(code, manifest.MANIFEST, str(e))
+            self.manifest_status = code
+            return
+        self.manifest_status = doc["status"]
+        if doc["status"] != "ok":
+            self.reporter.error("backup_failed", manifest.MANIFEST, f"the backup run reported {doc['errors']} error(s); it lacks what they name")
+
+    # 2 ---------------------------------------------------------------------------------------
+
+    def database(self, rel: str) -> Path | None:
+        """A structurally checked file to read ``data/rel`` from (the file itself in a backup, a
+        snapshot copy for a live store), or None after reporting why not."""
+        src = self.paths.data_dir / rel
+        self.databases += 1
+        if self.live:
+            dst = self.tmp / rel.replace("/", "%")
+            try:
+                copy_database(src, dst)
+            except SnapshotError as e:
+                self.reporter.error("database", f"data/{rel}", str(e))
+                return None
+            return dst
+        try:
+            st = os.lstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                self.reporter.error("database", f"data/{rel}", "not a regular file")
+                return None
+            _engine.lmdb_check(src)
+        except FileNotFoundError:
+            self.reporter.error("database", f"data/{rel}", "missing")
+            return None
+        except (_engine.LmdbError, OSError) as e:
+            self.reporter.error("database", f"data/{rel}", f"damaged: {describe(e) if isinstance(e, _engine.LmdbError) else e.strerror}")
+            return None
+        # Only now may LMDB itself open it; read-only and without a lock file in a backup.
+        try:
+            env = lmdb.open(str(src), subdir=False, readonly=True, lock=False, create=False, max_dbs=0)
+            env.stat()
+            env.close()
+        except lmdb.Error as e:
+            self.reporter.error("database", f"data/{rel}", f"LMDB refuses it: {e}")
+            return None
+        return src
+
+    def check_top_databases(self) -> None:
+        for name in TOP_DATABASES:
+            if os.path.lexists(self.paths.data_dir / name):
+                self.database(name)
+            else:
+                self.reporter.warn("missing_database", f"data/{name}", "known database missing")
+
+    def read_indexes(self, config) -> list[tuple[str, str, Index]]:
+        """Checks and reads the queue's and each account's index (check 2 and 4)."""
+        out = []
+        for name, why in config.invalid:
+            self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}")
+        for name, rel, kind in [("queue", "queue", "queue")] + [(n, f"accounts/{n}", "account") for n in config.accounts]:
+            if not (self.paths.data_dir / rel).is_dir():
+                continue  # reported by check 6 (accounts) or here (queue)
+            for extra in ("junkfilter.db",):
+                if kind == "account" and os.path.lexists(self.paths.data_dir / rel / extra):
+                    self.database(f"{rel}/{extra}")
+            path = self.database(f"{rel}/index.db")
+            if path is None:
+                continue
+            try:
+                index = Index.read(path, kind)
+            except SnapshotError as e:
+                self.reporter.error("database", f"data/{rel}/index.db", str(e))
+                continue
+            for code, id_, detail in index.problems:
+                self.reporter.error(code, f"data/{rel}/index.db", detail)
+            if index.problem_count > len(index.problems):
+                self.reporter.error("more_problems", f"data/{rel}/index.db", f"{index.problem_count - len(index.problems)} more record problems not listed")
+            out.append((name, rel, index))
+        if not (self.paths.data_dir / "queue").is_dir():
+            self.reporter.error("area_missing", "data/queue", "queue directory missing")
+        return out
+
+    # 3 and 5 ---------------------------------------------------------------------------------
+
+    def check_files(self, name: str, rel: str, index: Index) -> None:
+        kind_queue = rel == "queue"
+        result = self.runner.call(
+            _engine.check_area,
+            self.paths.data_dir / rel,
+            tree=b"" if kind_queue else b"msg",
+            known=[k.encode() for k in (QUEUE_KNOWN_FILES if kind_queue else ACCOUNT_KNOWN_FILES)],
+            live=index.live,
+            sizes=index.sizes,
+            erasing=index.erasing,
+            highest=index.highest,
+            jobs=self.jobs,
+            prefix=f"data/{rel}".encode(),
+            fix_root=self.paths.data_dir if self.fix else None,
+            fix_rel=f"moved/{rel}".encode() if self.fix else None,
+        )
+        self.areas.append(AreaResult(name if kind_queue else f"account {name}", {k: result[k] for k in AREA_COUNTS}))
+
+    # 6 ---------------------------------------------------------------------------------------
+
+    def check_account_dirs(self, config) -> None:
+        accounts_dir = self.paths.data_dir / "accounts"
+        present = set(_listdir(accounts_dir))
+        for name in config.accounts:
+            if name not in present or not (accounts_dir / name).is_dir():
+                self.reporter.error("account_missing", f"data/accounts/{name}", "configured account has no directory")
+        for name in sorted(present - set(config.accounts)):
+            self.reporter.warn("unconfigured_account", f"data/accounts/{name}", "directory of an account not in the config")
+
+    # Results ---------------------------------------------------------------------------------
+
+    def facts(self, result: str) -> dict[str, Any]:
+        c = self.reporter.counts
+        totals = {k: sum(a.counts.get(k, 0) for a in self.areas) for k in AREA_COUNTS}
+        return {
+            "status": result,
+            "kind": "store" if self.live else "backup",
+            "manifest": self.manifest_status,
+            "databases": self.databases,
+            "areas": len(self.areas),
+            **totals,
+            "warnings": c.warnings,
+            "errors": c.errors,
+        }
+
+    def table(self) -> list[tuple[str, ...]]:
+        rows: list[tuple[str, ...]] = [("area", *AREA_COUNTS)]
+        for a in self.areas:
+            rows.append((a.name, *(str(a.counts.get(k, 0)) for k in AREA_COUNTS)))
+        f = self.facts("")
+        rows.append(("total", *(str(f[k]) for k in AREA_COUNTS)))
+        return rows
