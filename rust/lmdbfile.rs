@@ -455,7 +455,7 @@ fn judge_meta(
         .last_pg
         .checked_add(1)
         .and_then(|n| n.checked_mul(page_size as u64));
-    if end.map_or(true, |end| end > file_len) {
+    if end.is_none_or(|end| end > file_len) {
         return Err(fault(
             ErrorKind::Corrupt,
             true,

@@ -488,7 +488,7 @@ mod tests {
         // The top-level map is level 1; arrays nested 31 deep inside it reach the limit of 32.
         let nested = |levels: usize| {
             let mut buf = hex("81a161");
-            buf.extend(std::iter::repeat(0x91).take(levels - 1));
+            buf.extend(std::iter::repeat_n(0x91, levels - 1));
             buf.push(0x90);
             buf
         };
