@@ -95,17 +95,26 @@ impl<'a> AreaBackup<'a> {
         }
     }
 
-    /// Places one message file of the snapshot.
-    fn place(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8]) {
+    /// Places the file of snapshot message `id`; `met` says whether the walk saw it (then a
+    /// missing file vanished during the run, else it was never there).
+    fn place(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], id: u64, met: bool) {
         match self.policy.link_or_copy(src, dst, name) {
             Ok(p) => count_placed(self.sink, rel, p),
-            Err(OpError { errno: Errno::NOENT, .. }) => {
-                Tally::bump(&self.sink.tally.missing);
-                self.sink.error("missing", rel, Errno::NOENT.raw_os_error(), "message file of the snapshot disappeared while the backup ran (erased by a writer that ignores the lease?); not backed up".into());
-            }
+            Err(OpError { errno: Errno::NOENT, .. }) => self.missing(rel, id, met),
             Err(e) => self.sink.io_error(rel, e.op, e.errno),
         }
         self.sink.progress.add_done(1);
+    }
+
+    /// Reports the file of snapshot message `id` missing (see `place`).
+    fn missing(&self, rel: &[u8], id: u64, met: bool) {
+        Tally::bump(&self.sink.tally.missing);
+        let detail = if met {
+            format!("message {id}: its file disappeared while the backup ran (removed by a writer that ignores the lease?); not backed up")
+        } else {
+            format!("message {id} of the snapshot has no file; not backed up")
+        };
+        self.sink.error("missing", rel, Errno::NOENT.raw_os_error(), detail);
     }
 
     /// Step 3: live IDs whose file the walk did not meet, by path.
@@ -127,11 +136,10 @@ impl<'a> AreaBackup<'a> {
                 match &dirs {
                     Ok((s, d)) => {
                         let cname = CString::new(name.clone()).expect("digits only");
-                        self.place(s.as_fd(), d.as_fd(), &cname, &rel);
+                        self.place(s.as_fd(), d.as_fd(), &cname, &rel, ids[u], false);
                     }
                     Err(Errno::NOENT) => {
-                        Tally::bump(&self.sink.tally.missing);
-                        self.sink.error("missing", &rel, Errno::NOENT.raw_os_error(), format!("message {} of the snapshot has no file; not backed up", ids[u]));
+                        self.missing(&rel, ids[u], false);
                         self.sink.progress.add_done(1);
                     }
                     Err(e) => {
@@ -168,7 +176,7 @@ impl Visitor for AreaBackup<'_> {
         match (class, kind) {
             (Class::Message(i), Kind::File) => {
                 self.seen.mark(i);
-                self.place(dir.src, dst, name, &rel);
+                self.place(dir.src, dst, name, &rel, self.snap.live.as_slice()[i], true);
             }
             (Class::New, Kind::File) => {
                 Tally::bump(&t.skipped_new);

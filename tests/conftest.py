@@ -99,3 +99,49 @@ def writer_store(tmp_path: Path):
     s = Store.create(tmp_path / "store", durable=False)
     yield s
     s.close()
+
+
+@pytest.fixture
+def shm_dir():
+    """A scratch directory on /dev/shm (a tmpfs: another file system than tmp_path)."""
+    import shutil
+    import tempfile
+
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this machine")
+    d = Path(tempfile.mkdtemp(prefix="mailbak-test-", dir="/dev/shm"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def make_socket(path: Path):
+    """A unix socket file at path (returns the socket; keep it open while needed)."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    return s
+
+
+def backup_ok(store: Path, dest: Path, *args: str) -> subprocess.CompletedProcess:
+    """Runs a backup that must succeed."""
+    p = run_cli("backup", *args, store, dest)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def manifest_of(dest: Path) -> dict:
+    return json.loads((dest / "mailbak.json").read_text())
+
+
+@pytest.fixture
+def public_dir():
+    """A scratch directory that other users can reach (pytest's own tmp tree is private to root),
+    for tests that drop privileges."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="mailbak-pub-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

@@ -8,6 +8,7 @@ and use ``/`` separators.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tomllib
 from array import array
@@ -194,12 +195,15 @@ class StorePaths:
 
     def problem(self) -> str | None:
         """Why this is not a store, or None when it looks like one."""
-        if not self.config_dir.is_dir():
-            return f"{self.config_dir}: no config directory (is this a mail store?)"
-        if not self.data_dir.is_dir():
-            return f"{self.data_dir}: no data directory (is this a mail store?)"
-        if not (self.config_dir / CONFIG_FILE).is_file():
-            return f"{self.config_dir / CONFIG_FILE}: missing (is this a mail store?)"
+        for path, what, want in ((self.config_dir, "config directory", stat.S_ISDIR), (self.data_dir, "data directory", stat.S_ISDIR), (self.config_dir / CONFIG_FILE, CONFIG_FILE, stat.S_ISREG)):
+            try:
+                ok = want(os.stat(path).st_mode)
+            except FileNotFoundError:
+                ok = False
+            except OSError as e:
+                return f"{path}: cannot access the {what}: {e.strerror}"
+            if not ok:
+                return f"{path}: no {what} (is this a mail store?)"
         return None
 
 
