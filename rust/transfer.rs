@@ -187,8 +187,17 @@ impl Visitor for AreaBackup<'_> {
                 self.sink.info("skipped_erasing", &rel, "being erased");
             }
             (Class::Known, _) => Tally::bump(&t.known),
+            (Class::Message(i), _) => {
+                // A symlink or special file where a message file should be: the message itself is
+                // not in the backup. The odd entry is kept as it is (a link, never followed).
+                self.seen.mark(i);
+                Tally::bump(&t.missing);
+                self.sink.error("not_regular", &rel, 0, format!("message {}: not a regular file; not backed up", self.snap.live.as_slice()[i]));
+                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+                self.sink.progress.add_done(1);
+            }
             (_, Kind::Special) => copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel),
-            (Class::StrayInTree | Class::Message(_) | Class::New | Class::Erasing, _) => {
+            (Class::StrayInTree | Class::New | Class::Erasing, _) => {
                 // A symlink named like a message is not a message: it is reported, never followed.
                 Tally::bump(&t.unrecognized);
                 if msgpath::parse_id(name.to_bytes()).is_some() {
