@@ -198,8 +198,9 @@ def _fill_extras(store: Store, names: list[str], rng: random.Random) -> None:
                 txn.put(f"word{i}".encode(), pack({"ham": rng.randrange(100), "spam": rng.randrange(100)}))
         env.close()
         (acc_dir / "junkfilter.bloom").write_bytes(rng.randbytes(64 * 1024))
+    (data / "acme").mkdir(mode=0o750)
     acme = data / "acme" / "keycerts"
-    acme.mkdir(parents=True, mode=0o750)
+    acme.mkdir(mode=0o750)
     for host in ("mail.example.org", "mta-sts.example.org"):
         p = acme / f"{host}.pem"
         p.write_text(f"-----BEGIN PRIVATE KEY-----\n{rng.randbytes(48).hex()}\n-----END PRIVATE KEY-----\n")

@@ -448,7 +448,8 @@ class Store:
         tmp.write_text(text + f"\n[accounts.{toml_key(name)}]\n")
         os.replace(tmp, config)
         area = self.data_dir / "accounts" / name
-        (area / "msg").mkdir(mode=0o750, parents=True)
+        area.mkdir(mode=0o750)
+        (area / "msg").mkdir(mode=0o750)
         acc = self.account(name)
         for mb in mailboxes:
             acc.create_mailbox(mb)
