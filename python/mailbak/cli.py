@@ -217,11 +217,17 @@ def gen(store: Path, messages: int, accounts: int, seed: int, median_size: int, 
     Deterministic for a seed. Refuses a STORE that exists and is not empty (exit 2).
     """
     from mailbak.demo import generate_with_report
+    from mailbak.runner import Interrupted, install_signal_handlers
 
     if store.exists() and (not store.is_dir() or any(store.iterdir())):
         click.echo(f"mailbak: error: {store}: exists and is not an empty directory", err=True)
         sys.exit(EXIT_USAGE)
-    generate_with_report(store, messages=messages, accounts=accounts, seed=seed, median_size=median_size, jobs=jobs or default_jobs(), quiet=quiet)
+    install_signal_handlers()
+    try:
+        generate_with_report(store, messages=messages, accounts=accounts, seed=seed, median_size=median_size, jobs=jobs or default_jobs(), quiet=quiet)
+    except Interrupted as e:
+        click.echo(f"mailbak: interrupted ({e}); {store} is incomplete", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @main.command()

@@ -6,44 +6,25 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from mailbak import _engine
 from mailbak.gen import GenSummary, generate
 from mailbak.report import make_reporter
+from mailbak.runner import Runner
 
 
 def generate_with_report(root: Path, *, messages: int, accounts: int, seed: int, median_size: int, jobs: int, quiet: bool = False) -> GenSummary:
     """Runs the generator with a live progress bar and prints what it made."""
     reporter = make_reporter(json_output=False, quiet=quiet, verbose=False)
-    progress = _engine.Progress()
-    reporter.phase("generating", messages)
-    box: dict = {}
-
-    def work() -> None:
-        try:
-            box["summary"] = generate(root, messages=messages, accounts=accounts, seed=seed, median_size=median_size, jobs=jobs, progress=progress)
-        except BaseException as e:
-            box["error"] = e
-
+    runner = Runner(reporter)
+    runner.new_phase("generating")  # generate() adds the expected total itself
     started = time.monotonic()
-    t = threading.Thread(target=work, name="mailbak-gen", daemon=True)
-    t.start()
     try:
-        while t.is_alive():
-            t.join(0.1)
-            done, total = progress.position()
-            reporter.advance(done, total)
+        s: GenSummary = runner.call(generate, root, messages=messages, accounts=accounts, seed=seed, median_size=median_size, jobs=jobs)
     except BaseException:
-        progress.cancel()
-        t.join()
-        raise
-    if "error" in box:
         reporter.close()
-        raise box["error"]
-    s: GenSummary = box["summary"]
+        raise
     took = time.monotonic() - started
     rows = [
         ("", "count"),

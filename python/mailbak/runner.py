@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 from mailbak import _engine
@@ -62,22 +63,39 @@ class Runner:
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Runs ``fn(*args, progress=..., **kwargs)`` in a worker thread until it returns."""
         box: dict[str, Any] = {}
+        done = threading.Event()
 
         def work() -> None:
             try:
                 box["value"] = fn(*args, progress=self.progress, **kwargs)
             except BaseException as e:  # re-raised in the caller's thread
                 box["error"] = e
+            finally:
+                done.set()
 
-        t = threading.Thread(target=work, name="mailbak-engine", daemon=True)
-        t.start()
+        # The interpreter must never exit while the worker is inside the engine: a thread that
+        # comes back from Rust to a finalizing interpreter is killed by pthread_exit, whose forced
+        # unwind through PyO3's panic guard aborts the process. So signals are blocked while the
+        # worker starts (an exception inside Thread.start would skip the wait below; the worker
+        # inherits the mask, so signals always reach the main thread), and waiting is a sleep loop
+        # on a flag, not Thread.join (on CPython 3.11 an interrupted join can mark a running
+        # thread as stopped, and the next join returns at once).
+        worker = threading.Thread(target=work, name="mailbak-engine", daemon=True)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
-            while t.is_alive():
-                t.join(POLL_SECONDS)
+            worker.start()
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            while not done.is_set():
+                time.sleep(POLL_SECONDS)
                 self.relay()
         except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self.progress.cancel()
-            t.join()
+            while worker.ident is not None and not done.is_set():
+                try:
+                    time.sleep(POLL_SECONDS / 4)
+                except Interrupted:
+                    pass  # already stopping; a second signal must not abandon the workers
             self.relay()
             raise
         self.relay()
