@@ -179,15 +179,20 @@ class Backup:
         check_destination(self.dest)
         if self.dest.resolve().is_relative_to(self.paths.data_dir.resolve()) or self.dest.resolve().is_relative_to(self.paths.config_dir.resolve()):
             raise UsageError(f"{self.dest}: the destination is inside the store")
+        existed = self.dest.exists()
         try:
-            if not self.dest.exists():
+            if not existed:
                 os.mkdir(self.dest, 0o700)
-            else:
-                os.chmod(self.dest, stat.S_IMODE(os.stat(self.dest).st_mode) & 0o770)
             make_dir(self.dest / "config", self.paths.config_dir)
         except OSError as e:
             raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
         make_dir(self.data_dst, self.paths.data_dir)
+        if existed:
+            # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
+            try:
+                os.chmod(self.dest, stat.S_IMODE(os.stat(self.dest).st_mode) & 0o770)
+            except OSError as e:
+                self.reporter.warn("dest_mode", str(self.dest), f"cannot make the destination unreadable to others ({e.strerror}); its subdirectories are")
 
     # Phases 2 to 7 ---------------------------------------------------------------------------
 
