@@ -15,6 +15,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use rayon::prelude::*;
 
 use crate::check::{AreaCheck, FixTarget};
 use crate::classify::{Area, Snapshot};
@@ -129,37 +130,92 @@ fn packed(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Backs up one message area; see `transfer.rs`.
-#[pyfunction]
-#[pyo3(signature = (src, dst, *, tree, known, live, erasing, highest, jobs, progress, prefix, force_copy = false))]
-#[allow(clippy::too_many_arguments)]
-fn backup_area<'py>(
-    py: Python<'py>,
+/// One message area as Python describes it (a dict; see `_engine.pyi`).
+struct AreaArgs {
+    /// Source directory of the area.
     src: PathBuf,
-    dst: PathBuf,
-    tree: Vec<u8>,
-    known: Vec<Vec<u8>>,
-    live: &[u8],
-    erasing: &[u8],
-    highest: u64,
-    jobs: usize,
-    progress: &Progress,
+    /// Destination directory (backup) or None (verify).
+    dst: Option<PathBuf>,
+    /// Layout of the area.
+    area: Area,
+    /// The snapshot's IDs.
+    snap: Snapshot,
+    /// Recorded sizes aligned with `snap.live` (verify only).
+    sizes: Vec<u64>,
+    /// Prefix of reported paths.
     prefix: Vec<u8>,
-    force_copy: bool,
-) -> PyResult<Bound<'py, PyDict>> {
-    let area = Area { tree, known };
-    let snap = Snapshot { live: ids(live)?, erasing: ids(erasing)?, highest };
-    let (src, dst) = (open_root(&src)?, open_root(&dst)?);
+    /// Where --fix moves unrecognized files, below the fix root (verify only).
+    fix_rel: Option<Vec<u8>>,
+}
+
+/// Reads one area dict.
+fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
+    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> { d.get_item(k)?.ok_or_else(|| PyValueError::new_err(format!("area is missing {k:?}"))) };
+    let opt = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> { Ok(d.get_item(k)?.filter(|v| !v.is_none())) };
+    let bytes = |k: &str| -> PyResult<Vec<u8>> { Ok(get(k)?.cast::<PyBytes>()?.as_bytes().to_vec()) };
+    let live_buf = bytes("live")?;
+    let sizes = match opt("sizes")? {
+        Some(v) => unpack_u64(v.cast::<PyBytes>()?.as_bytes())?,
+        None => Vec::new(),
+    };
+    let live_ids = unpack_u64(&live_buf)?;
+    if !sizes.is_empty() && (sizes.len() != live_ids.len() || !live_ids.windows(2).all(|w| w[0] < w[1])) {
+        return Err(PyValueError::new_err("sizes must align with ascending unique live IDs"));
+    }
+    Ok(AreaArgs {
+        src: get("src")?.extract()?,
+        dst: opt("dst")?.map(|v| v.extract()).transpose()?,
+        area: Area { tree: bytes("tree")?, known: get("known")?.extract()? },
+        snap: Snapshot { live: IdSet::new(live_ids), erasing: ids(&bytes("erasing")?)?, highest: get("highest")?.extract()? },
+        sizes,
+        prefix: bytes("prefix")?,
+        fix_rel: opt("fix_rel")?.map(|v| v.extract()).transpose()?,
+    })
+}
+
+/// u64s from a packed little-endian buffer.
+fn unpack_u64(buf: &[u8]) -> PyResult<Vec<u64>> {
+    if buf.len() % 8 != 0 {
+        return Err(PyValueError::new_err("buffer is not a whole number of u64s"));
+    }
+    Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+}
+
+/// Opens an area's root inside a worker; failure is the area's error event, not an exception,
+/// so one unreadable account does not stop the others.
+fn open_area_root(path: &Path, sink: &Sink<'_>) -> Option<OwnedFd> {
+    fsutil::open_dir(path).map_err(|e| sink.io_error(b"", "open directory", e)).ok()
+}
+
+/// Backs up message areas (the queue and accounts), all in one pool so that workers spread
+/// over every area's directories; see `transfer.rs`. Returns one tally per area, in order.
+#[pyfunction]
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false))]
+fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usize, progress: &Progress, force_copy: bool) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
     let p = Arc::clone(&progress.inner);
-    let (tally, fallback) = run(py, jobs, move || {
-        let sink = Sink::new(&p, &prefix);
-        let policy = LinkPolicy::new(force_copy);
-        AreaBackup::new(&area, &snap, &policy, &sink).run(src, dst);
-        (sink.tally, policy.first_fallback())
+    let results = run(py, jobs, move || {
+        areas
+            .par_iter()
+            .map(|a| {
+                let sink = Sink::new(&p, &a.prefix);
+                let policy = LinkPolicy::new(force_copy);
+                let dst = a.dst.as_deref().expect("a backup area has a destination");
+                if let (Some(src), Some(dst)) = (open_area_root(&a.src, &sink), open_area_root(dst, &sink)) {
+                    AreaBackup::new(&a.area, &a.snap, &policy, &sink).run(src, dst);
+                }
+                (sink.tally, policy.first_fallback())
+            })
+            .collect::<Vec<_>>()
     })?;
-    let d = tally_dict(py, &tally)?;
-    d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
-    Ok(d)
+    results
+        .iter()
+        .map(|(tally, fallback)| {
+            let d = tally_dict(py, tally)?;
+            d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
+            Ok(d)
+        })
+        .collect()
 }
 
 /// Copies a tree (or the named root-level entries of it); see `transfer.rs`.
@@ -191,46 +247,33 @@ fn copy_tree<'py>(
     Ok(d)
 }
 
-/// Verifies one message area's files against its index; see `check.rs`.
+/// Verifies message areas' files against their indexes, all in one pool; see `check.rs`.
+/// With `fix_root`, unrecognized files move below `fix_root/<area's fix_rel>`.
 #[pyfunction]
-#[pyo3(signature = (root, *, tree, known, live, sizes, erasing, highest, jobs, progress, prefix, fix_root = None, fix_rel = None))]
-#[allow(clippy::too_many_arguments)]
-fn check_area<'py>(
-    py: Python<'py>,
-    root: PathBuf,
-    tree: Vec<u8>,
-    known: Vec<Vec<u8>>,
-    live: &[u8],
-    sizes: &[u8],
-    erasing: &[u8],
-    highest: u64,
-    jobs: usize,
-    progress: &Progress,
-    prefix: Vec<u8>,
-    fix_root: Option<PathBuf>,
-    fix_rel: Option<Vec<u8>>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let area = Area { tree, known };
-    // Sizes are aligned with the live IDs as given; keep that order (it is ascending already when
-    // it comes from read_index) by checking instead of re-sorting.
-    let live_ids: Vec<u64> = live.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-    let size_list: Vec<u64> = sizes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-    if live.len() % 8 != 0 || sizes.len() != live.len() || !live_ids.windows(2).all(|w| w[0] < w[1]) {
-        return Err(PyValueError::new_err("live must be ascending unique u64s and sizes must align with it"));
+#[pyo3(signature = (areas, *, jobs, progress, fix_root = None))]
+fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usize, progress: &Progress, fix_root: Option<PathBuf>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
+    for a in &areas {
+        if a.sizes.len() != a.snap.live.len() {
+            return Err(PyValueError::new_err("verify needs one size per live ID"));
+        }
     }
-    let snap = Snapshot { live: IdSet::new(live_ids), erasing: ids(erasing)?, highest };
-    let fix = match fix_root {
-        Some(r) => Some(FixTarget { root: open_root(&r)?, rel: fix_rel.unwrap_or_default() }),
-        None => None,
-    };
-    let root = open_root(&root)?;
+    let fix_root = fix_root.map(|r| open_root(&r)).transpose()?;
     let p = Arc::clone(&progress.inner);
-    let tally = run(py, jobs, move || {
-        let sink = Sink::new(&p, &prefix);
-        AreaCheck::new(&area, &snap, &size_list, fix, &sink).run(root);
-        sink.tally
+    let tallies = run(py, jobs, move || {
+        areas
+            .par_iter()
+            .map(|a| {
+                let sink = Sink::new(&p, &a.prefix);
+                let fix = fix_root.as_ref().and_then(|r| rustix::io::dup(r).ok()).map(|root| FixTarget { root, rel: a.fix_rel.clone().unwrap_or_default() });
+                if let Some(root) = open_area_root(&a.src, &sink) {
+                    AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, &sink).run(root);
+                }
+                sink.tally
+            })
+            .collect::<Vec<_>>()
     })?;
-    tally_dict(py, &tally)
+    tallies.iter().map(|t| tally_dict(py, t)).collect()
 }
 
 /// Converts an LMDB error to the Python exception.
@@ -293,11 +336,10 @@ fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64
 #[pyfunction]
 #[pyo3(signature = (root, ids, sizes, *, seed, jobs, progress))]
 fn write_messages<'py>(py: Python<'py>, root: PathBuf, ids: &[u8], sizes: &[u8], seed: u64, jobs: usize, progress: &Progress) -> PyResult<Bound<'py, PyDict>> {
-    if ids.len() % 8 != 0 || ids.len() != sizes.len() {
-        return Err(PyValueError::new_err("ids and sizes must be packed u64s of equal length"));
+    let (ids, sizes) = (unpack_u64(ids)?, unpack_u64(sizes)?);
+    if ids.len() != sizes.len() {
+        return Err(PyValueError::new_err("ids and sizes must be of equal length"));
     }
-    let unpack = |b: &[u8]| -> Vec<u64> { b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect() };
-    let (ids, sizes) = (unpack(ids), unpack(sizes));
     let p = Arc::clone(&progress.inner);
     let tally = run(py, jobs, move || {
         let sink = Sink::new(&p, b"");
@@ -331,9 +373,9 @@ fn parse_message_name(name: &[u8]) -> Option<u64> {
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Progress>()?;
     m.add("LmdbError", m.py().get_type::<LmdbError>())?;
-    m.add_function(wrap_pyfunction!(backup_area, m)?)?;
+    m.add_function(wrap_pyfunction!(backup_areas, m)?)?;
     m.add_function(wrap_pyfunction!(copy_tree, m)?)?;
-    m.add_function(wrap_pyfunction!(check_area, m)?)?;
+    m.add_function(wrap_pyfunction!(check_areas, m)?)?;
     m.add_function(wrap_pyfunction!(lmdb_check, m)?)?;
     m.add_function(wrap_pyfunction!(read_index, m)?)?;
     m.add_function(wrap_pyfunction!(write_messages, m)?)?;

@@ -8,8 +8,9 @@
 //!    creates the destination directory the same way. Parents' descriptors are held only until
 //!    the child has opened its own, so open descriptors stay bounded by the number of workers,
 //!    not by the depth or width of the tree.
-//! 3. Hand the directory's other entries to the visitor, in parallel chunks when there are many
-//!    (a single directory of 200k files still spreads over all workers).
+//! 3. Hand the directory's other entries to the visitor: in one task, so that different workers
+//!    work in different directories (see [`CHUNK`]); in parallel chunks only when there are
+//!    very many (a single directory of 200k files still spreads over all workers).
 //!
 //! Errors on a directory (unreadable, cannot be created in the destination) are reported
 //! through the [`Sink`] with their path and skip that subtree; the walk goes on. The cancel flag
@@ -26,9 +27,11 @@ use rayon::prelude::*;
 use crate::fsutil::{self, join, Kind};
 use crate::progress::{Sink, Tally};
 
-/// Files handed to the visitor per parallel chunk; small enough to balance two to eight
-/// workers over one 8192-file message directory, large enough that scheduling costs nothing.
-const CHUNK: usize = 256;
+/// Files of one directory handled by one task. Linking or creating files in one directory
+/// serialises on that directory's lock in the kernel, so workers go faster on different
+/// directories than sharing one: a message directory (at most 8192 files) is one task, and
+/// only unusually large directories (200k strays) are split across workers.
+const CHUNK: usize = 8192;
 
 /// The directory a visited entry is in.
 pub struct Dir<'a> {
@@ -215,7 +218,8 @@ mod tests {
     }
 
     fn tree(s: &Scratch) {
-        for i in 0..1000 {
+        // More than one CHUNK, so the parallel split of one directory is exercised too.
+        for i in 0..9000 {
             s.file(&format!("big/{i}"), b"x");
         }
         s.file("a/b/c/d/e", b"x");
@@ -239,8 +243,8 @@ mod tests {
         tree(&s);
         let one = run(&s, 1, None);
         let four = run(&s, 4, None);
-        assert_eq!(one.len(), 1003);
-        assert!(one.contains("a/b/c/d/e") && one.contains("big/999") && one.contains("top"));
+        assert_eq!(one.len(), 9003);
+        assert!(one.contains("a/b/c/d/e") && one.contains("big/8999") && one.contains("top"));
         assert_eq!(one, four);
     }
 
@@ -250,7 +254,7 @@ mod tests {
         tree(&s);
         let got = run(&s, 2, Some("skip"));
         assert!(!got.contains("skip/me"));
-        assert_eq!(got.len(), 1002);
+        assert_eq!(got.len(), 9002);
     }
 
     #[test]

@@ -87,10 +87,8 @@ def test_engine_matches_reference(a, jobs):
         build(src, a)
         want = classify_area(src, tree=a["tree"], known=KNOWN, live=a["live"], erasing=a["erasing"], highest=a["highest"])
         progress = _engine.Progress()
-        got = _engine.backup_area(
-            src, dst, tree=a["tree"].encode(), known=[k.encode() for k in KNOWN], live=pack_ids(a["live"]), erasing=pack_ids(a["erasing"]),
-            highest=a["highest"], jobs=jobs, progress=progress, prefix=b"",
-        )
+        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(a["live"]), "erasing": pack_ids(a["erasing"]), "highest": a["highest"], "prefix": b""}
+        (got,) = _engine.backup_areas([spec], jobs=jobs, progress=progress)
         events = progress.drain()
         assert got["linked"] == len(want.linked)
         assert got["skipped_new"] == len(want.skipped_new)

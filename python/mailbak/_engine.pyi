@@ -65,27 +65,31 @@ class TransferResult(Tally):
 
     link_fallback_errno: int | None
 
-def backup_area(
-    src: StrPath,
-    dst: StrPath,
-    *,
-    tree: bytes,
-    known: list[bytes],
-    live: bytes,
-    erasing: bytes,
-    highest: int,
-    jobs: int,
-    progress: Progress,
-    prefix: bytes,
-    force_copy: bool = False,
-) -> TransferResult:
-    """Backs up one message area (the queue, or one account) from its index snapshot.
+class Area(TypedDict, total=False):
+    """One message area (the queue or an account) for backup_areas and check_areas."""
 
-    Walks ``src`` mirroring directories into ``dst`` (which must exist). Files at
+    src: StrPath  # the area's directory
+    dst: StrPath  # backup_areas: the destination directory (must exist)
+    tree: bytes  # message tree relative to src: b"msg" for accounts, b"" for the queue
+    known: list[bytes]  # root-level names the caller handles itself (index.db, ...)
+    live: bytes  # live IDs, packed u64; ascending when sizes are given
+    sizes: bytes  # check_areas: recorded sizes aligned with live (u64 max = unknown)
+    erasing: bytes  # IDs being erased, packed u64
+    highest: int  # the snapshot's highest ID; files above it at their path are new
+    prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
+    fix_rel: bytes  # check_areas with fix_root: where this area's strays go below fix_root
+
+def backup_areas(areas: list[Area], *, jobs: int, progress: Progress, force_copy: bool = False) -> list[TransferResult]:
+    """Backs up message areas from their index snapshots, all in one pool (workers spread over
+    every area's directories); one result per area, in order.
+
+    For each area: walks ``src`` mirroring directories into ``dst``. Files at
     ``tree/dir(id)/id`` with ``id`` in ``live`` are hardlinked (copied when a link is impossible);
     with ``id`` in ``erasing`` or above ``highest`` they are skipped; root-level ``known`` names are
     left to the caller; anything else is reported ("unrecognized", or "unrecognized_message"
-    inside the message tree) and copied. Live IDs without a file are errors ("missing")."""
+    for ID-named files in the message tree) and copied. Live IDs without a regular file are
+    errors ("missing", "not_regular"). An area whose directory cannot be opened is an error event
+    of that area."""
 
 def copy_tree(
     src: StrPath,
@@ -103,24 +107,11 @@ def copy_tree(
     limits the root level to those names. With ``message_tree`` (restore), files at a message
     path below it are hardlinked instead when possible."""
 
-def check_area(
-    root: StrPath,
-    *,
-    tree: bytes,
-    known: list[bytes],
-    live: bytes,
-    sizes: bytes,
-    erasing: bytes,
-    highest: int,
-    jobs: int,
-    progress: Progress,
-    prefix: bytes,
-    fix_root: StrPath | None = None,
-    fix_rel: bytes | None = None,
-) -> Tally:
-    """Verifies one area's files (stat only): each live ID has a regular file of its size
-    (``sizes`` aligned with ascending ``live``; u64 max = unknown); unrecognized files in the
-    message tree are errors when named like an ID, or moved below ``fix_root/fix_rel`` when given."""
+def check_areas(areas: list[Area], *, jobs: int, progress: Progress, fix_root: StrPath | None = None) -> list[Tally]:
+    """Verifies message areas' files against their indexes (stat only), all in one pool: each
+    live ID has a regular file of its recorded size; unrecognized files in the message tree are
+    errors when named like an ID (warnings otherwise), or, with ``fix_root``, moved below
+    ``fix_root/<area fix_rel>`` keeping their relative path (never overwriting)."""
 
 class CheckSummary(TypedDict):
     txnid: int

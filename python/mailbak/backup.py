@@ -205,8 +205,7 @@ class Backup:
             self.snapshot_databases()
             total = sum(a.index.live_count for a in self.areas)
             self.runner.new_phase("messages", total)
-            for area in self.areas:
-                self.backup_area(area)
+            self.backup_areas()
             lease.release()
         self.runner.new_phase("other files")
         self.copy_other_files()
@@ -277,25 +276,28 @@ class Backup:
             self.snapshot(f"{rel}/junkfilter.db", src / "junkfilter.db", dst / "junkfilter.db")
         self.areas.append(Area(name, rel, src, dst, index, tree, known))
 
-    def backup_area(self, area: Area) -> None:
-        """Phase 5 for one area."""
-        idx = area.index
-        result = self.runner.call(
-            _engine.backup_area,
-            area.src,
-            area.dst,
-            tree=area.tree,
-            known=[k.encode() for k in area.known],
-            live=idx.live,
-            erasing=idx.erasing,
-            highest=idx.highest,
-            jobs=self.jobs,
-            prefix=f"data/{area.rel}".encode(),
-        )
-        self.note_link_fallback(result)
-        area.counts = {k: result[k] for k in AREA_COUNTS}
-        if os.path.lexists(area.src / "junkfilter.bloom"):
-            self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
+    def backup_areas(self) -> None:
+        """Phase 5: every area in one engine call, so workers spread over all of them."""
+        specs = [
+            {
+                "src": a.src,
+                "dst": a.dst,
+                "tree": a.tree,
+                "known": [k.encode() for k in a.known],
+                "live": a.index.live,
+                "erasing": a.index.erasing,
+                "highest": a.index.highest,
+                "prefix": f"data/{a.rel}".encode(),
+            }
+            for a in self.areas
+        ]
+        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs)
+        for area, result in zip(self.areas, results):
+            self.note_link_fallback(result)
+            area.counts = {k: result[k] for k in AREA_COUNTS}
+        for area in self.areas:
+            if os.path.lexists(area.src / "junkfilter.bloom"):
+                self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
 
     def note_link_fallback(self, result: dict[str, Any]) -> None:
         """One warning per run when hardlinks were impossible."""

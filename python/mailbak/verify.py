@@ -5,7 +5,7 @@ The checks, in order, each reported with its path:
 2. Databases: every LMDB file passes the engine's structural check (it reads the file itself,
    so a damaged file never reaches LMDB's C code), and only then is opened read-only, without a
    lock file in a backup. Index records must decode (engine: ``read_index``).
-3. Files (engine: ``check_area``, stat only, in parallel): every live message and queued
+3. Files (engine: ``check_areas``, stat only, in parallel): every live message and queued
    message has a regular file of the recorded size.
 4. Account rules: uid below the mailbox's uidnext, no live message in an expunged mailbox,
    erase entries name expunged messages, IDs below the ``next_id`` counter.
@@ -109,8 +109,7 @@ class Verify:
             indexes = self.read_indexes(config)
             total = sum(ix.live_count for _, _, ix in indexes)
             self.runner.new_phase("files", total)
-            for name, rel, index in indexes:
-                self.check_files(name, rel, index)
+            self.check_files(indexes)
             self.check_account_dirs(config)
             self.runner.relay()
         return "problems" if self.reporter.counts.errors else "clean"
@@ -203,23 +202,27 @@ class Verify:
 
     # 3 and 5 ---------------------------------------------------------------------------------
 
-    def check_files(self, name: str, rel: str, index: Index) -> None:
-        kind_queue = rel == "queue"
-        result = self.runner.call(
-            _engine.check_area,
-            self.paths.data_dir / rel,
-            tree=b"" if kind_queue else b"msg",
-            known=[k.encode() for k in (QUEUE_KNOWN_FILES if kind_queue else ACCOUNT_KNOWN_FILES)],
-            live=index.live,
-            sizes=index.sizes,
-            erasing=index.erasing,
-            highest=index.highest,
-            jobs=self.jobs,
-            prefix=f"data/{rel}".encode(),
-            fix_root=self.paths.data_dir if self.fix else None,
-            fix_rel=f"moved/{rel}".encode() if self.fix else None,
-        )
-        self.areas.append(AreaResult(name if kind_queue else f"account {name}", {k: result[k] for k in AREA_COUNTS}))
+    def check_files(self, indexes: list[tuple[str, str, Index]]) -> None:
+        """Checks 3 and 5 for every area, in one engine call."""
+        specs = []
+        for name, rel, index in indexes:
+            queue = rel == "queue"
+            specs.append(
+                {
+                    "src": self.paths.data_dir / rel,
+                    "tree": b"" if queue else b"msg",
+                    "known": [k.encode() for k in (QUEUE_KNOWN_FILES if queue else ACCOUNT_KNOWN_FILES)],
+                    "live": index.live,
+                    "sizes": index.sizes,
+                    "erasing": index.erasing,
+                    "highest": index.highest,
+                    "prefix": f"data/{rel}".encode(),
+                    "fix_rel": f"moved/{rel}".encode(),
+                }
+            )
+        results = self.runner.call(_engine.check_areas, specs, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None)
+        for (name, rel, _), result in zip(indexes, results):
+            self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in AREA_COUNTS}))
 
     # 6 ---------------------------------------------------------------------------------------
 
