@@ -13,21 +13,13 @@ import pytest
 from conftest import run_cli
 from mailbak import _engine
 from mailbak.store import Store
+from reference import dir_name
 
 # --- path(id), written again from the document's prose, independently of mailbak ------------
 
-ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
-
 
 def doc_path(id_: int) -> str:
-    v = id_ >> 13
-    d = ""
-    while True:
-        d += ALPHABET[v & 63]
-        v >>= 6
-        if v == 0:
-            break
-    return f"{d}/{id_}"
+    return f"{dir_name(id_)}/{id_}"
 
 
 @pytest.mark.parametrize(

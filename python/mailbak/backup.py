@@ -45,7 +45,7 @@ from mailbak.layout import (
     read_config,
 )
 from mailbak.report import Reporter, rfc3339
-from mailbak.runner import Runner
+from mailbak.runner import Runner, UsageError
 from mailbak.snapshot import Index, SnapshotError, copy_database
 
 #: Seconds to wait for the lease while a writer's sweep holds it exclusively (a sweep holds it
@@ -55,9 +55,6 @@ LEASE_WAIT_SECONDS = 60.0
 #: Per-area counts recorded in the manifest.
 AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "unrecognized", "missing", "errors", "warnings")
 
-
-class UsageError(Exception):
-    """Bad usage or input, found before anything was written (exit status 2)."""
 
 
 def check_destination(dest: Path) -> None:

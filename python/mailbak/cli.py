@@ -45,6 +45,34 @@ def fail_usage(reporter, text: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def execute(job, reporter, *, title: str, left_behind: str) -> NoReturn:
+    """Runs a phase object (Backup, Verify, Restore): ``check()`` then ``run()``, and maps every
+    outcome to its exit status. ``left_behind`` tells the user what an aborted run leaves."""
+    from mailbak.runner import DestinationFull, Interrupted, UsageError
+
+    try:
+        job.check()
+    except UsageError as e:
+        fail_usage(reporter, str(e))
+    try:
+        result = job.run()
+    except Interrupted as e:
+        reporter.close()
+        click.echo(f"mailbak: interrupted ({e}); {left_behind}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except DestinationFull as e:
+        reporter.close()
+        click.echo(f"mailbak: error: the destination cannot take more data: {e}; {left_behind}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as e:
+        reporter.close()
+        where = f" {e.filename}:" if e.filename else ""
+        click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
+        sys.exit(EXIT_FAILED)
+    reporter.summary(f"{title} {result}", job.facts(result), job.table())
+    sys.exit(EXIT_OK if result in ("ok", "clean") else EXIT_FAILED)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mailbak")
 def main() -> None:
@@ -84,35 +112,15 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     marked failed, or stopped by a full destination), 2 bad usage or input
     (nothing written), 130 interrupted.
     """
-    from mailbak.backup import Backup, UsageError
+    from mailbak.backup import Backup
     from mailbak.layout import StorePaths
     from mailbak.report import make_reporter
-    from mailbak.runner import DestinationFull, Interrupted, install_signal_handlers
+    from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     b = Backup(StorePaths.of(store, config_dir, data_dir), dest, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    try:
-        b.check()
-    except UsageError as e:
-        fail_usage(reporter, str(e))
-    try:
-        status = b.run()
-    except Interrupted as e:
-        reporter.close()
-        click.echo(f"mailbak: interrupted ({e}); {dest} is an incomplete backup (no manifest)", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except DestinationFull as e:
-        reporter.close()
-        click.echo(f"mailbak: error: the destination cannot take more data: {e}; {dest} is an incomplete backup (no manifest)", err=True)
-        sys.exit(EXIT_FAILED)
-    except OSError as e:
-        reporter.close()
-        where = f" {e.filename}:" if e.filename else ""
-        click.echo(f"mailbak: error:{where} {e.strerror or e}; {dest} is an incomplete backup (no manifest)", err=True)
-        sys.exit(EXIT_FAILED)
-    reporter.summary(f"backup {status}: {dest}", b.facts(status), b.table())
-    sys.exit(EXIT_OK if status == "ok" else EXIT_FAILED)
+    execute(b, reporter, title="backup", left_behind=f"{dest} is an incomplete backup (no manifest)")
 
 
 @main.command()
@@ -137,23 +145,13 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose) -> None:
     1 problems found, 2 bad usage or input, 130 interrupted.
     """
     from mailbak.report import make_reporter
-    from mailbak.runner import Interrupted, install_signal_handlers
-    from mailbak.verify import UsageError, Verify
+    from mailbak.runner import install_signal_handlers
+    from mailbak.verify import Verify
 
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     v = Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    try:
-        v.check_usage()
-        result = v.run()
-    except UsageError as e:
-        fail_usage(reporter, str(e))
-    except Interrupted as e:
-        reporter.close()
-        click.echo(f"mailbak: interrupted ({e}); verification incomplete", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    reporter.summary(f"verify {result}: {path}", v.facts(result), v.table())
-    sys.exit(EXIT_OK if result == "clean" else EXIT_FAILED)
+    execute(v, reporter, title="verify", left_behind="verification incomplete")
 
 
 @main.command()
@@ -179,28 +177,13 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, 
     (nothing written), 130 interrupted (STORE is then incomplete).
     """
     from mailbak.report import make_reporter
-    from mailbak.restore import Restore, UsageError
-    from mailbak.runner import DestinationFull, Interrupted, install_signal_handlers
+    from mailbak.restore import Restore
+    from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     r = Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    try:
-        r.check()
-    except UsageError as e:
-        fail_usage(reporter, str(e))
-    try:
-        result = r.run()
-    except Interrupted as e:
-        reporter.close()
-        click.echo(f"mailbak: interrupted ({e}); {store} is incomplete; delete it and restore again", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except (DestinationFull, OSError) as e:
-        reporter.close()
-        click.echo(f"mailbak: error: {e}; {store} is incomplete", err=True)
-        sys.exit(EXIT_FAILED)
-    reporter.summary(f"restore {result}: {store}", r.facts(result), r.table())
-    sys.exit(EXIT_OK if result == "clean" else EXIT_FAILED)
+    execute(r, reporter, title="restore", left_behind=f"{store} is incomplete; delete it and restore again")
 
 
 @main.command()

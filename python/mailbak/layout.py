@@ -135,18 +135,25 @@ class Config:
     invalid: tuple[tuple[str, str], ...]
 
 
+def read_bounded(path: Path, limit: int, missing: str, error: type[Exception]) -> bytes:
+    """A whole small file, refusing one larger than ``limit`` bytes (hostile input must not make
+    mailbak read gigabytes); every failure is ``error`` with a message naming the path."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError as e:
+        raise error(f"{path}: {missing}") from e
+    except OSError as e:
+        raise error(f"{path}: cannot read: {e.strerror}") from e
+    if len(raw) > limit:
+        raise error(f"{path}: larger than {limit} bytes")
+    return raw
+
+
 def read_config(config_dir: Path) -> Config:
     """Parses the account list; raises FormatError for a missing, oversized or malformed file."""
     path = config_dir / CONFIG_FILE
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError as e:
-        raise FormatError(f"{path}: missing (a store's config directory has {CONFIG_FILE})") from e
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read: {e.strerror}") from e
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise FormatError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    raw = read_bounded(path, MAX_CONFIG_BYTES, f"missing (a store's config directory has {CONFIG_FILE})", FormatError)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

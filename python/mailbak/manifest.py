@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mailbak.layout import read_bounded
+
 #: File name of the manifest inside a backup.
 MANIFEST = "mailbak.json"
 #: Identifies the file as ours.
@@ -51,15 +53,7 @@ def write(dest: Path, facts: dict[str, Any]) -> Path:
 def read(backup: Path) -> dict[str, Any]:
     """Reads and validates a manifest; raises ManifestError."""
     path = backup / MANIFEST
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-    except FileNotFoundError as e:
-        raise ManifestError(f"{path}: no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)") from e
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read: {e.strerror}") from e
-    if len(raw) > MAX_BYTES:
-        raise ManifestError(f"{path}: larger than {MAX_BYTES} bytes; not a mailbak manifest")
+    raw = read_bounded(path, MAX_BYTES, "no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError)
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

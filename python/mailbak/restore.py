@@ -26,17 +26,13 @@ from typing import Any
 
 from mailbak import _engine, manifest
 from mailbak.backup import check_destination, make_dir
-from mailbak.backup import UsageError as _BackupUsage
 from mailbak.report import Reporter
-from mailbak.runner import Runner
+from mailbak.runner import Runner, UsageError
 from mailbak.verify import Verify
 
 #: Names expected at the top of a backup.
 BACKUP_ENTRIES = ("config", "data", manifest.MANIFEST)
 
-
-class UsageError(Exception):
-    """Bad usage or input, found before anything was written (exit status 2)."""
 
 
 class Restore:
@@ -71,10 +67,7 @@ class Restore:
         for part in ("config", "data"):
             if not (self.backup / part).is_dir() or (self.backup / part).is_symlink():
                 raise UsageError(f"{self.backup}: no {part}/ directory; not a mailbak backup")
-        try:
-            check_destination(self.store)
-        except _BackupUsage as e:
-            raise UsageError(str(e)) from e
+        check_destination(self.store)
         try:
             if not self.store.exists():
                 os.mkdir(self.store, 0o750)
@@ -113,7 +106,7 @@ class Restore:
         _engine.syncfs(self.store)
         self.reporter.message(f"restored into {self.store}; verifying it")
         self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose)
-        self.verify.check_usage()
+        self.verify.check()
         return self.verify.run()
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:

@@ -28,6 +28,10 @@ POLL_SECONDS = 0.1
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
+class UsageError(Exception):
+    """Bad usage or input, found before anything was written (exit status 2)."""
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived; the command stops and exits 130."""
 

@@ -33,15 +33,12 @@ import lmdb
 from mailbak import _engine, manifest
 from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, read_config
 from mailbak.report import Reporter
-from mailbak.runner import Runner
+from mailbak.runner import Runner, UsageError
 from mailbak.snapshot import Index, SnapshotError, copy_database, describe
 
 #: Counts shown per area.
 AREA_COUNTS = ("checked", "missing", "damaged", "unrecognized", "moved")
 
-
-class UsageError(Exception):
-    """PATH is not a backup or a store (exit status 2)."""
 
 
 @dataclass
@@ -83,7 +80,7 @@ class Verify:
         self.manifest_status: str | None = None
         self.databases = 0
 
-    def check_usage(self) -> None:
+    def check(self) -> None:
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
         self.live = is_live_store(self.path)
