@@ -17,5 +17,7 @@ pub mod progress;
 #[cfg(feature = "python")]
 mod py;
 pub mod records;
+#[cfg(test)]
+mod testlmdb;
 pub mod transfer;
 pub mod walk;

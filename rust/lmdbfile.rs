@@ -1633,40 +1633,11 @@ fn sub_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testlmdb::{Env, TempDir};
     use lmdb_sys as ffi;
     use std::collections::{BTreeMap, BTreeSet};
-    use std::ffi::CString;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
-
-    /// A scratch directory that is removed when dropped.
-    struct TempDir {
-        /// Its path.
-        path: PathBuf,
-    }
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static NEXT: AtomicU64 = AtomicU64::new(0);
-            let n = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("lmdbfile-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir { path }
-        }
-
-        fn join(&self, name: &str) -> PathBuf {
-            self.path.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 
     /// splitmix64: deterministic test data without a dependency.
     struct Rng {
@@ -1699,118 +1670,6 @@ mod tests {
         fn blob(&mut self, min: u64, spread: u64) -> Vec<u8> {
             let len = min + self.below(spread);
             self.bytes(len as usize)
-        }
-    }
-
-    /// An LMDB environment opened through the C library (LMDB 0.9, data format version 1).
-    struct Env {
-        /// The C handle.
-        env: *mut ffi::MDB_env,
-    }
-
-    /// A write transaction of an [`Env`].
-    struct Txn {
-        /// The C handle.
-        txn: *mut ffi::MDB_txn,
-    }
-
-    fn ok(rc: i32, what: &str) {
-        assert_eq!(rc, 0, "{what} failed with LMDB error {rc}");
-    }
-
-    fn val(bytes: &[u8]) -> ffi::MDB_val {
-        ffi::MDB_val {
-            mv_size: bytes.len(),
-            mv_data: bytes.as_ptr() as *mut _,
-        }
-    }
-
-    impl Env {
-        fn create(path: &Path) -> Env {
-            let c_path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-            let mut env = std::ptr::null_mut();
-            // SAFETY: plain LMDB C API use; the handle lives until Drop.
-            unsafe {
-                ok(ffi::mdb_env_create(&mut env), "mdb_env_create");
-                ok(
-                    ffi::mdb_env_set_mapsize(env, 1 << 28),
-                    "mdb_env_set_mapsize",
-                );
-                ok(ffi::mdb_env_set_maxdbs(env, 16), "mdb_env_set_maxdbs");
-                ok(
-                    ffi::mdb_env_open(
-                        env,
-                        c_path.as_ptr(),
-                        ffi::MDB_NOSUBDIR | ffi::MDB_NOSYNC,
-                        0o644,
-                    ),
-                    "mdb_env_open",
-                );
-            }
-            Env { env }
-        }
-
-        /// Runs `body` in one write transaction and commits it.
-        fn write(&self, body: impl FnOnce(&Txn)) {
-            let mut txn = std::ptr::null_mut();
-            // SAFETY: one write transaction at a time on a live env.
-            unsafe {
-                ok(
-                    ffi::mdb_txn_begin(self.env, std::ptr::null_mut(), 0, &mut txn),
-                    "mdb_txn_begin",
-                )
-            };
-            let t = Txn { txn };
-            body(&t);
-            // SAFETY: the transaction is live and committed once.
-            unsafe { ok(ffi::mdb_txn_commit(t.txn), "mdb_txn_commit") };
-        }
-
-        fn copy_compact(&self, dst: &Path) {
-            let c_path = CString::new(dst.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: the env is open; LMDB writes a new file at dst.
-            unsafe {
-                ok(
-                    ffi::mdb_env_copy2(self.env, c_path.as_ptr(), ffi::MDB_CP_COMPACT),
-                    "mdb_env_copy2",
-                )
-            };
-        }
-    }
-
-    impl Drop for Env {
-        fn drop(&mut self) {
-            // SAFETY: no transaction is open when an Env is dropped.
-            unsafe { ffi::mdb_env_close(self.env) };
-        }
-    }
-
-    impl Txn {
-        fn db(&self, name: &str, flags: u32) -> ffi::MDB_dbi {
-            let c_name = CString::new(name).unwrap();
-            let mut dbi = 0;
-            // SAFETY: the transaction is live.
-            unsafe {
-                ok(
-                    ffi::mdb_dbi_open(self.txn, c_name.as_ptr(), flags | ffi::MDB_CREATE, &mut dbi),
-                    "mdb_dbi_open",
-                )
-            };
-            dbi
-        }
-
-        fn put(&self, dbi: ffi::MDB_dbi, key: &[u8], value: &[u8]) {
-            let (mut k, mut v) = (val(key), val(value));
-            // SAFETY: LMDB copies key and value before returning.
-            unsafe { ok(ffi::mdb_put(self.txn, dbi, &mut k, &mut v, 0), "mdb_put") };
-        }
-
-        fn del(&self, dbi: ffi::MDB_dbi, key: &[u8], value: Option<&[u8]>) {
-            let mut k = val(key);
-            let mut v = value.map(val);
-            let vp = v.as_mut().map_or(std::ptr::null_mut(), |v| v as *mut _);
-            // SAFETY: the transaction is live; a null value deletes all duplicates.
-            unsafe { ok(ffi::mdb_del(self.txn, dbi, &mut k, vp), "mdb_del") };
         }
     }
 

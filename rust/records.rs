@@ -281,3 +281,127 @@ fn read_meta(file: &LmdbFile, idx: &mut AreaIndex) -> Result<(), LmdbError> {
     idx.next_id = next;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testlmdb::{Env, TempDir};
+
+    /// A msgpack value for the test encoder.
+    enum V<'a> {
+        U(u64),
+        B(bool),
+        S(&'a str),
+    }
+
+    /// Encodes a small map the way Python's msgpack does.
+    fn map(fields: &[(&str, V<'_>)]) -> Vec<u8> {
+        let mut out = vec![0x80 | fields.len() as u8];
+        for (k, v) in fields {
+            out.push(0xa0 | k.len() as u8);
+            out.extend_from_slice(k.as_bytes());
+            match v {
+                V::U(n) if *n < 128 => out.push(*n as u8),
+                V::U(n) => {
+                    out.push(0xcf);
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
+                V::B(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
+                V::S(s) => {
+                    out.push(0xa0 | s.len() as u8);
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    fn message(mailbox: u64, uid: u64, size: u64, expunged: bool) -> Vec<u8> {
+        map(&[("mailbox_id", V::U(mailbox)), ("uid", V::U(uid)), ("size", V::U(size)), ("expunged", V::B(expunged)), ("received", V::U(1_700_000_000))])
+    }
+
+    fn mailbox(uidnext: u64, expunged: bool) -> Vec<u8> {
+        map(&[("name", V::S("Inbox")), ("uidvalidity", V::U(1)), ("uidnext", V::U(uidnext)), ("expunged", V::B(expunged))])
+    }
+
+    fn key(id: u64) -> [u8; 8] {
+        id.to_be_bytes()
+    }
+
+    /// Writes an account index with `body`, compacts it as a backup would, and reads it back.
+    fn account(body: impl FnOnce(&crate::testlmdb::Txn)) -> AreaIndex {
+        let dir = TempDir::new("records");
+        let env = Env::create(&dir.join("live.db"));
+        env.write(body);
+        env.copy_compact(&dir.join("copy.db"));
+        let file = LmdbFile::open(&dir.join("copy.db"), None).unwrap();
+        read_index(&file, IndexKind::Account).unwrap()
+    }
+
+    fn codes(idx: &AreaIndex) -> Vec<&'static str> {
+        let mut c: Vec<_> = idx.problems.iter().map(|p| p.code).collect();
+        c.sort();
+        c
+    }
+
+    #[test]
+    fn live_sizes_erasing_and_highest() {
+        let idx = account(|t| {
+            let (mb, msg, erase, meta) = (t.db("mailbox", 0), t.db("message", 0), t.db("message_erase", 0), t.db("meta", 0));
+            t.put(mb, &key(1), &mailbox(10, false));
+            t.put(msg, &key(2), &message(1, 1, 100, false));
+            t.put(msg, &key(3), &message(1, 2, 200, true));
+            t.put(msg, &key(9), &message(1, 3, 300, false));
+            t.put(erase, &key(3), b"");
+            t.put(meta, b"next_id", &10u64.to_be_bytes());
+        });
+        assert_eq!((idx.live.as_slice(), idx.sizes.as_slice(), idx.erasing.as_slice()), (&[2u64, 9][..], &[100u64, 300][..], &[3u64][..]));
+        assert_eq!((idx.highest, idx.records, idx.expunged, idx.mailboxes, idx.next_id), (9, 3, 1, 1, Some(10)));
+        assert!(idx.problems.is_empty(), "{:?}", idx.problems);
+    }
+
+    #[test]
+    fn consistency_rules() {
+        let idx = account(|t| {
+            let (mb, msg, erase, meta) = (t.db("mailbox", 0), t.db("message", 0), t.db("message_erase", 0), t.db("meta", 0));
+            t.put(mb, &key(1), &mailbox(3, false));
+            t.put(mb, &key(2), &mailbox(9, true));
+            t.put(msg, &key(3), &message(1, 3, 1, false)); // uid not below uidnext 3
+            t.put(msg, &key(4), &message(2, 1, 1, false)); // live in an expunged mailbox
+            t.put(msg, &key(5), &message(7, 1, 1, false)); // unknown mailbox
+            t.put(erase, &key(4), b""); // erase of a live message
+            t.put(erase, &key(8), b"x"); // erase of nothing, with a value
+            t.put(meta, b"next_id", &6u64.to_be_bytes()); // below the highest ID 8
+        });
+        assert_eq!(
+            codes(&idx),
+            vec!["erase_not_expunged", "erase_unknown", "erase_value", "id_above_next", "live_in_expunged_mailbox", "uid_not_below_uidnext", "unknown_mailbox"]
+        );
+    }
+
+    #[test]
+    fn undecodable_records_keep_their_files() {
+        let idx = account(|t| {
+            let (mb, msg) = (t.db("mailbox", 0), t.db("message", 0));
+            t.db("message_erase", 0);
+            t.put(mb, &key(1), &mailbox(5, false));
+            t.put(msg, &key(2), b"\xc1 not msgpack");
+            t.put(msg, &key(3), &map(&[("uid", V::U(1))]));
+            t.put(msg, b"short", &message(1, 1, 1, false));
+        });
+        // Record 2 cannot say it is expunged, so its file is kept (size unknown); record 3 lacks
+        // fields but is not expunged either.
+        assert_eq!(idx.live, vec![2, 3]);
+        assert_eq!(idx.sizes, vec![UNKNOWN_SIZE, UNKNOWN_SIZE]);
+        assert_eq!(codes(&idx), vec!["bad_key", "bad_record", "bad_record"]);
+    }
+
+    #[test]
+    fn missing_required_tables_are_problems() {
+        let idx = account(|t| {
+            t.db("meta", 0);
+        });
+        assert_eq!(codes(&idx), vec!["missing_table", "missing_table", "missing_table"]);
+        assert!(idx.live.is_empty());
+    }
+}
