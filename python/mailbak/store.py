@@ -62,8 +62,11 @@ MAX_DBS = 16
 
 
 def open_env(path: Path, *, readonly: bool = False, lock: bool = True, durable: bool = True) -> lmdb.Environment:
-    """Opens an LMDB database file the way the format requires (``subdir=False``)."""
-    return lmdb.open(
+    """Opens an LMDB database file the way the format requires (``subdir=False``).
+
+    A writer also clears reader slots left by dead processes (a killed backup, say): LMDB
+    keeps every page such a slot pins until someone does, and the file would grow."""
+    env = lmdb.open(
         str(path),
         subdir=False,
         map_size=MAP_SIZE,
@@ -78,6 +81,9 @@ def open_env(path: Path, *, readonly: bool = False, lock: bool = True, durable: 
         # auth.db and friends hold secrets: not readable by others.
         mode=0o640,
     )
+    if lock and not readonly:
+        env.reader_check()
+    return env
 
 
 def pack(record: dict) -> bytes:
