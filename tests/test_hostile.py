@@ -143,3 +143,24 @@ def test_non_utf8_directory_of_an_unconfigured_account(store, tmp_path):
     assert os.path.exists(os.fsencode(str(dest / "data" / "accounts")) + b"/\xff\xfeuser/note")
     v = run_cli("verify", dest)
     assert v.returncode == 0 and "\\xff\\xfeuser" in v.stderr
+
+
+@pytest.mark.parametrize("what", ["accounts", "queue", "account", "database"])
+def test_symlinked_areas_are_never_followed(store, tmp_path, what):
+    """A symlink where the store has a directory or a database must not lead any read outside
+    the store: the area is not backed up (an error), and the link is kept as a link."""
+    data = store / "data"
+    outside = tmp_path / "outside"
+    rel = {"accounts": "accounts", "queue": "queue", "account": "accounts/user0001", "database": "auth.db"}[what]
+    os.rename(data / rel, outside)
+    (data / rel).symlink_to(outside)
+    before = tree_listing(outside, skip_locks=False)
+    dest = tmp_path / "b"
+    p = run_cli("backup", store, dest)
+    assert p.returncode == 1, p.stderr
+    assert f"data/{rel}:" in p.stderr
+    assert os.readlink(dest / "data" / rel) == str(outside)
+    assert tree_listing(outside, skip_locks=False) == before, "nothing read or written there (no lock file touched)"
+    v = run_cli("verify", store)
+    assert v.returncode == 1 and "Traceback" not in v.stderr
+    assert tree_listing(outside, skip_locks=False) == before

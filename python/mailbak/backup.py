@@ -42,6 +42,7 @@ from mailbak.layout import (
     TOP_PLAIN_FILES,
     FormatError,
     StorePaths,
+    is_real_dir,
     read_config,
 )
 from mailbak.report import Reporter, rfc3339
@@ -159,6 +160,9 @@ class Backup:
         self.databases: dict[str, dict[str, int]] = {}
         self.areas: list[Area] = []
         self.plain_accounts: list[str] = []
+        # Configured account names whose entry is not a directory (a symlink, a file): copied as
+        # the entry it is in phase 6.
+        self.odd_accounts: list[bytes] = []
         self.link_warning_given = False
         self.config = None
 
@@ -181,9 +185,9 @@ class Backup:
             if not existed:
                 os.mkdir(self.dest, 0o700)
             make_dir(self.dest / "config", self.paths.config_dir)
+            make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
             raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
-        make_dir(self.data_dst, self.paths.data_dir)
         if existed:
             # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
             try:
@@ -238,8 +242,13 @@ class Backup:
         self.add_area("queue", "queue", b"", QUEUE_KNOWN_FILES, "queue")
         for name, why in self.config.invalid:
             self.reporter.error("invalid_account", f"config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
-        if self.config.accounts:
-            make_dir(self.data_dst / "accounts", data / "accounts")
+        if not self.config.accounts:
+            return
+        if not is_real_dir(data / "accounts"):
+            # A symlinked accounts directory would lead every read outside the store.
+            self.reporter.error("area_missing", "data/accounts", "not a directory (a symlink is never followed); no account backed up")
+            return
+        make_dir(self.data_dst / "accounts", data / "accounts")
         for name in self.config.accounts:
             self.add_area(name, f"accounts/{name}", b"msg", ACCOUNT_KNOWN_FILES, "account")
 
@@ -253,7 +262,9 @@ class Backup:
             self.reporter.error("area_missing", f"data/{rel}", f"{what}: directory missing ({e.strerror}); not backed up")
             return
         if not stat.S_ISDIR(st.st_mode):
-            self.reporter.error("area_missing", f"data/{rel}", f"{what}: not a directory (never followed); not backed up")
+            self.reporter.error("area_missing", f"data/{rel}", f"{what}: not a directory (a symlink is never followed, only recreated); not backed up")
+            if kind == "account":
+                self.odd_accounts.append(os.fsencode(name))
             return
         make_dir(dst, src)
         if not self.snapshot(f"{rel}/index.db", src / "index.db", dst / "index.db"):
@@ -315,7 +326,12 @@ class Backup:
         expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, "acme")}
         to_copy: list[bytes] = []
         for name in sorted(os.listdir(os.fsencode(data))):
+            if name in handled and (name in (b"tmp", b"ctl") or not os.path.islink(data / os.fsdecode(name))):
+                continue
             if name in handled:
+                # A symlink where a database or area belongs was reported (and never followed)
+                # when it was met; keep the link itself.
+                to_copy.append(name)
                 continue
             if name not in expected and not _is_special(data / os.fsdecode(name)):
                 self.reporter.warn("unrecognized", b"data/" + name, "not part of the mail store format; copied")
@@ -326,14 +342,14 @@ class Backup:
         if to_copy:
             self.copy_tree(data, self.data_dst, b"data", only=to_copy)
         accounts = data / "accounts"
-        if accounts.is_dir() and not accounts.is_symlink():
+        if is_real_dir(accounts):
             configured = {os.fsencode(n) for n in self.config.accounts}
             extra = [n for n in sorted(os.listdir(os.fsencode(accounts))) if n not in configured]
             for name in extra:
                 self.reporter.warn("unrecognized", b"data/accounts/" + name, "directory of an account not in the config; copied as plain files")
-            if extra:
+            if extra or self.odd_accounts:
                 (self.data_dst / "accounts").mkdir(mode=0o750, exist_ok=True)
-                self.copy_tree(accounts, self.data_dst / "accounts", b"data/accounts", only=extra)
+                self.copy_tree(accounts, self.data_dst / "accounts", b"data/accounts", only=extra + self.odd_accounts)
         for rel in self.plain_accounts:
             src = data / rel
             names = [n for n in os.listdir(os.fsencode(src)) if not n.endswith(LOCK_SUFFIX.encode())]

@@ -85,6 +85,15 @@ def key_id(key: bytes) -> int:
     return int.from_bytes(key, "big")
 
 
+def is_real_dir(path: Path) -> bool:
+    """A directory itself, not a symlink to one: areas reached through a symlink would lead
+    reads (and restores' writes) outside the tree, so they are never treated as directories."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def pack_ids(values) -> bytes:
     """IDs (or sizes) as one buffer of little-endian u64, the engine's input format."""
     a = array("Q", values)

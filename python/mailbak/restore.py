@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 from mailbak import _engine, manifest
 from mailbak.backup import check_destination, make_dir
+from mailbak.layout import is_real_dir
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
 from mailbak.verify import Verify
@@ -65,7 +65,7 @@ class Restore:
             if doc["status"] != "ok" and not self.force:
                 raise UsageError(f"{self.backup}: the backup is marked failed ({doc['errors']} errors when it was made); refusing to restore it (use --force)")
         for part in ("config", "data"):
-            if not (self.backup / part).is_dir() or (self.backup / part).is_symlink():
+            if not is_real_dir(self.backup / part):
                 raise UsageError(f"{self.backup}: no {part}/ directory; not a mailbak backup")
         check_destination(self.store)
         try:
@@ -87,15 +87,15 @@ class Restore:
         top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (b"queue", b"accounts")]
         if top:
             self.copy(data_src, data_dst, b"data", only=top)
-        if (data_src / "queue").is_dir() and not (data_src / "queue").is_symlink():
+        if is_real_dir(data_src / "queue"):
             make_dir(data_dst / "queue", data_src / "queue")
             self.copy(data_src / "queue", data_dst / "queue", b"data/queue", message_tree=b"")
         accounts = data_src / "accounts"
-        if accounts.is_dir() and not accounts.is_symlink():
+        if is_real_dir(accounts):
             make_dir(data_dst / "accounts", accounts)
             for name in sorted(os.listdir(os.fsencode(accounts))):
                 src = accounts / os.fsdecode(name)
-                if stat.S_ISDIR(os.lstat(src).st_mode):
+                if is_real_dir(src):
                     make_dir(data_dst / "accounts" / os.fsdecode(name), src)
                     self.copy(src, data_dst / "accounts" / os.fsdecode(name), b"data/accounts/" + name, message_tree=b"msg")
                 else:

@@ -31,7 +31,7 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine, manifest
-from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, read_config
+from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
 from mailbak.snapshot import Index, SnapshotError, copy_database, describe
@@ -175,8 +175,8 @@ class Verify:
         for name, why in config.invalid:
             self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}")
         for name, rel, kind in [("queue", "queue", "queue")] + [(n, f"accounts/{n}", "account") for n in config.accounts]:
-            if not (self.paths.data_dir / rel).is_dir():
-                continue  # reported by check 6 (accounts) or here (queue)
+            if not is_real_dir(self.paths.data_dir / rel) or (kind == "account" and not is_real_dir(self.paths.data_dir / "accounts")):
+                continue  # reported by check 6 (accounts) or below (queue); symlinks are never followed
             for extra in ("junkfilter.db",):
                 if kind == "account" and os.path.lexists(self.paths.data_dir / rel / extra):
                     self.database(f"{rel}/{extra}")
@@ -193,8 +193,8 @@ class Verify:
             if index.problem_count > len(index.problems):
                 self.reporter.error("more_problems", f"data/{rel}/index.db", f"{index.problem_count - len(index.problems)} more record problems not listed")
             out.append((name, rel, index))
-        if not (self.paths.data_dir / "queue").is_dir():
-            self.reporter.error("area_missing", "data/queue", "queue directory missing")
+        if not is_real_dir(self.paths.data_dir / "queue"):
+            self.reporter.error("area_missing", "data/queue", "queue directory missing (or a symlink, never followed)")
         return out
 
     # 3 and 5 ---------------------------------------------------------------------------------
@@ -225,10 +225,10 @@ class Verify:
 
     def check_account_dirs(self, config) -> None:
         accounts_dir = self.paths.data_dir / "accounts"
-        present = set(_listdir(accounts_dir))
+        present = set(_listdir(accounts_dir)) if is_real_dir(accounts_dir) else set()
         for name in config.accounts:
-            if name not in present or not (accounts_dir / name).is_dir():
-                self.reporter.error("account_missing", f"data/accounts/{name}", "configured account has no directory")
+            if name not in present or not is_real_dir(accounts_dir / name):
+                self.reporter.error("account_missing", f"data/accounts/{name}", "configured account has no directory (a symlink is never followed)")
         for name in sorted(present - set(config.accounts)):
             self.reporter.warn("unconfigured_account", f"data/accounts/{name}", "directory of an account not in the config")
 
