@@ -46,7 +46,7 @@ def fail_usage(reporter, text: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
-def execute(job, reporter, *, title: str, left_behind: str) -> NoReturn:
+def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoReturn:
     """Runs a phase object (Backup, Verify, Restore): ``check()`` then ``run()``, and maps every
     outcome to its exit status. ``left_behind`` tells the user what an aborted run leaves."""
     from mailbak.runner import DestinationFull, Interrupted, UsageError
@@ -70,7 +70,7 @@ def execute(job, reporter, *, title: str, left_behind: str) -> NoReturn:
         where = f" {e.filename}:" if e.filename else ""
         click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
         sys.exit(EXIT_FAILED)
-    reporter.summary(f"{title} {result}", job.facts(result), job.table())
+    reporter.summary(f"{title} {result}: {target}", job.facts(result), job.table())
     sys.exit(EXIT_OK if result in ("ok", "clean") else EXIT_FAILED)
 
 
@@ -121,7 +121,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     b = Backup(StorePaths.of(store, config_dir, data_dir), dest, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(b, reporter, title="backup", left_behind=f"{dest} is an incomplete backup (no manifest)")
+    execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (no manifest)")
 
 
 @main.command()
@@ -152,7 +152,7 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose) -> None:
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     v = Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(v, reporter, title="verify", left_behind="verification incomplete")
+    execute(v, reporter, title="verify", target=path, left_behind="verification incomplete")
 
 
 @main.command()
@@ -184,7 +184,7 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, 
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     r = Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(r, reporter, title="restore", left_behind=f"{store} is incomplete; delete it and restore again")
+    execute(r, reporter, title="restore", target=store, left_behind=f"{store} is incomplete; delete it and restore again")
 
 
 @main.command()
@@ -220,7 +220,7 @@ def gen(store: Path, messages: int, accounts: int, seed: int, median_size: int, 
 @click.option("--accounts", "-a", type=click.IntRange(1), default=12, show_default=True, help="Accounts in the sample store.")
 @jobs_option
 def demo(directory: Path | None, messages: int, accounts: int, jobs) -> None:
-    """Generate a sample store, then back it up, verify the backup, and restore it.
+    """Generate a sample store, then back it up, verify and restore it.
 
     Works in DIRECTORY (new or empty) or in a temporary directory that is removed afterwards.
     """
@@ -231,6 +231,7 @@ def demo(directory: Path | None, messages: int, accounts: int, jobs) -> None:
         sys.exit(EXIT_USAGE)
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="mailbak-demo-") as tmp:
-            sys.exit(run_demo(Path(tmp), messages=messages, accounts=accounts, jobs=jobs or default_jobs()))
+            status = run_demo(Path(tmp), messages=messages, accounts=accounts, jobs=jobs or default_jobs(), keep=False)
+        sys.exit(status)
     directory.mkdir(parents=True, exist_ok=True)
-    sys.exit(run_demo(directory, messages=messages, accounts=accounts, jobs=jobs or default_jobs()))
+    sys.exit(run_demo(directory, messages=messages, accounts=accounts, jobs=jobs or default_jobs(), keep=True))

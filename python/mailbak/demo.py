@@ -46,7 +46,7 @@ def _run(argv: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "mailbak", *argv])
 
 
-def run_demo(workdir: Path, *, messages: int, accounts: int, jobs: int) -> int:
+def run_demo(workdir: Path, *, messages: int, accounts: int, jobs: int, keep: bool) -> int:
     """Generate, back up, verify, restore. Returns 0 when every step did what it should."""
     store, backup, restored = workdir / "store", workdir / "backup", workdir / "restored"
     print(f"$ {shlex.join(['mailbak', 'gen', str(store), '--messages', str(messages), '--accounts', str(accounts)])}", flush=True)
@@ -63,5 +63,8 @@ def run_demo(workdir: Path, *, messages: int, accounts: int, jobs: int) -> int:
         if _run(argv) != want:
             print(f"demo: `mailbak {argv[0]}` did not exit {want}", file=sys.stderr)
             return 1
-    print(f"\ndemo: done. Store, backup and restored store are in {workdir}")
+    if keep:
+        print(f"\ndemo: done. Store, backup and restored store are in {workdir}")
+    else:
+        print("\ndemo: done. (They were in a temporary directory, now removed: `mailbak demo DIR` keeps them.)")
     return 0
