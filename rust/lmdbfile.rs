@@ -194,6 +194,10 @@ pub struct CheckSummary {
     pub free_pages: u64,
     /// Each named database with its number of entries, in name order.
     pub dbs: Vec<(Vec<u8>, u64)>,
+    /// False when a named database is DUPSORT with DUPFIXED duplicates: LMDB's compacting copy
+    /// (as bundled with py-lmdb 3.0) crashes on such a database once it holds a duplicate
+    /// sub-tree, so callers must use a plain page copy for this file.
+    pub compact_copy_safe: bool,
 }
 
 /// Little-endian u16 at `at`, if `b` is long enough.
@@ -698,7 +702,9 @@ impl LmdbFile {
         })?;
         let named = self.named_dbs(&mut walker)?;
         let mut dbs = Vec::with_capacity(named.len());
+        let mut compact_copy_safe = true;
         for (name, db) in named {
+            compact_copy_safe &= db.flags & (MDB_DUPSORT | MDB_DUPFIXED) != (MDB_DUPSORT | MDB_DUPFIXED);
             let spec = TreeSpec::named(&name, db, false)?;
             let entries = walker.walk(&spec, &mut |_, _| Ok(()))?;
             dbs.push((name, entries));
@@ -716,6 +722,7 @@ impl LmdbFile {
             tree_pages: walker.tree_pages,
             free_pages,
             dbs,
+            compact_copy_safe,
         })
     }
 

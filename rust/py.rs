@@ -301,6 +301,7 @@ fn lmdb_check<'py>(py: Python<'py>, path: PathBuf, txnid: Option<u64>) -> PyResu
     d.set_item("free_pages", s.free_pages)?;
     let dbs: Vec<(Bound<'py, PyBytes>, u64)> = s.dbs.iter().map(|(n, c)| (PyBytes::new(py, n), *c)).collect();
     d.set_item("dbs", dbs)?;
+    d.set_item("compact_copy_safe", s.compact_copy_safe)?;
     Ok(d)
 }
 

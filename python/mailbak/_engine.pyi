@@ -120,6 +120,7 @@ class CheckSummary(TypedDict):
     tree_pages: int
     free_pages: int
     dbs: list[tuple[bytes, int]]
+    compact_copy_safe: bool  # False: a DUPSORT+DUPFIXED database; LMDB's compacting copy can crash on it
 
 def lmdb_check(path: StrPath, txnid: int | None = None) -> CheckSummary:
     """Structural check of an LMDB data file by reading it directly (never through LMDB):

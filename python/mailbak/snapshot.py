@@ -125,7 +125,7 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
             with env.begin() as txn:
                 txnid = txn.id()
                 try:
-                    _engine.lmdb_check(src, txnid)
+                    summary = _engine.lmdb_check(src, txnid)
                 except _engine.LmdbError as e:
                     last = e
                     if e.args[0] == "io":
@@ -134,7 +134,10 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
                 except OSError as e:
                     raise SnapshotError(f"cannot read: {e.strerror}") from e
                 try:
-                    env.copy(str(dst), compact=True, txn=txn)
+                    if summary["compact_copy_safe"]:
+                        env.copy(str(dst), compact=True, txn=txn)
+                    else:
+                        txnid = _plain_copy(env, dst)
                 except lmdb.Error as e:
                     raise SnapshotError(f"LMDB copy failed: {e}") from e
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
@@ -145,3 +148,15 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
         raise SnapshotError(f"damaged: {describe(last)}")
     finally:
         env.close()
+
+
+def _plain_copy(env: lmdb.Environment, dst: Path) -> int:
+    """A page-for-page copy (LMDB takes its own read transaction and copies pages without walking
+    the trees), for databases whose compacting copy LMDB can crash on (DUPSORT with DUPFIXED
+    duplicates). The copy is a snapshot too, possibly a later one than the checked transaction,
+    so it is checked itself before anyone reads it; returns its transaction ID."""
+    env.copy(str(dst))
+    try:
+        return _engine.lmdb_check(dst)["txnid"]
+    except _engine.LmdbError as e:
+        raise SnapshotError(f"damaged: {describe(e)}") from e
