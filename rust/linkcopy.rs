@@ -107,7 +107,9 @@ impl LinkPolicy {
 
     /// Copies regular file `name` of `src` into `dst` under the same name; fails if it exists.
     pub fn copy(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr) -> Result<u64, OpError> {
-        let from = rfs::openat(src, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        // O_NONBLOCK: if the entry was swapped for a FIFO since it was listed, opening it must not
+        // wait for a writer forever; fstat then refuses it. Regular files ignore the flag.
+        let from = rfs::openat(src, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| OpError::new("open", e))?;
         let st = rfs::fstat(&from).map_err(|e| OpError::new("stat", e))?;
         if crate::fsutil::Kind::from_mode(st.st_mode) != crate::fsutil::Kind::File {
@@ -281,6 +283,16 @@ mod tests {
         s.file("dst/1", b"old");
         assert_eq!(LinkPolicy::new(true).copy(src.as_fd(), dst.as_fd(), c"1").unwrap_err().errno, Errno::EXIST);
         assert_eq!(std::fs::read(s.path("dst/1")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_not_waited_on() {
+        let s = Scratch::new("fifo");
+        let (src, dst) = dirs(&s);
+        rustix::fs::mkfifoat(&src, c"f", Mode::from_raw_mode(0o600)).unwrap();
+        let err = LinkPolicy::new(true).copy(src.as_fd(), dst.as_fd(), c"f").unwrap_err();
+        assert_eq!(err, OpError::new("open", Errno::INVAL));
+        assert!(!s.path("dst/f").exists());
     }
 
     #[test]
