@@ -4,12 +4,16 @@
 //! Algorithm (stat only, no reads):
 //! 1. Walk the area; classify each entry (`classify.rs`). A snapshot message gets one `lstat`
 //!    relative to its directory descriptor and its size compared with the record.
-//! 2. Anything else in the message tree is an unrecognized file (an error: a future message could
-//!    collide with it). With a fix root, it is moved there instead, keeping its relative path,
-//!    never deleted, never overwriting (a numeric suffix is added when the name is taken).
+//! 2. Anything else in the message tree is reported. Only one kind is an error: in a backup, a
+//!    file at the path of an ID at or above the index's next ID, because the first message that
+//!    gets that ID after a restore would collide with it. Orphans (allocated IDs no record claims)
+//!    and other unknown files are warnings. With a fix root, all of them are moved there instead,
+//!    keeping their relative path, never deleted, never overwriting (a numeric suffix is added
+//!    when the name is taken); in a live store only once unchanged for [`FIX_MIN_AGE_SECS`],
+//!    since a delivery in progress looks exactly like an orphan until its record is committed.
 //! 3. Live IDs the walk did not meet are looked up by path; absent ones are missing.
 //!
-//! Unrecognized files outside the message tree are warnings: they cannot collide with anything.
+//! Unrecognized files outside the message tree are warnings and are never moved.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -26,6 +30,22 @@ use crate::walk::{self, Dir, Roots, Visitor};
 
 /// Record size that means "unknown" (the record did not decode); the size check is skipped.
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
+
+/// How long an unknown file in a live store's message tree must be unchanged before `--fix`
+/// moves it: writers commit a record milliseconds after placing its file, so a quarter of an
+/// hour leaves a wide margin even on an overloaded server.
+pub const FIX_MIN_AGE_SECS: i64 = 15 * 60;
+
+/// What kind of unknown file step 2 met.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    /// At the path of an ID at or above the next ID, in a backup.
+    Collides,
+    /// At the path of an allocated ID that no record claims.
+    Orphan,
+    /// Anything else in the message tree.
+    Other,
+}
 
 /// Where `--fix` moves unrecognized files: a directory and the path below it for this area.
 pub struct FixTarget {
@@ -47,15 +67,17 @@ pub struct AreaCheck<'a> {
     seen: SeenSet,
     /// Where unrecognized files go, with --fix.
     fix: Option<FixTarget>,
+    /// Whether the tree is a live store (writers may be adding files) rather than a backup.
+    live: bool,
     /// Where counts and events go.
     sink: &'a Sink<'a>,
 }
 
 impl<'a> AreaCheck<'a> {
-    /// A check of `area` against `snap` and `sizes`.
-    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [u64], fix: Option<FixTarget>, sink: &'a Sink<'a>) -> Self {
+    /// A check of `area` against `snap` and `sizes`; `live` for a store in use.
+    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [u64], fix: Option<FixTarget>, live: bool, sink: &'a Sink<'a>) -> Self {
         assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
-        AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, sink }
+        AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, live, sink }
     }
 
     /// Runs steps 1 to 3.
@@ -123,27 +145,35 @@ impl<'a> AreaCheck<'a> {
         }
     }
 
-    /// Moves an unrecognized file out of the message tree (with --fix) or reports it: as an error
-    /// when its name is a decimal ID (a future message could collide with it), else a warning.
-    fn unrecognized(&self, dir: &Dir<'_>, name: &CStr, rel: &[u8]) {
+    /// Step 2 for one unknown file in the message tree: reported, or moved aside with --fix.
+    fn unknown(&self, dir: &Dir<'_>, name: &CStr, rel: &[u8], what: Unknown) {
+        let t = &self.sink.tally;
+        Tally::bump(if what == Unknown::Orphan { &t.orphans } else { &t.unrecognized });
         let Some(fix) = &self.fix else {
-            Tally::bump(&self.sink.tally.unrecognized);
-            if msgpath::parse_id(name.to_bytes()).is_some() {
-                return self.sink.error("unrecognized_message", rel, 0, "not a message of the index, in a message directory (it could collide with a future message); move it with verify --fix".into());
-            }
-            return self.sink.warn("unrecognized", rel, 0, "unrecognized file in a message directory; move it with verify --fix".into());
+            return match what {
+                Unknown::Collides => self.sink.error("unrecognized_message", rel, 0, "no record claims this message file and its ID is not allocated yet: a future message would collide with it; move it with verify --fix".into()),
+                Unknown::Orphan => self.sink.warn("orphan_message", rel, 0, "no record claims this message file: a delivery in progress, or one a crash interrupted (its ID is allocated, so nothing will collide with it); move it with verify --fix".into()),
+                Unknown::Other => self.sink.warn("unrecognized", rel, 0, "unrecognized file in a message directory; move it with verify --fix".into()),
+            };
         };
+        if self.live && !unchanged_for(dir.src, name, FIX_MIN_AGE_SECS) {
+            return self.sink.warn("not_moved", rel, 0, format!("unrecognized file changed in the last {} minutes (it may be a delivery in progress); not moved", FIX_MIN_AGE_SECS / 60));
+        }
         match move_aside(fix, dir, name) {
             Ok(to) => {
-                Tally::bump(&self.sink.tally.moved);
+                Tally::bump(&t.moved);
                 self.sink.warn("moved", rel, 0, format!("unrecognized file moved to {}", String::from_utf8_lossy(&to)));
             }
-            Err((op, e)) => {
-                Tally::bump(&self.sink.tally.unrecognized);
-                self.sink.io_error(rel, op, e);
-            }
+            Err((op, e)) => self.sink.io_error(rel, op, e),
         }
     }
+}
+
+/// Whether `name` in `dir` has not been modified (or renamed: ctime) for `secs` seconds.
+fn unchanged_for(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> bool {
+    let Ok(st) = fsutil::lstat_at(dir, name) else { return false };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    now - st.st_mtime.max(st.st_ctime) >= secs
 }
 
 /// Moves `name` of `dir` to the same relative place below the fix target; returns where it went.
@@ -178,10 +208,12 @@ impl Visitor for AreaCheck<'_> {
                 self.seen.mark(i);
                 self.check_file(dir.src, name, &rel, i);
             }
-            Class::New => Tally::bump(&t.skipped_new),
+            Class::New if self.live => Tally::bump(&t.skipped_new),
+            Class::New if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Collides),
+            Class::Orphan if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Orphan),
             Class::Erasing => Tally::bump(&t.skipped_erasing),
             Class::Known => Tally::bump(&t.known),
-            Class::StrayInTree => self.unrecognized(dir, name, &rel),
+            Class::StrayInTree | Class::New | Class::Orphan => self.unknown(dir, name, &rel, Unknown::Other),
             Class::Stray => {
                 let what = if kind == Kind::Symlink { "symlink" } else { "file" };
                 self.sink.warn("unrecognized", &rel, 0, format!("unrecognized {what} outside the message directories"));
@@ -201,40 +233,61 @@ mod tests {
         t.to_pairs().into_iter().collect()
     }
 
+    /// Live 1, 2, 5 (5 has no file, 2 the wrong size), 3 being erased, next ID 70: 20 is an
+    /// orphan, 77 would collide with a future message, notes.txt is unknown, readme is outside.
     fn setup(s: &Scratch) -> (Area, Snapshot, Vec<u64>) {
         s.file("acc/msg/a/1", b"12345");
         s.file("acc/msg/a/2", b"123");
+        s.file("acc/msg/a/20", b"orphan");
         s.file("acc/msg/a/77", b"stray");
         s.file("acc/msg/a/3", b"erasing");
         s.file("acc/readme", b"x");
         s.file("acc/msg/a/notes.txt", b"x");
         let area = Area { tree: b"msg".to_vec(), known: vec![] };
-        let snap = Snapshot { live: IdSet::new(vec![1, 2, 5]), erasing: IdSet::new(vec![3]), highest: 80 };
+        let snap = Snapshot { live: IdSet::new(vec![1, 2, 5]), erasing: IdSet::new(vec![3]), next_id: 70 };
         (area, snap, vec![5, 4, 9])
     }
 
+    fn codes(p: &Progress) -> Vec<(&'static str, String)> {
+        let mut c: Vec<_> = p.drain().into_iter().map(|e| (e.code, String::from_utf8(e.path).unwrap())).collect();
+        c.sort();
+        c
+    }
+
     #[test]
-    fn finds_missing_size_mismatch_and_strays() {
+    fn backup_check_finds_missing_size_mismatch_collisions_and_orphans() {
         let s = Scratch::new("check");
         let (area, snap, sizes) = setup(&s);
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"data/accounts/x");
-        AreaCheck::new(&area, &snap, &sizes, None, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        AreaCheck::new(&area, &snap, &sizes, None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
         let t = tally(&sink.tally);
-        assert_eq!((t["checked"], t["missing"], t["damaged"], t["unrecognized"], t["warnings"], t["errors"]), (3, 1, 1, 2, 2, 3));
-        let mut codes: Vec<_> = p.drain().into_iter().map(|e| (e.code, String::from_utf8(e.path).unwrap())).collect();
-        codes.sort();
+        assert_eq!((t["checked"], t["missing"], t["damaged"], t["unrecognized"], t["orphans"], t["warnings"], t["errors"]), (3, 1, 1, 2, 1, 3, 3));
+        let x = |p: &str| format!("data/accounts/x/{p}");
         assert_eq!(
-            codes,
+            codes(&p),
             vec![
-                ("missing", "data/accounts/x/msg/a/5".to_string()),
-                ("size_mismatch", "data/accounts/x/msg/a/2".to_string()),
-                ("unrecognized", "data/accounts/x/msg/a/notes.txt".to_string()),
-                ("unrecognized", "data/accounts/x/readme".to_string()),
-                ("unrecognized_message", "data/accounts/x/msg/a/77".to_string()),
+                ("missing", x("msg/a/5")),
+                ("orphan_message", x("msg/a/20")),
+                ("size_mismatch", x("msg/a/2")),
+                ("unrecognized", x("msg/a/notes.txt")),
+                ("unrecognized", x("readme")),
+                ("unrecognized_message", x("msg/a/77")),
             ]
         );
         assert!(s.path("acc/msg/a/77").exists(), "verify without --fix writes nothing");
+    }
+
+    #[test]
+    fn live_store_files_above_the_next_id_are_new() {
+        let s = Scratch::new("checklive");
+        let (area, snap, sizes) = setup(&s);
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        AreaCheck::new(&area, &snap, &sizes, None, true, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        let t = tally(&sink.tally);
+        assert_eq!((t["skipped_new"], t["errors"]), (1, 2));
+        assert!(!codes(&p).iter().any(|(c, _)| *c == "unrecognized_message"));
     }
 
     #[test]
@@ -245,10 +298,25 @@ mod tests {
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved/accounts/x".to_vec() };
-        AreaCheck::new(&area, &snap, &sizes, Some(fix), &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
-        assert_eq!(tally(&sink.tally)["moved"], 2);
-        assert!(!s.path("acc/msg/a/77").exists());
+        AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        assert_eq!(tally(&sink.tally)["moved"], 3);
+        assert!(!s.path("acc/msg/a/77").exists() && !s.path("acc/msg/a/20").exists());
         assert_eq!(std::fs::read(s.path("data/moved/accounts/x/msg/a/77")).unwrap(), b"earlier");
         assert_eq!(std::fs::read(s.path("data/moved/accounts/x/msg/a/77.1")).unwrap(), b"stray");
+        assert!(s.path("acc/readme").exists(), "files outside the message tree are never moved");
+    }
+
+    #[test]
+    fn fix_in_a_live_store_leaves_recent_files_alone() {
+        let s = Scratch::new("fixlive");
+        let (area, snap, sizes) = setup(&s);
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        std::fs::create_dir(s.path("data")).unwrap();
+        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved".to_vec() };
+        AreaCheck::new(&area, &snap, &sizes, Some(fix), true, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        assert_eq!(tally(&sink.tally)["moved"], 0);
+        assert!(s.path("acc/msg/a/20").exists());
+        assert!(codes(&p).iter().any(|(c, r)| *c == "not_moved" && r == "msg/a/20"));
     }
 }

@@ -2,9 +2,16 @@
 //!
 //! An area is a queue directory or an account directory. Its message tree is the area root for
 //! the queue and `msg/` for an account; a message file sits at `<tree>/<dir(id)>/<id>`. Given the
-//! snapshot's live IDs, its erase set and its highest ID, every file in the area is exactly one
-//! of the [`Class`] outcomes. This module is pure (no I/O) so that the Python reference in
-//! `tests/` can be checked against it on random trees.
+//! snapshot's live IDs, its erase set and its next unallocated ID, every file in the area is
+//! exactly one of the [`Class`] outcomes. This module is pure (no I/O) so that the Python
+//! reference in `tests/` can be checked against it on random trees.
+//!
+//! Why the next ID and not the highest record: writers allocate an ID (committing the counter)
+//! before they place the file, and commit the record after. So a file at the path of an ID at or
+//! above the snapshot's counter was allocated after the snapshot (new), while a file at the path
+//! of a lower ID that no record claims is a delivery in flight, or one a crash interrupted, and
+//! can never collide with a future message. With several writers, an in-flight ID can be below
+//! the highest committed one, so the highest record cannot tell these apart.
 
 use crate::ids::IdSet;
 use crate::msgpath;
@@ -16,8 +23,9 @@ pub struct Snapshot {
     pub live: IdSet,
     /// IDs whose files are being removed (`message_erase`, `msg_erase`).
     pub erasing: IdSet,
-    /// The highest ID any record of the snapshot has; files above it are newer than the snapshot.
-    pub highest: u64,
+    /// The first ID not allocated at the snapshot (the `meta` counter, or the highest record
+    /// ID + 1 for stores without one); files at the path of an ID from here on are newer.
+    pub next_id: u64,
 }
 
 /// What a file in an area is.
@@ -25,13 +33,16 @@ pub struct Snapshot {
 pub enum Class {
     /// A message file of the snapshot; the index of its ID in `live`.
     Message(usize),
-    /// A message file added after the snapshot (ID above the highest, at its exact path).
+    /// A message file added after the snapshot (ID at or above `next_id`, at its exact path).
     New,
     /// A message file being erased.
     Erasing,
+    /// At the exact path of an allocated ID (below `next_id`) that no record claims: a delivery
+    /// in flight or interrupted. It cannot collide with a future message.
+    Orphan,
     /// A file the caller handles itself (the index database, its lock file, ...).
     Known,
-    /// Anything else inside the message tree: it could collide with a future message.
+    /// Anything else inside the message tree (not at a message path).
     StrayInTree,
     /// Anything else outside the message tree.
     Stray,
@@ -83,9 +94,7 @@ impl Area {
             if snap.erasing.contains(id) {
                 return Class::Erasing;
             }
-            if id > snap.highest {
-                return Class::New;
-            }
+            return if id >= snap.next_id { Class::New } else { Class::Orphan };
         }
         if self.in_tree(rel_dir) {
             Class::StrayInTree
@@ -108,7 +117,7 @@ mod tests {
     }
 
     fn snap() -> Snapshot {
-        Snapshot { live: IdSet::new(vec![1, 5, 8192]), erasing: IdSet::new(vec![3]), highest: 9000 }
+        Snapshot { live: IdSet::new(vec![1, 5, 8192]), erasing: IdSet::new(vec![3]), next_id: 9000 }
     }
 
     #[test]
@@ -117,9 +126,10 @@ mod tests {
         assert_eq!(a.classify(&s, b"msg/a", b"5"), Class::Message(1));
         assert_eq!(a.classify(&s, b"msg/b", b"8192"), Class::Message(2));
         assert_eq!(a.classify(&s, b"msg/a", b"3"), Class::Erasing);
-        assert_eq!(a.classify(&s, b"msg/b", b"9001"), Class::New);
-        assert_eq!(a.classify(&s, b"msg/a", b"2"), Class::StrayInTree);
-        // Right name, wrong directory: not at path(id), so never skipped as new.
+        assert_eq!(a.classify(&s, b"msg/b", b"9000"), Class::New);
+        assert_eq!(a.classify(&s, b"msg/a", b"2"), Class::Orphan);
+        assert_eq!(a.classify(&s, b"msg/b", b"8999"), Class::Orphan);
+        // Right name, wrong directory: not at path(id), so neither new nor an orphan.
         assert_eq!(a.classify(&s, b"msg/a", b"9001"), Class::StrayInTree);
         assert_eq!(a.classify(&s, b"msg/b", b"5"), Class::StrayInTree);
         assert_eq!(a.classify(&s, b"msg", b"5"), Class::StrayInTree);
@@ -141,7 +151,7 @@ mod tests {
 
     #[test]
     fn live_wins_over_erasing() {
-        let s = Snapshot { live: IdSet::new(vec![3]), erasing: IdSet::new(vec![3]), highest: 3 };
+        let s = Snapshot { live: IdSet::new(vec![3]), erasing: IdSet::new(vec![3]), next_id: 4 };
         assert_eq!(account().classify(&s, b"msg/a", b"3"), Class::Message(0));
     }
 }

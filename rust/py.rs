@@ -3,8 +3,8 @@
 //! Each function turns its arguments into core types, runs the core in a rayon pool of `jobs`
 //! threads with the GIL released, and returns plain dicts of counts. Per-file problems never
 //! raise: they travel as events on the shared `Progress`. Only failures of the whole call raise
-//! (a root that cannot be opened: `OSError`; a damaged LMDB file: `LmdbError`; an engine panic:
-//! `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
+//! (a root or database file that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an
+//! engine panic: `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
 
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -166,7 +166,7 @@ fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
         src: get("src")?.extract()?,
         dst: opt("dst")?.map(|v| v.extract()).transpose()?,
         area: Area { tree: bytes("tree")?, known: get("known")?.extract()? },
-        snap: Snapshot { live: IdSet::new(live_ids), erasing: ids(&bytes("erasing")?)?, highest: get("highest")?.extract()? },
+        snap: Snapshot { live: IdSet::new(live_ids), erasing: ids(&bytes("erasing")?)?, next_id: get("next_id")?.extract()? },
         sizes,
         prefix: bytes("prefix")?,
         fix_rel: opt("fix_rel")?.map(|v| v.extract()).transpose()?,
@@ -248,10 +248,11 @@ fn copy_tree<'py>(
 }
 
 /// Verifies message areas' files against their indexes, all in one pool; see `check.rs`.
+/// `live`: a store in use (files above the next ID are new; --fix waits for files to settle).
 /// With `fix_root`, unrecognized files move below `fix_root/<area's fix_rel>`.
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, fix_root = None))]
-fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usize, progress: &Progress, fix_root: Option<PathBuf>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+#[pyo3(signature = (areas, *, live, jobs, progress, fix_root = None))]
+fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, live: bool, jobs: usize, progress: &Progress, fix_root: Option<PathBuf>) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
     for a in &areas {
         if a.sizes.len() != a.snap.live.len() {
@@ -267,7 +268,7 @@ fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usize
                 let sink = Sink::new(&p, &a.prefix);
                 let fix = fix_root.as_ref().and_then(|r| rustix::io::dup(r).ok()).map(|root| FixTarget { root, rel: a.fix_rel.clone().unwrap_or_default() });
                 if let Some(root) = open_area_root(&a.src, &sink) {
-                    AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, &sink).run(root);
+                    AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, live, &sink).run(root);
                 }
                 sink.tally
             })
@@ -276,10 +277,14 @@ fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usize
     tallies.iter().map(|t| tally_dict(py, t)).collect()
 }
 
-/// Converts an LMDB error to the Python exception.
-fn lmdb_err(e: crate::lmdbfile::LmdbError) -> PyErr {
+/// Converts an LMDB error to the Python exception: OSError when the file could not be read
+/// (with its errno), LmdbError when its content is wrong.
+fn lmdb_err(e: crate::lmdbfile::LmdbError, path: &Path) -> PyErr {
+    if let ErrorKind::Io(errno) = e.kind {
+        return PyOSError::new_err((errno, std::io::Error::from_raw_os_error(errno).to_string(), path.to_path_buf()));
+    }
     let kind = match e.kind {
-        ErrorKind::Io(_) => "io",
+        ErrorKind::Io(_) => unreachable!("handled above"),
         ErrorKind::Corrupt => "corrupt",
         ErrorKind::Unsupported => "unsupported",
         ErrorKind::Stale => "stale",
@@ -292,7 +297,7 @@ fn lmdb_err(e: crate::lmdbfile::LmdbError) -> PyErr {
 #[pyfunction]
 #[pyo3(signature = (path, txnid = None))]
 fn lmdb_check<'py>(py: Python<'py>, path: PathBuf, txnid: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
-    let s = py.detach(|| LmdbFile::open(&path, txnid).and_then(|f| f.check())).map_err(lmdb_err)?;
+    let s = py.detach(|| LmdbFile::open(&path, txnid).and_then(|f| f.check())).map_err(|e| lmdb_err(e, &path))?;
     let d = PyDict::new(py);
     d.set_item("txnid", s.txnid)?;
     d.set_item("page_size", s.page_size)?;
@@ -316,7 +321,7 @@ fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64
     };
     let (file_txnid, idx) = py
         .detach(|| LmdbFile::open(&path, txnid).and_then(|f| Ok((f.txnid(), records::read_index(&f, kind)?))))
-        .map_err(lmdb_err)?;
+        .map_err(|e| lmdb_err(e, &path))?;
     let d = PyDict::new(py);
     d.set_item("txnid", file_txnid)?;
     d.set_item("live", PyBytes::new(py, &packed(&idx.live)))?;

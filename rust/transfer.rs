@@ -197,14 +197,15 @@ impl Visitor for AreaBackup<'_> {
                 self.sink.progress.add_done(1);
             }
             (_, Kind::Special) => copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel),
-            (Class::StrayInTree | Class::New | Class::Erasing, _) => {
+            (Class::Orphan, Kind::File) => {
+                Tally::bump(&t.orphans);
+                self.sink.warn("orphan_message", &rel, 0, "no record of the snapshot claims this message file: a delivery in progress, or one a crash interrupted (its ID is allocated, so it cannot collide with a future message); copied".into());
+                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+            }
+            (Class::StrayInTree | Class::Orphan | Class::New | Class::Erasing, _) => {
                 // A symlink named like a message is not a message: it is reported, never followed.
                 Tally::bump(&t.unrecognized);
-                if msgpath::parse_id(name.to_bytes()).is_some() {
-                    self.sink.warn("unrecognized_message", &rel, 0, "not a message of the snapshot, in a message directory (it could collide with a future message); copied".into());
-                } else {
-                    self.sink.warn("unrecognized", &rel, 0, "unrecognized file in a message directory; copied".into());
-                }
+                self.sink.warn("unrecognized", &rel, 0, "unrecognized file in a message directory; copied".into());
                 copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
             }
             (Class::Stray, _) => {
@@ -280,9 +281,9 @@ mod tests {
             s.file(&format!("src/{f}"), f.as_bytes());
         }
         std::fs::create_dir(s.path("dst")).unwrap();
-        // 1 and 2 live, 4 live but missing, 3 being erased, highest 5: 9000 is new, 9001 is at
+        // 1 and 2 live, 4 live but missing, 3 being erased, next ID 6: 9000 is new, 9001 is at
         // the wrong path (dir "a" holds IDs below 8192) and so is a stray.
-        let snap = Snapshot { live: IdSet::new(vec![1, 2, 4]), erasing: IdSet::new(vec![3]), highest: 5 };
+        let snap = Snapshot { live: IdSet::new(vec![1, 2, 4]), erasing: IdSet::new(vec![3]), next_id: 6 };
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"data/accounts/x");
@@ -311,7 +312,7 @@ mod tests {
         std::fs::create_dir_all(s.path("src/msg")).unwrap();
         std::os::unix::fs::symlink(s.path("elsewhere"), s.path("src/msg/a")).unwrap();
         std::fs::create_dir(s.path("dst")).unwrap();
-        let snap = Snapshot { live: IdSet::new(vec![5]), erasing: IdSet::default(), highest: 5 };
+        let snap = Snapshot { live: IdSet::new(vec![5]), erasing: IdSet::default(), next_id: 6 };
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");

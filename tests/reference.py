@@ -39,12 +39,12 @@ class Outcome:
     skipped_erasing: set[str] = field(default_factory=set)
     known: set[str] = field(default_factory=set)
     unrecognized: set[str] = field(default_factory=set)
-    unrecognized_message: set[str] = field(default_factory=set)
+    orphans: set[str] = field(default_factory=set)
     special: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
 
 
-def classify_area(root: Path, *, tree: str, known: set[str], live: set[int], erasing: set[int], highest: int) -> Outcome:
+def classify_area(root: Path, *, tree: str, known: set[str], live: set[int], erasing: set[int], next_id: int) -> Outcome:
     """Walks ``root`` (never following symlinks) and applies the rules to every entry."""
     out = Outcome()
     seen: set[int] = set()
@@ -60,7 +60,6 @@ def classify_area(root: Path, *, tree: str, known: set[str], live: set[int], era
             parent = rel_dir[len(tree) + 1 :] if tree and rel_dir.startswith(tree + "/") else (rel_dir if not tree else None)
             id_ = parse_id(name)
             at_path = parent is not None and "/" not in parent and parent != "" and id_ is not None and dir_name(id_) == parent
-            in_tree = (not tree) or rel_dir == tree or rel_dir.startswith(tree + "/")
             if at_path and id_ in live and not stat.S_ISREG(mode):
                 # Where a message file should be, something else: the message is not backed up.
                 out.missing.add(rel)
@@ -75,17 +74,14 @@ def classify_area(root: Path, *, tree: str, known: set[str], live: set[int], era
                 if id_ in live:
                     out.linked.add(rel)
                     seen.add(id_)
-                    continue
-                if id_ in erasing:
+                elif id_ in erasing:
                     out.skipped_erasing.add(rel)
-                    continue
-                if id_ > highest:
+                elif id_ >= next_id:
                     out.skipped_new.add(rel)
-                    continue
-            if in_tree and id_ is not None:
-                out.unrecognized_message.add(rel)
-            else:
-                out.unrecognized.add(rel)
+                else:
+                    out.orphans.add(rel)
+                continue
+            out.unrecognized.add(rel)
     for id_ in live - seen:
         prefix = f"{tree}/" if tree else ""
         out.missing.add(f"{prefix}{dir_name(id_)}/{id_}")

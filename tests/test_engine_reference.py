@@ -29,12 +29,12 @@ def areas(draw):
     live = draw(st.sets(st.sampled_from(sorted(present)), max_size=len(present))) if present else set()
     live |= draw(st.sets(ids, max_size=5))  # some live IDs without a file: missing
     erasing = draw(st.sets(ids, max_size=8)) | (draw(st.sets(st.sampled_from(sorted(present)), max_size=5)) if present else set())
-    highest = draw(st.integers(min_value=0, max_value=3 * 8192 + 100))
+    next_id = draw(st.integers(min_value=1, max_value=3 * 8192 + 100))
     strays = draw(st.lists(st.tuples(st.sampled_from(["", "a", "b", "c", "a/deep", "junk"]), stray_names), max_size=8))
     misplaced = draw(st.lists(ids, max_size=4))
     links = draw(st.lists(st.sampled_from(sorted(present | live)), max_size=2)) if present | live else []
     fifos = draw(st.lists(st.sampled_from(["", "a", "b"]), max_size=2))
-    return dict(tree=tree, present=present, live=live, erasing=erasing, highest=highest, strays=strays, misplaced=misplaced, links=links, fifos=fifos)
+    return dict(tree=tree, present=present, live=live, erasing=erasing, next_id=next_id, strays=strays, misplaced=misplaced, links=links, fifos=fifos)
 
 
 def build(root: Path, a: dict) -> None:
@@ -85,24 +85,25 @@ def test_engine_matches_reference(a, jobs):
         src.mkdir()
         dst.mkdir()
         build(src, a)
-        want = classify_area(src, tree=a["tree"], known=KNOWN, live=a["live"], erasing=a["erasing"], highest=a["highest"])
+        want = classify_area(src, tree=a["tree"], known=KNOWN, live=a["live"], erasing=a["erasing"], next_id=a["next_id"])
         progress = _engine.Progress()
-        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(a["live"]), "erasing": pack_ids(a["erasing"]), "highest": a["highest"], "prefix": b""}
+        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(a["live"]), "erasing": pack_ids(a["erasing"]), "next_id": a["next_id"], "prefix": b""}
         (got,) = _engine.backup_areas([spec], jobs=jobs, progress=progress)
         events = progress.drain()
         assert got["linked"] == len(want.linked)
         assert got["skipped_new"] == len(want.skipped_new)
         assert got["skipped_erasing"] == len(want.skipped_erasing)
         assert got["known"] == len(want.known)
-        assert got["unrecognized"] == len(want.unrecognized) + len(want.unrecognized_message)
+        assert got["unrecognized"] == len(want.unrecognized)
+        assert got["orphans"] == len(want.orphans)
         assert got["missing"] == len(want.missing)
         assert got["special"] == len(want.special)
         assert {e[2].decode() for e in events if e[0] == "error"} == want.missing
-        assert {e[2].decode() for e in events if e[1] == "unrecognized_message"} == want.unrecognized_message
+        assert {e[2].decode() for e in events if e[1] == "orphan_message"} == want.orphans
         assert {e[2].decode() for e in events if e[1] == "unrecognized"} == want.unrecognized
-        # The destination holds exactly the linked and the unrecognized files (and symlinks),
-        # linked ones sharing the source inode, copies not.
-        copied = want.unrecognized | want.unrecognized_message
+        # The destination holds exactly the linked, orphan and unrecognized files (and
+        # symlinks), linked ones sharing the source inode, copies not.
+        copied = want.unrecognized | want.orphans
         links = {rel for rel in want.missing if (src / rel).is_symlink()}
         have = dst_entries(dst)
         assert set(have) == want.linked | copied | links

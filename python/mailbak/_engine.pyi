@@ -50,6 +50,7 @@ class Tally(TypedDict):
     skipped_erasing: int
     known: int
     unrecognized: int
+    orphans: int
     missing: int
     damaged: int
     special: int
@@ -75,7 +76,7 @@ class Area(TypedDict, total=False):
     live: bytes  # live IDs, packed u64; ascending when sizes are given
     sizes: bytes  # check_areas: recorded sizes aligned with live (u64 max = unknown)
     erasing: bytes  # IDs being erased, packed u64
-    highest: int  # the snapshot's highest ID; files above it at their path are new
+    next_id: int  # the first ID not allocated at the snapshot; files at the path of an ID from here on are new
     prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
     fix_rel: bytes  # check_areas with fix_root: where this area's strays go below fix_root
 
@@ -85,11 +86,11 @@ def backup_areas(areas: list[Area], *, jobs: int, progress: Progress, force_copy
 
     For each area: walks ``src`` mirroring directories into ``dst``. Files at
     ``tree/dir(id)/id`` with ``id`` in ``live`` are hardlinked (copied when a link is impossible);
-    with ``id`` in ``erasing`` or above ``highest`` they are skipped; root-level ``known`` names are
-    left to the caller; anything else is reported ("unrecognized", or "unrecognized_message"
-    for ID-named files in the message tree) and copied. Live IDs without a regular file are
-    errors ("missing", "not_regular"). An area whose directory cannot be opened is an error event
-    of that area."""
+    with ``id`` in ``erasing`` or at or above ``next_id`` they are skipped; root-level ``known``
+    names are left to the caller; a file at the path of an allocated ID no record claims is an
+    orphan ("orphan_message"), anything else is "unrecognized"; both are reported and copied.
+    Live IDs without a regular file are errors ("missing", "not_regular"). An area whose
+    directory cannot be opened is an error event of that area."""
 
 def copy_tree(
     src: StrPath,
@@ -107,11 +108,14 @@ def copy_tree(
     limits the root level to those names. With ``message_tree`` (restore), files at a message
     path below it are hardlinked instead when possible."""
 
-def check_areas(areas: list[Area], *, jobs: int, progress: Progress, fix_root: StrPath | None = None) -> list[Tally]:
+def check_areas(areas: list[Area], *, live: bool, jobs: int, progress: Progress, fix_root: StrPath | None = None) -> list[Tally]:
     """Verifies message areas' files against their indexes (stat only), all in one pool: each
-    live ID has a regular file of its recorded size; unrecognized files in the message tree are
-    errors when named like an ID (warnings otherwise), or, with ``fix_root``, moved below
-    ``fix_root/<area fix_rel>`` keeping their relative path (never overwriting)."""
+    live ID has a regular file of its recorded size. Unknown files in the message tree: in a
+    backup (``live`` false), one at the path of an ID at or above ``next_id`` is an error
+    ("unrecognized_message": a future message would collide with it); in a live store such files
+    are new and skipped. Orphans and other unknown files are warnings. With ``fix_root`` they are
+    all moved below ``fix_root/<area fix_rel>`` keeping their relative path (never overwriting;
+    in a live store only once unchanged for 15 minutes)."""
 
 class CheckSummary(TypedDict):
     txnid: int
@@ -125,7 +129,8 @@ class CheckSummary(TypedDict):
 def lmdb_check(path: StrPath, txnid: int | None = None) -> CheckSummary:
     """Structural check of an LMDB data file by reading it directly (never through LMDB):
     every B-tree page of the snapshot ``txnid`` (default: the newest) is bounds-checked, typed,
-    ordered and counted. Raises LmdbError, or OSError if the file cannot be read."""
+    ordered and counted. Raises LmdbError for damage, OSError (with errno) if the file cannot
+    be read."""
 
 class IndexSnapshot(TypedDict):
     txnid: int
