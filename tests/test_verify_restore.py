@@ -73,21 +73,74 @@ def test_truncated_message_file(backup):
     assert f"{len(data) - 10} bytes, its record says {len(data)}" in errs[0]["cause"]
 
 
+def next_id(root: Path, account: str = ACC) -> int:
+    import lmdb
+
+    env = lmdb.open(str(root / "data" / "accounts" / account / "index.db"), subdir=False, readonly=True, lock=False, max_dbs=8)
+    with env.begin() as txn:
+        raw = txn.get(b"next_id", db=env.open_db(b"meta", txn=txn, create=False))
+    env.close()
+    return int.from_bytes(raw, "big")
+
+
 def test_extra_decimal_file_is_reported_and_fix_moves_it(backup):
     ids = live(backup)
-    stray = backup / "data" / "accounts" / ACC / "msg" / "a" / "1"  # ID 1 is a mailbox, no message
-    stray.write_text("stray")
+    msg = backup / "data" / "accounts" / ACC / "msg"
+    # At the path of an ID no message has taken yet: the first one to get it after a restore
+    # would collide, so this is an error.
+    future = next_id(backup) + 3
+    collides = msg / message_rel(future)
+    collides.parent.mkdir(exist_ok=True)
+    collides.write_text("collides")
+    # At the path of an allocated ID (1 is a mailbox): an orphan, a warning.
+    orphan = msg / "a" / "1"
+    orphan.write_text("orphan")
     p = verify(backup)
     assert p.returncode == 1
-    assert f"data/accounts/{ACC}/msg/a/1: not a message of the index" in p.stderr
-    assert stray.exists(), "verify without --fix writes nothing"
+    assert f"error: data/accounts/{ACC}/msg/{message_rel(future)}: no record claims this message file and its ID is not allocated yet" in p.stderr
+    assert f"warning: data/accounts/{ACC}/msg/a/1: no record claims this message file" in p.stderr
+    assert collides.exists() and orphan.exists(), "verify without --fix writes nothing"
     p = verify(backup, "--fix")
     assert p.returncode == 0, p.stderr
-    assert "moved to moved/accounts/user0000/msg/a/1" in p.stderr
-    assert not stray.exists()
-    assert (backup / "data" / "moved" / "accounts" / ACC / "msg" / "a" / "1").read_text() == "stray"
+    assert f"moved to moved/accounts/{ACC}/msg/{message_rel(future)}" in p.stderr
+    assert not collides.exists() and not orphan.exists()
+    assert (backup / "data" / "moved" / "accounts" / ACC / "msg" / "a" / "1").read_text() == "orphan"
     assert live(backup) == ids
-    assert verify(backup).returncode == 0
+    p = verify(backup)
+    assert p.returncode == 0 and "warning" not in p.stderr, p.stderr
+
+
+def test_fix_in_a_live_store_leaves_a_delivery_in_progress_alone(store):
+    """A second writer's delivery in flight (ID allocated, file placed, record not yet committed)
+    looks like an orphan; verify --fix on a live store must not move it."""
+    with Store.open(store, durable=False) as s:
+        acc = s.account(ACC)
+        inflight = acc._alloc_ids()
+        acc._place(inflight, b"Subject: in flight\r\n\r\n")
+        later = acc.deliver(acc.mailbox_id("Inbox"), b"Subject: later\r\n\r\n")
+        assert later > inflight
+        p = verify(store, "--fix")
+        assert p.returncode == 0, p.stderr
+        assert f"data/accounts/{ACC}/msg/{message_rel(inflight)}: unrecognized file changed in the last 15 minutes" in p.stderr
+        assert acc.message_path(inflight).exists()
+        # The writer commits its record as it would have; nothing was lost.
+        with acc.env.begin(write=True) as txn:
+            rec = {"mailbox_id": acc.mailbox_id("Inbox"), "uid": 10**6, "size": acc.message_path(inflight).stat().st_size, "expunged": False, "received": 1}
+            txn.put(id_key(inflight), pack(rec), db=acc.db["message"])
+    p = verify(store, "--json")
+    assert not [l for l in json_lines(p.stdout) if l["message_type"] == "error" and l.get("code") in ("missing", "orphan_message")]
+
+
+def test_backup_of_a_store_with_a_delivery_in_flight_verifies(store, tmp_path):
+    with Store.open(store, durable=False) as s:
+        acc = s.account(ACC)
+        inflight = acc._alloc_ids()
+        acc._place(inflight, b"Subject: in flight\r\n\r\n")
+        acc.deliver(acc.mailbox_id("Inbox"), b"Subject: later\r\n\r\n")
+    backup_ok(store, tmp_path / "b")
+    v = verify(tmp_path / "b")
+    assert v.returncode == 0, v.stderr
+    assert "orphan" in v.stderr or "no record claims" in v.stderr
 
 
 def test_flipped_byte_in_an_lmdb_page_is_reported_without_a_crash(backup):
@@ -180,6 +233,10 @@ def test_verify_bad_usage(tmp_path):
     assert verify(tmp_path / "nope").returncode == 2
     (tmp_path / "f").write_text("x")
     assert verify(tmp_path / "f").returncode == 2
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("x")
+    p = verify(tmp_path / "photos")
+    assert p.returncode == 2 and "neither a store nor a backup" in p.stderr
 
 
 def test_killed_backup_leftovers_are_incomplete(tmp_path):
@@ -239,6 +296,13 @@ def test_restore_refuses_non_empty_target(backup, tmp_path):
     p = run_cli("restore", backup, target)
     assert p.returncode == 2 and "not empty" in p.stderr
     assert os.listdir(target) == ["x"]
+
+
+def test_restore_refuses_a_target_inside_the_backup(backup):
+    before = tree_listing(backup)
+    p = run_cli("restore", backup, backup / "data" / "accounts" / "zz")
+    assert p.returncode == 2 and "inside the backup" in p.stderr
+    assert tree_listing(backup) == before
 
 
 def test_restore_refuses_incomplete_or_failed_backup_unless_forced(backup, tmp_path):

@@ -22,8 +22,6 @@ transaction across files); each area's files agree with its own index, which is 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import stat
 import time
@@ -47,14 +45,16 @@ from mailbak.layout import (
 )
 from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, UsageError
-from mailbak.snapshot import Index, SnapshotError, copy_database
-
-#: Seconds to wait for the lease while a writer's sweep holds it exclusively (a sweep holds it
-#: only while unlinking files, normally milliseconds).
-LEASE_WAIT_SECONDS = 60.0
+from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 
 #: Per-area counts recorded in the manifest.
-AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "unrecognized", "missing", "errors", "warnings")
+AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "errors", "warnings")
+
+#: The columns of the summary table, a subset of AREA_COUNTS, with their headings.
+TABLE_COLUMNS = (("linked", "linked"), ("copied", "copied"), ("skipped_new", "new"), ("skipped_erasing", "erasing"), ("orphans", "orphans"), ("unrecognized", "unrecognized"), ("missing", "missing"))
+
+#: The hint of the one link-fallback warning, when the cause is another file system.
+EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
 
 
 
@@ -109,43 +109,6 @@ class Area:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-class Lease:
-    """The backup's side of the lease protocol: a shared lock held from before the first
-    snapshot until every message file is placed."""
-
-    def __init__(self, data_dir: Path, reporter: Reporter):
-        self.path = data_dir / LEASE_FILE
-        self.reporter = reporter
-        self.fd: int | None = None
-
-    def __enter__(self) -> "Lease":
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as e:
-            self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"cannot open the lease file ({e.strerror}); writers cannot defer erasures, so an erase during the backup can fail it")
-            return self
-        deadline = time.monotonic() + LEASE_WAIT_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                self.fd = fd
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"a writer held the lease for over {LEASE_WAIT_SECONDS:.0f}s; going on without it, so an erase during the backup can fail it")
-                    return self
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor releases the flock
-            self.fd = None
-
-
 class Backup:
     """One run of ``mailbak backup``."""
 
@@ -163,7 +126,6 @@ class Backup:
         # Configured account names whose entry is not a directory (a symlink, a file): copied as
         # the entry it is in phase 6.
         self.odd_accounts: list[bytes] = []
-        self.link_warning_given = False
         self.config = None
 
     # Phase 1 ---------------------------------------------------------------------------------
@@ -201,7 +163,7 @@ class Backup:
         """Phases 2 to 7 (after check()); returns the status written to the manifest."""
         self.runner.new_phase("config")
         self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
-        with Lease(self.paths.data_dir, self.reporter) as lease:
+        with ReaderLease(self.paths.data_dir, self.reporter) as lease:
             self.runner.new_phase("databases")
             self.snapshot_databases()
             total = sum(a.index.live_count for a in self.areas)
@@ -210,15 +172,17 @@ class Backup:
             lease.release()
         self.runner.new_phase("other files")
         self.copy_other_files()
-        self.runner.relay()
-        status = "failed" if self.reporter.counts.errors else "ok"
+        self.runner.finish()
+        # The engine's own tallies as well as the events received: a lost event must never turn
+        # a failed backup into an ok one.
+        status = "failed" if self.facts("")["errors"] else "ok"
         _engine.syncfs(self.dest)
         manifest.write(self.dest, self.facts(status))
         return status
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only)
-        self.note_link_fallback(result)
+        self.runner.note_link_fallback(result, EXDEV_HINT)
         return result
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
@@ -294,29 +258,18 @@ class Backup:
                 "known": [k.encode() for k in a.known],
                 "live": a.index.live,
                 "erasing": a.index.erasing,
-                "highest": a.index.highest,
+                "next_id": a.index.new_from,
                 "prefix": f"data/{a.rel}".encode(),
             }
             for a in self.areas
         ]
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs)
         for area, result in zip(self.areas, results):
-            self.note_link_fallback(result)
+            self.runner.note_link_fallback(result, EXDEV_HINT)
             area.counts = {k: result[k] for k in AREA_COUNTS}
         for area in self.areas:
             if os.path.lexists(area.src / "junkfilter.bloom"):
                 self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
-
-    def note_link_fallback(self, result: dict[str, Any]) -> None:
-        """One warning per run when hardlinks were impossible."""
-        err = result.get("link_fallback_errno")
-        if not err or self.link_warning_given:
-            return
-        self.link_warning_given = True
-        hint = ""
-        if err == errno.EXDEV:
-            hint = "; DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
-        self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}); message files are copied instead{hint}")
 
     def copy_other_files(self) -> None:
         """Phase 6."""
@@ -379,19 +332,18 @@ class Backup:
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.rel != "queue"},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
             "warnings": counts.warnings,
-            "errors": counts.errors,
+            "errors": max(counts.errors, sum(a.counts.get("errors", 0) for a in self.areas)),
         }
 
     def table(self) -> list[tuple[str, ...]]:
         """The summary table: one row per area and a total."""
-        rows: list[tuple[str, ...]] = [("area", "linked", "copied", "new", "erasing", "unrecognized", "missing")]
-        keys = ("linked", "copied", "skipped_new", "skipped_erasing", "unrecognized", "missing")
-        total = dict.fromkeys(keys, 0)
+        rows: list[tuple[str, ...]] = [("area", *(heading for _, heading in TABLE_COLUMNS))]
+        total = dict.fromkeys((k for k, _ in TABLE_COLUMNS), 0)
         for a in self.areas:
-            rows.append((a.name if a.rel == "queue" else f"account {a.name}", *(str(a.counts.get(k, 0)) for k in keys)))
-            for k in keys:
+            rows.append((a.name if a.rel == "queue" else f"account {a.name}", *(str(a.counts.get(k, 0)) for k, _ in TABLE_COLUMNS)))
+            for k in total:
                 total[k] += a.counts.get(k, 0)
-        rows.append(("total", *(str(total[k]) for k in keys)))
+        rows.append(("total", *(str(v) for v in total.values())))
         return rows
 
 

@@ -1,6 +1,6 @@
 """The ``mailbak`` command line: one click command per verb, each a thin shell around its phase
-module. Exit statuses (docs/CLI.md): 0 ok, 1 failed or problems found, 2 bad usage or input,
-130 interrupted. Scripts must treat any other status as failure.
+module. Exit statuses (docs/BACKUP.md, docs/VERIFY.md): 0 ok, 1 failed or problems found, 2 bad
+usage or input, 130 interrupted. Scripts must treat any other status as failure.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ STORE; symlinks are recreated as links, never followed.
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ class Restore:
         self.runner = Runner(reporter, verbose=verbose)
         self.counts = {"linked": 0, "copied": 0, "symlinks": 0}
         self.verify: Verify | None = None
-        self.link_warning_given = False
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
@@ -68,13 +66,16 @@ class Restore:
             if not is_real_dir(self.backup / part):
                 raise UsageError(f"{self.backup}: no {part}/ directory; not a mailbak backup")
         check_destination(self.store)
+        b, t = self.backup.resolve(), self.store.resolve()
+        if t.is_relative_to(b) or b.is_relative_to(t):
+            raise UsageError(f"{self.store}: the target is inside the backup (or holds it); restore elsewhere")
         try:
             if not self.store.exists():
                 os.mkdir(self.store, 0o750)
             make_dir(self.store / "config", self.backup / "config")
+            make_dir(self.store / "data", self.backup / "data")
         except OSError as e:
             raise UsageError(f"{self.store}: cannot write: {e.strerror}") from e
-        make_dir(self.store / "data", self.backup / "data")
 
     def run(self) -> str:
         """Steps 2 to 5; returns the verification result ("clean" or "problems")."""
@@ -102,7 +103,7 @@ class Restore:
                     self.copy(accounts, data_dst / "accounts", b"data/accounts", only=[name])
         if not (data_dst / "tmp").exists():
             os.mkdir(data_dst / "tmp", 0o750)
-        self.runner.relay()
+        self.runner.finish()
         _engine.syncfs(self.store)
         self.reporter.message(f"restored into {self.store}; verifying it")
         self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose)
@@ -113,11 +114,7 @@ class Restore:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)
         for k in self.counts:
             self.counts[k] += result[k]
-        err = result.get("link_fallback_errno")
-        if err and not self.link_warning_given and not self.force_copy:
-            self.link_warning_given = True
-            hint = " (the backup is on another file system)" if err == errno.EXDEV else ""
-            self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}){hint}; message files are copied")
+        self.runner.note_link_fallback(result, "the backup is on another file system")
 
     def facts(self, result: str) -> dict[str, Any]:
         facts: dict[str, Any] = {"status": result, "store": str(self.store), **self.counts}

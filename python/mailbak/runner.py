@@ -37,11 +37,12 @@ class Interrupted(BaseException):
 
 
 class DestinationFull(Exception):
-    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS)."""
+    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS); the run stops."""
 
-    def __init__(self, ev: Event):
-        super().__init__(ev.line())
-        self.event = ev
+
+def is_destination_full(text: str) -> bool:
+    """Whether an error message (from LMDB, say, which gives no errno) means DestinationFull."""
+    return any(os.strerror(e) in text for e in FATAL_ERRNOS)
 
 
 class Runner:
@@ -52,7 +53,9 @@ class Runner:
         self.verbose = verbose
         self.progress = _engine.Progress(verbose=verbose)
         self.fatal: Event | None = None
+        # Per-file lines (--verbose only) the engine could not queue, over all phases.
         self.dropped = 0
+        self.link_warning_given = False
 
     def relay(self) -> None:
         """Moves queued events and the current position to the reporter."""
@@ -64,7 +67,6 @@ class Runner:
                 self.progress.cancel()
         done, total = self.progress.position()
         self.reporter.advance(done, total or None)
-        self.dropped = self.progress.dropped
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Runs ``fn(*args, progress=..., **kwargs)`` in a worker thread until it returns."""
@@ -116,14 +118,32 @@ class Runner:
             os.close(wake_w)
         self.relay()
         if self.fatal is not None:
-            raise DestinationFull(self.fatal)
+            raise DestinationFull(self.fatal.line())
         if "error" in box:
             raise box["error"]
         return box.get("value")
 
+    def note_link_fallback(self, result: dict[str, Any], exdev_hint: str) -> None:
+        """One warning per run when an engine call had to copy instead of hardlinking."""
+        err = result.get("link_fallback_errno")
+        if not err or self.link_warning_given:
+            return
+        self.link_warning_given = True
+        hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
+        self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}); message files are copied instead{hint}")
+
+    def finish(self) -> None:
+        """Relays what is left and says so if per-file lines were lost (counts stay exact)."""
+        self.relay()
+        self.dropped += self.progress.dropped
+        if self.dropped:
+            self.reporter.warn("lines_dropped", None, f"{self.dropped} per-file lines were not shown: they came faster than they could be printed (all counts are exact)")
+            self.dropped = 0
+
     def new_phase(self, name: str, total: int | None = None) -> None:
         """Starts a phase with fresh counters for the progress bar."""
         self.relay()
+        self.dropped += self.progress.dropped
         self.progress = _engine.Progress(verbose=self.verbose)
         if total:
             self.progress.add_total(total)

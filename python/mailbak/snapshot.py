@@ -9,8 +9,8 @@ For one database file:
    code trusts page contents and could crash the whole process on a bad pointer.
 3. ``Environment.copy(dst, compact=True, txn=txn)``: LMDB writes exactly that snapshot to
    ``dst``, compacted, without a lock file.
-4. For an index (queue or account), the engine reads the live IDs, sizes, erase set and highest
-   ID *from the copy*. The copy is the backup, so the IDs cannot disagree with it (docs/BACKUP.md
+4. For an index (queue or account), the engine reads the live IDs, sizes, erase set, highest
+   ID and next-ID counter *from the copy*. The copy is the backup, so the IDs cannot disagree with it (docs/BACKUP.md
    explains why this beat reading them in Python inside the transaction).
 
 Not guaranteed: different database files are different snapshots (LMDB has no transaction
@@ -20,8 +20,10 @@ index alone.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine
-from mailbak.layout import unpack_ids
+from mailbak.layout import LEASE_FILE
+from mailbak.report import Reporter
+from mailbak.runner import DestinationFull, is_destination_full
 
 #: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page
 #: of our snapshot after two further commits (Stale), and a page being rewritten can be read torn;
@@ -84,8 +88,11 @@ class Index:
     def live_count(self) -> int:
         return len(self.live) // 8
 
-    def live_ids(self):
-        return unpack_ids(self.live)
+    @property
+    def new_from(self) -> int:
+        """The first ID not allocated at the snapshot: the ``meta`` counter, or one above the
+        highest record for stores without one (never below that, whatever the counter says)."""
+        return max(self.next_id or 0, self.highest + 1)
 
     def summary(self) -> dict[str, Any]:
         return {"records": self.records, "live": self.live_count, "expunged": self.expunged, "erasing": len(self.erasing) // 8, "highest_id": self.highest}
@@ -128,8 +135,6 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
                     summary = _engine.lmdb_check(src, txnid)
                 except _engine.LmdbError as e:
                     last = e
-                    if e.args[0] == "io":
-                        break
                     continue
                 except OSError as e:
                     raise SnapshotError(f"cannot read: {e.strerror}") from e
@@ -139,6 +144,8 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
                     else:
                         txnid = _plain_copy(env, dst)
                 except lmdb.Error as e:
+                    if is_destination_full(str(e)):
+                        raise DestinationFull(f"{dst}: {e}") from e
                     raise SnapshotError(f"LMDB copy failed: {e}") from e
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
                 if os.geteuid() == 0:
@@ -160,3 +167,47 @@ def _plain_copy(env: lmdb.Environment, dst: Path) -> int:
         return _engine.lmdb_check(dst)["txnid"]
     except _engine.LmdbError as e:
         raise SnapshotError(f"damaged: {describe(e)}") from e
+    except OSError as e:
+        raise SnapshotError(f"cannot read the copy: {e.strerror}") from e
+
+
+class ReaderLease:
+    """The reading side of the lease protocol (docs/FORMAT.md section 6): a shared flock on
+    ``data/backup.lease``, held from before the first snapshot until the last message file is
+    linked (backup) or checked (verify of a live store), so that writers defer removing files."""
+
+    #: Seconds to wait while a writer's sweep holds the lease exclusively (it holds it only while
+    #: unlinking files, normally milliseconds).
+    WAIT_SECONDS = 60.0
+
+    def __init__(self, data_dir: Path, reporter: Reporter):
+        self.path = data_dir / LEASE_FILE
+        self.reporter = reporter
+        self.fd: int | None = None
+
+    def __enter__(self) -> "ReaderLease":
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as e:
+            self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"cannot open the lease file ({e.strerror}); writers cannot defer erasures, so an erase meanwhile can show up as a missing file")
+            return self
+        deadline = time.monotonic() + self.WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                self.fd = fd
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"a writer held the lease for over {self.WAIT_SECONDS:.0f}s; going on without it, so an erase meanwhile can show up as a missing file")
+                    return self
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None

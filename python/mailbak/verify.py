@@ -9,13 +9,17 @@ The checks, in order, each reported with its path:
    message has a regular file of the recorded size.
 4. Account rules: uid below the mailbox's uidnext, no live message in an expunged mailbox,
    erase entries name expunged messages, IDs below the ``next_id`` counter.
-5. Unrecognized files in message directories: an ID-named one is an error (a future message
-   could collide with it), others warnings. ``--fix`` moves them to ``data/moved/`` keeping their
-   relative path, never deleting and never overwriting.
+5. Unknown files in message directories: in a backup, one at the path of an ID at or above the
+   next-ID counter is an error (the first message to get that ID would collide with it);
+   orphans (allocated IDs no record claims) and other unknown files are warnings. ``--fix``
+   moves them to ``data/moved/`` keeping their relative path, never deleting, never
+   overwriting, and in a live store only files unchanged for 15 minutes (a delivery in progress
+   looks like an orphan until its record is committed).
 6. Accounts in the config without a directory (error), directories not in the config (warning).
 
 A live store is verified from a snapshot of each index copied to a temporary directory outside
-the store (``snapshot.py``), so writers are not disturbed and files added meanwhile are skipped.
+the store (``snapshot.py``), holding the backup lease so that writers defer removals, and files
+added meanwhile are skipped.
 Nothing is written anywhere in PATH except by ``--fix``.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,10 @@ from mailbak import _engine, manifest
 from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
-from mailbak.snapshot import Index, SnapshotError, copy_database, describe
+from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 
-#: Counts shown per area.
-AREA_COUNTS = ("checked", "missing", "damaged", "unrecognized", "moved")
+#: Counts shown per area (each area also keeps its "errors").
+AREA_COUNTS = ("checked", "missing", "damaged", "orphans", "unrecognized", "moved")
 
 
 
@@ -86,6 +91,11 @@ class Verify:
         self.live = is_live_store(self.path)
         if self.live and self.paths.problem():
             raise UsageError(self.paths.problem())
+        # Anything that is not a store is taken for a backup, so that what a killed backup left
+        # (an empty DEST, or one with only config/) is reported incomplete. A directory holding
+        # none of a backup's parts is neither.
+        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in ("config", "data", manifest.MANIFEST)):
+            raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
     def run(self) -> str:
         """All checks; returns "clean" or "problems"."""
@@ -101,15 +111,19 @@ class Verify:
             except FormatError as e:
                 self.reporter.error("config", "config/mailstore.toml", str(e))
                 return "problems"
-            self.runner.new_phase("databases")
-            self.check_top_databases()
-            indexes = self.read_indexes(config)
-            total = sum(ix.live_count for _, _, ix in indexes)
-            self.runner.new_phase("files", total)
-            self.check_files(indexes)
+            # In a live store, hold the lease like a backup: writers then defer removing the files
+            # of the snapshots until they are checked, instead of making them look missing.
+            with ReaderLease(self.paths.data_dir, self.reporter) if self.live else nullcontext():
+                self.runner.new_phase("databases")
+                self.check_top_databases()
+                indexes = self.read_indexes(config)
+                total = sum(ix.live_count for _, _, ix in indexes)
+                self.runner.new_phase("files", total)
+                self.check_files(indexes)
             self.check_account_dirs(config)
-            self.runner.relay()
-        return "problems" if self.reporter.counts.errors else "clean"
+            self.runner.finish()
+        engine_errors = sum(a.counts.get("errors", 0) for a in self.areas)
+        return "problems" if self.reporter.counts.errors or engine_errors else "clean"
 
     # 1 ---------------------------------------------------------------------------------------
 
@@ -149,8 +163,11 @@ class Verify:
         except FileNotFoundError:
             self.reporter.error("database", f"data/{rel}", "missing")
             return None
-        except (_engine.LmdbError, OSError) as e:
-            self.reporter.error("database", f"data/{rel}", f"damaged: {describe(e) if isinstance(e, _engine.LmdbError) else e.strerror}")
+        except _engine.LmdbError as e:
+            self.reporter.error("database", f"data/{rel}", f"damaged: {describe(e)}")
+            return None
+        except OSError as e:
+            self.reporter.error("database", f"data/{rel}", f"cannot read: {e.strerror}")
             return None
         # Only now may LMDB itself open it; read-only and without a lock file in a backup.
         try:
@@ -212,14 +229,14 @@ class Verify:
                     "live": index.live,
                     "sizes": index.sizes,
                     "erasing": index.erasing,
-                    "highest": index.highest,
+                    "next_id": index.new_from,
                     "prefix": f"data/{rel}".encode(),
                     "fix_rel": f"moved/{rel}".encode(),
                 }
             )
-        results = self.runner.call(_engine.check_areas, specs, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None)
+        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None)
         for (name, rel, _), result in zip(indexes, results):
-            self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in AREA_COUNTS}))
+            self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
     # 6 ---------------------------------------------------------------------------------------
 
