@@ -10,7 +10,7 @@ import lmdb
 import pytest
 
 from conftest import backup_ok, dump_env, inode_listing, json_lines, make_socket, make_store, manifest_of, run_cli, tree_listing
-from mailbak.layout import escape_path, id_key, message_rel, unpack_ids
+from mailbak.layout import escape_path, id_key, message_rel
 from mailbak.store import Store, pack, open_env
 
 ACC = "user0000"

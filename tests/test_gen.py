@@ -13,7 +13,7 @@ from mailbak.store import Store
 def test_same_seed_same_store_other_seed_other_store(tmp_path):
     a = generate(tmp_path / "a", messages=400, accounts=4, seed=3)
     b = generate(tmp_path / "b", messages=400, accounts=4, seed=3)
-    c = generate(tmp_path / "c", messages=400, accounts=4, seed=4)
+    generate(tmp_path / "c", messages=400, accounts=4, seed=4)
     assert a == b
     la, lb, lc = (tree_listing(tmp_path / x) for x in "abc")
     # receivedid.key is a fresh secret per store, by design; LMDB files hold unused bytes that

@@ -3,7 +3,6 @@ as fast as it can (tests/live_writer.py). bench/soak.py runs the same check 20 t
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import inode_listing, make_store, manifest_of, run_cli
+from conftest import inode_listing, make_store, run_cli
 from live_writer import read_log
 from mailbak.layout import message_rel
 from mailbak.store import Store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import backup_ok, dump_env, json_lines, make_store, manifest_of, run_cli, tree_listing
+from conftest import backup_ok, dump_env, json_lines, manifest_of, run_cli, tree_listing
 from mailbak.layout import id_key, message_rel
 from mailbak.store import Store, pack, unpack
 

@@ -205,7 +205,7 @@ class Backup:
             self.snapshot(name, data / name, self.data_dst / name)
         self.add_area("queue", "queue", b"", QUEUE_KNOWN_FILES, "queue")
         for name, why in self.config.invalid:
-            self.reporter.error("invalid_account", f"config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
+            self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
         if not self.config.accounts:
             return
         if not is_real_dir(data / "accounts"):

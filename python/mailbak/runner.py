@@ -14,7 +14,6 @@ import os
 import select
 import signal
 import threading
-import time
 from typing import Any, Callable
 
 from mailbak import _engine
