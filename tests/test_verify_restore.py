@@ -344,3 +344,13 @@ def test_restore_never_writes_outside_the_target(backup, tmp_path):
     assert os.readlink(target / "data" / "evil") == "/tmp"
     assert not (tmp_path / "outside").exists()
     assert (target / "data" / "accounts" / ACC / "...").read_text() == "three dots"
+
+
+def test_files_moved_by_fix_are_backed_up_without_a_warning(store, tmp_path):
+    stray = store / "data" / "accounts" / ACC / "notes.txt"
+    (store / "data" / "moved" / "accounts" / ACC).mkdir(parents=True)
+    (store / "data" / "moved" / "accounts" / ACC / "77").write_text("moved earlier")
+    p = backup_ok(store, tmp_path / "b")
+    assert "data/moved" not in p.stderr
+    assert (tmp_path / "b" / "data" / "moved" / "accounts" / ACC / "77").read_text() == "moved earlier"
+    assert not stray.exists()

@@ -37,6 +37,7 @@ from mailbak.layout import (
     NEVER_BACKED_UP,
     QUEUE_KNOWN_FILES,
     TOP_DATABASES,
+    TOP_PLAIN_DIRS,
     TOP_PLAIN_FILES,
     FormatError,
     StorePaths,
@@ -276,7 +277,7 @@ class Backup:
         data = self.paths.data_dir
         handled = {os.fsencode(n) for n in ("queue", "accounts", *NEVER_BACKED_UP, *TOP_DATABASES)}
         handled |= {os.fsencode(n + LOCK_SUFFIX) for n in TOP_DATABASES}
-        expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, "acme")}
+        expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, *TOP_PLAIN_DIRS)}
         to_copy: list[bytes] = []
         for name in sorted(os.listdir(os.fsencode(data))):
             if name in handled and (name in (b"tmp", b"ctl") or not os.path.islink(data / os.fsdecode(name))):

@@ -33,6 +33,10 @@ TOP_DATABASES = (
 #: Plain files in ``data/`` that are copied, never hardlinked (they may change in place).
 TOP_PLAIN_FILES = ("mailstore-version", "receivedid.key")
 
+#: Optional directories of plain files in ``data/``: ACME keys and certificates, and what
+#: ``mailbak verify --fix`` moved out of message directories.
+TOP_PLAIN_DIRS = ("acme", "moved")
+
 #: The lease file of the erase protocol (docs/FORMAT.md, "Removing files while a backup runs").
 LEASE_FILE = "backup.lease"
 
