@@ -7,7 +7,6 @@
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, RawDir};
@@ -255,11 +254,6 @@ pub fn copy_symlink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, as_ro
         o.apply_at(dst, name)?;
     }
     Ok(())
-}
-
-/// The bytes of a path, for events.
-pub fn path_bytes(p: &Path) -> Vec<u8> {
-    p.as_os_str().as_bytes().to_vec()
 }
 
 /// `rel` joined with `name` by `/` (`name` alone when `rel` is empty).

@@ -120,6 +120,13 @@ fn tally_dict<'py>(py: Python<'py>, t: &Tally) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
+/// A transfer's tally plus the errno of its first link that became a copy.
+fn transfer_dict<'py>(py: Python<'py>, t: &Tally, fallback: Option<rustix::io::Errno>) -> PyResult<Bound<'py, PyDict>> {
+    let d = tally_dict(py, t)?;
+    d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
+    Ok(d)
+}
+
 /// An ID set from packed little-endian u64s.
 fn ids(buf: &[u8]) -> PyResult<IdSet> {
     IdSet::from_le_bytes(buf).map_err(PyValueError::new_err)
@@ -208,14 +215,7 @@ fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usiz
             })
             .collect::<Vec<_>>()
     })?;
-    results
-        .iter()
-        .map(|(tally, fallback)| {
-            let d = tally_dict(py, tally)?;
-            d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
-            Ok(d)
-        })
-        .collect()
+    results.iter().map(|(tally, fallback)| transfer_dict(py, tally, *fallback)).collect()
 }
 
 /// Copies a tree (or the named root-level entries of it); see `transfer.rs`.
@@ -242,9 +242,7 @@ fn copy_tree<'py>(
         PlainCopy::new(area.as_ref(), &policy, &sink).run(src, dst, only.as_deref());
         (sink.tally, policy.first_fallback())
     })?;
-    let d = tally_dict(py, &tally)?;
-    d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
-    Ok(d)
+    transfer_dict(py, &tally, fallback)
 }
 
 /// Verifies message areas' files against their indexes, all in one pool; see `check.rs`.

@@ -106,15 +106,6 @@ def pack_ids(values) -> bytes:
     return a.tobytes()
 
 
-def unpack_ids(buf: bytes) -> array:
-    """The inverse of :func:`pack_ids`."""
-    a = array("Q")
-    a.frombytes(buf)
-    if sys.byteorder != "little":
-        a.byteswap()
-    return a
-
-
 class FormatError(ValueError):
     """The store (or a backup of it) does not follow docs/FORMAT.md."""
 
@@ -253,31 +244,3 @@ def escape_path(raw: bytes | str) -> str:
         else:
             out.append(ch)
     return "".join(out)
-
-
-def unescape_path(text: str) -> bytes:
-    """The inverse of :func:`escape_path`."""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch != "\\":
-            out += ch.encode("utf-8")
-            i += 1
-            continue
-        nxt = text[i + 1]
-        if nxt == "\\":
-            out.append(0x5C)
-            i += 2
-        elif nxt == "n":
-            out.append(0x0A)
-            i += 2
-        elif nxt == "t":
-            out.append(0x09)
-            i += 2
-        elif nxt == "x":
-            out.append(int(text[i + 2 : i + 4], 16))
-            i += 4
-        else:
-            raise ValueError(f"bad escape at {i} in {text!r}")
-    return bytes(out)
