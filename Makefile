@@ -8,12 +8,17 @@ STAMP := $(VENV)/.installed
 RUST_SRC := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
 PY_META := pyproject.toml
 
-.PHONY: all setup dev release test test-rust test-python demo bench-smoke bench clean
+.PHONY: all setup system-deps dev release test test-rust test-python demo bench-smoke bench clean
 
 all: setup
 
+# Debian packages of the tools the tests drive (lmdb-utils, ...): installed when missing, as root;
+# otherwise the script says what to install.
+system-deps:
+	sh scripts/system-deps
+
 # A virtualenv with the package installed editable and the extension built in release mode.
-$(STAMP): $(RUST_SRC) $(PY_META)
+$(STAMP): $(RUST_SRC) $(PY_META) | system-deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q 'maturin>=1.5,<2.0'

@@ -1,0 +1,40 @@
+"""Test-only pause points: deterministic interleavings for tests, inert otherwise.
+
+A test that must act at an exact moment of a run (replace a directory between a check and its
+use, send a signal while files are being linked) sets ``MAILBAK_TEST_PAUSE`` to the name of a
+point and ``MAILBAK_TEST_PAUSE_DIR`` to a directory it owns. When the run reaches that point it
+creates ``DIR/NAME.reached`` and waits until the test creates ``DIR/NAME.go`` (at most
+``WAIT_SECONDS``, then it goes on, so a broken test cannot hang a run forever). The test asserts
+that ``NAME.reached`` appeared, so it cannot pass without the interleaving it is about.
+
+The engine (Rust) implements the same protocol for points inside its calls
+(see ``rust/testpause.rs`` when present). Without both variables set, a pause point costs one
+dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+#: Environment variable naming the one point to pause at.
+ENV_POINT = "MAILBAK_TEST_PAUSE"
+#: Environment variable naming the directory of the handshake files.
+ENV_DIR = "MAILBAK_TEST_PAUSE_DIR"
+#: Longest wait for the test's go-ahead.
+WAIT_SECONDS = 60.0
+
+
+def pause(point: str) -> None:
+    """Pauses at ``point`` when a test asked for it (see the module doc)."""
+    if os.environ.get(ENV_POINT) != point:
+        return
+    folder = os.environ.get(ENV_DIR)
+    if not folder:
+        return
+    base = Path(folder)
+    (base / f"{point}.reached").touch()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (base / f"{point}.go").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
