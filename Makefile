@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 RUST_SRC := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
 PY_META := pyproject.toml
 
-.PHONY: all setup system-deps dev release test test-rust test-python demo bench-smoke bench clean
+.PHONY: all setup system-deps dev release test test-rust test-python lint demo bench-smoke bench clean
 
 all: setup
 
@@ -23,7 +23,7 @@ $(STAMP): $(RUST_SRC) $(PY_META) | system-deps
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q 'maturin>=1.5,<2.0'
 	rm -f python/mailbak/_engine*.so
-	$(VENV)/bin/maturin develop --release --extras test -q
+	$(VENV)/bin/maturin develop --release --extras test,lint -q
 	touch $@
 
 setup: $(STAMP)
@@ -33,7 +33,7 @@ dev:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q 'maturin>=1.5,<2.0'
 	rm -f python/mailbak/_engine*.so
-	$(VENV)/bin/maturin develop --extras test -q
+	$(VENV)/bin/maturin develop --extras test,lint -q
 	rm -f $(STAMP)
 
 release: $(STAMP)
@@ -45,6 +45,14 @@ test-rust:
 
 test-python: $(STAMP)
 	$(PY) -m pytest -q
+
+# The linters CI runs: rustfmt, clippy (the PyO3 glue included), ruff, and mypy's stubtest of the
+# hand-written stub against the built extension (type-only names are allowlisted).
+lint: $(STAMP)
+	cargo fmt --check
+	cargo clippy --quiet --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests bench
+	$(PY) -m mypy.stubtest mailbak._engine --allowlist .ci/stubtest-allowlist
 
 # Generates a 20k-message sample store in a temporary directory and runs backup, verify and
 # restore on it.
