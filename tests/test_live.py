@@ -196,3 +196,48 @@ def test_writer_ignoring_the_lease_fails_the_backup_loudly_and_changes_nothing_e
     changed = {rel, f"data/accounts/{account}/index.db"}
     assert {k: v for k, v in after.items() if k not in changed} == {k: v for k, v in before.items() if k not in changed}
     assert rel not in after and f"data/accounts/{account}/index.db" in after
+
+
+def test_verify_of_a_live_store_holds_the_lease(tmp_path):
+    """docs/RELIABILITY.md: verify of a live store holds the lease while it checks files. Paused
+    mid-check (pause point engine_mid_check), an exclusive non-blocking flock on the lease fails
+    and a protocol-following sweep is deferred; after verify exits, both succeed."""
+    import fcntl
+    import os
+
+    from pausing import PausePoint
+
+    store = make_store(tmp_path / "store", messages=600, accounts=2, seed=5)
+    lease = store / "data" / "backup.lease"
+    assert lease.exists()
+
+    def exclusive_lock_free() -> bool:
+        fd = os.open(lease, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    assert exclusive_lock_free()
+    pp = PausePoint(tmp_path / "pause", "engine_mid_check")
+    p = pp.popen("verify", "--jobs", "1", store)
+    try:
+        pp.wait_reached(p)
+        assert not exclusive_lock_free(), "verify must hold the lease while it checks files"
+        with Store.open(store, durable=False) as s:
+            name = s.account_names()[0]
+            acc = s.account(name)
+            victim = max(acc.messages())
+            assert acc.expunge([victim]) == 0, "a sweep during verify is deferred"
+        assert (store / "data" / "accounts" / name / "msg" / message_rel(victim)).exists()
+    finally:
+        pp.go()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, out + err
+    assert exclusive_lock_free()
+    with Store.open(store, durable=False) as s:
+        assert s.account(name).sweep() >= 1
+    assert not (store / "data" / "accounts" / name / "msg" / message_rel(victim)).exists()
