@@ -607,7 +607,7 @@ impl LmdbFile {
                     ErrorKind::Stale,
                     format!("no valid meta page has txnid {t} (the file has txnid {}): a writer has moved on", have.join(" and ")),
                 )
-            }).map(|m| *m)?,
+            }).copied()?,
             None => at_rest_meta(&metas)?,
         };
         Ok(LmdbFile {

@@ -4,7 +4,6 @@ incomplete."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -18,8 +17,6 @@ import pytest
 
 from conftest import CLI_ENV, backup_ok, inode_listing, make_store, manifest_of, run_cli
 from pausing import PausePoint
-from mailbak.layout import message_rel
-from mailbak.store import Store
 
 
 def popen_backup(store: Path, dest: Path, *args: str) -> subprocess.Popen:
