@@ -26,6 +26,7 @@ use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
 use crate::msgpath;
 use crate::progress::{Sink, Tally};
+use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Roots, Visitor};
 
 /// Record size that means "unknown" (the record did not decode); the size check is skipped.
@@ -71,13 +72,15 @@ pub struct AreaCheck<'a> {
     live: bool,
     /// Where counts and events go.
     sink: &'a Sink<'a>,
+    /// Test-only pause point [`testpause::MID_CHECK`], inert unless a test armed it.
+    pause: Pause,
 }
 
 impl<'a> AreaCheck<'a> {
     /// A check of `area` against `snap` and `sizes`; `live` for a store in use.
     pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [u64], fix: Option<FixTarget>, live: bool, sink: &'a Sink<'a>) -> Self {
         assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
-        AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, live, sink }
+        AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, live, sink, pause: Pause::from_env(testpause::MID_CHECK) }
     }
 
     /// Runs steps 1 to 3.
@@ -96,6 +99,7 @@ impl<'a> AreaCheck<'a> {
     fn check_file(&self, dir: BorrowedFd<'_>, name: &CStr, rel: &[u8], index: usize) {
         Tally::bump(&self.sink.tally.checked);
         self.sink.progress.add_done(1);
+        self.pause.tick();
         let st = match fsutil::lstat_at(dir, name) {
             Ok(st) => st,
             Err(Errno::NOENT) => {

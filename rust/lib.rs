@@ -19,5 +19,6 @@ mod py;
 pub mod records;
 #[cfg(test)]
 mod testlmdb;
+pub mod testpause;
 pub mod transfer;
 pub mod walk;

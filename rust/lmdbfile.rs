@@ -490,6 +490,31 @@ fn read_metas(file: &File) -> Result<[Result<Meta, MetaFault>; 2], LmdbError> {
     Ok([judge_meta(raw0, 0, at0, len), judge_meta(raw1, 1, at1, len)])
 }
 
+/// The meta page LMDB itself reads from a file at rest (no txnid given: a backup, a fresh
+/// copy), given that at least one meta page is valid.
+///
+/// LMDB opens a file only when both meta pages carry `P_META`, the magic and the version, and
+/// then reads the one with the higher txnid whatever its other fields say. So an invalid meta
+/// page is damage here, not a torn write to step around: checking the older, valid meta would
+/// vouch for a snapshot LMDB does not read (a damaged page size or root in the newer one). The
+/// commit parity (txn N writes meta page N % 2) must hold too. Live files are checked with the
+/// txnid of a read transaction instead, which tolerates the meta page a writer is rewriting.
+fn at_rest_meta(metas: &[Result<Meta, MetaFault>; 2]) -> Result<Meta, LmdbError> {
+    for m in metas {
+        if let Err(f) = m {
+            return Err(LmdbError::new(f.kind, format!("{} (the other meta page is intact, but LMDB reads both)", f.message)));
+        }
+    }
+    let (Ok(m0), Ok(m1)) = (&metas[0], &metas[1]) else { unreachable!("both checked above") };
+    if m0.txnid % 2 == 1 || (m1.txnid != 0 && m1.txnid % 2 == 0) || (m0.txnid != 0 && m0.txnid == m1.txnid) {
+        return Err(LmdbError::corrupt(format!(
+            "meta pages 0 and 1 have txnids {} and {}: LMDB writes even txnids to page 0 and odd ones to page 1",
+            m0.txnid, m1.txnid
+        )));
+    }
+    Ok(if m1.txnid > m0.txnid { *m1 } else { *m0 })
+}
+
 /// One set of pages, one bit each, bounded by the snapshot's last page.
 struct PageSet {
     /// Bit `p % 64` of word `p / 64` stands for page `p`.
@@ -550,7 +575,8 @@ impl LmdbFile {
     /// `txnid`: `Some(t)` selects the valid meta whose txnid is `t`, for a caller that holds a
     /// read transaction at `t` in a live environment; if neither valid meta has it the result is
     /// [`ErrorKind::Stale`] (a writer has moved on; retry with a fresh read transaction).
-    /// `None` selects the valid meta with the highest txnid. A meta is valid when its page header
+    /// `None` is for a file at rest: both metas must be valid, with txnids of the right parity,
+    /// and the one with the higher txnid is chosen, as LMDB does (see `at_rest_meta`). A meta is valid when its page header
     /// has `P_META` and its own page number, magic and version match, the page size is a power
     /// of two in 512..=65536, and its last page lies within the file. No valid meta: wrong magic
     /// on both gives Corrupt ("not an LMDB file"), another format version gives Unsupported.
@@ -581,16 +607,12 @@ impl LmdbFile {
                     ErrorKind::Stale,
                     format!("no valid meta page has txnid {t} (the file has txnid {}): a writer has moved on", have.join(" and ")),
                 )
-            })?,
-            None => valid
-                .iter()
-                .copied()
-                .reduce(|best, m| if m.txnid > best.txnid { m } else { best })
-                .ok_or_else(|| LmdbError::corrupt("no usable meta page"))?,
+            }).copied()?,
+            None => at_rest_meta(&metas)?,
         };
         Ok(LmdbFile {
             file,
-            meta: *chosen,
+            meta: chosen,
             pinned: txnid.is_some(),
         })
     }
@@ -1186,6 +1208,15 @@ impl<'f> Walker<'f> {
     /// its record, and returns its number of entries.
     fn walk(&mut self, spec: &TreeSpec, visit: &mut Visit<'_>) -> Result<u64, LmdbError> {
         let db = spec.db;
+        // md_pad is the page size in the free DB's record, and a DUPFIXED key size (or 0) in
+        // every other: LMDB never writes one larger than a page's usable space.
+        let usable = self.file.meta.page_size - PAGEHDRSZ;
+        if !matches!(spec.role, Role::Free) && db.pad as usize > usable {
+            return Err(LmdbError::corrupt(format!(
+                "{} has md_pad {}, more than the {usable} usable bytes of a page",
+                spec.label, db.pad
+            )));
+        }
         if db.root == P_INVALID {
             if (
                 db.depth,
@@ -2479,28 +2510,69 @@ mod tests {
     }
 
     #[test]
+    fn a_file_at_rest_is_judged_by_the_meta_page_lmdb_reads() {
+        // Found by the differential test against py-lmdb's lmdb.verify: one flipped bit in the
+        // newest meta page made the check fall back to the older meta and pass, while LMDB would
+        // read the newest one (with a wrong page size) or refuse the file.
+        let dir = TempDir::new("at-rest");
+        // Txnid 4 is in meta page 0, txnid 3 in meta page 1.
+        let (path, file) = damaged(&dir, "psize.mdb");
+        patch(&path, 40, &4160u32.to_le_bytes()); // mm_psize aliases the free DB's md_pad
+        assert_corrupt(&path, "meta page 0 has page size 4160");
+        let (path, file2) = damaged(&dir, "pgno.mdb");
+        patch(&path, 0, &7u64.to_le_bytes());
+        assert_corrupt(&path, "meta page 0 has page number 7");
+        let (path, _) = damaged(&dir, "last-page.mdb");
+        patch(&path, offset_of(&file, 1) + 136, &(1u64 << 40).to_le_bytes());
+        assert_corrupt(&path, "meta page 1 has last page");
+        // Commit parity: page 0 holds even txnids, page 1 odd ones, never the same.
+        let (path, _) = damaged(&dir, "same.mdb");
+        patch(&path, offset_of(&file2, 1) + 144, &4u64.to_le_bytes());
+        assert_corrupt(&path, "txnids 4 and 4");
+        let (path, _) = damaged(&dir, "odd.mdb");
+        patch(&path, 144, &5u64.to_le_bytes());
+        assert_corrupt(&path, "txnids 5 and 3");
+        // Pinned to the intact snapshot, as a reader of a live file is, the check still works.
+        let (path, _) = damaged(&dir, "pinned.mdb");
+        patch(&path, 0, &7u64.to_le_bytes());
+        assert_eq!(LmdbFile::open(&path, Some(3)).unwrap().check().unwrap().txnid, 3);
+    }
+
+    #[test]
+    fn a_database_record_with_an_impossible_md_pad_is_corrupt() {
+        // Also found by the differential test: a flipped bit in the main DB's md_pad.
+        let dir = TempDir::new("pad");
+        let (path, _) = damaged(&dir, "main-pad.mdb");
+        patch(&path, 88, &(1u32 << 18).to_le_bytes()); // meta page 0 (txnid 4): main DB's md_pad
+        assert_corrupt(&path, "the main DB has md_pad 262144");
+    }
+
+    #[test]
     fn zeroed_meta_pages() {
         let dir = TempDir::new("meta");
         let zero_page = |path: &Path, file: &LmdbFile, pgno: u64| {
             patch(path, offset_of(file, pgno), &vec![0; file.page_size()])
         };
-        // Txnid 4 was written to meta page 4 % 2 = 0.
+        // Txnid 4 was written to meta page 4 % 2 = 0. A reader pinned to a txnid finds the
+        // intact one (a live file's writer may be rewriting the other); a file at rest with
+        // either meta page damaged is damaged, since LMDB refuses to open it.
         let (path, file) = damaged(&dir, "newest.mdb");
         zero_page(&path, &file, 0);
-        let older = LmdbFile::open(&path, None).unwrap();
+        let older = LmdbFile::open(&path, Some(3)).unwrap();
         assert_eq!(older.txnid(), 3);
         older.check().unwrap();
         assert_eq!(
             LmdbFile::open(&path, Some(4)).err().unwrap().kind,
             ErrorKind::Stale
         );
+        let err = LmdbFile::open(&path, None).err().unwrap();
+        assert!(err.kind == ErrorKind::Corrupt && err.message.contains("meta page 0"), "{err}");
 
         let (path, file) = damaged(&dir, "older.mdb");
         zero_page(&path, &file, 1);
-        assert_eq!(
-            LmdbFile::open(&path, None).unwrap().check().unwrap().txnid,
-            4
-        );
+        assert_eq!(LmdbFile::open(&path, Some(4)).unwrap().check().unwrap().txnid, 4);
+        let err = LmdbFile::open(&path, None).err().unwrap();
+        assert!(err.kind == ErrorKind::Corrupt && err.message.contains("meta page 1"), "{err}");
 
         let (path, file) = damaged(&dir, "both.mdb");
         zero_page(&path, &file, 0);

@@ -24,6 +24,7 @@ use crate::ids::SeenSet;
 use crate::linkcopy::{LinkPolicy, OpError, Placed};
 use crate::msgpath;
 use crate::progress::{Sink, Tally};
+use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Roots, Visitor};
 
 /// Counts a placed file and reports it in verbose mode.
@@ -75,12 +76,14 @@ pub struct AreaBackup<'a> {
     policy: &'a LinkPolicy,
     /// Where counts and events go.
     sink: &'a Sink<'a>,
+    /// Test-only pause point [`testpause::MID_LINK`], inert unless a test armed it.
+    pause: Pause,
 }
 
 impl<'a> AreaBackup<'a> {
     /// A backup of `area` from `snap`.
     pub fn new(area: &'a Area, snap: &'a Snapshot, policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
-        AreaBackup { area, snap, seen: SeenSet::new(snap.live.len()), policy, sink }
+        AreaBackup { area, snap, seen: SeenSet::new(snap.live.len()), policy, sink, pause: Pause::from_env(testpause::MID_LINK) }
     }
 
     /// Runs steps 1 to 3 of the module doc.
@@ -104,6 +107,7 @@ impl<'a> AreaBackup<'a> {
             Err(e) => self.sink.io_error(rel, e.op, e.errno),
         }
         self.sink.progress.add_done(1);
+        self.pause.tick();
     }
 
     /// Reports the file of snapshot message `id` missing (see `place`).

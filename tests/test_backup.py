@@ -252,18 +252,108 @@ def test_account_that_cannot_be_opened_is_copied_as_plain_files(store, tmp_path)
     assert m["accounts"][ACC]["linked"] > 0, "other accounts are backed up as usual"
 
 
-def test_invalid_account_names_are_errors_and_nothing_is_touched(store, tmp_path):
+class Inotify:
+    """Every inotify event (open, read, write, create, delete, attribute change) on some
+    directories and their entries: evidence that does not depend on atime."""
+
+    ALL_EVENTS = 0xFFF
+
+    def __init__(self):
+        import ctypes
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        self.names: dict[int, Path] = {}
+
+    def watch(self, d: Path) -> None:
+        wd = self.libc.inotify_add_watch(self.fd, os.fsencode(d), self.ALL_EVENTS)
+        assert wd >= 0
+        self.names[wd] = d
+
+    def events(self) -> list[tuple[Path, int]]:
+        import struct
+
+        out = []
+        while True:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return out
+            i = 0
+            while i < len(buf):
+                wd, mask, _cookie, n = struct.unpack_from("iIII", buf, i)
+                name = buf[i + 16 : i + 16 + n].rstrip(b"\0")
+                out.append((self.names.get(wd, Path("?")) / os.fsdecode(name), mask))
+                i += 16 + n
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_invalid_account_names_are_errors_and_nothing_is_touched(tmp_path):
+    """Each invalid name would lead somewhere if it were joined to data/accounts/: bait sits
+    there (a real LMDB index without a lock file, a message file with a marker). Nothing may
+    open, read, create or change anything there (inotify), in STORE's parent, DEST's parent or
+    DEST; no lock file appears; no bait byte reaches DEST."""
+    store = make_store(tmp_path / "sp" / "store", messages=200, accounts=2)
+    dest = tmp_path / "dp" / "dest"
+    dest.parent.mkdir()
+    real_index = (store / "data" / "accounts" / "user0000" / "index.db").read_bytes()
+    marker = b"BAIT-a5f0c3e1"
+    abs_bait = tmp_path / "absbait"
+    # name -> where it leads from STORE/data/accounts/ (bait goes there) and from DEST/data/accounts/
+    names = {
+        "../../../bait": store.parent / "bait",
+        "../../bait": store / "bait",
+        "../x": store / "data" / "x",
+        str(abs_bait): abs_bait,
+        "a/b": store / "data" / "accounts" / "a" / "b",
+        ".hidden": store / "data" / "accounts" / ".hidden",
+    }
+    dest_targets = [dest.parent / "bait", dest / "bait", dest / "data" / "x", dest / "data" / "accounts" / "a"]
+    bait_dirs = {n: d for n, d in names.items() if n not in ("../x", "a/b")}  # data/x and accounts/a/ would be backed up as plain data
+    for d in bait_dirs.values():
+        (d / "msg" / "a").mkdir(parents=True)
+        (d / "index.db").write_bytes(real_index)
+        (d / "msg" / "a" / "1").write_bytes(marker)
     cfg = store / "config" / "mailstore.toml"
-    cfg.write_text(cfg.read_text() + '\n[accounts."../../escape"]\n[accounts.".hidden"]\n[accounts."a/b"]\n')
-    (store / "data" / "accounts" / ".hidden").mkdir()
-    (store / "data" / "accounts" / ".hidden" / "index.db").write_text("not read")
-    dest = tmp_path / "b"
-    p = run_cli("backup", store, dest)
-    assert p.returncode == 1
-    for name in ("../../escape", ".hidden", "a/b"):
-        assert f"account {name!r}" in p.stderr
-    assert not (tmp_path / "escape").exists() and not (dest.parent / "escape").exists()
-    assert manifest_of(dest)["status"] == "failed"
+    cfg.write_text(cfg.read_text() + "".join(f"\n[accounts.{n!r}]\n".replace("'", '"') for n in names))
+    before_store = inode_listing(store)
+    before_sp = sorted(os.listdir(store.parent))
+    watcher = Inotify()
+    try:
+        # Only .hidden is inside data/accounts, where the backup must list directories: its
+        # contents are an unconfigured directory's (copied as plain files), so only the LMDB
+        # side is watched there (no lock file). Every other bait tree must stay untouched.
+        for n, d in bait_dirs.items():
+            if n != ".hidden":
+                for sub in (d, d / "msg", d / "msg" / "a"):
+                    watcher.watch(sub)
+        # The control: the watcher sees a plain read.
+        (store.parent / "bait" / "msg" / "a" / "1").read_bytes()
+        assert watcher.events(), "inotify must see a read"
+        p = run_cli("backup", store, dest)
+        seen = watcher.events()
+    finally:
+        watcher.close()
+    assert p.returncode == 1, p.stderr
+    for name in names:
+        assert f"account {name!r}" in p.stderr and "nothing read or written for it" in p.stderr
+    assert seen == [], f"the backup touched bait: {seen}"
+    for d in bait_dirs.values():
+        assert not (d / "index.db-lock").exists(), d
+    assert inode_listing(store) == before_store
+    assert sorted(os.listdir(store.parent)) == before_sp
+    assert sorted(os.listdir(dest.parent)) == ["dest"]
+    for t in dest_targets:
+        assert not os.path.lexists(t), t
+    for d in bait_dirs.values():
+        assert not os.path.lexists(dest / "data" / "accounts" / d.name) or d.name == ".hidden"
+    copied_bait = [f for f in dest.rglob("*") if f.is_file() and not f.is_symlink() and f.read_bytes() == marker]
+    assert copied_bait == [dest / "data" / "accounts" / ".hidden" / "msg" / "a" / "1"], copied_bait
+    m = manifest_of(dest)
+    assert m["status"] == "failed" and sorted(m["accounts"]) == ["user0000", "user0001"]
 
 
 # Rule 7: everything else ---------------------------------------------------------------------

@@ -4,7 +4,6 @@ incomplete."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -17,8 +16,7 @@ import lmdb
 import pytest
 
 from conftest import CLI_ENV, backup_ok, inode_listing, make_store, manifest_of, run_cli
-from mailbak.layout import message_rel
-from mailbak.store import Store
+from pausing import PausePoint
 
 
 def popen_backup(store: Path, dest: Path, *args: str) -> subprocess.Popen:
@@ -58,29 +56,37 @@ def test_destination_fills_up(tmp_path, small_tmpfs):
     assert inode_listing(store) == before
 
 
+def placed_messages(dest: Path) -> list[Path]:
+    """Message files (all-digit names) placed in DEST's queue and accounts so far."""
+    return sorted(p for area in ("queue", "accounts") for p in (dest / "data" / area).rglob("*") if p.name.isdigit() and p.is_file())
+
+
 def test_message_file_removed_between_snapshot_and_link(tmp_path):
-    """Many accounts make the database phase long enough to remove a file of the first account
-    after its snapshot is copied and before the linking phase starts."""
-    store = make_store(tmp_path / "store", messages=4000, accounts=150, seed=2)
-    with Store.open(store, durable=False) as s:
-        first = s.account_names()[0]
-        victim = sorted(s.account(first).messages())[0]
-    victim_path = store / "data" / "accounts" / first / "msg" / message_rel(victim)
+    """The backup stands still after placing its first message file (pause point
+    engine_mid_link, one worker); the test removes another file of the same directory, one the
+    snapshot claims and the walk has listed: it must be reported missing, by path and ID."""
+    store = make_store(tmp_path / "store", messages=4000, accounts=3, seed=2)
     dest = tmp_path / "b"
-    p = popen_backup(store, dest, "--jobs", "1")
-    marker = dest / "data" / "accounts" / first / "index.db"
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.001)
-    victim_path.unlink()  # what a writer ignoring the lease would do
+    pp = PausePoint(tmp_path / "pause", "engine_mid_link")
+    p = pp.popen("backup", "--jobs", "1", store, dest)
+    try:
+        pp.wait_reached(p)
+        placed = placed_messages(dest)
+        assert len(placed) == 1, placed  # one worker, paused after its first file
+        rel_dir = placed[0].parent.relative_to(dest)
+        siblings = sorted((store / rel_dir).iterdir(), key=lambda f: int(f.name))
+        victim = next(f for f in reversed(siblings) if f.name != placed[0].name)
+        victim.unlink()  # what a writer ignoring the lease would do
+    finally:
+        pp.go()
     out, err = p.communicate(timeout=120)
-    if (dest / "data" / "accounts" / first / "msg" / message_rel(victim)).exists():
-        pytest.skip("the backup linked the file before it could be removed (machine too fast for this staging)")
+    rel = str(victim.relative_to(store))
+    assert not (dest / rel).exists()
     assert p.returncode == 1, err
-    assert f"data/accounts/{first}/msg/{message_rel(victim)}" in err
-    assert f"message {victim}" in err
+    assert f"{rel}: message {int(victim.name)}: its file disappeared while the backup ran" in err, err
     m = manifest_of(dest)
-    assert m["status"] == "failed" and m["accounts"][first]["missing"] == 1
+    area = m["queue"] if rel.startswith("data/queue/") else m["accounts"][rel.split("/")[2]]
+    assert m["status"] == "failed" and area["missing"] == 1
 
 
 def test_corrupt_top_level_database(store, tmp_path):
@@ -99,53 +105,102 @@ def test_corrupt_top_level_database(store, tmp_path):
     assert inode_listing(store) == before
 
 
-def readers(path: Path) -> str:
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=True, max_dbs=0)
-    try:
-        return env.readers()
-    finally:
-        env.close()
+def reader_pids(env: lmdb.Environment) -> set[int]:
+    """PIDs in the reader table of an environment (one line per slot in use)."""
+    return {int(line.split()[0]) for line in env.readers().splitlines()[1:] if line.split() and line.split()[0].isdigit()}
+
+
+def leak_a_reader_slot(path: Path) -> int:
+    """Starts a process that begins a read transaction on ``path`` and SIGKILLs it: it never
+    releases its slot. Returns its PID."""
+    code = f"import lmdb, time\ne = lmdb.open({str(path)!r}, subdir=False, readonly=True, lock=True, max_dbs=0)\nt = e.begin()\nprint('ready', flush=True)\ntime.sleep(120)\n"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    child.kill()
+    child.wait()
+    return child.pid
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_run(tmp_path, sig):
+    """The signal lands while files are being linked (pause point engine_mid_link). The test
+    process holds every database open for the whole run, so LMDB never resets a reader table
+    and a slot the backup leaked would still show; a SIGKILLed reader proves the check sees one."""
     store = make_store(tmp_path / "store", messages=30000, accounts=6, seed=3)
-    dest = tmp_path / "b"
-    p = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", "--json", "--jobs", "1", str(store), str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
-    for line in p.stdout:
-        if json.loads(line).get("phase") == "messages":
-            break
-    p.send_signal(sig)
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert "interrupted" in err and "no manifest" in err
-    assert_incomplete(dest)
-    # No thread or process of the backup outlives it, and it left no LMDB reader slot behind.
-    assert not Path(f"/proc/{p.pid}").exists()
-    for db in [store / "data" / "queue" / "index.db", *sorted((store / "data" / "accounts").glob("*/index.db"))]:
-        assert f" {p.pid} " not in readers(db), db
+    dbs = [store / "data" / "queue" / "index.db", *sorted((store / "data" / "accounts").glob("*/index.db")), *sorted((store / "data").glob("*.db"))]
+    held = {db: lmdb.open(str(db), subdir=False, readonly=True, lock=True, max_dbs=0) for db in dbs}
+    try:
+        # The control: a reader that dies holding a transaction stays visible to this check.
+        dead = leak_a_reader_slot(dbs[0])
+        assert dead in reader_pids(held[dbs[0]])
+        assert held[dbs[0]].reader_check() == 1 and reader_pids(held[dbs[0]]) == set()
+        dest = tmp_path / "b"
+        pp = PausePoint(tmp_path / "pause", "engine_mid_link", after=100)
+        p = pp.popen("backup", "--jobs", "1", store, dest)
+        try:
+            pp.wait_reached(p)
+            assert 100 <= len(placed_messages(dest)) < 30000
+            p.send_signal(sig)
+            time.sleep(0.3)  # the main thread's handler sets the cancel flag before the worker resumes
+        finally:
+            pp.go()
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130, err
+        assert "interrupted" in err and "no manifest" in err and "Traceback" not in err
+        assert_incomplete(dest)
+        # Workers stopped at their next file: most files were never linked.
+        assert len(placed_messages(dest)) < 30000 // 2
+        # No thread or process of the backup outlives it, and it left no LMDB reader slot behind.
+        assert not Path(f"/proc/{p.pid}").exists()
+        for db, env in held.items():
+            assert p.pid not in reader_pids(env), db
+    finally:
+        for env in held.values():
+            env.close()
     # A fresh backup into a new DEST works.
     backup_ok(store, tmp_path / "again")
 
 
 def test_sigkill_at_random_points(tmp_path):
+    """One SIGKILL that certainly lands mid-link (pause point), then 10 at random times; every
+    outcome is checked, and the random ones must include at least one mid-run kill."""
     store = make_store(tmp_path / "store", messages=8000, accounts=5, seed=4)
-    start = time.monotonic()
-    backup_ok(store, tmp_path / "timing")
-    duration = time.monotonic() - start
+    pp = PausePoint(tmp_path / "pause", "engine_mid_link", after=10)
+    dest = tmp_path / "mid"
+    p = pp.popen("backup", "--jobs", "1", store, dest)
+    pp.wait_reached(p)
+    p.kill()
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL and placed_messages(dest)
+    assert_incomplete(dest)
+    # Random points of the part of the run that writes DEST (before it, a kill proves nothing).
+    def start_and_wait_for_dest(dest: Path) -> tuple[subprocess.Popen, float]:
+        p = popen_backup(store, dest)
+        while not dest.exists() and p.poll() is None:
+            time.sleep(0.001)
+        return p, time.monotonic()
+
+    p, t0 = start_and_wait_for_dest(tmp_path / "timing")
+    p.communicate(timeout=120)
+    assert p.returncode == 0
+    duration = time.monotonic() - t0
     rng = random.Random(7)
+    outcomes = {"incomplete": 0, "complete": 0}
     for i in range(10):
         dest = tmp_path / f"k{i}"
-        p = popen_backup(store, dest)
+        p, _ = start_and_wait_for_dest(dest)
         time.sleep(rng.uniform(0.0, duration))
         p.kill()
         p.communicate(timeout=60)
-        v = run_cli("verify", dest) if dest.exists() else None
-        if (dest / "mailbak.json").exists():
+        v = run_cli("verify", dest)
+        if (dest / "mailbak.json").exists() and manifest_of(dest).get("status") != "running":
             # Killed after it finished: the manifest is only written once everything is durable.
             assert v.returncode == 0, v.stdout + v.stderr
-        elif dest.exists():
+            outcomes["complete"] += 1
+        else:
             assert v.returncode == 1 and "incomplete" in v.stderr, v.stdout + v.stderr
+            outcomes["incomplete"] += 1
+    print("random SIGKILLs:", outcomes)
     backup_ok(store, tmp_path / "after")
     assert run_cli("verify", tmp_path / "after").returncode == 0
 

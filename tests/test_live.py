@@ -131,3 +131,113 @@ def test_writer_ignoring_the_lease_only_ever_fails_loudly(tmp_path):
         initial = live_sets(store)
         before = untouched(store)
     assert set(outcomes) <= {0, 1}
+
+
+def test_writer_ignoring_the_lease_fails_the_backup_loudly_and_changes_nothing_else(tmp_path, monkeypatch):
+    """Deterministic: the backup stands still after linking its first message file (pause point
+    engine_mid_link, one worker). A writer expunges another message of that directory; its sweep
+    follows the protocol and is deferred (the backup holds the lease), then sweeps again ignoring
+    the lease and removes the file. docs/RELIABILITY.md: exit 1, manifest failed, the vanished
+    file named, the rest of the backup intact, and the store changed only by the writer."""
+    from contextlib import contextmanager
+
+    from conftest import manifest_of
+    from mailbak.store import Lease
+    from pausing import PausePoint
+
+    store = make_store(tmp_path / "store", messages=3000, accounts=2, seed=11)
+    with Store.open(store, durable=False) as s:
+        for q in s.queue.ids():
+            s.queue.dequeue(q)  # an empty queue: the first file linked is an account's
+        assert not s.queue.ids()
+        for n in s.account_names():
+            s.account(n).sweep()  # no erasure pending but the writer's
+            assert not s.account(n).erasing()
+    initial = live_sets(store)
+    before = inode_listing(store)
+    dest = tmp_path / "b"
+    pp = PausePoint(tmp_path / "pause", "engine_mid_link")
+    p = pp.popen("backup", "--jobs", "1", store, dest)
+    try:
+        pp.wait_reached(p)
+        placed = [f for f in (dest / "data" / "accounts").rglob("*") if f.name.isdigit() and f.is_file()]
+        assert len(placed) == 1, placed
+        account = placed[0].relative_to(dest / "data" / "accounts").parts[0]
+        linked = int(placed[0].name)
+        victim = max(i for i in initial[account] if i != linked and (store / "data" / "accounts" / account / "msg" / message_rel(i)).parent.name == placed[0].parent.name)
+        victim_file = store / "data" / "accounts" / account / "msg" / message_rel(victim)
+        with Store.open(store, durable=False) as s:
+            assert s.account(account).expunge([victim]) == 0, "the backup holds the lease: the sweep is deferred"
+            assert victim_file.exists()
+
+            @contextmanager
+            def ignore_lease(self):
+                yield True
+
+            monkeypatch.setattr(Lease, "exclusive_nowait", ignore_lease)
+            assert s.account(account).sweep() == 1
+        assert not victim_file.exists()
+    finally:
+        pp.go()
+    out, err = p.communicate(timeout=120)
+    rel = f"data/accounts/{account}/msg/{message_rel(victim)}"
+    assert p.returncode == 1, err
+    assert f"{rel}: message {victim}: its file disappeared while the backup ran" in err, err
+    m = manifest_of(dest)
+    assert m["status"] == "failed"
+    assert {n: a["missing"] for n, a in m["accounts"].items()} == {n: int(n == account) for n in initial}
+    # The backup holds the snapshot taken before the expunge, every other file of it included.
+    assert live_sets(dest) == initial
+    for n, ids in initial.items():
+        for i in ids:
+            assert (dest / "data" / "accounts" / n / "msg" / message_rel(i)).is_file() == (i != victim or n != account)
+    # The store: only the writer's changes (the removed file, the account's index).
+    after = inode_listing(store)
+    changed = {rel, f"data/accounts/{account}/index.db"}
+    assert {k: v for k, v in after.items() if k not in changed} == {k: v for k, v in before.items() if k not in changed}
+    assert rel not in after and f"data/accounts/{account}/index.db" in after
+
+
+def test_verify_of_a_live_store_holds_the_lease(tmp_path):
+    """docs/RELIABILITY.md: verify of a live store holds the lease while it checks files. Paused
+    mid-check (pause point engine_mid_check), an exclusive non-blocking flock on the lease fails
+    and a protocol-following sweep is deferred; after verify exits, both succeed."""
+    import fcntl
+    import os
+
+    from pausing import PausePoint
+
+    store = make_store(tmp_path / "store", messages=600, accounts=2, seed=5)
+    lease = store / "data" / "backup.lease"
+    assert lease.exists()
+
+    def exclusive_lock_free() -> bool:
+        fd = os.open(lease, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    assert exclusive_lock_free()
+    pp = PausePoint(tmp_path / "pause", "engine_mid_check")
+    p = pp.popen("verify", "--jobs", "1", store)
+    try:
+        pp.wait_reached(p)
+        assert not exclusive_lock_free(), "verify must hold the lease while it checks files"
+        with Store.open(store, durable=False) as s:
+            name = s.account_names()[0]
+            acc = s.account(name)
+            victim = max(acc.messages())
+            assert acc.expunge([victim]) == 0, "a sweep during verify is deferred"
+        assert (store / "data" / "accounts" / name / "msg" / message_rel(victim)).exists()
+    finally:
+        pp.go()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, out + err
+    assert exclusive_lock_free()
+    with Store.open(store, durable=False) as s:
+        assert s.account(name).sweep() >= 1
+    assert not (store / "data" / "accounts" / name / "msg" / message_rel(victim)).exists()

@@ -13,20 +13,24 @@ import time
 from pathlib import Path
 
 from conftest import CLI_ENV
+from pausing import PausePoint
 
 
-def run_on_tty(*args: str, interrupt_after: float | None = None, timeout: float = 120) -> tuple[int, str]:
-    """Runs `mailbak ARGS` with stdin/stdout/stderr on a pseudo-terminal; returns (status, output)."""
+def run_on_tty(*args: str, interrupt_at: PausePoint | None = None, timeout: float = 120) -> tuple[int, str]:
+    """Runs `mailbak ARGS` with stdin/stdout/stderr on a pseudo-terminal; returns (status, output).
+    With ``interrupt_at``, sends SIGINT when the run stands at that pause point, then lets it go."""
     master, slave = pty.openpty()
-    env = {**CLI_ENV, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    env = {**(interrupt_at.env if interrupt_at else CLI_ENV), "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     p = subprocess.Popen([sys.executable, "-m", "mailbak", *args], stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     os.close(slave)
     out = bytearray()
     start = time.monotonic()
     sent = False
     while True:
-        if interrupt_after is not None and not sent and time.monotonic() - start > interrupt_after:
+        if interrupt_at is not None and not sent and interrupt_at.reached_file.exists():
             p.send_signal(signal.SIGINT)
+            time.sleep(0.3)  # the handler sets the cancel flag before the worker resumes
+            interrupt_at.go()
             sent = True
         r, _, _ = select.select([master], [], [], 0.05)
         if r:
@@ -41,6 +45,7 @@ def run_on_tty(*args: str, interrupt_after: float | None = None, timeout: float 
             break
         assert time.monotonic() - start < timeout
     os.close(master)
+    assert interrupt_at is None or sent, f"the run ended without reaching {interrupt_at.point}"
     return p.wait(), out.decode("utf-8", "replace")
 
 
@@ -63,9 +68,8 @@ def test_interrupt_on_a_terminal_exits_130(tmp_path: Path):
     from conftest import make_store
 
     store = make_store(tmp_path / "store", messages=20000, accounts=4)
-    status, out = run_on_tty("backup", "--jobs", "1", str(store), str(tmp_path / "b"), interrupt_after=0.8)
-    if status == 0:
-        return  # the backup beat the signal; nothing to check
+    at = PausePoint(tmp_path / "pause", "engine_mid_link", after=50)
+    status, out = run_on_tty("backup", "--jobs", "1", str(store), str(tmp_path / "b"), interrupt_at=at)
     assert status == 130, out
     assert "interrupted" in out and "Traceback" not in out
     assert not (tmp_path / "b" / "mailbak.json").exists()

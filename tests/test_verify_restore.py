@@ -347,10 +347,24 @@ def test_restore_never_writes_outside_the_target(backup, tmp_path):
 
 
 def test_files_moved_by_fix_are_backed_up_without_a_warning(store, tmp_path):
-    stray = store / "data" / "accounts" / ACC / "notes.txt"
+    """verify --fix moves a stray of the message tree to data/moved/ (in a backup: in a live store
+    only files unchanged for 15 minutes move, and a test cannot age a ctime); the store restored
+    from that backup is backed up with data/moved/ as plain files, without a warning."""
+    stray = store / "data" / "accounts" / ACC / "msg" / "a" / "notes.txt"
+    stray.write_text("stray")
     (store / "data" / "moved" / "accounts" / ACC).mkdir(parents=True)
     (store / "data" / "moved" / "accounts" / ACC / "77").write_text("moved earlier")
-    p = backup_ok(store, tmp_path / "b")
-    assert "data/moved" not in p.stderr
+    first = tmp_path / "first"
+    p = backup_ok(store, first)
+    assert f"data/accounts/{ACC}/msg/a/notes.txt: unrecognized file in a message directory; copied" in p.stderr
+    p = verify(first, "--fix")
+    assert p.returncode == 0, p.stderr
+    assert f"moved to moved/accounts/{ACC}/msg/a/notes.txt" in p.stderr, p.stderr
+    assert not (first / "data" / "accounts" / ACC / "msg" / "a" / "notes.txt").exists()
+    restored = tmp_path / "restored"
+    assert run_cli("restore", first, restored).returncode == 0
+    p = backup_ok(restored, tmp_path / "b")
+    assert "data/moved" not in p.stderr and "notes.txt" not in p.stderr, p.stderr
     assert (tmp_path / "b" / "data" / "moved" / "accounts" / ACC / "77").read_text() == "moved earlier"
-    assert not stray.exists()
+    assert (tmp_path / "b" / "data" / "moved" / "accounts" / ACC / "msg" / "a" / "notes.txt").read_text() == "stray"
+    assert not (tmp_path / "b" / "data" / "accounts" / ACC / "msg" / "a" / "notes.txt").exists()

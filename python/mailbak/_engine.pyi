@@ -128,7 +128,8 @@ class CheckSummary(TypedDict):
 
 def lmdb_check(path: StrPath, txnid: int | None = None) -> CheckSummary:
     """Structural check of an LMDB data file by reading it directly (never through LMDB):
-    every B-tree page of the snapshot ``txnid`` (default: the newest) is bounds-checked, typed,
+    every B-tree page of the snapshot ``txnid`` (default: a file at rest, read as LMDB would: both
+    meta pages intact, the newer one checked) is bounds-checked, typed,
     ordered and counted. Raises LmdbError for damage, OSError (with errno) if the file cannot
     be read."""
 

@@ -7,9 +7,13 @@ creates ``DIR/NAME.reached`` and waits until the test creates ``DIR/NAME.go`` (a
 ``WAIT_SECONDS``, then it goes on, so a broken test cannot hang a run forever). The test asserts
 that ``NAME.reached`` appeared, so it cannot pass without the interleaving it is about.
 
-The engine (Rust) implements the same protocol for points inside its calls
-(see ``rust/testpause.rs`` when present). Without both variables set, a pause point costs one
-dictionary lookup.
+The engine (Rust, ``rust/testpause.rs``) implements the same protocol for points inside its
+calls, which count files: ``engine_mid_link`` (a backup's link/copy worker, after a snapshot
+message file is placed) and ``engine_mid_check`` (verify's file check). An engine point pauses
+once per area, at the ``MAILBAK_TEST_PAUSE_AFTER``-th file (default 1); other workers go on
+meanwhile, so tests that need the whole call to stand still run with ``--jobs 1``. It reads the
+variables once per area, never per file. Without both variables set, a Python pause point costs
+one dictionary lookup.
 """
 
 from __future__ import annotations
