@@ -34,6 +34,13 @@ BACKUP_ENTRIES = ("config", "data", manifest.MANIFEST)
 
 
 
+def _entries(path: Path) -> list[Path]:
+    try:
+        return [path / n for n in os.listdir(path)]
+    except OSError:
+        return []
+
+
 class Restore:
     """One run of ``mailbak restore``."""
 
@@ -48,6 +55,8 @@ class Restore:
         self.runner = Runner(reporter, verbose=verbose)
         self.counts = {"linked": 0, "copied": 0, "symlinks": 0}
         self.verify: Verify | None = None
+        #: Whether this run created STORE (then it gets the backup's owner at the end).
+        self.created_root = False
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
@@ -69,9 +78,13 @@ class Restore:
         b, t = self.backup.resolve(), self.store.resolve()
         if t.is_relative_to(b) or b.is_relative_to(t):
             raise UsageError(f"{self.store}: the target is inside the backup (or holds it); restore elsewhere")
+        self.warn_owners()
         try:
             if not self.store.exists():
-                os.mkdir(self.store, 0o750)
+                # Root's, and so closed to everyone else, until everything in it is written
+                # (give_store_root).
+                os.mkdir(self.store, 0o700)
+                self.created_root = True
             make_dir(self.store / "config", self.backup / "config")
             make_dir(self.store / "data", self.backup / "data")
         except OSError as e:
@@ -102,13 +115,46 @@ class Restore:
                 else:
                     self.copy(accounts, data_dst / "accounts", b"data/accounts", only=[name])
         if not (data_dst / "tmp").exists():
-            os.mkdir(data_dst / "tmp", 0o750)
+            make_dir(data_dst / "tmp", data_src)  # data/'s owner, group and mode
         self.runner.finish()
+        self.give_store_root()
         _engine.syncfs(self.store)
         self.reporter.message(f"restored into {self.store}; verifying it")
         self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose)
         self.verify.check()
         return self.verify.run()
+
+    def warn_owners(self) -> None:
+        """Run as another user than root, restore writes everything as that user: one warning
+        when the backup's files belong to someone else (their owners cannot be kept)."""
+        if os.geteuid() == 0:
+            return
+        others = set()
+        for part in ("config", "data"):
+            for p in [self.backup / part, *_entries(self.backup / part)]:
+                try:
+                    uid = os.lstat(p).st_uid
+                except OSError:
+                    continue
+                if uid != os.geteuid():
+                    others.add(uid)
+        if others:
+            who = ", ".join(f"uid {u}" for u in sorted(others))
+            self.reporter.warn("owners", str(self.backup), f"the backup's files belong to {who}; restored as uid {os.geteuid()}, since only root can keep their owners")
+
+    def give_store_root(self) -> None:
+        """A STORE this run created gets the owner and group of the backup's ``data/`` (as
+        root) and mode 0750, last, once nothing more is written into it as root."""
+        if not self.created_root:
+            return
+        fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.geteuid() == 0:
+                st = os.stat(self.backup / "data")
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, 0o750)
+        finally:
+            os.close(fd)
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)
