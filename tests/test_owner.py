@@ -94,6 +94,13 @@ def test_hardlinked_lock_file_is_refused_by_the_kernel(owned_store, victim, tmp_
     assert p.returncode == 1, p.stdout + p.stderr
     assert victim.read_text() == "precious\n"
     assert "data/accounts/user0001/index.db: " in p.stderr and "as the store's owner, uid 65534" in p.stderr and "Permission denied" in p.stderr, p.stderr
+    # Only that database: the others open as the owner although the store lies below a
+    # directory only root may enter.
+    assert "data/auth.db" not in p.stderr and "data/accounts/user0000/index.db" not in p.stderr, p.stderr
+    if op == "backup":
+        m = manifest_of(tmp_path / "bk")
+        assert "auth.db" in m["databases"] and "accounts/user0000/index.db" in m["databases"]
+        assert "accounts/user0001/index.db" not in m["databases"]
 
 
 @pytest.mark.parametrize("op", ["backup", "verify"])
@@ -264,3 +271,44 @@ def test_restore_as_another_user_warns_once_about_owners(store, public_dir):
     assert p.stderr.count("owners") == 1, p.stderr
     assert "uid 65534" in p.stderr
     assert (public_dir / "r" / "data" / "auth.db").stat().st_uid == 1
+
+
+ATTACK = """
+import os, sys
+target, elsewhere = sys.argv[1], sys.argv[2]
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+try:
+    os.rename(os.path.join(target, "config"), os.path.join(target, "config.old"))
+    os.symlink(elsewhere, os.path.join(target, "config"))
+    print("swapped")
+except OSError as e:
+    print(type(e).__name__)
+"""
+
+
+def test_restore_into_a_directory_its_owner_controls(owned_store, tmp_path, public_dir):
+    """STORE an existing empty directory of the server's user: while restore writes into it, that
+    user must not be able to swap a directory restore created for a symlink elsewhere."""
+    bk = tmp_path / "bk"
+    assert run_cli("backup", owned_store, bk).returncode == 0
+    target, elsewhere, pause_dir = public_dir / "target", public_dir / "elsewhere", public_dir / "pause"
+    for d in (target, elsewhere, pause_dir):
+        d.mkdir(mode=0o755)
+        os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
+    env = {**CLI_ENV, "MAILBAK_TEST_PAUSE": "restore_target_held", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "mailbak", "restore", str(bk), str(target)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pause_dir / "restore_target_held.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never reached the pause point"
+        time.sleep(0.01)
+    attack = subprocess.run([sys.executable, "-c", ATTACK, str(target), str(elsewhere)], capture_output=True, text=True, timeout=60)
+    (pause_dir / "restore_target_held.go").touch()
+    out, err = proc.communicate(timeout=300)
+    assert attack.stdout.strip() == "PermissionError", attack.stdout + attack.stderr
+    assert proc.returncode == 0, out + err
+    assert os.listdir(elsewhere) == []
+    assert (target / "config" / "mailstore.toml").is_file() and not (target / "config").is_symlink()
+    st = target.lstat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY.pw_uid, NOBODY.pw_gid, 0o755)

@@ -61,7 +61,11 @@ class StoreOwner:
     def acting(self) -> Iterator[None]:
         """The body runs, in this thread, with this identity; root's comes back afterwards,
         whatever happens (an exception, an interrupt)."""
-        old = _engine.set_fs_identity(self.uid, self.gid, list(self.groups))
+        try:
+            old = _engine.set_fs_identity(self.uid, self.gid, list(self.groups))
+        except OSError as e:
+            # For example root without CAP_SETUID in a container: nothing is opened as root instead.
+            raise OSError(e.errno, f"cannot act as the store's owner ({self}): {e.strerror}") from e
         try:
             yield
         finally:

@@ -19,14 +19,17 @@ STORE; symlinks are recreated as links, never followed.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from mailbak import _engine, manifest
 from mailbak.backup import check_destination, make_dir
+from mailbak.identity import PROC_FD
 from mailbak.layout import is_real_dir
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
+from mailbak.testpause import pause
 from mailbak.verify import Verify
 
 #: Names expected at the top of a backup.
@@ -57,6 +60,10 @@ class Restore:
         self.verify: Verify | None = None
         #: Whether this run created STORE (then it gets the backup's owner at the end).
         self.created_root = False
+        #: STORE as restore writes into it: through a descriptor once taken (hold_target).
+        self.target = store
+        self.store_fd: int | None = None
+        self.store_was = (0, 0, 0o750)
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
@@ -81,12 +88,12 @@ class Restore:
         self.warn_owners()
         try:
             if not self.store.exists():
-                # Root's, and so closed to everyone else, until everything in it is written
-                # (give_store_root).
                 os.mkdir(self.store, 0o700)
                 self.created_root = True
-            make_dir(self.store / "config", self.backup / "config")
-            make_dir(self.store / "data", self.backup / "data")
+            self.hold_target()
+            make_dir(self.target / "config", self.backup / "config")
+            make_dir(self.target / "data", self.backup / "data")
+            pause("restore_target_held")  # tests attack STORE here
         except OSError as e:
             raise UsageError(f"{self.store}: cannot write: {e.strerror}") from e
 
@@ -95,9 +102,9 @@ class Restore:
         for name in sorted(set(os.listdir(self.backup)) - set(BACKUP_ENTRIES)):
             self.reporter.warn("unrecognized", name, "not part of a mailbak backup; not restored")
         self.runner.new_phase("config")
-        self.copy(self.backup / "config", self.store / "config", b"config")
+        self.copy(self.backup / "config", self.target / "config", b"config")
         self.runner.new_phase("data")
-        data_src, data_dst = self.backup / "data", self.store / "data"
+        data_src, data_dst = self.backup / "data", self.target / "data"
         top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (b"queue", b"accounts")]
         if top:
             self.copy(data_src, data_dst, b"data", only=top)
@@ -117,8 +124,8 @@ class Restore:
         if not (data_dst / "tmp").exists():
             make_dir(data_dst / "tmp", data_src)  # data/'s owner, group and mode
         self.runner.finish()
+        _engine.syncfs(self.target)
         self.give_store_root()
-        _engine.syncfs(self.store)
         self.reporter.message(f"restored into {self.store}; verifying it")
         self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose)
         self.verify.check()
@@ -142,19 +149,43 @@ class Restore:
             who = ", ".join(f"uid {u}" for u in sorted(others))
             self.reporter.warn("owners", str(self.backup), f"the backup's files belong to {who}; restored as uid {os.geteuid()}, since only root can keep their owners")
 
-    def give_store_root(self) -> None:
-        """A STORE this run created gets the owner and group of the backup's ``data/`` (as
-        root) and mode 0750, last, once nothing more is written into it as root."""
-        if not self.created_root:
-            return
+    def hold_target(self) -> None:
+        """Makes STORE root's alone (owner root, mode 0700) while restore writes into it, and
+        names it through a descriptor from now on (``self.target``). Whoever owned an existing
+        empty STORE (or can rename it) could otherwise swap a directory restore creates for a
+        symlink between its creation and its use, and have root write elsewhere. Run as
+        another user, only the descriptor is taken."""
         fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.store_fd = fd
+        st = os.fstat(fd)
+        self.store_was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o700)
+            if os.listdir(fd):
+                raise UsageError(f"{self.store}: something was created in the target while restore was starting; restore elsewhere")
+        self.target = PROC_FD / str(fd) if PROC_FD.is_dir() else self.store
+
+    def give_store_root(self) -> None:
+        """Once nothing more is written into STORE as root: a STORE this run created gets the
+        owner and group of the backup's ``data/`` and mode 0750; an existing one gets its owner
+        and mode back."""
+        fd = self.store_fd
+        if fd is None:
+            return
         try:
-            if os.geteuid() == 0:
+            if self.created_root:
                 st = os.stat(self.backup / "data")
-                os.fchown(fd, st.st_uid, st.st_gid)
-            os.fchmod(fd, 0o750)
+                uid, gid, mode = st.st_uid, st.st_gid, 0o750
+            else:
+                uid, gid, mode = self.store_was
+            if os.geteuid() == 0:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
         finally:
             os.close(fd)
+            self.store_fd = None
+            self.target = self.store
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)
