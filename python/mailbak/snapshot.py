@@ -152,8 +152,10 @@ def _prepare_lock_file(dir_fd: int, name: str, db: os.stat_result) -> int | None
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a special file"
             raise SnapshotError(f"its lock file {name} is {kind}, not a regular file; never opened, so the database is not read") from None
         return None
-    except OSError as e:
-        raise SnapshotError(f"cannot create its lock file {name}: {e.strerror}") from e
+    except OSError:
+        # Left to LMDB, with the same identity: on a read-only file system it reads without a
+        # lock file; anything else it reports.
+        return None
     try:
         os.fchmod(fd, lock_file_mode(db.st_mode))
     except OSError:
