@@ -22,6 +22,7 @@ use rustix::fs::{self as rfs, RenameFlags};
 use rustix::io::Errno;
 
 use crate::classify::{Area, Class, Snapshot};
+use crate::fsid::{self, FsId};
 use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
 use crate::msgpath;
@@ -54,6 +55,9 @@ pub struct FixTarget {
     pub root: OwnedFd,
     /// Path below `root` that mirrors the area root, e.g. `moved/accounts/alice`.
     pub rel: Vec<u8>,
+    /// The store owner's identity, taken around each move (see `fsid.rs`): the kernel then
+    /// refuses what that user could not do, and the directories created are theirs.
+    pub owner: Option<FsId>,
 }
 
 /// Checks one area (see the module doc).
@@ -180,8 +184,20 @@ fn unchanged_for(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> bool {
     now - st.st_mtime.max(st.st_ctime) >= secs
 }
 
-/// Moves `name` of `dir` to the same relative place below the fix target; returns where it went.
+/// Moves `name` of `dir` to the same relative place below the fix target, as the store's owner
+/// when one is given; returns where it went.
 fn move_aside(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, (&'static str, Errno)> {
+    let Some(owner) = &fix.owner else { return move_aside_as_is(fix, dir, name) };
+    let old = fsid::switch(owner).map_err(|e| ("take the store owner's identity", e))?;
+    let moved = move_aside_as_is(fix, dir, name);
+    // Going back to root's identity cannot be refused (the capabilities it needs are not
+    // file-system ones); if it ever were, this worker must not go on with a mixed identity.
+    fsid::switch(&old).expect("restore the file-system identity");
+    moved
+}
+
+/// [`move_aside`] with the thread's current identity.
+fn move_aside_as_is(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, (&'static str, Errno)> {
     let target_rel = join(&fix.rel, dir.rel);
     let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
     for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
@@ -301,7 +317,7 @@ mod tests {
         s.file("data/moved/accounts/x/msg/a/77", b"earlier");
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
-        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved/accounts/x".to_vec() };
+        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved/accounts/x".to_vec(), owner: None };
         AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
         assert_eq!(tally(&sink.tally)["moved"], 3);
         assert!(!s.path("acc/msg/a/77").exists() && !s.path("acc/msg/a/20").exists());
@@ -311,13 +327,45 @@ mod tests {
     }
 
     #[test]
+    fn fix_as_the_owner_creates_their_directories_and_cannot_exceed_their_rights() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !fsutil::is_root() {
+            return; // only root has another identity to take; the non-root path is the one above
+        }
+        let s = Scratch::new("fixowner");
+        let (area, snap, sizes) = setup(&s);
+        std::fs::create_dir(s.path("data")).unwrap();
+        std::fs::set_permissions(s.path("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nobody = FsId { uid: 65534, gid: 65534, groups: vec![] };
+        let run = |rel: &[u8]| {
+            let p = Progress::new(false, 100);
+            let sink = Sink::new(&p, b"");
+            let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: rel.to_vec(), owner: Some(nobody.clone()) };
+            AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+            let t = tally(&sink.tally);
+            (t["moved"], t["errors"])
+        };
+        // data/ belongs to root: the owner may not create moved/ there, so neither may the fix.
+        assert_eq!(run(b"moved"), (0, 5));
+        assert!(!s.path("data/moved").exists());
+        // Once it is theirs, the fix works and what it creates is theirs.
+        std::os::unix::fs::chown(s.path("data"), Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(s.path("acc/msg/a"), Some(65534), Some(65534)).unwrap();
+        assert_eq!(run(b"moved").0, 3);
+        assert!(!s.path("acc/msg/a/77").exists());
+        let st = std::fs::metadata(s.path("data/moved/msg/a")).unwrap();
+        assert_eq!((st.uid(), st.gid()), (65534, 65534));
+        assert_eq!(fsid::current().unwrap().uid, 0, "the test thread is root again");
+    }
+
+    #[test]
     fn fix_in_a_live_store_leaves_recent_files_alone() {
         let s = Scratch::new("fixlive");
         let (area, snap, sizes) = setup(&s);
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         std::fs::create_dir(s.path("data")).unwrap();
-        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved".to_vec() };
+        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved".to_vec(), owner: None };
         AreaCheck::new(&area, &snap, &sizes, Some(fix), true, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
         assert_eq!(tally(&sink.tally)["moved"], 0);
         assert!(s.path("acc/msg/a/20").exists());

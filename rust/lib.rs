@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod classify;
+pub mod fsid;
 pub mod fsutil;
 pub mod gen;
 pub mod ids;

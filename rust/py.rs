@@ -25,6 +25,7 @@ use crate::lmdbfile::{ErrorKind, LmdbFile};
 use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{AreaBackup, PlainCopy};
+use crate::fsid::{self, FsId};
 use crate::{fsutil, gen, msgpath};
 
 create_exception!(_engine, LmdbError, PyException, "An LMDB file failed the structural check (args: kind, page, message).");
@@ -247,10 +248,21 @@ fn copy_tree<'py>(
 
 /// Verifies message areas' files against their indexes, all in one pool; see `check.rs`.
 /// `live`: a store in use (files above the next ID are new; --fix waits for files to settle).
-/// With `fix_root`, unrecognized files move below `fix_root/<area's fix_rel>`.
+/// With `fix_root`, unrecognized files move below `fix_root/<area's fix_rel>`, as `fix_owner`
+/// (uid, gid, groups) when given.
 #[pyfunction]
-#[pyo3(signature = (areas, *, live, jobs, progress, fix_root = None))]
-fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, live: bool, jobs: usize, progress: &Progress, fix_root: Option<PathBuf>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+#[pyo3(signature = (areas, *, live, jobs, progress, fix_root = None, fix_owner = None))]
+#[allow(clippy::too_many_arguments)]
+fn check_areas<'py>(
+    py: Python<'py>,
+    areas: Vec<Bound<'py, PyDict>>,
+    live: bool,
+    jobs: usize,
+    progress: &Progress,
+    fix_root: Option<PathBuf>,
+    fix_owner: Option<(u32, u32, Vec<u32>)>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let fix_owner = fix_owner.map(|(uid, gid, groups)| FsId { uid, gid, groups });
     let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
     for a in &areas {
         if a.sizes.len() != a.snap.live.len() {
@@ -264,7 +276,7 @@ fn check_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, live: bool,
             .par_iter()
             .map(|a| {
                 let sink = Sink::new(&p, &a.prefix);
-                let fix = fix_root.as_ref().and_then(|r| rustix::io::dup(r).ok()).map(|root| FixTarget { root, rel: a.fix_rel.clone().unwrap_or_default() });
+                let fix = fix_root.as_ref().and_then(|r| rustix::io::dup(r).ok()).map(|root| FixTarget { root, rel: a.fix_rel.clone().unwrap_or_default(), owner: fix_owner.clone() });
                 if let Some(root) = open_area_root(&a.src, &sink) {
                     AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, live, &sink).run(root);
                 }
@@ -360,6 +372,26 @@ fn syncfs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     py.detach(|| rustix::fs::syncfs(&fd)).map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(), path)))
 }
 
+/// The calling thread's file-system identity: (fsuid, fsgid, supplementary groups).
+#[pyfunction]
+fn fs_identity() -> PyResult<(u32, u32, Vec<u32>)> {
+    let id = fsid::current().map_err(errno_err)?;
+    Ok((id.uid, id.gid, id.groups))
+}
+
+/// Gives the calling thread (only it) the file-system identity (uid, gid, groups); returns the
+/// previous one. See `fsid.rs`.
+#[pyfunction]
+fn set_fs_identity(uid: u32, gid: u32, groups: Vec<u32>) -> PyResult<(u32, u32, Vec<u32>)> {
+    let old = fsid::switch(&FsId { uid, gid, groups }).map_err(errno_err)?;
+    Ok((old.uid, old.gid, old.groups))
+}
+
+/// An errno as OSError.
+fn errno_err(e: rustix::io::Errno) -> PyErr {
+    PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string()))
+}
+
 /// The relative path of message `id`: `dir(id)/id`.
 #[pyfunction]
 fn message_path(id: u64) -> String {
@@ -386,5 +418,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(message_path, m)?)?;
     m.add_function(wrap_pyfunction!(syncfs, m)?)?;
     m.add_function(wrap_pyfunction!(parse_message_name, m)?)?;
+    m.add_function(wrap_pyfunction!(fs_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(set_fs_identity, m)?)?;
     Ok(())
 }

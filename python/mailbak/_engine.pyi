@@ -108,14 +108,24 @@ def copy_tree(
     limits the root level to those names. With ``message_tree`` (restore), files at a message
     path below it are hardlinked instead when possible."""
 
-def check_areas(areas: list[Area], *, live: bool, jobs: int, progress: Progress, fix_root: StrPath | None = None) -> list[Tally]:
+def check_areas(
+    areas: list[Area],
+    *,
+    live: bool,
+    jobs: int,
+    progress: Progress,
+    fix_root: StrPath | None = None,
+    fix_owner: tuple[int, int, list[int]] | None = None,
+) -> list[Tally]:
     """Verifies message areas' files against their indexes (stat only), all in one pool: each
     live ID has a regular file of its recorded size. Unknown files in the message tree: in a
     backup (``live`` false), one at the path of an ID at or above ``next_id`` is an error
     ("unrecognized_message": a future message would collide with it); in a live store such files
     are new and skipped. Orphans and other unknown files are warnings. With ``fix_root`` they are
     all moved below ``fix_root/<area fix_rel>`` keeping their relative path (never overwriting;
-    in a live store only once unchanged for 15 minutes)."""
+    in a live store only once unchanged for 15 minutes). With ``fix_owner`` (uid, gid, groups)
+    each move is made with that file-system identity (``set_fs_identity``): the kernel refuses
+    what that user could not do, and the directories created are theirs."""
 
 class CheckSummary(TypedDict):
     txnid: int
@@ -162,3 +172,13 @@ def message_path(id: int) -> str:
 
 def parse_message_name(name: bytes) -> int | None:
     """The ID a file name stands for, if it is canonical decimal (no sign, no leading zero)."""
+
+def fs_identity() -> tuple[int, int, list[int]]:
+    """The calling thread's file-system identity: (fsuid, fsgid, supplementary groups)."""
+
+def set_fs_identity(uid: int, gid: int, groups: list[int]) -> tuple[int, int, list[int]]:
+    """Gives the calling thread, and only it, the file-system identity (uid, gid, groups) and
+    returns the previous one (``setfsuid``/``setfsgid`` and the raw ``setgroups`` syscall). A
+    non-zero uid also drops root's file-system capabilities for that thread, so the kernel
+    checks every open and create as that user would be checked. Raises OSError (EPERM) when the
+    process may not take that identity. Threads started meanwhile inherit it."""

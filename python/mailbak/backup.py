@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mailbak import __version__, _engine, manifest
+from mailbak.identity import StoreOwner
 from mailbak.layout import (
     ACCOUNT_KNOWN_FILES,
     LEASE_FILE,
@@ -77,15 +78,25 @@ def check_destination(dest: Path) -> None:
 
 
 def make_dir(path: Path, like: Path | None) -> None:
-    """Creates a destination directory with its source's mode, capped at 0770."""
-    mode = 0o750
+    """Creates a destination directory with its source's mode, capped at 0770, and, as root,
+    its source's owner and group (a restored store must stay the server's). Mode and owner are
+    set through a descriptor of the directory created, never by a path that could have become a
+    symlink meanwhile."""
+    mode, owner = 0o750, None
     if like is not None:
         try:
-            mode = stat.S_IMODE(os.stat(like).st_mode) & 0o770
+            st = os.stat(like)
+            mode, owner = stat.S_IMODE(st.st_mode) & 0o770, (st.st_uid, st.st_gid)
         except OSError:
             pass
     os.mkdir(path, 0o700)
-    os.chmod(path, mode | 0o700 if mode & 0o700 != 0o700 else mode)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode | 0o700 if mode & 0o700 != 0o700 else mode)
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -128,6 +139,8 @@ class Backup:
         # the entry it is in phase 6.
         self.odd_accounts: list[bytes] = []
         self.config = None
+        #: Whom to act as inside the store (identity.py): its lock files are opened as them.
+        self.owner = StoreOwner.of(paths.data_dir)
 
     # Phase 1 ---------------------------------------------------------------------------------
 
@@ -189,7 +202,7 @@ class Backup:
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
         """Copies one database; reports and returns False on failure."""
         try:
-            copy = copy_database(src, dst)
+            copy = copy_database(src, dst, self.owner)
         except SnapshotError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False

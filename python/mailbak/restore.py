@@ -19,19 +19,29 @@ STORE; symlinks are recreated as links, never followed.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from mailbak import _engine, manifest
 from mailbak.backup import check_destination, make_dir
+from mailbak.identity import PROC_FD
 from mailbak.layout import is_real_dir
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
+from mailbak.testpause import pause
 from mailbak.verify import Verify
 
 #: Names expected at the top of a backup.
 BACKUP_ENTRIES = ("config", "data", manifest.MANIFEST)
 
+
+
+def _entries(path: Path) -> list[Path]:
+    try:
+        return [path / n for n in os.listdir(path)]
+    except OSError:
+        return []
 
 
 class Restore:
@@ -48,6 +58,12 @@ class Restore:
         self.runner = Runner(reporter, verbose=verbose)
         self.counts = {"linked": 0, "copied": 0, "symlinks": 0}
         self.verify: Verify | None = None
+        #: Whether this run created STORE (then it gets the backup's owner at the end).
+        self.created_root = False
+        #: STORE as restore writes into it: through a descriptor once taken (hold_target).
+        self.target = store
+        self.store_fd: int | None = None
+        self.store_was = (0, 0, 0o750)
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
@@ -69,11 +85,15 @@ class Restore:
         b, t = self.backup.resolve(), self.store.resolve()
         if t.is_relative_to(b) or b.is_relative_to(t):
             raise UsageError(f"{self.store}: the target is inside the backup (or holds it); restore elsewhere")
+        self.warn_owners()
         try:
             if not self.store.exists():
-                os.mkdir(self.store, 0o750)
-            make_dir(self.store / "config", self.backup / "config")
-            make_dir(self.store / "data", self.backup / "data")
+                os.mkdir(self.store, 0o700)
+                self.created_root = True
+            self.hold_target()
+            make_dir(self.target / "config", self.backup / "config")
+            make_dir(self.target / "data", self.backup / "data")
+            pause("restore_target_held")  # tests attack STORE here
         except OSError as e:
             raise UsageError(f"{self.store}: cannot write: {e.strerror}") from e
 
@@ -82,9 +102,9 @@ class Restore:
         for name in sorted(set(os.listdir(self.backup)) - set(BACKUP_ENTRIES)):
             self.reporter.warn("unrecognized", name, "not part of a mailbak backup; not restored")
         self.runner.new_phase("config")
-        self.copy(self.backup / "config", self.store / "config", b"config")
+        self.copy(self.backup / "config", self.target / "config", b"config")
         self.runner.new_phase("data")
-        data_src, data_dst = self.backup / "data", self.store / "data"
+        data_src, data_dst = self.backup / "data", self.target / "data"
         top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (b"queue", b"accounts")]
         if top:
             self.copy(data_src, data_dst, b"data", only=top)
@@ -102,13 +122,70 @@ class Restore:
                 else:
                     self.copy(accounts, data_dst / "accounts", b"data/accounts", only=[name])
         if not (data_dst / "tmp").exists():
-            os.mkdir(data_dst / "tmp", 0o750)
+            make_dir(data_dst / "tmp", data_src)  # data/'s owner, group and mode
         self.runner.finish()
-        _engine.syncfs(self.store)
+        _engine.syncfs(self.target)
+        self.give_store_root()
         self.reporter.message(f"restored into {self.store}; verifying it")
         self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose)
         self.verify.check()
         return self.verify.run()
+
+    def warn_owners(self) -> None:
+        """Run as another user than root, restore writes everything as that user: one warning
+        when the backup's files belong to someone else (their owners cannot be kept)."""
+        if os.geteuid() == 0:
+            return
+        others = set()
+        for part in ("config", "data"):
+            for p in [self.backup / part, *_entries(self.backup / part)]:
+                try:
+                    uid = os.lstat(p).st_uid
+                except OSError:
+                    continue
+                if uid != os.geteuid():
+                    others.add(uid)
+        if others:
+            who = ", ".join(f"uid {u}" for u in sorted(others))
+            self.reporter.warn("owners", str(self.backup), f"the backup's files belong to {who}; restored as uid {os.geteuid()}, since only root can keep their owners")
+
+    def hold_target(self) -> None:
+        """Makes STORE root's alone (owner root, mode 0700) while restore writes into it, and
+        names it through a descriptor from now on (``self.target``). Whoever owned an existing
+        empty STORE (or can rename it) could otherwise swap a directory restore creates for a
+        symlink between its creation and its use, and have root write elsewhere. Run as
+        another user, only the descriptor is taken."""
+        fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.store_fd = fd
+        st = os.fstat(fd)
+        self.store_was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o700)
+            if os.listdir(fd):
+                raise UsageError(f"{self.store}: something was created in the target while restore was starting; restore elsewhere")
+        self.target = PROC_FD / str(fd) if PROC_FD.is_dir() else self.store
+
+    def give_store_root(self) -> None:
+        """Once nothing more is written into STORE as root: a STORE this run created gets the
+        owner and group of the backup's ``data/`` and mode 0750; an existing one gets its owner
+        and mode back."""
+        fd = self.store_fd
+        if fd is None:
+            return
+        try:
+            if self.created_root:
+                st = os.stat(self.backup / "data")
+                uid, gid, mode = st.st_uid, st.st_gid, 0o750
+            else:
+                uid, gid, mode = self.store_was
+            if os.geteuid() == 0:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+            self.store_fd = None
+            self.target = self.store
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)

@@ -31,9 +31,11 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine
-from mailbak.layout import LEASE_FILE
+from mailbak.identity import StoreOwner, acting_as, in_directory
+from mailbak.layout import LEASE_FILE, LOCK_SUFFIX
 from mailbak.report import Reporter
 from mailbak.runner import DestinationFull, is_destination_full
+from mailbak.testpause import pause
 
 #: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page
 #: of our snapshot after two further commits (Stale), and a page being rewritten can be read torn;
@@ -107,13 +109,82 @@ def describe(e: BaseException) -> str:
     return str(e)
 
 
-def open_readonly(path: Path) -> lmdb.Environment:
-    """Opens a live database for reading, as one more LMDB reader (see the module doc)."""
-    return lmdb.open(str(path), subdir=False, readonly=True, lock=True, create=False, max_dbs=0, readahead=False)
+def open_readonly(path: Path, owner: StoreOwner | None = None) -> lmdb.Environment:
+    """Opens a live database for reading, as one more LMDB reader (see the module doc).
+
+    LMDB opens (or creates) ``NAME-lock`` itself, following symlinks: everything here runs as
+    the store's ``owner`` (identity.py), so the kernel refuses what that user could not do. On
+    top of that, a lock path that is not a regular file is refused by name, and a missing lock
+    file is created here, by that identity, with the database's owner and group and a mode that
+    lets both read and write it (LMDB would create it with its own mode, minus the umask).
+    Raises SnapshotError."""
+    try:
+        db = os.lstat(path)
+        with in_directory(path) as (dir_fd, via):
+            lock_fd = None
+            try:
+                with acting_as(owner):
+                    lock_fd = _prepare_lock_file(dir_fd, path.name + LOCK_SUFFIX, db)
+                    pause("lock_file_checked")  # tests swap the lock file here: the identity must hold
+                    try:
+                        return lmdb.open(via, subdir=False, readonly=True, lock=True, create=False, max_dbs=0, readahead=False)
+                    except lmdb.Error as e:
+                        as_whom = f" (opened as the store's owner, {owner})" if owner else ""
+                        raise SnapshotError(f"LMDB cannot open it{as_whom}: {str(e).replace(via, path.name)}") from e
+            finally:
+                if lock_fd is not None:
+                    _give_lock_file(lock_fd, db)  # with root's identity again: it may chown
+    except OSError as e:
+        raise SnapshotError(f"cannot open: {e.strerror}") from e
 
 
-def copy_database(src: Path, dst: Path) -> DbCopy:
-    """Steps 1 to 3 of the module doc; raises SnapshotError with the cause."""
+def _prepare_lock_file(dir_fd: int, name: str, db: os.stat_result) -> int | None:
+    """Creates the lock file ``name`` when missing (its descriptor is returned, to be finished by
+    ``_give_lock_file``); refuses one that is not a regular file."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None  # removed meanwhile: LMDB creates it, with the same identity
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a special file"
+            raise SnapshotError(f"its lock file {name} is {kind}, not a regular file; never opened, so the database is not read") from None
+        return None
+    except OSError:
+        # Left to LMDB, with the same identity: on a read-only file system it reads without a
+        # lock file; anything else it reports.
+        return None
+    try:
+        os.fchmod(fd, lock_file_mode(db.st_mode))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _give_lock_file(fd: int, db: os.stat_result) -> None:
+    """Gives a lock file mailbak created the database file's owner and group (as root; anyone
+    else keeps it), then closes it."""
+    try:
+        st = os.fstat(fd)
+        if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (db.st_uid, db.st_gid):
+            os.fchown(fd, db.st_uid, db.st_gid)
+    finally:
+        os.close(fd)
+
+
+def lock_file_mode(db_mode: int) -> int:
+    """The mode of a lock file mailbak creates: read and write for the database's owner, and
+    for its group when the group may read the database (every LMDB reader writes its slot into
+    the lock file); nothing for others."""
+    return 0o600 | (0o060 if db_mode & 0o040 else 0)
+
+
+def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCopy:
+    """Steps 1 to 3 of the module doc, opening ``src`` as the store's ``owner``
+    (``open_readonly``); raises SnapshotError with the cause."""
     try:
         st = os.lstat(src)
     except FileNotFoundError as e:
@@ -123,7 +194,7 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
     if not stat.S_ISREG(st.st_mode):
         raise SnapshotError("not a regular file (a symlink or special file is never opened)")
     try:
-        env = open_readonly(src)
+        env = open_readonly(src, owner)
     except lmdb.Error as e:
         raise SnapshotError(f"LMDB cannot open it: {e}") from e
     try:
@@ -186,10 +257,8 @@ class ReaderLease:
         self.fd: int | None = None
 
     def __enter__(self) -> "ReaderLease":
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as e:
-            self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"cannot open the lease file ({e.strerror}); writers cannot defer erasures, so an erase meanwhile can show up as a missing file")
+        fd = self._open()
+        if fd is None:
             return self
         deadline = time.monotonic() + self.WAIT_SECONDS
         while True:
@@ -203,6 +272,23 @@ class ReaderLease:
                     self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"a writer held the lease for over {self.WAIT_SECONDS:.0f}s; going on without it, so an erase meanwhile can show up as a missing file")
                     return self
                 time.sleep(0.05)
+
+    def _open(self) -> int | None:
+        """The lease file, opened as the store's owner (identity.py), never following a symlink
+        and never waiting (O_NONBLOCK: a FIFO put in its place would block an open forever);
+        anything but a regular file is treated as missing. None after a warning."""
+        lost = "writers cannot defer erasures, so an erase meanwhile can show up as a missing file"
+        try:
+            with in_directory(self.path) as (dir_fd, _), acting_as(StoreOwner.of(self.path.parent)):
+                fd = os.open(self.path.name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError as e:
+            self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"cannot open the lease file ({e.strerror}); {lost}")
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"the lease file is not a regular file (a FIFO, socket or device); treated as missing: {lost}")
+            return None
+        return fd
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -36,6 +36,7 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine, manifest
+from mailbak.identity import StoreOwner
 from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
@@ -84,11 +85,15 @@ class Verify:
         self.areas: list[AreaResult] = []
         self.manifest_status: str | None = None
         self.databases = 0
+        self.owner: StoreOwner | None = None
 
     def check(self) -> None:
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
         self.live = is_live_store(self.path)
+        # A live store is opened (lock files) and fixed (data/moved/) as its owner; a backup is
+        # mailbak's own and never opened with a lock file.
+        self.owner = StoreOwner.of(self.paths.data_dir) if self.live else None
         if self.live and self.paths.problem():
             raise UsageError(self.paths.problem())
         # Anything that is not a store is taken for a backup, so that what a killed backup left
@@ -149,7 +154,7 @@ class Verify:
         if self.live:
             dst = self.tmp / rel.replace("/", "%")
             try:
-                copy_database(src, dst)
+                copy_database(src, dst, self.owner)
             except SnapshotError as e:
                 self.reporter.error("database", f"data/{rel}", str(e))
                 return None
@@ -234,7 +239,7 @@ class Verify:
                     "fix_rel": f"moved/{rel}".encode(),
                 }
             )
-        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None)
+        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None)
         for (name, rel, _), result in zip(indexes, results):
             self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
