@@ -6,9 +6,9 @@ module only decides: it reads no directory and removes nothing.
 
 The algorithm of ``decide``, step by step:
 
-1. **Order.** Every snapshot is ordered newest first by (start time, name): the start time is
-   the manifest's, never the directory name; the name only breaks ties, so the answer does not
-   depend on the order of the input.
+1. **Order.** Every snapshot is ordered newest first by (start time, name): the caller passes
+   the manifest's start time, never one read from the directory name; the name only breaks
+   ties, so the answer does not depend on the order of the input.
 2. **Running** snapshots are kept, reason ``running``, and take no further part.
 3. **Complete** snapshots (status ``ok``) are the only ones the rules see. In order, newest
    first, each snapshot is offered to every rule:
@@ -39,7 +39,8 @@ The algorithm of ``decide``, step by step:
 
 What it does not do: read snapshots or their manifests, take the repository lock, protect the
 reference of a backup being written (the lock does that), or group snapshots (a repository is
-one store's history). Of restic's options it leaves out ``--keep-tag`` and the
+one store's history). A wall-clock time that a daylight-saving switch skips or repeats is
+taken as Python takes it (``fold=0``), as restic leaves it to Go. Of restic's options it leaves out ``--keep-tag`` and the
 ``--keep-within-{hourly,...}`` family; it adds the unit ``w`` (7 days) to durations.
 """
 
