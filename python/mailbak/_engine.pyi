@@ -161,3 +161,13 @@ def message_path(id: int) -> str:
 
 def parse_message_name(name: bytes) -> int | None:
     """The ID a file name stands for, if it is canonical decimal (no sign, no leading zero)."""
+
+class BuildInfo(TypedDict):
+    version: str
+    profile: str
+    arch: str
+    os: str
+
+def build_info() -> BuildInfo:
+    """The extension's crate version, build profile ("release" or "debug"), CPU architecture and
+    operating system, as ``mailbak --version`` shows them."""

@@ -55,6 +55,8 @@ class Runner:
         # Per-file lines (--verbose only) the engine could not queue, over all phases.
         self.dropped = 0
         self.link_warning_given = False
+        # Bytes the engine wrote by copying, over all calls (for --metrics-file).
+        self.bytes_copied = 0
 
     def relay(self) -> None:
         """Moves queued events and the current position to the reporter."""
@@ -120,7 +122,11 @@ class Runner:
             raise DestinationFull(self.fatal.line())
         if "error" in box:
             raise box["error"]
-        return box.get("value")
+        value = box.get("value")
+        for tally in value if isinstance(value, list) else [value]:
+            if isinstance(tally, dict):
+                self.bytes_copied += tally.get("bytes_copied") or 0
+        return value
 
     def note_link_fallback(self, result: dict[str, Any], exdev_hint: str) -> None:
         """One warning per run when an engine call had to copy instead of hardlinking."""
