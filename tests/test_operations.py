@@ -4,6 +4,7 @@ command line run for real), shell completion, and --version."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -116,3 +117,20 @@ def test_version_names_the_engine_build():
 def test_monitoring_options_are_documented_in_help(command):
     p = run_cli(command, "--help")
     assert "--metrics-file" in p.stdout and "--ping-url" in p.stdout
+
+
+def test_hardlinks_failing_across_a_bind_mount_get_the_mount_hint(store, tmp_path):
+    """ReadWritePaths= naming the store and DEST separately makes two mounts of one file system:
+    link(2) fails with EXDEV although st_dev is the same. Recreated with a bind mount in a mount
+    namespace of its own."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a mount namespace")
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "view").mkdir()
+    script = 'mount --bind "$1" "$2" && exec "$3" -m mailbak backup "$4" "$2/bk"'
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", tmp_path / "backups", tmp_path / "view", sys.executable, store], capture_output=True, text=True, env=CLI_ENV, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert os.stat(tmp_path / "backups").st_dev == os.stat(store).st_dev
+    assert "hardlinks are not possible (Invalid cross-device link)" in p.stderr
+    assert "same file system but reached through different mounts" in p.stderr
+    assert "DEST on the same file system as the store makes backups nearly free" not in p.stderr
