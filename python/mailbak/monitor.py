@@ -6,6 +6,10 @@ through :meth:`Monitor.start` and names the phase object in :attr:`Monitor.job`;
 sees the exit status (the ``SystemExit`` the command ends with), writes the metrics file and
 sends the final ping. Monitoring never changes a run's outcome: a ping or metrics file that
 cannot be delivered is a warning on stderr, and the exit status stays the run's own.
+
+Modules only some runs need (urllib, tempfile, traceback) are imported where used: a run
+without monitoring loads nothing more, and tests that drop privileges after importing what a
+run needs keep working.
 """
 
 from __future__ import annotations
@@ -13,12 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
-import traceback
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +136,8 @@ def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
     textfile collector ignores: it reads only ``*.prom``), fsync, rename, fsync of the directory.
     A reader sees the old file or the new one, never a part. Readable by all (0644): the
     collector usually runs as its own user."""
+    import tempfile
+
     parent = path.parent
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -204,6 +205,8 @@ def ping_timeout() -> float:
 def public_url(url: str) -> str:
     """A ping URL with its secret parts left out: healthchecks.io URLs carry the check's UUID
     (or a ping key and slug) in the path, and any URL may carry credentials or a query."""
+    import urllib.parse
+
     p = urllib.parse.urlsplit(url)
     host = p.hostname or "?"
     if p.port:
@@ -213,6 +216,8 @@ def public_url(url: str) -> str:
 
 def check_ping_url(url: str) -> str | None:
     """Why ``url`` cannot be a ping URL, or None."""
+    import urllib.parse
+
     p = urllib.parse.urlsplit(url)
     if p.scheme not in ("http", "https") or not p.hostname:
         return "not an http:// or https:// URL"
@@ -222,6 +227,10 @@ def check_ping_url(url: str) -> str | None:
 def ping(url: str, suffix: str = "", body: bytes | None = None, timeout: float | None = None) -> str | None:
     """Sends one ping (POST with ``body``, else GET) to ``url`` + ``/suffix``; returns why it
     failed, or None. The URL's secret path never appears in the text."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
     p = urllib.parse.urlsplit(url)
     path = p.path.rstrip("/") + (f"/{suffix}" if suffix else "")
     target = urllib.parse.urlunsplit((p.scheme, p.netloc, path or "/", p.query, ""))
@@ -376,9 +385,11 @@ class Monitor:
             status = 0
         elif isinstance(exc, SystemExit):
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        elif isinstance(exc, KeyboardInterrupt):
-            status = 130
+        elif isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted":
+            status = 130  # a signal outside the run proper (during the start ping, say)
         else:  # a crash: Python prints the traceback and exits 1
+            import traceback
+
             status = 1
             self.log.add("".join(traceback.format_exception(exc_type, exc, tb)).rstrip())
         self.finish(status)
