@@ -280,7 +280,7 @@ def test_dest_in_a_private_tmp_of_a_service_is_warned_about(store, tmp_path):
     private = tmp_path / "systemd-private-0123abcd-mailbak-backup@mox.service-Ab12Cd" / "tmp"
     private.mkdir(parents=True)
     env = {**CLI_ENV, "INVOCATION_ID": "0123abcd0123abcd0123abcd0123abcd"}
-    script = f'mount --bind "$1" /var/tmp && exec "$2" -m mailbak backup "$3" "$4"'
+    script = 'mount --bind "$1" /var/tmp && exec "$2" -m mailbak backup "$3" "$4"'
 
     def run(dest: str, env: dict) -> subprocess.CompletedProcess:
         return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", private, sys.executable, store, dest], capture_output=True, text=True, env=env, timeout=300)

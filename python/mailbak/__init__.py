@@ -26,7 +26,7 @@ except PackageNotFoundError:  # running from a source tree without an install
 #: the command line).
 _API = ("backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull")
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull"]
 
 if TYPE_CHECKING:
     from mailbak.api import BackupResult, DestinationFull, RestoreResult, UsageError, VerifyResult, backup, restore, verify
