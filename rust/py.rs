@@ -404,6 +404,19 @@ fn parse_message_name(name: &[u8]) -> Option<u64> {
     msgpath::parse_id(name)
 }
 
+/// What this extension was built as, for `mailbak --version` and bug reports: the crate version,
+/// the build profile (a debug build is many times slower, so a report must say which ran) and
+/// the platform.
+#[pyfunction]
+fn build_info<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("version", env!("CARGO_PKG_VERSION"))?;
+    d.set_item("profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    d.set_item("arch", std::env::consts::ARCH)?;
+    d.set_item("os", std::env::consts::OS)?;
+    Ok(d)
+}
+
 /// The module.
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -420,5 +433,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_message_name, m)?)?;
     m.add_function(wrap_pyfunction!(fs_identity, m)?)?;
     m.add_function(wrap_pyfunction!(set_fs_identity, m)?)?;
+    m.add_function(wrap_pyfunction!(build_info, m)?)?;
     Ok(())
 }

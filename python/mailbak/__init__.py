@@ -1,15 +1,55 @@
 """mailbak: consistent online backups of LMDB mail stores.
 
+The Python API (docs/API.md): :func:`backup`, :func:`verify` and :func:`restore` return typed
+results (:class:`BackupResult`, :class:`VerifyResult`, :class:`RestoreResult`) and raise
+:class:`UsageError` for bad usage or input, :class:`DestinationFull` when the destination cannot
+take more data; they live in ``mailbak.api`` and are loaded on first use.
+
 The phases live in their own modules (``backup``, ``verify``, ``restore``, ``gen``); the store
 format and its writer library in ``layout`` and ``store``; the parallel file work in the Rust
 extension ``mailbak._engine``.
 """
 
+from __future__ import annotations
+
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("mailbak")
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+#: Names of the API, loaded from mailbak.api on first use (``import mailbak`` stays cheap for
+#: the command line).
+_API = ("backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull")
+
+__all__ = ["__version__", "backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull"]
+
+if TYPE_CHECKING:
+    from mailbak.api import BackupResult, DestinationFull, RestoreResult, UsageError, VerifyResult, backup, restore, verify
+
+
+class _Package(types.ModuleType):
+    """The functions ``backup``, ``verify`` and ``restore`` share their names with the phase
+    modules ``mailbak.backup`` etc. Importing a submodule sets it as an attribute of its
+    package, which would hide the function; this package keeps the function (the modules stay
+    importable by name: ``from mailbak.backup import Backup``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from mailbak import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

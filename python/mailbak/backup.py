@@ -196,7 +196,7 @@ class Backup:
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only)
-        self.runner.note_link_fallback(result, EXDEV_HINT)
+        self.runner.note_link_fallback(result, EXDEV_HINT, between=(self.paths.data_dir, self.dest))
         return result
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
@@ -279,7 +279,7 @@ class Backup:
         ]
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs)
         for area, result in zip(self.areas, results):
-            self.runner.note_link_fallback(result, EXDEV_HINT)
+            self.runner.note_link_fallback(result, EXDEV_HINT, between=(self.paths.data_dir, self.dest))
             area.counts = {k: result[k] for k in AREA_COUNTS}
         for area in self.areas:
             if os.path.lexists(area.src / "junkfilter.bloom"):

@@ -47,16 +47,16 @@ def fail_usage(reporter, text: str) -> NoReturn:
 
 
 def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoReturn:
-    """Runs a phase object (Backup, Verify, Restore): ``check()`` then ``run()``, and maps every
-    outcome to its exit status. ``left_behind`` tells the user what an aborted run leaves."""
+    """Runs a phase object (Backup, Verify, Restore) through the API (``mailbak.api.run_job``:
+    ``check()``, ``run()``, the summary) and maps every outcome to its exit status.
+    ``left_behind`` tells the user what an aborted run leaves."""
+    from mailbak.api import run_job
     from mailbak.runner import DestinationFull, Interrupted, UsageError
 
     try:
-        job.check()
+        facts = run_job(job, reporter, title=title, target=target)
     except UsageError as e:
         fail_usage(reporter, str(e))
-    try:
-        result = job.run()
     except Interrupted as e:
         reporter.close()
         click.echo(f"mailbak: interrupted ({e}); {left_behind}", err=True)
@@ -70,18 +70,51 @@ def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoR
         where = f" {e.filename}:" if e.filename else ""
         click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
         sys.exit(EXIT_FAILED)
-    reporter.summary(f"{title} {result}: {target}", job.facts(result), job.table())
-    sys.exit(EXIT_OK if result in ("ok", "clean") else EXIT_FAILED)
+    sys.exit(EXIT_OK if facts["status"] in ("ok", "clean") else EXIT_FAILED)
+
+
+def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
+    if value is not None and not value.parent.is_dir():
+        raise click.BadParameter(f"{value.parent}: no such directory", ctx=ctx, param=param)
+    return value
+
+
+def check_ping_url(ctx, param, value: str | None) -> str | None:
+    from mailbak.monitor import check_ping_url as problem
+
+    if value is not None and problem(value):
+        raise click.BadParameter(problem(value) or "", ctx=ctx, param=param)
+    return value
+
+
+def monitor_options(f):
+    """--metrics-file and --ping-url (docs/OPERATIONS.md), for any command run by a scheduler."""
+    f = click.option("--ping-url", metavar="URL", callback=check_ping_url, help="Ping URL/start, then URL on success or URL/<exit status> on failure with the log's last 100 kB (healthchecks.io). A failed ping is a warning.")(f)
+    f = click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False), callback=check_metrics_file, help="Write Prometheus metrics of this run to this file (atomically), for node_exporter's textfile collector.")(f)
+    return f
+
+
+def print_version(ctx, param, value: bool) -> None:
+    """--version: mailbak's version and the engine build it runs (a debug build is slow)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from mailbak import _engine
+
+    b = _engine.build_info()
+    click.echo(f"mailbak, version {__version__} (engine {b['version']}, {b['profile']} build, {b['arch']}-{b['os']})")
+    ctx.exit()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="mailbak")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=print_version, help="Show the version of mailbak and of its engine build, and exit.")
 def main() -> None:
     """Consistent online backups of LMDB mail stores.
 
     A store is a directory with config/ and data/ (docs/FORMAT.md). Backups are taken while the
     mail server keeps running; message files are hardlinked, so a backup on the same file system
     costs almost no space or time.
+
+    Shell completion (bash): eval "$(_MAILBAK_COMPLETE=bash_source mailbak)"
     """
 
 
@@ -92,7 +125,8 @@ def main() -> None:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory (default: STORE/data).")
 @jobs_option
 @output_options
-def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, quiet, verbose) -> None:
+@monitor_options
+def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Back up STORE into DEST (new or empty) while the server runs.
 
     \b
@@ -113,15 +147,16 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     marked failed, or stopped by a full destination), 2 bad usage or input
     (nothing written), 130 interrupted.
     """
-    from mailbak.backup import Backup
-    from mailbak.layout import StorePaths
+    from mailbak.api import backup_job
+    from mailbak.monitor import Monitor
     from mailbak.report import make_reporter
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
-    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    b = Backup(StorePaths.of(store, config_dir, data_dir), dest, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (no manifest)")
+    with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
+        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (no manifest)")
 
 
 @main.command()
@@ -129,7 +164,8 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
 @click.option("--fix", is_flag=True, help="Move unrecognized files out of message directories to data/moved/ (never deletes).")
 @jobs_option
 @output_options
-def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose) -> None:
+@monitor_options
+def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Prove a backup (or a store) complete and consistent.
 
     \b
@@ -145,14 +181,16 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose) -> None:
     unrecognized files to data/moved/ keeping their path. Exit status: 0 clean,
     1 problems found, 2 bad usage or input, 130 interrupted.
     """
+    from mailbak.api import verify_job
+    from mailbak.monitor import Monitor
     from mailbak.report import make_reporter
     from mailbak.runner import install_signal_handlers
-    from mailbak.verify import Verify
 
     install_signal_handlers()
-    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    v = Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(v, reporter, title="verify", target=path, left_behind="verification incomplete")
+    with Monitor("verify", path, metrics_file=metrics_file, ping_url=ping_url) as monitor:
+        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        v = monitor.job = verify_job(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        execute(v, reporter, title="verify", target=path, left_behind="verification incomplete")
 
 
 @main.command()
@@ -177,13 +215,13 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, 
     restored and verified clean, 1 restored with problems, 2 bad usage or input
     (nothing written), 130 interrupted (STORE is then incomplete).
     """
+    from mailbak.api import restore_job
     from mailbak.report import make_reporter
-    from mailbak.restore import Restore
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    r = Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+    r = restore_job(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
     execute(r, reporter, title="restore", target=store, left_behind=f"{store} is incomplete; delete it and restore again")
 
 
@@ -235,3 +273,36 @@ def demo(directory: Path | None, messages: int, accounts: int, jobs) -> None:
         sys.exit(status)
     directory.mkdir(parents=True, exist_ok=True)
     sys.exit(run_demo(directory, messages=messages, accounts=accounts, jobs=jobs or default_jobs(), keep=True))
+
+
+@main.command()
+@click.option("--print", "print_unit", metavar="FILE", help="Print one shipped file (e.g. mailbak-backup@.service), ready to copy to /etc/systemd/system/.")
+@click.option("--dir", "show_dir", is_flag=True, help="Print the directory the files are installed in.")
+def systemd(print_unit: str | None, show_dir: bool) -> None:
+    """Show the systemd units shipped with mailbak (docs/OPERATIONS.md).
+
+    \b
+    mailbak-backup@.service  one backup; settings in /etc/mailbak/INSTANCE.env
+    mailbak-backup@.timer    its daily schedule
+    example.env              an example settings file
+
+    Without options, lists the files and where they are installed. --print
+    writes the absolute path of this mailbak into the unit, so that systemd
+    finds it in a virtualenv too.
+    """
+    from mailbak import systemd_units
+
+    if show_dir:
+        click.echo(systemd_units.UNIT_DIR)
+        return
+    if print_unit is None:
+        for name in systemd_units.names():
+            click.echo(name)
+        click.echo(f"(installed in {systemd_units.UNIT_DIR}; print one with: mailbak systemd --print NAME)")
+        return
+    try:
+        text = systemd_units.render(print_unit)
+    except KeyError:
+        click.echo(f"mailbak: error: no shipped file {print_unit!r} (one of: {', '.join(systemd_units.names())})", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(text, nl=False)

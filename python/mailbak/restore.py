@@ -191,7 +191,7 @@ class Restore:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)
         for k in self.counts:
             self.counts[k] += result[k]
-        self.runner.note_link_fallback(result, "the backup is on another file system")
+        self.runner.note_link_fallback(result, "the backup is on another file system", between=(self.backup, self.store))
 
     def facts(self, result: str) -> dict[str, Any]:
         facts: dict[str, Any] = {"status": result, "store": str(self.store), **self.counts}

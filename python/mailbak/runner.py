@@ -55,6 +55,8 @@ class Runner:
         # Per-file lines (--verbose only) the engine could not queue, over all phases.
         self.dropped = 0
         self.link_warning_given = False
+        # Bytes the engine wrote by copying, over all calls (for --metrics-file).
+        self.bytes_copied = 0
 
     def relay(self) -> None:
         """Moves queued events and the current position to the reporter."""
@@ -120,14 +122,22 @@ class Runner:
             raise DestinationFull(self.fatal.line())
         if "error" in box:
             raise box["error"]
-        return box.get("value")
+        value = box.get("value")
+        for tally in value if isinstance(value, list) else [value]:
+            if isinstance(tally, dict):
+                self.bytes_copied += tally.get("bytes_copied") or 0
+        return value
 
-    def note_link_fallback(self, result: dict[str, Any], exdev_hint: str) -> None:
-        """One warning per run when an engine call had to copy instead of hardlinking."""
+    def note_link_fallback(self, result: dict[str, Any], exdev_hint: str, *, between: tuple[os.PathLike[str], os.PathLike[str]] | None = None) -> None:
+        """One warning per run when an engine call had to copy instead of hardlinking.
+        ``between`` names the source and destination: on one file system (same st_dev), EXDEV
+        means two mounts of it, and the hint says so instead of ``exdev_hint``."""
         err = result.get("link_fallback_errno")
         if not err or self.link_warning_given:
             return
         self.link_warning_given = True
+        if err == errno.EXDEV and between is not None and same_device(*between):
+            exdev_hint = BIND_MOUNT_HINT
         hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
         self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}); message files are copied instead{hint}")
 
@@ -147,6 +157,21 @@ class Runner:
         if total:
             self.progress.add_total(total)
         self.reporter.phase(name, total)
+
+
+#: The hint when hardlinks fail with EXDEV on one file system.
+BIND_MOUNT_HINT = (
+    "the source and DEST are on the same file system but reached through different mounts (a bind mount, "
+    "or systemd's ReadWritePaths= naming each of them): use one mount for both, e.g. ReadWritePaths= naming "
+    "one common parent (docs/OPERATIONS.md)"
+)
+
+
+def same_device(a: os.PathLike[str], b: os.PathLike[str]) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def install_signal_handlers() -> None:

@@ -1,0 +1,267 @@
+"""The Python API: ``mailbak.backup``, ``mailbak.verify`` and ``mailbak.restore`` (docs/API.md).
+
+Each function runs the command the CLI runs, in the calling thread (the engine works in a
+worker thread meanwhile), and returns a typed result with the facts of the JSON summary. Bad
+usage or input raises :class:`UsageError` before anything is written; a destination that cannot
+take more data raises :class:`DestinationFull`; other file-system failures that stop a run raise
+``OSError``. Errors on single files are never exceptions: they are counted in the result (and
+passed to ``on_event``), and the result's status says failed or problems.
+
+The CLI (``mailbak.cli``) is a thin layer over this module: it builds the same phase objects
+with the ``*_job`` functions and runs them with :func:`run_job`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from mailbak.report import JsonReporter, Reporter
+from mailbak.runner import DestinationFull, UsageError
+
+__all__ = [
+    "BackupResult",
+    "DestinationFull",
+    "RestoreResult",
+    "UsageError",
+    "VerifyResult",
+    "backup",
+    "restore",
+    "verify",
+]
+
+#: ``on_event`` receives each event as the dict the JSON Lines output prints.
+EventCallback = Callable[[dict[str, Any]], None]
+
+PathArg = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """The outcome of :func:`backup`: the facts of its JSON summary (and of DEST/mailbak.json)."""
+
+    #: "ok" (warnings allowed) or "failed" (errors; the backup is kept and marked failed).
+    status: str
+    #: The backup directory.
+    dest: Path
+    #: The store, resolved.
+    store: str
+    #: RFC 3339 UTC times.
+    started: str
+    finished: str
+    #: Per database path (relative to data/): {"txnid": ..., "bytes": ...}.
+    databases: dict[str, dict[str, int]]
+    #: The queue's counts (linked, copied, skipped_new, ..., records, ...), None without a queue.
+    queue: dict[str, int] | None
+    #: Per account name, the same counts.
+    accounts: dict[str, dict[str, int]]
+    #: Accounts whose index could not be read, copied as plain files.
+    plain_copied_accounts: list[str]
+    warnings: int
+    errors: int
+    #: The whole JSON summary, as ``--json`` prints it.
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of :func:`verify`: the facts of its JSON summary."""
+
+    #: "clean" or "problems".
+    status: str
+    path: Path
+    #: "store" or "backup".
+    kind: str
+    #: A backup's manifest status ("ok", "failed"), None for a store or without a manifest.
+    manifest: str | None
+    databases: int
+    areas: int
+    checked: int
+    missing: int
+    damaged: int
+    orphans: int
+    unrecognized: int
+    moved: int
+    warnings: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "clean"
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """The outcome of :func:`restore`: the facts of its JSON summary."""
+
+    #: The verification of the restored store: "clean" or "problems".
+    status: str
+    store: Path
+    linked: int
+    copied: int
+    symlinks: int
+    #: The verification of the restored store (None if it never ran).
+    verify: VerifyResult | None
+    warnings: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "clean"
+
+
+R = TypeVar("R")
+
+
+def _result(cls: type[R], facts: dict[str, Any], **given: Any) -> R:
+    """A result from summary facts: each field from ``given`` or from the fact of its name."""
+    values = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in given:
+            values[f.name] = given[f.name]
+        elif f.name == "summary":
+            values[f.name] = facts
+        else:
+            values[f.name] = facts.get(f.name)
+    return cls(**values)
+
+
+# Building and running phase objects (shared with the CLI) -------------------------------------
+
+
+def event_reporter(on_event: EventCallback | None, verbose: bool = False) -> Reporter:
+    """A reporter that hands every JSON Lines object to ``on_event`` (or only counts)."""
+    if on_event is None:
+        return Reporter()
+
+    class CallbackReporter(JsonReporter):
+        def _emit(self, obj: dict[str, Any]) -> None:
+            on_event(obj)
+
+    return CallbackReporter(verbose=verbose, out=io.StringIO())
+
+
+def check_jobs(jobs: int | None) -> int:
+    from mailbak.cli import default_jobs
+
+    if jobs is None:
+        return default_jobs()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
+        raise UsageError(f"jobs must be an integer from 1 to 256, not {jobs!r}")
+    return jobs
+
+
+def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool):
+    """The phase object of a backup (mailbak.backup.Backup)."""
+    from mailbak.backup import Backup
+    from mailbak.layout import StorePaths
+    from mailbak.monitor import private_tmp_warning
+
+    warning = private_tmp_warning(dest)
+    if warning:
+        reporter.warn("private_tmp", os.fspath(dest), warning)
+    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose)
+
+
+def verify_job(path: PathArg, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool):
+    """The phase object of a verification (mailbak.verify.Verify)."""
+    from mailbak.verify import Verify
+
+    return Verify(Path(path), fix=fix, jobs=jobs, reporter=reporter, verbose=verbose)
+
+
+def restore_job(backup: PathArg, store: PathArg, *, force_copy: bool, force: bool, jobs: int, reporter: Reporter, verbose: bool):
+    """The phase object of a restore (mailbak.restore.Restore)."""
+    from mailbak.restore import Restore
+
+    return Restore(Path(backup), Path(store), force_copy=force_copy, force=force, jobs=jobs, reporter=reporter, verbose=verbose)
+
+
+def run_job(job: Any, reporter: Reporter, *, title: str, target: PathArg) -> dict[str, Any]:
+    """Runs a phase object: ``check()`` (raises UsageError, nothing written), ``run()``, then
+    the summary; returns the summary facts. Raises UsageError, DestinationFull, OSError, and
+    whatever stops the run (KeyboardInterrupt, the CLI's Interrupted, an ``on_event`` error)."""
+    job.check()
+    status = job.run()
+    facts = job.facts(status)
+    reporter.summary(f"{title} {status}: {target}", facts, job.table())
+    return facts
+
+
+def _run(job: Any, reporter: Reporter, *, title: str, target: PathArg) -> dict[str, Any]:
+    try:
+        return run_job(job, reporter, title=title, target=target)
+    except UsageError as e:
+        reporter.usage_error(str(e))
+        raise
+    finally:
+        reporter.close()
+
+
+# The public functions ------------------------------------------------------------------------
+
+
+def backup(
+    store: PathArg,
+    dest: PathArg,
+    *,
+    jobs: int | None = None,
+    config: PathArg | None = None,
+    data: PathArg | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> BackupResult:
+    """Backs up ``store`` into ``dest`` (new or empty), as ``mailbak backup`` does.
+
+    ``config``/``data`` override STORE/config and STORE/data; ``jobs`` is the number of worker
+    threads (default: one per core, at least 2); ``on_event`` receives each JSON Lines object
+    (status, warning, error, summary; per-file "info" lines too with ``verbose``)."""
+    reporter = event_reporter(on_event, verbose)
+    job = backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+    facts = _run(job, reporter, title="backup", target=dest)
+    return _result(BackupResult, facts, dest=Path(dest))
+
+
+def verify(
+    path: PathArg,
+    *,
+    fix: bool = False,
+    jobs: int | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> VerifyResult:
+    """Verifies a backup or a store, as ``mailbak verify`` does (``fix`` as ``--fix``)."""
+    reporter = event_reporter(on_event, verbose)
+    job = verify_job(path, fix=fix, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+    facts = _run(job, reporter, title="verify", target=path)
+    return _result(VerifyResult, facts, path=Path(path))
+
+
+def restore(
+    backup: PathArg,
+    store: PathArg,
+    *,
+    copy: bool = False,
+    force: bool = False,
+    jobs: int | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> RestoreResult:
+    """Restores ``backup`` into ``store`` (new or empty) and verifies it, as ``mailbak restore``
+    does (``copy`` as ``--copy``, ``force`` as ``--force``)."""
+    reporter = event_reporter(on_event, verbose)
+    job = restore_job(backup, store, force_copy=copy, force=force, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+    facts = _run(job, reporter, title="restore", target=store)
+    v = facts.get("verify")
+    checked = _result(VerifyResult, v, path=Path(store)) if isinstance(v, dict) else None
+    return _result(RestoreResult, facts, store=Path(store), verify=checked)

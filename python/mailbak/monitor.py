@@ -1,0 +1,487 @@
+"""Unattended runs: Prometheus metrics for node_exporter's textfile collector, healthchecks.io
+style pings, and the private-/tmp warning for systemd services (docs/OPERATIONS.md).
+
+Any command can be monitored: it opens a :class:`Monitor` around its run, passes its reporter
+through :meth:`Monitor.start` and names the phase object in :attr:`Monitor.job`; the monitor
+sees the exit status (the ``SystemExit`` the command ends with), writes the metrics file and
+sends the final ping. Monitoring never changes a run's outcome: a ping or metrics file that
+cannot be delivered is a warning on stderr, and the exit status stays the run's own.
+
+Modules only some runs need (urllib, tempfile, traceback) are imported where used: a run
+without monitoring loads nothing more, and tests that drop privileges after importing what a
+run needs keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailbak.report import Event, Reporter
+
+# Metrics -------------------------------------------------------------------------------------
+
+#: Every metric: name -> HELP text. All are gauges (each file describes one run, so nothing
+#: only ever grows). Fixed texts: a dashboard or alert can rely on them.
+METRICS = {
+    "mailbak_success": "1 if the last run succeeded (backup ok, verify clean), else 0.",
+    "mailbak_exit_status": "Exit status of the last run (0 ok, 1 failed, 2 bad usage or input, 130 interrupted).",
+    "mailbak_last_run_timestamp_seconds": "When the last run finished, in seconds since the Unix epoch.",
+    "mailbak_last_success_timestamp_seconds": "When the last successful run finished, in seconds since the Unix epoch (0: none recorded).",
+    "mailbak_duration_seconds": "Wall-clock duration of the last run in seconds.",
+    "mailbak_files": "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; verify: checked, missing, damaged, orphans, unrecognized, moved).",
+    "mailbak_bytes_copied": "Bytes the last backup wrote by copying (databases and every file not hardlinked).",
+    "mailbak_warnings": "Warnings of the last run.",
+    "mailbak_errors": "Errors of the last run.",
+}
+
+#: The file kinds each command reports in ``mailbak_files`` (always all of them, 0 when none).
+FILE_KINDS = {
+    "backup": ("linked", "reused", "copied", "skipped", "unrecognized"),
+    "verify": ("checked", "missing", "damaged", "orphans", "unrecognized", "moved"),
+}
+
+
+@dataclass
+class RunRecord:
+    """The facts of one finished run that the metrics file shows."""
+
+    command: str
+    target: str
+    started: float
+    finished: float
+    exit_status: int
+    files: dict[str, int] = field(default_factory=dict)
+    bytes_copied: int | None = None
+    warnings: int = 0
+    errors: int = 0
+
+    @property
+    def success(self) -> bool:
+        return self.exit_status == 0
+
+
+def label_value(text: str) -> str:
+    """A label value escaped as the exposition format wants: backslash, double quote, newline."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def path_label(path: str | os.PathLike[str]) -> str:
+    """A path as label text: absolute; bytes that are not UTF-8 written ``\\xNN``."""
+    return os.fsencode(os.path.abspath(path)).decode("utf-8", "backslashreplace")
+
+
+def _number(v: float | int) -> str:
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def render_metrics(rec: RunRecord, last_success: float | None) -> str:
+    """The metrics file's text for a run; ``last_success`` is the previous file's value, used
+    when this run failed."""
+    labels = f'command="{label_value(rec.command)}",target="{label_value(rec.target)}"'
+    success_at = rec.finished if rec.success else (last_success or 0)
+    samples: dict[str, list[tuple[str, float | int]]] = {
+        "mailbak_success": [("", int(rec.success))],
+        "mailbak_exit_status": [("", rec.exit_status)],
+        "mailbak_last_run_timestamp_seconds": [("", round(rec.finished, 3))],
+        "mailbak_last_success_timestamp_seconds": [("", round(success_at, 3) if isinstance(success_at, float) else success_at)],
+        "mailbak_duration_seconds": [("", round(rec.finished - rec.started, 3))],
+        "mailbak_files": [(f',kind="{label_value(k)}"', n) for k, n in rec.files.items()],
+        "mailbak_bytes_copied": [("", rec.bytes_copied)] if rec.bytes_copied is not None else [],
+        "mailbak_warnings": [("", rec.warnings)],
+        "mailbak_errors": [("", rec.errors)],
+    }
+    lines = []
+    for name, help_text in METRICS.items():
+        if not samples[name]:
+            continue
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.extend(f"{name}{{{labels}{extra}}} {_number(v)}" for extra, v in samples[name])
+    return "\n".join(lines) + "\n"
+
+
+_LAST_SUCCESS = re.compile(r"^mailbak_last_success_timestamp_seconds(\{.*\})?\s+(\S+)\s*$")
+
+
+def previous_success(path: Path) -> float | None:
+    """The last-success time recorded in an earlier metrics file, if any (the latest one if it
+    holds several). A missing or unreadable file has none."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    best = None
+    for line in text.splitlines():
+        m = _LAST_SUCCESS.match(line)
+        if not m:
+            continue
+        try:
+            v = float(m.group(2))
+        except ValueError:
+            continue
+        if v > 0 and v == v and (best is None or v > best):
+            best = v
+    return best
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    """Replaces ``path`` with ``text``: a temporary file in the same directory (whose name the
+    textfile collector ignores: it reads only ``*.prom``), fsync, rename, fsync of the directory.
+    A reader sees the old file or the new one, never a part. Readable by all (0644): the
+    collector usually runs as its own user."""
+    import tempfile
+
+    parent = path.parent
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_metrics(path: Path, rec: RunRecord) -> None:
+    """Writes the run's metrics file, keeping the last-success time of the file it replaces."""
+    write_atomically(path, render_metrics(rec, previous_success(path)))
+
+
+def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
+    """``mailbak_files`` by kind from a command's summary facts (zeros when there are none)."""
+    kinds = FILE_KINDS.get(command, ())
+    files = dict.fromkeys(kinds, 0)
+    if not facts:
+        return files
+    if command == "backup":
+        areas = [a for a in [facts.get("queue"), *(facts.get("accounts") or {}).values()] if a]
+        for a in areas:
+            files["linked"] += a.get("linked", 0)
+            files["copied"] += a.get("copied", 0)
+            files["skipped"] += a.get("skipped_new", 0) + a.get("skipped_erasing", 0)
+            files["unrecognized"] += a.get("unrecognized", 0)
+        # "reused" (unchanged files linked from an earlier snapshot) comes with repositories.
+    else:
+        for k in kinds:
+            v = facts.get(k, 0)
+            files[k] = v if isinstance(v, int) else 0
+    return files
+
+
+# Pings ---------------------------------------------------------------------------------------
+
+#: Seconds a ping may take. MAILBAK_PING_TIMEOUT overrides it (for tests of a stalled server).
+PING_TIMEOUT = 10.0
+
+#: The most of the run's log sent with the final ping (healthchecks.io keeps 100 kB).
+PING_BODY_BYTES = 100_000
+
+
+def ping_timeout() -> float:
+    try:
+        return float(os.environ.get("MAILBAK_PING_TIMEOUT", PING_TIMEOUT))
+    except ValueError:
+        return PING_TIMEOUT
+
+
+def public_url(url: str) -> str:
+    """A ping URL with its secret parts left out: healthchecks.io URLs carry the check's UUID
+    (or a ping key and slug) in the path, and any URL may carry credentials or a query."""
+    import urllib.parse
+
+    p = urllib.parse.urlsplit(url)
+    host = p.hostname or "?"
+    if p.port:
+        host = f"{host}:{p.port}"
+    return f"{p.scheme}://{host}/…"
+
+
+def check_ping_url(url: str) -> str | None:
+    """Why ``url`` cannot be a ping URL, or None."""
+    import urllib.parse
+
+    p = urllib.parse.urlsplit(url)
+    if p.scheme not in ("http", "https") or not p.hostname:
+        return "not an http:// or https:// URL"
+    return None
+
+
+def ping(url: str, suffix: str = "", body: bytes | None = None, timeout: float | None = None) -> str | None:
+    """Sends one ping (POST with ``body``, else GET) to ``url`` + ``/suffix``; returns why it
+    failed, or None. The URL's secret path never appears in the text."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    p = urllib.parse.urlsplit(url)
+    path = p.path.rstrip("/") + (f"/{suffix}" if suffix else "")
+    target = urllib.parse.urlunsplit((p.scheme, p.netloc, path or "/", p.query, ""))
+    req = urllib.request.Request(target, data=body, method="POST" if body is not None else "GET")
+    req.add_header("User-Agent", "mailbak")
+    if body is not None:
+        req.add_header("Content-Type", "text/plain; charset=utf-8")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout if timeout is not None else ping_timeout()) as resp:
+            resp.read(1024)
+        return None
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    except urllib.error.URLError as e:
+        return str(getattr(e.reason, "strerror", None) or e.reason)
+    except (OSError, ValueError) as e:  # timeouts (socket.timeout is an OSError), bad responses
+        return str(e) or type(e).__name__
+    except Exception as e:  # http.client's protocol errors: a ping must never end a run
+        return f"{type(e).__name__}: {e}"
+
+
+# The run's log -------------------------------------------------------------------------------
+
+
+class LogTail(Reporter):
+    """The run's log as plain lines (phases, warnings, errors, the summary), keeping the last
+    ``limit`` bytes: the body of the final ping."""
+
+    def __init__(self, limit: int = PING_BODY_BYTES):
+        super().__init__()
+        self.limit = limit
+        self.lines: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        line = (text + "\n").encode("utf-8", "backslashreplace")[-self.limit :]
+        self.lines.append(line)
+        self.size += len(line)
+        while self.size > self.limit:
+            self.size -= len(self.lines.popleft())
+
+    def text(self) -> bytes:
+        return b"".join(self.lines)
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        super().phase(name, total)
+        self.add(f"== {name}" + (f" ({total} files)" if total else ""))
+
+    def event(self, ev: Event) -> None:
+        super().event(ev)
+        if ev.severity != "info":
+            self.add(ev.line())
+
+    def message(self, text: str) -> None:
+        self.add(text)
+
+    def usage_error(self, text: str) -> None:
+        self.add(f"mailbak: error: {text}")
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        self.add(title)
+        for row in table or []:
+            self.add("  " + "  ".join(str(c) for c in row))
+        self.add(f"warnings: {facts.get('warnings', 0)}, errors: {facts.get('errors', 0)}")
+
+
+class Tee(Reporter):
+    """Hands everything to several reporters; the counts the phases read are its own."""
+
+    def __init__(self, *reporters: Reporter):
+        super().__init__()
+        self.reporters = reporters
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        super().phase(name, total)
+        for r in self.reporters:
+            r.phase(name, total)
+
+    def advance(self, done: int, total: int | None) -> None:
+        for r in self.reporters:
+            r.advance(done, total)
+
+    def event(self, ev: Event) -> None:
+        super().event(ev)
+        for r in self.reporters:
+            r.event(ev)
+
+    def message(self, text: str) -> None:
+        for r in self.reporters:
+            r.message(text)
+
+    def usage_error(self, text: str) -> None:
+        for r in self.reporters:
+            r.usage_error(text)
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        for r in self.reporters:
+            r.summary(title, facts, table)
+
+    def close(self) -> None:
+        for r in self.reporters:
+            r.close()
+
+
+# The monitor ---------------------------------------------------------------------------------
+
+
+class Monitor:
+    """Metrics file and pings for one command run; a context manager around the run.
+
+    ``with Monitor("backup", target, metrics_file=..., ping_url=...) as mon:`` then
+    ``reporter = mon.start(reporter)`` (the start ping; the returned reporter also feeds the
+    log), ``mon.job = phase_object``, and the command's ``sys.exit``. On the way out the monitor
+    writes the metrics and sends the final ping with the exit status."""
+
+    def __init__(self, command: str, target: str | os.PathLike[str], *, metrics_file: Path | None = None, ping_url: str | None = None):
+        self.command = command
+        self.target = path_label(target)
+        self.metrics_file = metrics_file
+        self.ping_url = ping_url
+        self.log = LogTail()
+        self.reporter: Reporter | None = None
+        self.job: Any = None
+        self.started = time.time()
+
+    @property
+    def active(self) -> bool:
+        return self.metrics_file is not None or self.ping_url is not None
+
+    def __enter__(self) -> Monitor:
+        self.started = time.time()
+        return self
+
+    def start(self, reporter: Reporter) -> Reporter:
+        """Sends the start ping; returns the reporter the run must use."""
+        if not self.active:
+            return reporter
+        self.reporter = Tee(reporter, self.log)
+        if self.ping_url:
+            problem = ping(self.ping_url, "start")
+            if problem:
+                self.reporter.warn("ping_failed", None, self._ping_warning("start", problem))
+        return self.reporter
+
+    def _ping_warning(self, which: str, problem: str) -> str:
+        return f"{which} ping to {public_url(self.ping_url or '')} failed ({problem}); the run is not affected"
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if not self.active:
+            return False
+        if exc_type is None:
+            status = 0
+        elif isinstance(exc, SystemExit):
+            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        elif isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted":
+            status = 130  # a signal outside the run proper (during the start ping, say)
+        else:  # a crash: Python prints the traceback and exits 1
+            import traceback
+
+            status = 1
+            self.log.add("".join(traceback.format_exception(exc_type, exc, tb)).rstrip())
+        self.finish(status)
+        return False
+
+    def facts(self, status: int) -> dict[str, Any] | None:
+        """The phase object's summary facts, also after a stop (the counts so far); none when
+        the run never started (bad usage or input)."""
+        if self.job is None or status == 2:
+            return None
+        try:
+            return self.job.facts("ok" if status == 0 else "failed")
+        except Exception:
+            return None
+
+    def bytes_copied(self, facts: dict[str, Any] | None) -> int | None:
+        if self.command != "backup":
+            return None
+        runner = getattr(self.job, "runner", None)
+        n = getattr(runner, "bytes_copied", 0) if runner is not None else 0
+        for db in ((facts or {}).get("databases") or {}).values():
+            n += db.get("bytes", 0) if isinstance(db, dict) else 0
+        return n
+
+    def finish(self, status: int) -> None:
+        """Writes the metrics file and sends the final ping; problems are warnings on stderr."""
+        facts = self.facts(status)
+        counts = self.reporter.counts if self.reporter is not None else None
+        rec = RunRecord(
+            command=self.command,
+            target=self.target,
+            started=self.started,
+            finished=time.time(),
+            exit_status=status,
+            files=files_of(self.command, facts),
+            bytes_copied=self.bytes_copied(facts),
+            warnings=counts.warnings if counts else 0,
+            errors=max(counts.errors if counts else 0, (facts or {}).get("errors", 0) or 0),
+        )
+        if self.metrics_file is not None:
+            try:
+                write_metrics(self.metrics_file, rec)
+            except OSError as e:
+                _warn(f"cannot write the metrics file {self.metrics_file}: {e.strerror or e}")
+        if self.ping_url:
+            self.log.add(f"mailbak {self.command}: exit status {status}")
+            problem = ping(self.ping_url, "" if status == 0 else str(status), body=self.log.text())
+            if problem:
+                _warn(self._ping_warning("final", problem))
+
+
+def _warn(text: str) -> None:
+    print(f"mailbak: warning: {text}", file=sys.stderr, flush=True)
+
+
+# systemd's private /tmp ----------------------------------------------------------------------
+
+
+def mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str] | None:
+    """(mount point, root within its file system) of the mount holding ``path`` (absolute,
+    resolved), or None when mountinfo is unreadable."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+
+    def unescape(s: str) -> str:  # mountinfo writes space, tab, newline, backslash as \ooo
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+    best = None
+    for row in rows:
+        if len(row) < 5:
+            continue
+        root, point = unescape(row[3]), unescape(row[4])
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) >= len(best[0]):  # later rows stack over earlier ones
+                best = (point, root)
+    return best
+
+
+def private_tmp_warning(dest: str | os.PathLike[str]) -> str | None:
+    """A warning when DEST lies in a systemd service's private /tmp or /var/tmp (PrivateTmp=):
+    whatever is written there vanishes when the service stops. Detected from the service's
+    environment (INVOCATION_ID) and the mount: systemd bind-mounts a ``systemd-private-*``
+    directory over /tmp and /var/tmp."""
+    if not os.environ.get("INVOCATION_ID"):
+        return None
+    path = os.path.realpath(dest)
+    if not any(path == t or path.startswith(t + "/") for t in ("/tmp", "/var/tmp")):
+        return None
+    mount = mount_of(path)
+    if mount is None or mount[0] not in ("/tmp", "/var/tmp") or "systemd-private-" not in mount[1]:
+        return None
+    return f"{mount[0]} is private to this systemd service (PrivateTmp=): the backup vanishes when the service stops; back up to a directory named in ReadWritePaths="

@@ -1,0 +1,136 @@
+"""Operating mailbak: the shipped systemd units (checked by systemd-analyze verify, and their
+command line run for real), shell completion, and --version."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CLI_ENV, run_cli
+from mailbak import _engine
+
+#: The installed `mailbak` script (completion is keyed to the program's name).
+MAILBAK = Path(sys.executable).with_name("mailbak")
+
+
+def printed(name: str) -> str:
+    p = run_cli("systemd", "--print", name)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def analyze(unit_dir: Path, *units: str) -> subprocess.CompletedProcess:
+    assert shutil.which("systemd-analyze"), "scripts/system-deps installs systemd (make setup)"
+    return subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(unit_dir / u) for u in units)], capture_output=True, text=True, timeout=60, cwd=unit_dir)
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    names = run_cli("systemd").stdout.split()
+    assert {"mailbak-backup@.service", "mailbak-backup@.timer", "example.env"} <= set(names)
+    for name in ("mailbak-backup@.service", "mailbak-backup@.timer"):
+        (tmp_path / name).write_text(printed(name))
+    p = analyze(tmp_path, "mailbak-backup@mox.service", "mailbak-backup@mox.timer")
+    assert p.returncode == 0 and p.stderr == "" and p.stdout == "", p.stderr
+    unit = (tmp_path / "mailbak-backup@.service").read_text()
+    timer = (tmp_path / "mailbak-backup@.timer").read_text()
+    for setting in ("Persistent=true", "RandomizedDelaySec=", "OnCalendar="):
+        assert setting in timer
+    for setting in ("ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes", "IOSchedulingClass=idle", "Nice=", "ReadWritePaths=/srv\n", "EXDEV"):
+        assert setting in unit
+
+    # The check is live: a setting systemd does not know, or a bad schedule, fails it.
+    (tmp_path / "mailbak-backup@.timer").write_text(timer.replace("OnCalendar=*-*-* 03:00:00", "OnCalendar=at three"))
+    assert analyze(tmp_path, "mailbak-backup@mox.timer").returncode != 0
+    (tmp_path / "mailbak-backup@.service").write_text(unit.replace("Nice=10", "Nicety=10"))
+    assert "Unknown key 'Nicety'" in analyze(tmp_path, "mailbak-backup@mox.service").stderr
+
+
+def test_printed_unit_names_this_mailbak():
+    unit = printed("mailbak-backup@.service")
+    assert f"exec {MAILBAK} backup" in unit
+    shipped = (Path(run_cli("systemd", "--dir").stdout.strip()) / "mailbak-backup@.service").read_text()
+    assert "exec mailbak backup" in shipped
+
+
+def exec_start(unit: str) -> list[str]:
+    """The unit's ExecStart= as systemd would run it: words split, `$$` a literal `$`."""
+    line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    return [w.replace("$$", "$").replace("%%", "%") for w in shlex.split(line.split("=", 1)[1])]
+
+
+def test_backup_unit_command_makes_a_dated_backup_with_metrics(store, tmp_path):
+    """Runs the unit's ExecStart= with the environment its EnvironmentFile= would give."""
+    env = {
+        **CLI_ENV,
+        "STORE": str(store),
+        "DEST": str(tmp_path / "backups" / "%Y-%m-%dT%H%M%SZ"),
+        "MAILBAK_OPTIONS": f"--metrics-file {tmp_path / 'backup.prom'}",
+    }
+    (tmp_path / "backups").mkdir()
+    p = subprocess.run(exec_start(printed("mailbak-backup@.service")), capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    (made,) = (tmp_path / "backups").iterdir()
+    assert len(made.name) == len("2026-01-01T030000Z") and made.name.endswith("Z")
+    assert json.loads((made / "mailbak.json").read_text())["status"] == "ok"
+    assert "mailbak_success" in (tmp_path / "backup.prom").read_text()
+
+
+def test_example_env_matches_the_unit():
+    env = printed("example.env")
+    for var in ("STORE=", "DEST=", "MAILBAK_OPTIONS="):
+        assert var in env
+
+
+def test_unknown_unit_is_bad_usage():
+    p = run_cli("systemd", "--print", "nope.service")
+    assert p.returncode == 2 and "mailbak-backup@.service" in p.stderr
+
+
+def test_bash_completion():
+    script = subprocess.run([MAILBAK], env={**CLI_ENV, "_MAILBAK_COMPLETE": "bash_source"}, capture_output=True, text=True, timeout=60)
+    assert script.returncode == 0 and "_mailbak_completion" in script.stdout and "complete " in script.stdout
+    env = {**CLI_ENV, "_MAILBAK_COMPLETE": "bash_complete", "COMP_WORDS": "mailbak ba", "COMP_CWORD": "1"}
+    p = subprocess.run([MAILBAK], env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == ["plain,backup"]
+    env.update(COMP_WORDS="mailbak backup --me", COMP_CWORD="2")
+    p = subprocess.run([MAILBAK], env=env, capture_output=True, text=True, timeout=60)
+    assert p.stdout.split() == ["plain,--metrics-file"]
+
+
+def test_version_names_the_engine_build():
+    info = _engine.build_info()
+    assert info["profile"] in ("release", "debug")
+    p = run_cli("--version")
+    assert p.returncode == 0
+    assert p.stdout.startswith("mailbak, version ")
+    assert f"engine {info['version']}, {info['profile']} build, {info['arch']}-{info['os']}" in p.stdout
+
+
+@pytest.mark.parametrize("command", ["backup", "verify"])
+def test_monitoring_options_are_documented_in_help(command):
+    p = run_cli(command, "--help")
+    assert "--metrics-file" in p.stdout and "--ping-url" in p.stdout
+
+
+def test_hardlinks_failing_across_a_bind_mount_get_the_mount_hint(store, tmp_path):
+    """ReadWritePaths= naming the store and DEST separately makes two mounts of one file system:
+    link(2) fails with EXDEV although st_dev is the same. Recreated with a bind mount in a mount
+    namespace of its own."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a mount namespace")
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "view").mkdir()
+    script = 'mount --bind "$1" "$2" && exec "$3" -m mailbak backup "$4" "$2/bk"'
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", tmp_path / "backups", tmp_path / "view", sys.executable, store], capture_output=True, text=True, env=CLI_ENV, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert os.stat(tmp_path / "backups").st_dev == os.stat(store).st_dev
+    assert "hardlinks are not possible (Invalid cross-device link)" in p.stderr
+    assert "same file system but reached through different mounts" in p.stderr
+    assert "DEST on the same file system as the store makes backups nearly free" not in p.stderr
