@@ -46,6 +46,18 @@ def fail_usage(reporter, text: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def stop_interrupted(reporter, e: BaseException, what: str) -> NoReturn:
+    """Ctrl-C or SIGTERM: one line, exit status 130, whatever the command was doing."""
+    import signal
+
+    # A second signal while stopping must not turn this into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    reporter.close()
+    click.echo(f"mailbak: interrupted ({e}); {what}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoReturn:
     """Runs a phase object (Backup, Verify, Restore): ``check()`` then ``run()``, and maps every
     outcome to its exit status. ``left_behind`` tells the user what an aborted run leaves."""
@@ -55,22 +67,25 @@ def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoR
         job.check()
     except UsageError as e:
         fail_usage(reporter, str(e))
+    except Interrupted as e:
+        stop_interrupted(reporter, e, left_behind)
     try:
         result = job.run()
     except Interrupted as e:
-        reporter.close()
-        click.echo(f"mailbak: interrupted ({e}); {left_behind}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        stop_interrupted(reporter, e, left_behind)
     except DestinationFull as e:
         reporter.close()
-        click.echo(f"mailbak: error: the destination cannot take more data: {e}; {left_behind}", err=True)
+        click.echo(f"mailbak: error: {e.what}: {e}; {left_behind}", err=True)
         sys.exit(EXIT_FAILED)
     except OSError as e:
         reporter.close()
         where = f" {e.filename}:" if e.filename else ""
         click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
         sys.exit(EXIT_FAILED)
-    reporter.summary(f"{title} {result}: {target}", job.facts(result), job.table())
+    try:
+        reporter.summary(f"{title} {result}: {target}", job.facts(result), job.table())
+    except Interrupted as e:
+        stop_interrupted(reporter, e, f"the {title} itself finished ({result}); only its summary was cut short")
     sys.exit(EXIT_OK if result in ("ok", "clean") else EXIT_FAILED)
 
 

@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 from mailbak import _engine
@@ -36,7 +37,25 @@ class Interrupted(BaseException):
 
 
 class DestinationFull(Exception):
-    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS); the run stops."""
+    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS); the run stops. ``what``
+    says which place is full, for the one line the command prints."""
+
+    def __init__(self, text: str, what: str = "the destination cannot take more data"):
+        super().__init__(text)
+        self.what = what
+
+
+def link_hint(src: Path, dst: Path, other_fs: str) -> str:
+    """The hint for hardlinks from ``src`` to ``dst`` failing with EXDEV: ``other_fs`` when
+    they are on different file systems; when both have the same ``st_dev``, they are one file
+    system reached through different mounts (a bind mount), which links cannot cross either."""
+    try:
+        same = os.stat(src).st_dev == os.stat(dst).st_dev
+    except OSError:
+        return other_fs
+    if not same:
+        return other_fs
+    return f"{src} and {dst} are on the same file system but in different mounts (a bind mount); hardlinks cannot cross mounts: use paths within one mount for both"
 
 
 def is_destination_full(text: str) -> bool:
@@ -54,7 +73,10 @@ class Runner:
         self.fatal: Event | None = None
         # Per-file lines (--verbose only) the engine could not queue, over all phases.
         self.dropped = 0
-        self.link_warning_given = False
+        # (errno, hint) of the first link that became a copy, and how many files did, over all
+        # calls: the one warning, given by finish(), says how many.
+        self.link_fallback: tuple[int, str] | None = None
+        self.link_fallbacks = 0
 
     def relay(self) -> None:
         """Moves queued events and the current position to the reporter."""
@@ -123,16 +145,28 @@ class Runner:
         return box.get("value")
 
     def note_link_fallback(self, result: dict[str, Any], exdev_hint: str) -> None:
-        """One warning per run when an engine call had to copy instead of hardlinking."""
+        """Notes files an engine call copied because hardlinking them was impossible; finish()
+        gives one warning per run with their number."""
         err = result.get("link_fallback_errno")
-        if not err or self.link_warning_given:
-            return
-        self.link_warning_given = True
-        hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
-        self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}); message files are copied instead{hint}")
+        if err and self.link_fallback is None:
+            self.link_fallback = (err, exdev_hint)
+        self.link_fallbacks += result.get("link_fallbacks", 0)
+
+    def step(self, n: int = 1) -> None:
+        """Counts ``n`` units of the phase's work done in Python (databases, for one)."""
+        self.progress.add_done(n)
+        self.relay()
 
     def finish(self) -> None:
-        """Relays what is left and says so if per-file lines were lost (counts stay exact)."""
+        """Relays what is left, gives the link-fallback warning, and says so if per-file lines
+        were lost (counts stay exact)."""
+        if self.link_fallback is not None and self.link_fallbacks:
+            err, exdev_hint = self.link_fallback
+            hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
+            n = self.link_fallbacks
+            files = "file was" if n == 1 else "files were"
+            self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}): {n} {files} copied instead of hardlinked{hint}")
+            self.link_fallback, self.link_fallbacks = None, 0
         self.relay()
         self.dropped += self.progress.dropped
         if self.dropped:

@@ -34,6 +34,7 @@ from mailbak import _engine
 from mailbak.layout import LEASE_FILE
 from mailbak.report import Reporter
 from mailbak.runner import DestinationFull, is_destination_full
+from mailbak.testpause import pause
 
 #: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page
 #: of our snapshot after two further commits (Stale), and a page being rewritten can be read torn;
@@ -122,6 +123,9 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
         raise SnapshotError(f"cannot stat: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
         raise SnapshotError("not a regular file (a symlink or special file is never opened)")
+    if st.st_size == 0:
+        # LMDB would say "Bad file descriptor" (it refuses to create in read-only mode).
+        raise SnapshotError("empty file, not an LMDB database")
     try:
         env = open_readonly(src)
     except lmdb.Error as e:
@@ -131,6 +135,7 @@ def copy_database(src: Path, dst: Path) -> DbCopy:
         for _ in range(CHECK_ATTEMPTS):
             with env.begin() as txn:
                 txnid = txn.id()
+                pause("snapshot")
                 try:
                     summary = _engine.lmdb_check(src, txnid)
                 except _engine.LmdbError as e:
