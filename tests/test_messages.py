@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,6 +231,13 @@ def test_progress_counts_databases_and_ends_at_its_totals(tmp_path: Path, store:
     msgs = last_status(lines, "messages")
     assert msgs["files_done"] == msgs["files_total"] > 0
     assert all(o["files_done"] <= o["files_total"] for o in lines if o["message_type"] == "status" and "files_total" in o)
+    # JSON status lines are rate-limited; the terminal's bars show the final positions.
+    status, out = run_on_tty("backup", str(store), str(tmp_path / "b2"))
+    assert status == 0, out
+    clean = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    for phase, total in (("databases", 6 + 1 + accounts), ("messages", msgs["files_total"])):
+        positions = re.findall(phase + r"[^\n\r/]*?(\d+)/(\d+|\?)", clean)
+        assert positions and positions[-1] == (str(total), str(total)), (phase, positions[-3:])
     v = json_lines(run_cli("verify", "--json", store).stdout)
     dbs = last_status(v, "databases")
     assert dbs["files_done"] == dbs["files_total"] == 6 + 1 + accounts
