@@ -330,6 +330,8 @@ def test_interrupt_at_every_moment_exits_130_with_one_line(tmp_path: Path, store
     assert len(lines) == 1 and lines[0].startswith(f"mailbak: interrupted ({signal.Signals(sig).name})"), p.stderr
     if command == "backup" and point != "summary":
         assert not (tmp_path / "b" / "mailbak.json").exists()
+    if point in ("backup.check", "restore.check"):
+        assert lines[0].endswith("; nothing was written") and not (tmp_path / args[-1]).exists(), lines
 
 
 def test_interrupt_while_the_summary_is_drawn_on_a_terminal(tmp_path: Path, store: Path):

@@ -68,7 +68,8 @@ def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoR
     except UsageError as e:
         fail_usage(reporter, str(e))
     except Interrupted as e:
-        stop_interrupted(reporter, e, left_behind)
+        # check() creates the target last; before that, there is nothing to clean up.
+        stop_interrupted(reporter, e, left_behind if os.path.lexists(target) else "nothing was written")
     try:
         result = job.run()
     except Interrupted as e:
