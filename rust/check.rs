@@ -11,7 +11,9 @@
 //!    keeping their relative path, never deleted, never overwriting (a numeric suffix is added
 //!    when the name is taken); in a live store only once unchanged for [`FIX_MIN_AGE_SECS`],
 //!    since a delivery in progress looks exactly like an orphan until its record is committed.
-//! 3. Live IDs the walk did not meet are looked up by path; absent ones are missing.
+//! 3. Live IDs the walk did not meet are looked up by path; absent ones are missing. A message
+//!    directory that is a symlink (never followed) or cannot be opened is one error, and each of
+//!    its live messages counts as missing.
 //!
 //! Unrecognized files outside the message tree are warnings and are never moved.
 

@@ -7,7 +7,9 @@
 //!    (or copied), files added after the snapshot and files being erased are skipped, the
 //!    caller's known files are left to the caller, anything else is reported and copied.
 //! 3. Every snapshot ID the walk did not meet is placed by its path directly; one that does not
-//!    exist there is reported missing (the backup is then failed).
+//!    exist there is reported missing (the backup is then failed). A message directory that is
+//!    a symlink (never followed) or cannot be opened is one error, its messages counted missing;
+//!    a directory where a message file belongs is an error for that message.
 //!
 //! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
 //! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
