@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,6 +78,7 @@ class Runner:
         # calls: the one warning, given by finish(), says how many.
         self.link_fallback: tuple[int, str] | None = None
         self.link_fallbacks = 0
+        self.last_step_relay = 0.0
 
     def relay(self) -> None:
         """Moves queued events and the current position to the reporter."""
@@ -153,9 +155,13 @@ class Runner:
         self.link_fallbacks += result.get("link_fallbacks", 0)
 
     def step(self, n: int = 1) -> None:
-        """Counts ``n`` units of the phase's work done in Python (databases, for one)."""
+        """Counts ``n`` units of the phase's work done in Python (databases, for one), and shows
+        them at most every POLL_SECONDS (a store with 100k accounts steps 100k times)."""
         self.progress.add_done(n)
-        self.relay()
+        now = time.monotonic()
+        if now - self.last_step_relay >= POLL_SECONDS:
+            self.last_step_relay = now
+            self.relay()
 
     def finish(self) -> None:
         """Relays what is left, gives the link-fallback warning, and says so if per-file lines
