@@ -11,7 +11,9 @@
 //!    keeping their relative path, never deleted, never overwriting (a numeric suffix is added
 //!    when the name is taken); in a live store only once unchanged for [`FIX_MIN_AGE_SECS`],
 //!    since a delivery in progress looks exactly like an orphan until its record is committed.
-//! 3. Live IDs the walk did not meet are looked up by path; absent ones are missing.
+//! 3. Live IDs the walk did not meet are looked up by path; absent ones are missing. A message
+//!    directory that is a symlink (never followed) or cannot be opened is one error, and each of
+//!    its live messages counts as missing.
 //!
 //! Unrecognized files outside the message tree are warnings and are never moved.
 
@@ -129,14 +131,32 @@ impl<'a> AreaCheck<'a> {
         let ids = self.snap.live.as_slice();
         let mut name = Vec::new();
         let mut cached: Option<(u64, Result<OwnedFd, Errno>)> = None;
-        for i in self.seen.unmarked() {
+        let unseen = self.seen.unmarked();
+        for (k, &i) in unseen.iter().enumerate() {
             if self.sink.cancelled() {
                 return;
             }
             let id = ids[i];
             let dir_rel = join(&self.area.tree, msgpath::dir_name(id).as_bytes());
             if cached.as_ref().is_none_or(|(d, _)| *d != msgpath::dir_index(id)) {
-                cached = Some((msgpath::dir_index(id), fsutil::open_dir_below(root, &dir_rel)));
+                let opened = fsutil::open_dir_below(root, &dir_rel);
+                if let Err(e) = opened {
+                    if e != Errno::NOENT {
+                        // One error for an unusable message directory (a symlink is never
+                        // followed), its messages counted missing, instead of one per message.
+                        let n = unseen[k..].iter().take_while(|&&u| msgpath::dir_index(ids[u]) == msgpath::dir_index(id)).count() as u64;
+                        self.sink.tally.checked.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        self.sink.tally.missing.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        self.sink.progress.add_done(n);
+                        let what = if matches!(e, Errno::NOTDIR | Errno::LOOP) {
+                            "not a directory (a symlink is never followed)".to_string()
+                        } else {
+                            format!("cannot open it: {}", std::io::Error::from_raw_os_error(e.raw_os_error()))
+                        };
+                        self.sink.error("message_dir", &dir_rel, e.raw_os_error(), format!("message directory: {what}; its {n} message(s) count as missing"));
+                    }
+                }
+                cached = Some((msgpath::dir_index(id), opened));
             }
             msgpath::file_name(id, &mut name);
             let rel = join(&dir_rel, &name);
@@ -148,7 +168,7 @@ impl<'a> AreaCheck<'a> {
                     self.sink.progress.add_done(1);
                     self.sink.error("missing", &rel, Errno::NOENT.raw_os_error(), format!("message {id} has no file"));
                 }
-                Err(e) => self.sink.io_error(&rel, "open directory", *e),
+                Err(_) => {} // reported once for the whole directory above
             }
         }
     }
@@ -370,5 +390,24 @@ mod tests {
         assert_eq!(tally(&sink.tally)["moved"], 0);
         assert!(s.path("acc/msg/a/20").exists());
         assert!(codes(&p).iter().any(|(c, r)| *c == "not_moved" && r == "msg/a/20"));
+    }
+    #[test]
+    fn a_symlinked_message_directory_is_one_error_and_its_messages_are_missing() {
+        let s = Scratch::new("checksymdir");
+        s.file("elsewhere/1", b"1");
+        s.file("elsewhere/2", b"22");
+        std::fs::create_dir_all(s.path("acc/msg")).unwrap();
+        std::os::unix::fs::symlink(s.path("elsewhere"), s.path("acc/msg/a")).unwrap();
+        let area = Area { tree: b"msg".to_vec(), known: vec![] };
+        let snap = Snapshot { live: IdSet::new(vec![1, 2]), erasing: IdSet::default(), next_id: 3 };
+        let sizes = [1u64, 2];
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        AreaCheck::new(&area, &snap, &sizes, None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        let t = tally(&sink.tally);
+        assert_eq!((t["missing"], t["errors"], t["checked"]), (2, 1, 2));
+        assert_eq!(p.position().0, 2);
+        let c = codes(&p);
+        assert!(c.contains(&("message_dir", "msg/a".to_string())), "{c:?}");
     }
 }

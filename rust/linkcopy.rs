@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -58,6 +58,11 @@ pub struct LinkPolicy {
     try_links: AtomicBool,
     /// errno of the first failed link (0 = none yet).
     first_fallback: AtomicI32,
+    /// Files copied because a link was impossible (not counting forced copies), so that the
+    /// one warning can say how many files it is about.
+    fallbacks: AtomicU64,
+    /// Whether copies were asked for (then no copy is a fallback).
+    force_copy: bool,
     /// False once `copy_file_range` has been refused.
     cfr_works: AtomicBool,
     /// Whether this process can keep source owners.
@@ -70,6 +75,8 @@ impl LinkPolicy {
         LinkPolicy {
             try_links: AtomicBool::new(!force_copy),
             first_fallback: AtomicI32::new(0),
+            fallbacks: AtomicU64::new(0),
+            force_copy,
             cfr_works: AtomicBool::new(true),
             as_root: crate::fsutil::is_root(),
         }
@@ -81,6 +88,11 @@ impl LinkPolicy {
             0 => None,
             e => Some(Errno::from_raw_os_error(e)),
         }
+    }
+
+    /// How many files were copied because a link was impossible.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     /// Whether copies keep the source owner.
@@ -102,7 +114,11 @@ impl LinkPolicy {
                 Err(e) => return Err(OpError::new("link", e)),
             }
         }
-        self.copy(src, dst, name).map(Placed::Copied)
+        let copied = self.copy(src, dst, name)?;
+        if !self.force_copy {
+            self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Placed::Copied(copied))
     }
 
     /// Copies regular file `name` of `src` into `dst` under the same name; fails if it exists.
@@ -252,6 +268,7 @@ mod tests {
         assert_ne!(a.ino(), b.ino());
         assert_eq!(std::fs::read(s.path("dst/7")).unwrap(), data);
         assert_eq!(b.mode() & 0o7777, 0o640);
+        assert_eq!(p.fallbacks(), 0, "a copy that was asked for is no fallback");
         assert_eq!(a.mtime(), b.mtime());
         assert_eq!(a.mtime_nsec(), b.mtime_nsec());
     }
@@ -331,6 +348,7 @@ mod tests {
         }
         assert_eq!((a, b), (Placed::Copied(3), Placed::Copied(3)));
         assert_eq!(p.first_fallback(), Some(Errno::XDEV));
+        assert_eq!(p.fallbacks(), 2, "both files count, not only the one whose link failed");
         assert_eq!(std::fs::read(s.path("dst/2")).unwrap(), b"two");
     }
 }

@@ -121,10 +121,12 @@ fn tally_dict<'py>(py: Python<'py>, t: &Tally) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
-/// A transfer's tally plus the errno of its first link that became a copy.
-fn transfer_dict<'py>(py: Python<'py>, t: &Tally, fallback: Option<rustix::io::Errno>) -> PyResult<Bound<'py, PyDict>> {
+/// A transfer's tally plus the errno of its first link that became a copy and how many files
+/// were copied because a link was impossible.
+fn transfer_dict<'py>(py: Python<'py>, t: &Tally, (fallback, fallbacks): (Option<rustix::io::Errno>, u64)) -> PyResult<Bound<'py, PyDict>> {
     let d = tally_dict(py, t)?;
     d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
+    d.set_item("link_fallbacks", fallbacks)?;
     Ok(d)
 }
 
@@ -212,7 +214,7 @@ fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usiz
                 if let (Some(src), Some(dst)) = (open_area_root(&a.src, &sink), open_area_root(dst, &sink)) {
                     AreaBackup::new(&a.area, &a.snap, &policy, &sink).run(src, dst);
                 }
-                (sink.tally, policy.first_fallback())
+                (sink.tally, (policy.first_fallback(), policy.fallbacks()))
             })
             .collect::<Vec<_>>()
     })?;
@@ -241,7 +243,7 @@ fn copy_tree<'py>(
         let sink = Sink::new(&p, &prefix);
         let policy = LinkPolicy::new(force_copy);
         PlainCopy::new(area.as_ref(), &policy, &sink).run(src, dst, only.as_deref());
-        (sink.tally, policy.first_fallback())
+        (sink.tally, (policy.first_fallback(), policy.fallbacks()))
     })?;
     transfer_dict(py, &tally, fallback)
 }

@@ -7,7 +7,9 @@
 //!    (or copied), files added after the snapshot and files being erased are skipped, the
 //!    caller's known files are left to the caller, anything else is reported and copied.
 //! 3. Every snapshot ID the walk did not meet is placed by its path directly; one that does not
-//!    exist there is reported missing (the backup is then failed).
+//!    exist there is reported missing (the backup is then failed). A message directory that is
+//!    a symlink (never followed) or cannot be opened is one error, its messages counted missing;
+//!    a directory where a message file belongs is an error for that message.
 //!
 //! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
 //! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
@@ -133,6 +135,16 @@ impl<'a> AreaBackup<'a> {
             let dir_rel = join(&self.area.tree, msgpath::dir_name(ids[unseen[i]]).as_bytes());
             let dirs = fsutil::open_dir_below(src_root, &dir_rel)
                 .and_then(|s| Ok((s, make_dirs(src_root, dst_root, &dir_rel)?)));
+            if let Err(e) = &dirs {
+                if *e != Errno::NOENT {
+                    // The message directory itself is unusable (a symlink, never followed, or
+                    // unreadable): one error for it, not one per message, and each of its
+                    // messages counted missing, since none of them is in the backup.
+                    self.unusable_dir(&dir_rel, *e, (end - i) as u64);
+                    i = end;
+                    continue;
+                }
+            }
             let mut name = Vec::new();
             for &u in &unseen[i..end] {
                 msgpath::file_name(ids[u], &mut name);
@@ -146,14 +158,23 @@ impl<'a> AreaBackup<'a> {
                         self.missing(&rel, ids[u], false);
                         self.sink.progress.add_done(1);
                     }
-                    Err(e) => {
-                        self.sink.io_error(&rel, "open directory", *e);
-                        self.sink.progress.add_done(1);
-                    }
+                    Err(_) => unreachable!("handled for the whole directory above"),
                 }
             }
             i = end;
         }
+    }
+
+    /// Reports message directory `dir_rel` unusable (`e`) with `n` snapshot messages in it.
+    fn unusable_dir(&self, dir_rel: &[u8], e: Errno, n: u64) {
+        self.sink.tally.missing.fetch_add(n, Ordering::Relaxed);
+        self.sink.progress.add_done(n);
+        let what = if matches!(e, Errno::NOTDIR | Errno::LOOP) {
+            "not a directory (a symlink is never followed)".to_string()
+        } else {
+            format!("cannot open or create it: {}", std::io::Error::from_raw_os_error(e.raw_os_error()))
+        };
+        self.sink.error("message_dir", dir_rel, e.raw_os_error(), format!("message directory: {what}; its {n} message(s) of the snapshot are not backed up"));
     }
 }
 
@@ -172,6 +193,20 @@ fn make_dirs(src_root: BorrowedFd<'_>, dst_root: BorrowedFd<'_>, rel: &[u8]) -> 
 }
 
 impl Visitor for AreaBackup<'_> {
+    fn enter(&self, rel: &[u8], name: &CStr) -> bool {
+        if let Class::Message(i) = self.area.classify(self.snap, rel, name.to_bytes()) {
+            // A directory where a message file should be: the message itself is not in the
+            // backup (linking it would only fail on the mirrored directory). The directory is
+            // still mirrored, like any odd entry, and its contents reported as strays.
+            self.seen.mark(i);
+            Tally::bump(&self.sink.tally.missing);
+            let id = self.snap.live.as_slice()[i];
+            self.sink.error("not_regular", &join(rel, name.to_bytes()), 0, format!("message {id}: not a regular file (a directory); not backed up"));
+            self.sink.progress.add_done(1);
+        }
+        true
+    }
+
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
         let dst = dir.dst.expect("area backups mirror into a destination");
         let rel = join(dir.rel, name.to_bytes());
@@ -325,11 +360,38 @@ mod tests {
         let t = get(&sink.tally);
         assert_eq!(t["linked"], 0);
         assert_eq!(t["errors"], 1);
+        assert_eq!(t["missing"], 1, "the message behind the symlink is not in the backup");
+        assert_eq!(p.position().0, 1);
         // The symlink was recreated as a link, and nothing was written through it.
         assert!(std::fs::symlink_metadata(s.path("dst/msg/a")).unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read_dir(s.path("elsewhere")).unwrap().count(), 1);
         let ev = p.drain();
-        assert!(ev.iter().any(|e| e.path == b"msg/a/5" && e.errno == Errno::NOTDIR.raw_os_error()), "{ev:?}");
+        let errors: Vec<_> = ev.iter().filter(|e| e.severity == crate::progress::Severity::Error).collect();
+        assert_eq!(errors.len(), 1, "{ev:?}");
+        assert_eq!(errors[0].path, b"msg/a");
+        assert!(errors[0].detail.contains("not a directory (a symlink is never followed)"), "{ev:?}");
+    }
+
+    #[test]
+    fn a_directory_at_a_message_path_is_one_clear_error() {
+        let s = Scratch::new("dirmsg");
+        s.file("src/msg/a/5/inside", b"x");
+        s.file("src/msg/a/6", b"six");
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let snap = Snapshot { live: IdSet::new(vec![5, 6]), erasing: IdSet::default(), next_id: 7 };
+        let a = area();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        let policy = LinkPolicy::new(false);
+        AreaBackup::new(&a, &snap, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        let t = get(&sink.tally);
+        assert_eq!((t["linked"], t["missing"], t["errors"]), (1, 1, 1));
+        assert_eq!(p.position().0, 2, "one unit of progress per snapshot message, no more");
+        let ev = p.drain();
+        let errors: Vec<_> = ev.iter().filter(|e| e.severity == crate::progress::Severity::Error).collect();
+        assert_eq!(errors.len(), 1, "{ev:?}");
+        assert_eq!((errors[0].code, errors[0].path.as_slice()), ("not_regular", b"msg/a/5".as_slice()));
+        assert!(errors[0].detail.contains("not a regular file"), "{ev:?}");
     }
 
     #[test]

@@ -62,9 +62,11 @@ class Tally(TypedDict):
     warnings: int
 
 class TransferResult(Tally):
-    """A Tally plus the errno of the first link that had to become a copy (None if none)."""
+    """A Tally plus the errno of the first link that had to become a copy (None if none) and
+    how many files were copied because a link was impossible."""
 
     link_fallback_errno: int | None
+    link_fallbacks: int
 
 class Area(TypedDict, total=False):
     """One message area (the queue or an account) for backup_areas and check_areas."""

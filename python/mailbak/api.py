@@ -187,14 +187,27 @@ def restore_job(backup: PathArg, store: PathArg, *, force_copy: bool, force: boo
     return Restore(Path(backup), Path(store), force_copy=force_copy, force=force, jobs=jobs, reporter=reporter, verbose=verbose)
 
 
-def run_job(job: Any, reporter: Reporter, *, title: str, target: PathArg) -> dict[str, Any]:
+@dataclass
+class JobStage:
+    """How far ``run_job`` got: "check", "run" or "summary", and the run's status once known.
+    The CLI names in its one interrupt line what an interrupted job leaves behind."""
+
+    stage: str = "check"
+    status: str | None = None
+
+
+def run_job(job: Any, reporter: Reporter, *, title: str, target: PathArg, stage: JobStage | None = None) -> dict[str, Any]:
     """Runs a phase object: ``check()`` (raises UsageError, nothing written), ``run()``, then
     the summary; returns the summary facts. Raises UsageError, DestinationFull, OSError, and
-    whatever stops the run (KeyboardInterrupt, the CLI's Interrupted, an ``on_event`` error)."""
+    whatever stops the run (KeyboardInterrupt, the CLI's Interrupted, an ``on_event`` error);
+    ``stage``, when given, tells how far it got."""
+    stage = stage or JobStage()
     job.check()
-    status = job.run()
-    facts = job.facts(status)
-    reporter.summary(f"{title} {status}: {target}", facts, job.table())
+    stage.stage = "run"
+    stage.status = job.run()
+    facts = job.facts(stage.status)
+    stage.stage = "summary"
+    reporter.summary(f"{title} {stage.status}: {target}", facts, job.table())
     return facts
 
 

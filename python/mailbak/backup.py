@@ -46,7 +46,8 @@ from mailbak.layout import (
     read_config,
 )
 from mailbak.report import Reporter, rfc3339
-from mailbak.runner import Runner, UsageError
+from mailbak.testpause import pause
+from mailbak.runner import Runner, UsageError, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 
 #: Per-area counts recorded in the manifest.
@@ -60,19 +61,22 @@ EXDEV_HINT = "DEST on the same file system as the store makes backups nearly fre
 
 
 
-def check_destination(dest: Path) -> None:
-    """DEST must not exist (its parent must) or be an empty directory."""
+def check_destination(dest: Path, action: str = "back up") -> None:
+    """DEST must not exist (its parent must) or be an empty directory; ``action`` names what
+    the user does with it in the hint ("back up", "restore")."""
     try:
         st = os.lstat(dest)
     except FileNotFoundError:
         if not dest.parent.is_dir():
             raise UsageError(f"{dest}: its parent directory does not exist") from None
         return
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{dest}: is a symlink (a symlink is never followed); give the directory it points to itself")
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{dest}: exists and is not a directory")
     try:
         if any(os.scandir(dest)):
-            raise UsageError(f"{dest}: destination is not empty (back up into a new or empty directory)")
+            raise UsageError(f"{dest}: destination is not empty ({action} into a new or empty directory)")
     except PermissionError as e:
         raise UsageError(f"{dest}: cannot read the destination: {e.strerror}") from e
 
@@ -141,11 +145,13 @@ class Backup:
         self.config = None
         #: Whom to act as inside the store (identity.py): its lock files are opened as them.
         self.owner = StoreOwner.of(paths.data_dir)
+        self.exdev_hint = EXDEV_HINT
 
     # Phase 1 ---------------------------------------------------------------------------------
 
     def check(self) -> None:
         """Phase 1; raises UsageError."""
+        pause("backup.check")
         problem = self.paths.problem()
         if problem:
             raise UsageError(problem)
@@ -164,6 +170,7 @@ class Backup:
             make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
             raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
+        self.exdev_hint = link_hint(self.paths.data_dir, self.data_dst, EXDEV_HINT)
         if existed:
             # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
             try:
@@ -178,7 +185,7 @@ class Backup:
         self.runner.new_phase("config")
         self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
-            self.runner.new_phase("databases")
+            self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(self.config.accounts))
             self.snapshot_databases()
             total = sum(a.index.live_count for a in self.areas)
             self.runner.new_phase("messages", total)
@@ -196,7 +203,7 @@ class Backup:
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only)
-        self.runner.note_link_fallback(result, EXDEV_HINT, between=(self.paths.data_dir, self.dest))
+        self.runner.note_link_fallback(result, self.exdev_hint)
         return result
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
@@ -212,12 +219,16 @@ class Backup:
     def snapshot_databases(self) -> None:
         """Phase 4."""
         data = self.paths.data_dir
+        # Progress counts one unit per top-level database and per area (its index and junk
+        # filter), whether copied or not, so that it ends exactly at the phase's total.
         for name in TOP_DATABASES:
             if not os.path.lexists(data / name):
                 self.reporter.warn("missing_database", f"data/{name}", "known database missing from the store; not in the backup")
-                continue
-            self.snapshot(name, data / name, self.data_dst / name)
+            else:
+                self.snapshot(name, data / name, self.data_dst / name)
+            self.runner.step()
         self.add_area("queue", "queue", b"", QUEUE_KNOWN_FILES, "queue")
+        self.runner.step()
         for name, why in self.config.invalid:
             self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
         if not self.config.accounts:
@@ -225,10 +236,12 @@ class Backup:
         if not is_real_dir(data / "accounts"):
             # A symlinked accounts directory would lead every read outside the store.
             self.reporter.error("area_missing", "data/accounts", "not a directory (a symlink is never followed); no account backed up")
+            self.runner.step(len(self.config.accounts))
             return
         make_dir(self.data_dst / "accounts", data / "accounts")
         for name in self.config.accounts:
             self.add_area(name, f"accounts/{name}", b"msg", ACCOUNT_KNOWN_FILES, "account")
+            self.runner.step()
 
     def add_area(self, name: str, rel: str, tree: bytes, known: tuple[str, ...], kind: str) -> None:
         src = self.paths.data_dir / rel
@@ -279,14 +292,16 @@ class Backup:
         ]
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs)
         for area, result in zip(self.areas, results):
-            self.runner.note_link_fallback(result, EXDEV_HINT, between=(self.paths.data_dir, self.dest))
+            self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
-        for area in self.areas:
-            if os.path.lexists(area.src / "junkfilter.bloom"):
-                self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
 
     def copy_other_files(self) -> None:
         """Phase 6."""
+        # Junk filters are plain files: copied here, so that the messages phase counts message
+        # files only and its progress never passes its total.
+        for area in self.areas:
+            if os.path.lexists(area.src / "junkfilter.bloom"):
+                self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
         data = self.paths.data_dir
         handled = {os.fsencode(n) for n in ("queue", "accounts", *NEVER_BACKED_UP, *TOP_DATABASES)}
         handled |= {os.fsencode(n + LOCK_SUFFIX) for n in TOP_DATABASES}

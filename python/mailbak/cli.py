@@ -46,24 +46,40 @@ def fail_usage(reporter, text: str) -> NoReturn:
     sys.exit(EXIT_USAGE)
 
 
+def stop_interrupted(reporter, e: BaseException, what: str) -> NoReturn:
+    """Ctrl-C or SIGTERM: one line, exit status 130, whatever the command was doing."""
+    import signal
+
+    # A second signal while stopping must not turn this into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    reporter.close()
+    click.echo(f"mailbak: interrupted ({e}); {what}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoReturn:
     """Runs a phase object (Backup, Verify, Restore) through the API (``mailbak.api.run_job``:
     ``check()``, ``run()``, the summary) and maps every outcome to its exit status.
     ``left_behind`` tells the user what an aborted run leaves."""
-    from mailbak.api import run_job
+    from mailbak.api import JobStage, run_job
     from mailbak.runner import DestinationFull, Interrupted, UsageError
 
+    stage = JobStage()
     try:
-        facts = run_job(job, reporter, title=title, target=target)
+        facts = run_job(job, reporter, title=title, target=target, stage=stage)
     except UsageError as e:
         fail_usage(reporter, str(e))
     except Interrupted as e:
-        reporter.close()
-        click.echo(f"mailbak: interrupted ({e}); {left_behind}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        if stage.stage == "check" and not os.path.lexists(target):
+            # check() creates the target last; before that, there is nothing to clean up.
+            left_behind = "nothing was written"
+        elif stage.stage == "summary":
+            left_behind = f"the {title} itself finished ({stage.status}); only its summary was cut short"
+        stop_interrupted(reporter, e, left_behind)
     except DestinationFull as e:
         reporter.close()
-        click.echo(f"mailbak: error: the destination cannot take more data: {e}; {left_behind}", err=True)
+        click.echo(f"mailbak: error: {e.what}: {e}; {left_behind}", err=True)
         sys.exit(EXIT_FAILED)
     except OSError as e:
         reporter.close()

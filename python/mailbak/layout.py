@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailbak import _engine
+from mailbak.testpause import pause
 
 #: Format version written to ``data/mailstore-version``.
 FORMAT_VERSION = 1
@@ -117,16 +118,25 @@ def check_account_name(name: str) -> None:
     account directory a single, visible path component: ``..``, ``a/b`` and ``.hidden`` could
     otherwise reach outside ``data/accounts/`` or hide from listings.
     """
+    problem = account_name_problem(name)
+    if problem is not None:
+        raise FormatError("account name is empty" if name == "" else f"account name {name!r} {problem}")
+
+
+def account_name_problem(name: str) -> str | None:
+    """What makes ``name`` an invalid account name (see check_account_name), without repeating
+    the name, or None when it is valid."""
     if not isinstance(name, str) or name == "":
-        raise FormatError("account name is empty")
+        return "is empty"
     if "/" in name or "\0" in name:
-        raise FormatError(f"account name {name!r} contains '/' or NUL")
+        return "contains '/' or NUL"
     if name.startswith("."):
-        raise FormatError(f"account name {name!r} starts with '.'")
+        return "starts with '.'"
     try:
         name.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise FormatError(f"account name {name!r} is not valid UTF-8") from e
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,7 @@ def read_bounded(path: Path, limit: int, missing: str, error: type[Exception]) -
 
 def read_config(config_dir: Path) -> Config:
     """Parses the account list; raises FormatError for a missing, oversized or malformed file."""
+    pause("read_config")
     path = config_dir / CONFIG_FILE
     raw = read_bounded(path, MAX_CONFIG_BYTES, f"missing (a store's config directory has {CONFIG_FILE})", FormatError)
     try:
@@ -168,12 +179,12 @@ def read_config(config_dir: Path) -> Config:
     valid: list[str] = []
     invalid: list[tuple[str, str]] = []
     for name, body in accounts.items():
-        try:
-            check_account_name(name)
-            if not isinstance(body, dict):
-                raise FormatError(f"account {name!r} must be a table")
-        except FormatError as e:
-            invalid.append((name, str(e)))
+        # Reasons never repeat the name: the caller's message starts with it.
+        problem = account_name_problem(name)
+        if problem is not None:
+            invalid.append((name, f"the name {problem}"))
+        elif not isinstance(body, dict):
+            invalid.append((name, "its entry must be a table ([accounts.NAME])"))
         else:
             valid.append(name)
     return Config(tuple(valid), tuple(invalid))
@@ -222,7 +233,8 @@ def escape_path(raw: bytes | str) -> str:
     """A file name for a one-line report, losslessly.
 
     Valid UTF-8 prints as itself; each byte that is not is written ``\\xNN``, a backslash is
-    doubled, and control characters (newline included) are written ``\\n``, ``\\t`` or ``\\xNN``,
+    doubled, and control characters (newline included; C1 controls as their UTF-8 bytes) are
+    written ``\\n``, ``\\t`` or ``\\xNN``,
     so a hostile name can neither forge report lines nor lose bytes.
     """
     if isinstance(raw, str):
@@ -241,6 +253,9 @@ def escape_path(raw: bytes | str) -> str:
             out.append("\\t")
         elif o < 0x20 or o == 0x7F:
             out.append(f"\\x{o:02x}")
+        elif 0x80 <= o <= 0x9F:
+            # C1 controls (U+009B is a CSI on some terminals): their UTF-8 bytes, so nothing is lost.
+            out.append("".join(f"\\x{b:02x}" for b in ch.encode("utf-8")))
         else:
             out.append(ch)
     return "".join(out)

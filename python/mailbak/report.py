@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from mailbak.layout import escape_path
+from mailbak.testpause import pause
 
 #: Lines shown per event code on a terminal before further ones are only counted; every event
 #: still goes to --json output and into the counts.
@@ -115,6 +116,12 @@ class Reporter:
         return elapsed, remaining, rate
 
 
+def _escaped(table: list[tuple[str, ...]] | None) -> list[tuple[str, ...]] | None:
+    """A summary table with every cell escaped like a path: cells hold account names, which
+    must not forge lines or move the cursor on a terminal."""
+    return None if table is None else [tuple(escape_path(str(c)) for c in row) for row in table]
+
+
 def _b(path: bytes | str | None) -> bytes | None:
     if path is None or isinstance(path, bytes):
         return path
@@ -177,7 +184,9 @@ class PlainReporter(Reporter):
         if self.quiet and facts.get("status") in ("ok", "clean"):
             return
         hidden = {c: n - HUMAN_LINES_PER_CODE for c, n in self._shown.items() if n > HUMAN_LINES_PER_CODE}
-        print(title, file=self.out)
+        print(escape_path(title), file=self.out)
+        pause("summary")
+        table = _escaped(table)
         if table:
             widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
             for row in table:
@@ -232,13 +241,17 @@ class RichReporter(PlainReporter):
         if self.quiet and facts.get("status") in ("ok", "clean"):
             return
         from rich.table import Table
+        from rich.text import Text
 
-        t = Table(title=title, show_header=bool(table), title_justify="left")
+        # Text, not str: rich would read brackets in a name as markup.
+        t = Table(title=Text(escape_path(title)), show_header=bool(table), title_justify="left")
+        table = _escaped(table)
         if table:
             for h in table[0]:
-                t.add_column(str(h), justify="right" if h not in ("", "area", "check") else "left")
+                t.add_column(Text(h), justify="right" if h not in ("", "area", "check") else "left")
             for row in table[1:]:
-                t.add_row(*(str(c) for c in row))
+                t.add_row(*(Text(c) for c in row))
+        pause("summary")
         self.out_console.print(t)
         for code, n in sorted(self._shown.items()):
             if n > HUMAN_LINES_PER_CODE:

@@ -28,7 +28,7 @@ from mailbak.backup import check_destination, make_dir
 from mailbak.identity import PROC_FD
 from mailbak.layout import is_real_dir
 from mailbak.report import Reporter
-from mailbak.runner import Runner, UsageError
+from mailbak.runner import Runner, UsageError, link_hint
 from mailbak.testpause import pause
 from mailbak.verify import Verify
 
@@ -67,6 +67,7 @@ class Restore:
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
+        pause("restore.check")
         if not self.backup.is_dir():
             raise UsageError(f"{self.backup}: not a directory")
         try:
@@ -81,7 +82,7 @@ class Restore:
         for part in ("config", "data"):
             if not is_real_dir(self.backup / part):
                 raise UsageError(f"{self.backup}: no {part}/ directory; not a mailbak backup")
-        check_destination(self.store)
+        check_destination(self.store, "restore")
         b, t = self.backup.resolve(), self.store.resolve()
         if t.is_relative_to(b) or b.is_relative_to(t):
             raise UsageError(f"{self.store}: the target is inside the backup (or holds it); restore elsewhere")
@@ -191,7 +192,7 @@ class Restore:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)
         for k in self.counts:
             self.counts[k] += result[k]
-        self.runner.note_link_fallback(result, "the backup is on another file system", between=(self.backup, self.store))
+        self.runner.note_link_fallback(result, link_hint(self.backup / "data", self.store / "data", "the backup is on another file system"))
 
     def facts(self, result: str) -> dict[str, Any]:
         facts: dict[str, Any] = {"status": result, "store": str(self.store), **self.counts}

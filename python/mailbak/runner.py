@@ -14,6 +14,8 @@ import os
 import select
 import signal
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 from mailbak import _engine
@@ -36,7 +38,29 @@ class Interrupted(BaseException):
 
 
 class DestinationFull(Exception):
-    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS); the run stops."""
+    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS); the run stops. ``what``
+    says which place is full, for the one line the command prints."""
+
+    def __init__(self, text: str, what: str = "the destination cannot take more data"):
+        super().__init__(text)
+        self.what = what
+
+
+def link_hint(src: Path, dst: Path, other_fs: str) -> str:
+    """The hint for hardlinks from ``src`` to ``dst`` failing with EXDEV: ``other_fs`` when
+    they are on different file systems; when both have the same ``st_dev``, they are one file
+    system reached through different mounts (a bind mount), which links cannot cross either."""
+    try:
+        same = os.stat(src).st_dev == os.stat(dst).st_dev
+    except OSError:
+        return other_fs
+    if not same:
+        return other_fs
+    return (
+        f"{src} and {dst} are on the same file system but reached through different mounts (a bind mount, or systemd's "
+        "ReadWritePaths= naming each of them); hardlinks cannot cross mounts: use one mount for both, e.g. ReadWritePaths= "
+        "naming one common parent (docs/OPERATIONS.md)"
+    )
 
 
 def is_destination_full(text: str) -> bool:
@@ -54,9 +78,13 @@ class Runner:
         self.fatal: Event | None = None
         # Per-file lines (--verbose only) the engine could not queue, over all phases.
         self.dropped = 0
-        self.link_warning_given = False
         # Bytes the engine wrote by copying, over all calls (for --metrics-file).
         self.bytes_copied = 0
+        # (errno, hint) of the first link that became a copy, and how many files did, over all
+        # calls: the one warning, given by finish(), says how many.
+        self.link_fallback: tuple[int, str] | None = None
+        self.link_fallbacks = 0
+        self.last_step_relay = 0.0
 
     def relay(self) -> None:
         """Moves queued events and the current position to the reporter."""
@@ -128,21 +156,33 @@ class Runner:
                 self.bytes_copied += tally.get("bytes_copied") or 0
         return value
 
-    def note_link_fallback(self, result: dict[str, Any], exdev_hint: str, *, between: tuple[os.PathLike[str], os.PathLike[str]] | None = None) -> None:
-        """One warning per run when an engine call had to copy instead of hardlinking.
-        ``between`` names the source and destination: on one file system (same st_dev), EXDEV
-        means two mounts of it, and the hint says so instead of ``exdev_hint``."""
+    def note_link_fallback(self, result: dict[str, Any], exdev_hint: str) -> None:
+        """Notes files an engine call copied because hardlinking them was impossible; finish()
+        gives one warning per run with their number."""
         err = result.get("link_fallback_errno")
-        if not err or self.link_warning_given:
-            return
-        self.link_warning_given = True
-        if err == errno.EXDEV and between is not None and same_device(*between):
-            exdev_hint = BIND_MOUNT_HINT
-        hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
-        self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}); message files are copied instead{hint}")
+        if err and self.link_fallback is None:
+            self.link_fallback = (err, exdev_hint)
+        self.link_fallbacks += result.get("link_fallbacks", 0)
+
+    def step(self, n: int = 1) -> None:
+        """Counts ``n`` units of the phase's work done in Python (databases, for one), and shows
+        them at most every POLL_SECONDS (a store with 100k accounts steps 100k times)."""
+        self.progress.add_done(n)
+        now = time.monotonic()
+        if now - self.last_step_relay >= POLL_SECONDS:
+            self.last_step_relay = now
+            self.relay()
 
     def finish(self) -> None:
-        """Relays what is left and says so if per-file lines were lost (counts stay exact)."""
+        """Relays what is left, gives the link-fallback warning, and says so if per-file lines
+        were lost (counts stay exact)."""
+        if self.link_fallback is not None and self.link_fallbacks:
+            err, exdev_hint = self.link_fallback
+            hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
+            n = self.link_fallbacks
+            files = "file was" if n == 1 else "files were"
+            self.reporter.warn("link_fallback", None, f"hardlinks are not possible ({os.strerror(err)}): {n} {files} copied instead of hardlinked{hint}")
+            self.link_fallback, self.link_fallbacks = None, 0
         self.relay()
         self.dropped += self.progress.dropped
         if self.dropped:
@@ -158,20 +198,6 @@ class Runner:
             self.progress.add_total(total)
         self.reporter.phase(name, total)
 
-
-#: The hint when hardlinks fail with EXDEV on one file system.
-BIND_MOUNT_HINT = (
-    "the source and DEST are on the same file system but reached through different mounts (a bind mount, "
-    "or systemd's ReadWritePaths= naming each of them): use one mount for both, e.g. ReadWritePaths= naming "
-    "one common parent (docs/OPERATIONS.md)"
-)
-
-
-def same_device(a: os.PathLike[str], b: os.PathLike[str]) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
 
 
 def install_signal_handlers() -> None:

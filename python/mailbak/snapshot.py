@@ -193,6 +193,9 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCo
         raise SnapshotError(f"cannot stat: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
         raise SnapshotError("not a regular file (a symlink or special file is never opened)")
+    if st.st_size == 0:
+        # LMDB would say "Bad file descriptor" (it refuses to create in read-only mode).
+        raise SnapshotError("empty file, not an LMDB database")
     try:
         env = open_readonly(src, owner)
     except lmdb.Error as e:
@@ -202,6 +205,7 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCo
         for _ in range(CHECK_ATTEMPTS):
             with env.begin() as txn:
                 txnid = txn.id()
+                pause("snapshot")
                 try:
                     summary = _engine.lmdb_check(src, txnid)
                 except _engine.LmdbError as e:

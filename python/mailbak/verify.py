@@ -39,7 +39,8 @@ from mailbak import _engine, manifest
 from mailbak.identity import StoreOwner
 from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
-from mailbak.runner import Runner, UsageError
+from mailbak.runner import DestinationFull, Runner, UsageError
+from mailbak.testpause import pause
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 
 #: Counts shown per area (each area also keeps its "errors").
@@ -88,6 +89,7 @@ class Verify:
         self.owner: StoreOwner | None = None
 
     def check(self) -> None:
+        pause("verify.check")
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
         self.live = is_live_store(self.path)
@@ -119,7 +121,7 @@ class Verify:
             # In a live store, hold the lease like a backup: writers then defer removing the files
             # of the snapshots until they are checked, instead of making them look missing.
             with ReaderLease(self.paths.data_dir, self.reporter) if self.live else nullcontext():
-                self.runner.new_phase("databases")
+                self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(config.accounts))
                 self.check_top_databases()
                 indexes = self.read_indexes(config)
                 total = sum(ix.live_count for _, _, ix in indexes)
@@ -158,11 +160,17 @@ class Verify:
             except SnapshotError as e:
                 self.reporter.error("database", f"data/{rel}", str(e))
                 return None
+            except DestinationFull as e:
+                # The snapshots go to a temporary directory, not into PATH: name it.
+                raise DestinationFull(str(e), f"the temporary directory {self.tmp} is full (verify of a live store copies each database there; set TMPDIR to a directory with room for the largest databases)") from e
             return dst
         try:
             st = os.lstat(src)
             if not stat.S_ISREG(st.st_mode):
                 self.reporter.error("database", f"data/{rel}", "not a regular file")
+                return None
+            if st.st_size == 0:
+                self.reporter.error("database", f"data/{rel}", "empty file, not an LMDB database")
                 return None
             _engine.lmdb_check(src)
         except FileNotFoundError:
@@ -190,6 +198,7 @@ class Verify:
                 self.database(name)
             else:
                 self.reporter.warn("missing_database", f"data/{name}", "known database missing")
+            self.runner.step()
 
     def read_indexes(self, config) -> list[tuple[str, str, Index]]:
         """Checks and reads the queue's and each account's index (check 2 and 4)."""
@@ -197,6 +206,8 @@ class Verify:
         for name, why in config.invalid:
             self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}")
         for name, rel, kind in [("queue", "queue", "queue")] + [(n, f"accounts/{n}", "account") for n in config.accounts]:
+            # One unit of progress per area (its index and junk filter), however it ends.
+            self.runner.step()
             if not is_real_dir(self.paths.data_dir / rel) or (kind == "account" and not is_real_dir(self.paths.data_dir / "accounts")):
                 continue  # reported by check 6 (accounts) or below (queue); symlinks are never followed
             for extra in ("junkfilter.db",):
