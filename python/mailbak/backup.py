@@ -258,6 +258,8 @@ class Backup:
                 "tree": a.tree,
                 "known": [k.encode() for k in a.known],
                 "live": a.index.live,
+                "sizes": a.index.sizes,
+                "unknown_sizes": a.index.unknown_sizes,
                 "erasing": a.index.erasing,
                 "next_id": a.index.new_from,
                 "prefix": f"data/{a.rel}".encode(),

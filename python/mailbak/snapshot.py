@@ -63,6 +63,8 @@ class Index:
 
     live: bytes
     sizes: bytes
+    #: Live IDs whose record has no readable size (their entry in ``sizes`` means nothing).
+    unknown_sizes: bytes
     erasing: bytes
     highest: int
     records: int

@@ -228,6 +228,7 @@ class Verify:
                     "known": [k.encode() for k in (QUEUE_KNOWN_FILES if queue else ACCOUNT_KNOWN_FILES)],
                     "live": index.live,
                     "sizes": index.sizes,
+                    "unknown_sizes": index.unknown_sizes,
                     "erasing": index.erasing,
                     "next_id": index.new_from,
                     "prefix": f"data/{rel}".encode(),
