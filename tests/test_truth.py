@@ -157,3 +157,169 @@ def test_size_2_64_minus_1_is_checked_like_any_size(store, tmp_path):
     b = run_cli("backup", "--json", store, tmp_path / "b")
     assert b.returncode == 1, b.stdout + b.stderr
     assert any(l.get("code") == "size_mismatch" and l["path"] == rel for l in json_lines(b.stdout))
+
+
+# 14.4: backup ok implies verify of that backup clean, over a corpus of damaged stores ---------
+
+
+def put_record(root: Path, id_: int, change: Callable[[dict], None], account: str | None = ACC, name: str = "message") -> None:
+    def fn(env, txn):
+        db = table(env, txn, name)
+        rec = unpack(txn.get(id_key(id_), db=db))
+        change(rec)
+        txn.put(id_key(id_), pack(rec), db=db)
+
+    edit(index_path(root, account), fn)
+
+
+def put_raw(root: Path, name: str, key: bytes, value: bytes, account: str | None = ACC) -> None:
+    edit(index_path(root, account), lambda env, txn: txn.put(key, value, db=table(env, txn, name)))
+
+
+def next_id(root: Path, account: str | None = ACC) -> int:
+    env = lmdb.open(str(index_path(root, account)), subdir=False, readonly=True, lock=False, max_dbs=8)
+    try:
+        with env.begin() as txn:
+            return int.from_bytes(txn.get(b"next_id", db=table(env, txn, "meta")), "big")
+    finally:
+        env.close()
+
+
+def set_next_id(root: Path, value: int, account: str | None = ACC) -> None:
+    put_raw(root, "meta", b"next_id", value.to_bytes(8, "big"), account)
+
+
+def write_at(root: Path, id_: int, data: bytes = b"x" * 10) -> None:
+    p = msg_file(root, id_)
+    p.parent.mkdir(exist_ok=True)
+    p.write_bytes(data)
+
+
+def truncate(root: Path) -> None:
+    p = msg_file(root, live_ids(root)[1])
+    p.write_bytes(p.read_bytes()[:-3])
+
+
+def grow(root: Path) -> None:
+    with open(msg_file(root, live_ids(root)[1]), "ab") as f:
+        f.write(b"more")
+
+
+def corrupt_index(root: Path) -> None:
+    p = index_path(root)
+    size = p.stat().st_size
+    with open(p, "r+b") as f:
+        f.seek(2 * 4096)  # past both meta pages: every tree page
+        f.write(b"\x5a" * (size - 2 * 4096))
+
+
+def symlinked_message(root: Path) -> None:
+    p = msg_file(root, live_ids(root)[1])
+    p.unlink()
+    p.symlink_to("/etc/hostname")
+
+
+def erase_still_queued(root: Path) -> None:
+    queued = live_ids(root, None)
+    assert queued, "the generated store has a queue"
+    put_raw(root, "msg_erase", id_key(queued[0]), b"", None)
+
+
+def expunge_inbox(root: Path) -> None:
+    mb = records(root)[live_ids(root)[0]]["mailbox_id"]
+    put_record(root, mb, lambda r: r.update(expunged=True), name="mailbox")
+
+
+def orphan(root: Path) -> None:
+    highest = max(records(root))
+    set_next_id(root, max(next_id(root), highest + 10))
+    write_at(root, highest + 1)
+
+
+def file_above_next_id(root: Path) -> None:
+    write_at(root, next_id(root) + 3)
+
+
+def erasing_with_file(root: Path) -> None:
+    expunged = sorted(i for i, r in records(root).items() if r["expunged"])
+    assert expunged, "the generated store has expunged messages"
+    put_raw(root, "message_erase", id_key(expunged[0]), b"")
+    write_at(root, expunged[0])
+
+
+#: Damages that verify of the backup would call an error, each with the code backup must name.
+DAMAGING: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated_message": (truncate, "size_mismatch"),
+    "grown_message": (grow, "size_mismatch"),
+    "size_2_64_minus_1": (set_size_max, "size_mismatch"),
+    "missing_message_file": (lambda r: msg_file(r, live_ids(r)[2]).unlink(), "missing"),
+    "symlink_at_message_path": (symlinked_message, "not_regular"),
+    "live_record_in_message_erase": (lambda r: put_raw(r, "message_erase", id_key(live_ids(r)[0]), b""), "erase_not_expunged"),
+    "id_at_or_above_next_id": (lambda r: set_next_id(r, live_ids(r)[-1]), "id_above_next"),
+    "key_ff_ff": (add_key_ffff, "bad_key"),
+    "record_not_msgpack": (lambda r: put_raw(r, "message", id_key(live_ids(r)[0]), b"\xc1 not msgpack"), "bad_record"),
+    "uid_not_below_uidnext": (lambda r: put_record(r, live_ids(r)[0], lambda m: m.update(uid=10**9)), "uid_not_below_uidnext"),
+    "unknown_mailbox": (lambda r: put_record(r, live_ids(r)[0], lambda m: m.update(mailbox_id=999_999)), "unknown_mailbox"),
+    "live_in_expunged_mailbox": (expunge_inbox, "live_in_expunged_mailbox"),
+    "erase_entry_without_record": (lambda r: put_raw(r, "message_erase", id_key(max(records(r)) + 1), b""), "erase_unknown"),
+    "erase_entry_with_value": (lambda r: put_raw(r, "message_erase", id_key(sorted(i for i, m in records(r).items() if m["expunged"])[0]), b"x"), "erase_value"),
+    "queued_message_being_erased": (erase_still_queued, "erase_still_queued"),
+    "corrupt_index": (corrupt_index, "database"),
+    "account_directory_missing": (lambda r: shutil.rmtree(r / "data" / "accounts" / "user0001"), "area_missing"),
+}
+
+def stray_in_message_dir(root: Path) -> None:
+    (msg_file(root, live_ids(root)[0]).parent / "notes.txt").write_text("x")
+
+
+def unconfigured_account_dir(root: Path) -> None:
+    (root / "data" / "accounts" / "stranger").mkdir()
+    (root / "data" / "accounts" / "stranger" / "f").write_text("x")
+
+
+#: Oddities that are warnings at most (backup ok, and then verify of the backup must be clean),
+#: each with its evidence in the backup's output: a warning code, or a count of the account.
+BENIGN: dict[str, tuple[Callable[[Path], None], str]] = {
+    "orphan_below_next_id": (orphan, "orphan_message"),
+    "file_above_next_id": (file_above_next_id, "count:skipped_new"),
+    "erasing_message_with_file": (erasing_with_file, "count:skipped_erasing"),
+    "stray_in_message_dir": (stray_in_message_dir, "unrecognized"),
+    "unconfigured_account_dir": (unconfigured_account_dir, "unrecognized"),
+    "missing_top_database": (lambda r: (r / "data" / "mtasts.db").unlink(), "missing_database"),
+    "lock_file_of_an_unknown_database": (lambda r: (r / "data" / "extra.db-lock").write_bytes(b"\0" * 64), "unrecognized"),
+}
+
+
+def backup_then_verify(store: Path, dest: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    b = run_cli("backup", "--json", store, dest)
+    assert "Traceback" not in b.stderr, b.stderr
+    v = run_cli("verify", "--json", dest)
+    assert "Traceback" not in v.stderr, v.stderr
+    # The rule, for every store whatever its damage.
+    if b.returncode == 0:
+        assert v.returncode == 0, f"backup ok but verify of it found: {codes(v)}\n{v.stdout}"
+    return b, v
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGING))
+def test_backup_names_what_verify_of_the_backup_would_call_an_error(store, tmp_path, case):
+    damage, code = DAMAGING[case]
+    damage(store)
+    b, v = backup_then_verify(store, tmp_path / "b")
+    assert b.returncode == 1, b.stdout + b.stderr
+    assert code in codes(b), codes(b)
+    assert manifest_of(tmp_path / "b")["status"] == "failed"
+    assert v.returncode == 1
+
+
+@pytest.mark.parametrize("case", sorted(BENIGN))
+def test_backup_ok_of_an_odd_store_verifies_clean(store, tmp_path, case):
+    damage, evidence = BENIGN[case]
+    damage(store)
+    b, v = backup_then_verify(store, tmp_path / "b")
+    assert b.returncode == 0, b.stdout + b.stderr
+    if evidence.startswith("count:"):
+        assert manifest_of(tmp_path / "b")["accounts"][ACC][evidence[6:]] > 0
+    else:
+        assert evidence in codes(b, "warning"), codes(b, "warning")
+    assert v.returncode == 0

@@ -49,7 +49,7 @@ from mailbak.runner import Runner, UsageError
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 
 #: Per-area counts recorded in the manifest.
-AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "errors", "warnings")
+AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
 
 #: The columns of the summary table, a subset of AREA_COUNTS, with their headings.
 TABLE_COLUMNS = (("linked", "linked"), ("copied", "copied"), ("skipped_new", "new"), ("skipped_erasing", "erasing"), ("orphans", "orphans"), ("unrecognized", "unrecognized"), ("missing", "missing"))
@@ -242,12 +242,23 @@ class Backup:
             self.reporter.error("area_unreadable", f"data/{rel}/index.db", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
-        for code, id_, detail in index.problems:
-            if code.startswith(("bad_", "missing_")):
-                self.reporter.error(code, f"data/{rel}/index.db", f"{detail} (files of such records are kept if present)")
+        self.report_index_problems(rel, index)
         if kind == "account" and os.path.lexists(src / "junkfilter.db"):
             self.snapshot(f"{rel}/junkfilter.db", src / "junkfilter.db", dst / "junkfilter.db")
         self.areas.append(Area(name, rel, src, dst, index, tree, known))
+
+    def report_index_problems(self, rel: str, index: Index) -> None:
+        """Every problem verify of the backup will report about this index is an error of the
+        backup too, so that a backup called ok always verifies clean; the snapshot is still
+        backed up as it is (it is the best copy there is)."""
+        where = f"data/{rel}/index.db"
+        for code, id_, detail in index.problems:
+            if code.startswith(("bad_", "missing_")):
+                self.reporter.error(code, where, f"{detail} (files of such records are kept if present)")
+            else:
+                self.reporter.error(code, where, f"{detail}; backed up as it is")
+        if index.problem_count > len(index.problems):
+            self.reporter.error("more_problems", where, f"{index.problem_count - len(index.problems)} more record problems not listed")
 
     def backup_areas(self) -> None:
         """Phase 5: every area in one engine call, so workers spread over all of them."""
