@@ -108,6 +108,178 @@ def backup(store, tmp_path) -> Path:
     return dest
 
 
+# 9.3: a backup says it is a backup, from its first byte --------------------------------------
+
+
+def add_store_lookalikes(backup: Path) -> None:
+    """What once made verify take a backup for a live store: lock files and a data/tmp/."""
+    (backup / "data" / "auth.db-lock").write_bytes(b"\0" * 8192)
+    (backup / "data" / "accounts" / ACC / "index.db-lock").write_bytes(b"\0" * 8192)
+    (backup / "data" / "tmp").mkdir()
+
+
+def test_backup_holding_lock_files_is_still_a_backup_and_verify_writes_nothing(backup):
+    add_store_lookalikes(backup)
+    before = listing_with_mtimes(backup)
+    v = run_cli("verify", "--json", backup)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert json_lines(v.stdout)[-1]["kind"] == "backup"
+    # A failed backup fails verify, lock files or not: its manifest is checked.
+    m = manifest_of(backup)
+    m["status"], m["errors"] = "failed", 2
+    (backup / "mailbak.json").write_text(json.dumps(m))
+    before = listing_with_mtimes(backup)
+    time.sleep(0.01)  # so that a write would show in an mtime
+    v = run_cli("verify", "--json", backup)
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "backup_failed" in codes(v)
+    assert listing_with_mtimes(backup) == before, "verify wrote into a backup"
+
+
+def test_running_manifest_with_lock_files_is_incomplete(backup):
+    add_store_lookalikes(backup)
+    m = manifest_of(backup)
+    (backup / "mailbak.json").write_text(json.dumps({"kind": m["kind"], "manifest_version": 1, "status": "running", "started": m["started"]}))
+    before = listing_with_mtimes(backup)
+    v = run_cli("verify", "--json", backup)
+    assert v.returncode == 1 and "incomplete" in codes(v), v.stdout + v.stderr
+    assert listing_with_mtimes(backup) == before
+
+
+def start_paused_backup(store: Path, dest: Path, point: str, pause_dir: Path) -> subprocess.Popen:
+    env = {**CLI_ENV, "MAILBAK_TEST_PAUSE": point, "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
+    p = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", "--json", str(store), str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while not (pause_dir / f"{point}.reached").exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, f"the backup never reached {point}"
+        time.sleep(0.01)
+    return p
+
+
+@pytest.mark.parametrize("point", ["backup.started", "backup.before_manifest"])
+def test_killed_backup_leaves_a_running_manifest_that_verify_calls_incomplete(store, tmp_path, point):
+    dest, pause_dir = tmp_path / "b", tmp_path / "pause"
+    pause_dir.mkdir()
+    p = start_paused_backup(store, dest, point, pause_dir)
+    m = manifest_of(dest)
+    assert m["status"] == "running" and m["kind"] == "mailbak-backup" and m["started"]
+    if point == "backup.started":
+        # The manifest is the first thing in DEST.
+        assert os.listdir(dest) == ["mailbak.json"]
+    else:
+        # Everything is there but the final manifest: still incomplete.
+        assert (dest / "data" / "accounts" / ACC / "index.db").exists()
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    before = listing_with_mtimes(dest)
+    v = run_cli("verify", "--json", dest)
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "incomplete" in codes(v)
+    assert json_lines(v.stdout)[-1]["manifest"] == "incomplete"
+    assert listing_with_mtimes(dest) == before
+    r = run_cli("restore", dest, tmp_path / "restored")
+    assert r.returncode == 2 and "incomplete" in r.stderr, r.stderr
+    assert not (tmp_path / "restored").exists()
+
+
+# 14.3: verify checks a backup against its manifest ------------------------------------------
+
+
+def verify_codes(backup: Path) -> tuple[int, list[dict]]:
+    v = run_cli("verify", "--json", backup)
+    assert "Traceback" not in v.stderr, v.stderr
+    return v.returncode, [l for l in json_lines(v.stdout) if l["message_type"] == "error"]
+
+
+def has(errors: list[dict], code: str, path: str, text: str = "") -> bool:
+    return any(e["code"] == code and e["path"] == path and text in e["cause"] for e in errors)
+
+
+def test_deleted_databases_files_and_accounts_are_errors(backup):
+    m = manifest_of(backup)
+    assert "auth.db" in m["databases"] and "receivedid.key" in m["files"] and "user0001" in m["accounts"]
+    (backup / "data" / "auth.db").unlink()
+    (backup / "data" / "receivedid.key").unlink()
+    shutil.rmtree(backup / "data" / "accounts" / "user0001")
+    cfg = backup / "config" / "mailstore.toml"
+    text = cfg.read_text()
+    assert '[accounts."user0001"]' in text
+    cfg.write_text(text.replace('[accounts."user0001"]', "[unrelated]"))
+    rc, errors = verify_codes(backup)
+    assert rc == 1
+    assert has(errors, "not_in_backup", "data/auth.db", "database")
+    assert has(errors, "not_in_backup", "data/receivedid.key", "file")
+    assert has(errors, "not_in_backup", "data/accounts/user0001", "directory")
+    assert has(errors, "not_in_backup", "config/mailstore.toml", "'user0001'")
+    r = run_cli("restore", backup, backup.parent / "restored")
+    assert r.returncode == 1, r.stdout + r.stderr
+
+
+def test_replaced_database_of_another_size_is_an_error(backup, tmp_path):
+    other = tmp_path / "other.db"
+    env = lmdb.open(str(other), subdir=False)
+    with env.begin(write=True) as txn:
+        for i in range(200):
+            txn.put(b"k%d" % i, b"v" * 100)
+    env.close()
+    want = manifest_of(backup)["databases"]["mtasts.db"]["bytes"]
+    assert other.stat().st_size != want
+    os.replace(other, backup / "data" / "mtasts.db")
+    rc, errors = verify_codes(backup)
+    assert rc == 1 and has(errors, "manifest_mismatch", "data/mtasts.db", f"size is {(backup / 'data' / 'mtasts.db').stat().st_size}, the manifest says {want}")
+
+
+#: Offset of the transaction ID in LMDB's second meta page (4 KiB pages, 64-bit): page header
+#: (16) + magic, version, address, mapsize (24) + two MDB_db (96) + last_pg (8).
+META1_TXNID = 4096 + 144
+
+
+def test_database_of_another_transaction_is_an_error(backup):
+    db = backup / "data" / "auth.db"
+    want = manifest_of(backup)["databases"]["auth.db"]["copy_txnid"]
+    with open(db, "r+b") as f:
+        f.seek(META1_TXNID)
+        assert int.from_bytes(f.read(8), "little") == want, "the offset finds the copy's txnid"
+        f.seek(META1_TXNID)
+        f.write((want + 41).to_bytes(8, "little"))
+    size = db.stat().st_size
+    rc, errors = verify_codes(backup)
+    assert rc == 1 and has(errors, "manifest_mismatch", "data/auth.db", f"transaction ID is {want + 41}, the manifest says {want}")
+    assert db.stat().st_size == manifest_of(backup)["databases"]["auth.db"]["bytes"] == size
+
+
+def test_index_with_a_record_less_is_an_error(backup):
+    """Deleting a live record leaves a consistent index and an orphan file (a warning): only
+    the manifest can tell that a message is gone."""
+    victim = live_ids(backup)[0]
+    env = lmdb.open(str(index_path(backup)), subdir=False, lock=False, max_dbs=8)
+    with env.begin(write=True) as txn:
+        assert txn.delete(id_key(victim), db=table(env, txn, "message"))
+    env.close()
+    want = manifest_of(backup)["accounts"][ACC]["live"]
+    rc, errors = verify_codes(backup)
+    assert rc == 1
+    assert has(errors, "manifest_mismatch", f"data/accounts/{ACC}/index.db", f"live of the index is {want - 1}, the manifest says {want}")
+    assert has(errors, "manifest_mismatch", f"data/accounts/{ACC}/index.db", "records of the index is")
+
+
+def test_altered_known_file_is_an_error(backup):
+    with open(backup / "data" / "receivedid.key", "ab") as f:
+        f.write(b"x")
+    rc, errors = verify_codes(backup)
+    assert rc == 1 and has(errors, "manifest_mismatch", "data/receivedid.key", "size is")
+
+
+@pytest.mark.parametrize("field", ["databases", "files"])
+def test_manifest_naming_paths_outside_the_backup_is_malformed(backup, field):
+    m = manifest_of(backup)
+    m[field]["../../etc/passwd"] = {"txnid": 1, "copy_txnid": 1, "bytes": 1}
+    (backup / "mailbak.json").write_text(json.dumps(m))
+    rc, errors = verify_codes(backup)
+    assert rc == 1 and any(e["code"] == "manifest" and "malformed" in e["cause"] for e in errors)
+
+
 # 14.5: hostile values ------------------------------------------------------------------------
 
 

@@ -162,8 +162,15 @@ def test_garbage_lmdb_file_is_reported(backup):
     assert "data/dmarcrpt.db: damaged: corrupt" in p.stderr
 
 
-def test_missing_manifest_is_incomplete(backup):
+def test_running_or_missing_manifest_is_incomplete(backup):
+    m = manifest_of(backup)
+    (backup / "mailbak.json").write_text(json.dumps({"kind": m["kind"], "manifest_version": 1, "status": "running", "started": m["started"]}))
+    p = verify(backup)
+    assert p.returncode == 1
+    assert "incomplete backup: it started at" in p.stderr and "its manifest still says \"running\"" in p.stderr
+    # Without config/mailstore.toml it is no store: what is left of a backup without a manifest.
     (backup / "mailbak.json").unlink()
+    (backup / "config" / "mailstore.toml").unlink()
     p = verify(backup)
     assert p.returncode == 1
     assert "no manifest: the backup is incomplete" in p.stderr

@@ -2,7 +2,8 @@
 
 The phases, in order:
 1. **Check.** STORE must look like a store, its config must parse, DEST must be absent or an
-   empty directory. Any problem here is bad input: exit 2, nothing written.
+   empty directory. Any problem here is bad input: exit 2, nothing written. Then, first of
+   all, ``DEST/mailbak.json`` is written with ``"status": "running"`` (``manifest.py``).
 2. **Config.** ``config/`` is copied: directories and files with their permission bits,
    symlinks recreated (never followed), special files skipped with a warning.
 3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
@@ -13,8 +14,10 @@ The phases, in order:
    files added after the snapshot or being erased, and reports and copies anything else.
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
-7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is written
-   atomically. Without it a destination is an incomplete backup.
+7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
+   atomically with ``ok`` or ``failed`` and the facts. It was first written in phase 1, with
+   ``running``, before anything else in DEST: a destination whose manifest still says so is an
+   incomplete backup.
 
 Not guaranteed: databases are separate snapshots taken one after the other (LMDB has no
 transaction across files); each area's files agree with its own index, which is what matters.
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailbak import __version__, _engine, manifest
+from mailbak import __version__, _engine, manifest, testpause
 from mailbak.layout import (
     ACCOUNT_KNOWN_FILES,
     LEASE_FILE,
@@ -122,6 +125,8 @@ class Backup:
         self.data_dst = dest / "data"
         self.started = time.time()
         self.databases: dict[str, dict[str, int]] = {}
+        #: Known plain files in the backup (rel -> {"bytes": n}), for the manifest.
+        self.files: dict[str, dict[str, int]] = {}
         self.areas: list[Area] = []
         self.plain_accounts: list[str] = []
         # Configured account names whose entry is not a directory (a symlink, a file): copied as
@@ -147,6 +152,10 @@ class Backup:
         try:
             if not existed:
                 os.mkdir(self.dest, 0o700)
+            # Before anything else: from here on DEST says it is a backup (an incomplete one
+            # until the manifest is replaced at the end), never a store to be written to.
+            manifest.write(self.dest, self.running_facts())
+            testpause.pause("backup.started")
             make_dir(self.dest / "config", self.paths.config_dir)
             make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
@@ -173,10 +182,12 @@ class Backup:
             lease.release()
         self.runner.new_phase("other files")
         self.copy_other_files()
+        self.record_known_files()
         self.runner.finish()
         # The engine's own tallies as well as the events received: a lost event must never turn
         # a failed backup into an ok one.
         status = "failed" if self.facts("")["errors"] else "ok"
+        testpause.pause("backup.before_manifest")
         _engine.syncfs(self.dest)
         manifest.write(self.dest, self.facts(status))
         return status
@@ -193,7 +204,7 @@ class Backup:
         except SnapshotError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
-        self.databases[rel] = {"txnid": copy.txnid, "bytes": copy.size}
+        self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size}
         return True
 
     def snapshot_databases(self) -> None:
@@ -322,6 +333,18 @@ class Backup:
             names = [n for n in os.listdir(os.fsencode(src)) if not n.endswith(LOCK_SUFFIX.encode())]
             self.copy_tree(src, self.data_dst / rel, f"data/{rel}".encode(), only=names)
 
+    def record_known_files(self) -> None:
+        """Names, for the manifest, the known plain files the backup holds (docs/FORMAT.md
+        section 1), with their sizes as copied: verify then finds one deleted or altered."""
+        rels = [*TOP_PLAIN_FILES, LEASE_FILE, *(f"{a.rel}/junkfilter.bloom" for a in self.areas if a.rel != "queue")]
+        for rel in rels:
+            try:
+                st = os.lstat(self.data_dst / rel)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                self.files[rel] = {"bytes": st.st_size}
+
     # Phase 7 ---------------------------------------------------------------------------------
 
     def store_format_version(self) -> str | None:
@@ -330,6 +353,10 @@ class Backup:
                 return f.read(64).decode("utf-8", "replace").strip()
         except OSError:
             return None
+
+    def running_facts(self) -> dict[str, Any]:
+        """The first manifest: the backup has started and is not finished (docs/FORMAT.md)."""
+        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": str(self.paths.data_dir.parent.resolve()), "started": rfc3339(self.started)}
 
     def facts(self, status: str) -> dict[str, Any]:
         """The manifest's content (also the JSON summary)."""
@@ -342,6 +369,7 @@ class Backup:
             "started": rfc3339(self.started),
             "finished": rfc3339(),
             "databases": self.databases,
+            "files": self.files,
             "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.name == "queue" and a.rel == "queue"), None),
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.rel != "queue"},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],

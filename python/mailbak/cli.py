@@ -96,17 +96,18 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     """Back up STORE into DEST (new or empty) while the server runs.
 
     \b
-    Phases: copy config/; take the backup lease; copy every LMDB database from
-    one read transaction each; hardlink (or copy) the message files those
-    snapshots name, skipping files added later or being erased; copy all other
-    files of data/ (unknown ones with a warning); flush DEST; write
-    DEST/mailbak.json last.
+    Phases: write DEST/mailbak.json saying "running"; copy config/; take the
+    backup lease; copy every LMDB database from one read transaction each;
+    hardlink (or copy) the message files those snapshots name, skipping files
+    added later or being erased; copy all other files of data/ (unknown ones
+    with a warning); flush DEST; replace DEST/mailbak.json with ok or failed.
 
     \b
     Safety: nothing in STORE is modified (LMDB registers the backup as a reader
     in the lock files, as it does any reader). Writers are never blocked.
-    Ctrl-C or SIGTERM stops workers and leaves DEST without a manifest, which
-    `mailbak verify` reports as an incomplete backup; delete it and run again.
+    Ctrl-C or SIGTERM stops workers and leaves DEST with its "running"
+    manifest, which `mailbak verify` reports as an incomplete backup; delete it
+    and run again.
 
     \b
     Exit status: 0 ok (warnings allowed), 1 failed (errors, backup kept and
@@ -121,7 +122,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     b = Backup(StorePaths.of(store, config_dir, data_dir), dest, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (no manifest)")
+    execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (its manifest says running)")
 
 
 @main.command()

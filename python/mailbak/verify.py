@@ -1,7 +1,9 @@
 """mailbak verify: proves a backup (or a live store) complete and consistent.
 
 The checks, in order, each reported with its path:
-1. Manifest (backups): present and ``ok``. Missing means incomplete; ``failed`` means failed.
+1. Manifest (backups): present and ``ok``. Missing or ``running`` means incomplete; ``failed``
+   means failed. Any directory holding ``mailbak.json`` is a backup (``is_live_store``), and
+   nothing is ever written into a backup (except by ``--fix``).
 2. Databases: every LMDB file passes the engine's structural check (it reads the file itself,
    so a damaged file never reaches LMDB's C code), and only then is opened read-only, without a
    lock file in a backup. Index records must decode (engine: ``read_index``).
@@ -36,7 +38,7 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine, manifest
-from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
+from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import Runner, UsageError
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
@@ -55,12 +57,19 @@ class AreaResult:
 
 
 def is_live_store(path: Path) -> bool:
-    """A store has ``data/tmp/`` (writers stage deliveries there) or LMDB lock files; a backup
-    never holds either."""
-    data = path / "data"
-    if (data / "tmp").is_dir():
-        return True
-    return any(n.endswith(".db-lock") for n in _listdir(data))
+    """A store is a directory with ``config/mailstore.toml`` and ``data/`` and no manifest. A
+    directory holding ``mailbak.json`` is a backup whatever else it holds (lock files, a
+    ``data/tmp/``): ``mailbak backup`` writes the manifest before anything else."""
+    if os.path.lexists(path / manifest.MANIFEST):
+        return False
+    return (path / "config" / CONFIG_FILE).is_file() and is_real_dir(path / "data")
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _listdir(path: Path) -> list[str]:
@@ -73,7 +82,7 @@ def _listdir(path: Path) -> list[str]:
 class Verify:
     """One run of ``mailbak verify``."""
 
-    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False):
+    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False, expect: dict[str, Any] | None = None):
         self.path = path
         self.fix = fix
         self.jobs = jobs
@@ -83,6 +92,11 @@ class Verify:
         self.live = False
         self.areas: list[AreaResult] = []
         self.manifest_status: str | None = None
+        #: The manifest of a finished (ok or failed) backup: what PATH must hold. For a backup it
+        #: is read from PATH; restore passes the backup's to check the store it restored.
+        self.manifest_doc: dict[str, Any] | None = expect
+        #: Transaction ID of each database file of a backup, as the structural check read it.
+        self.db_txnids: dict[str, int] = {}
         self.databases = 0
 
     def check(self) -> None:
@@ -121,6 +135,8 @@ class Verify:
                 self.runner.new_phase("files", total)
                 self.check_files(indexes)
             self.check_account_dirs(config)
+            if self.manifest_doc is not None:
+                self.check_against_manifest(self.manifest_doc, config, indexes)
             self.runner.finish()
         engine_errors = sum(a.counts.get("errors", 0) for a in self.areas)
         return "problems" if self.reporter.counts.errors or engine_errors else "clean"
@@ -136,8 +152,13 @@ class Verify:
             self.manifest_status = code
             return
         self.manifest_status = doc["status"]
-        if doc["status"] != "ok":
-            self.reporter.error("backup_failed", manifest.MANIFEST, f"the backup run reported {doc['errors']} error(s); it lacks what they name")
+        if doc["status"] == manifest.RUNNING:
+            self.manifest_status = "incomplete"
+            self.reporter.error("incomplete", manifest.MANIFEST, f"incomplete backup: it started at {doc['started']} and never finished (its manifest still says \"running\"): it was killed, interrupted or stopped by a full disk, or it is still running")
+        else:
+            self.manifest_doc = doc
+            if doc["status"] != manifest.OK:
+                self.reporter.error("backup_failed", manifest.MANIFEST, f"the backup run reported {doc['errors']} error(s); it lacks what they name")
 
     # 2 ---------------------------------------------------------------------------------------
 
@@ -149,7 +170,7 @@ class Verify:
         if self.live:
             dst = self.tmp / rel.replace("/", "%")
             try:
-                copy_database(src, dst)
+                self.db_txnids[rel] = copy_database(src, dst).txnid
             except SnapshotError as e:
                 self.reporter.error("database", f"data/{rel}", str(e))
                 return None
@@ -159,7 +180,7 @@ class Verify:
             if not stat.S_ISREG(st.st_mode):
                 self.reporter.error("database", f"data/{rel}", "not a regular file")
                 return None
-            _engine.lmdb_check(src)
+            self.db_txnids[rel] = _engine.lmdb_check(src)["txnid"]
         except FileNotFoundError:
             self.reporter.error("database", f"data/{rel}", "missing")
             return None
@@ -249,6 +270,57 @@ class Verify:
                 self.reporter.error("account_missing", f"data/accounts/{name}", "configured account has no directory (a symlink is never followed)")
         for name in sorted(present - set(config.accounts)):
             self.reporter.warn("unconfigured_account", f"data/accounts/{name}", "directory of an account not in the config")
+
+    # 7 ---------------------------------------------------------------------------------------
+
+    def check_against_manifest(self, doc: dict[str, Any], config, indexes: list[tuple[str, str, Index]]) -> None:
+        """Check 7: the backup holds what its manifest says the run wrote (docs/VERIFY.md):
+        every database with its size and transaction ID, every area with its record counts,
+        every known plain file with its size. Whatever was deleted or replaced since is an
+        error, even where the rest of the backup looks consistent without it."""
+        data = self.paths.data_dir
+
+        def missing(rel: str, what: str) -> None:
+            self.reporter.error("not_in_backup", f"data/{rel}", f"{what} named in the manifest is not in the backup")
+
+        def mismatch(rel: str, what: str, have: object, want: object) -> None:
+            self.reporter.error("manifest_mismatch", f"data/{rel}", f"{what} is {have}, the manifest says {want}")
+
+        for rel, want in doc["databases"].items():
+            st = _lstat(data / rel)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                missing(rel, "database")
+                continue
+            if st.st_size != want["bytes"]:
+                mismatch(rel, "size", st.st_size, want["bytes"])
+            have_txnid = self.db_txnids.get(rel)
+            if "copy_txnid" in want and have_txnid is not None and have_txnid != want["copy_txnid"]:
+                mismatch(rel, "transaction ID", have_txnid, want["copy_txnid"])
+        for rel, want in doc["files"].items():
+            st = _lstat(data / rel)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                missing(rel, "file")
+            elif st.st_size != want["bytes"]:
+                mismatch(rel, "size", st.st_size, want["bytes"])
+        read = {rel: index for _, rel, index in indexes}
+        areas = [("queue", doc["queue"])] if doc.get("queue") is not None else []
+        areas += [(f"accounts/{name}", facts) for name, facts in doc["accounts"].items()]
+        for rel, want in areas:
+            if rel != "queue" and rel.split("/", 1)[1] not in config.accounts:
+                self.reporter.error("not_in_backup", "config/mailstore.toml", f"account {rel.split('/', 1)[1]!r} named in the manifest is not in the backup's config")
+            if not is_real_dir(data / rel):
+                missing(rel, "directory")
+                continue
+            index = read.get(rel)
+            if index is None:
+                continue  # its index was reported unreadable (or it left the config) above
+            have = index.summary()
+            for key in manifest.AREA_FACTS:
+                if have[key] != want[key]:
+                    mismatch(f"{rel}/index.db", f"{key.replace('_', ' ')} of the index", have[key], want[key])
+        for name in doc["plain_copied_accounts"]:
+            if not os.path.lexists(data / "accounts" / name):
+                missing(f"accounts/{name}", "directory")
 
     # Results ---------------------------------------------------------------------------------
 
