@@ -146,6 +146,14 @@ def test_running_manifest_with_lock_files_is_incomplete(backup):
     assert listing_with_mtimes(backup) == before
 
 
+def test_a_backup_is_not_a_store_to_back_up(backup, tmp_path):
+    before = listing_with_mtimes(backup)
+    p = run_cli("backup", backup, tmp_path / "again")
+    assert p.returncode == 2 and "a backup (it holds mailbak.json), not a store" in p.stderr, p.stderr
+    assert not (tmp_path / "again").exists()
+    assert listing_with_mtimes(backup) == before
+
+
 def start_paused_backup(store: Path, dest: Path, point: str, pause_dir: Path) -> subprocess.Popen:
     env = {**CLI_ENV, "MAILBAK_TEST_PAUSE": point, "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
     p = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", "--json", str(store), str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -141,6 +141,9 @@ class Backup:
         problem = self.paths.problem()
         if problem:
             raise UsageError(problem)
+        if os.path.lexists(self.paths.data_dir.parent / manifest.MANIFEST):
+            # Read as a store, it would get lock files and a lease: never write into a backup.
+            raise UsageError(f"{self.paths.data_dir.parent}: a backup (it holds {manifest.MANIFEST}), not a store; restore it to get a store")
         try:
             self.config = read_config(self.paths.config_dir)
         except FormatError as e:

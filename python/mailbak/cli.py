@@ -110,9 +110,10 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     and run again.
 
     \b
-    Exit status: 0 ok (warnings allowed), 1 failed (errors, backup kept and
-    marked failed, or stopped by a full destination), 2 bad usage or input
-    (nothing written), 130 interrupted.
+    Exit status: 0 ok (warnings allowed; the backup verifies clean), 1 failed
+    (errors, backup kept and marked failed, or stopped by a full destination
+    and left "running"), 2 bad usage or input (nothing written), 130
+    interrupted (left "running").
     """
     from mailbak.backup import Backup
     from mailbak.layout import StorePaths
@@ -134,17 +135,24 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose) -> None:
     """Prove a backup (or a store) complete and consistent.
 
     \b
-    Checks: the manifest says ok (backups); every LMDB file passes a structural
-    check before LMDB opens it, and every record decodes; every live message and
-    queued message has its file with the recorded size; account rules (uid below
-    uidnext, no live message in an expunged mailbox, erase entries name expunged
-    messages); no unrecognized files in message directories; accounts and
-    directories agree with the config.
+    PATH is a backup if it holds mailbak.json (whatever else it holds), else a
+    store if it has config/mailstore.toml and data/.
 
     \b
-    Writes nothing (no lock files in a backup) unless --fix, which moves
+    Checks: the manifest says ok (backups; "running" means incomplete); every
+    LMDB file passes a structural check before LMDB opens it, and every record
+    decodes; every live message and queued message has its file with the
+    recorded size; account rules (uid below uidnext, no live message in an
+    expunged mailbox, erase entries name expunged messages); no unrecognized
+    files in message directories; accounts and directories agree with the
+    config; the backup holds every database, account and known file its
+    manifest names, with the recorded sizes, transaction IDs and counts.
+
+    \b
+    Writes nothing (nothing at all in a backup) unless --fix, which moves
     unrecognized files to data/moved/ keeping their path. Exit status: 0 clean,
-    1 problems found, 2 bad usage or input, 130 interrupted.
+    1 problems found (incomplete, failed, damaged, or not what its manifest
+    says), 2 bad usage or input, 130 interrupted.
     """
     from mailbak.report import make_reporter
     from mailbak.runner import install_signal_handlers
