@@ -393,6 +393,19 @@ def corrupt_index(root: Path) -> None:
         f.write(b"\x5a" * (size - 2 * 4096))
 
 
+def corrupt_top_database(root: Path) -> None:
+    db = root / "data" / "auth.db"
+    raw = bytearray(db.read_bytes())
+    for off in range(2 * 4096, len(raw), 4096):
+        raw[off : off + 16] = b"\xee" * 16  # every page header after the metas
+    db.write_bytes(bytes(raw))
+
+
+def truncate_queued(root: Path) -> None:
+    p = msg_file(root, live_ids(root, None)[0], None)
+    p.write_bytes(p.read_bytes()[:1])
+
+
 def symlinked_message(root: Path) -> None:
     p = msg_file(root, live_ids(root)[1])
     p.unlink()
@@ -445,6 +458,9 @@ DAMAGING: dict[str, tuple[Callable[[Path], None], str]] = {
     "erase_entry_with_value": (lambda r: put_raw(r, "message_erase", id_key(sorted(i for i, m in records(r).items() if m["expunged"])[0]), b"x"), "erase_value"),
     "queued_message_being_erased": (erase_still_queued, "erase_still_queued"),
     "corrupt_index": (corrupt_index, "database"),
+    "index_missing": (lambda r: index_path(r).unlink(), "database"),
+    "corrupt_top_database": (corrupt_top_database, "database"),
+    "truncated_queued_message": (truncate_queued, "size_mismatch"),
     "account_directory_missing": (lambda r: shutil.rmtree(r / "data" / "accounts" / "user0001"), "area_missing"),
 }
 
