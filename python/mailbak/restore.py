@@ -2,8 +2,8 @@
 
 Step by step:
 1. Check: BACKUP has an ``ok`` manifest (a missing, ``running`` or ``failed`` one is refused
-   unless ``--force``); STORE does not exist
-   or is empty. Problems here are bad input: exit 2, nothing written.
+   unless ``--force``); STORE does not exist or is empty. Problems here are bad input: exit 2,
+   nothing written.
 2. ``config/`` is copied (modes kept, symlinks recreated as they are, never followed).
 3. ``data/``: in the queue and each account directory, files at a message path are hardlinked
    (copied across file systems, or always with ``--copy``); everything else, databases included,

@@ -18,6 +18,8 @@ The checks, in order, each reported with its path:
    overwriting, and in a live store only files unchanged for 15 minutes (a delivery in progress
    looks like an orphan until its record is committed).
 6. Accounts in the config without a directory (error), directories not in the config (warning).
+7. Backups with a finished manifest: every database, area and known file it names is there,
+   with the recorded size, transaction ID and record counts (``check_against_manifest``).
 
 A live store is verified from a snapshot of each index copied to a temporary directory outside
 the store (``snapshot.py``), holding the backup lease so that writers defer removals, and files
