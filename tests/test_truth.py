@@ -136,6 +136,17 @@ def test_backup_holding_lock_files_is_still_a_backup_and_verify_writes_nothing(b
     assert listing_with_mtimes(backup) == before, "verify wrote into a backup"
 
 
+def test_backup_holding_lock_files_still_reports_files_above_next_id(backup):
+    """Taken for a live store, such a file was once skipped as a new delivery; in a backup it is
+    a collision waiting for the first message to get its ID after a restore."""
+    add_store_lookalikes(backup)
+    stray = next_id(backup) + 3
+    write_at(backup, stray)
+    rc, errors = verify_codes(backup)
+    assert rc == 1
+    assert has(errors, "unrecognized_message", f"data/accounts/{ACC}/msg/{message_rel(stray)}")
+
+
 def test_running_manifest_with_lock_files_is_incomplete(backup):
     add_store_lookalikes(backup)
     m = manifest_of(backup)
