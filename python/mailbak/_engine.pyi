@@ -74,7 +74,7 @@ class Area(TypedDict, total=False):
     tree: bytes  # message tree relative to src: b"msg" for accounts, b"" for the queue
     known: list[bytes]  # root-level names the caller handles itself (index.db, ...)
     live: bytes  # live IDs, packed u64, ascending
-    sizes: bytes  # recorded sizes aligned with live, packed u64 (every value is a size)
+    sizes: bytes  # required: recorded sizes aligned with live, packed u64 (every value is a size)
     unknown_sizes: bytes  # optional: live IDs whose record has no readable size (not compared)
     erasing: bytes  # IDs being erased, packed u64
     next_id: int  # the first ID not allocated at the snapshot; files at the path of an ID from here on are new
