@@ -32,9 +32,6 @@ use crate::progress::{Sink, Tally};
 use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Roots, Visitor};
 
-/// Record size that means "unknown" (the record did not decode); the size check is skipped.
-pub const UNKNOWN_SIZE: u64 = u64::MAX;
-
 /// How long an unknown file in a live store's message tree must be unchanged before `--fix`
 /// moves it: writers commit a record milliseconds after placing its file, so a quarter of an
 /// hour leaves a wide margin even on an overloaded server.
@@ -68,8 +65,9 @@ pub struct AreaCheck<'a> {
     area: &'a Area,
     /// The index's IDs.
     snap: &'a Snapshot,
-    /// Recorded sizes, aligned with `snap.live`.
-    sizes: &'a [u64],
+    /// Recorded sizes, aligned with `snap.live` (None: the record has no readable size, which
+    /// the index check already reported; the size is then not compared).
+    sizes: &'a [Option<u64>],
     /// Which live IDs the walk met.
     seen: SeenSet,
     /// Where unrecognized files go, with --fix.
@@ -84,7 +82,7 @@ pub struct AreaCheck<'a> {
 
 impl<'a> AreaCheck<'a> {
     /// A check of `area` against `snap` and `sizes`; `live` for a store in use.
-    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [u64], fix: Option<FixTarget>, live: bool, sink: &'a Sink<'a>) -> Self {
+    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [Option<u64>], fix: Option<FixTarget>, live: bool, sink: &'a Sink<'a>) -> Self {
         assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
         AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, live, sink, pause: Pause::from_env(testpause::MID_CHECK) }
     }
@@ -119,10 +117,11 @@ impl<'a> AreaCheck<'a> {
             Tally::bump(&self.sink.tally.damaged);
             return self.sink.error("not_regular", rel, 0, "message file is not a regular file".into());
         }
-        let want = self.sizes[index];
-        if want != UNKNOWN_SIZE && st.st_size as u64 != want {
-            Tally::bump(&self.sink.tally.damaged);
-            self.sink.error("size_mismatch", rel, 0, format!("file has {} bytes, its record says {}", st.st_size, want));
+        if let Some(want) = self.sizes[index] {
+            if st.st_size as u64 != want {
+                Tally::bump(&self.sink.tally.damaged);
+                self.sink.error("size_mismatch", rel, 0, format!("file has {} bytes, its record says {}", st.st_size, want));
+            }
         }
     }
 
@@ -275,7 +274,7 @@ mod tests {
 
     /// Live 1, 2, 5 (5 has no file, 2 the wrong size), 3 being erased, next ID 70: 20 is an
     /// orphan, 77 would collide with a future message, notes.txt is unknown, readme is outside.
-    fn setup(s: &Scratch) -> (Area, Snapshot, Vec<u64>) {
+    fn setup(s: &Scratch) -> (Area, Snapshot, Vec<Option<u64>>) {
         s.file("acc/msg/a/1", b"12345");
         s.file("acc/msg/a/2", b"123");
         s.file("acc/msg/a/20", b"orphan");
@@ -285,7 +284,7 @@ mod tests {
         s.file("acc/msg/a/notes.txt", b"x");
         let area = Area { tree: b"msg".to_vec(), known: vec![] };
         let snap = Snapshot { live: IdSet::new(vec![1, 2, 5]), erasing: IdSet::new(vec![3]), next_id: 70 };
-        (area, snap, vec![5, 4, 9])
+        (area, snap, vec![Some(5), Some(4), Some(9)])
     }
 
     fn codes(p: &Progress) -> Vec<(&'static str, String)> {
@@ -316,6 +315,20 @@ mod tests {
             ]
         );
         assert!(s.path("acc/msg/a/77").exists(), "verify without --fix writes nothing");
+    }
+
+    #[test]
+    fn the_largest_recorded_size_is_compared_like_any_other() {
+        // u64::MAX once meant "unknown" and switched the check off.
+        let s = Scratch::new("checkmax");
+        s.file("acc/msg/a/1", b"12345");
+        s.file("acc/msg/a/2", b"12345");
+        let area = Area { tree: b"msg".to_vec(), known: vec![] };
+        let snap = Snapshot { live: IdSet::new(vec![1, 2]), erasing: IdSet::default(), next_id: 3 };
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        AreaCheck::new(&area, &snap, &[Some(u64::MAX), None], None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        assert_eq!(codes(&p), vec![("size_mismatch", "msg/a/1".to_string())]);
     }
 
     #[test]

@@ -150,8 +150,8 @@ struct AreaArgs {
     area: Area,
     /// The snapshot's IDs.
     snap: Snapshot,
-    /// Recorded sizes aligned with `snap.live` (verify only).
-    sizes: Vec<u64>,
+    /// Recorded sizes aligned with `snap.live` (None: unknown).
+    sizes: Vec<Option<u64>>,
     /// Prefix of reported paths.
     prefix: Vec<u8>,
     /// Where --fix moves unrecognized files, below the fix root (verify only).
@@ -163,15 +163,17 @@ fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
     let get = |k: &str| -> PyResult<Bound<'_, PyAny>> { d.get_item(k)?.ok_or_else(|| PyValueError::new_err(format!("area is missing {k:?}"))) };
     let opt = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> { Ok(d.get_item(k)?.filter(|v| !v.is_none())) };
     let bytes = |k: &str| -> PyResult<Vec<u8>> { Ok(get(k)?.cast::<PyBytes>()?.as_bytes().to_vec()) };
-    let live_buf = bytes("live")?;
-    let sizes = match opt("sizes")? {
-        Some(v) => unpack_u64(v.cast::<PyBytes>()?.as_bytes())?,
-        None => Vec::new(),
-    };
-    let live_ids = unpack_u64(&live_buf)?;
-    if !sizes.is_empty() && (sizes.len() != live_ids.len() || !live_ids.windows(2).all(|w| w[0] < w[1])) {
+    let live_ids = unpack_u64(&bytes("live")?)?;
+    let sizes = unpack_u64(&bytes("sizes")?)?;
+    if sizes.len() != live_ids.len() || !live_ids.windows(2).all(|w| w[0] < w[1]) {
         return Err(PyValueError::new_err("sizes must align with ascending unique live IDs"));
     }
+    // Records without a readable size are named apart, never by a reserved size value.
+    let unknown = match opt("unknown_sizes")? {
+        Some(v) => ids(v.cast::<PyBytes>()?.as_bytes())?,
+        None => IdSet::default(),
+    };
+    let sizes = live_ids.iter().zip(sizes).map(|(id, n)| (!unknown.contains(*id)).then_some(n)).collect();
     Ok(AreaArgs {
         src: get("src")?.extract()?,
         dst: opt("dst")?.map(|v| v.extract()).transpose()?,
@@ -212,7 +214,7 @@ fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usiz
                 let policy = LinkPolicy::new(force_copy);
                 let dst = a.dst.as_deref().expect("a backup area has a destination");
                 if let (Some(src), Some(dst)) = (open_area_root(&a.src, &sink), open_area_root(dst, &sink)) {
-                    AreaBackup::new(&a.area, &a.snap, &policy, &sink).run(src, dst);
+                    AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink).run(src, dst);
                 }
                 (sink.tally, (policy.first_fallback(), policy.fallbacks()))
             })
@@ -266,11 +268,6 @@ fn check_areas<'py>(
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let fix_owner = fix_owner.map(|(uid, gid, groups)| FsId { uid, gid, groups });
     let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
-    for a in &areas {
-        if a.sizes.len() != a.snap.live.len() {
-            return Err(PyValueError::new_err("verify needs one size per live ID"));
-        }
-    }
     let fix_root = fix_root.map(|r| open_root(&r)).transpose()?;
     let p = Arc::clone(&progress.inner);
     let tallies = run(py, jobs, move || {
@@ -337,7 +334,10 @@ fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64
     let d = PyDict::new(py);
     d.set_item("txnid", file_txnid)?;
     d.set_item("live", PyBytes::new(py, &packed(&idx.live)))?;
-    d.set_item("sizes", PyBytes::new(py, &packed(&idx.sizes)))?;
+    let sizes: Vec<u64> = idx.sizes.iter().map(|n| n.unwrap_or(0)).collect();
+    let unknown: Vec<u64> = idx.live.iter().zip(&idx.sizes).filter(|(_, n)| n.is_none()).map(|(id, _)| *id).collect();
+    d.set_item("sizes", PyBytes::new(py, &packed(&sizes)))?;
+    d.set_item("unknown_sizes", PyBytes::new(py, &packed(&unknown)))?;
     d.set_item("erasing", PyBytes::new(py, &packed(&idx.erasing)))?;
     d.set_item("highest", idx.highest)?;
     d.set_item("records", idx.records)?;

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use crate::check::UNKNOWN_SIZE;
 use crate::lmdbfile::{LmdbError, LmdbFile};
 use crate::msgpack::{self, Scalar};
 
@@ -41,8 +40,9 @@ pub const MAX_PROBLEMS: usize = 1000;
 pub struct AreaIndex {
     /// IDs whose files belong to the area, ascending.
     pub live: Vec<u64>,
-    /// Recorded file size of each live ID ([`UNKNOWN_SIZE`] when the record did not decode).
-    pub sizes: Vec<u64>,
+    /// Recorded file size of each live ID; None when the record has no readable size. An
+    /// Option rather than a reserved value: every u64 is a size a record can claim.
+    pub sizes: Vec<Option<u64>>,
     /// IDs being erased, ascending.
     pub erasing: Vec<u64>,
     /// The highest ID of any record (0 when there is none).
@@ -123,10 +123,11 @@ fn missing(pairs: &[(&str, bool)]) -> Option<String> {
     (!names.is_empty()).then(|| format!("record lacks a valid {}", names.join(", ")))
 }
 
-/// The ID a key stands for: 8 bytes, big-endian, at least 1.
+/// The ID a key stands for: 8 bytes, big-endian, from 1 to 2^64-2. The largest u64 is no valid
+/// ID: the next-ID counter (a u64) must lie above every ID, and nothing lies above it.
 fn key_id(key: &[u8]) -> Option<u64> {
     let id = u64::from_be_bytes(key.try_into().ok()?);
-    (id != 0).then_some(id)
+    (id != 0 && id != u64::MAX).then_some(id)
 }
 
 /// Calls `f(id, value)` for every record of table `table`, reporting bad keys. A missing table
@@ -154,7 +155,7 @@ fn each_record(
         idx.problem("missing_table", 0, format!("the index has no `{table}` table"));
     }
     if bad_keys > 0 {
-        idx.problem("bad_key", 0, format!("{bad_keys} key(s) of `{table}` are not 8-byte IDs >= 1"));
+        idx.problem("bad_key", 0, format!("{bad_keys} key(s) of `{table}` are not 8-byte IDs from 1 to 2^64-2"));
     }
     Ok(())
 }
@@ -189,7 +190,7 @@ pub fn read_index(file: &LmdbFile, kind: IndexKind) -> Result<AreaIndex, LmdbErr
                 idx.problem("bad_record", id, format!("record {id}: {e}"));
                 // Conservative: a record that does not say it is expunged keeps its file.
                 idx.live.push(id);
-                idx.sizes.push(UNKNOWN_SIZE);
+                idx.sizes.push(None);
                 return;
             }
         };
@@ -212,7 +213,7 @@ pub fn read_index(file: &LmdbFile, kind: IndexKind) -> Result<AreaIndex, LmdbErr
             return;
         }
         idx.live.push(id);
-        idx.sizes.push(f.size.unwrap_or(UNKNOWN_SIZE));
+        idx.sizes.push(f.size);
         if kind == IndexKind::Account {
             check_message(idx, &mailboxes, id, &f);
         }
@@ -355,7 +356,7 @@ mod tests {
             t.put(erase, &key(3), b"");
             t.put(meta, b"next_id", &10u64.to_be_bytes());
         });
-        assert_eq!((idx.live.as_slice(), idx.sizes.as_slice(), idx.erasing.as_slice()), (&[2u64, 9][..], &[100u64, 300][..], &[3u64][..]));
+        assert_eq!((idx.live.as_slice(), idx.sizes.as_slice(), idx.erasing.as_slice()), (&[2u64, 9][..], &[Some(100u64), Some(300)][..], &[3u64][..]));
         assert_eq!((idx.highest, idx.records, idx.expunged, idx.mailboxes, idx.next_id), (9, 3, 1, 1, Some(10)));
         assert!(idx.problems.is_empty(), "{:?}", idx.problems);
     }
@@ -392,7 +393,7 @@ mod tests {
         // Record 2 cannot say it is expunged, so its file is kept (size unknown); record 3 lacks
         // fields but is not expunged either.
         assert_eq!(idx.live, vec![2, 3]);
-        assert_eq!(idx.sizes, vec![UNKNOWN_SIZE, UNKNOWN_SIZE]);
+        assert_eq!(idx.sizes, vec![None, None]);
         assert_eq!(codes(&idx), vec!["bad_key", "bad_record", "bad_record"]);
     }
 
@@ -403,5 +404,31 @@ mod tests {
         });
         assert_eq!(codes(&idx), vec!["missing_table", "missing_table", "missing_table"]);
         assert!(idx.live.is_empty());
+    }
+
+    #[test]
+    fn the_largest_id_is_a_bad_key_and_leaves_room_for_the_counter() {
+        // Key ff..ff once made `highest + 1` overflow in the callers.
+        let idx = account(|t| {
+            let (mb, msg) = (t.db("mailbox", 0), t.db("message", 0));
+            t.db("message_erase", 0);
+            t.put(mb, &key(1), &mailbox(5, false));
+            t.put(msg, &key(2), &message(1, 1, 10, false));
+            t.put(msg, &key(u64::MAX), &message(1, 2, 10, false));
+        });
+        assert_eq!(idx.live, vec![2]);
+        assert_eq!(idx.highest, 2);
+        assert_eq!(codes(&idx), vec!["bad_key"]);
+    }
+
+    #[test]
+    fn the_largest_size_is_a_size_like_any_other() {
+        let idx = account(|t| {
+            let (mb, msg) = (t.db("mailbox", 0), t.db("message", 0));
+            t.db("message_erase", 0);
+            t.put(mb, &key(1), &mailbox(5, false));
+            t.put(msg, &key(2), &message(1, 1, u64::MAX, false));
+        });
+        assert_eq!(idx.sizes, vec![Some(u64::MAX)]);
     }
 }

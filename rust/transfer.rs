@@ -10,6 +10,9 @@
 //!    exist there is reported missing (the backup is then failed). A message directory that is
 //!    a symlink (never followed) or cannot be opened is one error, its messages counted missing;
 //!    a directory where a message file belongs is an error for that message.
+//! 4. Every placed message file is compared with its record's size, as verify of the backup will
+//!    (one stat of the placed file; a copy knows its size): a mismatch is an error, so that a
+//!    backup called ok always verifies clean.
 //!
 //! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
 //! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
@@ -72,6 +75,8 @@ pub struct AreaBackup<'a> {
     area: &'a Area,
     /// The snapshot deciding what belongs.
     snap: &'a Snapshot,
+    /// Recorded sizes aligned with `snap.live` (None: no readable size, already reported).
+    sizes: &'a [Option<u64>],
     /// Which live IDs the walk met.
     seen: SeenSet,
     /// Link-or-copy decisions.
@@ -83,9 +88,10 @@ pub struct AreaBackup<'a> {
 }
 
 impl<'a> AreaBackup<'a> {
-    /// A backup of `area` from `snap`.
-    pub fn new(area: &'a Area, snap: &'a Snapshot, policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
-        AreaBackup { area, snap, seen: SeenSet::new(snap.live.len()), policy, sink, pause: Pause::from_env(testpause::MID_LINK) }
+    /// A backup of `area` from `snap`, checking placed files against `sizes`.
+    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [Option<u64>], policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
+        assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
+        AreaBackup { area, snap, sizes, seen: SeenSet::new(snap.live.len()), policy, sink, pause: Pause::from_env(testpause::MID_LINK) }
     }
 
     /// Runs steps 1 to 3 of the module doc.
@@ -100,16 +106,37 @@ impl<'a> AreaBackup<'a> {
         }
     }
 
-    /// Places the file of snapshot message `id`; `met` says whether the walk saw it (then a
-    /// missing file vanished during the run, else it was never there).
-    fn place(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], id: u64, met: bool) {
+    /// Places the file of snapshot message number `i` (in `live`); `met` says whether the walk
+    /// saw it (then a missing file vanished during the run, else it was never there).
+    fn place(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], i: usize, met: bool) {
+        let id = self.snap.live.as_slice()[i];
         match self.policy.link_or_copy(src, dst, name) {
-            Ok(p) => count_placed(self.sink, rel, p),
+            Ok(p) => {
+                count_placed(self.sink, rel, p);
+                self.check_size(dst, name, rel, i, p);
+            }
             Err(OpError { errno: Errno::NOENT, .. }) => self.missing(rel, id, met),
             Err(e) => self.sink.io_error(rel, e.op, e.errno),
         }
         self.sink.progress.add_done(1);
         self.pause.tick();
+    }
+
+    /// Step 4: the placed file (what verify of the backup will stat) against its record.
+    fn check_size(&self, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], i: usize, placed: Placed) {
+        let Some(want) = self.sizes[i] else { return };
+        let have = match placed {
+            Placed::Copied(n) => n,
+            Placed::Linked => match fsutil::lstat_at(dst, name) {
+                Ok(st) => st.st_size as u64,
+                Err(e) => return self.sink.io_error(rel, "stat", e),
+            },
+        };
+        if have != want {
+            Tally::bump(&self.sink.tally.damaged);
+            let id = self.snap.live.as_slice()[i];
+            self.sink.error("size_mismatch", rel, 0, format!("message {id}: file has {have} bytes, its record says {want}; backed up as it is"));
+        }
     }
 
     /// Reports the file of snapshot message `id` missing (see `place`).
@@ -152,7 +179,7 @@ impl<'a> AreaBackup<'a> {
                 match &dirs {
                     Ok((s, d)) => {
                         let cname = CString::new(name.clone()).expect("digits only");
-                        self.place(s.as_fd(), d.as_fd(), &cname, &rel, ids[u], false);
+                        self.place(s.as_fd(), d.as_fd(), &cname, &rel, u, false);
                     }
                     Err(Errno::NOENT) => {
                         self.missing(&rel, ids[u], false);
@@ -215,7 +242,7 @@ impl Visitor for AreaBackup<'_> {
         match (class, kind) {
             (Class::Message(i), Kind::File) => {
                 self.seen.mark(i);
-                self.place(dir.src, dst, name, &rel, self.snap.live.as_slice()[i], true);
+                self.place(dir.src, dst, name, &rel, i, true);
             }
             (Class::New, Kind::File) => {
                 Tally::bump(&t.skipped_new);
@@ -327,7 +354,8 @@ mod tests {
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"data/accounts/x");
         let policy = LinkPolicy::new(false);
-        AreaBackup::new(&a, &snap, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        let sizes = [Some(7), Some(7), Some(7)]; // "msg/a/1" and "msg/a/2" hold 7 bytes
+        AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
         let t = get(&sink.tally);
         assert_eq!((t["linked"], t["skipped_new"], t["skipped_erasing"], t["known"], t["unrecognized"], t["missing"]), (2, 1, 1, 1, 3, 1));
         assert_eq!(std::fs::metadata(s.path("src/msg/a/1")).unwrap().ino(), std::fs::metadata(s.path("dst/msg/a/1")).unwrap().ino());
@@ -356,7 +384,7 @@ mod tests {
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let policy = LinkPolicy::new(false);
-        AreaBackup::new(&a, &snap, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        AreaBackup::new(&a, &snap, &[None], &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
         let t = get(&sink.tally);
         assert_eq!(t["linked"], 0);
         assert_eq!(t["errors"], 1);
@@ -392,6 +420,30 @@ mod tests {
         assert_eq!(errors.len(), 1, "{ev:?}");
         assert_eq!((errors[0].code, errors[0].path.as_slice()), ("not_regular", b"msg/a/5".as_slice()));
         assert!(errors[0].detail.contains("not a regular file"), "{ev:?}");
+    }
+
+    #[test]
+    fn placed_files_are_checked_against_their_record_sizes() {
+        let s = Scratch::new("sizes");
+        s.file("src/msg/a/1", b"12345");
+        s.file("src/msg/a/2", b"12345");
+        s.file("src/msg/a/3", b"12345");
+        std::fs::create_dir(s.path("dst")).unwrap();
+        // 1 matches, 2 is shorter than its record, 3 claims the largest u64 (no sentinel).
+        let snap = Snapshot { live: IdSet::new(vec![1, 2, 3]), erasing: IdSet::default(), next_id: 4 };
+        let a = area();
+        for force_copy in [false, true] {
+            let _ = std::fs::remove_dir_all(s.path("dst"));
+            std::fs::create_dir(s.path("dst")).unwrap();
+            let p = Progress::new(false, 100);
+            let sink = Sink::new(&p, b"");
+            let policy = LinkPolicy::new(force_copy);
+            AreaBackup::new(&a, &snap, &[Some(5), Some(9), Some(u64::MAX)], &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+            let mut bad: Vec<_> = p.drain().into_iter().filter(|e| e.code == "size_mismatch").map(|e| e.path).collect();
+            bad.sort();
+            assert_eq!(bad, vec![b"msg/a/2".to_vec(), b"msg/a/3".to_vec()], "force_copy {force_copy}");
+            assert_eq!(get(&sink.tally)["errors"], 2);
+        }
     }
 
     #[test]

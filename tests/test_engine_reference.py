@@ -87,7 +87,7 @@ def test_engine_matches_reference(a, jobs):
         build(src, a)
         want = classify_area(src, tree=a["tree"], known=KNOWN, live=a["live"], erasing=a["erasing"], next_id=a["next_id"])
         progress = _engine.Progress()
-        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(a["live"]), "erasing": pack_ids(a["erasing"]), "next_id": a["next_id"], "prefix": b""}
+        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(sorted(a["live"])), "sizes": pack_ids([len(f"message {i}") for i in sorted(a["live"])]), "erasing": pack_ids(a["erasing"]), "next_id": a["next_id"], "prefix": b""}
         (got,) = _engine.backup_areas([spec], jobs=jobs, progress=progress)
         events = progress.drain()
         assert got["linked"] == len(want.linked)

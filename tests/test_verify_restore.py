@@ -162,8 +162,15 @@ def test_garbage_lmdb_file_is_reported(backup):
     assert "data/dmarcrpt.db: damaged: corrupt" in p.stderr
 
 
-def test_missing_manifest_is_incomplete(backup):
+def test_running_or_missing_manifest_is_incomplete(backup):
+    m = manifest_of(backup)
+    (backup / "mailbak.json").write_text(json.dumps({"kind": m["kind"], "manifest_version": 1, "status": "running", "started": m["started"]}))
+    p = verify(backup)
+    assert p.returncode == 1
+    assert "incomplete backup: it started at" in p.stderr and "its manifest still says \"running\"" in p.stderr
+    # Without config/mailstore.toml it is no store: what is left of a backup without a manifest.
     (backup / "mailbak.json").unlink()
+    (backup / "config" / "mailstore.toml").unlink()
     p = verify(backup)
     assert p.returncode == 1
     assert "no manifest: the backup is incomplete" in p.stderr
@@ -195,7 +202,8 @@ def test_message_in_an_expunged_mailbox(store, tmp_path):
             rec["expunged"] = True
             txn.put(id_key(mb_id), pack(rec))
     dest = tmp_path / "b"
-    backup_ok(store, dest)  # backup copies what is there; judging it is verify's job
+    b = run_cli("backup", store, dest)  # copies what is there, and says it is wrong
+    assert b.returncode == 1 and f"is not expunged but its mailbox {mb_id} is" in b.stderr, b.stderr
     p = verify(dest)
     assert p.returncode == 1
     assert "live_in_expunged_mailbox" not in p.stderr  # codes go to JSON; people read sentences

@@ -75,8 +75,9 @@ class Area(TypedDict, total=False):
     dst: StrPath  # backup_areas: the destination directory (must exist)
     tree: bytes  # message tree relative to src: b"msg" for accounts, b"" for the queue
     known: list[bytes]  # root-level names the caller handles itself (index.db, ...)
-    live: bytes  # live IDs, packed u64; ascending when sizes are given
-    sizes: bytes  # check_areas: recorded sizes aligned with live (u64 max = unknown)
+    live: bytes  # live IDs, packed u64, ascending
+    sizes: bytes  # required: recorded sizes aligned with live, packed u64 (every value is a size)
+    unknown_sizes: bytes  # optional: live IDs whose record has no readable size (not compared)
     erasing: bytes  # IDs being erased, packed u64
     next_id: int  # the first ID not allocated at the snapshot; files at the path of an ID from here on are new
     prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
@@ -91,7 +92,8 @@ def backup_areas(areas: list[Area], *, jobs: int, progress: Progress, force_copy
     with ``id`` in ``erasing`` or at or above ``next_id`` they are skipped; root-level ``known``
     names are left to the caller; a file at the path of an allocated ID no record claims is an
     orphan ("orphan_message"), anything else is "unrecognized"; both are reported and copied.
-    Live IDs without a regular file are errors ("missing", "not_regular"). An area whose
+    Live IDs without a regular file are errors ("missing", "not_regular"); a placed file whose
+    size differs from ``sizes`` is an error ("size_mismatch"). An area whose
     directory cannot be opened is an error event of that area."""
 
 def copy_tree(
@@ -148,7 +150,8 @@ def lmdb_check(path: StrPath, txnid: int | None = None) -> CheckSummary:
 class IndexSnapshot(TypedDict):
     txnid: int
     live: bytes
-    sizes: bytes
+    sizes: bytes  # aligned with live; 0 where the record has no readable size
+    unknown_sizes: bytes  # the live IDs whose record has no readable size
     erasing: bytes
     highest: int
     records: int
@@ -160,8 +163,9 @@ class IndexSnapshot(TypedDict):
 
 def read_index(path: StrPath, kind: str, txnid: int | None = None) -> IndexSnapshot:
     """Reads an area index ("account" or "queue") from an LMDB file: live IDs and sizes, erase
-    set, highest ID, and the first 1000 problems (codes ``bad_*``/``missing_*``: unreadable;
-    others: consistency rules of docs/FORMAT.md). Raises LmdbError."""
+    set, highest ID, and the first 1000 problems (codes ``bad_*``/``missing_*``: unreadable, e.g.
+    ``bad_key`` for a key that is not an 8-byte ID from 1 to 2^64-2; others: consistency rules
+    of docs/FORMAT.md). Raises LmdbError."""
 
 def write_messages(root: StrPath, ids: bytes, sizes: bytes, *, seed: int, jobs: int, progress: Progress) -> Tally:
     """Writes generated message files below message tree ``root`` (deterministic for ``seed``)."""

@@ -2,7 +2,8 @@
 
 The phases, in order:
 1. **Check.** STORE must look like a store, its config must parse, DEST must be absent or an
-   empty directory. Any problem here is bad input: exit 2, nothing written.
+   empty directory. Any problem here is bad input: exit 2, nothing written. Then, first of
+   all, ``DEST/mailbak.json`` is written with ``"status": "running"`` (``manifest.py``).
 2. **Config.** ``config/`` is copied: directories and files with their permission bits,
    symlinks recreated (never followed), special files skipped with a warning.
 3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
@@ -13,8 +14,10 @@ The phases, in order:
    files added after the snapshot or being erased, and reports and copies anything else.
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
-7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is written
-   atomically. Without it a destination is an incomplete backup.
+7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
+   atomically with ``ok`` or ``failed`` and the facts. It was first written in phase 1, with
+   ``running``, before anything else in DEST: a destination whose manifest still says so is an
+   incomplete backup.
 
 Not guaranteed: databases are separate snapshots taken one after the other (LMDB has no
 transaction across files); each area's files agree with its own index, which is what matters.
@@ -29,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailbak import __version__, _engine, manifest
+from mailbak import __version__, _engine, manifest, testpause
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
     ACCOUNT_KNOWN_FILES,
@@ -51,7 +54,7 @@ from mailbak.runner import Runner, UsageError, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 
 #: Per-area counts recorded in the manifest.
-AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "errors", "warnings")
+AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
 
 #: The columns of the summary table, a subset of AREA_COUNTS, with their headings.
 TABLE_COLUMNS = (("linked", "linked"), ("copied", "copied"), ("skipped_new", "new"), ("skipped_erasing", "erasing"), ("orphans", "orphans"), ("unrecognized", "unrecognized"), ("missing", "missing"))
@@ -137,6 +140,8 @@ class Backup:
         self.data_dst = dest / "data"
         self.started = time.time()
         self.databases: dict[str, dict[str, int]] = {}
+        #: Known plain files in the backup (rel -> {"bytes": n}), for the manifest.
+        self.files: dict[str, dict[str, int]] = {}
         self.areas: list[Area] = []
         self.plain_accounts: list[str] = []
         # Configured account names whose entry is not a directory (a symlink, a file): copied as
@@ -155,6 +160,9 @@ class Backup:
         problem = self.paths.problem()
         if problem:
             raise UsageError(problem)
+        if os.path.lexists(self.paths.data_dir.parent / manifest.MANIFEST):
+            # Read as a store, it would get lock files and a lease: never write into a backup.
+            raise UsageError(f"{self.paths.data_dir.parent}: a backup (it holds {manifest.MANIFEST}), not a store; restore it to get a store")
         try:
             self.config = read_config(self.paths.config_dir)
         except FormatError as e:
@@ -166,6 +174,10 @@ class Backup:
         try:
             if not existed:
                 os.mkdir(self.dest, 0o700)
+            # Before anything else: from here on DEST says it is a backup (an incomplete one
+            # until the manifest is replaced at the end), never a store to be written to.
+            manifest.write(self.dest, self.running_facts())
+            testpause.pause("backup.started")
             make_dir(self.dest / "config", self.paths.config_dir)
             make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
@@ -193,10 +205,12 @@ class Backup:
             lease.release()
         self.runner.new_phase("other files")
         self.copy_other_files()
+        self.record_known_files()
         self.runner.finish()
         # The engine's own tallies as well as the events received: a lost event must never turn
         # a failed backup into an ok one.
         status = "failed" if self.facts("")["errors"] else "ok"
+        testpause.pause("backup.before_manifest")
         _engine.syncfs(self.dest)
         manifest.write(self.dest, self.facts(status))
         return status
@@ -213,7 +227,7 @@ class Backup:
         except SnapshotError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
-        self.databases[rel] = {"txnid": copy.txnid, "bytes": copy.size}
+        self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size}
         return True
 
     def snapshot_databases(self) -> None:
@@ -268,12 +282,23 @@ class Backup:
             self.reporter.error("area_unreadable", f"data/{rel}/index.db", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
-        for code, id_, detail in index.problems:
-            if code.startswith(("bad_", "missing_")):
-                self.reporter.error(code, f"data/{rel}/index.db", f"{detail} (files of such records are kept if present)")
+        self.report_index_problems(rel, index)
         if kind == "account" and os.path.lexists(src / "junkfilter.db"):
             self.snapshot(f"{rel}/junkfilter.db", src / "junkfilter.db", dst / "junkfilter.db")
         self.areas.append(Area(name, rel, src, dst, index, tree, known))
+
+    def report_index_problems(self, rel: str, index: Index) -> None:
+        """Every problem verify of the backup will report about this index is an error of the
+        backup too, so that a backup called ok always verifies clean; the snapshot is still
+        backed up as it is (it is the best copy there is)."""
+        where = f"data/{rel}/index.db"
+        for code, id_, detail in index.problems:
+            if code.startswith(("bad_", "missing_")):
+                self.reporter.error(code, where, f"{detail} (files of such records are kept if present)")
+            else:
+                self.reporter.error(code, where, f"{detail}; backed up as it is")
+        if index.problem_count > len(index.problems):
+            self.reporter.error("more_problems", where, f"{index.problem_count - len(index.problems)} more record problems not listed")
 
     def backup_areas(self) -> None:
         """Phase 5: every area in one engine call, so workers spread over all of them."""
@@ -284,6 +309,8 @@ class Backup:
                 "tree": a.tree,
                 "known": [k.encode() for k in a.known],
                 "live": a.index.live,
+                "sizes": a.index.sizes,
+                "unknown_sizes": a.index.unknown_sizes,
                 "erasing": a.index.erasing,
                 "next_id": a.index.new_from,
                 "prefix": f"data/{a.rel}".encode(),
@@ -337,6 +364,18 @@ class Backup:
             names = [n for n in os.listdir(os.fsencode(src)) if not n.endswith(LOCK_SUFFIX.encode())]
             self.copy_tree(src, self.data_dst / rel, f"data/{rel}".encode(), only=names)
 
+    def record_known_files(self) -> None:
+        """Names, for the manifest, the known plain files the backup holds (docs/FORMAT.md
+        section 1), with their sizes as copied: verify then finds one deleted or altered."""
+        rels = [*TOP_PLAIN_FILES, LEASE_FILE, *(f"{a.rel}/junkfilter.bloom" for a in self.areas if a.rel != "queue")]
+        for rel in rels:
+            try:
+                st = os.lstat(self.data_dst / rel)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                self.files[rel] = {"bytes": st.st_size}
+
     # Phase 7 ---------------------------------------------------------------------------------
 
     def store_format_version(self) -> str | None:
@@ -345,6 +384,10 @@ class Backup:
                 return f.read(64).decode("utf-8", "replace").strip()
         except OSError:
             return None
+
+    def running_facts(self) -> dict[str, Any]:
+        """The first manifest: the backup has started and is not finished (docs/FORMAT.md)."""
+        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": str(self.paths.data_dir.parent.resolve()), "started": rfc3339(self.started)}
 
     def facts(self, status: str) -> dict[str, Any]:
         """The manifest's content (also the JSON summary)."""
@@ -357,6 +400,7 @@ class Backup:
             "started": rfc3339(self.started),
             "finished": rfc3339(),
             "databases": self.databases,
+            "files": self.files,
             "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.name == "queue" and a.rel == "queue"), None),
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.rel != "queue"},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],

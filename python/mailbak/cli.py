@@ -146,22 +146,24 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     """Back up STORE into DEST (new or empty) while the server runs.
 
     \b
-    Phases: copy config/; take the backup lease; copy every LMDB database from
-    one read transaction each; hardlink (or copy) the message files those
-    snapshots name, skipping files added later or being erased; copy all other
-    files of data/ (unknown ones with a warning); flush DEST; write
-    DEST/mailbak.json last.
+    Phases: write DEST/mailbak.json saying "running"; copy config/; take the
+    backup lease; copy every LMDB database from one read transaction each;
+    hardlink (or copy) the message files those snapshots name, skipping files
+    added later or being erased; copy all other files of data/ (unknown ones
+    with a warning); flush DEST; replace DEST/mailbak.json with ok or failed.
 
     \b
     Safety: nothing in STORE is modified (LMDB registers the backup as a reader
     in the lock files, as it does any reader). Writers are never blocked.
-    Ctrl-C or SIGTERM stops workers and leaves DEST without a manifest, which
-    `mailbak verify` reports as an incomplete backup; delete it and run again.
+    Ctrl-C or SIGTERM stops workers and leaves DEST with its "running"
+    manifest, which `mailbak verify` reports as an incomplete backup; delete it
+    and run again.
 
     \b
-    Exit status: 0 ok (warnings allowed), 1 failed (errors, backup kept and
-    marked failed, or stopped by a full destination), 2 bad usage or input
-    (nothing written), 130 interrupted.
+    Exit status: 0 ok (warnings allowed; the backup verifies clean), 1 failed
+    (errors, backup kept and marked failed, or stopped by a full destination
+    and left "running"), 2 bad usage or input (nothing written), 130
+    interrupted (left "running").
     """
     from mailbak.api import backup_job
     from mailbak.monitor import Monitor
@@ -172,7 +174,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
         reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-        execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (no manifest)")
+        execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (its manifest says running)")
 
 
 @main.command()
@@ -185,17 +187,24 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
     """Prove a backup (or a store) complete and consistent.
 
     \b
-    Checks: the manifest says ok (backups); every LMDB file passes a structural
-    check before LMDB opens it, and every record decodes; every live message and
-    queued message has its file with the recorded size; account rules (uid below
-    uidnext, no live message in an expunged mailbox, erase entries name expunged
-    messages); no unrecognized files in message directories; accounts and
-    directories agree with the config.
+    PATH is a backup if it holds mailbak.json (whatever else it holds), else a
+    store if it has config/mailstore.toml and data/.
 
     \b
-    Writes nothing (no lock files in a backup) unless --fix, which moves
+    Checks: the manifest says ok (backups; "running" means incomplete); every
+    LMDB file passes a structural check before LMDB opens it, and every record
+    decodes; every live message and queued message has its file with the
+    recorded size; account rules (uid below uidnext, no live message in an
+    expunged mailbox, erase entries name expunged messages); no unrecognized
+    files in message directories; accounts and directories agree with the
+    config; the backup holds every database, account and known file its
+    manifest names, with the recorded sizes, transaction IDs and counts.
+
+    \b
+    Writes nothing (nothing at all in a backup) unless --fix, which moves
     unrecognized files to data/moved/ keeping their path. Exit status: 0 clean,
-    1 problems found, 2 bad usage or input, 130 interrupted.
+    1 problems found (incomplete, failed, damaged, or not what its manifest
+    says), 2 bad usage or input, 130 interrupted.
     """
     from mailbak.api import verify_job
     from mailbak.monitor import Monitor

@@ -1,8 +1,17 @@
-"""The backup manifest ``DEST/mailbak.json``: written last, atomically; read with limits.
+"""The backup manifest ``DEST/mailbak.json``: written first and last, atomically; read with limits.
 
-A destination without a manifest is an incomplete backup (interrupted, killed, or stopped by a
-full disk); one whose manifest says ``failed`` is complete as far as it goes but lacks files or
-databases, each named in the run's errors.
+A backup says it is one from its first byte: ``mailbak backup`` writes the manifest with
+``"status": "running"`` (and the start time) before anything else in DEST, and replaces it
+atomically at the end with ``ok`` or ``failed`` and the facts of the run. So a directory holding
+``mailbak.json`` is a backup, whatever else it holds (lock files, ``data/tmp/``):
+
+- ``running``: incomplete (killed, interrupted, stopped by a full disk, or still being written);
+- ``failed``: complete as far as it goes, but lacking files or databases, each named in the run's
+  errors;
+- ``ok``: complete; the facts (databases, areas, known files) are what verify checks it against.
+
+A destination without a manifest at all is incomplete too (a backup by a mailbak that wrote the
+manifest only at the end, killed before it).
 """
 
 from __future__ import annotations
@@ -20,6 +29,10 @@ MANIFEST = "mailbak.json"
 KIND = "mailbak-backup"
 #: Version of the manifest's layout.
 MANIFEST_VERSION = 1
+#: Statuses a manifest can hold (see the module doc).
+RUNNING, OK, FAILED = "running", "ok", "failed"
+#: What the manifest says of each area's index snapshot (``snapshot.Index.summary``).
+AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
 #: Largest manifest accepted when reading (a store of 100k accounts stays far below).
 MAX_BYTES = 64 * 1024 * 1024
 
@@ -51,7 +64,8 @@ def write(dest: Path, facts: dict[str, Any]) -> Path:
 
 
 def read(backup: Path) -> dict[str, Any]:
-    """Reads and validates a manifest; raises ManifestError."""
+    """Reads and validates a manifest of any status (callers decide what ``running`` and
+    ``failed`` mean to them); raises ManifestError."""
     path = backup / MANIFEST
     raw = read_bounded(path, MAX_BYTES, "no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError)
     try:
@@ -63,9 +77,49 @@ def read(backup: Path) -> dict[str, Any]:
     if doc.get("manifest_version") != MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest version {doc.get('manifest_version')!r} is not supported (this mailbak reads {MANIFEST_VERSION})")
     status = doc.get("status")
-    if status not in ("ok", "failed"):
-        raise ManifestError(f"{path}: status {status!r} is neither \"ok\" nor \"failed\"")
+    if status not in (OK, FAILED, RUNNING):
+        raise ManifestError(f"{path}: status {status!r} is none of \"ok\", \"failed\", \"running\"")
+    if status == RUNNING:
+        # Written before anything else: only the start is known. Callers treat it as incomplete.
+        if not isinstance(doc.get("started"), str):
+            raise ManifestError(f"{path}: field 'started' is missing or not a str")
+        return doc
     for key, typ in (("accounts", dict), ("databases", dict), ("errors", int), ("warnings", int)):
         if not isinstance(doc.get(key), typ):
             raise ManifestError(f"{path}: field {key!r} is missing or not a {typ.__name__}")
+    _check_facts(path, doc)
     return doc
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_rel(rel: Any) -> bool:
+    """A relative path below ``data/`` that cannot leave it."""
+    return isinstance(rel, str) and bool(rel) and not rel.startswith("/") and all(p not in ("", ".", "..") for p in rel.split("/"))
+
+
+def _check_facts(path: Path, doc: dict[str, Any]) -> None:
+    """The facts verify compares a backup with must have the shapes ``mailbak backup`` writes, so
+    that a damaged or forged manifest is one clear error, never a traceback or a path outside
+    the backup. ``files`` and ``copy_txnid`` came later within version 1: optional."""
+
+    def bad(what: str) -> ManifestError:
+        return ManifestError(f"{path}: {what}")
+
+    for rel, db in doc["databases"].items():
+        if not _is_rel(rel) or not isinstance(db, dict) or not all(_is_int(db.get(k)) for k in ("txnid", "bytes")):
+            raise bad(f"database entry {rel!r} is malformed")
+        if "copy_txnid" in db and not _is_int(db["copy_txnid"]):
+            raise bad(f"database entry {rel!r} is malformed")
+    files = doc.setdefault("files", {})
+    if not isinstance(files, dict) or not all(_is_rel(rel) and isinstance(f, dict) and _is_int(f.get("bytes")) for rel, f in files.items()):
+        raise bad("field 'files' is malformed")
+    areas = [("queue", doc.get("queue"))] if doc.get("queue") is not None else []
+    for name, area in [*areas, *doc["accounts"].items()]:
+        if not _is_rel(name) or "/" in name or not isinstance(area, dict) or not all(_is_int(area.get(k)) for k in AREA_FACTS):
+            raise bad(f"area entry {name!r} is malformed")
+    plain = doc.setdefault("plain_copied_accounts", [])
+    if not isinstance(plain, list) or not all(_is_rel(n) and "/" not in n for n in plain):
+        raise bad("field 'plain_copied_accounts' is malformed")

@@ -1,15 +1,18 @@
 """mailbak restore: brings a backup back as a new store, then verifies it.
 
 Step by step:
-1. Check: BACKUP has an ``ok`` manifest (else refused unless ``--force``); STORE does not exist
-   or is empty. Problems here are bad input: exit 2, nothing written.
+1. Check: BACKUP has an ``ok`` manifest (a missing, ``running`` or ``failed`` one is refused
+   unless ``--force``); STORE does not exist or is empty. Problems here are bad input: exit 2,
+   nothing written.
 2. ``config/`` is copied (modes kept, symlinks recreated as they are, never followed).
 3. ``data/``: in the queue and each account directory, files at a message path are hardlinked
    (copied across file systems, or always with ``--copy``); everything else, databases included,
    is copied, because the server modifies those in place. The backup's databases are compact
    LMDB snapshots without lock files, so their copies are fresh LMDB files.
 4. ``data/tmp/`` is created (it is never backed up; writers need it).
-5. The restored store is verified as ``mailbak verify`` would, and the result shown.
+5. The restored store is verified as ``mailbak verify`` would, and against the backup's
+   manifest (every database, area and known file it names, with sizes and counts), and the
+   result shown.
 
 Every write goes through directory descriptors and single names read from the backup's
 directories, so no name in a backup (``..``, absolute symlink targets) can lead a write outside
@@ -64,6 +67,8 @@ class Restore:
         self.target = store
         self.store_fd: int | None = None
         self.store_was = (0, 0, 0o750)
+        #: The backup's manifest when it names what the backup holds (ok or failed).
+        self.expect: dict[str, Any] | None = None
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
@@ -77,8 +82,12 @@ class Restore:
                 raise UsageError(f"{e}; refusing to restore it (use --force to restore what is there)") from e
             self.reporter.warn("manifest", manifest.MANIFEST, f"{e}; restoring anyway (--force)")
         else:
-            if doc["status"] != "ok" and not self.force:
+            if doc["status"] == manifest.RUNNING and not self.force:
+                raise UsageError(f"{self.backup}: the backup is incomplete (its manifest still says \"running\": killed, interrupted or stopped by a full disk); refusing to restore it (use --force to restore what is there)")
+            if doc["status"] == manifest.FAILED and not self.force:
                 raise UsageError(f"{self.backup}: the backup is marked failed ({doc['errors']} errors when it was made); refusing to restore it (use --force)")
+            if doc["status"] != manifest.RUNNING:
+                self.expect = doc
         for part in ("config", "data"):
             if not is_real_dir(self.backup / part):
                 raise UsageError(f"{self.backup}: no {part}/ directory; not a mailbak backup")
@@ -128,7 +137,9 @@ class Restore:
         _engine.syncfs(self.target)
         self.give_store_root()
         self.reporter.message(f"restored into {self.store}; verifying it")
-        self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose)
+        # Checked against the backup's manifest as well: what was deleted from the backup is
+        # missing from the restored store, however consistent the rest looks without it.
+        self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose, expect=self.expect)
         self.verify.check()
         return self.verify.run()
 

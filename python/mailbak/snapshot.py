@@ -55,6 +55,8 @@ class DbCopy:
     path: Path
     #: Transaction ID of the snapshot in the source.
     txnid: int
+    #: Transaction ID the copy itself holds (a compacting copy starts over at 1).
+    copy_txnid: int
     #: Size of the copy in bytes.
     size: int
 
@@ -65,6 +67,8 @@ class Index:
 
     live: bytes
     sizes: bytes
+    #: Live IDs whose record has no readable size (their entry in ``sizes`` means nothing).
+    unknown_sizes: bytes
     erasing: bytes
     highest: int
     records: int
@@ -216,8 +220,9 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCo
                 try:
                     if summary["compact_copy_safe"]:
                         env.copy(str(dst), compact=True, txn=txn)
+                        copy_txnid = _file_txnid(dst)
                     else:
-                        txnid = _plain_copy(env, dst)
+                        txnid = copy_txnid = _plain_copy(env, dst)
                 except lmdb.Error as e:
                     if is_destination_full(str(e)):
                         raise DestinationFull(f"{dst}: {e}") from e
@@ -225,9 +230,20 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCo
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
                 if os.geteuid() == 0:
                     os.chown(dst, st.st_uid, st.st_gid)
-                return DbCopy(dst, txnid, os.stat(dst).st_size)
+                return DbCopy(dst, txnid, copy_txnid, os.stat(dst).st_size)
         assert last is not None
         raise SnapshotError(f"damaged: {describe(last)}")
+    finally:
+        env.close()
+
+
+def _file_txnid(path: Path) -> int:
+    """The transaction ID of the newest snapshot in a copy we just wrote (recorded in the
+    manifest, so that verify can tell the backup's file is still that copy)."""
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, create=False, max_dbs=0)
+    try:
+        with env.begin() as txn:
+            return txn.id()
     finally:
         env.close()
 

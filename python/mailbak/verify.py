@@ -1,7 +1,9 @@
 """mailbak verify: proves a backup (or a live store) complete and consistent.
 
 The checks, in order, each reported with its path:
-1. Manifest (backups): present and ``ok``. Missing means incomplete; ``failed`` means failed.
+1. Manifest (backups): present and ``ok``. Missing or ``running`` means incomplete; ``failed``
+   means failed. Any directory holding ``mailbak.json`` is a backup (``is_live_store``), and
+   nothing is ever written into a backup (except by ``--fix``).
 2. Databases: every LMDB file passes the engine's structural check (it reads the file itself,
    so a damaged file never reaches LMDB's C code), and only then is opened read-only, without a
    lock file in a backup. Index records must decode (engine: ``read_index``).
@@ -16,6 +18,8 @@ The checks, in order, each reported with its path:
    overwriting, and in a live store only files unchanged for 15 minutes (a delivery in progress
    looks like an orphan until its record is committed).
 6. Accounts in the config without a directory (error), directories not in the config (warning).
+7. Backups with a finished manifest: every database, area and known file it names is there,
+   with the recorded size, transaction ID and record counts (``check_against_manifest``).
 
 A live store is verified from a snapshot of each index copied to a temporary directory outside
 the store (``snapshot.py``), holding the backup lease so that writers defer removals, and files
@@ -37,7 +41,7 @@ import lmdb
 
 from mailbak import _engine, manifest
 from mailbak.identity import StoreOwner
-from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
+from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import DestinationFull, Runner, UsageError
 from mailbak.testpause import pause
@@ -57,12 +61,19 @@ class AreaResult:
 
 
 def is_live_store(path: Path) -> bool:
-    """A store has ``data/tmp/`` (writers stage deliveries there) or LMDB lock files; a backup
-    never holds either."""
-    data = path / "data"
-    if (data / "tmp").is_dir():
-        return True
-    return any(n.endswith(".db-lock") for n in _listdir(data))
+    """A store is a directory with ``config/mailstore.toml`` and ``data/`` and no manifest. A
+    directory holding ``mailbak.json`` is a backup whatever else it holds (lock files, a
+    ``data/tmp/``): ``mailbak backup`` writes the manifest before anything else."""
+    if os.path.lexists(path / manifest.MANIFEST):
+        return False
+    return (path / "config" / CONFIG_FILE).is_file() and is_real_dir(path / "data")
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _listdir(path: Path) -> list[str]:
@@ -75,7 +86,7 @@ def _listdir(path: Path) -> list[str]:
 class Verify:
     """One run of ``mailbak verify``."""
 
-    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False):
+    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False, expect: dict[str, Any] | None = None):
         self.path = path
         self.fix = fix
         self.jobs = jobs
@@ -85,6 +96,11 @@ class Verify:
         self.live = False
         self.areas: list[AreaResult] = []
         self.manifest_status: str | None = None
+        #: The manifest of a finished (ok or failed) backup: what PATH must hold. For a backup it
+        #: is read from PATH; restore passes the backup's to check the store it restored.
+        self.manifest_doc: dict[str, Any] | None = expect
+        #: Transaction ID of each database file of a backup, as the structural check read it.
+        self.db_txnids: dict[str, int] = {}
         self.databases = 0
         self.owner: StoreOwner | None = None
 
@@ -128,6 +144,8 @@ class Verify:
                 self.runner.new_phase("files", total)
                 self.check_files(indexes)
             self.check_account_dirs(config)
+            if self.manifest_doc is not None:
+                self.check_against_manifest(self.manifest_doc, config, indexes)
             self.runner.finish()
         engine_errors = sum(a.counts.get("errors", 0) for a in self.areas)
         return "problems" if self.reporter.counts.errors or engine_errors else "clean"
@@ -143,8 +161,13 @@ class Verify:
             self.manifest_status = code
             return
         self.manifest_status = doc["status"]
-        if doc["status"] != "ok":
-            self.reporter.error("backup_failed", manifest.MANIFEST, f"the backup run reported {doc['errors']} error(s); it lacks what they name")
+        if doc["status"] == manifest.RUNNING:
+            self.manifest_status = "incomplete"
+            self.reporter.error("incomplete", manifest.MANIFEST, f"incomplete backup: it started at {doc['started']} and never finished (its manifest still says \"running\"): it was killed, interrupted or stopped by a full disk, or it is still running")
+        else:
+            self.manifest_doc = doc
+            if doc["status"] != manifest.OK:
+                self.reporter.error("backup_failed", manifest.MANIFEST, f"the backup run reported {doc['errors']} error(s); it lacks what they name")
 
     # 2 ---------------------------------------------------------------------------------------
 
@@ -156,7 +179,7 @@ class Verify:
         if self.live:
             dst = self.tmp / rel.replace("/", "%")
             try:
-                copy_database(src, dst, self.owner)
+                self.db_txnids[rel] = copy_database(src, dst, self.owner).txnid
             except SnapshotError as e:
                 self.reporter.error("database", f"data/{rel}", str(e))
                 return None
@@ -172,7 +195,7 @@ class Verify:
             if st.st_size == 0:
                 self.reporter.error("database", f"data/{rel}", "empty file, not an LMDB database")
                 return None
-            _engine.lmdb_check(src)
+            self.db_txnids[rel] = _engine.lmdb_check(src)["txnid"]
         except FileNotFoundError:
             self.reporter.error("database", f"data/{rel}", "missing")
             return None
@@ -244,6 +267,7 @@ class Verify:
                     "known": [k.encode() for k in (QUEUE_KNOWN_FILES if queue else ACCOUNT_KNOWN_FILES)],
                     "live": index.live,
                     "sizes": index.sizes,
+                    "unknown_sizes": index.unknown_sizes,
                     "erasing": index.erasing,
                     "next_id": index.new_from,
                     "prefix": f"data/{rel}".encode(),
@@ -264,6 +288,57 @@ class Verify:
                 self.reporter.error("account_missing", f"data/accounts/{name}", "configured account has no directory (a symlink is never followed)")
         for name in sorted(present - set(config.accounts)):
             self.reporter.warn("unconfigured_account", f"data/accounts/{name}", "directory of an account not in the config")
+
+    # 7 ---------------------------------------------------------------------------------------
+
+    def check_against_manifest(self, doc: dict[str, Any], config, indexes: list[tuple[str, str, Index]]) -> None:
+        """Check 7: the backup holds what its manifest says the run wrote (docs/VERIFY.md):
+        every database with its size and transaction ID, every area with its record counts,
+        every known plain file with its size. Whatever was deleted or replaced since is an
+        error, even where the rest of the backup looks consistent without it."""
+        data = self.paths.data_dir
+
+        def missing(rel: str, what: str) -> None:
+            self.reporter.error("not_in_backup", f"data/{rel}", f"{what} named in the manifest is not in the backup")
+
+        def mismatch(rel: str, what: str, have: object, want: object) -> None:
+            self.reporter.error("manifest_mismatch", f"data/{rel}", f"{what} is {have}, the manifest says {want}")
+
+        for rel, want in doc["databases"].items():
+            st = _lstat(data / rel)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                missing(rel, "database")
+                continue
+            if st.st_size != want["bytes"]:
+                mismatch(rel, "size", st.st_size, want["bytes"])
+            have_txnid = self.db_txnids.get(rel)
+            if "copy_txnid" in want and have_txnid is not None and have_txnid != want["copy_txnid"]:
+                mismatch(rel, "transaction ID", have_txnid, want["copy_txnid"])
+        for rel, want in doc["files"].items():
+            st = _lstat(data / rel)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                missing(rel, "file")
+            elif st.st_size != want["bytes"]:
+                mismatch(rel, "size", st.st_size, want["bytes"])
+        read = {rel: index for _, rel, index in indexes}
+        areas = [("queue", doc["queue"])] if doc.get("queue") is not None else []
+        areas += [(f"accounts/{name}", facts) for name, facts in doc["accounts"].items()]
+        for rel, want in areas:
+            if rel != "queue" and rel.split("/", 1)[1] not in config.accounts:
+                self.reporter.error("not_in_backup", "config/mailstore.toml", f"account {rel.split('/', 1)[1]!r} named in the manifest is not in the backup's config")
+            if not is_real_dir(data / rel):
+                missing(rel, "directory")
+                continue
+            index = read.get(rel)
+            if index is None:
+                continue  # its index was reported unreadable (or it left the config) above
+            have = index.summary()
+            for key in manifest.AREA_FACTS:
+                if have[key] != want[key]:
+                    mismatch(f"{rel}/index.db", f"{key.replace('_', ' ')} of the index", have[key], want[key])
+        for name in doc["plain_copied_accounts"]:
+            if not os.path.lexists(data / "accounts" / name):
+                missing(f"accounts/{name}", "directory")
 
     # Results ---------------------------------------------------------------------------------
 
