@@ -26,7 +26,7 @@ use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
 use crate::msgpath;
 use crate::progress::{Sink, Tally};
-use crate::walk::{self, Dir, Roots, Visitor};
+use crate::walk::{self, Dir, Fence, Roots, Visitor};
 
 /// Record size that means "unknown" (the record did not decode); the size check is skipped.
 pub const UNKNOWN_SIZE: u64 = u64::MAX;
@@ -86,7 +86,7 @@ impl<'a> AreaCheck<'a> {
             Ok(fd) => fd,
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
-        walk::walk(Roots { src: root, dst: None, only: None }, self, self.sink);
+        walk::walk(Roots { src: root, dst: None, only: None, fence: Fence::NONE }, self, self.sink);
         if !self.sink.cancelled() {
             self.check_unseen(root2.as_fd());
         }
