@@ -371,6 +371,24 @@ mod tests {
     }
 
     #[test]
+    fn a_root_below_an_anchor_never_follows_a_symlink_nor_climbs_out() {
+        let s = Scratch::new("anchor");
+        std::fs::create_dir_all(s.path("data/accounts/alice")).unwrap();
+        std::fs::create_dir_all(s.path("secrets")).unwrap();
+        std::os::unix::fs::symlink(s.path("secrets"), s.path("data/accounts/bob")).unwrap();
+        let data = open_dir(&s.path("data")).unwrap();
+        let anchor = Some(data.as_fd());
+        assert!(open_root_dir(anchor, Path::new("accounts/alice")).is_ok());
+        // The last component, an intermediate one, and `..` are all refused.
+        assert!(open_root_dir(anchor, Path::new("accounts/bob")).is_err());
+        std::os::unix::fs::symlink(s.path("data/accounts"), s.path("data/acc")).unwrap();
+        assert!(open_root_dir(anchor, Path::new("acc/alice")).is_err());
+        assert_eq!(open_root_dir(anchor, Path::new("../secrets")).unwrap_err(), Errno::INVAL);
+        // Without an anchor the caller's path is opened as named (a root the operator chose).
+        assert!(open_root_dir(None, &s.path("data/accounts/bob")).is_ok());
+    }
+
+    #[test]
     fn make_dir_caps_mode_and_finish_applies_it() {
         let s = Scratch::new("mkdir");
         let root = open_dir(s.root()).unwrap();

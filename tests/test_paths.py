@@ -82,6 +82,21 @@ def test_restore_into_the_backup_through_a_bind_mount_is_refused(store, tmp_path
     assert sorted(os.listdir(backup)) == before
 
 
+def test_a_restore_target_the_check_cannot_see_is_never_entered(store, tmp_path):
+    """A target reached through a bind mount of a directory deeper in the backup: restore's walk
+    meets the target inside the backup and refuses to enter it, instead of looping."""
+    backup = tmp_path / "b"
+    backup_ok(store, backup)
+    with bind_mount(backup / "data" / "accounts", tmp_path / "view") as view:
+        target = view / "restored"
+        p = run_cli("restore", "--json", backup, target, timeout=120)
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert "dest_inside" in p.stdout
+        inner = backup / "data" / "accounts" / "restored" / "data" / "accounts"
+        assert inner.is_dir() and not (inner / "restored" / "data").exists(), "the target was copied into itself"
+        shutil.rmtree(target)
+
+
 # Symlink races at the roots (issue 9, point 4) --------------------------------------------------
 
 

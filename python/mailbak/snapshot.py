@@ -164,8 +164,11 @@ def maps_file(st: os.stat_result) -> bool:
     stat'ed rather than trusting the device field of ``maps``, which differs from ``st_dev`` on
     btrfs subvolumes."""
     want = identity(st)
+    ino = b" %d " % st.st_ino
     with open("/proc/self/maps", "rb") as f:
         for line in f:
+            if ino not in line:
+                continue
             fields = line.split(maxsplit=5)
             if len(fields) < 6 or not fields[4].isdigit() or int(fields[4]) != st.st_ino:
                 continue
