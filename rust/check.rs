@@ -30,7 +30,7 @@ use crate::ids::SeenSet;
 use crate::msgpath;
 use crate::progress::{Sink, Tally};
 use crate::testpause::{self, Pause};
-use crate::walk::{self, Dir, Roots, Visitor};
+use crate::walk::{self, Dir, Fence, Roots, Visitor};
 
 /// How long an unknown file in a live store's message tree must be unchanged before `--fix`
 /// moves it: writers commit a record milliseconds after placing its file, so a quarter of an
@@ -93,7 +93,7 @@ impl<'a> AreaCheck<'a> {
             Ok(fd) => fd,
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
-        walk::walk(Roots { src: root, dst: None, only: None }, self, self.sink);
+        walk::walk(Roots { src: root, dst: None, only: None, fence: Fence::NONE }, self, self.sink);
         if !self.sink.cancelled() {
             self.check_unseen(root2.as_fd());
         }

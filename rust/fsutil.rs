@@ -138,10 +138,14 @@ pub fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
     )
 }
 
-/// Opens a directory `rel` (several components) below `root`, refusing symlinks at every step.
+/// Opens a directory `rel` (several components) below `root`, refusing symlinks at every step
+/// and `..` (which would climb out of `root`).
 pub fn open_dir_below(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
     let mut cur: Option<OwnedFd> = None;
     for comp in rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
+        if comp == b".." {
+            return Err(Errno::INVAL);
+        }
         let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
         let parent = cur.as_ref().map_or(root, |fd| fd.as_fd());
         cur = Some(open_dir_at(parent, &name)?);
@@ -150,6 +154,25 @@ pub fn open_dir_below(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno
         Some(fd) => Ok(fd),
         None => rfs::openat(root, c".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
     }
+}
+
+/// Opens the root directory of an operation: `path` below `anchor` when the caller holds a
+/// descriptor of a trusted directory (the store's `data/`, opened once per run), refusing a
+/// symlink at every component, so that an area replaced by a symlink after the caller checked it
+/// is never entered; otherwise `path` as the caller named it.
+pub fn open_root_dir(anchor: Option<BorrowedFd<'_>>, path: &Path) -> Result<OwnedFd, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    match anchor {
+        Some(root) => open_dir_below(root, path.as_os_str().as_bytes()),
+        None => open_dir(path),
+    }
+}
+
+/// The identity of a file: `(st_dev, st_ino)`. Two paths name the same directory exactly when
+/// their identities are equal, whatever mounts or symlinks lie on the way.
+pub fn identity(st: &rfs::Stat) -> (u64, u64) {
+    #[allow(clippy::unnecessary_cast)] // dev_t and ino_t are not u64 on every target
+    (st.st_dev as u64, st.st_ino as u64)
 }
 
 /// `lstat` of `name` in `dir`.
@@ -345,6 +368,24 @@ mod tests {
         let root = open_dir(s.root()).unwrap();
         assert!(open_dir_below(root.as_fd(), b"a/b").is_ok());
         assert_eq!(open_dir_below(root.as_fd(), b"link/b").unwrap_err(), Errno::NOTDIR);
+    }
+
+    #[test]
+    fn a_root_below_an_anchor_never_follows_a_symlink_nor_climbs_out() {
+        let s = Scratch::new("anchor");
+        std::fs::create_dir_all(s.path("data/accounts/alice")).unwrap();
+        std::fs::create_dir_all(s.path("secrets")).unwrap();
+        std::os::unix::fs::symlink(s.path("secrets"), s.path("data/accounts/bob")).unwrap();
+        let data = open_dir(&s.path("data")).unwrap();
+        let anchor = Some(data.as_fd());
+        assert!(open_root_dir(anchor, Path::new("accounts/alice")).is_ok());
+        // The last component, an intermediate one, and `..` are all refused.
+        assert!(open_root_dir(anchor, Path::new("accounts/bob")).is_err());
+        std::os::unix::fs::symlink(s.path("data/accounts"), s.path("data/acc")).unwrap();
+        assert!(open_root_dir(anchor, Path::new("acc/alice")).is_err());
+        assert_eq!(open_root_dir(anchor, Path::new("../secrets")).unwrap_err(), Errno::INVAL);
+        // Without an anchor the caller's path is opened as named (a root the operator chose).
+        assert!(open_root_dir(None, &s.path("data/accounts/bob")).is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! (a root or database file that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an
 //! engine panic: `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{AreaBackup, PlainCopy};
 use crate::fsid::{self, FsId};
+use crate::walk::Fence;
 use crate::{fsutil, gen, msgpath};
 
 create_exception!(_engine, LmdbError, PyException, "An LMDB file failed the structural check (args: kind, page, message).");
@@ -106,10 +107,34 @@ fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> Py
 
 /// Opens a root directory, as OSError with the path on failure.
 fn open_root(path: &Path) -> PyResult<OwnedFd> {
-    fsutil::open_dir(path).map_err(|e| {
+    open_root_in(None, path)
+}
+
+/// Opens a root directory below `anchor` when given (see `fsutil::open_root_dir`), as OSError
+/// with the path on failure.
+fn open_root_in(anchor: Option<&OwnedFd>, path: &Path) -> PyResult<OwnedFd> {
+    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path).map_err(|e| {
         let err = std::io::Error::from_raw_os_error(e.raw_os_error());
         PyOSError::new_err((e.raw_os_error(), err.to_string(), path.to_path_buf()))
     })
+}
+
+/// Our own duplicate of the caller's descriptor of a trusted directory (the store's `data/`,
+/// which Python opened once for the whole run), so that the engine call never depends on the
+/// caller keeping it open.
+fn anchor(raw: Option<i32>) -> PyResult<Option<OwnedFd>> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw < 0 {
+        return Err(PyValueError::new_err("root must be an open directory descriptor"));
+    }
+    // SAFETY: the caller passes a descriptor it holds open for the duration of this call (the
+    // GIL is held here); it is only borrowed long enough to duplicate it.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    let own = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string())))?;
+    match rustix::fs::fstat(&own) {
+        Ok(st) if fsutil::Kind::from_mode(st.st_mode) == fsutil::Kind::Dir => Ok(Some(own)),
+        _ => Err(PyValueError::new_err("root must be an open directory descriptor")),
+    }
 }
 
 /// A tally as a dict.
@@ -193,18 +218,33 @@ fn unpack_u64(buf: &[u8]) -> PyResult<Vec<u64>> {
     Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
 }
 
-/// Opens an area's root inside a worker; failure is the area's error event, not an exception,
-/// so one unreadable account does not stop the others.
-fn open_area_root(path: &Path, sink: &Sink<'_>) -> Option<OwnedFd> {
-    fsutil::open_dir(path).map_err(|e| sink.io_error(b"", "open directory", e)).ok()
+/// Opens an area's root inside a worker (below `anchor` when given, refusing symlinks at every
+/// step); failure is the area's error event, not an exception, so one unreadable account does
+/// not stop the others.
+fn open_area_root(anchor: Option<&OwnedFd>, path: &Path, sink: &Sink<'_>) -> Option<OwnedFd> {
+    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path).map_err(|e| sink.io_error(b"", "open directory", e)).ok()
 }
 
 /// Backs up message areas (the queue and accounts), all in one pool so that workers spread
 /// over every area's directories; see `transfer.rs`. Returns one tally per area, in order.
+/// With `root`, each area's `src` is relative to that directory descriptor. `skip`: directories
+/// never entered, by `(st_dev, st_ino)`. Lock files are always left out (a backup never holds
+/// one).
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, force_copy = false))]
-fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usize, progress: &Progress, force_copy: bool) -> PyResult<Vec<Bound<'py, PyDict>>> {
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new()))]
+#[allow(clippy::too_many_arguments)]
+fn backup_areas<'py>(
+    py: Python<'py>,
+    areas: Vec<Bound<'py, PyDict>>,
+    jobs: usize,
+    progress: &Progress,
+    force_copy: bool,
+    root: Option<i32>,
+    skip: Vec<(u64, u64)>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
+    let root = anchor(root)?;
+    let fence = Fence { skip, skip_locks: true };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || {
         areas
@@ -213,8 +253,8 @@ fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usiz
                 let sink = Sink::new(&p, &a.prefix);
                 let policy = LinkPolicy::new(force_copy);
                 let dst = a.dst.as_deref().expect("a backup area has a destination");
-                if let (Some(src), Some(dst)) = (open_area_root(&a.src, &sink), open_area_root(dst, &sink)) {
-                    AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink).run(src, dst);
+                if let (Some(src), Some(dst)) = (open_area_root(root.as_ref(), &a.src, &sink), open_area_root(None, dst, &sink)) {
+                    AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink).with_fence(&fence).run(src, dst);
                 }
                 (sink.tally, (policy.first_fallback(), policy.fallbacks()))
             })
@@ -223,9 +263,11 @@ fn backup_areas<'py>(py: Python<'py>, areas: Vec<Bound<'py, PyDict>>, jobs: usiz
     results.iter().map(|(tally, fallback)| transfer_dict(py, tally, *fallback)).collect()
 }
 
-/// Copies a tree (or the named root-level entries of it); see `transfer.rs`.
+/// Copies a tree (or the named root-level entries of it); see `transfer.rs`. With `root`, `src`
+/// is relative to that directory descriptor. `skip`: directories never entered, by
+/// `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false))]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false))]
 #[allow(clippy::too_many_arguments)]
 fn copy_tree<'py>(
     py: Python<'py>,
@@ -237,14 +279,19 @@ fn copy_tree<'py>(
     only: Option<Vec<Vec<u8>>>,
     message_tree: Option<Vec<u8>>,
     force_copy: bool,
+    root: Option<i32>,
+    skip: Vec<(u64, u64)>,
+    skip_locks: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let area = message_tree.map(|tree| Area { tree, known: Vec::new() });
-    let (src, dst) = (open_root(&src)?, open_root(&dst)?);
+    let root = anchor(root)?;
+    let (src, dst) = (open_root_in(root.as_ref(), &src)?, open_root(&dst)?);
+    let fence = Fence { skip, skip_locks };
     let p = Arc::clone(&progress.inner);
     let (tally, fallback) = run(py, jobs, move || {
         let sink = Sink::new(&p, &prefix);
         let policy = LinkPolicy::new(force_copy);
-        PlainCopy::new(area.as_ref(), &policy, &sink).run(src, dst, only.as_deref());
+        PlainCopy::new(area.as_ref(), &policy, &sink).with_fence(&fence).run(src, dst, only.as_deref());
         (sink.tally, (policy.first_fallback(), policy.fallbacks()))
     })?;
     transfer_dict(py, &tally, fallback)
@@ -253,9 +300,10 @@ fn copy_tree<'py>(
 /// Verifies message areas' files against their indexes, all in one pool; see `check.rs`.
 /// `live`: a store in use (files above the next ID are new; --fix waits for files to settle).
 /// With `fix_root`, unrecognized files move below `fix_root/<area's fix_rel>`, as `fix_owner`
-/// (uid, gid, groups) when given.
+/// (uid, gid, groups) when given. With `root`, each area's `src` is relative to that directory
+/// descriptor.
 #[pyfunction]
-#[pyo3(signature = (areas, *, live, jobs, progress, fix_root = None, fix_owner = None))]
+#[pyo3(signature = (areas, *, live, jobs, progress, fix_root = None, fix_owner = None, root = None))]
 #[allow(clippy::too_many_arguments)]
 fn check_areas<'py>(
     py: Python<'py>,
@@ -265,9 +313,11 @@ fn check_areas<'py>(
     progress: &Progress,
     fix_root: Option<PathBuf>,
     fix_owner: Option<(u32, u32, Vec<u32>)>,
+    root: Option<i32>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let fix_owner = fix_owner.map(|(uid, gid, groups)| FsId { uid, gid, groups });
     let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
+    let root = anchor(root)?;
     let fix_root = fix_root.map(|r| open_root(&r)).transpose()?;
     let p = Arc::clone(&progress.inner);
     let tallies = run(py, jobs, move || {
@@ -276,7 +326,7 @@ fn check_areas<'py>(
             .map(|a| {
                 let sink = Sink::new(&p, &a.prefix);
                 let fix = fix_root.as_ref().and_then(|r| rustix::io::dup(r).ok()).map(|root| FixTarget { root, rel: a.fix_rel.clone().unwrap_or_default(), owner: fix_owner.clone() });
-                if let Some(root) = open_area_root(&a.src, &sink) {
+                if let Some(root) = open_area_root(root.as_ref(), &a.src, &sink) {
                     AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, live, &sink).run(root);
                 }
                 sink.tally

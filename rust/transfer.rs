@@ -30,7 +30,7 @@ use crate::linkcopy::{LinkPolicy, OpError, Placed};
 use crate::msgpath;
 use crate::progress::{Sink, Tally};
 use crate::testpause::{self, Pause};
-use crate::walk::{self, Dir, Roots, Visitor};
+use crate::walk::{self, Dir, Fence, Roots, Visitor};
 
 /// Counts a placed file and reports it in verbose mode.
 fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
@@ -85,13 +85,20 @@ pub struct AreaBackup<'a> {
     sink: &'a Sink<'a>,
     /// Test-only pause point [`testpause::MID_LINK`], inert unless a test armed it.
     pause: Pause,
+    /// What the walk never visits (the destination, lock files).
+    fence: &'a Fence,
 }
 
 impl<'a> AreaBackup<'a> {
     /// A backup of `area` from `snap`, checking placed files against `sizes`.
     pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [Option<u64>], policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
         assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
-        AreaBackup { area, snap, sizes, seen: SeenSet::new(snap.live.len()), policy, sink, pause: Pause::from_env(testpause::MID_LINK) }
+        AreaBackup { area, snap, sizes, seen: SeenSet::new(snap.live.len()), policy, sink, pause: Pause::from_env(testpause::MID_LINK), fence: Fence::NONE }
+    }
+
+    /// The same, never visiting what `fence` names.
+    pub fn with_fence(self, fence: &'a Fence) -> Self {
+        AreaBackup { fence, ..self }
     }
 
     /// Runs steps 1 to 3 of the module doc.
@@ -100,7 +107,7 @@ impl<'a> AreaBackup<'a> {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return self.sink.io_error(b"", "dup", e),
         };
-        walk::walk(Roots { src, dst: Some(dst), only: None }, self, self.sink);
+        walk::walk(Roots { src, dst: Some(dst), only: None, fence: self.fence }, self, self.sink);
         if !self.sink.cancelled() {
             self.place_unseen(src2.as_fd(), dst2.as_fd());
         }
@@ -293,17 +300,24 @@ pub struct PlainCopy<'a> {
     policy: &'a LinkPolicy,
     /// Where counts and events go.
     sink: &'a Sink<'a>,
+    /// What the walk never visits (the destination, lock files).
+    fence: &'a Fence,
 }
 
 impl<'a> PlainCopy<'a> {
     /// A plain copy; see the type doc for `messages`.
     pub fn new(messages: Option<&'a Area>, policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
-        PlainCopy { messages, policy, sink }
+        PlainCopy { messages, policy, sink, fence: Fence::NONE }
+    }
+
+    /// The same, never visiting what `fence` names.
+    pub fn with_fence(self, fence: &'a Fence) -> Self {
+        PlainCopy { fence, ..self }
     }
 
     /// Copies the tree (only the root-level `only` names when given).
     pub fn run(&self, src: OwnedFd, dst: OwnedFd, only: Option<&[Vec<u8>]>) {
-        walk::walk(Roots { src, dst: Some(dst), only }, self, self.sink);
+        walk::walk(Roots { src, dst: Some(dst), only, fence: self.fence }, self, self.sink);
     }
 }
 

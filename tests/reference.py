@@ -42,6 +42,15 @@ class Outcome:
     orphans: set[str] = field(default_factory=set)
     special: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
+    #: LMDB lock files (a regular ``NAME-lock`` beside a regular ``NAME``): never backed up.
+    locks: set[str] = field(default_factory=set)
+
+
+def is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def classify_area(root: Path, *, tree: str, known: set[str], live: set[int], erasing: set[int], next_id: int) -> Outcome:
@@ -54,6 +63,9 @@ def classify_area(root: Path, *, tree: str, known: set[str], live: set[int], era
         for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
             rel = f"{rel_dir}/{name}" if rel_dir else name
             mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            if name.endswith("-lock") and len(name) > 5 and stat.S_ISREG(mode) and is_regular(os.path.join(dirpath, name[:-5])):
+                out.locks.add(rel)
+                continue
             if rel_dir == "" and name in known:
                 out.known.add(rel)
                 continue

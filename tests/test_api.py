@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -88,7 +89,7 @@ def test_an_exception_in_on_event_stops_the_run(store, tmp_path):
 
     with pytest.raises(Stop):
         mailbak.backup(store, tmp_path / "b", on_event=on_event)
-    assert not (tmp_path / "b" / "mailbak.json").exists(), "an incomplete backup has no manifest"
+    assert json.loads((tmp_path / "b" / "mailbak.json").read_text())["status"] == "running", "an interrupted backup stays marked running"
     assert run_cli("verify", tmp_path / "b").returncode == 1
 
 

@@ -19,7 +19,7 @@ from reference import classify_area, dir_name
 KNOWN = {"index.db", "index.db-lock", "junkfilter.bloom"}
 
 ids = st.integers(min_value=1, max_value=3 * 8192 + 100)
-stray_names = st.sampled_from(["x", "007", "0", "12a", "-5", "notes.txt", "99999999999999999999999", "5 ", "é", "index.db"])
+stray_names = st.sampled_from(["x", "007", "0", "12a", "-5", "notes.txt", "99999999999999999999999", "5 ", "é", "index.db", "x-lock", "007-lock", "-lock"])
 
 
 @st.composite

@@ -261,10 +261,10 @@ def test_database_of_another_transaction_is_an_error(backup):
         f.seek(META1_TXNID)
         assert int.from_bytes(f.read(8), "little") == want, "the offset finds the copy's txnid"
         f.seek(META1_TXNID)
-        f.write((want + 41).to_bytes(8, "little"))
+        f.write((want + 42).to_bytes(8, "little"))
     size = db.stat().st_size
     rc, errors = verify_codes(backup)
-    assert rc == 1 and has(errors, "manifest_mismatch", "data/auth.db", f"transaction ID is {want + 41}, the manifest says {want}")
+    assert rc == 1 and has(errors, "manifest_mismatch", "data/auth.db", f"transaction ID is {want + 42}, the manifest says {want}")
     assert db.stat().st_size == manifest_of(backup)["databases"]["auth.db"]["bytes"] == size
 
 

@@ -71,7 +71,7 @@ class TransferResult(Tally):
 class Area(TypedDict, total=False):
     """One message area (the queue or an account) for backup_areas and check_areas."""
 
-    src: StrPath  # the area's directory
+    src: StrPath  # the area's directory (relative to ``root`` when given)
     dst: StrPath  # backup_areas: the destination directory (must exist)
     tree: bytes  # message tree relative to src: b"msg" for accounts, b"" for the queue
     known: list[bytes]  # root-level names the caller handles itself (index.db, ...)
@@ -83,7 +83,15 @@ class Area(TypedDict, total=False):
     prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
     fix_rel: bytes  # check_areas with fix_root: where this area's strays go below fix_root
 
-def backup_areas(areas: list[Area], *, jobs: int, progress: Progress, force_copy: bool = False) -> list[TransferResult]:
+def backup_areas(
+    areas: list[Area],
+    *,
+    jobs: int,
+    progress: Progress,
+    force_copy: bool = False,
+    root: int | None = None,
+    skip: list[tuple[int, int]] = ...,
+) -> list[TransferResult]:
     """Backs up message areas from their index snapshots, all in one pool (workers spread over
     every area's directories); one result per area, in order.
 
@@ -94,7 +102,12 @@ def backup_areas(areas: list[Area], *, jobs: int, progress: Progress, force_copy
     orphan ("orphan_message"), anything else is "unrecognized"; both are reported and copied.
     Live IDs without a regular file are errors ("missing", "not_regular"); a placed file whose
     size differs from ``sizes`` is an error ("size_mismatch"). An area whose
-    directory cannot be opened is an error event of that area."""
+    directory cannot be opened is an error event of that area.
+
+    ``root``: a descriptor of a directory (the store's ``data/``) that each ``src`` is relative
+    to; every component is then opened without following a symlink. ``skip``: ``(st_dev,
+    st_ino)`` of directories never entered (the destination; meeting one is a "dest_inside"
+    error). LMDB lock files (``NAME-lock`` beside a file ``NAME``) are never copied."""
 
 def copy_tree(
     src: StrPath,
@@ -106,11 +119,15 @@ def copy_tree(
     only: list[bytes] | None = None,
     message_tree: bytes | None = None,
     force_copy: bool = False,
+    root: int | None = None,
+    skip: list[tuple[int, int]] = ...,
+    skip_locks: bool = False,
 ) -> TransferResult:
     """Copies a tree into ``dst`` (which must exist): files copied with their mode bits and
     mtime, symlinks recreated and never followed, special files skipped with a warning. ``only``
     limits the root level to those names. With ``message_tree`` (restore), files at a message
-    path below it are hardlinked instead when possible."""
+    path below it are hardlinked instead when possible. ``root``, ``skip``: as for
+    ``backup_areas`` (``src`` relative to ``root``); ``skip_locks``: leave out LMDB lock files."""
 
 def check_areas(
     areas: list[Area],
@@ -120,6 +137,7 @@ def check_areas(
     progress: Progress,
     fix_root: StrPath | None = None,
     fix_owner: tuple[int, int, list[int]] | None = None,
+    root: int | None = None,
 ) -> list[Tally]:
     """Verifies message areas' files against their indexes (stat only), all in one pool: each
     live ID has a regular file of its recorded size. Unknown files in the message tree: in a
@@ -129,7 +147,8 @@ def check_areas(
     all moved below ``fix_root/<area fix_rel>`` keeping their relative path (never overwriting;
     in a live store only once unchanged for 15 minutes). With ``fix_owner`` (uid, gid, groups)
     each move is made with that file-system identity (``set_fs_identity``): the kernel refuses
-    what that user could not do, and the directories created are theirs."""
+    what that user could not do, and the directories created are theirs. ``root``: as for
+    ``backup_areas``."""
 
 class CheckSummary(TypedDict):
     txnid: int

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mailbak import __version__, _engine, manifest, testpause
+from mailbak.anchor import DataRoot, identity, inside
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
     ACCOUNT_KNOWN_FILES,
@@ -52,6 +53,7 @@ from mailbak.report import Reporter, rfc3339
 from mailbak.testpause import pause
 from mailbak.runner import Runner, UsageError, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
+from mailbak.testpause import pause
 
 #: Per-area counts recorded in the manifest.
 AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
@@ -151,6 +153,8 @@ class Backup:
         #: Whom to act as inside the store (identity.py): its lock files are opened as them.
         self.owner = StoreOwner.of(paths.data_dir)
         self.exdev_hint = EXDEV_HINT
+        # (st_dev, st_ino) of DEST: no walk ever enters it (set by run()).
+        self.skip: list[tuple[int, int]] = []
 
     # Phase 1 ---------------------------------------------------------------------------------
 
@@ -168,8 +172,11 @@ class Backup:
         except FormatError as e:
             raise UsageError(str(e)) from e
         check_destination(self.dest)
-        if self.dest.resolve().is_relative_to(self.paths.data_dir.resolve()) or self.dest.resolve().is_relative_to(self.paths.config_dir.resolve()):
-            raise UsageError(f"{self.dest}: the destination is inside the store")
+        # By identity, not by path: a bind mount or a symlink gives a directory a second path.
+        if inside(self.dest, [self.paths.data_dir, self.paths.config_dir]):
+            raise UsageError(f"{self.dest}: the destination is inside the store (reached through this path or another one, such as a bind mount)")
+        if os.path.lexists(self.dest) and (inside(self.paths.data_dir, [self.dest]) or inside(self.paths.config_dir, [self.dest])):
+            raise UsageError(f"{self.dest}: the store is inside the destination")
         existed = self.dest.exists()
         try:
             if not existed:
@@ -194,11 +201,25 @@ class Backup:
 
     def run(self) -> str:
         """Phases 2 to 7 (after check()); returns the status written to the manifest."""
+        # Every read below data/ starts from this one descriptor (see anchor.py); the engine
+        # never enters the destination, whatever path leads to it.
+        try:
+            self.root = DataRoot(self.paths.data_dir)
+        except OSError as e:
+            raise UsageError(f"{self.paths.data_dir}: cannot open the data directory: {e.strerror}") from e
+        try:
+            self.skip = [identity(os.stat(self.dest))]
+            return self._run()
+        finally:
+            self.root.close()
+
+    def _run(self) -> str:
         self.runner.new_phase("config")
         self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
             self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(self.config.accounts))
             self.snapshot_databases()
+            pause("backup.messages")
             total = sum(a.index.live_count for a in self.areas)
             self.runner.new_phase("messages", total)
             self.backup_areas()
@@ -216,14 +237,27 @@ class Backup:
         return status
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
-        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only)
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, skip=self.skip)
+        self.runner.note_link_fallback(result, self.exdev_hint)
+        return result
+
+    def copy_data(self, rel: str, dst: Path, only: list[bytes] | None = None) -> dict[str, int]:
+        """Copies ``data/rel`` (opened from the data descriptor, never through a symlink), lock
+        files left out."""
+        prefix = f"data/{rel}".rstrip("/").encode()
+        try:
+            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True)
+        except OSError as e:
+            # data/rel was replaced (by a symlink, say) after it was checked: reported, never followed.
+            self.reporter.error("area_missing", prefix, f"cannot open the directory without following a symlink ({e.strerror}); not backed up")
+            return {}
         self.runner.note_link_fallback(result, self.exdev_hint)
         return result
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
         """Copies one database; reports and returns False on failure."""
         try:
-            copy = copy_database(src, dst, self.owner)
+            copy = copy_database(src, dst, self.owner, self.root)
         except SnapshotError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
@@ -304,7 +338,7 @@ class Backup:
         """Phase 5: every area in one engine call, so workers spread over all of them."""
         specs = [
             {
-                "src": a.src,
+                "src": a.rel,
                 "dst": a.dst,
                 "tree": a.tree,
                 "known": [k.encode() for k in a.known],
@@ -317,7 +351,7 @@ class Backup:
             }
             for a in self.areas
         ]
-        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs)
+        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip)
         for area, result in zip(self.areas, results):
             self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
@@ -328,13 +362,17 @@ class Backup:
         # files only and its progress never passes its total.
         for area in self.areas:
             if os.path.lexists(area.src / "junkfilter.bloom"):
-                self.copy_tree(area.src, area.dst, f"data/{area.rel}".encode(), only=[b"junkfilter.bloom"])
+                self.copy_data(area.rel, area.dst, only=[b"junkfilter.bloom"])
         data = self.paths.data_dir
         handled = {os.fsencode(n) for n in ("queue", "accounts", *NEVER_BACKED_UP, *TOP_DATABASES)}
         handled |= {os.fsencode(n + LOCK_SUFFIX) for n in TOP_DATABASES}
         expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, *TOP_PLAIN_DIRS)}
         to_copy: list[bytes] = []
-        for name in sorted(os.listdir(os.fsencode(data))):
+        names = sorted(self.root.listdir(""))
+        locks = lock_files(self.root, "", names)
+        for name in names:
+            if name in locks:
+                continue  # never backed up (docs/BACKUP.md); the engine would leave it out too
             if name in handled and (name in (b"tmp", b"ctl") or not os.path.islink(data / os.fsdecode(name))):
                 continue
             if name in handled:
@@ -349,20 +387,18 @@ class Backup:
             if name not in to_copy:
                 self.reporter.warn("missing_file", b"data/" + name, "known file missing from the store")
         if to_copy:
-            self.copy_tree(data, self.data_dst, b"data", only=to_copy)
-        accounts = data / "accounts"
-        if is_real_dir(accounts):
+            self.copy_data("", self.data_dst, only=to_copy)
+        if self.root.is_dir("accounts"):
             configured = {os.fsencode(n) for n in self.config.accounts}
-            extra = [n for n in sorted(os.listdir(os.fsencode(accounts))) if n not in configured]
+            extra = [n for n in sorted(self.root.listdir("accounts")) if n not in configured]
             for name in extra:
                 self.reporter.warn("unrecognized", b"data/accounts/" + name, "directory of an account not in the config; copied as plain files")
             if extra or self.odd_accounts:
                 (self.data_dst / "accounts").mkdir(mode=0o750, exist_ok=True)
-                self.copy_tree(accounts, self.data_dst / "accounts", b"data/accounts", only=extra + self.odd_accounts)
+                self.copy_data("accounts", self.data_dst / "accounts", only=extra + self.odd_accounts)
         for rel in self.plain_accounts:
-            src = data / rel
-            names = [n for n in os.listdir(os.fsencode(src)) if not n.endswith(LOCK_SUFFIX.encode())]
-            self.copy_tree(src, self.data_dst / rel, f"data/{rel}".encode(), only=names)
+            # Lock files are left out by the engine (a NAME-lock beside a NAME).
+            self.copy_data(rel, self.data_dst / rel)
 
     def record_known_files(self) -> None:
         """Names, for the manifest, the known plain files the backup holds (docs/FORMAT.md
@@ -418,6 +454,29 @@ class Backup:
                 total[k] += a.counts.get(k, 0)
         rows.append(("total", *(str(v) for v in total.values())))
         return rows
+
+
+def lock_files(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:
+    """The LMDB lock files among ``names`` (the entries of ``data/rel``): each ``NAME-lock``
+    that is a regular file beside a regular file ``NAME``, the engine's rule (rust/walk.rs)."""
+    suffix = LOCK_SUFFIX.encode()
+    present = set(names)
+    candidates = [n for n in names if n.endswith(suffix) and len(n) > len(suffix) and n[: -len(suffix)] in present]
+    if not candidates:
+        return set()
+    fd = root.open_dir(rel)
+    try:
+        regular = {n for n in present if _is_regular_at(fd, n)}
+    finally:
+        os.close(fd)
+    return {n for n in candidates if n in regular and n[: -len(suffix)] in regular}
+
+
+def _is_regular_at(dir_fd: int, name: bytes) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _is_special(path: Path) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mailbak import _engine, manifest
+from mailbak.anchor import identity, inside
 from mailbak.backup import check_destination, make_dir
 from mailbak.identity import PROC_FD
 from mailbak.layout import is_real_dir
@@ -69,6 +70,8 @@ class Restore:
         self.store_was = (0, 0, 0o750)
         #: The backup's manifest when it names what the backup holds (ok or failed).
         self.expect: dict[str, Any] | None = None
+        # (st_dev, st_ino) of the target: no walk ever enters it (set by check()).
+        self.skip: list[tuple[int, int]] = []
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
@@ -92,8 +95,8 @@ class Restore:
             if not is_real_dir(self.backup / part):
                 raise UsageError(f"{self.backup}: no {part}/ directory; not a mailbak backup")
         check_destination(self.store, "restore")
-        b, t = self.backup.resolve(), self.store.resolve()
-        if t.is_relative_to(b) or b.is_relative_to(t):
+        # By identity, not by path: a bind mount or a symlink gives a directory a second path.
+        if inside(self.store, [self.backup, self.backup / "config", self.backup / "data"]) or (os.path.lexists(self.store) and inside(self.backup, [self.store])):
             raise UsageError(f"{self.store}: the target is inside the backup (or holds it); restore elsewhere")
         self.warn_owners()
         try:
@@ -106,6 +109,7 @@ class Restore:
             pause("restore_target_held")  # tests attack STORE here
         except OSError as e:
             raise UsageError(f"{self.store}: cannot write: {e.strerror}") from e
+        self.skip = [identity(os.fstat(self.store_fd) if self.store_fd is not None else os.stat(self.store))]
 
     def run(self) -> str:
         """Steps 2 to 5; returns the verification result ("clean" or "problems")."""
@@ -200,7 +204,7 @@ class Restore:
             self.target = self.store
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
-        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy)
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy, skip=self.skip)
         for k in self.counts:
             self.counts[k] += result[k]
         self.runner.note_link_fallback(result, link_hint(self.backup / "data", self.store / "data", "the backup is on another file system"))

@@ -20,6 +20,7 @@ index alone.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -31,6 +32,7 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine
+from mailbak.anchor import DataRoot, identity
 from mailbak.identity import StoreOwner, acting_as, in_directory
 from mailbak.layout import LEASE_FILE, LOCK_SUFFIX
 from mailbak.report import Reporter
@@ -186,32 +188,94 @@ def lock_file_mode(db_mode: int) -> int:
     return 0o600 | (0o060 if db_mode & 0o040 else 0)
 
 
-def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCopy:
+def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None, root: DataRoot | None = None) -> DbCopy:
     """Steps 1 to 3 of the module doc, opening ``src`` as the store's ``owner``
-    (``open_readonly``); raises SnapshotError with the cause."""
+    (``open_readonly``); raises SnapshotError with the cause. ``src`` lies below ``root`` (the
+    run's descriptor of ``data/``), or is reached relative to its own directory."""
+    own_root = root is None
+    if root is None:
+        root = DataRoot(src.parent)
     try:
-        st = os.lstat(src)
+        fd, st = _open_database_file(root, src.relative_to(root.path).as_posix())
+    finally:
+        if own_root:
+            root.close()
+    try:
+        if st.st_size == 0:
+            # LMDB would say "Bad file descriptor" (it refuses to create in read-only mode).
+            raise SnapshotError("empty file, not an LMDB database")
+        return _copy_checked(src, dst, fd, st, owner)
+    finally:
+        os.close(fd)
+
+
+def _open_database_file(root: DataRoot, rel: str) -> tuple[int, os.stat_result]:
+    """An O_PATH descriptor of the database file, reached from ``root`` without following a
+    symlink at any step, and its stat; raises SnapshotError."""
+    try:
+        fd, st = root.open_entry(rel)
     except FileNotFoundError as e:
         raise SnapshotError("missing") from e
     except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SnapshotError("a directory on its path is a symlink or not a directory (never followed)") from e
         raise SnapshotError(f"cannot stat: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
         raise SnapshotError("not a regular file (a symlink or special file is never opened)")
-    if st.st_size == 0:
-        # LMDB would say "Bad file descriptor" (it refuses to create in read-only mode).
-        raise SnapshotError("empty file, not an LMDB database")
+    return fd, st
+
+
+def maps_file(st: os.stat_result) -> bool:
+    """Whether this process has the file of ``st`` memory-mapped.
+
+    LMDB maps its data file when the environment opens, and reads every page (the copy
+    included) through that map. py-lmdb opens by path and gives no descriptor, so this is how
+    we learn which file LMDB really opened: the path may have been replaced (by a symlink to a
+    file root may read) after we checked it. Sound because nothing else in this process maps a
+    store's database file while copy_database runs (the engine reads files with pread, and
+    each environment is closed before the next one opens). The kernel's ``map_files`` link is
+    stat'ed rather than trusting the device field of ``maps``, which differs from ``st_dev`` on
+    btrfs subvolumes."""
+    want = identity(st)
+    ino = b" %d " % st.st_ino
+    with open("/proc/self/maps", "rb") as f:
+        for line in f:
+            if ino not in line:
+                continue
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or not fields[4].isdigit() or int(fields[4]) != st.st_ino:
+                continue
+            try:
+                got = identity(os.stat(b"/proc/self/map_files/" + fields[0]))
+            except OSError:
+                major, _, minor = fields[3].partition(b":")
+                got = (os.makedev(int(major, 16), int(minor, 16)), int(fields[4]))
+            if got == want:
+                return True
+    return False
+
+
+def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: StoreOwner | None) -> DbCopy:
+    """Steps 1 to 3 for the file held by ``fd`` (stat ``st``), which LMDB opens by ``src``."""
+    pause("snapshot.open")
     try:
         env = open_readonly(src, owner)
     except lmdb.Error as e:
         raise SnapshotError(f"LMDB cannot open it: {e}") from e
     try:
+        if not maps_file(st):
+            raise SnapshotError("replaced while it was being opened (its path now leads to another file, through a symlink?); not read")
+        # The engine reads the very file we hold (the /proc link reopens our descriptor's file,
+        # whatever its path now leads to), which is the one LMDB maps.
+        held = f"/proc/self/fd/{fd}"
         last: BaseException | None = None
         for _ in range(CHECK_ATTEMPTS):
             with env.begin() as txn:
                 txnid = txn.id()
                 pause("snapshot")
                 try:
-                    summary = _engine.lmdb_check(src, txnid)
+                    summary = _engine.lmdb_check(held, txnid)
                 except _engine.LmdbError as e:
                     last = e
                     continue
@@ -232,7 +296,7 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None) -> DbCo
                     os.chown(dst, st.st_uid, st.st_gid)
                 return DbCopy(dst, txnid, copy_txnid, os.stat(dst).st_size)
         assert last is not None
-        raise SnapshotError(f"damaged: {describe(last)}")
+        raise SnapshotError(f"damaged: {describe(last).replace(held, str(src))}")
     finally:
         env.close()
 

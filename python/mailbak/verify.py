@@ -40,12 +40,14 @@ from typing import Any
 import lmdb
 
 from mailbak import _engine, manifest
+from mailbak.anchor import DataRoot
 from mailbak.identity import StoreOwner
 from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import DestinationFull, Runner, UsageError
 from mailbak.testpause import pause
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
+from mailbak.testpause import pause
 
 #: Counts shown per area (each area also keeps its "errors").
 AREA_COUNTS = ("checked", "missing", "damaged", "orphans", "unrecognized", "moved")
@@ -134,14 +136,22 @@ class Verify:
             except FormatError as e:
                 self.reporter.error("config", "config/mailstore.toml", str(e))
                 return "problems"
+            # Every area and database below data/ is opened from this one descriptor, never
+            # through a symlink (anchor.py).
+            try:
+                self.root = DataRoot(self.paths.data_dir)
+            except OSError as e:
+                self.reporter.error("not_a_store", str(self.paths.data_dir), f"cannot open the data directory: {e.strerror}")
+                return "problems"
             # In a live store, hold the lease like a backup: writers then defer removing the files
             # of the snapshots until they are checked, instead of making them look missing.
-            with ReaderLease(self.paths.data_dir, self.reporter) if self.live else nullcontext():
+            with self.root, ReaderLease(self.paths.data_dir, self.reporter) if self.live else nullcontext():
                 self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(config.accounts))
                 self.check_top_databases()
                 indexes = self.read_indexes(config)
                 total = sum(ix.live_count for _, _, ix in indexes)
                 self.runner.new_phase("files", total)
+                pause("verify.files")
                 self.check_files(indexes)
             self.check_account_dirs(config)
             if self.manifest_doc is not None:
@@ -179,7 +189,7 @@ class Verify:
         if self.live:
             dst = self.tmp / rel.replace("/", "%")
             try:
-                self.db_txnids[rel] = copy_database(src, dst, self.owner).txnid
+                self.db_txnids[rel] = copy_database(src, dst, self.owner, self.root).txnid
             except SnapshotError as e:
                 self.reporter.error("database", f"data/{rel}", str(e))
                 return None
@@ -262,7 +272,7 @@ class Verify:
             queue = rel == "queue"
             specs.append(
                 {
-                    "src": self.paths.data_dir / rel,
+                    "src": rel,
                     "tree": b"" if queue else b"msg",
                     "known": [k.encode() for k in (QUEUE_KNOWN_FILES if queue else ACCOUNT_KNOWN_FILES)],
                     "live": index.live,
@@ -274,7 +284,7 @@ class Verify:
                     "fix_rel": f"moved/{rel}".encode(),
                 }
             )
-        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None)
+        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd)
         for (name, rel, _), result in zip(indexes, results):
             self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
