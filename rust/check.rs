@@ -413,7 +413,7 @@ mod tests {
         std::os::unix::fs::symlink(s.path("elsewhere"), s.path("acc/msg/a")).unwrap();
         let area = Area { tree: b"msg".to_vec(), known: vec![] };
         let snap = Snapshot { live: IdSet::new(vec![1, 2]), erasing: IdSet::default(), next_id: 3 };
-        let sizes = [1u64, 2];
+        let sizes = [Some(1u64), Some(2)];
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         AreaCheck::new(&area, &snap, &sizes, None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());

@@ -425,7 +425,8 @@ mod tests {
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let policy = LinkPolicy::new(false);
-        AreaBackup::new(&a, &snap, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        let sizes = [None, Some(3)];
+        AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
         let t = get(&sink.tally);
         assert_eq!((t["linked"], t["missing"], t["errors"]), (1, 1, 1));
         assert_eq!(p.position().0, 2, "one unit of progress per snapshot message, no more");
