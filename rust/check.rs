@@ -82,9 +82,25 @@ pub struct AreaCheck<'a> {
 
 impl<'a> AreaCheck<'a> {
     /// A check of `area` against `snap` and `sizes`; `live` for a store in use.
-    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [Option<u64>], fix: Option<FixTarget>, live: bool, sink: &'a Sink<'a>) -> Self {
+    pub fn new(
+        area: &'a Area,
+        snap: &'a Snapshot,
+        sizes: &'a [Option<u64>],
+        fix: Option<FixTarget>,
+        live: bool,
+        sink: &'a Sink<'a>,
+    ) -> Self {
         assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
-        AreaCheck { area, snap, sizes, seen: SeenSet::new(snap.live.len()), fix, live, sink, pause: Pause::from_env(testpause::MID_CHECK) }
+        AreaCheck {
+            area,
+            snap,
+            sizes,
+            seen: SeenSet::new(snap.live.len()),
+            fix,
+            live,
+            sink,
+            pause: Pause::from_env(testpause::MID_CHECK),
+        }
     }
 
     /// Runs steps 1 to 3.
@@ -93,7 +109,16 @@ impl<'a> AreaCheck<'a> {
             Ok(fd) => fd,
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
-        walk::walk(Roots { src: root, dst: None, only: None, fence: Fence::NONE }, self, self.sink);
+        walk::walk(
+            Roots {
+                src: root,
+                dst: None,
+                only: None,
+                fence: Fence::NONE,
+            },
+            self,
+            self.sink,
+        );
         if !self.sink.cancelled() {
             self.check_unseen(root2.as_fd());
         }
@@ -109,18 +134,33 @@ impl<'a> AreaCheck<'a> {
             Err(Errno::NOENT) => {
                 Tally::bump(&self.sink.tally.missing);
                 let id = self.snap.live.as_slice()[index];
-                return self.sink.error("missing", rel, Errno::NOENT.raw_os_error(), format!("message {id} has no file"));
+                return self.sink.error(
+                    "missing",
+                    rel,
+                    Errno::NOENT.raw_os_error(),
+                    format!("message {id} has no file"),
+                );
             }
             Err(e) => return self.sink.io_error(rel, "stat", e),
         };
         if Kind::from_mode(st.st_mode) != Kind::File {
             Tally::bump(&self.sink.tally.damaged);
-            return self.sink.error("not_regular", rel, 0, "message file is not a regular file".into());
+            return self.sink.error(
+                "not_regular",
+                rel,
+                0,
+                "message file is not a regular file".into(),
+            );
         }
         if let Some(want) = self.sizes[index] {
             if st.st_size as u64 != want {
                 Tally::bump(&self.sink.tally.damaged);
-                self.sink.error("size_mismatch", rel, 0, format!("file has {} bytes, its record says {}", st.st_size, want));
+                self.sink.error(
+                    "size_mismatch",
+                    rel,
+                    0,
+                    format!("file has {} bytes, its record says {}", st.st_size, want),
+                );
             }
         }
     }
@@ -137,22 +177,44 @@ impl<'a> AreaCheck<'a> {
             }
             let id = ids[i];
             let dir_rel = join(&self.area.tree, msgpath::dir_name(id).as_bytes());
-            if cached.as_ref().is_none_or(|(d, _)| *d != msgpath::dir_index(id)) {
+            if cached
+                .as_ref()
+                .is_none_or(|(d, _)| *d != msgpath::dir_index(id))
+            {
                 let opened = fsutil::open_dir_below(root, &dir_rel);
                 if let Err(e) = opened {
                     if e != Errno::NOENT {
                         // One error for an unusable message directory (a symlink is never
                         // followed), its messages counted missing, instead of one per message.
-                        let n = unseen[k..].iter().take_while(|&&u| msgpath::dir_index(ids[u]) == msgpath::dir_index(id)).count() as u64;
-                        self.sink.tally.checked.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        self.sink.tally.missing.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        let n = unseen[k..]
+                            .iter()
+                            .take_while(|&&u| msgpath::dir_index(ids[u]) == msgpath::dir_index(id))
+                            .count() as u64;
+                        self.sink
+                            .tally
+                            .checked
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        self.sink
+                            .tally
+                            .missing
+                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         self.sink.progress.add_done(n);
                         let what = if matches!(e, Errno::NOTDIR | Errno::LOOP) {
                             "not a directory (a symlink is never followed)".to_string()
                         } else {
-                            format!("cannot open it: {}", std::io::Error::from_raw_os_error(e.raw_os_error()))
+                            format!(
+                                "cannot open it: {}",
+                                std::io::Error::from_raw_os_error(e.raw_os_error())
+                            )
                         };
-                        self.sink.error("message_dir", &dir_rel, e.raw_os_error(), format!("message directory: {what}; its {n} message(s) count as missing"));
+                        self.sink.error(
+                            "message_dir",
+                            &dir_rel,
+                            e.raw_os_error(),
+                            format!(
+                                "message directory: {what}; its {n} message(s) count as missing"
+                            ),
+                        );
                     }
                 }
                 cached = Some((msgpath::dir_index(id), opened));
@@ -160,12 +222,22 @@ impl<'a> AreaCheck<'a> {
             msgpath::file_name(id, &mut name);
             let rel = join(&dir_rel, &name);
             match &cached.as_ref().expect("set above").1 {
-                Ok(dir) => self.check_file(dir.as_fd(), &CString::new(name.clone()).expect("digits"), &rel, i),
+                Ok(dir) => self.check_file(
+                    dir.as_fd(),
+                    &CString::new(name.clone()).expect("digits"),
+                    &rel,
+                    i,
+                ),
                 Err(Errno::NOENT) => {
                     Tally::bump(&self.sink.tally.checked);
                     Tally::bump(&self.sink.tally.missing);
                     self.sink.progress.add_done(1);
-                    self.sink.error("missing", &rel, Errno::NOENT.raw_os_error(), format!("message {id} has no file"));
+                    self.sink.error(
+                        "missing",
+                        &rel,
+                        Errno::NOENT.raw_os_error(),
+                        format!("message {id} has no file"),
+                    );
                 }
                 Err(_) => {} // reported once for the whole directory above
             }
@@ -175,7 +247,11 @@ impl<'a> AreaCheck<'a> {
     /// Step 2 for one unknown file in the message tree: reported, or moved aside with --fix.
     fn unknown(&self, dir: &Dir<'_>, name: &CStr, rel: &[u8], what: Unknown) {
         let t = &self.sink.tally;
-        Tally::bump(if what == Unknown::Orphan { &t.orphans } else { &t.unrecognized });
+        Tally::bump(if what == Unknown::Orphan {
+            &t.orphans
+        } else {
+            &t.unrecognized
+        });
         let Some(fix) = &self.fix else {
             return match what {
                 Unknown::Collides => self.sink.error("unrecognized_message", rel, 0, "no record claims this message file and its ID is not allocated yet: a future message would collide with it; move it with verify --fix".into()),
@@ -189,7 +265,15 @@ impl<'a> AreaCheck<'a> {
         match move_aside(fix, dir, name) {
             Ok(to) => {
                 Tally::bump(&t.moved);
-                self.sink.warn("moved", rel, 0, format!("unrecognized file moved to {}", String::from_utf8_lossy(&to)));
+                self.sink.warn(
+                    "moved",
+                    rel,
+                    0,
+                    format!(
+                        "unrecognized file moved to {}",
+                        String::from_utf8_lossy(&to)
+                    ),
+                );
             }
             Err((op, e)) => self.sink.io_error(rel, op, e),
         }
@@ -198,15 +282,25 @@ impl<'a> AreaCheck<'a> {
 
 /// Whether `name` in `dir` has not been modified (or renamed: ctime) for `secs` seconds.
 fn unchanged_for(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> bool {
-    let Ok(st) = fsutil::lstat_at(dir, name) else { return false };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let Ok(st) = fsutil::lstat_at(dir, name) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     now - st.st_mtime.max(st.st_ctime) >= secs
 }
 
 /// Moves `name` of `dir` to the same relative place below the fix target, as the store's owner
 /// when one is given; returns where it went.
-fn move_aside(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, (&'static str, Errno)> {
-    let Some(owner) = &fix.owner else { return move_aside_as_is(fix, dir, name) };
+fn move_aside(
+    fix: &FixTarget,
+    dir: &Dir<'_>,
+    name: &CStr,
+) -> Result<Vec<u8>, (&'static str, Errno)> {
+    let Some(owner) = &fix.owner else {
+        return move_aside_as_is(fix, dir, name);
+    };
     let old = fsid::switch(owner).map_err(|e| ("take the store owner's identity", e))?;
     let moved = move_aside_as_is(fix, dir, name);
     // Going back to root's identity cannot be refused (the capabilities it needs are not
@@ -216,12 +310,17 @@ fn move_aside(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, (&
 }
 
 /// [`move_aside`] with the thread's current identity.
-fn move_aside_as_is(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, (&'static str, Errno)> {
+fn move_aside_as_is(
+    fix: &FixTarget,
+    dir: &Dir<'_>,
+    name: &CStr,
+) -> Result<Vec<u8>, (&'static str, Errno)> {
     let target_rel = join(&fix.rel, dir.rel);
     let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
     for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
         let c = CString::new(comp).map_err(|_| ("create directory", Errno::INVAL))?;
-        cur = fsutil::make_dir_at(cur.as_fd(), &c, 0o750, None).map_err(|e| ("create directory", e))?;
+        cur = fsutil::make_dir_at(cur.as_fd(), &c, 0o750, None)
+            .map_err(|e| ("create directory", e))?;
     }
     for n in 0..100u32 {
         let mut to = name.to_bytes().to_vec();
@@ -252,10 +351,21 @@ impl Visitor for AreaCheck<'_> {
             Class::Orphan if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Orphan),
             Class::Erasing => Tally::bump(&t.skipped_erasing),
             Class::Known => Tally::bump(&t.known),
-            Class::StrayInTree | Class::New | Class::Orphan => self.unknown(dir, name, &rel, Unknown::Other),
+            Class::StrayInTree | Class::New | Class::Orphan => {
+                self.unknown(dir, name, &rel, Unknown::Other)
+            }
             Class::Stray => {
-                let what = if kind == Kind::Symlink { "symlink" } else { "file" };
-                self.sink.warn("unrecognized", &rel, 0, format!("unrecognized {what} outside the message directories"));
+                let what = if kind == Kind::Symlink {
+                    "symlink"
+                } else {
+                    "file"
+                };
+                self.sink.warn(
+                    "unrecognized",
+                    &rel,
+                    0,
+                    format!("unrecognized {what} outside the message directories"),
+                );
             }
         }
     }
@@ -282,13 +392,24 @@ mod tests {
         s.file("acc/msg/a/3", b"erasing");
         s.file("acc/readme", b"x");
         s.file("acc/msg/a/notes.txt", b"x");
-        let area = Area { tree: b"msg".to_vec(), known: vec![] };
-        let snap = Snapshot { live: IdSet::new(vec![1, 2, 5]), erasing: IdSet::new(vec![3]), next_id: 70 };
+        let area = Area {
+            tree: b"msg".to_vec(),
+            known: vec![],
+        };
+        let snap = Snapshot {
+            live: IdSet::new(vec![1, 2, 5]),
+            erasing: IdSet::new(vec![3]),
+            next_id: 70,
+        };
         (area, snap, vec![Some(5), Some(4), Some(9)])
     }
 
     fn codes(p: &Progress) -> Vec<(&'static str, String)> {
-        let mut c: Vec<_> = p.drain().into_iter().map(|e| (e.code, String::from_utf8(e.path).unwrap())).collect();
+        let mut c: Vec<_> = p
+            .drain()
+            .into_iter()
+            .map(|e| (e.code, String::from_utf8(e.path).unwrap()))
+            .collect();
         c.sort();
         c
     }
@@ -299,9 +420,21 @@ mod tests {
         let (area, snap, sizes) = setup(&s);
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"data/accounts/x");
-        AreaCheck::new(&area, &snap, &sizes, None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        AreaCheck::new(&area, &snap, &sizes, None, false, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
         let t = tally(&sink.tally);
-        assert_eq!((t["checked"], t["missing"], t["damaged"], t["unrecognized"], t["orphans"], t["warnings"], t["errors"]), (3, 1, 1, 2, 1, 3, 3));
+        assert_eq!(
+            (
+                t["checked"],
+                t["missing"],
+                t["damaged"],
+                t["unrecognized"],
+                t["orphans"],
+                t["warnings"],
+                t["errors"]
+            ),
+            (3, 1, 1, 2, 1, 3, 3)
+        );
         let x = |p: &str| format!("data/accounts/x/{p}");
         assert_eq!(
             codes(&p),
@@ -314,7 +447,10 @@ mod tests {
                 ("unrecognized_message", x("msg/a/77")),
             ]
         );
-        assert!(s.path("acc/msg/a/77").exists(), "verify without --fix writes nothing");
+        assert!(
+            s.path("acc/msg/a/77").exists(),
+            "verify without --fix writes nothing"
+        );
     }
 
     #[test]
@@ -323,11 +459,19 @@ mod tests {
         let s = Scratch::new("checkmax");
         s.file("acc/msg/a/1", b"12345");
         s.file("acc/msg/a/2", b"12345");
-        let area = Area { tree: b"msg".to_vec(), known: vec![] };
-        let snap = Snapshot { live: IdSet::new(vec![1, 2]), erasing: IdSet::default(), next_id: 3 };
+        let area = Area {
+            tree: b"msg".to_vec(),
+            known: vec![],
+        };
+        let snap = Snapshot {
+            live: IdSet::new(vec![1, 2]),
+            erasing: IdSet::default(),
+            next_id: 3,
+        };
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
-        AreaCheck::new(&area, &snap, &[Some(u64::MAX), None], None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        AreaCheck::new(&area, &snap, &[Some(u64::MAX), None], None, false, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
         assert_eq!(codes(&p), vec![("size_mismatch", "msg/a/1".to_string())]);
     }
 
@@ -337,7 +481,8 @@ mod tests {
         let (area, snap, sizes) = setup(&s);
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
-        AreaCheck::new(&area, &snap, &sizes, None, true, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        AreaCheck::new(&area, &snap, &sizes, None, true, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
         let t = tally(&sink.tally);
         assert_eq!((t["skipped_new"], t["errors"]), (1, 2));
         assert!(!codes(&p).iter().any(|(c, _)| *c == "unrecognized_message"));
@@ -350,13 +495,27 @@ mod tests {
         s.file("data/moved/accounts/x/msg/a/77", b"earlier");
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
-        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved/accounts/x".to_vec(), owner: None };
-        AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        let fix = FixTarget {
+            root: fsutil::open_dir(&s.path("data")).unwrap(),
+            rel: b"moved/accounts/x".to_vec(),
+            owner: None,
+        };
+        AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
         assert_eq!(tally(&sink.tally)["moved"], 3);
         assert!(!s.path("acc/msg/a/77").exists() && !s.path("acc/msg/a/20").exists());
-        assert_eq!(std::fs::read(s.path("data/moved/accounts/x/msg/a/77")).unwrap(), b"earlier");
-        assert_eq!(std::fs::read(s.path("data/moved/accounts/x/msg/a/77.1")).unwrap(), b"stray");
-        assert!(s.path("acc/readme").exists(), "files outside the message tree are never moved");
+        assert_eq!(
+            std::fs::read(s.path("data/moved/accounts/x/msg/a/77")).unwrap(),
+            b"earlier"
+        );
+        assert_eq!(
+            std::fs::read(s.path("data/moved/accounts/x/msg/a/77.1")).unwrap(),
+            b"stray"
+        );
+        assert!(
+            s.path("acc/readme").exists(),
+            "files outside the message tree are never moved"
+        );
     }
 
     #[test]
@@ -369,12 +528,21 @@ mod tests {
         let (area, snap, sizes) = setup(&s);
         std::fs::create_dir(s.path("data")).unwrap();
         std::fs::set_permissions(s.path("data"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let nobody = FsId { uid: 65534, gid: 65534, groups: vec![] };
+        let nobody = FsId {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
         let run = |rel: &[u8]| {
             let p = Progress::new(false, 100);
             let sink = Sink::new(&p, b"");
-            let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: rel.to_vec(), owner: Some(nobody.clone()) };
-            AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+            let fix = FixTarget {
+                root: fsutil::open_dir(&s.path("data")).unwrap(),
+                rel: rel.to_vec(),
+                owner: Some(nobody.clone()),
+            };
+            AreaCheck::new(&area, &snap, &sizes, Some(fix), false, &sink)
+                .run(fsutil::open_dir(&s.path("acc")).unwrap());
             let t = tally(&sink.tally);
             (t["moved"], t["errors"])
         };
@@ -388,7 +556,11 @@ mod tests {
         assert!(!s.path("acc/msg/a/77").exists());
         let st = std::fs::metadata(s.path("data/moved/msg/a")).unwrap();
         assert_eq!((st.uid(), st.gid()), (65534, 65534));
-        assert_eq!(fsid::current().unwrap().uid, 0, "the test thread is root again");
+        assert_eq!(
+            fsid::current().unwrap().uid,
+            0,
+            "the test thread is root again"
+        );
     }
 
     #[test]
@@ -398,11 +570,18 @@ mod tests {
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         std::fs::create_dir(s.path("data")).unwrap();
-        let fix = FixTarget { root: fsutil::open_dir(&s.path("data")).unwrap(), rel: b"moved".to_vec(), owner: None };
-        AreaCheck::new(&area, &snap, &sizes, Some(fix), true, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        let fix = FixTarget {
+            root: fsutil::open_dir(&s.path("data")).unwrap(),
+            rel: b"moved".to_vec(),
+            owner: None,
+        };
+        AreaCheck::new(&area, &snap, &sizes, Some(fix), true, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
         assert_eq!(tally(&sink.tally)["moved"], 0);
         assert!(s.path("acc/msg/a/20").exists());
-        assert!(codes(&p).iter().any(|(c, r)| *c == "not_moved" && r == "msg/a/20"));
+        assert!(codes(&p)
+            .iter()
+            .any(|(c, r)| *c == "not_moved" && r == "msg/a/20"));
     }
     #[test]
     fn a_symlinked_message_directory_is_one_error_and_its_messages_are_missing() {
@@ -411,12 +590,20 @@ mod tests {
         s.file("elsewhere/2", b"22");
         std::fs::create_dir_all(s.path("acc/msg")).unwrap();
         std::os::unix::fs::symlink(s.path("elsewhere"), s.path("acc/msg/a")).unwrap();
-        let area = Area { tree: b"msg".to_vec(), known: vec![] };
-        let snap = Snapshot { live: IdSet::new(vec![1, 2]), erasing: IdSet::default(), next_id: 3 };
+        let area = Area {
+            tree: b"msg".to_vec(),
+            known: vec![],
+        };
+        let snap = Snapshot {
+            live: IdSet::new(vec![1, 2]),
+            erasing: IdSet::default(),
+            next_id: 3,
+        };
         let sizes = [Some(1u64), Some(2)];
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
-        AreaCheck::new(&area, &snap, &sizes, None, false, &sink).run(fsutil::open_dir(&s.path("acc")).unwrap());
+        AreaCheck::new(&area, &snap, &sizes, None, false, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
         let t = tally(&sink.tally);
         assert_eq!((t["missing"], t["errors"], t["checked"]), (2, 1, 2));
         assert_eq!(p.position().0, 2);

@@ -63,7 +63,9 @@ impl Area {
         let rest = if self.tree.is_empty() {
             rel_dir
         } else {
-            rel_dir.strip_prefix(self.tree.as_slice())?.strip_prefix(b"/")?
+            rel_dir
+                .strip_prefix(self.tree.as_slice())?
+                .strip_prefix(b"/")?
         };
         (!rest.is_empty() && !rest.contains(&b'/')).then_some(rest)
     }
@@ -72,12 +74,16 @@ impl Area {
     fn in_tree(&self, rel_dir: &[u8]) -> bool {
         self.tree.is_empty()
             || rel_dir == self.tree.as_slice()
-            || rel_dir.strip_prefix(self.tree.as_slice()).is_some_and(|r| r.starts_with(b"/"))
+            || rel_dir
+                .strip_prefix(self.tree.as_slice())
+                .is_some_and(|r| r.starts_with(b"/"))
     }
 
     /// Whether `name` in `rel_dir` sits exactly at the path of some message ID.
     pub fn is_message_path(&self, rel_dir: &[u8], name: &[u8]) -> bool {
-        self.message_dir(rel_dir).and_then(|d| msgpath::id_at_path(d, name)).is_some()
+        self.message_dir(rel_dir)
+            .and_then(|d| msgpath::id_at_path(d, name))
+            .is_some()
     }
 
     /// Classifies the regular file `name` in directory `rel_dir` (relative to the area root).
@@ -85,7 +91,10 @@ impl Area {
         if rel_dir.is_empty() && self.known.iter().any(|k| k.as_slice() == name) {
             return Class::Known;
         }
-        if let Some(id) = self.message_dir(rel_dir).and_then(|d| msgpath::id_at_path(d, name)) {
+        if let Some(id) = self
+            .message_dir(rel_dir)
+            .and_then(|d| msgpath::id_at_path(d, name))
+        {
             // A live ID wins over the erase set: if the snapshot says the message exists, its
             // file belongs in the backup whatever else is recorded.
             if let Some(i) = snap.live.index_of(id) {
@@ -94,7 +103,11 @@ impl Area {
             if snap.erasing.contains(id) {
                 return Class::Erasing;
             }
-            return if id >= snap.next_id { Class::New } else { Class::Orphan };
+            return if id >= snap.next_id {
+                Class::New
+            } else {
+                Class::Orphan
+            };
         }
         if self.in_tree(rel_dir) {
             Class::StrayInTree
@@ -109,15 +122,25 @@ mod tests {
     use super::*;
 
     fn account() -> Area {
-        Area { tree: b"msg".to_vec(), known: vec![b"index.db".to_vec(), b"index.db-lock".to_vec()] }
+        Area {
+            tree: b"msg".to_vec(),
+            known: vec![b"index.db".to_vec(), b"index.db-lock".to_vec()],
+        }
     }
 
     fn queue() -> Area {
-        Area { tree: Vec::new(), known: vec![b"index.db".to_vec(), b"index.db-lock".to_vec()] }
+        Area {
+            tree: Vec::new(),
+            known: vec![b"index.db".to_vec(), b"index.db-lock".to_vec()],
+        }
     }
 
     fn snap() -> Snapshot {
-        Snapshot { live: IdSet::new(vec![1, 5, 8192]), erasing: IdSet::new(vec![3]), next_id: 9000 }
+        Snapshot {
+            live: IdSet::new(vec![1, 5, 8192]),
+            erasing: IdSet::new(vec![3]),
+            next_id: 9000,
+        }
     }
 
     #[test]
@@ -151,7 +174,11 @@ mod tests {
 
     #[test]
     fn live_wins_over_erasing() {
-        let s = Snapshot { live: IdSet::new(vec![3]), erasing: IdSet::new(vec![3]), next_id: 4 };
+        let s = Snapshot {
+            live: IdSet::new(vec![3]),
+            erasing: IdSet::new(vec![3]),
+            next_id: 4,
+        };
         assert_eq!(account().classify(&s, b"msg/a", b"3"), Class::Message(0));
     }
 }

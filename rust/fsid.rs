@@ -42,7 +42,10 @@ pub fn current() -> Result<FsId, Errno> {
     // SAFETY: setfsuid/setfsgid take a plain integer and touch only this thread's credentials;
     // the invalid id -1 changes nothing and returns the current value.
     let (uid, gid) = unsafe { (libc::setfsuid(QUERY) as u32, libc::setfsgid(QUERY) as u32) };
-    let groups = rustix::process::getgroups()?.into_iter().map(Gid::as_raw).collect();
+    let groups = rustix::process::getgroups()?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
     Ok(FsId { uid, gid, groups })
 }
 
@@ -83,13 +86,21 @@ mod tests {
     fn switch_is_per_thread_and_the_kernel_enforces_it() {
         if !rustix::process::geteuid().is_root() {
             // Only root may take another identity; as another user the switch must fail cleanly.
-            let other = FsId { uid: 0, gid: 0, groups: vec![] };
+            let other = FsId {
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+            };
             assert_eq!(switch(&other), Err(Errno::PERM));
             return;
         }
         let s = Scratch::new("fsid");
         s.file("secret", b"root only");
-        std::fs::set_permissions(s.path("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            s.path("secret"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let before = current().unwrap();
         // A thread started before the switch keeps root's identity (one started after it would
         // inherit the switched one: clone copies the creating thread's credentials).
@@ -99,12 +110,19 @@ mod tests {
             wait.recv().unwrap();
             (current().unwrap(), std::fs::read(secret).is_ok())
         });
-        let nobody = FsId { uid: 65534, gid: 65534, groups: vec![] };
+        let nobody = FsId {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+        };
         let old = switch(&nobody).unwrap();
         assert_eq!(old, before);
         assert_eq!(current().unwrap(), nobody);
         // Root's CAP_DAC_OVERRIDE is gone for this thread's file accesses...
-        assert_eq!(std::fs::read(s.path("secret")).unwrap_err().raw_os_error(), Some(Errno::ACCESS.raw_os_error()));
+        assert_eq!(
+            std::fs::read(s.path("secret")).unwrap_err().raw_os_error(),
+            Some(Errno::ACCESS.raw_os_error())
+        );
         // ...and only for this thread.
         go.send(()).unwrap();
         assert_eq!(other.join().unwrap(), (before.clone(), true));

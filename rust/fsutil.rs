@@ -68,8 +68,14 @@ impl Entries {
     pub fn get(&self, i: usize) -> (&CStr, Kind) {
         let (start, kind) = self.items[i];
         let rest = &self.names[start as usize..];
-        let end = rest.iter().position(|&c| c == 0).expect("names are NUL-terminated");
-        (CStr::from_bytes_with_nul(&rest[..=end]).expect("one NUL"), kind)
+        let end = rest
+            .iter()
+            .position(|&c| c == 0)
+            .expect("names are NUL-terminated");
+        (
+            CStr::from_bytes_with_nul(&rest[..=end]).expect("one NUL"),
+            kind,
+        )
     }
 
     /// Indexes of the entries, in the order `getdents` returned them.
@@ -152,7 +158,12 @@ pub fn open_dir_below(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno
     }
     match cur {
         Some(fd) => Ok(fd),
-        None => rfs::openat(root, c".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()),
+        None => rfs::openat(
+            root,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ),
     }
 }
 
@@ -198,7 +209,10 @@ pub struct Owner {
 impl Owner {
     /// The owner to apply for a source stat, if this process can apply it.
     pub fn of(st: &rfs::Stat, as_root: bool) -> Option<Owner> {
-        as_root.then_some(Owner { uid: st.st_uid, gid: st.st_gid })
+        as_root.then_some(Owner {
+            uid: st.st_uid,
+            gid: st.st_gid,
+        })
     }
 
     /// Applies the owner to an open file.
@@ -208,7 +222,13 @@ impl Owner {
 
     /// Applies the owner to `name` in `dir` without following a symlink.
     pub fn apply_at(self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
-        rfs::chownat(dir, name, Some(uid(self.uid)), Some(gid(self.gid)), AtFlags::SYMLINK_NOFOLLOW)
+        rfs::chownat(
+            dir,
+            name,
+            Some(uid(self.uid)),
+            Some(gid(self.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
     }
 }
 
@@ -241,7 +261,12 @@ pub fn dir_mode(src_mode: u32) -> u32 {
 ///
 /// The directory gets owner rwx while it is filled; when the final mode lacks one of those bits
 /// the caller must apply it once the directory's contents are written ([`finish_dir`]).
-pub fn make_dir_at(dst: BorrowedFd<'_>, name: &CStr, src_mode: u32, owner: Option<Owner>) -> Result<OwnedFd, Errno> {
+pub fn make_dir_at(
+    dst: BorrowedFd<'_>,
+    name: &CStr,
+    src_mode: u32,
+    owner: Option<Owner>,
+) -> Result<OwnedFd, Errno> {
     let mode = dir_mode(src_mode) | 0o700;
     match rfs::mkdirat(dst, name, Mode::from_raw_mode(mode)) {
         Ok(()) | Err(Errno::EXIST) => {}
@@ -269,7 +294,12 @@ pub fn finish_dir(dir: BorrowedFd<'_>, rel: &[u8], src_mode: u32) -> Result<(), 
 
 /// Recreates the symlink `name` of `src` in `dst`, with the same target text; the target is
 /// never resolved or read.
-pub fn copy_symlink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, as_root: bool) -> Result<(), Errno> {
+pub fn copy_symlink(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    name: &CStr,
+    as_root: bool,
+) -> Result<(), Errno> {
     let st = lstat_at(src, name)?;
     let target = rfs::readlinkat(src, name, Vec::new())?;
     rfs::symlinkat(target.as_c_str(), dst, name)?;
@@ -354,10 +384,20 @@ mod tests {
         std::os::unix::fs::symlink("/etc/shadow", s.path("l")).unwrap();
         let dir = open_dir(s.root()).unwrap();
         let e = read_entries(dir.as_fd()).unwrap();
-        let mut got: Vec<(String, Kind)> =
-            e.indexes().map(|i| e.get(i)).map(|(n, k)| (n.to_string_lossy().into_owned(), k)).collect();
+        let mut got: Vec<(String, Kind)> = e
+            .indexes()
+            .map(|i| e.get(i))
+            .map(|(n, k)| (n.to_string_lossy().into_owned(), k))
+            .collect();
         got.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(got, vec![("d".into(), Kind::Dir), ("f".into(), Kind::File), ("l".into(), Kind::Symlink)]);
+        assert_eq!(
+            got,
+            vec![
+                ("d".into(), Kind::Dir),
+                ("f".into(), Kind::File),
+                ("l".into(), Kind::Symlink)
+            ]
+        );
     }
 
     #[test]
@@ -367,7 +407,10 @@ mod tests {
         std::os::unix::fs::symlink(s.path("a"), s.path("link")).unwrap();
         let root = open_dir(s.root()).unwrap();
         assert!(open_dir_below(root.as_fd(), b"a/b").is_ok());
-        assert_eq!(open_dir_below(root.as_fd(), b"link/b").unwrap_err(), Errno::NOTDIR);
+        assert_eq!(
+            open_dir_below(root.as_fd(), b"link/b").unwrap_err(),
+            Errno::NOTDIR
+        );
     }
 
     #[test]
@@ -383,7 +426,10 @@ mod tests {
         assert!(open_root_dir(anchor, Path::new("accounts/bob")).is_err());
         std::os::unix::fs::symlink(s.path("data/accounts"), s.path("data/acc")).unwrap();
         assert!(open_root_dir(anchor, Path::new("acc/alice")).is_err());
-        assert_eq!(open_root_dir(anchor, Path::new("../secrets")).unwrap_err(), Errno::INVAL);
+        assert_eq!(
+            open_root_dir(anchor, Path::new("../secrets")).unwrap_err(),
+            Errno::INVAL
+        );
         // Without an anchor the caller's path is opened as named (a root the operator chose).
         assert!(open_root_dir(None, &s.path("data/accounts/bob")).is_ok());
     }
@@ -393,14 +439,35 @@ mod tests {
         let s = Scratch::new("mkdir");
         let root = open_dir(s.root()).unwrap();
         make_dir_at(root.as_fd(), c"open", 0o777, None).unwrap();
-        assert_eq!(std::fs::metadata(s.path("open")).unwrap().permissions().mode() & 0o7777, 0o770);
+        assert_eq!(
+            std::fs::metadata(s.path("open"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o770
+        );
         make_dir_at(root.as_fd(), c"ro", 0o555, None).unwrap();
         assert!(dir_needs_finish(0o555));
         finish_dir(root.as_fd(), b"ro", 0o555).unwrap();
-        assert_eq!(std::fs::metadata(s.path("ro")).unwrap().permissions().mode() & 0o7777, 0o550);
+        assert_eq!(
+            std::fs::metadata(s.path("ro"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o550
+        );
         // An existing directory is reused, not an error.
         make_dir_at(root.as_fd(), c"open", 0o750, None).unwrap();
-        assert_eq!(std::fs::metadata(s.path("open")).unwrap().permissions().mode() & 0o7777, 0o750);
+        assert_eq!(
+            std::fs::metadata(s.path("open"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o750
+        );
     }
 
     #[test]
@@ -412,6 +479,9 @@ mod tests {
         let src = open_dir(&s.path("src")).unwrap();
         let dst = open_dir(&s.path("dst")).unwrap();
         copy_symlink(src.as_fd(), dst.as_fd(), c"l", false).unwrap();
-        assert_eq!(std::fs::read_link(s.path("dst/l")).unwrap(), Path::new("/nonexistent/secret"));
+        assert_eq!(
+            std::fs::read_link(s.path("dst/l")).unwrap(),
+            Path::new("/nonexistent/secret")
+        );
     }
 }

@@ -30,8 +30,22 @@ fn mix(mut x: u64) -> u64 {
 /// A block of lowercase words and line breaks, determined by `seed`.
 fn text_block(seed: u64) -> Vec<u8> {
     const WORDS: [&[u8]; 16] = [
-        b"mail", b"backup", b"queue", b"the", b"of", b"snapshot", b"message", b"and", b"store", b"server",
-        b"lmdb", b"link", b"account", b"inbox", b"a", b"to",
+        b"mail",
+        b"backup",
+        b"queue",
+        b"the",
+        b"of",
+        b"snapshot",
+        b"message",
+        b"and",
+        b"store",
+        b"server",
+        b"lmdb",
+        b"link",
+        b"account",
+        b"inbox",
+        b"a",
+        b"to",
     ];
     let mut out = Vec::with_capacity(BLOCK + 16);
     let mut s = seed;
@@ -54,7 +68,13 @@ fn text_block(seed: u64) -> Vec<u8> {
 
 /// Writes message files `ids` (with `sizes`, aligned) below `root` (a message tree), creating
 /// directories (mode 0750) and files (mode 0640). Existing files are an error (O_EXCL).
-pub fn write_messages(root: &Path, ids: &[u64], sizes: &[u64], seed: u64, sink: &Sink<'_>) -> Result<(), Errno> {
+pub fn write_messages(
+    root: &Path,
+    ids: &[u64],
+    sizes: &[u64],
+    seed: u64,
+    sink: &Sink<'_>,
+) -> Result<(), Errno> {
     assert_eq!(ids.len(), sizes.len(), "one size per ID");
     let root = fsutil::open_dir(root)?;
     let block = text_block(seed);
@@ -65,7 +85,10 @@ pub fn write_messages(root: &Path, ids: &[u64], sizes: &[u64], seed: u64, sink: 
     let mut rest = &order[..];
     while let Some(&first) = rest.first() {
         let d = msgpath::dir_index(ids[first]);
-        let n = rest.iter().position(|&i| msgpath::dir_index(ids[i]) != d).unwrap_or(rest.len());
+        let n = rest
+            .iter()
+            .position(|&i| msgpath::dir_index(ids[i]) != d)
+            .unwrap_or(rest.len());
         runs.push(&rest[..n]);
         rest = &rest[n..];
     }
@@ -112,7 +135,12 @@ fn fill(buf: &mut Vec<u8>, block: &[u8], id: u64, seed: u64, size: usize) {
 /// Creates and writes one file.
 fn write_file(dir: &OwnedFd, name: &[u8], data: &[u8]) -> Result<(), Errno> {
     let cname = CString::new(name).map_err(|_| Errno::INVAL)?;
-    let fd = rfs::openat(dir, &cname, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o640))?;
+    let fd = rfs::openat(
+        dir,
+        &cname,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o640),
+    )?;
     let mut off = 0;
     while off < data.len() {
         off += rustix::io::write(&fd, &data[off..])?;
@@ -144,7 +172,9 @@ mod tests {
             assert_eq!(a.len() as u64, size);
             assert_eq!(a, std::fs::read(s.path(&format!("two/{rel}"))).unwrap());
         }
-        assert!(std::fs::read(s.path("one/b/9000")).unwrap().starts_with(b"Message-ID: <9000.42@"));
+        assert!(std::fs::read(s.path("one/b/9000"))
+            .unwrap()
+            .starts_with(b"Message-ID: <9000.42@"));
     }
 
     #[test]
@@ -154,7 +184,10 @@ mod tests {
         let p = Progress::new(false, 10);
         let sink = Sink::new(&p, b"");
         write_messages(&s.path("m"), &[1], &[100], 1, &sink).unwrap();
-        assert_eq!(sink.tally.errors.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            sink.tally.errors.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         assert_eq!(std::fs::read(s.path("m/a/1")).unwrap(), b"keep");
     }
 }

@@ -24,9 +24,15 @@ impl IdSet {
     /// A set from packed little-endian u64s, as handed over from Python.
     pub fn from_le_bytes(buf: &[u8]) -> Result<Self, String> {
         if buf.len() % 8 != 0 {
-            return Err(format!("ID buffer of {} bytes is not a whole number of u64s", buf.len()));
+            return Err(format!(
+                "ID buffer of {} bytes is not a whole number of u64s",
+                buf.len()
+            ));
         }
-        let ids = buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        let ids = buf
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         Ok(IdSet::new(ids))
     }
 
@@ -82,7 +88,10 @@ pub struct SeenSet {
 impl SeenSet {
     /// An all-clear bitmap for a set of `len` members.
     pub fn new(len: usize) -> Self {
-        SeenSet { words: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), len }
+        SeenSet {
+            words: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            len,
+        }
     }
 
     /// Marks member `index`; returns whether it was already marked.

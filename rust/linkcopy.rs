@@ -47,7 +47,11 @@ impl OpError {
 
     /// "link: No such file or directory (os error 2)"-style text.
     pub fn describe(&self) -> String {
-        format!("{}: {}", self.op, std::io::Error::from_raw_os_error(self.errno.raw_os_error()))
+        format!(
+            "{}: {}",
+            self.op,
+            std::io::Error::from_raw_os_error(self.errno.raw_os_error())
+        )
     }
 }
 
@@ -101,12 +105,22 @@ impl LinkPolicy {
     }
 
     /// Places `name` of `src` into `dst` under the same name: hardlink, else copy.
-    pub fn link_or_copy(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr) -> Result<Placed, OpError> {
+    pub fn link_or_copy(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Placed, OpError> {
         if self.try_links.load(Ordering::Relaxed) {
             match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
                 Ok(()) => return Ok(Placed::Linked),
                 Err(e) if link_impossible(e) => {
-                    let _ = self.first_fallback.compare_exchange(0, e.raw_os_error(), Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = self.first_fallback.compare_exchange(
+                        0,
+                        e.raw_os_error(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     if e == Errno::XDEV {
                         self.try_links.store(false, Ordering::Relaxed);
                     }
@@ -122,11 +136,21 @@ impl LinkPolicy {
     }
 
     /// Copies regular file `name` of `src` into `dst` under the same name; fails if it exists.
-    pub fn copy(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr) -> Result<u64, OpError> {
+    pub fn copy(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<u64, OpError> {
         // O_NONBLOCK: if the entry was swapped for a FIFO since it was listed, opening it must not
         // wait for a writer forever; fstat then refuses it. Regular files ignore the flag.
-        let from = rfs::openat(src, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| OpError::new("open", e))?;
+        let from = rfs::openat(
+            src,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| OpError::new("open", e))?;
         let st = rfs::fstat(&from).map_err(|e| OpError::new("stat", e))?;
         if crate::fsutil::Kind::from_mode(st.st_mode) != crate::fsutil::Kind::File {
             return Err(OpError::new("open", Errno::INVAL));
@@ -175,12 +199,18 @@ impl LinkPolicy {
 
 /// Errors after which a copy can stand in for the link.
 fn link_impossible(e: Errno) -> bool {
-    matches!(e, Errno::XDEV | Errno::PERM | Errno::MLINK | Errno::OPNOTSUPP | Errno::ACCESS)
+    matches!(
+        e,
+        Errno::XDEV | Errno::PERM | Errno::MLINK | Errno::OPNOTSUPP | Errno::ACCESS
+    )
 }
 
 /// Errors by which the kernel says `copy_file_range` does not work for this pair of files.
 fn cfr_refused(e: Errno) -> bool {
-    matches!(e, Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::IO)
+    matches!(
+        e,
+        Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::IO
+    )
 }
 
 /// Size of the read/write buffer; one buffer per worker thread.
@@ -218,12 +248,20 @@ fn read_write(from: &OwnedFd, to: &OwnedFd, mut total: u64) -> Result<u64, OpErr
 /// Gives a finished copy its owner, mode and modification time.
 fn finish_copy(to: &OwnedFd, st: &rfs::Stat, as_root: bool) -> Result<(), OpError> {
     if let Some(o) = Owner::of(st, as_root) {
-        o.apply_fd(to.as_fd()).map_err(|e| OpError::new("chown", e))?;
+        o.apply_fd(to.as_fd())
+            .map_err(|e| OpError::new("chown", e))?;
     }
-    rfs::fchmod(to, Mode::from_raw_mode(file_mode(st.st_mode))).map_err(|e| OpError::new("chmod", e))?;
+    rfs::fchmod(to, Mode::from_raw_mode(file_mode(st.st_mode)))
+        .map_err(|e| OpError::new("chmod", e))?;
     let times = Timestamps {
-        last_access: Timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec as _ },
-        last_modification: Timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec as _ },
+        last_access: Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     };
     rfs::futimens(to, &times).map_err(|e| OpError::new("utimens", e))
 }
@@ -238,7 +276,10 @@ mod tests {
     fn dirs(s: &Scratch) -> (OwnedFd, OwnedFd) {
         std::fs::create_dir_all(s.path("src")).unwrap();
         std::fs::create_dir_all(s.path("dst")).unwrap();
-        (open_dir(&s.path("src")).unwrap(), open_dir(&s.path("dst")).unwrap())
+        (
+            open_dir(&s.path("src")).unwrap(),
+            open_dir(&s.path("dst")).unwrap(),
+        )
     }
 
     #[test]
@@ -247,7 +288,10 @@ mod tests {
         let (src, dst) = dirs(&s);
         s.file("src/5", b"hello");
         let p = LinkPolicy::new(false);
-        assert_eq!(p.link_or_copy(src.as_fd(), dst.as_fd(), c"5").unwrap(), Placed::Linked);
+        assert_eq!(
+            p.link_or_copy(src.as_fd(), dst.as_fd(), c"5").unwrap(),
+            Placed::Linked
+        );
         let a = std::fs::metadata(s.path("src/5")).unwrap();
         let b = std::fs::metadata(s.path("dst/5")).unwrap();
         assert_eq!(a.ino(), b.ino());
@@ -262,7 +306,10 @@ mod tests {
         let f = s.file("src/7", &data);
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4640)).unwrap();
         let p = LinkPolicy::new(true);
-        assert_eq!(p.link_or_copy(src.as_fd(), dst.as_fd(), c"7").unwrap(), Placed::Copied(data.len() as u64));
+        assert_eq!(
+            p.link_or_copy(src.as_fd(), dst.as_fd(), c"7").unwrap(),
+            Placed::Copied(data.len() as u64)
+        );
         let a = std::fs::metadata(&f).unwrap();
         let b = std::fs::metadata(s.path("dst/7")).unwrap();
         assert_ne!(a.ino(), b.ino());
@@ -278,7 +325,12 @@ mod tests {
         let s = Scratch::new("empty");
         let (src, dst) = dirs(&s);
         s.file("src/e", b"");
-        assert_eq!(LinkPolicy::new(true).copy(src.as_fd(), dst.as_fd(), c"e").unwrap(), 0);
+        assert_eq!(
+            LinkPolicy::new(true)
+                .copy(src.as_fd(), dst.as_fd(), c"e")
+                .unwrap(),
+            0
+        );
         assert_eq!(std::fs::read(s.path("dst/e")).unwrap(), b"");
     }
 
@@ -286,9 +338,13 @@ mod tests {
     fn missing_source_is_a_link_error_with_errno() {
         let s = Scratch::new("missing");
         let (src, dst) = dirs(&s);
-        let err = LinkPolicy::new(false).link_or_copy(src.as_fd(), dst.as_fd(), c"9").unwrap_err();
+        let err = LinkPolicy::new(false)
+            .link_or_copy(src.as_fd(), dst.as_fd(), c"9")
+            .unwrap_err();
         assert_eq!(err, OpError::new("link", Errno::NOENT));
-        let err = LinkPolicy::new(true).link_or_copy(src.as_fd(), dst.as_fd(), c"9").unwrap_err();
+        let err = LinkPolicy::new(true)
+            .link_or_copy(src.as_fd(), dst.as_fd(), c"9")
+            .unwrap_err();
         assert_eq!(err, OpError::new("open", Errno::NOENT));
     }
 
@@ -298,7 +354,13 @@ mod tests {
         let (src, dst) = dirs(&s);
         s.file("src/1", b"new");
         s.file("dst/1", b"old");
-        assert_eq!(LinkPolicy::new(true).copy(src.as_fd(), dst.as_fd(), c"1").unwrap_err().errno, Errno::EXIST);
+        assert_eq!(
+            LinkPolicy::new(true)
+                .copy(src.as_fd(), dst.as_fd(), c"1")
+                .unwrap_err()
+                .errno,
+            Errno::EXIST
+        );
         assert_eq!(std::fs::read(s.path("dst/1")).unwrap(), b"old");
     }
 
@@ -307,7 +369,9 @@ mod tests {
         let s = Scratch::new("fifo");
         let (src, dst) = dirs(&s);
         rustix::fs::mkfifoat(&src, c"f", Mode::from_raw_mode(0o600)).unwrap();
-        let err = LinkPolicy::new(true).copy(src.as_fd(), dst.as_fd(), c"f").unwrap_err();
+        let err = LinkPolicy::new(true)
+            .copy(src.as_fd(), dst.as_fd(), c"f")
+            .unwrap_err();
         assert_eq!(err, OpError::new("open", Errno::INVAL));
         assert!(!s.path("dst/f").exists());
     }
@@ -318,7 +382,9 @@ mod tests {
         let (src, dst) = dirs(&s);
         s.file("secret", b"top secret");
         std::os::unix::fs::symlink(s.path("secret"), s.path("src/l")).unwrap();
-        let err = LinkPolicy::new(true).copy(src.as_fd(), dst.as_fd(), c"l").unwrap_err();
+        let err = LinkPolicy::new(true)
+            .copy(src.as_fd(), dst.as_fd(), c"l")
+            .unwrap_err();
         assert_eq!(err.op, "open");
         assert!(!s.path("dst/l").exists());
     }
@@ -336,7 +402,8 @@ mod tests {
         std::fs::create_dir_all(&src_path).unwrap();
         std::fs::write(src_path.join("1"), b"one").unwrap();
         std::fs::write(src_path.join("2"), b"two").unwrap();
-        let same_dev = std::fs::metadata(&src_path).unwrap().dev() == std::fs::metadata(s.path("dst")).unwrap().dev();
+        let same_dev = std::fs::metadata(&src_path).unwrap().dev()
+            == std::fs::metadata(s.path("dst")).unwrap().dev();
         let src = open_dir(&src_path).unwrap();
         let dst = open_dir(&s.path("dst")).unwrap();
         let p = LinkPolicy::new(false);
@@ -348,7 +415,11 @@ mod tests {
         }
         assert_eq!((a, b), (Placed::Copied(3), Placed::Copied(3)));
         assert_eq!(p.first_fallback(), Some(Errno::XDEV));
-        assert_eq!(p.fallbacks(), 2, "both files count, not only the one whose link failed");
+        assert_eq!(
+            p.fallbacks(),
+            2,
+            "both files count, not only the one whose link failed"
+        );
         assert_eq!(std::fs::read(s.path("dst/2")).unwrap(), b"two");
     }
 }

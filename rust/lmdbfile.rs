@@ -502,11 +502,22 @@ fn read_metas(file: &File) -> Result<[Result<Meta, MetaFault>; 2], LmdbError> {
 fn at_rest_meta(metas: &[Result<Meta, MetaFault>; 2]) -> Result<Meta, LmdbError> {
     for m in metas {
         if let Err(f) = m {
-            return Err(LmdbError::new(f.kind, format!("{} (the other meta page is intact, but LMDB reads both)", f.message)));
+            return Err(LmdbError::new(
+                f.kind,
+                format!(
+                    "{} (the other meta page is intact, but LMDB reads both)",
+                    f.message
+                ),
+            ));
         }
     }
-    let (Ok(m0), Ok(m1)) = (&metas[0], &metas[1]) else { unreachable!("both checked above") };
-    if m0.txnid % 2 == 1 || (m1.txnid != 0 && m1.txnid % 2 == 0) || (m0.txnid != 0 && m0.txnid == m1.txnid) {
+    let (Ok(m0), Ok(m1)) = (&metas[0], &metas[1]) else {
+        unreachable!("both checked above")
+    };
+    if m0.txnid % 2 == 1
+        || (m1.txnid != 0 && m1.txnid % 2 == 0)
+        || (m0.txnid != 0 && m0.txnid == m1.txnid)
+    {
         return Err(LmdbError::corrupt(format!(
             "meta pages 0 and 1 have txnids {} and {}: LMDB writes even txnids to page 0 and odd ones to page 1",
             m0.txnid, m1.txnid
@@ -726,7 +737,8 @@ impl LmdbFile {
         let mut dbs = Vec::with_capacity(named.len());
         let mut compact_copy_safe = true;
         for (name, db) in named {
-            compact_copy_safe &= db.flags & (MDB_DUPSORT | MDB_DUPFIXED) != (MDB_DUPSORT | MDB_DUPFIXED);
+            compact_copy_safe &=
+                db.flags & (MDB_DUPSORT | MDB_DUPFIXED) != (MDB_DUPSORT | MDB_DUPFIXED);
             let spec = TreeSpec::named(&name, db, false)?;
             let entries = walker.walk(&spec, &mut |_, _| Ok(()))?;
             dbs.push((name, entries));
@@ -2523,7 +2535,11 @@ mod tests {
         patch(&path, 0, &7u64.to_le_bytes());
         assert_corrupt(&path, "meta page 0 has page number 7");
         let (path, _) = damaged(&dir, "last-page.mdb");
-        patch(&path, offset_of(&file, 1) + 136, &(1u64 << 40).to_le_bytes());
+        patch(
+            &path,
+            offset_of(&file, 1) + 136,
+            &(1u64 << 40).to_le_bytes(),
+        );
         assert_corrupt(&path, "meta page 1 has last page");
         // Commit parity: page 0 holds even txnids, page 1 odd ones, never the same.
         let (path, _) = damaged(&dir, "same.mdb");
@@ -2535,7 +2551,14 @@ mod tests {
         // Pinned to the intact snapshot, as a reader of a live file is, the check still works.
         let (path, _) = damaged(&dir, "pinned.mdb");
         patch(&path, 0, &7u64.to_le_bytes());
-        assert_eq!(LmdbFile::open(&path, Some(3)).unwrap().check().unwrap().txnid, 3);
+        assert_eq!(
+            LmdbFile::open(&path, Some(3))
+                .unwrap()
+                .check()
+                .unwrap()
+                .txnid,
+            3
+        );
     }
 
     #[test]
@@ -2566,13 +2589,26 @@ mod tests {
             ErrorKind::Stale
         );
         let err = LmdbFile::open(&path, None).err().unwrap();
-        assert!(err.kind == ErrorKind::Corrupt && err.message.contains("meta page 0"), "{err}");
+        assert!(
+            err.kind == ErrorKind::Corrupt && err.message.contains("meta page 0"),
+            "{err}"
+        );
 
         let (path, file) = damaged(&dir, "older.mdb");
         zero_page(&path, &file, 1);
-        assert_eq!(LmdbFile::open(&path, Some(4)).unwrap().check().unwrap().txnid, 4);
+        assert_eq!(
+            LmdbFile::open(&path, Some(4))
+                .unwrap()
+                .check()
+                .unwrap()
+                .txnid,
+            4
+        );
         let err = LmdbFile::open(&path, None).err().unwrap();
-        assert!(err.kind == ErrorKind::Corrupt && err.message.contains("meta page 1"), "{err}");
+        assert!(
+            err.kind == ErrorKind::Corrupt && err.message.contains("meta page 1"),
+            "{err}"
+        );
 
         let (path, file) = damaged(&dir, "both.mdb");
         zero_page(&path, &file, 0);

@@ -32,7 +32,10 @@ impl DirName {
 /// The directory that holds message `id`.
 pub fn dir_name(id: u64) -> DirName {
     let mut v = id >> FILES_PER_DIR_SHIFT;
-    let mut out = DirName { buf: [0; MAX_DIR_LEN], len: 0 };
+    let mut out = DirName {
+        buf: [0; MAX_DIR_LEN],
+        len: 0,
+    };
     loop {
         out.buf[out.len as usize] = ALPHABET[(v & 63) as usize];
         out.len += 1;
@@ -125,7 +128,16 @@ mod tests {
     fn parse_accepts_only_canonical_decimal() {
         assert_eq!(parse_id(b"1"), Some(1));
         assert_eq!(parse_id(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [&b""[..], b"0", b"07", b"+7", b"-7", b"7a", b"18446744073709551616", b" 7"] {
+        for bad in [
+            &b""[..],
+            b"0",
+            b"07",
+            b"+7",
+            b"-7",
+            b"7a",
+            b"18446744073709551616",
+            b" 7",
+        ] {
             assert_eq!(parse_id(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
@@ -140,7 +152,10 @@ mod tests {
 
     #[test]
     fn round_trip_over_directory_boundaries() {
-        for id in (1..200_000u64).step_by(97).chain([8191, 8192, 8193, 524287, 524288, u64::MAX]) {
+        for id in (1..200_000u64)
+            .step_by(97)
+            .chain([8191, 8192, 8193, 524287, 524288, u64::MAX])
+        {
             let p = rel_path(id);
             let slash = p.iter().position(|&c| c == b'/').unwrap();
             assert_eq!(id_at_path(&p[..slash], &p[slash + 1..]), Some(id));

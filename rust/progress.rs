@@ -184,7 +184,10 @@ impl Progress {
 
     /// (done, total) right now.
     pub fn position(&self) -> (u64, u64) {
-        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 
     /// Events not kept because the queue was full.
@@ -193,7 +196,14 @@ impl Progress {
     }
 
     /// Queues an event (per-file `Info` lines only in verbose mode).
-    pub fn emit(&self, severity: Severity, code: &'static str, path: Vec<u8>, errno: i32, detail: String) {
+    pub fn emit(
+        &self,
+        severity: Severity,
+        code: &'static str,
+        path: Vec<u8>,
+        errno: i32,
+        detail: String,
+    ) {
         if severity == Severity::Info && !self.verbose {
             return;
         }
@@ -202,7 +212,13 @@ impl Progress {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        q.push(Event { severity, code, path, errno, detail });
+        q.push(Event {
+            severity,
+            code,
+            path,
+            errno,
+            detail,
+        });
     }
 
     /// Takes all queued events.
@@ -226,7 +242,11 @@ pub struct Sink<'a> {
 impl<'a> Sink<'a> {
     /// A sink reporting paths below `prefix`.
     pub fn new(progress: &'a Progress, prefix: &[u8]) -> Self {
-        Sink { progress, tally: Tally::default(), prefix: prefix.to_vec() }
+        Sink {
+            progress,
+            tally: Tally::default(),
+            prefix: prefix.to_vec(),
+        }
     }
 
     /// The reported form of a path relative to the walked root.
@@ -242,26 +262,34 @@ impl<'a> Sink<'a> {
     /// A warning about `rel`; the result stays good.
     pub fn warn(&self, code: &'static str, rel: &[u8], errno: i32, detail: String) {
         Tally::bump(&self.tally.warnings);
-        self.progress.emit(Severity::Warning, code, self.full(rel), errno, detail);
+        self.progress
+            .emit(Severity::Warning, code, self.full(rel), errno, detail);
     }
 
     /// An error about `rel`; the result is marked failed.
     pub fn error(&self, code: &'static str, rel: &[u8], errno: i32, detail: String) {
         Tally::bump(&self.tally.errors);
-        self.progress.emit(Severity::Error, code, self.full(rel), errno, detail);
+        self.progress
+            .emit(Severity::Error, code, self.full(rel), errno, detail);
     }
 
     /// A per-file line, shown with --verbose.
     pub fn info(&self, code: &'static str, rel: &[u8], detail: &str) {
         if self.progress.verbose() {
-            self.progress.emit(Severity::Info, code, self.full(rel), 0, detail.to_string());
+            self.progress
+                .emit(Severity::Info, code, self.full(rel), 0, detail.to_string());
         }
     }
 
     /// An I/O error on `rel` during step `op`.
     pub fn io_error(&self, rel: &[u8], op: &'static str, errno: rustix::io::Errno) {
         let e = errno.raw_os_error();
-        self.error("io", rel, e, format!("{}: {}", op, std::io::Error::from_raw_os_error(e)));
+        self.error(
+            "io",
+            rel,
+            e,
+            format!("{}: {}", op, std::io::Error::from_raw_os_error(e)),
+        );
     }
 }
 
@@ -276,7 +304,13 @@ mod tests {
             p.emit(Severity::Info, "linked", b"y".to_vec(), 0, String::new());
         }
         for _ in 0..5 {
-            p.emit(Severity::Warning, "unrecognized", b"x".to_vec(), 0, String::new());
+            p.emit(
+                Severity::Warning,
+                "unrecognized",
+                b"x".to_vec(),
+                0,
+                String::new(),
+            );
         }
         p.emit(Severity::Error, "missing", b"z".to_vec(), 2, String::new());
         let got = p.drain();

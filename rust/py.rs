@@ -19,17 +19,22 @@ use rayon::prelude::*;
 
 use crate::check::{AreaCheck, FixTarget};
 use crate::classify::{Area, Snapshot};
+use crate::fsid::{self, FsId};
 use crate::ids::IdSet;
 use crate::linkcopy::LinkPolicy;
 use crate::lmdbfile::{ErrorKind, LmdbFile};
 use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{AreaBackup, PlainCopy};
-use crate::fsid::{self, FsId};
 use crate::walk::Fence;
 use crate::{fsutil, gen, msgpath};
 
-create_exception!(_engine, LmdbError, PyException, "An LMDB file failed the structural check (args: kind, page, message).");
+create_exception!(
+    _engine,
+    LmdbError,
+    PyException,
+    "An LMDB file failed the structural check (args: kind, page, message)."
+);
 
 /// Progress counters, cancel flag and event queue shared with running engine calls.
 #[pyclass(frozen, module = "mailbak._engine")]
@@ -43,7 +48,9 @@ impl Progress {
     #[new]
     #[pyo3(signature = (verbose = false, max_queued = progress::DEFAULT_MAX_QUEUED))]
     fn new(verbose: bool, max_queued: usize) -> Self {
-        Progress { inner: Arc::new(progress::Progress::new(verbose, max_queued)) }
+        Progress {
+            inner: Arc::new(progress::Progress::new(verbose, max_queued)),
+        }
     }
 
     /// Asks all workers to stop at their next file.
@@ -73,11 +80,22 @@ impl Progress {
     }
 
     /// Takes the queued events: (severity, code, path bytes, errno, detail).
-    fn drain<'py>(&self, py: Python<'py>) -> Vec<(&'static str, &'static str, Bound<'py, PyBytes>, i32, String)> {
+    fn drain<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Vec<(&'static str, &'static str, Bound<'py, PyBytes>, i32, String)> {
         self.inner
             .drain()
             .into_iter()
-            .map(|e| (e.severity.as_str(), e.code, PyBytes::new(py, &e.path), e.errno, e.detail))
+            .map(|e| {
+                (
+                    e.severity.as_str(),
+                    e.code,
+                    PyBytes::new(py, &e.path),
+                    e.errno,
+                    e.detail,
+                )
+            })
             .collect()
     }
 
@@ -100,7 +118,10 @@ fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> Py
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start worker threads: {e}")))?;
     py.detach(|| catch_unwind(AssertUnwindSafe(|| pool.install(f))))
         .map_err(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             PyRuntimeError::new_err(format!("engine panic: {}", msg.unwrap_or_default()))
         })
 }
@@ -125,15 +146,24 @@ fn open_root_in(anchor: Option<&OwnedFd>, path: &Path) -> PyResult<OwnedFd> {
 fn anchor(raw: Option<i32>) -> PyResult<Option<OwnedFd>> {
     let Some(raw) = raw else { return Ok(None) };
     if raw < 0 {
-        return Err(PyValueError::new_err("root must be an open directory descriptor"));
+        return Err(PyValueError::new_err(
+            "root must be an open directory descriptor",
+        ));
     }
     // SAFETY: the caller passes a descriptor it holds open for the duration of this call (the
     // GIL is held here); it is only borrowed long enough to duplicate it.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let own = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string())))?;
+    let own = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| {
+        PyOSError::new_err((
+            e.raw_os_error(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
+        ))
+    })?;
     match rustix::fs::fstat(&own) {
         Ok(st) if fsutil::Kind::from_mode(st.st_mode) == fsutil::Kind::Dir => Ok(Some(own)),
-        _ => Err(PyValueError::new_err("root must be an open directory descriptor")),
+        _ => Err(PyValueError::new_err(
+            "root must be an open directory descriptor",
+        )),
     }
 }
 
@@ -148,7 +178,11 @@ fn tally_dict<'py>(py: Python<'py>, t: &Tally) -> PyResult<Bound<'py, PyDict>> {
 
 /// A transfer's tally plus the errno of its first link that became a copy and how many files
 /// were copied because a link was impossible.
-fn transfer_dict<'py>(py: Python<'py>, t: &Tally, (fallback, fallbacks): (Option<rustix::io::Errno>, u64)) -> PyResult<Bound<'py, PyDict>> {
+fn transfer_dict<'py>(
+    py: Python<'py>,
+    t: &Tally,
+    (fallback, fallbacks): (Option<rustix::io::Errno>, u64),
+) -> PyResult<Bound<'py, PyDict>> {
     let d = tally_dict(py, t)?;
     d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
     d.set_item("link_fallbacks", fallbacks)?;
@@ -185,25 +219,44 @@ struct AreaArgs {
 
 /// Reads one area dict.
 fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
-    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> { d.get_item(k)?.ok_or_else(|| PyValueError::new_err(format!("area is missing {k:?}"))) };
-    let opt = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> { Ok(d.get_item(k)?.filter(|v| !v.is_none())) };
-    let bytes = |k: &str| -> PyResult<Vec<u8>> { Ok(get(k)?.cast::<PyBytes>()?.as_bytes().to_vec()) };
+    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+        d.get_item(k)?
+            .ok_or_else(|| PyValueError::new_err(format!("area is missing {k:?}")))
+    };
+    let opt = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
+    };
+    let bytes =
+        |k: &str| -> PyResult<Vec<u8>> { Ok(get(k)?.cast::<PyBytes>()?.as_bytes().to_vec()) };
     let live_ids = unpack_u64(&bytes("live")?)?;
     let sizes = unpack_u64(&bytes("sizes")?)?;
     if sizes.len() != live_ids.len() || !live_ids.windows(2).all(|w| w[0] < w[1]) {
-        return Err(PyValueError::new_err("sizes must align with ascending unique live IDs"));
+        return Err(PyValueError::new_err(
+            "sizes must align with ascending unique live IDs",
+        ));
     }
     // Records without a readable size are named apart, never by a reserved size value.
     let unknown = match opt("unknown_sizes")? {
         Some(v) => ids(v.cast::<PyBytes>()?.as_bytes())?,
         None => IdSet::default(),
     };
-    let sizes = live_ids.iter().zip(sizes).map(|(id, n)| (!unknown.contains(*id)).then_some(n)).collect();
+    let sizes = live_ids
+        .iter()
+        .zip(sizes)
+        .map(|(id, n)| (!unknown.contains(*id)).then_some(n))
+        .collect();
     Ok(AreaArgs {
         src: get("src")?.extract()?,
         dst: opt("dst")?.map(|v| v.extract()).transpose()?,
-        area: Area { tree: bytes("tree")?, known: get("known")?.extract()? },
-        snap: Snapshot { live: IdSet::new(live_ids), erasing: ids(&bytes("erasing")?)?, next_id: get("next_id")?.extract()? },
+        area: Area {
+            tree: bytes("tree")?,
+            known: get("known")?.extract()?,
+        },
+        snap: Snapshot {
+            live: IdSet::new(live_ids),
+            erasing: ids(&bytes("erasing")?)?,
+            next_id: get("next_id")?.extract()?,
+        },
         sizes,
         prefix: bytes("prefix")?,
         fix_rel: opt("fix_rel")?.map(|v| v.extract()).transpose()?,
@@ -213,16 +266,23 @@ fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
 /// u64s from a packed little-endian buffer.
 fn unpack_u64(buf: &[u8]) -> PyResult<Vec<u64>> {
     if buf.len() % 8 != 0 {
-        return Err(PyValueError::new_err("buffer is not a whole number of u64s"));
+        return Err(PyValueError::new_err(
+            "buffer is not a whole number of u64s",
+        ));
     }
-    Ok(buf.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    Ok(buf
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect())
 }
 
 /// Opens an area's root inside a worker (below `anchor` when given, refusing symlinks at every
 /// step); failure is the area's error event, not an exception, so one unreadable account does
 /// not stop the others.
 fn open_area_root(anchor: Option<&OwnedFd>, path: &Path, sink: &Sink<'_>) -> Option<OwnedFd> {
-    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path).map_err(|e| sink.io_error(b"", "open directory", e)).ok()
+    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path)
+        .map_err(|e| sink.io_error(b"", "open directory", e))
+        .ok()
 }
 
 /// Backs up message areas (the queue and accounts), all in one pool so that workers spread
@@ -244,7 +304,10 @@ fn backup_areas<'py>(
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
     let root = anchor(root)?;
-    let fence = Fence { skip, skip_locks: true };
+    let fence = Fence {
+        skip,
+        skip_locks: true,
+    };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || {
         areas
@@ -253,14 +316,22 @@ fn backup_areas<'py>(
                 let sink = Sink::new(&p, &a.prefix);
                 let policy = LinkPolicy::new(force_copy);
                 let dst = a.dst.as_deref().expect("a backup area has a destination");
-                if let (Some(src), Some(dst)) = (open_area_root(root.as_ref(), &a.src, &sink), open_area_root(None, dst, &sink)) {
-                    AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink).with_fence(&fence).run(src, dst);
+                if let (Some(src), Some(dst)) = (
+                    open_area_root(root.as_ref(), &a.src, &sink),
+                    open_area_root(None, dst, &sink),
+                ) {
+                    AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
+                        .with_fence(&fence)
+                        .run(src, dst);
                 }
                 (sink.tally, (policy.first_fallback(), policy.fallbacks()))
             })
             .collect::<Vec<_>>()
     })?;
-    results.iter().map(|(tally, fallback)| transfer_dict(py, tally, *fallback)).collect()
+    results
+        .iter()
+        .map(|(tally, fallback)| transfer_dict(py, tally, *fallback))
+        .collect()
 }
 
 /// Copies a tree (or the named root-level entries of it); see `transfer.rs`. With `root`, `src`
@@ -283,7 +354,10 @@ fn copy_tree<'py>(
     skip: Vec<(u64, u64)>,
     skip_locks: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let area = message_tree.map(|tree| Area { tree, known: Vec::new() });
+    let area = message_tree.map(|tree| Area {
+        tree,
+        known: Vec::new(),
+    });
     let root = anchor(root)?;
     let (src, dst) = (open_root_in(root.as_ref(), &src)?, open_root(&dst)?);
     let fence = Fence { skip, skip_locks };
@@ -291,7 +365,9 @@ fn copy_tree<'py>(
     let (tally, fallback) = run(py, jobs, move || {
         let sink = Sink::new(&p, &prefix);
         let policy = LinkPolicy::new(force_copy);
-        PlainCopy::new(area.as_ref(), &policy, &sink).with_fence(&fence).run(src, dst, only.as_deref());
+        PlainCopy::new(area.as_ref(), &policy, &sink)
+            .with_fence(&fence)
+            .run(src, dst, only.as_deref());
         (sink.tally, (policy.first_fallback(), policy.fallbacks()))
     })?;
     transfer_dict(py, &tally, fallback)
@@ -325,7 +401,14 @@ fn check_areas<'py>(
             .par_iter()
             .map(|a| {
                 let sink = Sink::new(&p, &a.prefix);
-                let fix = fix_root.as_ref().and_then(|r| rustix::io::dup(r).ok()).map(|root| FixTarget { root, rel: a.fix_rel.clone().unwrap_or_default(), owner: fix_owner.clone() });
+                let fix = fix_root
+                    .as_ref()
+                    .and_then(|r| rustix::io::dup(r).ok())
+                    .map(|root| FixTarget {
+                        root,
+                        rel: a.fix_rel.clone().unwrap_or_default(),
+                        owner: fix_owner.clone(),
+                    });
                 if let Some(root) = open_area_root(root.as_ref(), &a.src, &sink) {
                     AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, live, &sink).run(root);
                 }
@@ -340,7 +423,11 @@ fn check_areas<'py>(
 /// (with its errno), LmdbError when its content is wrong.
 fn lmdb_err(e: crate::lmdbfile::LmdbError, path: &Path) -> PyErr {
     if let ErrorKind::Io(errno) = e.kind {
-        return PyOSError::new_err((errno, std::io::Error::from_raw_os_error(errno).to_string(), path.to_path_buf()));
+        return PyOSError::new_err((
+            errno,
+            std::io::Error::from_raw_os_error(errno).to_string(),
+            path.to_path_buf(),
+        ));
     }
     let kind = match e.kind {
         ErrorKind::Io(_) => unreachable!("handled above"),
@@ -355,15 +442,25 @@ fn lmdb_err(e: crate::lmdbfile::LmdbError, path: &Path) -> PyErr {
 /// Structural check of an LMDB file (optionally of the snapshot `txnid`).
 #[pyfunction]
 #[pyo3(signature = (path, txnid = None))]
-fn lmdb_check<'py>(py: Python<'py>, path: PathBuf, txnid: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
-    let s = py.detach(|| LmdbFile::open(&path, txnid).and_then(|f| f.check())).map_err(|e| lmdb_err(e, &path))?;
+fn lmdb_check<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    txnid: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let s = py
+        .detach(|| LmdbFile::open(&path, txnid).and_then(|f| f.check()))
+        .map_err(|e| lmdb_err(e, &path))?;
     let d = PyDict::new(py);
     d.set_item("txnid", s.txnid)?;
     d.set_item("page_size", s.page_size)?;
     d.set_item("last_page", s.last_page)?;
     d.set_item("tree_pages", s.tree_pages)?;
     d.set_item("free_pages", s.free_pages)?;
-    let dbs: Vec<(Bound<'py, PyBytes>, u64)> = s.dbs.iter().map(|(n, c)| (PyBytes::new(py, n), *c)).collect();
+    let dbs: Vec<(Bound<'py, PyBytes>, u64)> = s
+        .dbs
+        .iter()
+        .map(|(n, c)| (PyBytes::new(py, n), *c))
+        .collect();
     d.set_item("dbs", dbs)?;
     d.set_item("compact_copy_safe", s.compact_copy_safe)?;
     Ok(d)
@@ -372,20 +469,38 @@ fn lmdb_check<'py>(py: Python<'py>, path: PathBuf, txnid: Option<u64>) -> PyResu
 /// Reads an area's index from an LMDB file; see `records.rs`.
 #[pyfunction]
 #[pyo3(signature = (path, kind, txnid = None))]
-fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+fn read_index<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    kind: &str,
+    txnid: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
     let kind = match kind {
         "account" => IndexKind::Account,
         "queue" => IndexKind::Queue,
-        other => return Err(PyValueError::new_err(format!("unknown index kind {other:?}"))),
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown index kind {other:?}"
+            )))
+        }
     };
     let (file_txnid, idx) = py
-        .detach(|| LmdbFile::open(&path, txnid).and_then(|f| Ok((f.txnid(), records::read_index(&f, kind)?))))
+        .detach(|| {
+            LmdbFile::open(&path, txnid)
+                .and_then(|f| Ok((f.txnid(), records::read_index(&f, kind)?)))
+        })
         .map_err(|e| lmdb_err(e, &path))?;
     let d = PyDict::new(py);
     d.set_item("txnid", file_txnid)?;
     d.set_item("live", PyBytes::new(py, &packed(&idx.live)))?;
     let sizes: Vec<u64> = idx.sizes.iter().map(|n| n.unwrap_or(0)).collect();
-    let unknown: Vec<u64> = idx.live.iter().zip(&idx.sizes).filter(|(_, n)| n.is_none()).map(|(id, _)| *id).collect();
+    let unknown: Vec<u64> = idx
+        .live
+        .iter()
+        .zip(&idx.sizes)
+        .filter(|(_, n)| n.is_none())
+        .map(|(id, _)| *id)
+        .collect();
     d.set_item("sizes", PyBytes::new(py, &packed(&sizes)))?;
     d.set_item("unknown_sizes", PyBytes::new(py, &packed(&unknown)))?;
     d.set_item("erasing", PyBytes::new(py, &packed(&idx.erasing)))?;
@@ -394,7 +509,11 @@ fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64
     d.set_item("expunged", idx.expunged)?;
     d.set_item("mailboxes", idx.mailboxes)?;
     d.set_item("next_id", idx.next_id)?;
-    let problems: Vec<(&str, u64, String)> = idx.problems.into_iter().map(|p| (p.code, p.id, p.detail)).collect();
+    let problems: Vec<(&str, u64, String)> = idx
+        .problems
+        .into_iter()
+        .map(|p| (p.code, p.id, p.detail))
+        .collect();
     d.set_item("problems", problems)?;
     d.set_item("problem_count", idx.problem_count)?;
     Ok(d)
@@ -403,17 +522,32 @@ fn read_index<'py>(py: Python<'py>, path: PathBuf, kind: &str, txnid: Option<u64
 /// Writes generated message files; see `gen.rs`.
 #[pyfunction]
 #[pyo3(signature = (root, ids, sizes, *, seed, jobs, progress))]
-fn write_messages<'py>(py: Python<'py>, root: PathBuf, ids: &[u8], sizes: &[u8], seed: u64, jobs: usize, progress: &Progress) -> PyResult<Bound<'py, PyDict>> {
+fn write_messages<'py>(
+    py: Python<'py>,
+    root: PathBuf,
+    ids: &[u8],
+    sizes: &[u8],
+    seed: u64,
+    jobs: usize,
+    progress: &Progress,
+) -> PyResult<Bound<'py, PyDict>> {
     let (ids, sizes) = (unpack_u64(ids)?, unpack_u64(sizes)?);
     if ids.len() != sizes.len() {
-        return Err(PyValueError::new_err("ids and sizes must be of equal length"));
+        return Err(PyValueError::new_err(
+            "ids and sizes must be of equal length",
+        ));
     }
     let p = Arc::clone(&progress.inner);
     let tally = run(py, jobs, move || {
         let sink = Sink::new(&p, b"");
         gen::write_messages(&root, &ids, &sizes, seed, &sink).map(|()| sink.tally)
     })?
-    .map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string())))?;
+    .map_err(|e| {
+        PyOSError::new_err((
+            e.raw_os_error(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
+        ))
+    })?;
     tally_dict(py, &tally)
 }
 
@@ -421,7 +555,13 @@ fn write_messages<'py>(py: Python<'py>, root: PathBuf, ids: &[u8], sizes: &[u8],
 #[pyfunction]
 fn syncfs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     let fd = open_root(&path)?;
-    py.detach(|| rustix::fs::syncfs(&fd)).map_err(|e| PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(), path)))
+    py.detach(|| rustix::fs::syncfs(&fd)).map_err(|e| {
+        PyOSError::new_err((
+            e.raw_os_error(),
+            std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
+            path,
+        ))
+    })
 }
 
 /// The calling thread's file-system identity: (fsuid, fsgid, supplementary groups).
@@ -441,7 +581,10 @@ fn set_fs_identity(uid: u32, gid: u32, groups: Vec<u32>) -> PyResult<(u32, u32, 
 
 /// An errno as OSError.
 fn errno_err(e: rustix::io::Errno) -> PyErr {
-    PyOSError::new_err((e.raw_os_error(), std::io::Error::from_raw_os_error(e.raw_os_error()).to_string()))
+    PyOSError::new_err((
+        e.raw_os_error(),
+        std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
+    ))
 }
 
 /// The relative path of message `id`: `dir(id)/id`.
@@ -463,7 +606,14 @@ fn parse_message_name(name: &[u8]) -> Option<u64> {
 fn build_info<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("version", env!("CARGO_PKG_VERSION"))?;
-    d.set_item("profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    d.set_item(
+        "profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     d.set_item("arch", std::env::consts::ARCH)?;
     d.set_item("os", std::env::consts::OS)?;
     Ok(d)

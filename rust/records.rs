@@ -119,7 +119,11 @@ fn fields(value: &[u8]) -> Result<Fields<'_>, String> {
 
 /// The names of the fields that are missing, given (name, present) pairs.
 fn missing(pairs: &[(&str, bool)]) -> Option<String> {
-    let names: Vec<&str> = pairs.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let names: Vec<&str> = pairs
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
     (!names.is_empty()).then(|| format!("record lacks a valid {}", names.join(", ")))
 }
 
@@ -152,10 +156,18 @@ fn each_record(
         Ok(())
     })?;
     if !found && required {
-        idx.problem("missing_table", 0, format!("the index has no `{table}` table"));
+        idx.problem(
+            "missing_table",
+            0,
+            format!("the index has no `{table}` table"),
+        );
     }
     if bad_keys > 0 {
-        idx.problem("bad_key", 0, format!("{bad_keys} key(s) of `{table}` are not 8-byte IDs from 1 to 2^64-2"));
+        idx.problem(
+            "bad_key",
+            0,
+            format!("{bad_keys} key(s) of `{table}` are not 8-byte IDs from 1 to 2^64-2"),
+        );
     }
     Ok(())
 }
@@ -173,15 +185,27 @@ pub fn read_index(file: &LmdbFile, kind: IndexKind) -> Result<AreaIndex, LmdbErr
             match fields(v) {
                 Err(e) => idx.problem("bad_record", id, format!("mailbox {id}: {e}")),
                 Ok(f) => {
-                    if let Some(m) = missing(&[("name", f.name.is_some()), ("uidvalidity", f.uidvalidity.is_some()), ("uidnext", f.uidnext.is_some()), ("expunged", f.expunged.is_some())]) {
+                    if let Some(m) = missing(&[
+                        ("name", f.name.is_some()),
+                        ("uidvalidity", f.uidvalidity.is_some()),
+                        ("uidnext", f.uidnext.is_some()),
+                        ("expunged", f.expunged.is_some()),
+                    ]) {
                         idx.problem("bad_record", id, format!("mailbox {id}: {m}"));
                     }
-                    mailboxes.insert(id, (f.uidnext.unwrap_or(u64::MAX), f.expunged.unwrap_or(false)));
+                    mailboxes.insert(
+                        id,
+                        (f.uidnext.unwrap_or(u64::MAX), f.expunged.unwrap_or(false)),
+                    );
                 }
             }
         })?;
     }
-    let table = if kind == IndexKind::Account { "message" } else { "msg" };
+    let table = if kind == IndexKind::Account {
+        "message"
+    } else {
+        "msg"
+    };
     each_record(file, &mut idx, table, true, |idx, id, v| {
         idx.records += 1;
         let f = match fields(v) {
@@ -202,7 +226,12 @@ pub fn read_index(file: &LmdbFile, kind: IndexKind) -> Result<AreaIndex, LmdbErr
                 ("expunged", f.expunged.is_some()),
                 ("received", f.time.is_some()),
             ],
-            IndexKind::Queue => vec![("size", f.size.is_some()), ("sender", f.sender.is_some()), ("recipient", f.recipient.is_some()), ("queued", f.time.is_some())],
+            IndexKind::Queue => vec![
+                ("size", f.size.is_some()),
+                ("sender", f.sender.is_some()),
+                ("recipient", f.recipient.is_some()),
+                ("queued", f.time.is_some()),
+            ],
         };
         if let Some(m) = missing(&need) {
             idx.problem("bad_record", id, format!("record {id}: {m}"));
@@ -218,46 +247,96 @@ pub fn read_index(file: &LmdbFile, kind: IndexKind) -> Result<AreaIndex, LmdbErr
             check_message(idx, &mailboxes, id, &f);
         }
     })?;
-    let erase_table = if kind == IndexKind::Account { "message_erase" } else { "msg_erase" };
+    let erase_table = if kind == IndexKind::Account {
+        "message_erase"
+    } else {
+        "msg_erase"
+    };
     let mut erasing = Vec::new();
     // `msg_erase` came with the lease protocol; stores written before it lack the table.
-    each_record(file, &mut idx, erase_table, kind == IndexKind::Account, |idx, id, v| {
-        erasing.push(id);
-        if !v.is_empty() {
-            idx.problem("erase_value", id, format!("erase entry {id} has a non-empty value"));
-        }
-        let live = idx.live.binary_search(&id).is_ok();
-        match kind {
-            IndexKind::Account if live => idx.problem("erase_not_expunged", id, format!("message {id} is being erased but is not expunged")),
-            IndexKind::Account if expunged_ids.binary_search(&id).is_err() => {
-                idx.problem("erase_unknown", id, format!("erase entry {id} has no message record"))
+    each_record(
+        file,
+        &mut idx,
+        erase_table,
+        kind == IndexKind::Account,
+        |idx, id, v| {
+            erasing.push(id);
+            if !v.is_empty() {
+                idx.problem(
+                    "erase_value",
+                    id,
+                    format!("erase entry {id} has a non-empty value"),
+                );
             }
-            IndexKind::Queue if live => idx.problem("erase_still_queued", id, format!("queue message {id} is being erased but is still queued")),
-            _ => {}
-        }
-    })?;
+            let live = idx.live.binary_search(&id).is_ok();
+            match kind {
+                IndexKind::Account if live => idx.problem(
+                    "erase_not_expunged",
+                    id,
+                    format!("message {id} is being erased but is not expunged"),
+                ),
+                IndexKind::Account if expunged_ids.binary_search(&id).is_err() => idx.problem(
+                    "erase_unknown",
+                    id,
+                    format!("erase entry {id} has no message record"),
+                ),
+                IndexKind::Queue if live => idx.problem(
+                    "erase_still_queued",
+                    id,
+                    format!("queue message {id} is being erased but is still queued"),
+                ),
+                _ => {}
+            }
+        },
+    )?;
     idx.erasing = erasing;
     if let Some(next) = idx.next_id {
         if idx.highest >= next {
-            idx.problem("id_above_next", idx.highest, format!("ID {} is not below the next ID counter {next}: IDs could be reused", idx.highest));
+            idx.problem(
+                "id_above_next",
+                idx.highest,
+                format!(
+                    "ID {} is not below the next ID counter {next}: IDs could be reused",
+                    idx.highest
+                ),
+            );
         }
     }
     Ok(idx)
 }
 
 /// Consistency of one live message with its mailbox.
-fn check_message(idx: &mut AreaIndex, mailboxes: &HashMap<u64, (u64, bool)>, id: u64, f: &Fields<'_>) {
+fn check_message(
+    idx: &mut AreaIndex,
+    mailboxes: &HashMap<u64, (u64, bool)>,
+    id: u64,
+    f: &Fields<'_>,
+) {
     let Some(mb) = f.mailbox_id else { return };
     match mailboxes.get(&mb) {
-        None => idx.problem("unknown_mailbox", id, format!("message {id} is in mailbox {mb}, which does not exist")),
+        None => idx.problem(
+            "unknown_mailbox",
+            id,
+            format!("message {id} is in mailbox {mb}, which does not exist"),
+        ),
         Some(&(uidnext, expunged)) => {
             if let Some(uid) = f.uid {
                 if uid >= uidnext {
-                    idx.problem("uid_not_below_uidnext", id, format!("message {id} has uid {uid}, not below its mailbox's uidnext {uidnext}"));
+                    idx.problem(
+                        "uid_not_below_uidnext",
+                        id,
+                        format!(
+                            "message {id} has uid {uid}, not below its mailbox's uidnext {uidnext}"
+                        ),
+                    );
                 }
             }
             if expunged {
-                idx.problem("live_in_expunged_mailbox", id, format!("message {id} is not expunged but its mailbox {mb} is"));
+                idx.problem(
+                    "live_in_expunged_mailbox",
+                    id,
+                    format!("message {id} is not expunged but its mailbox {mb} is"),
+                );
             }
         }
     }
@@ -277,7 +356,11 @@ fn read_meta(file: &LmdbFile, idx: &mut AreaIndex) -> Result<(), LmdbError> {
         Ok(())
     })?;
     if bad {
-        idx.problem("bad_record", 0, "meta next_id is not an 8-byte integer".into());
+        idx.problem(
+            "bad_record",
+            0,
+            "meta next_id is not an 8-byte integer".into(),
+        );
     }
     idx.next_id = next;
     Ok(())
@@ -318,11 +401,22 @@ mod tests {
     }
 
     fn message(mailbox: u64, uid: u64, size: u64, expunged: bool) -> Vec<u8> {
-        map(&[("mailbox_id", V::U(mailbox)), ("uid", V::U(uid)), ("size", V::U(size)), ("expunged", V::B(expunged)), ("received", V::U(1_700_000_000))])
+        map(&[
+            ("mailbox_id", V::U(mailbox)),
+            ("uid", V::U(uid)),
+            ("size", V::U(size)),
+            ("expunged", V::B(expunged)),
+            ("received", V::U(1_700_000_000)),
+        ])
     }
 
     fn mailbox(uidnext: u64, expunged: bool) -> Vec<u8> {
-        map(&[("name", V::S("Inbox")), ("uidvalidity", V::U(1)), ("uidnext", V::U(uidnext)), ("expunged", V::B(expunged))])
+        map(&[
+            ("name", V::S("Inbox")),
+            ("uidvalidity", V::U(1)),
+            ("uidnext", V::U(uidnext)),
+            ("expunged", V::B(expunged)),
+        ])
     }
 
     fn key(id: u64) -> [u8; 8] {
@@ -348,7 +442,12 @@ mod tests {
     #[test]
     fn live_sizes_erasing_and_highest() {
         let idx = account(|t| {
-            let (mb, msg, erase, meta) = (t.db("mailbox", 0), t.db("message", 0), t.db("message_erase", 0), t.db("meta", 0));
+            let (mb, msg, erase, meta) = (
+                t.db("mailbox", 0),
+                t.db("message", 0),
+                t.db("message_erase", 0),
+                t.db("meta", 0),
+            );
             t.put(mb, &key(1), &mailbox(10, false));
             t.put(msg, &key(2), &message(1, 1, 100, false));
             t.put(msg, &key(3), &message(1, 2, 200, true));
@@ -356,15 +455,36 @@ mod tests {
             t.put(erase, &key(3), b"");
             t.put(meta, b"next_id", &10u64.to_be_bytes());
         });
-        assert_eq!((idx.live.as_slice(), idx.sizes.as_slice(), idx.erasing.as_slice()), (&[2u64, 9][..], &[Some(100u64), Some(300)][..], &[3u64][..]));
-        assert_eq!((idx.highest, idx.records, idx.expunged, idx.mailboxes, idx.next_id), (9, 3, 1, 1, Some(10)));
+        assert_eq!(
+            (
+                idx.live.as_slice(),
+                idx.sizes.as_slice(),
+                idx.erasing.as_slice()
+            ),
+            (&[2u64, 9][..], &[Some(100u64), Some(300)][..], &[3u64][..])
+        );
+        assert_eq!(
+            (
+                idx.highest,
+                idx.records,
+                idx.expunged,
+                idx.mailboxes,
+                idx.next_id
+            ),
+            (9, 3, 1, 1, Some(10))
+        );
         assert!(idx.problems.is_empty(), "{:?}", idx.problems);
     }
 
     #[test]
     fn consistency_rules() {
         let idx = account(|t| {
-            let (mb, msg, erase, meta) = (t.db("mailbox", 0), t.db("message", 0), t.db("message_erase", 0), t.db("meta", 0));
+            let (mb, msg, erase, meta) = (
+                t.db("mailbox", 0),
+                t.db("message", 0),
+                t.db("message_erase", 0),
+                t.db("meta", 0),
+            );
             t.put(mb, &key(1), &mailbox(3, false));
             t.put(mb, &key(2), &mailbox(9, true));
             t.put(msg, &key(3), &message(1, 3, 1, false)); // uid not below uidnext 3
@@ -376,7 +496,15 @@ mod tests {
         });
         assert_eq!(
             codes(&idx),
-            vec!["erase_not_expunged", "erase_unknown", "erase_value", "id_above_next", "live_in_expunged_mailbox", "uid_not_below_uidnext", "unknown_mailbox"]
+            vec![
+                "erase_not_expunged",
+                "erase_unknown",
+                "erase_value",
+                "id_above_next",
+                "live_in_expunged_mailbox",
+                "uid_not_below_uidnext",
+                "unknown_mailbox"
+            ]
         );
     }
 
@@ -402,7 +530,10 @@ mod tests {
         let idx = account(|t| {
             t.db("meta", 0);
         });
-        assert_eq!(codes(&idx), vec!["missing_table", "missing_table", "missing_table"]);
+        assert_eq!(
+            codes(&idx),
+            vec!["missing_table", "missing_table", "missing_table"]
+        );
         assert!(idx.live.is_empty());
     }
 

@@ -18,8 +18,7 @@ impl TempDir {
     pub(crate) fn new(tag: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("lmdbfile-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("lmdbfile-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir { path }
@@ -155,4 +154,3 @@ impl Txn {
         unsafe { ok(ffi::mdb_del(self.txn, dbi, &mut k, vp), "mdb_del") };
     }
 }
-

@@ -60,8 +60,16 @@ impl Pause {
         let Some(dir) = get(ENV_DIR).filter(|d| !d.is_empty()) else {
             return Pause(None);
         };
-        let after = get(ENV_AFTER).and_then(|s| s.to_str()?.parse::<u64>().ok()).unwrap_or(1).max(1);
-        Pause(Some(Armed { point, dir: PathBuf::from(dir), after, count: AtomicU64::new(0) }))
+        let after = get(ENV_AFTER)
+            .and_then(|s| s.to_str()?.parse::<u64>().ok())
+            .unwrap_or(1)
+            .max(1);
+        Pause(Some(Armed {
+            point,
+            dir: PathBuf::from(dir),
+            after,
+            count: AtomicU64::new(0),
+        }))
     }
 
     /// Counts one file done; the `after`-th one waits for the test (see the module doc).
@@ -94,8 +102,16 @@ mod tests {
     use super::*;
     use crate::fsutil::testutil::Scratch;
 
-    fn vars(point: &str, dir: &std::path::Path, after: Option<&str>) -> impl Fn(&str) -> Option<OsString> {
-        let (point, dir, after) = (point.to_string(), dir.as_os_str().to_owned(), after.map(str::to_string));
+    fn vars(
+        point: &str,
+        dir: &std::path::Path,
+        after: Option<&str>,
+    ) -> impl Fn(&str) -> Option<OsString> {
+        let (point, dir, after) = (
+            point.to_string(),
+            dir.as_os_str().to_owned(),
+            after.map(str::to_string),
+        );
         move |k| match k {
             ENV_POINT => Some(point.clone().into()),
             ENV_DIR => Some(dir.clone()),
@@ -137,7 +153,10 @@ mod tests {
         }
         assert!(reached.exists());
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!worker.is_finished(), "the third file waits for the go-ahead");
+        assert!(
+            !worker.is_finished(),
+            "the third file waits for the go-ahead"
+        );
         std::fs::File::create(dir.join("engine_mid_link.go")).unwrap();
         worker.join().unwrap();
         std::fs::remove_file(&reached).unwrap();

@@ -49,9 +49,19 @@ fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
 
 /// Copies one non-directory entry as a plain file: regular files copied, symlinks recreated,
 /// special files skipped with a warning. Shared by every visitor that meets odd files.
-fn copy_plain(policy: &LinkPolicy, sink: &Sink<'_>, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, kind: Kind, rel: &[u8]) {
+fn copy_plain(
+    policy: &LinkPolicy,
+    sink: &Sink<'_>,
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    name: &CStr,
+    kind: Kind,
+    rel: &[u8],
+) {
     let result = match kind {
-        Kind::File => policy.copy(src, dst, name).map(|n| count_placed(sink, rel, Placed::Copied(n))),
+        Kind::File => policy
+            .copy(src, dst, name)
+            .map(|n| count_placed(sink, rel, Placed::Copied(n))),
         Kind::Symlink => fsutil::copy_symlink(src, dst, name, policy.as_root())
             .map(|()| {
                 Tally::bump(&sink.tally.symlinks);
@@ -60,7 +70,12 @@ fn copy_plain(policy: &LinkPolicy, sink: &Sink<'_>, src: BorrowedFd<'_>, dst: Bo
             .map_err(|e| OpError::new("symlink", e)),
         Kind::Special | Kind::Dir => {
             Tally::bump(&sink.tally.special);
-            sink.warn("special", rel, 0, "socket, FIFO or device: not backed up".into());
+            sink.warn(
+                "special",
+                rel,
+                0,
+                "socket, FIFO or device: not backed up".into(),
+            );
             Ok(())
         }
     };
@@ -91,9 +106,24 @@ pub struct AreaBackup<'a> {
 
 impl<'a> AreaBackup<'a> {
     /// A backup of `area` from `snap`, checking placed files against `sizes`.
-    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [Option<u64>], policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
+    pub fn new(
+        area: &'a Area,
+        snap: &'a Snapshot,
+        sizes: &'a [Option<u64>],
+        policy: &'a LinkPolicy,
+        sink: &'a Sink<'a>,
+    ) -> Self {
         assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
-        AreaBackup { area, snap, sizes, seen: SeenSet::new(snap.live.len()), policy, sink, pause: Pause::from_env(testpause::MID_LINK), fence: Fence::NONE }
+        AreaBackup {
+            area,
+            snap,
+            sizes,
+            seen: SeenSet::new(snap.live.len()),
+            policy,
+            sink,
+            pause: Pause::from_env(testpause::MID_LINK),
+            fence: Fence::NONE,
+        }
     }
 
     /// The same, never visiting what `fence` names.
@@ -107,7 +137,16 @@ impl<'a> AreaBackup<'a> {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return self.sink.io_error(b"", "dup", e),
         };
-        walk::walk(Roots { src, dst: Some(dst), only: None, fence: self.fence }, self, self.sink);
+        walk::walk(
+            Roots {
+                src,
+                dst: Some(dst),
+                only: None,
+                fence: self.fence,
+            },
+            self,
+            self.sink,
+        );
         if !self.sink.cancelled() {
             self.place_unseen(src2.as_fd(), dst2.as_fd());
         }
@@ -115,14 +154,25 @@ impl<'a> AreaBackup<'a> {
 
     /// Places the file of snapshot message number `i` (in `live`); `met` says whether the walk
     /// saw it (then a missing file vanished during the run, else it was never there).
-    fn place(&self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], i: usize, met: bool) {
+    fn place(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &[u8],
+        i: usize,
+        met: bool,
+    ) {
         let id = self.snap.live.as_slice()[i];
         match self.policy.link_or_copy(src, dst, name) {
             Ok(p) => {
                 count_placed(self.sink, rel, p);
                 self.check_size(dst, name, rel, i, p);
             }
-            Err(OpError { errno: Errno::NOENT, .. }) => self.missing(rel, id, met),
+            Err(OpError {
+                errno: Errno::NOENT,
+                ..
+            }) => self.missing(rel, id, met),
             Err(e) => self.sink.io_error(rel, e.op, e.errno),
         }
         self.sink.progress.add_done(1);
@@ -154,7 +204,8 @@ impl<'a> AreaBackup<'a> {
         } else {
             format!("message {id} of the snapshot has no file; not backed up")
         };
-        self.sink.error("missing", rel, Errno::NOENT.raw_os_error(), detail);
+        self.sink
+            .error("missing", rel, Errno::NOENT.raw_os_error(), detail);
     }
 
     /// Step 3: live IDs whose file the walk did not meet, by path.
@@ -165,8 +216,14 @@ impl<'a> AreaBackup<'a> {
         while i < unseen.len() && !self.sink.cancelled() {
             // One message directory at a time: IDs are sorted, so a directory is one run.
             let dir_idx = msgpath::dir_index(ids[unseen[i]]);
-            let end = unseen[i..].iter().position(|&u| msgpath::dir_index(ids[u]) != dir_idx).map_or(unseen.len(), |n| i + n);
-            let dir_rel = join(&self.area.tree, msgpath::dir_name(ids[unseen[i]]).as_bytes());
+            let end = unseen[i..]
+                .iter()
+                .position(|&u| msgpath::dir_index(ids[u]) != dir_idx)
+                .map_or(unseen.len(), |n| i + n);
+            let dir_rel = join(
+                &self.area.tree,
+                msgpath::dir_name(ids[unseen[i]]).as_bytes(),
+            );
             let dirs = fsutil::open_dir_below(src_root, &dir_rel)
                 .and_then(|s| Ok((s, make_dirs(src_root, dst_root, &dir_rel)?)));
             if let Err(e) = &dirs {
@@ -206,20 +263,36 @@ impl<'a> AreaBackup<'a> {
         let what = if matches!(e, Errno::NOTDIR | Errno::LOOP) {
             "not a directory (a symlink is never followed)".to_string()
         } else {
-            format!("cannot open or create it: {}", std::io::Error::from_raw_os_error(e.raw_os_error()))
+            format!(
+                "cannot open or create it: {}",
+                std::io::Error::from_raw_os_error(e.raw_os_error())
+            )
         };
-        self.sink.error("message_dir", dir_rel, e.raw_os_error(), format!("message directory: {what}; its {n} message(s) of the snapshot are not backed up"));
+        self.sink.error(
+            "message_dir",
+            dir_rel,
+            e.raw_os_error(),
+            format!(
+                "message directory: {what}; its {n} message(s) of the snapshot are not backed up"
+            ),
+        );
     }
 }
 
 /// Creates (or opens) the destination directories for `rel`, each with its source's mode
 /// when the source directory exists.
-fn make_dirs(src_root: BorrowedFd<'_>, dst_root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd, Errno> {
+fn make_dirs(
+    src_root: BorrowedFd<'_>,
+    dst_root: BorrowedFd<'_>,
+    rel: &[u8],
+) -> Result<OwnedFd, Errno> {
     let mut done = Vec::new();
     let mut cur = rustix::io::dup(dst_root)?;
     for comp in rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
         done = join(&done, comp);
-        let mode = fsutil::open_dir_below(src_root, &done).and_then(|fd| rustix::fs::fstat(&fd)).map_or(0o750, |st| st.st_mode);
+        let mode = fsutil::open_dir_below(src_root, &done)
+            .and_then(|fd| rustix::fs::fstat(&fd))
+            .map_or(0o750, |st| st.st_mode);
         let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
         cur = fsutil::make_dir_at(cur.as_fd(), &name, mode, None)?;
     }
@@ -235,7 +308,12 @@ impl Visitor for AreaBackup<'_> {
             self.seen.mark(i);
             Tally::bump(&self.sink.tally.missing);
             let id = self.snap.live.as_slice()[i];
-            self.sink.error("not_regular", &join(rel, name.to_bytes()), 0, format!("message {id}: not a regular file (a directory); not backed up"));
+            self.sink.error(
+                "not_regular",
+                &join(rel, name.to_bytes()),
+                0,
+                format!("message {id}: not a regular file (a directory); not backed up"),
+            );
             self.sink.progress.add_done(1);
         }
         true
@@ -253,7 +331,8 @@ impl Visitor for AreaBackup<'_> {
             }
             (Class::New, Kind::File) => {
                 Tally::bump(&t.skipped_new);
-                self.sink.info("skipped_new", &rel, "added after the snapshot");
+                self.sink
+                    .info("skipped_new", &rel, "added after the snapshot");
             }
             (Class::Erasing, Kind::File) => {
                 Tally::bump(&t.skipped_erasing);
@@ -265,11 +344,21 @@ impl Visitor for AreaBackup<'_> {
                 // not in the backup. The odd entry is kept as it is (a link, never followed).
                 self.seen.mark(i);
                 Tally::bump(&t.missing);
-                self.sink.error("not_regular", &rel, 0, format!("message {}: not a regular file; not backed up", self.snap.live.as_slice()[i]));
+                self.sink.error(
+                    "not_regular",
+                    &rel,
+                    0,
+                    format!(
+                        "message {}: not a regular file; not backed up",
+                        self.snap.live.as_slice()[i]
+                    ),
+                );
                 copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
                 self.sink.progress.add_done(1);
             }
-            (_, Kind::Special) => copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel),
+            (_, Kind::Special) => {
+                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel)
+            }
             (Class::Orphan, Kind::File) => {
                 Tally::bump(&t.orphans);
                 self.sink.warn("orphan_message", &rel, 0, "no record of the snapshot claims this message file: a delivery in progress, or one a crash interrupted (its ID is allocated, so it cannot collide with a future message); copied".into());
@@ -278,12 +367,18 @@ impl Visitor for AreaBackup<'_> {
             (Class::StrayInTree | Class::Orphan | Class::New | Class::Erasing, _) => {
                 // A symlink named like a message is not a message: it is reported, never followed.
                 Tally::bump(&t.unrecognized);
-                self.sink.warn("unrecognized", &rel, 0, "unrecognized file in a message directory; copied".into());
+                self.sink.warn(
+                    "unrecognized",
+                    &rel,
+                    0,
+                    "unrecognized file in a message directory; copied".into(),
+                );
                 copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
             }
             (Class::Stray, _) => {
                 Tally::bump(&t.unrecognized);
-                self.sink.warn("unrecognized", &rel, 0, "unrecognized file; copied".into());
+                self.sink
+                    .warn("unrecognized", &rel, 0, "unrecognized file; copied".into());
                 copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
             }
         }
@@ -307,7 +402,12 @@ pub struct PlainCopy<'a> {
 impl<'a> PlainCopy<'a> {
     /// A plain copy; see the type doc for `messages`.
     pub fn new(messages: Option<&'a Area>, policy: &'a LinkPolicy, sink: &'a Sink<'a>) -> Self {
-        PlainCopy { messages, policy, sink, fence: Fence::NONE }
+        PlainCopy {
+            messages,
+            policy,
+            sink,
+            fence: Fence::NONE,
+        }
     }
 
     /// The same, never visiting what `fence` names.
@@ -317,7 +417,16 @@ impl<'a> PlainCopy<'a> {
 
     /// Copies the tree (only the root-level `only` names when given).
     pub fn run(&self, src: OwnedFd, dst: OwnedFd, only: Option<&[Vec<u8>]>) {
-        walk::walk(Roots { src, dst: Some(dst), only, fence: self.fence }, self, self.sink);
+        walk::walk(
+            Roots {
+                src,
+                dst: Some(dst),
+                only,
+                fence: self.fence,
+            },
+            self,
+            self.sink,
+        );
     }
 }
 
@@ -325,7 +434,10 @@ impl Visitor for PlainCopy<'_> {
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
         let dst = dir.dst.expect("plain copies mirror into a destination");
         let rel = join(dir.rel, name.to_bytes());
-        let is_message = kind == Kind::File && self.messages.is_some_and(|a| a.is_message_path(dir.rel, name.to_bytes()));
+        let is_message = kind == Kind::File
+            && self
+                .messages
+                .is_some_and(|a| a.is_message_path(dir.rel, name.to_bytes()));
         if is_message {
             match self.policy.link_or_copy(dir.src, dst, name) {
                 Ok(p) => count_placed(self.sink, &rel, p),
@@ -347,7 +459,10 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn area() -> Area {
-        Area { tree: b"msg".to_vec(), known: vec![b"index.db".to_vec()] }
+        Area {
+            tree: b"msg".to_vec(),
+            known: vec![b"index.db".to_vec()],
+        }
     }
 
     fn get(t: &Tally) -> std::collections::HashMap<&'static str, u64> {
@@ -357,25 +472,61 @@ mod tests {
     #[test]
     fn backup_area_links_skips_reports_and_finds_missing() {
         let s = Scratch::new("area");
-        for f in ["msg/a/1", "msg/a/2", "msg/a/3", "msg/b/9000", "msg/a/9001", "msg/a/stray", "notes", "index.db"] {
+        for f in [
+            "msg/a/1",
+            "msg/a/2",
+            "msg/a/3",
+            "msg/b/9000",
+            "msg/a/9001",
+            "msg/a/stray",
+            "notes",
+            "index.db",
+        ] {
             s.file(&format!("src/{f}"), f.as_bytes());
         }
         std::fs::create_dir(s.path("dst")).unwrap();
         // 1 and 2 live, 4 live but missing, 3 being erased, next ID 6: 9000 is new, 9001 is at
         // the wrong path (dir "a" holds IDs below 8192) and so is a stray.
-        let snap = Snapshot { live: IdSet::new(vec![1, 2, 4]), erasing: IdSet::new(vec![3]), next_id: 6 };
+        let snap = Snapshot {
+            live: IdSet::new(vec![1, 2, 4]),
+            erasing: IdSet::new(vec![3]),
+            next_id: 6,
+        };
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"data/accounts/x");
         let policy = LinkPolicy::new(false);
         let sizes = [Some(7), Some(7), Some(7)]; // "msg/a/1" and "msg/a/2" hold 7 bytes
-        AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+        );
         let t = get(&sink.tally);
-        assert_eq!((t["linked"], t["skipped_new"], t["skipped_erasing"], t["known"], t["unrecognized"], t["missing"]), (2, 1, 1, 1, 3, 1));
-        assert_eq!(std::fs::metadata(s.path("src/msg/a/1")).unwrap().ino(), std::fs::metadata(s.path("dst/msg/a/1")).unwrap().ino());
-        assert_ne!(std::fs::metadata(s.path("src/notes")).unwrap().ino(), std::fs::metadata(s.path("dst/notes")).unwrap().ino());
+        assert_eq!(
+            (
+                t["linked"],
+                t["skipped_new"],
+                t["skipped_erasing"],
+                t["known"],
+                t["unrecognized"],
+                t["missing"]
+            ),
+            (2, 1, 1, 1, 3, 1)
+        );
+        assert_eq!(
+            std::fs::metadata(s.path("src/msg/a/1")).unwrap().ino(),
+            std::fs::metadata(s.path("dst/msg/a/1")).unwrap().ino()
+        );
+        assert_ne!(
+            std::fs::metadata(s.path("src/notes")).unwrap().ino(),
+            std::fs::metadata(s.path("dst/notes")).unwrap().ino()
+        );
         assert!(s.path("dst/msg/a/stray").exists() && s.path("dst/msg/a/9001").exists());
-        assert!(!s.path("dst/msg/b/9000").exists() && !s.path("dst/msg/a/3").exists() && !s.path("dst/index.db").exists());
+        assert!(
+            !s.path("dst/msg/b/9000").exists()
+                && !s.path("dst/msg/a/3").exists()
+                && !s.path("dst/index.db").exists()
+        );
         let events = p.drain();
         let missing: Vec<_> = events.iter().filter(|e| e.code == "missing").collect();
         assert_eq!(missing.len(), 1);
@@ -393,25 +544,46 @@ mod tests {
         std::fs::create_dir_all(s.path("src/msg")).unwrap();
         std::os::unix::fs::symlink(s.path("elsewhere"), s.path("src/msg/a")).unwrap();
         std::fs::create_dir(s.path("dst")).unwrap();
-        let snap = Snapshot { live: IdSet::new(vec![5]), erasing: IdSet::default(), next_id: 6 };
+        let snap = Snapshot {
+            live: IdSet::new(vec![5]),
+            erasing: IdSet::default(),
+            next_id: 6,
+        };
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let policy = LinkPolicy::new(false);
-        AreaBackup::new(&a, &snap, &[None], &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        AreaBackup::new(&a, &snap, &[None], &policy, &sink).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+        );
         let t = get(&sink.tally);
         assert_eq!(t["linked"], 0);
         assert_eq!(t["errors"], 1);
-        assert_eq!(t["missing"], 1, "the message behind the symlink is not in the backup");
+        assert_eq!(
+            t["missing"], 1,
+            "the message behind the symlink is not in the backup"
+        );
         assert_eq!(p.position().0, 1);
         // The symlink was recreated as a link, and nothing was written through it.
-        assert!(std::fs::symlink_metadata(s.path("dst/msg/a")).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(s.path("dst/msg/a"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         assert_eq!(std::fs::read_dir(s.path("elsewhere")).unwrap().count(), 1);
         let ev = p.drain();
-        let errors: Vec<_> = ev.iter().filter(|e| e.severity == crate::progress::Severity::Error).collect();
+        let errors: Vec<_> = ev
+            .iter()
+            .filter(|e| e.severity == crate::progress::Severity::Error)
+            .collect();
         assert_eq!(errors.len(), 1, "{ev:?}");
         assert_eq!(errors[0].path, b"msg/a");
-        assert!(errors[0].detail.contains("not a directory (a symlink is never followed)"), "{ev:?}");
+        assert!(
+            errors[0]
+                .detail
+                .contains("not a directory (a symlink is never followed)"),
+            "{ev:?}"
+        );
     }
 
     #[test]
@@ -420,20 +592,37 @@ mod tests {
         s.file("src/msg/a/5/inside", b"x");
         s.file("src/msg/a/6", b"six");
         std::fs::create_dir(s.path("dst")).unwrap();
-        let snap = Snapshot { live: IdSet::new(vec![5, 6]), erasing: IdSet::default(), next_id: 7 };
+        let snap = Snapshot {
+            live: IdSet::new(vec![5, 6]),
+            erasing: IdSet::default(),
+            next_id: 7,
+        };
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let policy = LinkPolicy::new(false);
         let sizes = [None, Some(3)];
-        AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
+        AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+        );
         let t = get(&sink.tally);
         assert_eq!((t["linked"], t["missing"], t["errors"]), (1, 1, 1));
-        assert_eq!(p.position().0, 2, "one unit of progress per snapshot message, no more");
+        assert_eq!(
+            p.position().0,
+            2,
+            "one unit of progress per snapshot message, no more"
+        );
         let ev = p.drain();
-        let errors: Vec<_> = ev.iter().filter(|e| e.severity == crate::progress::Severity::Error).collect();
+        let errors: Vec<_> = ev
+            .iter()
+            .filter(|e| e.severity == crate::progress::Severity::Error)
+            .collect();
         assert_eq!(errors.len(), 1, "{ev:?}");
-        assert_eq!((errors[0].code, errors[0].path.as_slice()), ("not_regular", b"msg/a/5".as_slice()));
+        assert_eq!(
+            (errors[0].code, errors[0].path.as_slice()),
+            ("not_regular", b"msg/a/5".as_slice())
+        );
         assert!(errors[0].detail.contains("not a regular file"), "{ev:?}");
     }
 
@@ -445,7 +634,11 @@ mod tests {
         s.file("src/msg/a/3", b"12345");
         std::fs::create_dir(s.path("dst")).unwrap();
         // 1 matches, 2 is shorter than its record, 3 claims the largest u64 (no sentinel).
-        let snap = Snapshot { live: IdSet::new(vec![1, 2, 3]), erasing: IdSet::default(), next_id: 4 };
+        let snap = Snapshot {
+            live: IdSet::new(vec![1, 2, 3]),
+            erasing: IdSet::default(),
+            next_id: 4,
+        };
         let a = area();
         for force_copy in [false, true] {
             let _ = std::fs::remove_dir_all(s.path("dst"));
@@ -453,10 +646,29 @@ mod tests {
             let p = Progress::new(false, 100);
             let sink = Sink::new(&p, b"");
             let policy = LinkPolicy::new(force_copy);
-            AreaBackup::new(&a, &snap, &[Some(5), Some(9), Some(u64::MAX)], &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap());
-            let mut bad: Vec<_> = p.drain().into_iter().filter(|e| e.code == "size_mismatch").map(|e| e.path).collect();
+            AreaBackup::new(
+                &a,
+                &snap,
+                &[Some(5), Some(9), Some(u64::MAX)],
+                &policy,
+                &sink,
+            )
+            .run(
+                fsutil::open_dir(&s.path("src")).unwrap(),
+                fsutil::open_dir(&s.path("dst")).unwrap(),
+            );
+            let mut bad: Vec<_> = p
+                .drain()
+                .into_iter()
+                .filter(|e| e.code == "size_mismatch")
+                .map(|e| e.path)
+                .collect();
             bad.sort();
-            assert_eq!(bad, vec![b"msg/a/2".to_vec(), b"msg/a/3".to_vec()], "force_copy {force_copy}");
+            assert_eq!(
+                bad,
+                vec![b"msg/a/2".to_vec(), b"msg/a/3".to_vec()],
+                "force_copy {force_copy}"
+            );
             assert_eq!(get(&sink.tally)["errors"], 2);
         }
     }
@@ -466,15 +678,34 @@ mod tests {
         let s = Scratch::new("plain");
         s.file("src/conf/a.toml", b"x");
         std::os::unix::fs::symlink("/etc/shadow", s.path("src/conf/shadow")).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, s.path("src/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            s.path("src/fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         std::fs::create_dir(s.path("dst")).unwrap();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"config");
         let policy = LinkPolicy::new(false);
-        PlainCopy::new(None, &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap(), None);
+        PlainCopy::new(None, &policy, &sink).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+            None,
+        );
         let t = get(&sink.tally);
-        assert_eq!((t["copied"], t["symlinks"], t["special"], t["warnings"]), (1, 1, 1, 1));
-        assert_eq!(std::fs::read_link(s.path("dst/conf/shadow")).unwrap().to_str(), Some("/etc/shadow"));
+        assert_eq!(
+            (t["copied"], t["symlinks"], t["special"], t["warnings"]),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(
+            std::fs::read_link(s.path("dst/conf/shadow"))
+                .unwrap()
+                .to_str(),
+            Some("/etc/shadow")
+        );
         assert!(!s.path("dst/fifo").exists());
         assert_eq!(p.drain()[0].path, b"config/fifo");
     }
@@ -489,7 +720,11 @@ mod tests {
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let policy = LinkPolicy::new(false);
-        PlainCopy::new(Some(&a), &policy, &sink).run(fsutil::open_dir(&s.path("src")).unwrap(), fsutil::open_dir(&s.path("dst")).unwrap(), None);
+        PlainCopy::new(Some(&a), &policy, &sink).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+            None,
+        );
         let ino = |p: &str| std::fs::metadata(s.path(p)).unwrap().ino();
         assert_eq!(ino("src/msg/a/7"), ino("dst/msg/a/7"));
         assert_ne!(ino("src/index.db"), ino("dst/index.db"));

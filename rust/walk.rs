@@ -87,7 +87,10 @@ pub struct Fence {
 
 impl Fence {
     /// The fence that lets everything through.
-    pub const NONE: &'static Fence = &Fence { skip: Vec::new(), skip_locks: false };
+    pub const NONE: &'static Fence = &Fence {
+        skip: Vec::new(),
+        skip_locks: false,
+    };
 }
 
 /// Suffix LMDB appends to a data file's name for its lock file.
@@ -150,7 +153,21 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
             Err(e) => return sink.io_error(b"", "stat directory", e),
         }
     }
-    rayon::scope(|s| visit(s, Task { src: roots.src, dst: roots.dst, rel: Vec::new() }, only, fence, v, sink, &finish));
+    rayon::scope(|s| {
+        visit(
+            s,
+            Task {
+                src: roots.src,
+                dst: roots.dst,
+                rel: Vec::new(),
+            },
+            only,
+            fence,
+            v,
+            sink,
+            &finish,
+        )
+    });
     if let Some(dst) = dst_root {
         let mut dirs = finish.into_inner().unwrap_or_else(|p| p.into_inner());
         // Deepest first, so a read-only parent is closed only after its children are.
@@ -188,7 +205,11 @@ fn visit<'s, V: Visitor>(
     };
     let src = Arc::new(t.src);
     let dst = t.dst.map(Arc::new);
-    let locks = if fence.skip_locks { lock_files(&entries) } else { HashSet::new() };
+    let locks = if fence.skip_locks {
+        lock_files(&entries)
+    } else {
+        HashSet::new()
+    };
     let mut files = Vec::with_capacity(entries.len());
     for i in entries.indexes() {
         let (name, kind) = entries.get(i);
@@ -198,7 +219,11 @@ fn visit<'s, V: Visitor>(
             }
         }
         if locks.contains(&i) {
-            sink.info("lock_file", &join(&t.rel, name.to_bytes()), "LMDB lock file; never backed up");
+            sink.info(
+                "lock_file",
+                &join(&t.rel, name.to_bytes()),
+                "LMDB lock file; never backed up",
+            );
             continue;
         }
         if kind != Kind::Dir {
@@ -212,13 +237,31 @@ fn visit<'s, V: Visitor>(
         let name = name.to_owned();
         let (src, dst) = (Arc::clone(&src), dst.clone());
         s.spawn(move |s| {
-            if let Some(child) = open_child(&src, dst.as_deref(), &name, &rel, &fence.skip, sink, finish) {
+            if let Some(child) =
+                open_child(&src, dst.as_deref(), &name, &rel, &fence.skip, sink, finish)
+            {
                 drop((src, dst));
-                visit(s, Task { src: child.0, dst: child.1, rel }, None, fence, v, sink, finish);
+                visit(
+                    s,
+                    Task {
+                        src: child.0,
+                        dst: child.1,
+                        rel,
+                    },
+                    None,
+                    fence,
+                    v,
+                    sink,
+                    finish,
+                );
             }
         });
     }
-    let dir = Dir { src: src.as_fd(), dst: dst.as_ref().map(|d| d.as_fd()), rel: &t.rel };
+    let dir = Dir {
+        src: src.as_fd(),
+        dst: dst.as_ref().map(|d| d.as_fd()),
+        rel: &t.rel,
+    };
     let one = |i: usize| {
         if !sink.cancelled() {
             let (name, kind) = entries.get(i);
@@ -226,7 +269,9 @@ fn visit<'s, V: Visitor>(
         }
     };
     if files.len() > CHUNK {
-        files.par_chunks(CHUNK).for_each(|c| c.iter().copied().for_each(one));
+        files
+            .par_chunks(CHUNK)
+            .for_each(|c| c.iter().copied().for_each(one));
     } else {
         files.into_iter().for_each(one);
     }
@@ -266,13 +311,18 @@ fn open_child(
         fenced(sink, rel);
         return None;
     }
-    let Some(dst) = dst else { return Some((child, None)) };
+    let Some(dst) = dst else {
+        return Some((child, None));
+    };
     let owner = fsutil::Owner::of(&st, fsutil::is_root());
     match fsutil::make_dir_at(dst.as_fd(), name, st.st_mode, owner) {
         Ok(d) => {
             Tally::bump(&sink.tally.dirs);
             if fsutil::dir_needs_finish(st.st_mode) {
-                finish.lock().unwrap_or_else(|p| p.into_inner()).push((rel.to_vec(), st.st_mode));
+                finish
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((rel.to_vec(), st.st_mode));
             }
             Some((child, Some(d)))
         }
@@ -314,11 +364,19 @@ mod tests {
     }
 
     fn run(s: &Scratch, jobs: usize, skip: Option<&'static str>) -> BTreeSet<String> {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .build()
+            .unwrap();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         let c = Collect(Mutex::new(BTreeSet::new()), skip);
-        let roots = Roots { src: fsutil::open_dir(s.root()).unwrap(), dst: None, only: None, fence: Fence::NONE };
+        let roots = Roots {
+            src: fsutil::open_dir(s.root()).unwrap(),
+            dst: None,
+            only: None,
+            fence: Fence::NONE,
+        };
         pool.install(|| walk(roots, &c, &sink));
         c.0.into_inner().unwrap()
     }
@@ -361,7 +419,10 @@ mod tests {
         assert!(s.path("out/a/b/c/d").is_dir());
         assert!(s.path("out/big").is_dir());
         assert!(!s.path("out/out").exists());
-        assert_eq!(sink.tally.dirs.load(std::sync::atomic::Ordering::Relaxed), 6);
+        assert_eq!(
+            sink.tally.dirs.load(std::sync::atomic::Ordering::Relaxed),
+            6
+        );
     }
 
     #[test]
@@ -372,19 +433,33 @@ mod tests {
         let sink = Sink::new(&p, b"");
         let c = Collect(Mutex::new(BTreeSet::new()), None);
         let only = vec![b"top".to_vec(), b"a".to_vec()];
-        let roots = Roots { src: fsutil::open_dir(s.root()).unwrap(), dst: None, only: Some(&only), fence: Fence::NONE };
+        let roots = Roots {
+            src: fsutil::open_dir(s.root()).unwrap(),
+            dst: None,
+            only: Some(&only),
+            fence: Fence::NONE,
+        };
         walk(roots, &c, &sink);
         let got: Vec<String> = c.0.into_inner().unwrap().into_iter().collect();
         assert_eq!(got, vec!["a/b/c/d/e".to_string(), "top".to_string()]);
     }
 
     /// Walks `s` mirroring into `s/out` with `fence`; returns what was visited and the events.
-    fn run_fenced(s: &Scratch, fence: &Fence, out: &'static str) -> (BTreeSet<String>, Vec<crate::progress::Event>) {
+    fn run_fenced(
+        s: &Scratch,
+        fence: &Fence,
+        out: &'static str,
+    ) -> (BTreeSet<String>, Vec<crate::progress::Event>) {
         std::fs::create_dir_all(s.path(out)).unwrap();
         let p = Progress::new(true, 1000);
         let sink = Sink::new(&p, b"");
         let c = Collect(Mutex::new(BTreeSet::new()), Some(out));
-        let roots = Roots { src: fsutil::open_dir(s.root()).unwrap(), dst: Some(fsutil::open_dir(&s.path(out)).unwrap()), only: None, fence };
+        let roots = Roots {
+            src: fsutil::open_dir(s.root()).unwrap(),
+            dst: Some(fsutil::open_dir(&s.path(out)).unwrap()),
+            only: None,
+            fence,
+        };
         walk(roots, &c, &sink);
         (c.0.into_inner().unwrap(), p.drain())
     }
@@ -403,11 +478,17 @@ mod tests {
         let s = Scratch::new("walkfence");
         tree(&s);
         s.file("a/b/dest/inner", b"x");
-        let fence = Fence { skip: vec![id_of(&s.path("a/b/dest"))], skip_locks: false };
+        let fence = Fence {
+            skip: vec![id_of(&s.path("a/b/dest"))],
+            skip_locks: false,
+        };
         let (got, events) = run_fenced(&s, &fence, "out");
         assert!(!got.contains("a/b/dest/inner"));
         assert!(got.contains("a/b/c/d/e") && got.contains("top"));
-        assert!(!s.path("out/a/b/dest").exists(), "the fenced directory was mirrored");
+        assert!(
+            !s.path("out/a/b/dest").exists(),
+            "the fenced directory was mirrored"
+        );
         assert!(s.path("out/a/b/c/d").is_dir());
         let fenced: Vec<_> = events.iter().filter(|e| e.code == "dest_inside").collect();
         assert_eq!(fenced.len(), 1, "{events:?}");
@@ -421,25 +502,63 @@ mod tests {
     fn a_fenced_root_is_not_walked() {
         let s = Scratch::new("walkfenceroot");
         tree(&s);
-        let fence = Fence { skip: vec![id_of(s.root())], skip_locks: false };
+        let fence = Fence {
+            skip: vec![id_of(s.root())],
+            skip_locks: false,
+        };
         let (got, events) = run_fenced(&s, &fence, "out");
         assert!(got.is_empty());
-        assert!(events.iter().any(|e| e.code == "dest_inside" && e.path.is_empty()));
+        assert!(events
+            .iter()
+            .any(|e| e.code == "dest_inside" && e.path.is_empty()));
     }
 
     #[test]
     fn lock_files_beside_their_database_are_left_out() {
         let s = Scratch::new("walklocks");
-        for f in ["index.db", "index.db-lock", "sub/extra.db", "sub/extra.db-lock", "sub/foo-lock", "-lock", "x/a-lock"] {
+        for f in [
+            "index.db",
+            "index.db-lock",
+            "sub/extra.db",
+            "sub/extra.db-lock",
+            "sub/foo-lock",
+            "-lock",
+            "x/a-lock",
+        ] {
             s.file(f, b"x");
         }
         std::fs::create_dir_all(s.path("x/a")).unwrap(); // a directory named like the database
-        let (got, events) = run_fenced(&s, &Fence { skip: Vec::new(), skip_locks: true }, "out");
-        let want: BTreeSet<String> = ["index.db", "sub/extra.db", "sub/foo-lock", "-lock", "x/a-lock"].iter().map(|s| s.to_string()).collect();
+        let (got, events) = run_fenced(
+            &s,
+            &Fence {
+                skip: Vec::new(),
+                skip_locks: true,
+            },
+            "out",
+        );
+        let want: BTreeSet<String> = [
+            "index.db",
+            "sub/extra.db",
+            "sub/foo-lock",
+            "-lock",
+            "x/a-lock",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(got, want);
         assert!(!s.path("out/index.db-lock").exists() && !s.path("out/sub/extra.db-lock").exists());
-        let locks: BTreeSet<Vec<u8>> = events.iter().filter(|e| e.code == "lock_file").map(|e| e.path.clone()).collect();
-        assert_eq!(locks, [b"index.db-lock".to_vec(), b"sub/extra.db-lock".to_vec()].into_iter().collect());
+        let locks: BTreeSet<Vec<u8>> = events
+            .iter()
+            .filter(|e| e.code == "lock_file")
+            .map(|e| e.path.clone())
+            .collect();
+        assert_eq!(
+            locks,
+            [b"index.db-lock".to_vec(), b"sub/extra.db-lock".to_vec()]
+                .into_iter()
+                .collect()
+        );
         // Without the rule, every file is visited.
         let (all, _) = run_fenced(&s, Fence::NONE, "out2");
         assert!(all.contains("index.db-lock") && all.contains("sub/extra.db-lock"));
@@ -453,7 +572,16 @@ mod tests {
         p.cancel();
         let sink = Sink::new(&p, b"");
         let c = Collect(Mutex::new(BTreeSet::new()), None);
-        walk(Roots { src: fsutil::open_dir(s.root()).unwrap(), dst: None, only: None, fence: Fence::NONE }, &c, &sink);
+        walk(
+            Roots {
+                src: fsutil::open_dir(s.root()).unwrap(),
+                dst: None,
+                only: None,
+                fence: Fence::NONE,
+            },
+            &c,
+            &sink,
+        );
         assert!(c.0.into_inner().unwrap().is_empty());
     }
 }
