@@ -29,7 +29,6 @@ from pathlib import Path
 
 import lmdb
 import msgpack
-
 from mailbak.layout import (
     ACCOUNT_KNOWN_FILES,
     LEASE_FILE,

@@ -39,9 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -89,7 +89,7 @@ class Places:
     far: Path
 
     @classmethod
-    def of(cls, roots: dict[str, Path], store_on: str) -> "Places":
+    def of(cls, roots: dict[str, Path], store_on: str) -> Places:
         other = "tmpfs" if store_on == "disk" else "disk"
         return cls(cache=roots[store_on], near=roots[store_on] / "work", far=roots[other] / "work")
 
@@ -290,7 +290,7 @@ def run_group(group: Group, store: Path, repeat: int, label: str, log_path: Path
         remove_tree(group.target)  # left over from an aborted run
     for round_ in range(repeat + 1):
         what = "warm-up" if round_ == 0 else f"round {round_}/{repeat}"
-        for contender, result in zip(group.contenders, results):
+        for contender, result in zip(group.contenders, results, strict=True):
             settle()
             try:
                 sample = run_once(result.argv, discard_stdout=contender.discard_stdout, log_path=log_path)
@@ -442,7 +442,7 @@ def source_commit() -> str | None:
 
 def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": shlex.join(argv),
         "cores": os.cpu_count(),
         # Other work on the machine skews every number; the load at the start shows it.

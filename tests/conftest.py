@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from mailbak.gen import generate
 from mailbak.store import Store
 

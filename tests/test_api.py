@@ -6,9 +6,8 @@ import dataclasses
 import json
 import os
 
-import pytest
-
 import mailbak
+import pytest
 from conftest import json_lines, manifest_of, run_cli
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from conftest import backup_ok, dump_env, inode_listing, json_lines, make_socket, make_store, manifest_of, run_cli, tree_listing
 from mailbak.layout import escape_path, id_key, message_rel
-from mailbak.store import Store, pack, open_env
+from mailbak.store import Store, open_env, pack
 
 ACC = "user0000"
 
@@ -67,7 +66,7 @@ def test_modes_destination_and_secrets(store, tmp_path):
     dest = tmp_path / "b"
     backup_ok(store, dest)
     assert stat.S_IMODE(dest.stat().st_mode) & 0o007 == 0, "DEST is not world-readable"
-    for dirpath, dirnames, filenames in os.walk(dest):
+    for dirpath, dirnames, _filenames in os.walk(dest):
         for d in dirnames:
             assert stat.S_IMODE((Path(dirpath) / d).lstat().st_mode) & ~0o770 == 0, d
     assert stat.S_IMODE((dest / "config" / "open.conf").stat().st_mode) == 0o666, "files keep their bits"
@@ -423,16 +422,16 @@ def test_json_output(store, tmp_path):
     p = run_cli("backup", "--json", store, tmp_path / "b")
     assert p.returncode == 1
     lines = json_lines(p.stdout)
-    types = {l["message_type"] for l in lines}
+    types = {ln["message_type"] for ln in lines}
     assert {"status", "error", "summary"} <= types
-    err = next(l for l in lines if l["message_type"] == "error")
+    err = next(ln for ln in lines if ln["message_type"] == "error")
     assert err["code"] == "missing" and err["path"].startswith(f"data/accounts/{ACC}/msg/") and err["cause"]
     summary = lines[-1]
     assert summary["message_type"] == "summary" and summary["status"] == "failed"
     written = manifest_of(tmp_path / "b")
     assert written.pop("kind") == "mailbak-backup" and written.pop("manifest_version") == 1
     assert summary == {"message_type": "summary", **written}
-    status = next(l for l in lines if l["message_type"] == "status" and l["phase"] == "messages")
+    status = next(ln for ln in lines if ln["message_type"] == "status" and ln["phase"] == "messages")
     # Status lines carry the documented fields (their values are not checked: timing is bench/'s).
     required = ("files_total", "files_done", "seconds_elapsed")
     assert all(key in status for key in required), status
@@ -446,7 +445,7 @@ def test_quiet_prints_only_errors(store, tmp_path):
     os.unlink(store / "data" / "accounts" / ACC / "msg" / message_rel(live_ids(store, ACC)[0]))
     p = run_cli("backup", "-q", store, tmp_path / "c")
     assert p.returncode == 1
-    assert [l for l in p.stderr.splitlines() if l.strip()] == [l for l in p.stderr.splitlines() if l.startswith("error: ")]
+    assert [ln for ln in p.stderr.splitlines() if ln.strip()] == [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
 
 
 def test_verbose_lists_each_file(store, tmp_path):

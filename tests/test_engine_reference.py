@@ -11,7 +11,6 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from mailbak import _engine
 from mailbak.layout import pack_ids
 from reference import classify_area, dir_name
@@ -87,7 +86,9 @@ def test_engine_matches_reference(a, jobs):
         build(src, a)
         want = classify_area(src, tree=a["tree"], known=KNOWN, live=a["live"], erasing=a["erasing"], next_id=a["next_id"])
         progress = _engine.Progress()
-        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(sorted(a["live"])), "sizes": pack_ids([len(f"message {i}") for i in sorted(a["live"])]), "erasing": pack_ids(a["erasing"]), "next_id": a["next_id"], "prefix": b""}
+        live = sorted(a["live"])
+        sizes = pack_ids([len(f"message {i}") for i in live])
+        spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(live), "sizes": sizes, "erasing": pack_ids(a["erasing"]), "next_id": a["next_id"], "prefix": b""}
         (got,) = _engine.backup_areas([spec], jobs=jobs, progress=progress)
         events = progress.drain()
         assert got["linked"] == len(want.linked)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from conftest import CLI_ENV, backup_ok, inode_listing, make_store, manifest_of, run_cli
 from pausing import PausePoint
 

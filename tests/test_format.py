@@ -9,7 +9,6 @@ from pathlib import Path
 import lmdb
 import msgpack
 import pytest
-
 from conftest import run_cli
 from mailbak import _engine
 from mailbak.store import Store

@@ -7,7 +7,6 @@ import resource
 import stat
 
 import pytest
-
 from conftest import backup_ok, json_lines, manifest_of, run_cli, tree_listing
 
 
@@ -76,7 +75,7 @@ def test_json_lists_every_warning(store, tmp_path):
         (junk / f"x{i}").touch()
     p = run_cli("backup", "--json", store, tmp_path / "b")
     assert p.returncode == 0
-    warnings = [l for l in json_lines(p.stdout) if l["message_type"] == "warning"]
+    warnings = [ln for ln in json_lines(p.stdout) if ln["message_type"] == "warning"]
     assert len([w for w in warnings if w["path"].startswith("data/accounts/user0001/msg/junk/")]) == 1500
 
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import inode_listing, make_store, run_cli
 from live_writer import read_log
 from mailbak.layout import message_rel

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from lmdb.verify import VerifyError, verify
-
 from conftest import backup_ok, make_store
+from lmdb.verify import VerifyError, verify
 
 PAGE = 4096
 P_BRANCH, P_LEAF, P_OVERFLOW = 0x01, 0x02, 0x04
@@ -303,7 +302,7 @@ def test_rust_checker_rejects_whatever_lmdb_verify_rejects(tmp_path):
     scratch = tmp_path / "verify-case.db"
     table: dict[str, dict[str, int]] = {}
     missed, excluded = [], 0
-    for case, r in zip(cases, rust):
+    for case, r in zip(cases, rust, strict=True):
         scratch.write_bytes(apply(bases[case["base"]], case))
         try:
             problems = verify(str(scratch), subdir=False)
@@ -355,6 +354,6 @@ def test_backup_databases_equal_the_idle_store_by_mdb_dump(store, tmp_path):
         a, b = mdb_dump(store / rel), mdb_dump(dest / rel)
         # The header's mapsize is the environment's setting, not data: a compacted copy may
         # record another.
-        strip = lambda s: "\n".join(l for l in s.splitlines() if not l.startswith("mapsize="))  # noqa: E731
+        strip = lambda s: "\n".join(ln for ln in s.splitlines() if not ln.startswith("mapsize="))  # noqa: E731
         assert strip(a) == strip(b), rel
         assert "HEADER=END" in a

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CLI_ENV, backup_ok, json_lines, make_store, manifest_of, run_cli
 from mailbak.layout import escape_path, toml_key
 from mailbak.store import Store

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import CLI_ENV, backup_ok, json_lines, make_store, manifest_of, run_cli
 from mailbak.monitor import METRICS, PING_BODY_BYTES
+from prometheus_client.parser import text_string_to_metric_families
 
 SECRET = "5f0e3a1c-9d4b-4c8e-b1a2-0123456789ab"
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import CLI_ENV, run_cli
 from mailbak import _engine
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
@@ -18,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import CLI_ENV, make_store, manifest_of, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a store by another user and to be attacked by it")

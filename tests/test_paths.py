@@ -15,7 +15,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from conftest import CLI_ENV, backup_ok, manifest_of, run_cli
 
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mailbak.retention import UNLIMITED, Duration, Policy, PolicyError, Snapshot, decide, parse_count, parse_duration
 
 

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-
 from mailbak.layout import FormatError, check_account_name, read_config
 from mailbak.store import Store
 

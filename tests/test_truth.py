@@ -21,7 +21,6 @@ from pathlib import Path
 
 import lmdb
 import pytest
-
 from conftest import CLI_ENV, json_lines, make_store, manifest_of, run_cli
 from mailbak.layout import id_key, message_rel
 from mailbak.store import pack, unpack
@@ -71,7 +70,7 @@ def msg_file(root: Path, id_: int, account: str | None = ACC) -> Path:
 
 
 def codes(p: subprocess.CompletedProcess, severity: str = "error") -> set[str]:
-    return {l["code"] for l in json_lines(p.stdout) if l["message_type"] == severity}
+    return {ln["code"] for ln in json_lines(p.stdout) if ln["message_type"] == severity}
 
 
 def listing_with_mtimes(root: Path) -> dict[str, tuple]:
@@ -208,7 +207,7 @@ def test_killed_backup_leaves_a_running_manifest_that_verify_calls_incomplete(st
 def verify_codes(backup: Path) -> tuple[int, list[dict]]:
     v = run_cli("verify", "--json", backup)
     assert "Traceback" not in v.stderr, v.stderr
-    return v.returncode, [l for l in json_lines(v.stdout) if l["message_type"] == "error"]
+    return v.returncode, [ln for ln in json_lines(v.stdout) if ln["message_type"] == "error"]
 
 
 def has(errors: list[dict], code: str, path: str, text: str = "") -> bool:
@@ -344,10 +343,10 @@ def test_size_2_64_minus_1_is_checked_like_any_size(store, tmp_path):
     rel = f"data/accounts/{ACC}/msg/{message_rel(id_)}"
     v = run_cli("verify", "--json", store)
     assert v.returncode == 1, v.stdout + v.stderr
-    assert any(l.get("code") == "size_mismatch" and l["path"] == rel for l in json_lines(v.stdout))
+    assert any(ln.get("code") == "size_mismatch" and ln["path"] == rel for ln in json_lines(v.stdout))
     b = run_cli("backup", "--json", store, tmp_path / "b")
     assert b.returncode == 1, b.stdout + b.stderr
-    assert any(l.get("code") == "size_mismatch" and l["path"] == rel for l in json_lines(b.stdout))
+    assert any(ln.get("code") == "size_mismatch" and ln["path"] == rel for ln in json_lines(b.stdout))
 
 
 # 14.4: backup ok implies verify of that backup clean, over a corpus of damaged stores ---------

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import backup_ok, dump_env, json_lines, manifest_of, run_cli, tree_listing
 from mailbak.layout import id_key, message_rel
 from mailbak.store import Store, pack, unpack
@@ -68,7 +67,7 @@ def test_truncated_message_file(backup):
     path.write_bytes(data[:-10])
     p = verify(backup, "--json")
     assert p.returncode == 1
-    errs = [l for l in json_lines(p.stdout) if l["message_type"] == "error"]
+    errs = [ln for ln in json_lines(p.stdout) if ln["message_type"] == "error"]
     assert [(e["code"], e["path"]) for e in errs] == [("size_mismatch", f"data/accounts/{ACC}/msg/{message_rel(id_)}")]
     assert f"{len(data) - 10} bytes, its record says {len(data)}" in errs[0]["cause"]
 
@@ -128,7 +127,7 @@ def test_fix_in_a_live_store_leaves_a_delivery_in_progress_alone(store):
             rec = {"mailbox_id": acc.mailbox_id("Inbox"), "uid": 10**6, "size": acc.message_path(inflight).stat().st_size, "expunged": False, "received": 1}
             txn.put(id_key(inflight), pack(rec), db=acc.db["message"])
     p = verify(store, "--json")
-    assert not [l for l in json_lines(p.stdout) if l["message_type"] == "error" and l.get("code") in ("missing", "orphan_message")]
+    assert not [ln for ln in json_lines(p.stdout) if ln["message_type"] == "error" and ln.get("code") in ("missing", "orphan_message")]
 
 
 def test_backup_of_a_store_with_a_delivery_in_flight_verifies(store, tmp_path):
@@ -209,7 +208,7 @@ def test_message_in_an_expunged_mailbox(store, tmp_path):
     assert "live_in_expunged_mailbox" not in p.stderr  # codes go to JSON; people read sentences
     assert f"is not expunged but its mailbox {mb_id} is" in p.stderr
     lines = json_lines(verify(dest, "--json").stdout)
-    assert any(l.get("code") == "live_in_expunged_mailbox" for l in lines)
+    assert any(ln.get("code") == "live_in_expunged_mailbox" for ln in lines)
 
 
 def test_uid_and_erase_rules(store, tmp_path):
@@ -222,7 +221,7 @@ def test_uid_and_erase_rules(store, tmp_path):
             txn.put(id_key(first), pack(rec), db=acc.db["message"])
             txn.put(id_key(sorted(acc.messages())[1]), b"", db=acc.db["message_erase"])
     p = verify(store, "--json")
-    codes = {l.get("code") for l in json_lines(p.stdout)}
+    codes = {ln.get("code") for ln in json_lines(p.stdout)}
     assert p.returncode == 1
     assert {"uid_not_below_uidnext", "erase_not_expunged"} <= codes
 

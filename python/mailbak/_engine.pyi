@@ -9,7 +9,24 @@ ID sets and sizes are buffers of little-endian u64 (``mailbak.layout.pack_ids``)
 """
 
 import os
-from typing import TypedDict
+from typing import TypedDict, final
+
+__all__ = [
+    "Progress",
+    "LmdbError",
+    "backup_areas",
+    "copy_tree",
+    "check_areas",
+    "lmdb_check",
+    "read_index",
+    "write_messages",
+    "message_path",
+    "syncfs",
+    "parse_message_name",
+    "fs_identity",
+    "set_fs_identity",
+    "build_info",
+]
 
 StrPath = str | os.PathLike[str]
 
@@ -18,11 +35,12 @@ class LmdbError(Exception):
     of "corrupt", "unsupported", "stale" (the snapshot's meta page was reused: retry with a new
     read transaction) or "io"."""
 
+@final
 class Progress:
     """Progress counters, the cancel flag and the event queue shared with running calls."""
 
-    def __init__(self, verbose: bool = False, max_queued: int = 100_000) -> None:
-        """``verbose`` queues per-file "info" events; past ``max_queued`` undrained events,
+    def __new__(cls, verbose: bool = False, max_queued: int = ...) -> Progress:
+        """``verbose`` queues per-file "info" events; past ``max_queued`` (default 100,000) undrained events,
         further ones are counted in ``dropped`` but not kept."""
     def cancel(self) -> None:
         """Asks every worker to stop at its next file; the call then returns early."""

@@ -62,7 +62,7 @@ class DataRoot:
         # named; everything below it is opened without following symlinks.
         self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def __enter__(self) -> "DataRoot":
+    def __enter__(self) -> DataRoot:
         return self
 
     def __exit__(self, *exc: object) -> None:

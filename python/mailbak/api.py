@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from mailbak.report import JsonReporter, Reporter
 from mailbak.runner import DestinationFull, UsageError

@@ -50,7 +50,6 @@ from mailbak.layout import (
     read_config,
 )
 from mailbak.report import Reporter, rfc3339
-from mailbak.testpause import pause
 from mailbak.runner import Runner, UsageError, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 from mailbak.testpause import pause
@@ -326,7 +325,7 @@ class Backup:
         backup too, so that a backup called ok always verifies clean; the snapshot is still
         backed up as it is (it is the best copy there is)."""
         where = f"data/{rel}/index.db"
-        for code, id_, detail in index.problems:
+        for code, _id, detail in index.problems:
             if code.startswith(("bad_", "missing_")):
                 self.reporter.error(code, where, f"{detail} (files of such records are kept if present)")
             else:
@@ -352,7 +351,7 @@ class Backup:
             for a in self.areas
         ]
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip)
-        for area, result in zip(self.areas, results):
+        for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
 

@@ -101,7 +101,7 @@ def generate(
     store = Store.create(root, durable=False)
     try:
         names = account_names(accounts)
-        for name, count in zip(names, split(messages, accounts, rng)):
+        for name, count in zip(names, split(messages, accounts, rng), strict=True):
             acc = store.add_account(name, mailboxes=())
             _fill_account(store, acc, count, rng, mu, seed, jobs, progress, summary)
             summary.accounts[name] = count

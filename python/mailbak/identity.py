@@ -40,7 +40,7 @@ class StoreOwner:
     groups: tuple[int, ...]
 
     @classmethod
-    def of(cls, data_dir: Path) -> "StoreOwner | None":
+    def of(cls, data_dir: Path) -> StoreOwner | None:
         """The owner of ``data_dir``, or None when no switch is needed or possible: this process
         is not root (it can only act as itself), or ``data/`` belongs to root."""
         if os.geteuid() != 0:

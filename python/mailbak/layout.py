@@ -211,7 +211,7 @@ class StorePaths:
     data_dir: Path
 
     @classmethod
-    def of(cls, store: os.PathLike | str, config: os.PathLike | str | None = None, data: os.PathLike | str | None = None) -> "StorePaths":
+    def of(cls, store: os.PathLike | str, config: os.PathLike | str | None = None, data: os.PathLike | str | None = None) -> StorePaths:
         root = Path(store)
         return cls(Path(config) if config else root / "config", Path(data) if data else root / "data")
 

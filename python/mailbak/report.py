@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from mailbak.layout import escape_path
@@ -26,7 +26,7 @@ HUMAN_LINES_PER_CODE = 1000
 
 def rfc3339(ts: float | None = None) -> str:
     """A UTC timestamp in RFC 3339 form, to the second."""
-    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -190,7 +190,7 @@ class PlainReporter(Reporter):
         if table:
             widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
             for row in table:
-                print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=self.out)
+                print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=self.out)
         for code, n in sorted(hidden.items()):
             print(f"  ({n} more '{code}' lines not shown)", file=self.out)
         self.out.flush()

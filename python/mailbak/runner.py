@@ -15,8 +15,9 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mailbak import _engine
 from mailbak.report import Event, Reporter

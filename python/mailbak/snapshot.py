@@ -81,7 +81,7 @@ class Index:
     problem_count: int
 
     @classmethod
-    def read(cls, path: Path, kind: str) -> "Index":
+    def read(cls, path: Path, kind: str) -> Index:
         """Reads an index from a snapshot file (a copy); raises SnapshotError when damaged."""
         try:
             d = _engine.read_index(path, kind)
@@ -340,7 +340,7 @@ class ReaderLease:
         self.reporter = reporter
         self.fd: int | None = None
 
-    def __enter__(self) -> "ReaderLease":
+    def __enter__(self) -> ReaderLease:
         fd = self._open()
         if fd is None:
             return self

@@ -29,9 +29,9 @@ import os
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import lmdb
 import msgpack
@@ -164,7 +164,7 @@ class _Area:
     #: All tables of the index.
     tables: tuple[str, ...]
 
-    def __init__(self, store: "Store", area_dir: Path, msg_dir: Path):
+    def __init__(self, store: Store, area_dir: Path, msg_dir: Path):
         self.store = store
         self.area_dir = area_dir
         self.msg_dir = msg_dir
@@ -254,7 +254,7 @@ class Account(_Area):
     erase_table = b"message_erase"
     tables = ACCOUNT_TABLES
 
-    def __init__(self, store: "Store", name: str):
+    def __init__(self, store: Store, name: str):
         self.name = name
         area = store.data_dir / "accounts" / name
         super().__init__(store, area, area / "msg")
@@ -349,7 +349,7 @@ class Queue(_Area):
     erase_table = b"msg_erase"
     tables = QUEUE_TABLES
 
-    def __init__(self, store: "Store"):
+    def __init__(self, store: Store):
         area = store.data_dir / "queue"
         super().__init__(store, area, area)
 
@@ -392,7 +392,7 @@ class Store:
         self._queue: Queue | None = None
 
     @classmethod
-    def create(cls, root: Path | str, *, durable: bool = True) -> "Store":
+    def create(cls, root: Path | str, *, durable: bool = True) -> Store:
         """Creates an empty store at ``root`` (which must not exist or be empty)."""
         root = Path(root)
         if root.exists() and any(root.iterdir()):
@@ -412,11 +412,11 @@ class Store:
         for name in TOP_DATABASES:
             open_env(data / name, durable=durable).close()
         store = cls(root, durable=durable)
-        store.queue  # creates queue/index.db with its tables
+        _ = store.queue  # creates queue/index.db with its tables
         return store
 
     @classmethod
-    def open(cls, root: Path | str, *, durable: bool = True) -> "Store":
+    def open(cls, root: Path | str, *, durable: bool = True) -> Store:
         """Opens an existing store."""
         store = cls(Path(root), durable=durable)
         if not (store.config_dir / CONFIG_FILE).is_file() or not store.data_dir.is_dir():
@@ -425,7 +425,7 @@ class Store:
             store.lease.path.touch(mode=0o640)
         return store
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -45,7 +45,6 @@ from mailbak.identity import StoreOwner
 from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import DestinationFull, Runner, UsageError
-from mailbak.testpause import pause
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 from mailbak.testpause import pause
 
@@ -173,7 +172,8 @@ class Verify:
         self.manifest_status = doc["status"]
         if doc["status"] == manifest.RUNNING:
             self.manifest_status = "incomplete"
-            self.reporter.error("incomplete", manifest.MANIFEST, f"incomplete backup: it started at {doc['started']} and never finished (its manifest still says \"running\"): it was killed, interrupted or stopped by a full disk, or it is still running")
+            why = "it was killed, interrupted or stopped by a full disk, or it is still running"
+            self.reporter.error("incomplete", manifest.MANIFEST, f"incomplete backup: it started at {doc['started']} and never finished (its manifest still says \"running\"): {why}")
         else:
             self.manifest_doc = doc
             if doc["status"] != manifest.OK:
@@ -254,7 +254,7 @@ class Verify:
             except SnapshotError as e:
                 self.reporter.error("database", f"data/{rel}/index.db", str(e))
                 continue
-            for code, id_, detail in index.problems:
+            for code, _id, detail in index.problems:
                 self.reporter.error(code, f"data/{rel}/index.db", detail)
             if index.problem_count > len(index.problems):
                 self.reporter.error("more_problems", f"data/{rel}/index.db", f"{index.problem_count - len(index.problems)} more record problems not listed")
@@ -268,7 +268,7 @@ class Verify:
     def check_files(self, indexes: list[tuple[str, str, Index]]) -> None:
         """Checks 3 and 5 for every area, in one engine call."""
         specs = []
-        for name, rel, index in indexes:
+        for _name, rel, index in indexes:
             queue = rel == "queue"
             specs.append(
                 {
@@ -285,7 +285,7 @@ class Verify:
                 }
             )
         results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd)
-        for (name, rel, _), result in zip(indexes, results):
+        for (name, rel, _), result in zip(indexes, results, strict=True):
             self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
     # 6 ---------------------------------------------------------------------------------------
