@@ -34,6 +34,7 @@ from typing import Any
 
 from mailbak import __version__, _engine, manifest, testpause
 from mailbak.anchor import DataRoot, identity, inside
+from mailbak.errors import UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
     ACCOUNT_KNOWN_FILES,
@@ -50,7 +51,7 @@ from mailbak.layout import (
     read_config,
 )
 from mailbak.report import Reporter, rfc3339
-from mailbak.runner import Runner, UsageError, link_hint
+from mailbak.runner import Runner, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 from mailbak.testpause import pause
 

@@ -12,6 +12,7 @@ import stat
 import sys
 import tomllib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,14 +150,15 @@ class Config:
     invalid: tuple[tuple[str, str], ...]
 
 
-def read_bounded(path: Path, limit: int, missing: str, error: type[Exception]) -> bytes:
+def read_bounded(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception]) -> bytes:
     """A whole small file, refusing one larger than ``limit`` bytes (hostile input must not make
-    mailbak read gigabytes); every failure is ``error`` with a message naming the path."""
+    mailbak read gigabytes). A missing file raises ``missing``; every other failure is
+    ``error`` with a message naming the path."""
     try:
         with open(path, "rb") as f:
             raw = f.read(limit + 1)
     except FileNotFoundError as e:
-        raise error(f"{path}: {missing}") from e
+        raise missing from e
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from e
     if len(raw) > limit:
@@ -168,7 +170,7 @@ def read_config(config_dir: Path) -> Config:
     """Parses the account list; raises FormatError for a missing, oversized or malformed file."""
     pause("read_config")
     path = config_dir / CONFIG_FILE
-    raw = read_bounded(path, MAX_CONFIG_BYTES, f"missing (a store's config directory has {CONFIG_FILE})", FormatError)
+    raw = read_bounded(path, MAX_CONFIG_BYTES, FormatError(f"{path}: missing (a store's config directory has {CONFIG_FILE})"), FormatError)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mailbak.errors import ManifestError
 from mailbak.layout import read_bounded
 
 #: File name of the manifest inside a backup.
@@ -35,10 +36,6 @@ RUNNING, OK, FAILED = "running", "ok", "failed"
 AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
 #: Largest manifest accepted when reading (a store of 100k accounts stays far below).
 MAX_BYTES = 64 * 1024 * 1024
-
-
-class ManifestError(Exception):
-    """The manifest is missing, unreadable or malformed; the message says which."""
 
 
 def write(dest: Path, facts: dict[str, Any]) -> Path:
@@ -67,7 +64,8 @@ def read(backup: Path) -> dict[str, Any]:
     """Reads and validates a manifest of any status (callers decide what ``running`` and
     ``failed`` mean to them); raises ManifestError."""
     path = backup / MANIFEST
-    raw = read_bounded(path, MAX_BYTES, "no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError)
+    missing = ManifestError(f"{path}: no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError.MISSING)
+    raw = read_bounded(path, MAX_BYTES, missing, ManifestError)
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailbak.errors import Interrupted
 from mailbak.report import Event, Reporter
 
 # Metrics -------------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ class Monitor:
             status = 0
         elif isinstance(exc, SystemExit):
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        elif isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted":
+        elif isinstance(exc, KeyboardInterrupt | Interrupted):
             status = 130  # a signal outside the run proper (during the start ping, say)
         else:  # a crash: Python prints the traceback and exits 1
             import traceback

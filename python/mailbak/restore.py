@@ -29,10 +29,11 @@ from typing import Any
 from mailbak import _engine, manifest
 from mailbak.anchor import identity, inside
 from mailbak.backup import check_destination, make_dir
+from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import PROC_FD
 from mailbak.layout import is_real_dir
 from mailbak.report import Reporter
-from mailbak.runner import Runner, UsageError, link_hint
+from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
 from mailbak.verify import Verify
 
@@ -80,7 +81,7 @@ class Restore:
             raise UsageError(f"{self.backup}: not a directory")
         try:
             doc = manifest.read(self.backup)
-        except manifest.ManifestError as e:
+        except ManifestError as e:
             if not self.force:
                 raise UsageError(f"{e}; refusing to restore it (use --force to restore what is there)") from e
             self.reporter.warn("manifest", manifest.MANIFEST, f"{e}; restoring anyway (--force)")

@@ -33,10 +33,10 @@ import lmdb
 
 from mailbak import _engine
 from mailbak.anchor import DataRoot, identity
+from mailbak.errors import DestinationFull, is_destination_full
 from mailbak.identity import StoreOwner, acting_as, in_directory
 from mailbak.layout import LEASE_FILE, LOCK_SUFFIX
 from mailbak.report import Reporter
-from mailbak.runner import DestinationFull, is_destination_full
 from mailbak.testpause import pause
 
 #: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page

@@ -41,10 +41,11 @@ import lmdb
 
 from mailbak import _engine, manifest
 from mailbak.anchor import DataRoot
+from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
-from mailbak.runner import DestinationFull, Runner, UsageError
+from mailbak.runner import Runner
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 from mailbak.testpause import pause
 
@@ -164,8 +165,8 @@ class Verify:
     def check_manifest(self) -> None:
         try:
             doc = manifest.read(self.path)
-        except manifest.ManifestError as e:
-            code = "incomplete" if "no manifest" in str(e) else "manifest"
+        except ManifestError as e:
+            code = "incomplete" if e.kind == ManifestError.MISSING else "manifest"
             self.reporter.error(code, manifest.MANIFEST, str(e))
             self.manifest_status = code
             return
