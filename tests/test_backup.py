@@ -9,8 +9,9 @@ from pathlib import Path
 import lmdb
 import pytest
 from conftest import backup_ok, dump_env, inode_listing, json_lines, make_socket, make_store, manifest_of, run_cli, tree_listing
-from mailbak.layout import escape_path, id_key, message_rel
+from mailbak.layout import id_key, message_rel
 from mailbak.store import Store, open_env, pack
+from mailbak.text import escape_path
 
 ACC = "user0000"
 

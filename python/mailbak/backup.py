@@ -34,6 +34,7 @@ from typing import Any
 
 from mailbak import __version__, _engine, manifest, testpause
 from mailbak.anchor import DataRoot, identity, inside
+from mailbak.destdir import DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, close_to_others, is_backup, make_dir
 from mailbak.errors import UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
@@ -64,48 +65,6 @@ TABLE_COLUMNS = (("linked", "linked"), ("copied", "copied"), ("skipped_new", "ne
 #: The hint of the one link-fallback warning, when the cause is another file system.
 EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
 
-
-
-def check_destination(dest: Path, action: str = "back up") -> None:
-    """DEST must not exist (its parent must) or be an empty directory; ``action`` names what
-    the user does with it in the hint ("back up", "restore")."""
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        if not dest.parent.is_dir():
-            raise UsageError(f"{dest}: its parent directory does not exist") from None
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"{dest}: is a symlink (a symlink is never followed); give the directory it points to itself")
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{dest}: exists and is not a directory")
-    try:
-        if any(os.scandir(dest)):
-            raise UsageError(f"{dest}: destination is not empty ({action} into a new or empty directory)")
-    except PermissionError as e:
-        raise UsageError(f"{dest}: cannot read the destination: {e.strerror}") from e
-
-
-def make_dir(path: Path, like: Path | None) -> None:
-    """Creates a destination directory with its source's mode, capped at 0770, and, as root,
-    its source's owner and group (a restored store must stay the server's). Mode and owner are
-    set through a descriptor of the directory created, never by a path that could have become a
-    symlink meanwhile."""
-    mode, owner = 0o750, None
-    if like is not None:
-        try:
-            st = os.stat(like)
-            mode, owner = stat.S_IMODE(st.st_mode) & 0o770, (st.st_uid, st.st_gid)
-        except OSError:
-            pass
-    os.mkdir(path, 0o700)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, mode | 0o700 if mode & 0o700 != 0o700 else mode)
-        if owner is not None and os.geteuid() == 0:
-            os.fchown(fd, *owner)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -164,7 +123,7 @@ class Backup:
         problem = self.paths.problem()
         if problem:
             raise UsageError(problem)
-        if os.path.lexists(self.paths.data_dir.parent / manifest.MANIFEST):
+        if is_backup(self.paths.data_dir.parent):
             # Read as a store, it would get lock files and a lease: never write into a backup.
             raise UsageError(f"{self.paths.data_dir.parent}: a backup (it holds {manifest.MANIFEST}), not a store; restore it to get a store")
         try:
@@ -180,7 +139,7 @@ class Backup:
         existed = self.dest.exists()
         try:
             if not existed:
-                os.mkdir(self.dest, 0o700)
+                os.mkdir(self.dest, PRIVATE_DIR_MODE)
             # Before anything else: from here on DEST says it is a backup (an incomplete one
             # until the manifest is replaced at the end), never a store to be written to.
             manifest.write(self.dest, self.running_facts())
@@ -193,7 +152,7 @@ class Backup:
         if existed:
             # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
             try:
-                os.chmod(self.dest, stat.S_IMODE(os.stat(self.dest).st_mode) & 0o770)
+                close_to_others(self.dest)
             except OSError as e:
                 self.reporter.warn("dest_mode", str(self.dest), f"cannot make the destination unreadable to others ({e.strerror}); its subdirectories are")
 
@@ -394,7 +353,7 @@ class Backup:
             for name in extra:
                 self.reporter.warn("unrecognized", b"data/accounts/" + name, "directory of an account not in the config; copied as plain files")
             if extra or self.odd_accounts:
-                (self.data_dst / "accounts").mkdir(mode=0o750, exist_ok=True)
+                (self.data_dst / "accounts").mkdir(mode=DEFAULT_DIR_MODE, exist_ok=True)
                 self.copy_data("accounts", self.data_dst / "accounts", only=extra + self.odd_accounts)
         for rel in self.plain_accounts:
             # Lock files are left out by the engine (a NAME-lock beside a NAME).

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from mailbak.layout import escape_path
 from mailbak.testpause import pause
+from mailbak.text import escape_path
 
 #: Lines shown per event code on a terminal before further ones are only counted; every event
 #: still goes to --json output and into the counts.

@@ -28,7 +28,7 @@ from typing import Any
 
 from mailbak import _engine, manifest
 from mailbak.anchor import identity, inside
-from mailbak.backup import check_destination, make_dir
+from mailbak.destdir import BACKUP_ENTRIES, DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, make_dir
 from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import PROC_FD
 from mailbak.layout import is_real_dir
@@ -36,10 +36,6 @@ from mailbak.report import Reporter
 from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
 from mailbak.verify import Verify
-
-#: Names expected at the top of a backup.
-BACKUP_ENTRIES = ("config", "data", manifest.MANIFEST)
-
 
 
 def _entries(path: Path) -> list[Path]:
@@ -68,7 +64,7 @@ class Restore:
         #: STORE as restore writes into it: through a descriptor once taken (hold_target).
         self.target = store
         self.store_fd: int | None = None
-        self.store_was = (0, 0, 0o750)
+        self.store_was = (0, 0, DEFAULT_DIR_MODE)
         #: The backup's manifest when it names what the backup holds (ok or failed).
         self.expect: dict[str, Any] | None = None
         # (st_dev, st_ino) of the target: no walk ever enters it (set by check()).
@@ -102,7 +98,7 @@ class Restore:
         self.warn_owners()
         try:
             if not self.store.exists():
-                os.mkdir(self.store, 0o700)
+                os.mkdir(self.store, PRIVATE_DIR_MODE)
                 self.created_root = True
             self.hold_target()
             make_dir(self.target / "config", self.backup / "config")
@@ -178,7 +174,7 @@ class Restore:
         self.store_was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
         if os.geteuid() == 0:
             os.fchown(fd, 0, 0)
-            os.fchmod(fd, 0o700)
+            os.fchmod(fd, PRIVATE_DIR_MODE)
             if os.listdir(fd):
                 raise UsageError(f"{self.store}: something was created in the target while restore was starting; restore elsewhere")
         self.target = PROC_FD / str(fd) if PROC_FD.is_dir() else self.store
@@ -193,7 +189,7 @@ class Restore:
         try:
             if self.created_root:
                 st = os.stat(self.backup / "data")
-                uid, gid, mode = st.st_uid, st.st_gid, 0o750
+                uid, gid, mode = st.st_uid, st.st_gid, DEFAULT_DIR_MODE
             else:
                 uid, gid, mode = self.store_was
             if os.geteuid() == 0:

@@ -50,8 +50,8 @@ from mailbak.layout import (
     key_id,
     message_rel,
     read_config,
-    toml_key,
 )
+from mailbak.text import toml_key
 
 #: Virtual size reserved for each LMDB map. LMDB files grow only as data is written; the map
 #: only bounds them. 8 GiB holds tens of millions of records.

@@ -2,7 +2,7 @@
 
 The checks, in order, each reported with its path:
 1. Manifest (backups): present and ``ok``. Missing or ``running`` means incomplete; ``failed``
-   means failed. Any directory holding ``mailbak.json`` is a backup (``is_live_store``), and
+   means failed. Any directory holding ``mailbak.json`` is a backup (``destdir.is_backup``), and
    nothing is ever written into a backup (except by ``--fix``).
 2. Databases: every LMDB file passes the engine's structural check (it reads the file itself,
    so a damaged file never reaches LMDB's C code), and only then is opened read-only, without a
@@ -41,9 +41,10 @@ import lmdb
 
 from mailbak import _engine, manifest
 from mailbak.anchor import DataRoot
+from mailbak.destdir import BACKUP_ENTRIES, is_store
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
-from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
+from mailbak.layout import ACCOUNT_KNOWN_FILES, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.runner import Runner
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
@@ -60,15 +61,6 @@ class AreaResult:
 
     name: str
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def is_live_store(path: Path) -> bool:
-    """A store is a directory with ``config/mailstore.toml`` and ``data/`` and no manifest. A
-    directory holding ``mailbak.json`` is a backup whatever else it holds (lock files, a
-    ``data/tmp/``): ``mailbak backup`` writes the manifest before anything else."""
-    if os.path.lexists(path / manifest.MANIFEST):
-        return False
-    return (path / "config" / CONFIG_FILE).is_file() and is_real_dir(path / "data")
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -110,7 +102,7 @@ class Verify:
         pause("verify.check")
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
-        self.live = is_live_store(self.path)
+        self.live = is_store(self.path)
         # A live store is opened (lock files) and fixed (data/moved/) as its owner; a backup is
         # mailbak's own and never opened with a lock file.
         self.owner = StoreOwner.of(self.paths.data_dir) if self.live else None
@@ -119,7 +111,7 @@ class Verify:
         # Anything that is not a store is taken for a backup, so that what a killed backup left
         # (an empty DEST, or one with only config/) is reported incomplete. A directory holding
         # none of a backup's parts is neither.
-        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in ("config", "data", manifest.MANIFEST)):
+        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in BACKUP_ENTRIES):
             raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
     def run(self) -> str:
