@@ -11,7 +11,9 @@ The phases, in order:
 4. **Databases.** Every known database is copied from one LMDB read transaction
    (``snapshot.py``); for the queue and each account the IDs come from that copy.
 5. **Messages.** Per area, the engine hardlinks (or copies) the snapshot's message files, skips
-   files added after the snapshot or being erased, and reports and copies anything else.
+   files added after the snapshot or being erased, copies the area's plain files (an account's
+   junk filter), and reports and copies anything else; all areas in one engine call, each
+   described by ``layout.engine_area``.
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
 7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
@@ -38,16 +40,16 @@ from mailbak.destdir import DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destinatio
 from mailbak.errors import UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
-    ACCOUNT_KNOWN_FILES,
+    ACCOUNTS_DIR,
     LEASE_FILE,
     LOCK_SUFFIX,
-    NEVER_BACKED_UP,
-    QUEUE_KNOWN_FILES,
-    TOP_DATABASES,
-    TOP_PLAIN_DIRS,
-    TOP_PLAIN_FILES,
+    QUEUE_DIR,
+    AreaKind,
     FormatError,
     StorePaths,
+    area_label,
+    area_rel,
+    engine_area,
     is_real_dir,
     read_config,
 )
@@ -55,6 +57,9 @@ from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 from mailbak.testpause import pause
+
+#: What data/ itself holds (layout.py).
+DATA = AreaKind.DATA.layout
 
 #: Per-area counts recorded in the manifest.
 AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
@@ -71,20 +76,15 @@ EXDEV_HINT = "DEST on the same file system as the store makes backups nearly fre
 class Area:
     """A message area to back up: the queue or one account."""
 
+    kind: AreaKind
     #: Name in reports: "queue" or the account name.
     name: str
     #: Path relative to the data directory, e.g. ``accounts/alice``.
     rel: str
-    #: Source directory.
-    src: Path
     #: Destination directory.
     dst: Path
     #: The index snapshot.
     index: Index
-    #: Message tree relative to the area ("" for the queue).
-    tree: bytes
-    #: Files the phases handle themselves.
-    known: tuple[str, ...]
     #: Counts for the manifest.
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -176,7 +176,7 @@ class Backup:
         self.runner.new_phase("config")
         self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
-            self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(self.config.accounts))
+            self.runner.new_phase("databases", len(DATA.databases) + 1 + len(self.config.accounts))
             self.snapshot_databases()
             pause("backup.messages")
             total = sum(a.index.live_count for a in self.areas)
@@ -228,32 +228,36 @@ class Backup:
         data = self.paths.data_dir
         # Progress counts one unit per top-level database and per area (its index and junk
         # filter), whether copied or not, so that it ends exactly at the phase's total.
-        for name in TOP_DATABASES:
+        for name in DATA.databases:
             if not os.path.lexists(data / name):
                 self.reporter.warn("missing_database", f"data/{name}", "known database missing from the store; not in the backup")
             else:
                 self.snapshot(name, data / name, self.data_dst / name)
             self.runner.step()
-        self.add_area("queue", "queue", b"", QUEUE_KNOWN_FILES, "queue")
+        self.add_area(AreaKind.QUEUE, QUEUE_DIR)
         self.runner.step()
         for name, why in self.config.invalid:
             self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
         if not self.config.accounts:
             return
-        if not is_real_dir(data / "accounts"):
+        if not is_real_dir(data / ACCOUNTS_DIR):
             # A symlinked accounts directory would lead every read outside the store.
             self.reporter.error("area_missing", "data/accounts", "not a directory (a symlink is never followed); no account backed up")
             self.runner.step(len(self.config.accounts))
             return
-        make_dir(self.data_dst / "accounts", data / "accounts")
+        make_dir(self.data_dst / ACCOUNTS_DIR, data / ACCOUNTS_DIR)
         for name in self.config.accounts:
-            self.add_area(name, f"accounts/{name}", b"msg", ACCOUNT_KNOWN_FILES, "account")
+            self.add_area(AreaKind.ACCOUNT, name)
             self.runner.step()
 
-    def add_area(self, name: str, rel: str, tree: bytes, known: tuple[str, ...], kind: str) -> None:
+    def add_area(self, kind: AreaKind, name: str) -> None:
+        """Snapshots the databases of one area and notes it for phase 5 (or, when its index
+        cannot be read, for a plain copy in phase 6)."""
+        lay = kind.layout
+        rel = area_rel(kind, name)
         src = self.paths.data_dir / rel
         dst = self.data_dst / rel
-        what = "queue" if kind == "queue" else f"account {name!r}"
+        what = QUEUE_DIR if kind is AreaKind.QUEUE else f"account {name!r}"
         try:
             st = os.lstat(src)
         except OSError as e:
@@ -261,24 +265,25 @@ class Backup:
             return
         if not stat.S_ISDIR(st.st_mode):
             self.reporter.error("area_missing", f"data/{rel}", f"{what}: not a directory (a symlink is never followed, only recreated); not backed up")
-            if kind == "account":
+            if kind is AreaKind.ACCOUNT:
                 self.odd_accounts.append(os.fsencode(name))
             return
         make_dir(dst, src)
-        if not self.snapshot(f"{rel}/index.db", src / "index.db", dst / "index.db"):
+        if not self.snapshot(f"{rel}/{lay.index}", src / lay.index, dst / lay.index):
             self.reporter.error("area_unreadable", f"data/{rel}", f"{what} cannot be opened; its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
         try:
-            index = Index.read(dst / "index.db", kind)
+            index = Index.read(dst / lay.index, kind)
         except SnapshotError as e:
-            self.reporter.error("area_unreadable", f"data/{rel}/index.db", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
+            self.reporter.error("area_unreadable", f"data/{rel}/{lay.index}", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
         self.report_index_problems(rel, index)
-        if kind == "account" and os.path.lexists(src / "junkfilter.db"):
-            self.snapshot(f"{rel}/junkfilter.db", src / "junkfilter.db", dst / "junkfilter.db")
-        self.areas.append(Area(name, rel, src, dst, index, tree, known))
+        for db in lay.databases:
+            if os.path.lexists(src / db):
+                self.snapshot(f"{rel}/{db}", src / db, dst / db)
+        self.areas.append(Area(kind, name, rel, dst, index))
 
     def report_index_problems(self, rel: str, index: Index) -> None:
         """Every problem verify of the backup will report about this index is an error of the
@@ -294,45 +299,28 @@ class Backup:
             self.reporter.error("more_problems", where, f"{index.problem_count - len(index.problems)} more record problems not listed")
 
     def backup_areas(self) -> None:
-        """Phase 5: every area in one engine call, so workers spread over all of them."""
-        specs = [
-            {
-                "src": a.rel,
-                "dst": a.dst,
-                "tree": a.tree,
-                "known": [k.encode() for k in a.known],
-                "live": a.index.live,
-                "sizes": a.index.sizes,
-                "unknown_sizes": a.index.unknown_sizes,
-                "erasing": a.index.erasing,
-                "next_id": a.index.new_from,
-                "prefix": f"data/{a.rel}".encode(),
-            }
-            for a in self.areas
-        ]
+        """Phase 5: every area in one engine call, so workers spread over all of them; an area's
+        plain files (an account's junk filter) travel with its messages."""
+        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst} for a in self.areas]
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
 
     def copy_other_files(self) -> None:
-        """Phase 6."""
-        # Junk filters are plain files: copied here, so that the messages phase counts message
-        # files only and its progress never passes its total.
-        for area in self.areas:
-            if os.path.lexists(area.src / "junkfilter.bloom"):
-                self.copy_data(area.rel, area.dst, only=[b"junkfilter.bloom"])
+        """Phase 6: the rest of data/ (the areas' own plain files went with their messages)."""
         data = self.paths.data_dir
-        handled = {os.fsencode(n) for n in ("queue", "accounts", *NEVER_BACKED_UP, *TOP_DATABASES)}
-        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in TOP_DATABASES}
-        expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, *TOP_PLAIN_DIRS)}
+        never = {os.fsencode(n) for n in DATA.never}
+        handled = never | {os.fsencode(n) for n in (QUEUE_DIR, ACCOUNTS_DIR, *DATA.databases)}
+        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in DATA.databases}
+        expected = {os.fsencode(n) for n in (*DATA.files, LEASE_FILE, *DATA.dirs)}
         to_copy: list[bytes] = []
         names = sorted(self.root.listdir(""))
         locks = lock_files(self.root, "", names)
         for name in names:
             if name in locks:
                 continue  # never backed up (docs/BACKUP.md); the engine would leave it out too
-            if name in handled and (name in (b"tmp", b"ctl") or not os.path.islink(data / os.fsdecode(name))):
+            if name in handled and (name in never or not os.path.islink(data / os.fsdecode(name))):
                 continue
             if name in handled:
                 # A symlink where a database or area belongs was reported (and never followed)
@@ -342,19 +330,19 @@ class Backup:
             if name not in expected and not _is_special(data / os.fsdecode(name)):
                 self.reporter.warn("unrecognized", b"data/" + name, "not part of the mail store format; copied")
             to_copy.append(name)
-        for name in (os.fsencode(n) for n in TOP_PLAIN_FILES):
+        for name in (os.fsencode(n) for n in DATA.files):
             if name not in to_copy:
                 self.reporter.warn("missing_file", b"data/" + name, "known file missing from the store")
         if to_copy:
             self.copy_data("", self.data_dst, only=to_copy)
-        if self.root.is_dir("accounts"):
+        if self.root.is_dir(ACCOUNTS_DIR):
             configured = {os.fsencode(n) for n in self.config.accounts}
-            extra = [n for n in sorted(self.root.listdir("accounts")) if n not in configured]
+            extra = [n for n in sorted(self.root.listdir(ACCOUNTS_DIR)) if n not in configured]
             for name in extra:
                 self.reporter.warn("unrecognized", b"data/accounts/" + name, "directory of an account not in the config; copied as plain files")
             if extra or self.odd_accounts:
-                (self.data_dst / "accounts").mkdir(mode=DEFAULT_DIR_MODE, exist_ok=True)
-                self.copy_data("accounts", self.data_dst / "accounts", only=extra + self.odd_accounts)
+                (self.data_dst / ACCOUNTS_DIR).mkdir(mode=DEFAULT_DIR_MODE, exist_ok=True)
+                self.copy_data(ACCOUNTS_DIR, self.data_dst / ACCOUNTS_DIR, only=extra + self.odd_accounts)
         for rel in self.plain_accounts:
             # Lock files are left out by the engine (a NAME-lock beside a NAME).
             self.copy_data(rel, self.data_dst / rel)
@@ -362,7 +350,7 @@ class Backup:
     def record_known_files(self) -> None:
         """Names, for the manifest, the known plain files the backup holds (docs/FORMAT.md
         section 1), with their sizes as copied: verify then finds one deleted or altered."""
-        rels = [*TOP_PLAIN_FILES, LEASE_FILE, *(f"{a.rel}/junkfilter.bloom" for a in self.areas if a.rel != "queue")]
+        rels = [*DATA.files, LEASE_FILE, *(f"{a.rel}/{f}" for a in self.areas for f in a.kind.layout.files)]
         for rel in rels:
             try:
                 st = os.lstat(self.data_dst / rel)
@@ -396,8 +384,8 @@ class Backup:
             "finished": rfc3339(),
             "databases": self.databases,
             "files": self.files,
-            "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.name == "queue" and a.rel == "queue"), None),
-            "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.rel != "queue"},
+            "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.QUEUE), None),
+            "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.ACCOUNT},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
             "warnings": counts.warnings,
             "errors": max(counts.errors, sum(a.counts.get("errors", 0) for a in self.areas)),
@@ -408,7 +396,7 @@ class Backup:
         rows: list[tuple[str, ...]] = [("area", *(heading for _, heading in TABLE_COLUMNS))]
         total = dict.fromkeys((k for k, _ in TABLE_COLUMNS), 0)
         for a in self.areas:
-            rows.append((a.name if a.rel == "queue" else f"account {a.name}", *(str(a.counts.get(k, 0)) for k, _ in TABLE_COLUMNS)))
+            rows.append((area_label(a.kind, a.name), *(str(a.counts.get(k, 0)) for k, _ in TABLE_COLUMNS)))
             for k in total:
                 total[k] += a.counts.get(k, 0)
         rows.append(("total", *(str(v) for v in total.values())))

@@ -1,5 +1,10 @@
 """The mail store format of docs/FORMAT.md: names, paths, account names and the config file.
 
+Each kind of area (:class:`AreaKind`: ``data/`` itself, the queue, an account) is described once,
+by its :class:`AreaLayout`: its message tree, its index and other databases, its plain files and
+what is never backed up. :func:`engine_area` turns an area and its index snapshot into what the
+engine's ``backup_areas`` and ``check_areas`` take; backup, verify and restore use only these.
+
 Naming convention, kept across mailbak: a name ending in ``_path`` or ``_dir`` is a full
 filesystem path (``pathlib.Path``); ``rel`` names are relative to the store's data directory
 and use ``/`` separators.
@@ -14,57 +19,129 @@ import tomllib
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mailbak import _engine
 from mailbak.testpause import pause
 
+if TYPE_CHECKING:
+    from mailbak.snapshot import Index
+
 #: Format version written to ``data/mailstore-version``.
 FORMAT_VERSION = 1
-
-#: Top-level databases in ``data/``; their contents are opaque to mailbak.
-TOP_DATABASES = (
-    "auth.db",
-    "dmarcrpt.db",
-    "dmarceval.db",
-    "mtasts.db",
-    "tlsrpt.db",
-    "tlsrptresult.db",
-)
-
-#: Plain files in ``data/`` that are copied, never hardlinked (they may change in place).
-TOP_PLAIN_FILES = ("mailstore-version", "receivedid.key")
-
-#: Optional directories of plain files in ``data/``: ACME keys and certificates, and what
-#: ``mailbak verify --fix`` moved out of message directories.
-TOP_PLAIN_DIRS = ("acme", "moved")
 
 #: The lease file of the erase protocol (docs/FORMAT.md, "Removing files while a backup runs").
 LEASE_FILE = "backup.lease"
 
-#: Entries of ``data/`` that are never part of a backup.
-NEVER_BACKED_UP = ("tmp", "ctl")
-
-#: Suffix of LMDB lock files; never part of a backup.
+#: Suffix of LMDB lock files (a ``NAME-lock`` beside a database file ``NAME``); never part of a
+#: backup, wherever it is.
 LOCK_SUFFIX = "-lock"
 
-#: Tables of an account's ``index.db``.
-ACCOUNT_TABLES = ("message", "mailbox", "message_erase", "meta")
+#: The directory of the queue, and the one holding an account directory per account, in ``data/``.
+QUEUE_DIR, ACCOUNTS_DIR = "queue", "accounts"
 
-#: Tables of ``queue/index.db``.
-QUEUE_TABLES = ("msg", "msg_erase", "meta")
 
-#: Files of an account directory that are not message files.
-ACCOUNT_KNOWN_FILES = (
-    "index.db",
-    "index.db-lock",
-    "junkfilter.db",
-    "junkfilter.db-lock",
-    "junkfilter.bloom",
-)
+class AreaKind(Enum):
+    """The kinds of area of ``data/`` (docs/FORMAT.md section 1); each is described once, by
+    its :class:`AreaLayout` (``kind.layout``). The values are the engine's names of index kinds."""
 
-#: Files of the queue directory that are not message files.
-QUEUE_KNOWN_FILES = ("index.db", "index.db-lock")
+    #: ``data/`` itself: the top-level databases and plain files.
+    DATA = "data"
+    #: ``data/queue/``: the outgoing queue.
+    QUEUE = "queue"
+    #: ``data/accounts/NAME/``: one account.
+    ACCOUNT = "account"
+
+    @property
+    def layout(self) -> AreaLayout:
+        return _LAYOUTS[self]
+
+
+@dataclass(frozen=True)
+class AreaLayout:
+    """What one kind of area holds."""
+
+    #: Message tree relative to the area ("" is the area itself); None: no message files.
+    tree: str | None
+    #: The index database (the message records), or None.
+    index: str | None
+    #: Tables of the index.
+    tables: tuple[str, ...]
+    #: Other LMDB databases, copied from a read transaction when present; opaque to mailbak.
+    databases: tuple[str, ...]
+    #: Plain files, copied and never hardlinked (they may change in place).
+    files: tuple[str, ...]
+    #: Directories of plain files.
+    dirs: tuple[str, ...]
+    #: Entries that are never part of a backup (besides lock files, which never are anywhere).
+    never: tuple[str, ...]
+
+    @property
+    def all_databases(self) -> tuple[str, ...]:
+        return ((self.index,) if self.index else ()) + self.databases
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        """The root-level files the phases handle themselves: databases, their lock files and
+        the plain files."""
+        return (*(n for db in self.all_databases for n in (db, db + LOCK_SUFFIX)), *self.files)
+
+
+_LAYOUTS = {
+    AreaKind.DATA: AreaLayout(
+        tree=None,
+        index=None,
+        tables=(),
+        databases=("auth.db", "dmarcrpt.db", "dmarceval.db", "mtasts.db", "tlsrpt.db", "tlsrptresult.db"),
+        files=("mailstore-version", "receivedid.key"),
+        # ACME keys and certificates, and what ``mailbak verify --fix`` moved out of message
+        # directories.
+        dirs=("acme", "moved"),
+        never=("tmp", "ctl"),
+    ),
+    AreaKind.QUEUE: AreaLayout(tree="", index="index.db", tables=("msg", "msg_erase", "meta"), databases=(), files=(), dirs=(), never=()),
+    AreaKind.ACCOUNT: AreaLayout(
+        tree="msg",
+        index="index.db",
+        tables=("message", "mailbox", "message_erase", "meta"),
+        databases=("junkfilter.db",),
+        files=("junkfilter.bloom",),
+        dirs=(),
+        never=(),
+    ),
+}
+
+def area_rel(kind: AreaKind, name: str) -> str:
+    """The directory of an area relative to ``data/``: ``queue`` or ``accounts/NAME``."""
+    return QUEUE_DIR if kind is AreaKind.QUEUE else f"{ACCOUNTS_DIR}/{name}"
+
+
+def area_label(kind: AreaKind, name: str) -> str:
+    """An area in summary tables: ``queue`` or ``account NAME``."""
+    return QUEUE_DIR if kind is AreaKind.QUEUE else f"account {name}"
+
+
+def engine_area(kind: AreaKind, rel: str, index: Index) -> dict[str, Any]:
+    """The area ``data/rel`` of this kind as the engine takes it (``_engine.Area``), with the
+    IDs of ``index``; backup adds ``dst``, verify ``fix_rel``. One builder for both, so that
+    they never disagree on what an area holds."""
+    lay = kind.layout
+    assert lay.tree is not None, "an area with messages"
+    return {
+        "src": rel,
+        "tree": lay.tree.encode(),
+        "known": [k.encode() for k in lay.known],
+        "copy": [f.encode() for f in lay.files],
+        "live": index.live,
+        "sizes": index.sizes,
+        "unknown_sizes": index.unknown_sizes,
+        "erasing": index.erasing,
+        "next_id": index.new_from,
+        "prefix": f"data/{rel}".encode(),
+    }
+
 
 #: The config file listing accounts, relative to the config directory.
 CONFIG_FILE = "mailstore.toml"

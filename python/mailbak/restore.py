@@ -31,7 +31,7 @@ from mailbak.anchor import identity, inside
 from mailbak.destdir import BACKUP_ENTRIES, DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, make_dir
 from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import PROC_FD
-from mailbak.layout import is_real_dir
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, area_rel, is_real_dir
 from mailbak.report import Reporter
 from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
@@ -116,22 +116,19 @@ class Restore:
         self.copy(self.backup / "config", self.target / "config", b"config")
         self.runner.new_phase("data")
         data_src, data_dst = self.backup / "data", self.target / "data"
-        top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (b"queue", b"accounts")]
+        top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (QUEUE_DIR.encode(), ACCOUNTS_DIR.encode())]
         if top:
             self.copy(data_src, data_dst, b"data", only=top)
-        if is_real_dir(data_src / "queue"):
-            make_dir(data_dst / "queue", data_src / "queue")
-            self.copy(data_src / "queue", data_dst / "queue", b"data/queue", message_tree=b"")
-        accounts = data_src / "accounts"
+        if is_real_dir(data_src / QUEUE_DIR):
+            self.copy_area(AreaKind.QUEUE, os.fsencode(QUEUE_DIR))
+        accounts = data_src / ACCOUNTS_DIR
         if is_real_dir(accounts):
-            make_dir(data_dst / "accounts", accounts)
+            make_dir(data_dst / ACCOUNTS_DIR, accounts)
             for name in sorted(os.listdir(os.fsencode(accounts))):
-                src = accounts / os.fsdecode(name)
-                if is_real_dir(src):
-                    make_dir(data_dst / "accounts" / os.fsdecode(name), src)
-                    self.copy(src, data_dst / "accounts" / os.fsdecode(name), b"data/accounts/" + name, message_tree=b"msg")
+                if is_real_dir(accounts / os.fsdecode(name)):
+                    self.copy_area(AreaKind.ACCOUNT, name)
                 else:
-                    self.copy(accounts, data_dst / "accounts", b"data/accounts", only=[name])
+                    self.copy(accounts, data_dst / ACCOUNTS_DIR, f"data/{ACCOUNTS_DIR}".encode(), only=[name])
         if not (data_dst / "tmp").exists():
             make_dir(data_dst / "tmp", data_src)  # data/'s owner, group and mode
         self.runner.finish()
@@ -199,6 +196,16 @@ class Restore:
             os.close(fd)
             self.store_fd = None
             self.target = self.store
+
+    def copy_area(self, kind: AreaKind, name: bytes) -> None:
+        """An area directory of the backup: its message files linked (layout.py names its
+        message tree), everything else copied."""
+        rel = area_rel(kind, os.fsdecode(name))
+        src, dst = self.backup / "data" / rel, self.target / "data" / rel
+        make_dir(dst, src)
+        lay = kind.layout
+        assert lay.tree is not None, "an area with messages"
+        self.copy(src, dst, b"data/" + os.fsencode(rel), message_tree=lay.tree.encode())
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy, skip=self.skip)

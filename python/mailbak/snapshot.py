@@ -35,7 +35,7 @@ from mailbak import _engine
 from mailbak.anchor import DataRoot, identity
 from mailbak.errors import DestinationFull, is_destination_full
 from mailbak.identity import StoreOwner, acting_as, in_directory
-from mailbak.layout import LEASE_FILE, LOCK_SUFFIX
+from mailbak.layout import LEASE_FILE, LOCK_SUFFIX, AreaKind
 from mailbak.report import Reporter
 from mailbak.testpause import pause
 
@@ -81,10 +81,11 @@ class Index:
     problem_count: int
 
     @classmethod
-    def read(cls, path: Path, kind: str) -> Index:
-        """Reads an index from a snapshot file (a copy); raises SnapshotError when damaged."""
+    def read(cls, path: Path, kind: AreaKind) -> Index:
+        """Reads the index of an area of ``kind`` from a snapshot file (a copy); raises
+        SnapshotError when damaged."""
         try:
-            d = _engine.read_index(path, kind)
+            d = _engine.read_index(path, kind.value)
         except _engine.LmdbError as e:
             raise SnapshotError(describe(e)) from e
         except OSError as e:

@@ -37,13 +37,11 @@ import lmdb
 import msgpack
 
 from mailbak.layout import (
-    ACCOUNT_TABLES,
     CONFIG_FILE,
     FORMAT_VERSION,
     LEASE_FILE,
     NEXT_ID_KEY,
-    QUEUE_TABLES,
-    TOP_DATABASES,
+    AreaKind,
     FormatError,
     check_account_name,
     id_key,
@@ -252,7 +250,7 @@ class Account(_Area):
 
     records_table = b"message"
     erase_table = b"message_erase"
-    tables = ACCOUNT_TABLES
+    tables = AreaKind.ACCOUNT.layout.tables
 
     def __init__(self, store: Store, name: str):
         self.name = name
@@ -347,7 +345,7 @@ class Queue(_Area):
 
     records_table = b"msg"
     erase_table = b"msg_erase"
-    tables = QUEUE_TABLES
+    tables = AreaKind.QUEUE.layout.tables
 
     def __init__(self, store: Store):
         area = store.data_dir / "queue"
@@ -409,7 +407,7 @@ class Store:
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(16))
         (data / LEASE_FILE).touch(mode=0o640)
-        for name in TOP_DATABASES:
+        for name in AreaKind.DATA.layout.databases:
             open_env(data / name, durable=durable).close()
         store = cls(root, durable=durable)
         _ = store.queue  # creates queue/index.db with its tables
