@@ -39,6 +39,9 @@ LEASE_FILE = "backup.lease"
 #: backup, wherever it is.
 LOCK_SUFFIX = "-lock"
 
+#: The directory of ``data/`` for writers' temporary files: never backed up, recreated by restore.
+TMP_DIR = "tmp"
+
 #: The directory of the queue, and the one holding an account directory per account, in ``data/``.
 QUEUE_DIR, ACCOUNTS_DIR = "queue", "accounts"
 
@@ -99,7 +102,7 @@ _LAYOUTS = {
         # ACME keys and certificates, and what ``mailbak verify --fix`` moved out of message
         # directories.
         dirs=("acme", "moved"),
-        never=("tmp", "ctl"),
+        never=(TMP_DIR, "ctl"),
     ),
     AreaKind.QUEUE: AreaLayout(tree="", index="index.db", tables=("msg", "msg_erase", "meta"), databases=(), files=(), dirs=(), never=()),
     AreaKind.ACCOUNT: AreaLayout(

@@ -34,6 +34,8 @@ MANIFEST_VERSION = 1
 RUNNING, OK, FAILED = "running", "ok", "failed"
 #: What the manifest says of each area's index snapshot (``snapshot.Index.summary``).
 AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
+#: Mode of the manifest file: it names the store and its accounts, nothing for others.
+MANIFEST_MODE = 0o640
 #: Largest manifest accepted when reading (a store of 100k accounts stays far below).
 MAX_BYTES = 64 * 1024 * 1024
 
@@ -43,7 +45,7 @@ def write(dest: Path, facts: dict[str, Any]) -> Path:
     path = dest / MANIFEST
     tmp = dest / (MANIFEST + ".tmp")
     body = json.dumps({"kind": KIND, "manifest_version": MANIFEST_VERSION, **facts}, indent=2, sort_keys=False, ensure_ascii=False)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, MANIFEST_MODE)
     try:
         view = memoryview((body + "\n").encode("utf-8"))
         while view:

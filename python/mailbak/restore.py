@@ -31,7 +31,7 @@ from mailbak.anchor import identity, inside
 from mailbak.destdir import BACKUP_ENTRIES, DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, make_dir
 from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import PROC_FD
-from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, area_rel, is_real_dir
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, TMP_DIR, AreaKind, area_rel, is_real_dir
 from mailbak.report import Reporter
 from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
@@ -129,8 +129,8 @@ class Restore:
                     self.copy_area(AreaKind.ACCOUNT, name)
                 else:
                     self.copy(accounts, data_dst / ACCOUNTS_DIR, f"data/{ACCOUNTS_DIR}".encode(), only=[name])
-        if not (data_dst / "tmp").exists():
-            make_dir(data_dst / "tmp", data_src)  # data/'s owner, group and mode
+        if not (data_dst / TMP_DIR).exists():
+            make_dir(data_dst / TMP_DIR, data_src)  # data/'s owner, group and mode
         self.runner.finish()
         _engine.syncfs(self.target)
         self.give_store_root()

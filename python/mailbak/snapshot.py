@@ -53,8 +53,6 @@ class SnapshotError(Exception):
 class DbCopy:
     """One database copied from one snapshot."""
 
-    #: Path of the copy.
-    path: Path
     #: Transaction ID of the snapshot in the source.
     txnid: int
     #: Transaction ID the copy itself holds (a compacting copy starts over at 1).
@@ -295,7 +293,7 @@ def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: Stor
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
                 if os.geteuid() == 0:
                     os.chown(dst, st.st_uid, st.st_gid)
-                return DbCopy(dst, txnid, copy_txnid, os.stat(dst).st_size)
+                return DbCopy(txnid, copy_txnid, os.stat(dst).st_size)
         assert last is not None
         raise SnapshotError(f"damaged: {describe(last).replace(held, str(src))}")
     finally:

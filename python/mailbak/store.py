@@ -164,7 +164,6 @@ class _Area:
 
     def __init__(self, store: Store, area_dir: Path, msg_dir: Path):
         self.store = store
-        self.area_dir = area_dir
         self.msg_dir = msg_dir
         self.env = open_env(area_dir / "index.db", durable=store.durable)
         self.db = {name: self.env.open_db(name.encode()) for name in self.tables}
