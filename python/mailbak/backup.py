@@ -100,6 +100,13 @@ class Backup:
         self.runner = Runner(reporter, verbose=verbose)
         self.data_dst = dest / "data"
         self.started = time.time()
+        #: When the run finished (set once, just before the final manifest): the manifest and
+        #: the summary show the same time.
+        self.finished: float | None = None
+        #: The store as the manifest names it, resolved once.
+        self.store_path = str(paths.data_dir.parent.resolve())
+        #: The store's data/mailstore-version, read once (phase 2).
+        self.format_version: str | None = None
         self.databases: dict[str, dict[str, int]] = {}
         #: Known plain files in the backup (rel -> {"bytes": n}), for the manifest.
         self.files: dict[str, dict[str, int]] = {}
@@ -173,6 +180,7 @@ class Backup:
             self.root.close()
 
     def _run(self) -> str:
+        self.format_version = self.store_format_version()
         self.runner.new_phase("config")
         self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
@@ -189,10 +197,12 @@ class Backup:
         self.runner.finish()
         # The engine's own tallies as well as the events received: a lost event must never turn
         # a failed backup into an ok one.
-        status = "failed" if self.facts("")["errors"] else "ok"
+        status = "failed" if self.error_count() else "ok"
         testpause.pause("backup.before_manifest")
         _engine.syncfs(self.dest)
+        self.finished = time.time()
         manifest.write(self.dest, self.facts(status))
+        testpause.pause("backup.manifest_written")
         return status
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
@@ -370,7 +380,11 @@ class Backup:
 
     def running_facts(self) -> dict[str, Any]:
         """The first manifest: the backup has started and is not finished (docs/FORMAT.md)."""
-        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": str(self.paths.data_dir.parent.resolve()), "started": rfc3339(self.started)}
+        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": self.store_path, "started": rfc3339(self.started)}
+
+    def error_count(self) -> int:
+        """Errors of the run: the events received, or the engine's own tallies when larger."""
+        return max(self.reporter.counts.errors, sum(a.counts.get("errors", 0) for a in self.areas))
 
     def facts(self, status: str) -> dict[str, Any]:
         """The manifest's content (also the JSON summary)."""
@@ -378,17 +392,18 @@ class Backup:
         return {
             "status": status,
             "mailbak_version": __version__,
-            "store_format_version": self.store_format_version(),
-            "store": str(self.paths.data_dir.parent.resolve()),
+            "store_format_version": self.format_version,
+            "store": self.store_path,
             "started": rfc3339(self.started),
-            "finished": rfc3339(),
+            # A run stopped early (the monitor's facts) has no finish yet: now.
+            "finished": rfc3339(self.finished),
             "databases": self.databases,
             "files": self.files,
             "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.QUEUE), None),
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.ACCOUNT},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
             "warnings": counts.warnings,
-            "errors": max(counts.errors, sum(a.counts.get("errors", 0) for a in self.areas)),
+            "errors": self.error_count(),
         }
 
     def table(self) -> list[tuple[str, ...]]:

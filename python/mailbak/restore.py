@@ -57,6 +57,8 @@ class Restore:
         self.reporter = reporter
         self.verbose = verbose
         self.runner = Runner(reporter, verbose=verbose)
+        #: The hint of the link-fallback warning (set by run()).
+        self.exdev_hint = ""
         self.counts = {"linked": 0, "copied": 0, "symlinks": 0}
         self.verify: Verify | None = None
         #: Whether this run created STORE (then it gets the backup's owner at the end).
@@ -110,6 +112,8 @@ class Restore:
 
     def run(self) -> str:
         """Steps 2 to 5; returns the verification result ("clean" or "problems")."""
+        # Asked once per run, not once per copied area (two stats each).
+        self.exdev_hint = link_hint(self.backup / "data", self.store / "data", "the backup is on another file system")
         for name in sorted(set(os.listdir(self.backup)) - set(BACKUP_ENTRIES)):
             self.reporter.warn("unrecognized", name, "not part of a mailbak backup; not restored")
         self.runner.new_phase("config")
@@ -211,7 +215,7 @@ class Restore:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy, skip=self.skip)
         for k in self.counts:
             self.counts[k] += result[k]
-        self.runner.note_link_fallback(result, link_hint(self.backup / "data", self.store / "data", "the backup is on another file system"))
+        self.runner.note_link_fallback(result, self.exdev_hint)
 
     def facts(self, result: str) -> dict[str, Any]:
         facts: dict[str, Any] = {"status": result, "store": str(self.store), **self.counts}
