@@ -1,5 +1,11 @@
 """Names as text for somewhere else: a report line (:func:`escape_path`) or a TOML key
 (:func:`toml_key`). Both are lossless and keep a hostile name from forging lines or syntax.
+
+Written here because no library does either: ``bytes.decode("utf-8", "backslashreplace")``
+escapes invalid bytes but leaves control characters and backslashes as they are (so it is
+neither safe on one line nor reversible); the stdlib reads TOML (``tomllib``, used by
+``layout.read_config``) but does not write it, and a writer (tomli-w) would rewrite the whole
+config file where the store library appends one table header.
 """
 
 from __future__ import annotations
