@@ -17,10 +17,10 @@ manifest only at the end, killed before it).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from mailbak.atomic import replace_file
 from mailbak.errors import ManifestError
 from mailbak.layout import read_bounded
 
@@ -43,22 +43,8 @@ MAX_BYTES = 64 * 1024 * 1024
 def write(dest: Path, facts: dict[str, Any]) -> Path:
     """Writes the manifest atomically: temporary file, fsync, rename, fsync of the directory."""
     path = dest / MANIFEST
-    tmp = dest / (MANIFEST + ".tmp")
     body = json.dumps({"kind": KIND, "manifest_version": MANIFEST_VERSION, **facts}, indent=2, sort_keys=False, ensure_ascii=False)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, MANIFEST_MODE)
-    try:
-        view = memoryview((body + "\n").encode("utf-8"))
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_file(path, (body + "\n").encode("utf-8"), mode=MANIFEST_MODE, tmp_name=MANIFEST + ".tmp")
     return path
 
 
