@@ -118,8 +118,9 @@ class Verify:
         # A live store is opened (lock files) and fixed (data/moved/) as its owner; a backup is
         # mailbak's own and never opened with a lock file.
         self.owner = StoreOwner.of(self.paths.data_dir) if self.live else None
-        if self.live and self.paths.problem():
-            raise UsageError(self.paths.problem())
+        problem = self.paths.problem() if self.live else None
+        if problem:
+            raise UsageError(problem)
         # Anything that is not a store is taken for a backup, so that what a killed backup left
         # (an empty DEST, or one with only config/) is reported incomplete. A directory holding
         # none of a backup's parts is neither.
@@ -132,8 +133,9 @@ class Verify:
             self.tmp = Path(tmp)
             if not self.live:
                 self.check_manifest()
-            if self.paths.problem():
-                self.reporter.error("not_a_store", str(self.path), f"{self.paths.problem()}; nothing more to check")
+            problem = self.paths.problem()
+            if problem:
+                self.reporter.error("not_a_store", str(self.path), f"{problem}; nothing more to check")
                 return "problems"
             try:
                 config = read_config(self.paths.config_dir)
