@@ -30,15 +30,15 @@ from pathlib import Path
 import lmdb
 import msgpack
 from mailbak.layout import (
-    ACCOUNT_KNOWN_FILES,
     LEASE_FILE,
     LOCK_SUFFIX,
-    NEVER_BACKED_UP,
-    QUEUE_KNOWN_FILES,
-    TOP_DATABASES,
+    AreaKind,
     message_rel,
     read_config,
 )
+
+#: What data/ itself holds.
+DATA = AreaKind.DATA.layout
 
 #: Opening a named table needs a slot per table; an index has at most four.
 MAX_DBS = 8
@@ -125,7 +125,8 @@ def message_id(rel_dir: str, tree: str, name: str) -> int | None:
 
 def backup_area(src: Path, dst: Path, kind: str, copier: Copier) -> dict[str, int]:
     """Step 4 for the queue (kind "queue") or one account."""
-    tree, known = ("msg", set(ACCOUNT_KNOWN_FILES)) if kind == "account" else ("", set(QUEUE_KNOWN_FILES))
+    layout = AreaKind(kind).layout
+    tree, known = layout.tree, set(layout.known)
     os.mkdir(dst)
     live, erasing, highest = snapshot_index(src / "index.db", dst / "index.db", kind)
     counts = dict.fromkeys(("placed", "skipped_erasing", "skipped_new", "unrecognized", "missing"), 0)
@@ -166,7 +167,7 @@ def backup_area(src: Path, dst: Path, kind: str, copier: Copier) -> dict[str, in
 
 def copy_other_files(data: Path, out: Path, accounts: tuple[str, ...], copier: Copier) -> None:
     """Step 5: everything in data/ the earlier steps did not handle."""
-    handled = {"queue", *NEVER_BACKED_UP, *TOP_DATABASES}
+    handled = {"queue", *DATA.never, *DATA.databases}
     for name in sorted(os.listdir(data)):
         src = data / name
         if name in handled or name.endswith(LOCK_SUFFIX):
@@ -192,7 +193,7 @@ def main(store: Path, dest: Path) -> int:
     areas: dict[str, dict[str, int]] = {}
     with open(data / LEASE_FILE, "rb") as lease:
         fcntl.flock(lease, fcntl.LOCK_SH)  # held until every message file is placed
-        for name in TOP_DATABASES:
+        for name in DATA.databases:
             copy_database(data / name, out / name)
         areas["queue"] = backup_area(data / "queue", out / "queue", "queue", copier)
         (out / "accounts").mkdir()

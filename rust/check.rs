@@ -350,7 +350,7 @@ impl Visitor for AreaCheck<'_> {
             Class::New if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Collides),
             Class::Orphan if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Orphan),
             Class::Erasing => Tally::bump(&t.skipped_erasing),
-            Class::Known => Tally::bump(&t.known),
+            Class::Known | Class::Copy => Tally::bump(&t.known),
             Class::StrayInTree | Class::New | Class::Orphan => {
                 self.unknown(dir, name, &rel, Unknown::Other)
             }
@@ -395,6 +395,7 @@ mod tests {
         let area = Area {
             tree: b"msg".to_vec(),
             known: vec![],
+            ..Default::default()
         };
         let snap = Snapshot {
             live: IdSet::new(vec![1, 2, 5]),
@@ -462,6 +463,7 @@ mod tests {
         let area = Area {
             tree: b"msg".to_vec(),
             known: vec![],
+            ..Default::default()
         };
         let snap = Snapshot {
             live: IdSet::new(vec![1, 2]),
@@ -593,6 +595,7 @@ mod tests {
         let area = Area {
             tree: b"msg".to_vec(),
             known: vec![],
+            ..Default::default()
         };
         let snap = Snapshot {
             live: IdSet::new(vec![1, 2]),

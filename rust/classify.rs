@@ -42,6 +42,9 @@ pub enum Class {
     Orphan,
     /// A file the caller handles itself (the index database, its lock file, ...).
     Known,
+    /// A root-level file the area's call copies as a plain file (never linked: it changes in
+    /// place), such as an account's junk filter.
+    Copy,
     /// Anything else inside the message tree (not at a message path).
     StrayInTree,
     /// Anything else outside the message tree.
@@ -49,12 +52,14 @@ pub enum Class {
 }
 
 /// The layout of an area.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Area {
     /// Path of the message tree relative to the area root (empty: the root itself).
     pub tree: Vec<u8>,
     /// Root-level file names the caller handles itself.
     pub known: Vec<Vec<u8>>,
+    /// Root-level file names copied as plain files with the area (wins over `known`).
+    pub copy: Vec<Vec<u8>>,
 }
 
 impl Area {
@@ -88,8 +93,13 @@ impl Area {
 
     /// Classifies the regular file `name` in directory `rel_dir` (relative to the area root).
     pub fn classify(&self, snap: &Snapshot, rel_dir: &[u8], name: &[u8]) -> Class {
-        if rel_dir.is_empty() && self.known.iter().any(|k| k.as_slice() == name) {
-            return Class::Known;
+        if rel_dir.is_empty() {
+            if self.copy.iter().any(|k| k.as_slice() == name) {
+                return Class::Copy;
+            }
+            if self.known.iter().any(|k| k.as_slice() == name) {
+                return Class::Known;
+            }
         }
         if let Some(id) = self
             .message_dir(rel_dir)
@@ -125,6 +135,7 @@ mod tests {
         Area {
             tree: b"msg".to_vec(),
             known: vec![b"index.db".to_vec(), b"index.db-lock".to_vec()],
+            copy: vec![b"junkfilter.bloom".to_vec()],
         }
     }
 
@@ -132,6 +143,7 @@ mod tests {
         Area {
             tree: Vec::new(),
             known: vec![b"index.db".to_vec(), b"index.db-lock".to_vec()],
+            ..Default::default()
         }
     }
 
@@ -158,6 +170,11 @@ mod tests {
         assert_eq!(a.classify(&s, b"msg", b"5"), Class::StrayInTree);
         assert_eq!(a.classify(&s, b"msg/a/x", b"5"), Class::StrayInTree);
         assert_eq!(a.classify(&s, b"", b"index.db"), Class::Known);
+        assert_eq!(a.classify(&s, b"", b"junkfilter.bloom"), Class::Copy);
+        assert_eq!(
+            a.classify(&s, b"msg", b"junkfilter.bloom"),
+            Class::StrayInTree
+        );
         assert_eq!(a.classify(&s, b"", b"notes.txt"), Class::Stray);
         assert_eq!(a.classify(&s, b"msgx/a", b"5"), Class::Stray);
         assert_eq!(a.classify(&s, b"other/index.db", b"x"), Class::Stray);

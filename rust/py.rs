@@ -251,6 +251,10 @@ fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
         area: Area {
             tree: bytes("tree")?,
             known: get("known")?.extract()?,
+            copy: opt("copy")?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or_default(),
         },
         snap: Snapshot {
             live: IdSet::new(live_ids),
@@ -356,7 +360,7 @@ fn copy_tree<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let area = message_tree.map(|tree| Area {
         tree,
-        known: Vec::new(),
+        ..Area::default()
     });
     let root = anchor(root)?;
     let (src, dst) = (open_root_in(root.as_ref(), &src)?, open_root(&dst)?);

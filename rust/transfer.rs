@@ -5,7 +5,8 @@
 //! 1. Walk the area (see `walk.rs`), mirroring directories into the destination.
 //! 2. Classify each file against the snapshot (`classify.rs`): snapshot messages are hardlinked
 //!    (or copied), files added after the snapshot and files being erased are skipped, the
-//!    caller's known files are left to the caller, anything else is reported and copied.
+//!    caller's known files are left to the caller, the area's `copy` files (which change in
+//!    place, like a junk filter) are copied, anything else is reported and copied.
 //! 3. Every snapshot ID the walk did not meet is placed by its path directly; one that does not
 //!    exist there is reported missing (the backup is then failed). A message directory that is
 //!    a symlink (never followed) or cannot be opened is one error, its messages counted missing;
@@ -339,6 +340,22 @@ impl Visitor for AreaBackup<'_> {
                 self.sink.info("skipped_erasing", &rel, "being erased");
             }
             (Class::Known, _) => Tally::bump(&t.known),
+            (Class::Copy, Kind::File) => {
+                // Copied, never linked (the server changes it in place); counted as a known file
+                // and in bytes, not as a message: the area's progress counts messages only.
+                Tally::bump(&t.known);
+                match self.policy.copy(dir.src, dst, name) {
+                    Ok(n) => {
+                        t.bytes_copied.fetch_add(n, Ordering::Relaxed);
+                        self.sink.info("copied", &rel, "copied");
+                    }
+                    Err(e) => self.sink.io_error(&rel, e.op, e.errno),
+                }
+            }
+            (Class::Copy, _) => {
+                Tally::bump(&t.known);
+                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+            }
             (Class::Message(i), _) => {
                 // A symlink or special file where a message file should be: the message itself is
                 // not in the backup. The odd entry is kept as it is (a link, never followed).
@@ -462,6 +479,7 @@ mod tests {
         Area {
             tree: b"msg".to_vec(),
             known: vec![b"index.db".to_vec()],
+            copy: vec![b"junkfilter.bloom".to_vec()],
         }
     }
 
@@ -532,6 +550,55 @@ mod tests {
         assert_eq!(missing.len(), 1);
         assert_eq!(missing[0].path, b"data/accounts/x/msg/a/4");
         assert_eq!(p.position().0, 3);
+    }
+
+    #[test]
+    fn copy_names_travel_with_the_area_as_plain_copies() {
+        // The junk filter changes in place: it must be a copy (own inode), not a link, and not
+        // a message (no progress unit, no "unrecognized" warning). A copy name deeper than the
+        // area root is an ordinary stray.
+        let s = Scratch::new("copyname");
+        s.file("src/msg/a/1", b"one");
+        s.file("src/junkfilter.bloom", b"bloom bits");
+        s.file("src/sub/junkfilter.bloom", b"x");
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let snap = Snapshot {
+            live: IdSet::new(vec![1]),
+            erasing: IdSet::default(),
+            next_id: 2,
+        };
+        let a = area();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"data/accounts/x");
+        let policy = LinkPolicy::new(false);
+        AreaBackup::new(&a, &snap, &[Some(3)], &policy, &sink).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+        );
+        let ino = |p: &str| std::fs::metadata(s.path(p)).unwrap().ino();
+        assert_ne!(ino("src/junkfilter.bloom"), ino("dst/junkfilter.bloom"));
+        assert_eq!(
+            std::fs::read(s.path("dst/junkfilter.bloom")).unwrap(),
+            b"bloom bits"
+        );
+        let t = get(&sink.tally);
+        // Linked: msg/a/1; copied: the stray sub/junkfilter.bloom only.
+        assert_eq!(
+            (t["linked"], t["copied"], t["known"], t["unrecognized"]),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(t["bytes_copied"], 10 + 1);
+        assert_eq!(p.position().0, 1, "one progress unit: the message");
+        let warned: Vec<_> = p
+            .drain()
+            .into_iter()
+            .filter(|e| e.code == "unrecognized")
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(
+            warned,
+            vec![b"data/accounts/x/sub/junkfilter.bloom".to_vec()]
+        );
     }
 
     #[test]

@@ -9,8 +9,9 @@ from pathlib import Path
 import lmdb
 import pytest
 from conftest import backup_ok, dump_env, inode_listing, json_lines, make_socket, make_store, manifest_of, run_cli, tree_listing
-from mailbak.layout import escape_path, id_key, message_rel
+from mailbak.layout import id_key, message_rel
 from mailbak.store import Store, open_env, pack
+from mailbak.text import escape_path
 
 ACC = "user0000"
 
@@ -148,6 +149,29 @@ def test_plain_files_are_copied_never_linked(store, tmp_path):
     for rel in ("data/receivedid.key", "data/mailstore-version", "data/acme/keycerts/mail.example.org.pem", f"data/accounts/{ACC}/junkfilter.bloom"):
         assert (dest / rel).read_bytes() == (store / rel).read_bytes()
         assert ino(dest / rel) != ino(store / rel), rel
+
+
+def test_junk_filters_travel_with_their_accounts_messages(store, tmp_path):
+    """An account's plain files go in the same engine call as its messages (layout.py's
+    AreaLayout.files, the area's 'copy' key), not in a call of their own per account in the
+    'other files' phase: each such call started a thread, a pipe and a pool."""
+    dest = tmp_path / "b"
+    p = run_cli("backup", "--json", "--verbose", store, dest)
+    assert p.returncode == 0, p.stderr
+    lines = json_lines(p.stdout)
+    phases = [(i, o["phase"]) for i, o in enumerate(lines) if o["message_type"] == "status"]
+    other_files = next(i for i, phase in phases if phase == "other files")
+    blooms = sorted(f"data/accounts/{d.name}/junkfilter.bloom" for d in (store / "data" / "accounts").iterdir() if (d / "junkfilter.bloom").exists())
+    assert blooms
+    at = {o["path"]: i for i, o in enumerate(lines) if o.get("path", "").endswith("/junkfilter.bloom")}
+    assert sorted(at) == blooms, at
+    for path, i in at.items():
+        assert i < other_files, f"{path} copied in phase 'other files'"
+        assert next(phase for j, phase in reversed(phases) if j < i) == "messages", path
+        assert (dest / path).read_bytes() == (store / path).read_bytes()
+        assert ino(dest / path) != ino(store / path), path
+    files = manifest_of(dest)["files"]
+    assert all(files[p.removeprefix("data/")]["bytes"] == (store / p).stat().st_size for p in blooms)
 
 
 # Rules 5 and 6: queue and accounts -----------------------------------------------------------

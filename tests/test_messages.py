@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI_ENV, backup_ok, json_lines, make_store, manifest_of, run_cli
-from mailbak.layout import escape_path, toml_key
 from mailbak.store import Store
+from mailbak.text import escape_path, toml_key
 from test_terminal import run_on_tty
 
 #: A valid account name that would rewrite the terminal line and erase it if printed raw.

@@ -529,3 +529,21 @@ def test_backup_ok_of_an_odd_store_verifies_clean(store, tmp_path, case):
     else:
         assert evidence in codes(b, "warning"), codes(b, "warning")
     assert v.returncode == 0
+
+
+def test_summary_and_manifest_say_the_same_finish_time(store, tmp_path):
+    """The finish time is computed once: the JSON summary and the manifest agree even when a
+    second boundary falls between writing the manifest and printing the summary."""
+    dest, pause_dir = tmp_path / "b", tmp_path / "pause"
+    pause_dir.mkdir()
+    p = start_paused_backup(store, dest, "backup.manifest_written", pause_dir)
+    written = manifest_of(dest)
+    assert written["status"] == "ok"
+    time.sleep(1.2)  # across a second boundary, always
+    (pause_dir / "backup.manifest_written.go").touch()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    summary = next(o for o in json_lines(out.decode()) if o["message_type"] == "summary")
+    assert summary["finished"] == written["finished"] == manifest_of(dest)["finished"]
+    assert summary["started"] == written["started"]
+    assert all(summary[k] == written[k] for k in ("store", "store_format_version", "errors", "warnings"))

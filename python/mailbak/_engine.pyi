@@ -93,6 +93,7 @@ class Area(TypedDict, total=False):
     dst: StrPath  # backup_areas: the destination directory (must exist)
     tree: bytes  # message tree relative to src: b"msg" for accounts, b"" for the queue
     known: list[bytes]  # root-level names the caller handles itself (index.db, ...)
+    copy: list[bytes]  # optional: root-level regular files the call copies (never links), e.g. b"junkfilter.bloom"
     live: bytes  # live IDs, packed u64, ascending
     sizes: bytes  # required: recorded sizes aligned with live, packed u64 (every value is a size)
     unknown_sizes: bytes  # optional: live IDs whose record has no readable size (not compared)
@@ -116,7 +117,9 @@ def backup_areas(
     For each area: walks ``src`` mirroring directories into ``dst``. Files at
     ``tree/dir(id)/id`` with ``id`` in ``live`` are hardlinked (copied when a link is impossible);
     with ``id`` in ``erasing`` or at or above ``next_id`` they are skipped; root-level ``known``
-    names are left to the caller; a file at the path of an allocated ID no record claims is an
+    names are left to the caller; root-level ``copy`` names are copied as plain files (never
+    hardlinked: they change in place), counted in ``known`` and ``bytes_copied``, not in
+    ``copied`` nor in progress; a file at the path of an allocated ID no record claims is an
     orphan ("orphan_message"), anything else is "unrecognized"; both are reported and copied.
     Live IDs without a regular file are errors ("missing", "not_regular"); a placed file whose
     size differs from ``sizes`` is an error ("size_mismatch"). An area whose

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailbak.errors import DestinationFull, UsageError
 from mailbak.report import JsonReporter, Reporter
-from mailbak.runner import DestinationFull, UsageError
 
 __all__ = [
     "BackupResult",

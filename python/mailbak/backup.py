@@ -11,7 +11,9 @@ The phases, in order:
 4. **Databases.** Every known database is copied from one LMDB read transaction
    (``snapshot.py``); for the queue and each account the IDs come from that copy.
 5. **Messages.** Per area, the engine hardlinks (or copies) the snapshot's message files, skips
-   files added after the snapshot or being erased, and reports and copies anything else.
+   files added after the snapshot or being erased, copies the area's plain files (an account's
+   junk filter), and reports and copies anything else; all areas in one engine call, each
+   described by ``layout.engine_area``.
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
 7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
@@ -34,25 +36,30 @@ from typing import Any
 
 from mailbak import __version__, _engine, manifest, testpause
 from mailbak.anchor import DataRoot, identity, inside
+from mailbak.destdir import DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, close_to_others, is_backup, make_dir
+from mailbak.errors import UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
-    ACCOUNT_KNOWN_FILES,
+    ACCOUNTS_DIR,
     LEASE_FILE,
     LOCK_SUFFIX,
-    NEVER_BACKED_UP,
-    QUEUE_KNOWN_FILES,
-    TOP_DATABASES,
-    TOP_PLAIN_DIRS,
-    TOP_PLAIN_FILES,
+    QUEUE_DIR,
+    AreaKind,
     FormatError,
     StorePaths,
+    area_label,
+    area_rel,
+    engine_area,
     is_real_dir,
     read_config,
 )
 from mailbak.report import Reporter, rfc3339
-from mailbak.runner import Runner, UsageError, link_hint
+from mailbak.runner import Runner, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 from mailbak.testpause import pause
+
+#: What data/ itself holds (layout.py).
+DATA = AreaKind.DATA.layout
 
 #: Per-area counts recorded in the manifest.
 AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
@@ -65,66 +72,19 @@ EXDEV_HINT = "DEST on the same file system as the store makes backups nearly fre
 
 
 
-def check_destination(dest: Path, action: str = "back up") -> None:
-    """DEST must not exist (its parent must) or be an empty directory; ``action`` names what
-    the user does with it in the hint ("back up", "restore")."""
-    try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        if not dest.parent.is_dir():
-            raise UsageError(f"{dest}: its parent directory does not exist") from None
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"{dest}: is a symlink (a symlink is never followed); give the directory it points to itself")
-    if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{dest}: exists and is not a directory")
-    try:
-        if any(os.scandir(dest)):
-            raise UsageError(f"{dest}: destination is not empty ({action} into a new or empty directory)")
-    except PermissionError as e:
-        raise UsageError(f"{dest}: cannot read the destination: {e.strerror}") from e
-
-
-def make_dir(path: Path, like: Path | None) -> None:
-    """Creates a destination directory with its source's mode, capped at 0770, and, as root,
-    its source's owner and group (a restored store must stay the server's). Mode and owner are
-    set through a descriptor of the directory created, never by a path that could have become a
-    symlink meanwhile."""
-    mode, owner = 0o750, None
-    if like is not None:
-        try:
-            st = os.stat(like)
-            mode, owner = stat.S_IMODE(st.st_mode) & 0o770, (st.st_uid, st.st_gid)
-        except OSError:
-            pass
-    os.mkdir(path, 0o700)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, mode | 0o700 if mode & 0o700 != 0o700 else mode)
-        if owner is not None and os.geteuid() == 0:
-            os.fchown(fd, *owner)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Area:
     """A message area to back up: the queue or one account."""
 
+    kind: AreaKind
     #: Name in reports: "queue" or the account name.
     name: str
     #: Path relative to the data directory, e.g. ``accounts/alice``.
     rel: str
-    #: Source directory.
-    src: Path
     #: Destination directory.
     dst: Path
     #: The index snapshot.
     index: Index
-    #: Message tree relative to the area ("" for the queue).
-    tree: bytes
-    #: Files the phases handle themselves.
-    known: tuple[str, ...]
     #: Counts for the manifest.
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -140,6 +100,13 @@ class Backup:
         self.runner = Runner(reporter, verbose=verbose)
         self.data_dst = dest / "data"
         self.started = time.time()
+        #: When the run finished (set once, just before the final manifest): the manifest and
+        #: the summary show the same time.
+        self.finished: float | None = None
+        #: The store as the manifest names it, resolved once.
+        self.store_path = str(paths.data_dir.parent.resolve())
+        #: The store's data/mailstore-version, read once (phase 2).
+        self.format_version: str | None = None
         self.databases: dict[str, dict[str, int]] = {}
         #: Known plain files in the backup (rel -> {"bytes": n}), for the manifest.
         self.files: dict[str, dict[str, int]] = {}
@@ -163,7 +130,7 @@ class Backup:
         problem = self.paths.problem()
         if problem:
             raise UsageError(problem)
-        if os.path.lexists(self.paths.data_dir.parent / manifest.MANIFEST):
+        if is_backup(self.paths.data_dir.parent):
             # Read as a store, it would get lock files and a lease: never write into a backup.
             raise UsageError(f"{self.paths.data_dir.parent}: a backup (it holds {manifest.MANIFEST}), not a store; restore it to get a store")
         try:
@@ -179,7 +146,7 @@ class Backup:
         existed = self.dest.exists()
         try:
             if not existed:
-                os.mkdir(self.dest, 0o700)
+                os.mkdir(self.dest, PRIVATE_DIR_MODE)
             # Before anything else: from here on DEST says it is a backup (an incomplete one
             # until the manifest is replaced at the end), never a store to be written to.
             manifest.write(self.dest, self.running_facts())
@@ -192,7 +159,7 @@ class Backup:
         if existed:
             # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
             try:
-                os.chmod(self.dest, stat.S_IMODE(os.stat(self.dest).st_mode) & 0o770)
+                close_to_others(self.dest)
             except OSError as e:
                 self.reporter.warn("dest_mode", str(self.dest), f"cannot make the destination unreadable to others ({e.strerror}); its subdirectories are")
 
@@ -213,10 +180,11 @@ class Backup:
             self.root.close()
 
     def _run(self) -> str:
+        self.format_version = self.store_format_version()
         self.runner.new_phase("config")
         self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
-            self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(self.config.accounts))
+            self.runner.new_phase("databases", len(DATA.databases) + 1 + len(self.config.accounts))
             self.snapshot_databases()
             pause("backup.messages")
             total = sum(a.index.live_count for a in self.areas)
@@ -229,10 +197,12 @@ class Backup:
         self.runner.finish()
         # The engine's own tallies as well as the events received: a lost event must never turn
         # a failed backup into an ok one.
-        status = "failed" if self.facts("")["errors"] else "ok"
+        status = "failed" if self.error_count() else "ok"
         testpause.pause("backup.before_manifest")
         _engine.syncfs(self.dest)
+        self.finished = time.time()
         manifest.write(self.dest, self.facts(status))
+        testpause.pause("backup.manifest_written")
         return status
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
@@ -268,32 +238,36 @@ class Backup:
         data = self.paths.data_dir
         # Progress counts one unit per top-level database and per area (its index and junk
         # filter), whether copied or not, so that it ends exactly at the phase's total.
-        for name in TOP_DATABASES:
+        for name in DATA.databases:
             if not os.path.lexists(data / name):
                 self.reporter.warn("missing_database", f"data/{name}", "known database missing from the store; not in the backup")
             else:
                 self.snapshot(name, data / name, self.data_dst / name)
             self.runner.step()
-        self.add_area("queue", "queue", b"", QUEUE_KNOWN_FILES, "queue")
+        self.add_area(AreaKind.QUEUE, QUEUE_DIR)
         self.runner.step()
         for name, why in self.config.invalid:
             self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}; nothing read or written for it")
         if not self.config.accounts:
             return
-        if not is_real_dir(data / "accounts"):
+        if not is_real_dir(data / ACCOUNTS_DIR):
             # A symlinked accounts directory would lead every read outside the store.
             self.reporter.error("area_missing", "data/accounts", "not a directory (a symlink is never followed); no account backed up")
             self.runner.step(len(self.config.accounts))
             return
-        make_dir(self.data_dst / "accounts", data / "accounts")
+        make_dir(self.data_dst / ACCOUNTS_DIR, data / ACCOUNTS_DIR)
         for name in self.config.accounts:
-            self.add_area(name, f"accounts/{name}", b"msg", ACCOUNT_KNOWN_FILES, "account")
+            self.add_area(AreaKind.ACCOUNT, name)
             self.runner.step()
 
-    def add_area(self, name: str, rel: str, tree: bytes, known: tuple[str, ...], kind: str) -> None:
+    def add_area(self, kind: AreaKind, name: str) -> None:
+        """Snapshots the databases of one area and notes it for phase 5 (or, when its index
+        cannot be read, for a plain copy in phase 6)."""
+        lay = kind.layout
+        rel = area_rel(kind, name)
         src = self.paths.data_dir / rel
         dst = self.data_dst / rel
-        what = "queue" if kind == "queue" else f"account {name!r}"
+        what = QUEUE_DIR if kind is AreaKind.QUEUE else f"account {name!r}"
         try:
             st = os.lstat(src)
         except OSError as e:
@@ -301,24 +275,25 @@ class Backup:
             return
         if not stat.S_ISDIR(st.st_mode):
             self.reporter.error("area_missing", f"data/{rel}", f"{what}: not a directory (a symlink is never followed, only recreated); not backed up")
-            if kind == "account":
+            if kind is AreaKind.ACCOUNT:
                 self.odd_accounts.append(os.fsencode(name))
             return
         make_dir(dst, src)
-        if not self.snapshot(f"{rel}/index.db", src / "index.db", dst / "index.db"):
+        if not self.snapshot(f"{rel}/{lay.index}", src / lay.index, dst / lay.index):
             self.reporter.error("area_unreadable", f"data/{rel}", f"{what} cannot be opened; its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
         try:
-            index = Index.read(dst / "index.db", kind)
+            index = Index.read(dst / lay.index, kind)
         except SnapshotError as e:
-            self.reporter.error("area_unreadable", f"data/{rel}/index.db", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
+            self.reporter.error("area_unreadable", f"data/{rel}/{lay.index}", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
         self.report_index_problems(rel, index)
-        if kind == "account" and os.path.lexists(src / "junkfilter.db"):
-            self.snapshot(f"{rel}/junkfilter.db", src / "junkfilter.db", dst / "junkfilter.db")
-        self.areas.append(Area(name, rel, src, dst, index, tree, known))
+        for db in lay.databases:
+            if os.path.lexists(src / db):
+                self.snapshot(f"{rel}/{db}", src / db, dst / db)
+        self.areas.append(Area(kind, name, rel, dst, index))
 
     def report_index_problems(self, rel: str, index: Index) -> None:
         """Every problem verify of the backup will report about this index is an error of the
@@ -334,45 +309,28 @@ class Backup:
             self.reporter.error("more_problems", where, f"{index.problem_count - len(index.problems)} more record problems not listed")
 
     def backup_areas(self) -> None:
-        """Phase 5: every area in one engine call, so workers spread over all of them."""
-        specs = [
-            {
-                "src": a.rel,
-                "dst": a.dst,
-                "tree": a.tree,
-                "known": [k.encode() for k in a.known],
-                "live": a.index.live,
-                "sizes": a.index.sizes,
-                "unknown_sizes": a.index.unknown_sizes,
-                "erasing": a.index.erasing,
-                "next_id": a.index.new_from,
-                "prefix": f"data/{a.rel}".encode(),
-            }
-            for a in self.areas
-        ]
+        """Phase 5: every area in one engine call, so workers spread over all of them; an area's
+        plain files (an account's junk filter) travel with its messages."""
+        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst} for a in self.areas]
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
 
     def copy_other_files(self) -> None:
-        """Phase 6."""
-        # Junk filters are plain files: copied here, so that the messages phase counts message
-        # files only and its progress never passes its total.
-        for area in self.areas:
-            if os.path.lexists(area.src / "junkfilter.bloom"):
-                self.copy_data(area.rel, area.dst, only=[b"junkfilter.bloom"])
+        """Phase 6: the rest of data/ (the areas' own plain files went with their messages)."""
         data = self.paths.data_dir
-        handled = {os.fsencode(n) for n in ("queue", "accounts", *NEVER_BACKED_UP, *TOP_DATABASES)}
-        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in TOP_DATABASES}
-        expected = {os.fsencode(n) for n in (*TOP_PLAIN_FILES, LEASE_FILE, *TOP_PLAIN_DIRS)}
+        never = {os.fsencode(n) for n in DATA.never}
+        handled = never | {os.fsencode(n) for n in (QUEUE_DIR, ACCOUNTS_DIR, *DATA.databases)}
+        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in DATA.databases}
+        expected = {os.fsencode(n) for n in (*DATA.files, LEASE_FILE, *DATA.dirs)}
         to_copy: list[bytes] = []
         names = sorted(self.root.listdir(""))
         locks = lock_files(self.root, "", names)
         for name in names:
             if name in locks:
                 continue  # never backed up (docs/BACKUP.md); the engine would leave it out too
-            if name in handled and (name in (b"tmp", b"ctl") or not os.path.islink(data / os.fsdecode(name))):
+            if name in handled and (name in never or not os.path.islink(data / os.fsdecode(name))):
                 continue
             if name in handled:
                 # A symlink where a database or area belongs was reported (and never followed)
@@ -382,19 +340,19 @@ class Backup:
             if name not in expected and not _is_special(data / os.fsdecode(name)):
                 self.reporter.warn("unrecognized", b"data/" + name, "not part of the mail store format; copied")
             to_copy.append(name)
-        for name in (os.fsencode(n) for n in TOP_PLAIN_FILES):
+        for name in (os.fsencode(n) for n in DATA.files):
             if name not in to_copy:
                 self.reporter.warn("missing_file", b"data/" + name, "known file missing from the store")
         if to_copy:
             self.copy_data("", self.data_dst, only=to_copy)
-        if self.root.is_dir("accounts"):
+        if self.root.is_dir(ACCOUNTS_DIR):
             configured = {os.fsencode(n) for n in self.config.accounts}
-            extra = [n for n in sorted(self.root.listdir("accounts")) if n not in configured]
+            extra = [n for n in sorted(self.root.listdir(ACCOUNTS_DIR)) if n not in configured]
             for name in extra:
                 self.reporter.warn("unrecognized", b"data/accounts/" + name, "directory of an account not in the config; copied as plain files")
             if extra or self.odd_accounts:
-                (self.data_dst / "accounts").mkdir(mode=0o750, exist_ok=True)
-                self.copy_data("accounts", self.data_dst / "accounts", only=extra + self.odd_accounts)
+                (self.data_dst / ACCOUNTS_DIR).mkdir(mode=DEFAULT_DIR_MODE, exist_ok=True)
+                self.copy_data(ACCOUNTS_DIR, self.data_dst / ACCOUNTS_DIR, only=extra + self.odd_accounts)
         for rel in self.plain_accounts:
             # Lock files are left out by the engine (a NAME-lock beside a NAME).
             self.copy_data(rel, self.data_dst / rel)
@@ -402,7 +360,7 @@ class Backup:
     def record_known_files(self) -> None:
         """Names, for the manifest, the known plain files the backup holds (docs/FORMAT.md
         section 1), with their sizes as copied: verify then finds one deleted or altered."""
-        rels = [*TOP_PLAIN_FILES, LEASE_FILE, *(f"{a.rel}/junkfilter.bloom" for a in self.areas if a.rel != "queue")]
+        rels = [*DATA.files, LEASE_FILE, *(f"{a.rel}/{f}" for a in self.areas for f in a.kind.layout.files)]
         for rel in rels:
             try:
                 st = os.lstat(self.data_dst / rel)
@@ -422,7 +380,11 @@ class Backup:
 
     def running_facts(self) -> dict[str, Any]:
         """The first manifest: the backup has started and is not finished (docs/FORMAT.md)."""
-        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": str(self.paths.data_dir.parent.resolve()), "started": rfc3339(self.started)}
+        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": self.store_path, "started": rfc3339(self.started)}
+
+    def error_count(self) -> int:
+        """Errors of the run: the events received, or the engine's own tallies when larger."""
+        return max(self.reporter.counts.errors, sum(a.counts.get("errors", 0) for a in self.areas))
 
     def facts(self, status: str) -> dict[str, Any]:
         """The manifest's content (also the JSON summary)."""
@@ -430,17 +392,18 @@ class Backup:
         return {
             "status": status,
             "mailbak_version": __version__,
-            "store_format_version": self.store_format_version(),
-            "store": str(self.paths.data_dir.parent.resolve()),
+            "store_format_version": self.format_version,
+            "store": self.store_path,
             "started": rfc3339(self.started),
-            "finished": rfc3339(),
+            # A run stopped early (the monitor's facts) has no finish yet: now.
+            "finished": rfc3339(self.finished),
             "databases": self.databases,
             "files": self.files,
-            "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.name == "queue" and a.rel == "queue"), None),
-            "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.rel != "queue"},
+            "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.QUEUE), None),
+            "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.ACCOUNT},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
             "warnings": counts.warnings,
-            "errors": max(counts.errors, sum(a.counts.get("errors", 0) for a in self.areas)),
+            "errors": self.error_count(),
         }
 
     def table(self) -> list[tuple[str, ...]]:
@@ -448,7 +411,7 @@ class Backup:
         rows: list[tuple[str, ...]] = [("area", *(heading for _, heading in TABLE_COLUMNS))]
         total = dict.fromkeys((k for k, _ in TABLE_COLUMNS), 0)
         for a in self.areas:
-            rows.append((a.name if a.rel == "queue" else f"account {a.name}", *(str(a.counts.get(k, 0)) for k, _ in TABLE_COLUMNS)))
+            rows.append((area_label(a.kind, a.name), *(str(a.counts.get(k, 0)) for k, _ in TABLE_COLUMNS)))
             for k in total:
                 total[k] += a.counts.get(k, 0)
         rows.append(("total", *(str(v) for v in total.values())))

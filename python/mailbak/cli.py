@@ -63,7 +63,7 @@ def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoR
     ``check()``, ``run()``, the summary) and maps every outcome to its exit status.
     ``left_behind`` tells the user what an aborted run leaves."""
     from mailbak.api import JobStage, run_job
-    from mailbak.runner import DestinationFull, Interrupted, UsageError
+    from mailbak.errors import DestinationFull, Interrupted, UsageError
 
     stage = JobStage()
     try:
@@ -264,7 +264,8 @@ def gen(store: Path, messages: int, accounts: int, seed: int, median_size: int, 
     Deterministic for a seed. Refuses a STORE that exists and is not empty (exit 2).
     """
     from mailbak.demo import generate_with_report
-    from mailbak.runner import Interrupted, install_signal_handlers
+    from mailbak.errors import Interrupted
+    from mailbak.runner import install_signal_handlers
 
     if store.exists() and (not store.is_dir() or any(store.iterdir())):
         click.echo(f"mailbak: error: {store}: exists and is not an empty directory", err=True)

@@ -1,5 +1,10 @@
 """The mail store format of docs/FORMAT.md: names, paths, account names and the config file.
 
+Each kind of area (:class:`AreaKind`: ``data/`` itself, the queue, an account) is described once,
+by its :class:`AreaLayout`: its message tree, its index and other databases, its plain files and
+what is never backed up. :func:`engine_area` turns an area and its index snapshot into what the
+engine's ``backup_areas`` and ``check_areas`` take; backup, verify and restore use only these.
+
 Naming convention, kept across mailbak: a name ending in ``_path`` or ``_dir`` is a full
 filesystem path (``pathlib.Path``); ``rel`` names are relative to the store's data directory
 and use ``/`` separators.
@@ -12,58 +17,134 @@ import stat
 import sys
 import tomllib
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mailbak import _engine
 from mailbak.testpause import pause
 
+if TYPE_CHECKING:
+    from mailbak.snapshot import Index
+
 #: Format version written to ``data/mailstore-version``.
 FORMAT_VERSION = 1
-
-#: Top-level databases in ``data/``; their contents are opaque to mailbak.
-TOP_DATABASES = (
-    "auth.db",
-    "dmarcrpt.db",
-    "dmarceval.db",
-    "mtasts.db",
-    "tlsrpt.db",
-    "tlsrptresult.db",
-)
-
-#: Plain files in ``data/`` that are copied, never hardlinked (they may change in place).
-TOP_PLAIN_FILES = ("mailstore-version", "receivedid.key")
-
-#: Optional directories of plain files in ``data/``: ACME keys and certificates, and what
-#: ``mailbak verify --fix`` moved out of message directories.
-TOP_PLAIN_DIRS = ("acme", "moved")
 
 #: The lease file of the erase protocol (docs/FORMAT.md, "Removing files while a backup runs").
 LEASE_FILE = "backup.lease"
 
-#: Entries of ``data/`` that are never part of a backup.
-NEVER_BACKED_UP = ("tmp", "ctl")
-
-#: Suffix of LMDB lock files; never part of a backup.
+#: Suffix of LMDB lock files (a ``NAME-lock`` beside a database file ``NAME``); never part of a
+#: backup, wherever it is.
 LOCK_SUFFIX = "-lock"
 
-#: Tables of an account's ``index.db``.
-ACCOUNT_TABLES = ("message", "mailbox", "message_erase", "meta")
+#: The directory of ``data/`` for writers' temporary files: never backed up, recreated by restore.
+TMP_DIR = "tmp"
 
-#: Tables of ``queue/index.db``.
-QUEUE_TABLES = ("msg", "msg_erase", "meta")
+#: The directory of the queue, and the one holding an account directory per account, in ``data/``.
+QUEUE_DIR, ACCOUNTS_DIR = "queue", "accounts"
 
-#: Files of an account directory that are not message files.
-ACCOUNT_KNOWN_FILES = (
-    "index.db",
-    "index.db-lock",
-    "junkfilter.db",
-    "junkfilter.db-lock",
-    "junkfilter.bloom",
-)
 
-#: Files of the queue directory that are not message files.
-QUEUE_KNOWN_FILES = ("index.db", "index.db-lock")
+class AreaKind(Enum):
+    """The kinds of area of ``data/`` (docs/FORMAT.md section 1); each is described once, by
+    its :class:`AreaLayout` (``kind.layout``). The values are the engine's names of index kinds."""
+
+    #: ``data/`` itself: the top-level databases and plain files.
+    DATA = "data"
+    #: ``data/queue/``: the outgoing queue.
+    QUEUE = "queue"
+    #: ``data/accounts/NAME/``: one account.
+    ACCOUNT = "account"
+
+    @property
+    def layout(self) -> AreaLayout:
+        return _LAYOUTS[self]
+
+
+@dataclass(frozen=True)
+class AreaLayout:
+    """What one kind of area holds."""
+
+    #: Message tree relative to the area ("" is the area itself); None: no message files.
+    tree: str | None
+    #: The index database (the message records), or None.
+    index: str | None
+    #: Tables of the index.
+    tables: tuple[str, ...]
+    #: Other LMDB databases, copied from a read transaction when present; opaque to mailbak.
+    databases: tuple[str, ...]
+    #: Plain files, copied and never hardlinked (they may change in place).
+    files: tuple[str, ...]
+    #: Directories of plain files.
+    dirs: tuple[str, ...]
+    #: Entries that are never part of a backup (besides lock files, which never are anywhere).
+    never: tuple[str, ...]
+
+    @property
+    def all_databases(self) -> tuple[str, ...]:
+        return ((self.index,) if self.index else ()) + self.databases
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        """The root-level files the phases handle themselves: databases, their lock files and
+        the plain files."""
+        return (*(n for db in self.all_databases for n in (db, db + LOCK_SUFFIX)), *self.files)
+
+
+_LAYOUTS = {
+    AreaKind.DATA: AreaLayout(
+        tree=None,
+        index=None,
+        tables=(),
+        databases=("auth.db", "dmarcrpt.db", "dmarceval.db", "mtasts.db", "tlsrpt.db", "tlsrptresult.db"),
+        files=("mailstore-version", "receivedid.key"),
+        # ACME keys and certificates, and what ``mailbak verify --fix`` moved out of message
+        # directories.
+        dirs=("acme", "moved"),
+        never=(TMP_DIR, "ctl"),
+    ),
+    AreaKind.QUEUE: AreaLayout(tree="", index="index.db", tables=("msg", "msg_erase", "meta"), databases=(), files=(), dirs=(), never=()),
+    AreaKind.ACCOUNT: AreaLayout(
+        tree="msg",
+        index="index.db",
+        tables=("message", "mailbox", "message_erase", "meta"),
+        databases=("junkfilter.db",),
+        files=("junkfilter.bloom",),
+        dirs=(),
+        never=(),
+    ),
+}
+
+def area_rel(kind: AreaKind, name: str) -> str:
+    """The directory of an area relative to ``data/``: ``queue`` or ``accounts/NAME``."""
+    return QUEUE_DIR if kind is AreaKind.QUEUE else f"{ACCOUNTS_DIR}/{name}"
+
+
+def area_label(kind: AreaKind, name: str) -> str:
+    """An area in summary tables: ``queue`` or ``account NAME``."""
+    return QUEUE_DIR if kind is AreaKind.QUEUE else f"account {name}"
+
+
+def engine_area(kind: AreaKind, rel: str, index: Index) -> dict[str, Any]:
+    """The area ``data/rel`` of this kind as the engine takes it (``_engine.Area``), with the
+    IDs of ``index``; backup adds ``dst``, verify ``fix_rel``. One builder for both, so that
+    they never disagree on what an area holds."""
+    lay = kind.layout
+    assert lay.tree is not None, "an area with messages"
+    return {
+        "src": rel,
+        "tree": lay.tree.encode(),
+        "known": [k.encode() for k in lay.known],
+        "copy": [f.encode() for f in lay.files],
+        "live": index.live,
+        "sizes": index.sizes,
+        "unknown_sizes": index.unknown_sizes,
+        "erasing": index.erasing,
+        "next_id": index.new_from,
+        "prefix": f"data/{rel}".encode(),
+    }
+
 
 #: The config file listing accounts, relative to the config directory.
 CONFIG_FILE = "mailstore.toml"
@@ -149,14 +230,15 @@ class Config:
     invalid: tuple[tuple[str, str], ...]
 
 
-def read_bounded(path: Path, limit: int, missing: str, error: type[Exception]) -> bytes:
+def read_bounded(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception]) -> bytes:
     """A whole small file, refusing one larger than ``limit`` bytes (hostile input must not make
-    mailbak read gigabytes); every failure is ``error`` with a message naming the path."""
+    mailbak read gigabytes). A missing file raises ``missing``; every other failure is
+    ``error`` with a message naming the path."""
     try:
         with open(path, "rb") as f:
             raw = f.read(limit + 1)
     except FileNotFoundError as e:
-        raise error(f"{path}: {missing}") from e
+        raise missing from e
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from e
     if len(raw) > limit:
@@ -168,7 +250,7 @@ def read_config(config_dir: Path) -> Config:
     """Parses the account list; raises FormatError for a missing, oversized or malformed file."""
     pause("read_config")
     path = config_dir / CONFIG_FILE
-    raw = read_bounded(path, MAX_CONFIG_BYTES, f"missing (a store's config directory has {CONFIG_FILE})", FormatError)
+    raw = read_bounded(path, MAX_CONFIG_BYTES, FormatError(f"{path}: missing (a store's config directory has {CONFIG_FILE})"), FormatError)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -188,19 +270,6 @@ def read_config(config_dir: Path) -> Config:
         else:
             valid.append(name)
     return Config(tuple(valid), tuple(invalid))
-
-
-def toml_key(name: str) -> str:
-    """``name`` as a TOML quoted key (basic string with escapes)."""
-    out = []
-    for ch in name:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 @dataclass(frozen=True)
@@ -227,35 +296,3 @@ class StorePaths:
             if not ok:
                 return f"{path}: no {what} (is this a mail store?)"
         return None
-
-
-def escape_path(raw: bytes | str) -> str:
-    """A file name for a one-line report, losslessly.
-
-    Valid UTF-8 prints as itself; each byte that is not is written ``\\xNN``, a backslash is
-    doubled, and control characters (newline included; C1 controls as their UTF-8 bytes) are
-    written ``\\n``, ``\\t`` or ``\\xNN``,
-    so a hostile name can neither forge report lines nor lose bytes.
-    """
-    if isinstance(raw, str):
-        raw = os.fsencode(raw)
-    text = raw.decode("utf-8", errors="surrogateescape")
-    out = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif 0x80 <= o <= 0x9F:
-            # C1 controls (U+009B is a CSI on some terminals): their UTF-8 bytes, so nothing is lost.
-            out.append("".join(f"\\x{b:02x}" for b in ch.encode("utf-8")))
-        else:
-            out.append(ch)
-    return "".join(out)

@@ -17,10 +17,11 @@ manifest only at the end, killed before it).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from mailbak.atomic import replace_file
+from mailbak.errors import ManifestError
 from mailbak.layout import read_bounded
 
 #: File name of the manifest inside a backup.
@@ -33,33 +34,17 @@ MANIFEST_VERSION = 1
 RUNNING, OK, FAILED = "running", "ok", "failed"
 #: What the manifest says of each area's index snapshot (``snapshot.Index.summary``).
 AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
+#: Mode of the manifest file: it names the store and its accounts, nothing for others.
+MANIFEST_MODE = 0o640
 #: Largest manifest accepted when reading (a store of 100k accounts stays far below).
 MAX_BYTES = 64 * 1024 * 1024
-
-
-class ManifestError(Exception):
-    """The manifest is missing, unreadable or malformed; the message says which."""
 
 
 def write(dest: Path, facts: dict[str, Any]) -> Path:
     """Writes the manifest atomically: temporary file, fsync, rename, fsync of the directory."""
     path = dest / MANIFEST
-    tmp = dest / (MANIFEST + ".tmp")
     body = json.dumps({"kind": KIND, "manifest_version": MANIFEST_VERSION, **facts}, indent=2, sort_keys=False, ensure_ascii=False)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        view = memoryview((body + "\n").encode("utf-8"))
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    replace_file(path, (body + "\n").encode("utf-8"), mode=MANIFEST_MODE, tmp_name=MANIFEST + ".tmp")
     return path
 
 
@@ -67,7 +52,8 @@ def read(backup: Path) -> dict[str, Any]:
     """Reads and validates a manifest of any status (callers decide what ``running`` and
     ``failed`` mean to them); raises ManifestError."""
     path = backup / MANIFEST
-    raw = read_bounded(path, MAX_BYTES, "no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError)
+    missing = ManifestError(f"{path}: no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError.MISSING)
+    raw = read_bounded(path, MAX_BYTES, missing, ManifestError)
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -7,7 +7,7 @@ sees the exit status (the ``SystemExit`` the command ends with), writes the metr
 sends the final ping. Monitoring never changes a run's outcome: a ping or metrics file that
 cannot be delivered is a warning on stderr, and the exit status stays the run's own.
 
-Modules only some runs need (urllib, tempfile, traceback) are imported where used: a run
+Modules only some runs need (urllib, tempfile in atomic.py, traceback) are imported where used: a run
 without monitoring loads nothing more, and tests that drop privileges after importing what a
 run needs keep working.
 """
@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailbak.atomic import replace_file
+from mailbak.errors import Interrupted
 from mailbak.report import Event, Reporter
 
 # Metrics -------------------------------------------------------------------------------------
@@ -131,38 +133,10 @@ def previous_success(path: Path) -> float | None:
     return best
 
 
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replaces ``path`` with ``text``: a temporary file in the same directory (whose name the
-    textfile collector ignores: it reads only ``*.prom``), fsync, rename, fsync of the directory.
-    A reader sees the old file or the new one, never a part. Readable by all (0644): the
-    collector usually runs as its own user."""
-    import tempfile
-
-    parent = path.parent
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def write_metrics(path: Path, rec: RunRecord) -> None:
     """Writes the run's metrics file, keeping the last-success time of the file it replaces."""
-    write_atomically(path, render_metrics(rec, previous_success(path)))
+    # Readable by all (0644): the textfile collector usually runs as its own user.
+    replace_file(path, render_metrics(rec, previous_success(path)).encode("utf-8"), mode=0o644)
 
 
 def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
@@ -385,7 +359,7 @@ class Monitor:
             status = 0
         elif isinstance(exc, SystemExit):
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        elif isinstance(exc, KeyboardInterrupt) or type(exc).__name__ == "Interrupted":
+        elif isinstance(exc, KeyboardInterrupt | Interrupted):
             status = 130  # a signal outside the run proper (during the start ping, say)
         else:  # a crash: Python prints the traceback and exits 1
             import traceback

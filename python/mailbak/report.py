@@ -12,12 +12,12 @@ import json
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from mailbak.layout import escape_path
 from mailbak.testpause import pause
+from mailbak.text import escape_path
 
 #: Lines shown per event code on a terminal before further ones are only counted; every event
 #: still goes to --json output and into the counts.
@@ -55,11 +55,10 @@ class Event:
 
 @dataclass
 class Counts:
-    """Warnings and errors seen so far, by code."""
+    """Warnings and errors seen so far."""
 
     warnings: int = 0
     errors: int = 0
-    by_code: Counter = field(default_factory=Counter)
 
 
 class Reporter:
@@ -85,16 +84,12 @@ class Reporter:
             self.counts.warnings += 1
         elif ev.severity == "error":
             self.counts.errors += 1
-        self.counts.by_code[ev.code] += 1
 
     def warn(self, code: str, path: bytes | str | None, detail: str) -> None:
         self.event(Event("warning", code, _b(path), detail))
 
     def error(self, code: str, path: bytes | str | None, detail: str) -> None:
         self.event(Event("error", code, _b(path), detail))
-
-    def info(self, code: str, path: bytes | str | None, detail: str) -> None:
-        self.event(Event("info", code, _b(path), detail))
 
     def message(self, text: str) -> None:
         """A line of human prose (nothing in JSON mode)."""

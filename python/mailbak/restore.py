@@ -28,17 +28,14 @@ from typing import Any
 
 from mailbak import _engine, manifest
 from mailbak.anchor import identity, inside
-from mailbak.backup import check_destination, make_dir
+from mailbak.destdir import BACKUP_ENTRIES, DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, make_dir
+from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import PROC_FD
-from mailbak.layout import is_real_dir
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, TMP_DIR, AreaKind, area_rel, is_real_dir
 from mailbak.report import Reporter
-from mailbak.runner import Runner, UsageError, link_hint
+from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
 from mailbak.verify import Verify
-
-#: Names expected at the top of a backup.
-BACKUP_ENTRIES = ("config", "data", manifest.MANIFEST)
-
 
 
 def _entries(path: Path) -> list[Path]:
@@ -60,6 +57,8 @@ class Restore:
         self.reporter = reporter
         self.verbose = verbose
         self.runner = Runner(reporter, verbose=verbose)
+        #: The hint of the link-fallback warning (set by run()).
+        self.exdev_hint = ""
         self.counts = {"linked": 0, "copied": 0, "symlinks": 0}
         self.verify: Verify | None = None
         #: Whether this run created STORE (then it gets the backup's owner at the end).
@@ -67,7 +66,7 @@ class Restore:
         #: STORE as restore writes into it: through a descriptor once taken (hold_target).
         self.target = store
         self.store_fd: int | None = None
-        self.store_was = (0, 0, 0o750)
+        self.store_was = (0, 0, DEFAULT_DIR_MODE)
         #: The backup's manifest when it names what the backup holds (ok or failed).
         self.expect: dict[str, Any] | None = None
         # (st_dev, st_ino) of the target: no walk ever enters it (set by check()).
@@ -80,7 +79,7 @@ class Restore:
             raise UsageError(f"{self.backup}: not a directory")
         try:
             doc = manifest.read(self.backup)
-        except manifest.ManifestError as e:
+        except ManifestError as e:
             if not self.force:
                 raise UsageError(f"{e}; refusing to restore it (use --force to restore what is there)") from e
             self.reporter.warn("manifest", manifest.MANIFEST, f"{e}; restoring anyway (--force)")
@@ -101,7 +100,7 @@ class Restore:
         self.warn_owners()
         try:
             if not self.store.exists():
-                os.mkdir(self.store, 0o700)
+                os.mkdir(self.store, PRIVATE_DIR_MODE)
                 self.created_root = True
             self.hold_target()
             make_dir(self.target / "config", self.backup / "config")
@@ -113,30 +112,29 @@ class Restore:
 
     def run(self) -> str:
         """Steps 2 to 5; returns the verification result ("clean" or "problems")."""
+        # Asked once per run, not once per copied area (two stats each).
+        self.exdev_hint = link_hint(self.backup / "data", self.store / "data", "the backup is on another file system")
         for name in sorted(set(os.listdir(self.backup)) - set(BACKUP_ENTRIES)):
             self.reporter.warn("unrecognized", name, "not part of a mailbak backup; not restored")
         self.runner.new_phase("config")
         self.copy(self.backup / "config", self.target / "config", b"config")
         self.runner.new_phase("data")
         data_src, data_dst = self.backup / "data", self.target / "data"
-        top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (b"queue", b"accounts")]
+        top = [n for n in os.listdir(os.fsencode(data_src)) if n not in (QUEUE_DIR.encode(), ACCOUNTS_DIR.encode())]
         if top:
             self.copy(data_src, data_dst, b"data", only=top)
-        if is_real_dir(data_src / "queue"):
-            make_dir(data_dst / "queue", data_src / "queue")
-            self.copy(data_src / "queue", data_dst / "queue", b"data/queue", message_tree=b"")
-        accounts = data_src / "accounts"
+        if is_real_dir(data_src / QUEUE_DIR):
+            self.copy_area(AreaKind.QUEUE, os.fsencode(QUEUE_DIR))
+        accounts = data_src / ACCOUNTS_DIR
         if is_real_dir(accounts):
-            make_dir(data_dst / "accounts", accounts)
+            make_dir(data_dst / ACCOUNTS_DIR, accounts)
             for name in sorted(os.listdir(os.fsencode(accounts))):
-                src = accounts / os.fsdecode(name)
-                if is_real_dir(src):
-                    make_dir(data_dst / "accounts" / os.fsdecode(name), src)
-                    self.copy(src, data_dst / "accounts" / os.fsdecode(name), b"data/accounts/" + name, message_tree=b"msg")
+                if is_real_dir(accounts / os.fsdecode(name)):
+                    self.copy_area(AreaKind.ACCOUNT, name)
                 else:
-                    self.copy(accounts, data_dst / "accounts", b"data/accounts", only=[name])
-        if not (data_dst / "tmp").exists():
-            make_dir(data_dst / "tmp", data_src)  # data/'s owner, group and mode
+                    self.copy(accounts, data_dst / ACCOUNTS_DIR, f"data/{ACCOUNTS_DIR}".encode(), only=[name])
+        if not (data_dst / TMP_DIR).exists():
+            make_dir(data_dst / TMP_DIR, data_src)  # data/'s owner, group and mode
         self.runner.finish()
         _engine.syncfs(self.target)
         self.give_store_root()
@@ -177,7 +175,7 @@ class Restore:
         self.store_was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
         if os.geteuid() == 0:
             os.fchown(fd, 0, 0)
-            os.fchmod(fd, 0o700)
+            os.fchmod(fd, PRIVATE_DIR_MODE)
             if os.listdir(fd):
                 raise UsageError(f"{self.store}: something was created in the target while restore was starting; restore elsewhere")
         self.target = PROC_FD / str(fd) if PROC_FD.is_dir() else self.store
@@ -192,7 +190,7 @@ class Restore:
         try:
             if self.created_root:
                 st = os.stat(self.backup / "data")
-                uid, gid, mode = st.st_uid, st.st_gid, 0o750
+                uid, gid, mode = st.st_uid, st.st_gid, DEFAULT_DIR_MODE
             else:
                 uid, gid, mode = self.store_was
             if os.geteuid() == 0:
@@ -203,11 +201,21 @@ class Restore:
             self.store_fd = None
             self.target = self.store
 
+    def copy_area(self, kind: AreaKind, name: bytes) -> None:
+        """An area directory of the backup: its message files linked (layout.py names its
+        message tree), everything else copied."""
+        rel = area_rel(kind, os.fsdecode(name))
+        src, dst = self.backup / "data" / rel, self.target / "data" / rel
+        make_dir(dst, src)
+        lay = kind.layout
+        assert lay.tree is not None, "an area with messages"
+        self.copy(src, dst, b"data/" + os.fsencode(rel), message_tree=lay.tree.encode())
+
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy, skip=self.skip)
         for k in self.counts:
             self.counts[k] += result[k]
-        self.runner.note_link_fallback(result, link_hint(self.backup / "data", self.store / "data", "the backup is on another file system"))
+        self.runner.note_link_fallback(result, self.exdev_hint)
 
     def facts(self, result: str) -> dict[str, Any]:
         facts: dict[str, Any] = {"status": result, "store": str(self.store), **self.counts}

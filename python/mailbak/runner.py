@@ -20,31 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mailbak import _engine
+from mailbak.errors import FATAL_ERRNOS, DestinationFull, Interrupted
 from mailbak.report import Event, Reporter
 
 #: Seconds between progress polls: frequent enough for a smooth bar and a quick cancel, rare
 #: enough to cost nothing.
 POLL_SECONDS = 0.1
-
-#: Errors on the destination after which nothing more can be written: the run stops.
-FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
-
-
-class UsageError(Exception):
-    """Bad usage or input, found before anything was written (exit status 2)."""
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived; the command stops and exits 130."""
-
-
-class DestinationFull(Exception):
-    """The destination cannot take more data (ENOSPC, EDQUOT, EROFS); the run stops. ``what``
-    says which place is full, for the one line the command prints."""
-
-    def __init__(self, text: str, what: str = "the destination cannot take more data"):
-        super().__init__(text)
-        self.what = what
 
 
 def link_hint(src: Path, dst: Path, other_fs: str) -> str:
@@ -62,11 +43,6 @@ def link_hint(src: Path, dst: Path, other_fs: str) -> str:
         "ReadWritePaths= naming each of them); hardlinks cannot cross mounts: use one mount for both, e.g. ReadWritePaths= "
         "naming one common parent (docs/OPERATIONS.md)"
     )
-
-
-def is_destination_full(text: str) -> bool:
-    """Whether an error message (from LMDB, say, which gives no errno) means DestinationFull."""
-    return any(os.strerror(e) in text for e in FATAL_ERRNOS)
 
 
 class Runner:

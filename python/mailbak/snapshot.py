@@ -33,10 +33,10 @@ import lmdb
 
 from mailbak import _engine
 from mailbak.anchor import DataRoot, identity
+from mailbak.errors import DestinationFull, is_destination_full
 from mailbak.identity import StoreOwner, acting_as, in_directory
-from mailbak.layout import LEASE_FILE, LOCK_SUFFIX
+from mailbak.layout import LEASE_FILE, LOCK_SUFFIX, AreaKind
 from mailbak.report import Reporter
-from mailbak.runner import DestinationFull, is_destination_full
 from mailbak.testpause import pause
 
 #: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page
@@ -53,8 +53,6 @@ class SnapshotError(Exception):
 class DbCopy:
     """One database copied from one snapshot."""
 
-    #: Path of the copy.
-    path: Path
     #: Transaction ID of the snapshot in the source.
     txnid: int
     #: Transaction ID the copy itself holds (a compacting copy starts over at 1).
@@ -81,10 +79,11 @@ class Index:
     problem_count: int
 
     @classmethod
-    def read(cls, path: Path, kind: str) -> Index:
-        """Reads an index from a snapshot file (a copy); raises SnapshotError when damaged."""
+    def read(cls, path: Path, kind: AreaKind) -> Index:
+        """Reads the index of an area of ``kind`` from a snapshot file (a copy); raises
+        SnapshotError when damaged."""
         try:
-            d = _engine.read_index(path, kind)
+            d = _engine.read_index(path, kind.value)
         except _engine.LmdbError as e:
             raise SnapshotError(describe(e)) from e
         except OSError as e:
@@ -294,7 +293,7 @@ def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: Stor
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
                 if os.geteuid() == 0:
                     os.chown(dst, st.st_uid, st.st_gid)
-                return DbCopy(dst, txnid, copy_txnid, os.stat(dst).st_size)
+                return DbCopy(txnid, copy_txnid, os.stat(dst).st_size)
         assert last is not None
         raise SnapshotError(f"damaged: {describe(last).replace(held, str(src))}")
     finally:

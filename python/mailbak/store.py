@@ -37,21 +37,19 @@ import lmdb
 import msgpack
 
 from mailbak.layout import (
-    ACCOUNT_TABLES,
     CONFIG_FILE,
     FORMAT_VERSION,
     LEASE_FILE,
     NEXT_ID_KEY,
-    QUEUE_TABLES,
-    TOP_DATABASES,
+    AreaKind,
     FormatError,
     check_account_name,
     id_key,
     key_id,
     message_rel,
     read_config,
-    toml_key,
 )
+from mailbak.text import toml_key
 
 #: Virtual size reserved for each LMDB map. LMDB files grow only as data is written; the map
 #: only bounds them. 8 GiB holds tens of millions of records.
@@ -166,7 +164,6 @@ class _Area:
 
     def __init__(self, store: Store, area_dir: Path, msg_dir: Path):
         self.store = store
-        self.area_dir = area_dir
         self.msg_dir = msg_dir
         self.env = open_env(area_dir / "index.db", durable=store.durable)
         self.db = {name: self.env.open_db(name.encode()) for name in self.tables}
@@ -252,7 +249,7 @@ class Account(_Area):
 
     records_table = b"message"
     erase_table = b"message_erase"
-    tables = ACCOUNT_TABLES
+    tables = AreaKind.ACCOUNT.layout.tables
 
     def __init__(self, store: Store, name: str):
         self.name = name
@@ -347,7 +344,7 @@ class Queue(_Area):
 
     records_table = b"msg"
     erase_table = b"msg_erase"
-    tables = QUEUE_TABLES
+    tables = AreaKind.QUEUE.layout.tables
 
     def __init__(self, store: Store):
         area = store.data_dir / "queue"
@@ -409,7 +406,7 @@ class Store:
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(16))
         (data / LEASE_FILE).touch(mode=0o640)
-        for name in TOP_DATABASES:
+        for name in AreaKind.DATA.layout.databases:
             open_env(data / name, durable=durable).close()
         store = cls(root, durable=durable)
         _ = store.queue  # creates queue/index.db with its tables

@@ -2,7 +2,7 @@
 
 The checks, in order, each reported with its path:
 1. Manifest (backups): present and ``ok``. Missing or ``running`` means incomplete; ``failed``
-   means failed. Any directory holding ``mailbak.json`` is a backup (``is_live_store``), and
+   means failed. Any directory holding ``mailbak.json`` is a backup (``destdir.is_backup``), and
    nothing is ever written into a backup (except by ``--fix``).
 2. Databases: every LMDB file passes the engine's structural check (it reads the file itself,
    so a damaged file never reaches LMDB's C code), and only then is opened read-only, without a
@@ -35,22 +35,36 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 
 from mailbak import _engine, manifest
 from mailbak.anchor import DataRoot
+from mailbak.destdir import BACKUP_ENTRIES, is_store
+from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
-from mailbak.layout import ACCOUNT_KNOWN_FILES, CONFIG_FILE, QUEUE_KNOWN_FILES, TOP_DATABASES, FormatError, StorePaths, is_real_dir, read_config
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, engine_area, is_real_dir, read_config
 from mailbak.report import Reporter
-from mailbak.runner import DestinationFull, Runner, UsageError
+from mailbak.runner import Runner
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 from mailbak.testpause import pause
+
+#: What data/ itself holds (layout.py).
+DATA = AreaKind.DATA.layout
 
 #: Counts shown per area (each area also keeps its "errors").
 AREA_COUNTS = ("checked", "missing", "damaged", "orphans", "unrecognized", "moved")
 
+
+
+class ReadIndex(NamedTuple):
+    """An area whose index was read (checks 2 and 4), for checks 3, 5 and 7."""
+
+    kind: AreaKind
+    name: str
+    rel: str
+    index: Index
 
 
 @dataclass
@@ -59,15 +73,6 @@ class AreaResult:
 
     name: str
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def is_live_store(path: Path) -> bool:
-    """A store is a directory with ``config/mailstore.toml`` and ``data/`` and no manifest. A
-    directory holding ``mailbak.json`` is a backup whatever else it holds (lock files, a
-    ``data/tmp/``): ``mailbak backup`` writes the manifest before anything else."""
-    if os.path.lexists(path / manifest.MANIFEST):
-        return False
-    return (path / "config" / CONFIG_FILE).is_file() and is_real_dir(path / "data")
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -109,16 +114,17 @@ class Verify:
         pause("verify.check")
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
-        self.live = is_live_store(self.path)
+        self.live = is_store(self.path)
         # A live store is opened (lock files) and fixed (data/moved/) as its owner; a backup is
         # mailbak's own and never opened with a lock file.
         self.owner = StoreOwner.of(self.paths.data_dir) if self.live else None
-        if self.live and self.paths.problem():
-            raise UsageError(self.paths.problem())
+        problem = self.paths.problem() if self.live else None
+        if problem:
+            raise UsageError(problem)
         # Anything that is not a store is taken for a backup, so that what a killed backup left
         # (an empty DEST, or one with only config/) is reported incomplete. A directory holding
         # none of a backup's parts is neither.
-        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in ("config", "data", manifest.MANIFEST)):
+        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in BACKUP_ENTRIES):
             raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
     def run(self) -> str:
@@ -127,8 +133,9 @@ class Verify:
             self.tmp = Path(tmp)
             if not self.live:
                 self.check_manifest()
-            if self.paths.problem():
-                self.reporter.error("not_a_store", str(self.path), f"{self.paths.problem()}; nothing more to check")
+            problem = self.paths.problem()
+            if problem:
+                self.reporter.error("not_a_store", str(self.path), f"{problem}; nothing more to check")
                 return "problems"
             try:
                 config = read_config(self.paths.config_dir)
@@ -145,10 +152,10 @@ class Verify:
             # In a live store, hold the lease like a backup: writers then defer removing the files
             # of the snapshots until they are checked, instead of making them look missing.
             with self.root, ReaderLease(self.paths.data_dir, self.reporter) if self.live else nullcontext():
-                self.runner.new_phase("databases", len(TOP_DATABASES) + 1 + len(config.accounts))
+                self.runner.new_phase("databases", len(DATA.databases) + 1 + len(config.accounts))
                 self.check_top_databases()
                 indexes = self.read_indexes(config)
-                total = sum(ix.live_count for _, _, ix in indexes)
+                total = sum(r.index.live_count for r in indexes)
                 self.runner.new_phase("files", total)
                 pause("verify.files")
                 self.check_files(indexes)
@@ -164,8 +171,8 @@ class Verify:
     def check_manifest(self) -> None:
         try:
             doc = manifest.read(self.path)
-        except manifest.ManifestError as e:
-            code = "incomplete" if "no manifest" in str(e) else "manifest"
+        except ManifestError as e:
+            code = "incomplete" if e.kind == ManifestError.MISSING else "manifest"
             self.reporter.error(code, manifest.MANIFEST, str(e))
             self.manifest_status = code
             return
@@ -226,27 +233,28 @@ class Verify:
         return src
 
     def check_top_databases(self) -> None:
-        for name in TOP_DATABASES:
+        for name in DATA.databases:
             if os.path.lexists(self.paths.data_dir / name):
                 self.database(name)
             else:
                 self.reporter.warn("missing_database", f"data/{name}", "known database missing")
             self.runner.step()
 
-    def read_indexes(self, config) -> list[tuple[str, str, Index]]:
+    def read_indexes(self, config) -> list[ReadIndex]:
         """Checks and reads the queue's and each account's index (check 2 and 4)."""
         out = []
         for name, why in config.invalid:
             self.reporter.error("invalid_account", "config/mailstore.toml", f"account {name!r}: {why}")
-        for name, rel, kind in [("queue", "queue", "queue")] + [(n, f"accounts/{n}", "account") for n in config.accounts]:
+        for kind, name in [(AreaKind.QUEUE, QUEUE_DIR)] + [(AreaKind.ACCOUNT, n) for n in config.accounts]:
+            lay, rel = kind.layout, area_rel(kind, name)
             # One unit of progress per area (its index and junk filter), however it ends.
             self.runner.step()
-            if not is_real_dir(self.paths.data_dir / rel) or (kind == "account" and not is_real_dir(self.paths.data_dir / "accounts")):
+            if not is_real_dir(self.paths.data_dir / rel) or (kind is AreaKind.ACCOUNT and not is_real_dir(self.paths.data_dir / ACCOUNTS_DIR)):
                 continue  # reported by check 6 (accounts) or below (queue); symlinks are never followed
-            for extra in ("junkfilter.db",):
-                if kind == "account" and os.path.lexists(self.paths.data_dir / rel / extra):
+            for extra in lay.databases:
+                if os.path.lexists(self.paths.data_dir / rel / extra):
                     self.database(f"{rel}/{extra}")
-            path = self.database(f"{rel}/index.db")
+            path = self.database(f"{rel}/{lay.index}")
             if path is None:
                 continue
             try:
@@ -258,40 +266,24 @@ class Verify:
                 self.reporter.error(code, f"data/{rel}/index.db", detail)
             if index.problem_count > len(index.problems):
                 self.reporter.error("more_problems", f"data/{rel}/index.db", f"{index.problem_count - len(index.problems)} more record problems not listed")
-            out.append((name, rel, index))
-        if not is_real_dir(self.paths.data_dir / "queue"):
+            out.append(ReadIndex(kind, name, rel, index))
+        if not is_real_dir(self.paths.data_dir / QUEUE_DIR):
             self.reporter.error("area_missing", "data/queue", "queue directory missing (or a symlink, never followed)")
         return out
 
     # 3 and 5 ---------------------------------------------------------------------------------
 
-    def check_files(self, indexes: list[tuple[str, str, Index]]) -> None:
+    def check_files(self, indexes: list[ReadIndex]) -> None:
         """Checks 3 and 5 for every area, in one engine call."""
-        specs = []
-        for _name, rel, index in indexes:
-            queue = rel == "queue"
-            specs.append(
-                {
-                    "src": rel,
-                    "tree": b"" if queue else b"msg",
-                    "known": [k.encode() for k in (QUEUE_KNOWN_FILES if queue else ACCOUNT_KNOWN_FILES)],
-                    "live": index.live,
-                    "sizes": index.sizes,
-                    "unknown_sizes": index.unknown_sizes,
-                    "erasing": index.erasing,
-                    "next_id": index.new_from,
-                    "prefix": f"data/{rel}".encode(),
-                    "fix_rel": f"moved/{rel}".encode(),
-                }
-            )
+        specs = [{**engine_area(r.kind, r.rel, r.index), "fix_rel": f"moved/{r.rel}".encode()} for r in indexes]
         results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd)
-        for (name, rel, _), result in zip(indexes, results, strict=True):
-            self.areas.append(AreaResult(name if rel == "queue" else f"account {name}", {k: result[k] for k in (*AREA_COUNTS, "errors")}))
+        for r, result in zip(indexes, results, strict=True):
+            self.areas.append(AreaResult(area_label(r.kind, r.name), {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
     # 6 ---------------------------------------------------------------------------------------
 
     def check_account_dirs(self, config) -> None:
-        accounts_dir = self.paths.data_dir / "accounts"
+        accounts_dir = self.paths.data_dir / ACCOUNTS_DIR
         present = set(_listdir(accounts_dir)) if is_real_dir(accounts_dir) else set()
         for name in config.accounts:
             if name not in present or not is_real_dir(accounts_dir / name):
@@ -301,7 +293,7 @@ class Verify:
 
     # 7 ---------------------------------------------------------------------------------------
 
-    def check_against_manifest(self, doc: dict[str, Any], config, indexes: list[tuple[str, str, Index]]) -> None:
+    def check_against_manifest(self, doc: dict[str, Any], config, indexes: list[ReadIndex]) -> None:
         """Check 7: the backup holds what its manifest says the run wrote (docs/VERIFY.md):
         every database with its size and transaction ID, every area with its record counts,
         every known plain file with its size. Whatever was deleted or replaced since is an
@@ -330,12 +322,13 @@ class Verify:
                 missing(rel, "file")
             elif st.st_size != want["bytes"]:
                 mismatch(rel, "size", st.st_size, want["bytes"])
-        read = {rel: index for _, rel, index in indexes}
-        areas = [("queue", doc["queue"])] if doc.get("queue") is not None else []
-        areas += [(f"accounts/{name}", facts) for name, facts in doc["accounts"].items()]
-        for rel, want in areas:
-            if rel != "queue" and rel.split("/", 1)[1] not in config.accounts:
-                self.reporter.error("not_in_backup", "config/mailstore.toml", f"account {rel.split('/', 1)[1]!r} named in the manifest is not in the backup's config")
+        read = {r.rel: r.index for r in indexes}
+        areas = [(AreaKind.QUEUE, QUEUE_DIR, doc["queue"])] if doc.get("queue") is not None else []
+        areas += [(AreaKind.ACCOUNT, name, facts) for name, facts in doc["accounts"].items()]
+        for kind, name, want in areas:
+            rel = area_rel(kind, name)
+            if kind is AreaKind.ACCOUNT and name not in config.accounts:
+                self.reporter.error("not_in_backup", "config/mailstore.toml", f"account {name!r} named in the manifest is not in the backup's config")
             if not is_real_dir(data / rel):
                 missing(rel, "directory")
                 continue
@@ -345,10 +338,11 @@ class Verify:
             have = index.summary()
             for key in manifest.AREA_FACTS:
                 if have[key] != want[key]:
-                    mismatch(f"{rel}/index.db", f"{key.replace('_', ' ')} of the index", have[key], want[key])
+                    mismatch(f"{rel}/{kind.layout.index}", f"{key.replace('_', ' ')} of the index", have[key], want[key])
         for name in doc["plain_copied_accounts"]:
-            if not os.path.lexists(data / "accounts" / name):
-                missing(f"accounts/{name}", "directory")
+            rel = area_rel(AreaKind.ACCOUNT, name)
+            if not os.path.lexists(data / rel):
+                missing(rel, "directory")
 
     # Results ---------------------------------------------------------------------------------
 
