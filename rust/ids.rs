@@ -21,6 +21,12 @@ impl IdSet {
         IdSet { ids }
     }
 
+    /// A set from IDs the caller has checked are strictly ascending (no second sort).
+    pub fn from_ascending(ids: Vec<u64>) -> Self {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
+        IdSet { ids }
+    }
+
     /// A set from packed little-endian u64s, as handed over from Python.
     pub fn from_le_bytes(buf: &[u8]) -> Result<Self, String> {
         if buf.len() % 8 != 0 {

@@ -4,6 +4,7 @@
 //! crate does the per-file work in parallel and reports back counts and located events. The core
 //! has no PyO3 in it and is tested by `cargo test`; `py.rs` is the binding glue.
 
+pub mod areas;
 pub mod check;
 pub mod classify;
 pub mod fsid;
