@@ -371,7 +371,7 @@ fn move_aside_as_is(
     let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
     for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
         let c = CString::new(comp).map_err(|_| ("create directory", Errno::INVAL))?;
-        cur = fsutil::make_dir_at(cur.as_fd(), &c, 0o750, None)
+        cur = fsutil::make_dir_at(cur.as_fd(), &c, fsutil::NEW_DIR_MODE, None)
             .map_err(|e| ("create directory", e))?;
     }
     for n in 0..100u32 {

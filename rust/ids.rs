@@ -42,15 +42,6 @@ impl IdSet {
         Ok(IdSet::new(ids))
     }
 
-    /// The set as packed little-endian u64s.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.ids.len() * 8);
-        for id in &self.ids {
-            out.extend_from_slice(&id.to_le_bytes());
-        }
-        out
-    }
-
     /// Whether `id` is in the set.
     pub fn contains(&self, id: u64) -> bool {
         self.ids.binary_search(&id).is_ok()
@@ -66,19 +57,9 @@ impl IdSet {
         self.ids.len()
     }
 
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     /// The IDs in ascending order.
     pub fn as_slice(&self) -> &[u64] {
         &self.ids
-    }
-
-    /// The highest ID, or 0 for an empty set (IDs start at 1).
-    pub fn max(&self) -> u64 {
-        self.ids.last().copied().unwrap_or(0)
     }
 }
 
@@ -125,10 +106,9 @@ mod tests {
     fn sorts_dedups_and_round_trips() {
         let s = IdSet::new(vec![9, 3, 3, 7]);
         assert_eq!(s.as_slice(), &[3, 7, 9]);
-        assert_eq!(s.max(), 9);
         assert!(s.contains(7) && !s.contains(8));
-        assert_eq!(IdSet::from_le_bytes(&s.to_le_bytes()).unwrap(), s);
-        assert_eq!(IdSet::default().max(), 0);
+        let packed: Vec<u8> = s.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(IdSet::from_le_bytes(&packed).unwrap(), s);
     }
 
     #[test]

@@ -394,7 +394,7 @@ fn make_dirs(
         done = join(&done, comp);
         let mode = fsutil::open_dir_below(src_root, &done)
             .and_then(|fd| rustix::fs::fstat(&fd))
-            .map_or(0o750, |st| st.st_mode);
+            .map_or(fsutil::NEW_DIR_MODE, |st| st.st_mode);
         let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
         cur = fsutil::make_dir_at(cur.as_fd(), &name, mode, None)?;
     }
