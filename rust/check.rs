@@ -15,7 +15,11 @@
 //!    directory that is a symlink (never followed) or cannot be opened is one error, and each of
 //!    its live messages counts as missing.
 //!
-//! Unrecognized files outside the message tree are warnings and are never moved.
+//! Unrecognized files outside the message tree are warnings and are never moved; an area's
+//! known and `copy` files are counted as known.
+//!
+//! [`check_areas`] runs every area of one call in the caller's rayon pool, one tally per area;
+//! an area whose root cannot be opened is that area's error only.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -1,10 +1,12 @@
 //! The PyO3 boundary: argument conversion, GIL release, result conversion. Nothing else.
 //!
-//! Each function turns its arguments into core types, runs the core in a rayon pool of `jobs`
-//! threads with the GIL released, and returns plain dicts of counts. Per-file problems never
-//! raise: they travel as events on the shared `Progress`. Only failures of the whole call raise
-//! (a root or database file that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an
-//! engine panic: `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
+//! Each function turns its arguments into core types (an area dict through one
+//! `#[derive(FromPyObject)]` struct, `AreaArgs`), runs the core in a rayon pool of `jobs`
+//! threads with the GIL released, and returns plain dicts of counts. Every errno crosses as
+//! OSError through one helper, `os_err`. Per-file problems never raise: they travel as events
+//! on the shared `Progress`. Only failures of the whole call raise (a root or database file
+//! that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an engine panic:
+//! `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};

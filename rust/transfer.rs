@@ -15,6 +15,11 @@
 //!    (one stat of the placed file; a copy knows its size): a mismatch is an error, so that a
 //!    backup called ok always verifies clean.
 //!
+//! [`backup_areas`] runs every area of one call (the queue and all accounts) in the caller's
+//! rayon pool, so that workers spread over all areas' directories; each area has its own tally
+//! and link policy, and an area whose root cannot be opened is that area's error only.
+//! [`copy_tree`] is the plain copy of one tree.
+//!
 //! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
 //! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
 

@@ -294,6 +294,19 @@ fn children_of(page: &[u8]) -> Vec<u64> {
 }
 
 /// Overwrites bytes of the file at `offset`.
+/// Two more commits by the writer: a snapshot older than that is gone from the meta pages.
+fn commit_twice(env: &Env) {
+    for (key, value) in [(1u64, b"x"), (2, b"y")] {
+        env.write(|t| {
+            t.put(
+                t.db("counters", ffi::MDB_INTEGERKEY),
+                &key.to_le_bytes(),
+                value,
+            )
+        });
+    }
+}
+
 fn patch(path: &Path, offset: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
@@ -429,20 +442,7 @@ fn open_selects_meta_by_txnid() {
     let records = read_all(&LmdbFile::open(&path, Some(4)).unwrap(), b"messages").unwrap();
     assert!(records == model[&b"messages"[..]]);
     // After two more commits, snapshot 3 is gone from the metas.
-    env.write(|t| {
-        t.put(
-            t.db("counters", ffi::MDB_INTEGERKEY),
-            &1u64.to_le_bytes(),
-            b"x",
-        )
-    });
-    env.write(|t| {
-        t.put(
-            t.db("counters", ffi::MDB_INTEGERKEY),
-            &2u64.to_le_bytes(),
-            b"y",
-        )
-    });
+    commit_twice(&env);
     assert_eq!(
         LmdbFile::open(&path, Some(3)).err().unwrap().kind,
         ErrorKind::Stale
@@ -464,20 +464,7 @@ fn damage_seen_after_the_writer_moved_on_is_stale_unless_pinned() {
         .unwrap();
     patch(&path, offset_of(&unpinned, leaf), &(leaf + 1).to_le_bytes());
     assert_eq!(unpinned.check().unwrap_err().kind, ErrorKind::Corrupt);
-    env.write(|t| {
-        t.put(
-            t.db("counters", ffi::MDB_INTEGERKEY),
-            &1u64.to_le_bytes(),
-            b"x",
-        )
-    });
-    env.write(|t| {
-        t.put(
-            t.db("counters", ffi::MDB_INTEGERKEY),
-            &2u64.to_le_bytes(),
-            b"y",
-        )
-    });
+    commit_twice(&env);
     assert_eq!(unpinned.check().unwrap_err().kind, ErrorKind::Stale);
     assert_eq!(pinned.check().unwrap_err().kind, ErrorKind::Corrupt);
     assert_eq!(
