@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUST_SRC := $(wildcard rust/*.rs) Cargo.toml Cargo.lock
+RUST_SRC := $(wildcard rust/*.rs rust/*/*.rs) Cargo.toml Cargo.lock
 PY_META := pyproject.toml
 
 .PHONY: all setup system-deps dev release test test-rust test-python lint demo bench-smoke bench clean

@@ -15,20 +15,26 @@
 //!    directory that is a symlink (never followed) or cannot be opened is one error, and each of
 //!    its live messages counts as missing.
 //!
-//! Unrecognized files outside the message tree are warnings and are never moved.
+//! Unrecognized files outside the message tree are warnings and are never moved; an area's
+//! known and `copy` files are counted as known.
+//!
+//! [`check_areas`] runs every area of one call in the caller's rayon pool, one tally per area;
+//! an area whose root cannot be opened is that area's error only.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use rayon::prelude::*;
 use rustix::fs::{self as rfs, RenameFlags};
 use rustix::io::Errno;
 
+use crate::areas::{open_area_root, AreaSpec};
 use crate::classify::{Area, Class, Snapshot};
 use crate::fsid::{self, FsId};
 use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
 use crate::msgpath;
-use crate::progress::{Sink, Tally};
+use crate::progress::{Progress, Sink, Tally};
 use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Fence, Roots, Visitor};
 
@@ -36,6 +42,51 @@ use crate::walk::{self, Dir, Fence, Roots, Visitor};
 /// moves it: writers commit a record milliseconds after placing its file, so a quarter of an
 /// hour leaves a wide margin even on an overloaded server.
 pub const FIX_MIN_AGE_SECS: i64 = 15 * 60;
+
+/// One area of a check call.
+pub struct CheckJob {
+    /// The area.
+    pub spec: AreaSpec,
+    /// Where --fix moves this area's unrecognized files, below the fix root.
+    pub fix_rel: Vec<u8>,
+}
+
+/// What every area of a check call shares.
+#[derive(Default)]
+pub struct CheckOptions {
+    /// A store in use (files above the next ID are new; --fix waits for files to settle).
+    pub live: bool,
+    /// The trusted directory each area's `src` is relative to (the store's `data/`).
+    pub anchor: Option<OwnedFd>,
+    /// With --fix: the directory unrecognized files move below.
+    pub fix_root: Option<OwnedFd>,
+    /// With --fix: the identity each move is made with (see `fsid.rs`).
+    pub fix_owner: Option<FsId>,
+}
+
+/// Checks every area in the current rayon pool, areas and their directories interleaved; one
+/// tally per area, in order. An area whose root cannot be opened is an error event of that area.
+pub fn check_areas(jobs: &[CheckJob], opts: &CheckOptions, progress: &Progress) -> Vec<Tally> {
+    jobs.par_iter()
+        .map(|job| {
+            let a = &job.spec;
+            let sink = Sink::new(progress, &a.prefix);
+            let fix = opts
+                .fix_root
+                .as_ref()
+                .and_then(|r| rustix::io::dup(r).ok())
+                .map(|root| FixTarget {
+                    root,
+                    rel: job.fix_rel.clone(),
+                    owner: opts.fix_owner.clone(),
+                });
+            if let Some(root) = open_area_root(opts.anchor.as_ref(), &a.src, &sink) {
+                AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, opts.live, &sink).run(root);
+            }
+            sink.tally
+        })
+        .collect()
+}
 
 /// What kind of unknown file step 2 met.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -90,7 +141,11 @@ impl<'a> AreaCheck<'a> {
         live: bool,
         sink: &'a Sink<'a>,
     ) -> Self {
-        assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
+        debug_assert_eq!(
+            sizes.len(),
+            snap.live.len(),
+            "checked by areas::recorded_sizes"
+        );
         AreaCheck {
             area,
             snap,
@@ -113,6 +168,7 @@ impl<'a> AreaCheck<'a> {
             Roots {
                 src: root,
                 dst: None,
+                refs: Vec::new(),
                 only: None,
                 fence: Fence::NONE,
             },
@@ -319,7 +375,7 @@ fn move_aside_as_is(
     let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
     for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
         let c = CString::new(comp).map_err(|_| ("create directory", Errno::INVAL))?;
-        cur = fsutil::make_dir_at(cur.as_fd(), &c, 0o750, None)
+        cur = fsutil::make_dir_at(cur.as_fd(), &c, fsutil::NEW_DIR_MODE, None)
             .map_err(|e| ("create directory", e))?;
     }
     for n in 0..100u32 {
@@ -452,6 +508,49 @@ mod tests {
             s.path("acc/msg/a/77").exists(),
             "verify without --fix writes nothing"
         );
+    }
+
+    #[test]
+    fn check_areas_runs_every_area_in_order_below_the_anchor() {
+        // Two areas of one call: the first is the setup's account (moved strays go below its
+        // fix_rel), the second does not exist, which is that area's error and nothing more.
+        let s = Scratch::new("checkareas");
+        let (area, snap, sizes) = setup(&s);
+        std::fs::create_dir(s.path("fix")).unwrap();
+        let spec = |src: &str, prefix: &[u8]| AreaSpec {
+            src: src.into(),
+            area: area.clone(),
+            snap: snap.clone(),
+            sizes: sizes.clone(),
+            prefix: prefix.to_vec(),
+        };
+        let jobs = [
+            CheckJob {
+                spec: spec("acc", b"data/accounts/x"),
+                fix_rel: b"moved/x".to_vec(),
+            },
+            CheckJob {
+                spec: spec("gone", b"data/accounts/y"),
+                fix_rel: b"moved/y".to_vec(),
+            },
+        ];
+        let opts = CheckOptions {
+            anchor: Some(fsutil::open_dir(s.root()).unwrap()),
+            fix_root: Some(fsutil::open_dir(&s.path("fix")).unwrap()),
+            ..CheckOptions::default()
+        };
+        let p = Progress::new(false, 100);
+        let tallies = check_areas(&jobs, &opts, &p);
+        let (x, y) = (tally(&tallies[0]), tally(&tallies[1]));
+        assert_eq!((x["checked"], x["missing"], x["moved"]), (3, 1, 3));
+        assert_eq!((y["checked"], y["errors"]), (0, 1));
+        assert!(s.path("fix/moved/x/msg/a/77").exists());
+        assert!(!s.path("acc/msg/a/77").exists());
+        let errors: Vec<_> = codes(&p)
+            .into_iter()
+            .filter(|(_, path)| path.starts_with("data/accounts/y"))
+            .collect();
+        assert_eq!(errors, vec![("io", "data/accounts/y/".to_string())]);
     }
 
     #[test]

@@ -59,11 +59,6 @@ impl Entries {
         self.items.len()
     }
 
-    /// Whether the directory is empty.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
     /// Entry `i`: its name and kind.
     pub fn get(&self, i: usize) -> (&CStr, Kind) {
         let (start, kind) = self.items[i];
@@ -243,17 +238,30 @@ fn gid(raw: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(raw)
 }
 
+/// Permission bits a copy keeps (read/write/execute for user, group and other).
+const PERMISSION_BITS: u32 = 0o777;
+
+/// The most a directory mailbak creates may allow: nothing for others.
+const DIR_MODE_MAX: u32 = 0o770;
+
+/// Owner read/write/execute: what a directory needs while it is filled.
+const OWNER_RWX: u32 = 0o700;
+
+/// Mode of a directory mailbak creates with no source directory to take it from (message
+/// directories placed by path, moved-aside trees, generated stores), as the store's own are.
+pub const NEW_DIR_MODE: u32 = 0o750;
+
 /// The permission bits a copy keeps: read/write/execute for user, group and other. setuid,
 /// setgid and sticky bits are dropped, because a copy made by root must never become a setuid
 /// file owned by someone else.
 pub fn file_mode(src_mode: u32) -> u32 {
-    src_mode & 0o777
+    src_mode & PERMISSION_BITS
 }
 
 /// The mode of a directory mailbak creates: never more than 0770 (a backup is never readable
 /// by others; it holds keys and passwords).
 pub fn dir_mode(src_mode: u32) -> u32 {
-    src_mode & 0o770
+    src_mode & DIR_MODE_MAX
 }
 
 /// Creates directory `name` in `dst` for a source directory of mode `src_mode`, or opens it when
@@ -267,7 +275,7 @@ pub fn make_dir_at(
     src_mode: u32,
     owner: Option<Owner>,
 ) -> Result<OwnedFd, Errno> {
-    let mode = dir_mode(src_mode) | 0o700;
+    let mode = dir_mode(src_mode) | OWNER_RWX;
     match rfs::mkdirat(dst, name, Mode::from_raw_mode(mode)) {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(e),
@@ -283,7 +291,7 @@ pub fn make_dir_at(
 
 /// Whether a directory created by [`make_dir_at`] needs its final mode applied afterwards.
 pub fn dir_needs_finish(src_mode: u32) -> bool {
-    dir_mode(src_mode) & 0o700 != 0o700
+    dir_mode(src_mode) & OWNER_RWX != OWNER_RWX
 }
 
 /// Applies a directory's final mode (see [`make_dir_at`]).

@@ -19,6 +19,9 @@ use crate::progress::Sink;
 /// Size of the shared text block; message sizes are capped well below it by the generator.
 const BLOCK: usize = 2 * 1024 * 1024;
 
+/// Mode of a generated message file, as a mail server writes them.
+const MESSAGE_FILE_MODE: u32 = 0o640;
+
 /// splitmix64: a tiny, good-enough deterministic generator.
 fn mix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -98,7 +101,7 @@ pub fn write_messages(
         }
         let dname = msgpath::dir_name(ids[run[0]]);
         let cdir = CString::new(dname.as_bytes()).expect("alphabet only");
-        let dir = match fsutil::make_dir_at(root.as_fd(), &cdir, 0o750, None) {
+        let dir = match fsutil::make_dir_at(root.as_fd(), &cdir, fsutil::NEW_DIR_MODE, None) {
             Ok(d) => d,
             Err(e) => return sink.io_error(dname.as_bytes(), "create directory", e),
         };
@@ -139,7 +142,7 @@ fn write_file(dir: &OwnedFd, name: &[u8], data: &[u8]) -> Result<(), Errno> {
         dir,
         &cname,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o640),
+        Mode::from_raw_mode(MESSAGE_FILE_MODE),
     )?;
     let mut off = 0;
     while off < data.len() {

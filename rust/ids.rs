@@ -21,6 +21,12 @@ impl IdSet {
         IdSet { ids }
     }
 
+    /// A set from IDs the caller has checked are strictly ascending (no second sort).
+    pub fn from_ascending(ids: Vec<u64>) -> Self {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
+        IdSet { ids }
+    }
+
     /// A set from packed little-endian u64s, as handed over from Python.
     pub fn from_le_bytes(buf: &[u8]) -> Result<Self, String> {
         if buf.len() % 8 != 0 {
@@ -34,15 +40,6 @@ impl IdSet {
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect();
         Ok(IdSet::new(ids))
-    }
-
-    /// The set as packed little-endian u64s.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.ids.len() * 8);
-        for id in &self.ids {
-            out.extend_from_slice(&id.to_le_bytes());
-        }
-        out
     }
 
     /// Whether `id` is in the set.
@@ -60,19 +57,9 @@ impl IdSet {
         self.ids.len()
     }
 
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
     /// The IDs in ascending order.
     pub fn as_slice(&self) -> &[u64] {
         &self.ids
-    }
-
-    /// The highest ID, or 0 for an empty set (IDs start at 1).
-    pub fn max(&self) -> u64 {
-        self.ids.last().copied().unwrap_or(0)
     }
 }
 
@@ -119,10 +106,9 @@ mod tests {
     fn sorts_dedups_and_round_trips() {
         let s = IdSet::new(vec![9, 3, 3, 7]);
         assert_eq!(s.as_slice(), &[3, 7, 9]);
-        assert_eq!(s.max(), 9);
         assert!(s.contains(7) && !s.contains(8));
-        assert_eq!(IdSet::from_le_bytes(&s.to_le_bytes()).unwrap(), s);
-        assert_eq!(IdSet::default().max(), 0);
+        let packed: Vec<u8> = s.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(IdSet::from_le_bytes(&packed).unwrap(), s);
     }
 
     #[test]

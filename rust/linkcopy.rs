@@ -44,15 +44,6 @@ impl OpError {
     pub fn new(op: &'static str, errno: Errno) -> Self {
         OpError { op, errno }
     }
-
-    /// "link: No such file or directory (os error 2)"-style text.
-    pub fn describe(&self) -> String {
-        format!(
-            "{}: {}",
-            self.op,
-            std::io::Error::from_raw_os_error(self.errno.raw_os_error())
-        )
-    }
 }
 
 /// Shared decisions of one operation (one area, one tree): whether links are still tried, why
@@ -159,7 +150,7 @@ impl LinkPolicy {
             dst,
             name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(COPY_CREATE_MODE),
         )
         .map_err(|e| OpError::new("create", e))?;
         let result = self.fill(&from, &to, st.st_size as u64).and_then(|n| {
@@ -212,6 +203,9 @@ fn cfr_refused(e: Errno) -> bool {
         Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::IO
     )
 }
+
+/// Mode a copy is created with: private until its content and final mode are in place.
+const COPY_CREATE_MODE: u32 = 0o600;
 
 /// Size of the read/write buffer; one buffer per worker thread.
 const COPY_BUF: usize = 256 * 1024;

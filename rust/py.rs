@@ -1,10 +1,12 @@
 //! The PyO3 boundary: argument conversion, GIL release, result conversion. Nothing else.
 //!
-//! Each function turns its arguments into core types, runs the core in a rayon pool of `jobs`
-//! threads with the GIL released, and returns plain dicts of counts. Per-file problems never
-//! raise: they travel as events on the shared `Progress`. Only failures of the whole call raise
-//! (a root or database file that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an
-//! engine panic: `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
+//! Each function turns its arguments into core types (an area dict through one
+//! `#[derive(FromPyObject)]` struct, `AreaArgs`), runs the core in a rayon pool of `jobs`
+//! threads with the GIL released, and returns plain dicts of counts. Every errno crosses as
+//! OSError through one helper, `os_err`. Per-file problems never raise: they travel as events
+//! on the shared `Progress`. Only failures of the whole call raise (a root or database file
+//! that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an engine panic:
+//! `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,17 +17,16 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use rayon::prelude::*;
 
-use crate::check::{AreaCheck, FixTarget};
+use crate::areas::{self, AreaSpec};
+use crate::check::{self, CheckJob, CheckOptions};
 use crate::classify::{Area, Snapshot};
 use crate::fsid::{self, FsId};
 use crate::ids::IdSet;
-use crate::linkcopy::LinkPolicy;
 use crate::lmdbfile::{ErrorKind, LmdbFile};
 use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
-use crate::transfer::{AreaBackup, PlainCopy};
+use crate::transfer::{self, AreaJob, BackupOptions, Transferred, TreeCopy};
 use crate::walk::Fence;
 use crate::{fsutil, gen, msgpath};
 
@@ -126,18 +127,25 @@ fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> Py
         })
 }
 
-/// Opens a root directory, as OSError with the path on failure.
-fn open_root(path: &Path) -> PyResult<OwnedFd> {
-    open_root_in(None, path)
+/// An OS error as OSError (errno, message[, path]): the one way an errno crosses the boundary.
+fn os_err(errno: i32, path: Option<&Path>) -> PyErr {
+    let msg = std::io::Error::from_raw_os_error(errno).to_string();
+    match path {
+        Some(p) => PyOSError::new_err((errno, msg, p.to_path_buf())),
+        None => PyOSError::new_err((errno, msg)),
+    }
+}
+
+/// An errno as OSError.
+fn errno_err(e: rustix::io::Errno) -> PyErr {
+    os_err(e.raw_os_error(), None)
 }
 
 /// Opens a root directory below `anchor` when given (see `fsutil::open_root_dir`), as OSError
 /// with the path on failure.
-fn open_root_in(anchor: Option<&OwnedFd>, path: &Path) -> PyResult<OwnedFd> {
-    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path).map_err(|e| {
-        let err = std::io::Error::from_raw_os_error(e.raw_os_error());
-        PyOSError::new_err((e.raw_os_error(), err.to_string(), path.to_path_buf()))
-    })
+fn open_root(anchor: Option<&OwnedFd>, path: &Path) -> PyResult<OwnedFd> {
+    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path)
+        .map_err(|e| os_err(e.raw_os_error(), Some(path)))
 }
 
 /// Our own duplicate of the caller's descriptor of a trusted directory (the store's `data/`,
@@ -145,25 +153,17 @@ fn open_root_in(anchor: Option<&OwnedFd>, path: &Path) -> PyResult<OwnedFd> {
 /// caller keeping it open.
 fn anchor(raw: Option<i32>) -> PyResult<Option<OwnedFd>> {
     let Some(raw) = raw else { return Ok(None) };
+    let not_dir = || PyValueError::new_err("root must be an open directory descriptor");
     if raw < 0 {
-        return Err(PyValueError::new_err(
-            "root must be an open directory descriptor",
-        ));
+        return Err(not_dir());
     }
     // SAFETY: the caller passes a descriptor it holds open for the duration of this call (the
     // GIL is held here); it is only borrowed long enough to duplicate it.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let own = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| {
-        PyOSError::new_err((
-            e.raw_os_error(),
-            std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
-        ))
-    })?;
+    let own = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(errno_err)?;
     match rustix::fs::fstat(&own) {
         Ok(st) if fsutil::Kind::from_mode(st.st_mode) == fsutil::Kind::Dir => Ok(Some(own)),
-        _ => Err(PyValueError::new_err(
-            "root must be an open directory descriptor",
-        )),
+        _ => Err(not_dir()),
     }
 }
 
@@ -178,14 +178,13 @@ fn tally_dict<'py>(py: Python<'py>, t: &Tally) -> PyResult<Bound<'py, PyDict>> {
 
 /// A transfer's tally plus the errno of its first link that became a copy and how many files
 /// were copied because a link was impossible.
-fn transfer_dict<'py>(
-    py: Python<'py>,
-    t: &Tally,
-    (fallback, fallbacks): (Option<rustix::io::Errno>, u64),
-) -> PyResult<Bound<'py, PyDict>> {
-    let d = tally_dict(py, t)?;
-    d.set_item("link_fallback_errno", fallback.map(|e| e.raw_os_error()))?;
-    d.set_item("link_fallbacks", fallbacks)?;
+fn transfer_dict<'py>(py: Python<'py>, t: &Transferred) -> PyResult<Bound<'py, PyDict>> {
+    let d = tally_dict(py, &t.tally)?;
+    d.set_item(
+        "link_fallback_errno",
+        t.first_fallback.map(|e| e.raw_os_error()),
+    )?;
+    d.set_item("link_fallbacks", t.fallbacks)?;
     Ok(d)
 }
 
@@ -197,74 +196,6 @@ fn ids(buf: &[u8]) -> PyResult<IdSet> {
 /// Packed little-endian u64s from a slice.
 fn packed(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// One message area as Python describes it (a dict; see `_engine.pyi`).
-struct AreaArgs {
-    /// Source directory of the area.
-    src: PathBuf,
-    /// Destination directory (backup) or None (verify).
-    dst: Option<PathBuf>,
-    /// Layout of the area.
-    area: Area,
-    /// The snapshot's IDs.
-    snap: Snapshot,
-    /// Recorded sizes aligned with `snap.live` (None: unknown).
-    sizes: Vec<Option<u64>>,
-    /// Prefix of reported paths.
-    prefix: Vec<u8>,
-    /// Where --fix moves unrecognized files, below the fix root (verify only).
-    fix_rel: Option<Vec<u8>>,
-}
-
-/// Reads one area dict.
-fn area_args(d: &Bound<'_, PyDict>) -> PyResult<AreaArgs> {
-    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
-        d.get_item(k)?
-            .ok_or_else(|| PyValueError::new_err(format!("area is missing {k:?}")))
-    };
-    let opt = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
-        Ok(d.get_item(k)?.filter(|v| !v.is_none()))
-    };
-    let bytes =
-        |k: &str| -> PyResult<Vec<u8>> { Ok(get(k)?.cast::<PyBytes>()?.as_bytes().to_vec()) };
-    let live_ids = unpack_u64(&bytes("live")?)?;
-    let sizes = unpack_u64(&bytes("sizes")?)?;
-    if sizes.len() != live_ids.len() || !live_ids.windows(2).all(|w| w[0] < w[1]) {
-        return Err(PyValueError::new_err(
-            "sizes must align with ascending unique live IDs",
-        ));
-    }
-    // Records without a readable size are named apart, never by a reserved size value.
-    let unknown = match opt("unknown_sizes")? {
-        Some(v) => ids(v.cast::<PyBytes>()?.as_bytes())?,
-        None => IdSet::default(),
-    };
-    let sizes = live_ids
-        .iter()
-        .zip(sizes)
-        .map(|(id, n)| (!unknown.contains(*id)).then_some(n))
-        .collect();
-    Ok(AreaArgs {
-        src: get("src")?.extract()?,
-        dst: opt("dst")?.map(|v| v.extract()).transpose()?,
-        area: Area {
-            tree: bytes("tree")?,
-            known: get("known")?.extract()?,
-            copy: opt("copy")?
-                .map(|v| v.extract())
-                .transpose()?
-                .unwrap_or_default(),
-        },
-        snap: Snapshot {
-            live: IdSet::new(live_ids),
-            erasing: ids(&bytes("erasing")?)?,
-            next_id: get("next_id")?.extract()?,
-        },
-        sizes,
-        prefix: bytes("prefix")?,
-        fix_rel: opt("fix_rel")?.map(|v| v.extract()).transpose()?,
-    })
 }
 
 /// u64s from a packed little-endian buffer.
@@ -280,67 +211,110 @@ fn unpack_u64(buf: &[u8]) -> PyResult<Vec<u64>> {
         .collect())
 }
 
-/// Opens an area's root inside a worker (below `anchor` when given, refusing symlinks at every
-/// step); failure is the area's error event, not an exception, so one unreadable account does
-/// not stop the others.
-fn open_area_root(anchor: Option<&OwnedFd>, path: &Path, sink: &Sink<'_>) -> Option<OwnedFd> {
-    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path)
-        .map_err(|e| sink.io_error(b"", "open directory", e))
-        .ok()
+/// One message area as Python describes it (a dict; see `Area` in `_engine.pyi`). Buffers stay
+/// `bytes` objects until converted, never lists of ints.
+#[derive(FromPyObject)]
+struct AreaArgs<'py> {
+    #[pyo3(item("src"))]
+    src: PathBuf,
+    #[pyo3(item("dst"), default)]
+    dst: Option<PathBuf>,
+    #[pyo3(item("tree"))]
+    tree: Bound<'py, PyBytes>,
+    #[pyo3(item("known"))]
+    known: Vec<Vec<u8>>,
+    #[pyo3(item("copy"), default)]
+    copy: Vec<Vec<u8>>,
+    #[pyo3(item("live"))]
+    live: Bound<'py, PyBytes>,
+    #[pyo3(item("sizes"))]
+    sizes: Bound<'py, PyBytes>,
+    #[pyo3(item("unknown_sizes"), default)]
+    unknown_sizes: Option<Bound<'py, PyBytes>>,
+    #[pyo3(item("erasing"))]
+    erasing: Bound<'py, PyBytes>,
+    #[pyo3(item("next_id"))]
+    next_id: u64,
+    #[pyo3(item("prefix"))]
+    prefix: Bound<'py, PyBytes>,
+    #[pyo3(item("fix_rel"), default)]
+    fix_rel: Option<Vec<u8>>,
 }
 
-/// Backs up message areas (the queue and accounts), all in one pool so that workers spread
-/// over every area's directories; see `transfer.rs`. Returns one tally per area, in order.
-/// With `root`, each area's `src` is relative to that directory descriptor. `skip`: directories
-/// never entered, by `(st_dev, st_ino)`. Lock files are always left out (a backup never holds
-/// one).
+impl AreaArgs<'_> {
+    /// The core's description of the area, the sizes checked against the IDs here, once.
+    fn spec(&self) -> PyResult<AreaSpec> {
+        let unknown = match &self.unknown_sizes {
+            Some(b) => ids(b.as_bytes())?,
+            None => IdSet::default(),
+        };
+        let (live, sizes) = areas::recorded_sizes(
+            unpack_u64(self.live.as_bytes())?,
+            unpack_u64(self.sizes.as_bytes())?,
+            &unknown,
+        )
+        .map_err(PyValueError::new_err)?;
+        Ok(AreaSpec {
+            src: self.src.clone(),
+            area: Area {
+                tree: self.tree.as_bytes().to_vec(),
+                known: self.known.clone(),
+                copy: self.copy.clone(),
+            },
+            snap: Snapshot {
+                live,
+                erasing: ids(self.erasing.as_bytes())?,
+                next_id: self.next_id,
+            },
+            sizes,
+            prefix: self.prefix.as_bytes().to_vec(),
+        })
+    }
+}
+
+/// Backs up message areas (the queue and accounts), all in one pool; see
+/// `transfer::backup_areas`. With `root`, each area's `src` is relative to that directory
+/// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
+/// left out (a backup never holds one).
 #[pyfunction]
 #[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new()))]
-#[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
-    areas: Vec<Bound<'py, PyDict>>,
+    areas: Vec<AreaArgs<'py>>,
     jobs: usize,
     progress: &Progress,
     force_copy: bool,
     root: Option<i32>,
     skip: Vec<(u64, u64)>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
-    let root = anchor(root)?;
-    let fence = Fence {
-        skip,
-        skip_locks: true,
+    let areas = areas
+        .iter()
+        .map(|a| {
+            let dst = a.dst.clone().ok_or_else(|| {
+                PyValueError::new_err("a backup area needs a destination (\"dst\")")
+            })?;
+            Ok(AreaJob {
+                spec: a.spec()?,
+                dst,
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let opts = BackupOptions {
+        force_copy,
+        anchor: anchor(root)?,
+        fence: Fence {
+            skip,
+            skip_locks: true,
+        },
     };
     let p = Arc::clone(&progress.inner);
-    let results = run(py, jobs, move || {
-        areas
-            .par_iter()
-            .map(|a| {
-                let sink = Sink::new(&p, &a.prefix);
-                let policy = LinkPolicy::new(force_copy);
-                let dst = a.dst.as_deref().expect("a backup area has a destination");
-                if let (Some(src), Some(dst)) = (
-                    open_area_root(root.as_ref(), &a.src, &sink),
-                    open_area_root(None, dst, &sink),
-                ) {
-                    AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
-                        .with_fence(&fence)
-                        .run(src, dst);
-                }
-                (sink.tally, (policy.first_fallback(), policy.fallbacks()))
-            })
-            .collect::<Vec<_>>()
-    })?;
-    results
-        .iter()
-        .map(|(tally, fallback)| transfer_dict(py, tally, *fallback))
-        .collect()
+    let results = run(py, jobs, move || transfer::backup_areas(&areas, &opts, &p))?;
+    results.iter().map(|t| transfer_dict(py, t)).collect()
 }
 
-/// Copies a tree (or the named root-level entries of it); see `transfer.rs`. With `root`, `src`
-/// is relative to that directory descriptor. `skip`: directories never entered, by
-/// `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
+/// Copies a tree (or the named root-level entries of it); see `transfer::copy_tree`. With
+/// `root`, `src` is relative to that directory descriptor. `skip`: directories never entered,
+/// by `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
 #[pyfunction]
 #[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false))]
 #[allow(clippy::too_many_arguments)]
@@ -358,36 +332,33 @@ fn copy_tree<'py>(
     skip: Vec<(u64, u64)>,
     skip_locks: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let area = message_tree.map(|tree| Area {
-        tree,
-        ..Area::default()
-    });
+    let job = TreeCopy {
+        prefix,
+        only,
+        messages: message_tree.map(|tree| Area {
+            tree,
+            ..Area::default()
+        }),
+        force_copy,
+        fence: Fence { skip, skip_locks },
+    };
     let root = anchor(root)?;
-    let (src, dst) = (open_root_in(root.as_ref(), &src)?, open_root(&dst)?);
-    let fence = Fence { skip, skip_locks };
+    let (src, dst) = (open_root(root.as_ref(), &src)?, open_root(None, &dst)?);
     let p = Arc::clone(&progress.inner);
-    let (tally, fallback) = run(py, jobs, move || {
-        let sink = Sink::new(&p, &prefix);
-        let policy = LinkPolicy::new(force_copy);
-        PlainCopy::new(area.as_ref(), &policy, &sink)
-            .with_fence(&fence)
-            .run(src, dst, only.as_deref());
-        (sink.tally, (policy.first_fallback(), policy.fallbacks()))
-    })?;
-    transfer_dict(py, &tally, fallback)
+    let result = run(py, jobs, move || transfer::copy_tree(src, dst, &job, &p))?;
+    transfer_dict(py, &result)
 }
 
-/// Verifies message areas' files against their indexes, all in one pool; see `check.rs`.
-/// `live`: a store in use (files above the next ID are new; --fix waits for files to settle).
-/// With `fix_root`, unrecognized files move below `fix_root/<area's fix_rel>`, as `fix_owner`
-/// (uid, gid, groups) when given. With `root`, each area's `src` is relative to that directory
-/// descriptor.
+/// Verifies message areas' files against their indexes, all in one pool; see
+/// `check::check_areas`. `live`: a store in use. With `fix_root`, unrecognized files move below
+/// `fix_root/<area's fix_rel>`, as `fix_owner` (uid, gid, groups) when given. With `root`, each
+/// area's `src` is relative to that directory descriptor.
 #[pyfunction]
 #[pyo3(signature = (areas, *, live, jobs, progress, fix_root = None, fix_owner = None, root = None))]
 #[allow(clippy::too_many_arguments)]
 fn check_areas<'py>(
     py: Python<'py>,
-    areas: Vec<Bound<'py, PyDict>>,
+    areas: Vec<AreaArgs<'py>>,
     live: bool,
     jobs: usize,
     progress: &Progress,
@@ -395,31 +366,23 @@ fn check_areas<'py>(
     fix_owner: Option<(u32, u32, Vec<u32>)>,
     root: Option<i32>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let fix_owner = fix_owner.map(|(uid, gid, groups)| FsId { uid, gid, groups });
-    let areas: Vec<AreaArgs> = areas.iter().map(area_args).collect::<PyResult<_>>()?;
-    let root = anchor(root)?;
-    let fix_root = fix_root.map(|r| open_root(&r)).transpose()?;
-    let p = Arc::clone(&progress.inner);
-    let tallies = run(py, jobs, move || {
-        areas
-            .par_iter()
-            .map(|a| {
-                let sink = Sink::new(&p, &a.prefix);
-                let fix = fix_root
-                    .as_ref()
-                    .and_then(|r| rustix::io::dup(r).ok())
-                    .map(|root| FixTarget {
-                        root,
-                        rel: a.fix_rel.clone().unwrap_or_default(),
-                        owner: fix_owner.clone(),
-                    });
-                if let Some(root) = open_area_root(root.as_ref(), &a.src, &sink) {
-                    AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, live, &sink).run(root);
-                }
-                sink.tally
+    let areas = areas
+        .iter()
+        .map(|a| {
+            Ok(CheckJob {
+                spec: a.spec()?,
+                fix_rel: a.fix_rel.clone().unwrap_or_default(),
             })
-            .collect::<Vec<_>>()
-    })?;
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let opts = CheckOptions {
+        live,
+        anchor: anchor(root)?,
+        fix_root: fix_root.map(|r| open_root(None, &r)).transpose()?,
+        fix_owner: fix_owner.map(|(uid, gid, groups)| FsId { uid, gid, groups }),
+    };
+    let p = Arc::clone(&progress.inner);
+    let tallies = run(py, jobs, move || check::check_areas(&areas, &opts, &p))?;
     tallies.iter().map(|t| tally_dict(py, t)).collect()
 }
 
@@ -427,11 +390,7 @@ fn check_areas<'py>(
 /// (with its errno), LmdbError when its content is wrong.
 fn lmdb_err(e: crate::lmdbfile::LmdbError, path: &Path) -> PyErr {
     if let ErrorKind::Io(errno) = e.kind {
-        return PyOSError::new_err((
-            errno,
-            std::io::Error::from_raw_os_error(errno).to_string(),
-            path.to_path_buf(),
-        ));
+        return os_err(errno, Some(path));
     }
     let kind = match e.kind {
         ErrorKind::Io(_) => unreachable!("handled above"),
@@ -546,26 +505,16 @@ fn write_messages<'py>(
         let sink = Sink::new(&p, b"");
         gen::write_messages(&root, &ids, &sizes, seed, &sink).map(|()| sink.tally)
     })?
-    .map_err(|e| {
-        PyOSError::new_err((
-            e.raw_os_error(),
-            std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
-        ))
-    })?;
+    .map_err(errno_err)?;
     tally_dict(py, &tally)
 }
 
 /// Flushes the file system holding `path` to stable storage (`syncfs`), with the GIL released.
 #[pyfunction]
 fn syncfs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    let fd = open_root(&path)?;
-    py.detach(|| rustix::fs::syncfs(&fd)).map_err(|e| {
-        PyOSError::new_err((
-            e.raw_os_error(),
-            std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
-            path,
-        ))
-    })
+    let fd = open_root(None, &path)?;
+    py.detach(|| rustix::fs::syncfs(&fd))
+        .map_err(|e| os_err(e.raw_os_error(), Some(&path)))
 }
 
 /// The calling thread's file-system identity: (fsuid, fsgid, supplementary groups).
@@ -581,14 +530,6 @@ fn fs_identity() -> PyResult<(u32, u32, Vec<u32>)> {
 fn set_fs_identity(uid: u32, gid: u32, groups: Vec<u32>) -> PyResult<(u32, u32, Vec<u32>)> {
     let old = fsid::switch(&FsId { uid, gid, groups }).map_err(errno_err)?;
     Ok((old.uid, old.gid, old.groups))
-}
-
-/// An errno as OSError.
-fn errno_err(e: rustix::io::Errno) -> PyErr {
-    PyOSError::new_err((
-        e.raw_os_error(),
-        std::io::Error::from_raw_os_error(e.raw_os_error()).to_string(),
-    ))
 }
 
 /// The relative path of message `id`: `dir(id)/id`.

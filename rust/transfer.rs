@@ -15,23 +15,124 @@
 //!    (one stat of the placed file; a copy knows its size): a mismatch is an error, so that a
 //!    backup called ok always verifies clean.
 //!
+//! [`backup_areas`] runs every area of one call (the queue and all accounts) in the caller's
+//! rayon pool, so that workers spread over all areas' directories; each area has its own tally
+//! and link policy, and an area whose root cannot be opened is that area's error only.
+//! [`copy_tree`] is the plain copy of one tree.
+//!
 //! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
 //! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use rayon::prelude::*;
 use rustix::io::Errno;
 
+use crate::areas::{open_area_root, AreaSpec};
 use crate::classify::{Area, Class, Snapshot};
 use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
 use crate::linkcopy::{LinkPolicy, OpError, Placed};
 use crate::msgpath;
-use crate::progress::{Sink, Tally};
+use crate::progress::{Progress, Sink, Tally};
 use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Fence, Roots, Visitor};
+
+/// One area of a backup call: what to back up and where (an existing directory).
+pub struct AreaJob {
+    /// The area.
+    pub spec: AreaSpec,
+    /// The destination directory, opened as named.
+    pub dst: PathBuf,
+}
+
+/// What every area of a backup call shares.
+#[derive(Default)]
+pub struct BackupOptions {
+    /// Copy every message file instead of hardlinking it.
+    pub force_copy: bool,
+    /// The trusted directory each area's `src` is relative to (the store's `data/`).
+    pub anchor: Option<OwnedFd>,
+    /// What the walks never visit.
+    pub fence: Fence,
+}
+
+/// What a transfer did: its counts, the errno of its first link that became a copy, and how
+/// many files were copied because a link was impossible.
+#[derive(Debug)]
+pub struct Transferred {
+    /// The counts.
+    pub tally: Tally,
+    /// Why the first link became a copy, if one did.
+    pub first_fallback: Option<Errno>,
+    /// Files copied because a link was impossible.
+    pub fallbacks: u64,
+}
+
+impl Transferred {
+    /// The outcome of a call that reported into `sink` with `policy`.
+    fn of(sink: Sink<'_>, policy: &LinkPolicy) -> Self {
+        Transferred {
+            tally: sink.tally,
+            first_fallback: policy.first_fallback(),
+            fallbacks: policy.fallbacks(),
+        }
+    }
+}
+
+/// Backs up every area in the current rayon pool, areas and their directories interleaved;
+/// one outcome per area, in order. An area whose root or destination cannot be opened is an
+/// error event of that area.
+pub fn backup_areas(
+    jobs: &[AreaJob],
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Vec<Transferred> {
+    jobs.par_iter()
+        .map(|job| {
+            let a = &job.spec;
+            let sink = Sink::new(progress, &a.prefix);
+            let policy = LinkPolicy::new(opts.force_copy);
+            if let (Some(src), Some(dst)) = (
+                open_area_root(opts.anchor.as_ref(), &a.src, &sink),
+                open_area_root(None, &job.dst, &sink),
+            ) {
+                AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
+                    .with_fence(&opts.fence)
+                    .run(src, dst);
+            }
+            Transferred::of(sink, &policy)
+        })
+        .collect()
+}
+
+/// A plain copy of one tree (see [`PlainCopy`]).
+#[derive(Default)]
+pub struct TreeCopy {
+    /// Prefix of every reported path.
+    pub prefix: Vec<u8>,
+    /// When set, only these root-level names are copied.
+    pub only: Option<Vec<Vec<u8>>>,
+    /// The message area whose message files are linked (restore), if any.
+    pub messages: Option<Area>,
+    /// Copy message files instead of linking them.
+    pub force_copy: bool,
+    /// What the walk never visits.
+    pub fence: Fence,
+}
+
+/// Copies the tree `src` into `dst` in the current rayon pool.
+pub fn copy_tree(src: OwnedFd, dst: OwnedFd, job: &TreeCopy, progress: &Progress) -> Transferred {
+    let sink = Sink::new(progress, &job.prefix);
+    let policy = LinkPolicy::new(job.force_copy);
+    PlainCopy::new(job.messages.as_ref(), &policy, &sink)
+        .with_fence(&job.fence)
+        .run(src, dst, job.only.as_deref());
+    Transferred::of(sink, &policy)
+}
 
 /// Counts a placed file and reports it in verbose mode.
 fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
@@ -114,7 +215,11 @@ impl<'a> AreaBackup<'a> {
         policy: &'a LinkPolicy,
         sink: &'a Sink<'a>,
     ) -> Self {
-        assert_eq!(sizes.len(), snap.live.len(), "one size per live ID");
+        debug_assert_eq!(
+            sizes.len(),
+            snap.live.len(),
+            "checked by areas::recorded_sizes"
+        );
         AreaBackup {
             area,
             snap,
@@ -142,6 +247,7 @@ impl<'a> AreaBackup<'a> {
             Roots {
                 src,
                 dst: Some(dst),
+                refs: Vec::new(),
                 only: None,
                 fence: self.fence,
             },
@@ -293,7 +399,7 @@ fn make_dirs(
         done = join(&done, comp);
         let mode = fsutil::open_dir_below(src_root, &done)
             .and_then(|fd| rustix::fs::fstat(&fd))
-            .map_or(0o750, |st| st.st_mode);
+            .map_or(fsutil::NEW_DIR_MODE, |st| st.st_mode);
         let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
         cur = fsutil::make_dir_at(cur.as_fd(), &name, mode, None)?;
     }
@@ -301,7 +407,7 @@ fn make_dirs(
 }
 
 impl Visitor for AreaBackup<'_> {
-    fn enter(&self, rel: &[u8], name: &CStr) -> bool {
+    fn descend(&self, rel: &[u8], name: &CStr) -> bool {
         if let Class::Message(i) = self.area.classify(self.snap, rel, name.to_bytes()) {
             // A directory where a message file should be: the message itself is not in the
             // backup (linking it would only fail on the mirrored directory). The directory is
@@ -438,6 +544,7 @@ impl<'a> PlainCopy<'a> {
             Roots {
                 src,
                 dst: Some(dst),
+                refs: Vec::new(),
                 only,
                 fence: self.fence,
             },
@@ -599,6 +706,85 @@ mod tests {
             warned,
             vec![b"data/accounts/x/sub/junkfilter.bloom".to_vec()]
         );
+    }
+
+    #[test]
+    fn backup_areas_runs_every_area_in_order_below_the_anchor() {
+        // Two areas of one call, relative to an anchor: the first is backed up, the second's
+        // root does not exist, which is that area's error and does not stop the first.
+        let s = Scratch::new("areas");
+        s.file("data/accounts/a/msg/a/1", b"one");
+        s.file("data/accounts/a/msg/a/1-lock", b"");
+        std::fs::create_dir_all(s.path("dst/a")).unwrap();
+        std::fs::create_dir_all(s.path("dst/b")).unwrap();
+        let spec = |src: &str, prefix: &[u8]| AreaSpec {
+            src: src.into(),
+            area: area(),
+            snap: Snapshot {
+                live: IdSet::new(vec![1]),
+                erasing: IdSet::default(),
+                next_id: 2,
+            },
+            sizes: vec![Some(3)],
+            prefix: prefix.to_vec(),
+        };
+        let jobs = [
+            AreaJob {
+                spec: spec("accounts/a", b"data/accounts/a"),
+                dst: s.path("dst/a"),
+            },
+            AreaJob {
+                spec: spec("accounts/b", b"data/accounts/b"),
+                dst: s.path("dst/b"),
+            },
+        ];
+        let opts = BackupOptions {
+            anchor: Some(fsutil::open_dir(&s.path("data")).unwrap()),
+            fence: Fence {
+                skip: Vec::new(),
+                skip_locks: true,
+            },
+            ..BackupOptions::default()
+        };
+        let p = Progress::new(false, 100);
+        let out = backup_areas(&jobs, &opts, &p);
+        let (a, b) = (get(&out[0].tally), get(&out[1].tally));
+        assert_eq!((a["linked"], a["errors"], a["unrecognized"]), (1, 0, 0));
+        assert_eq!((b["linked"], b["errors"]), (0, 1));
+        assert_eq!((out[0].first_fallback, out[0].fallbacks), (None, 0));
+        assert!(s.path("dst/a/msg/a/1").exists());
+        assert!(
+            !s.path("dst/a/msg/a/1-lock").exists(),
+            "lock files never copied"
+        );
+        let ev = p.drain();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            (ev[0].code, ev[0].path.as_slice()),
+            ("io", b"data/accounts/b/".as_slice())
+        );
+    }
+
+    #[test]
+    fn copy_tree_counts_fallbacks_and_keeps_only_the_named_entries() {
+        let s = Scratch::new("copytree");
+        s.file("src/keep", b"k");
+        s.file("src/leave", b"l");
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let job = TreeCopy {
+            prefix: b"data".to_vec(),
+            only: Some(vec![b"keep".to_vec()]),
+            ..TreeCopy::default()
+        };
+        let p = Progress::new(false, 100);
+        let out = copy_tree(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst")).unwrap(),
+            &job,
+            &p,
+        );
+        assert_eq!(get(&out.tally)["copied"], 1);
+        assert!(s.path("dst/keep").exists() && !s.path("dst/leave").exists());
     }
 
     #[test]

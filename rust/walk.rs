@@ -1,16 +1,26 @@
-//! A parallel directory walk that hands every non-directory entry to a [`Visitor`], optionally
-//! mirroring the directory structure into a destination tree as it goes.
+//! A parallel directory walk through several trees in step: a source tree whose every
+//! non-directory entry is handed to a [`Visitor`], an optional destination into which the
+//! source's directories are mirrored as the walk goes, and zero or more reference trees (an
+//! earlier backup, say) whose directory at the same path is handed to the visitor with each
+//! source directory.
 //!
 //! Algorithm:
-//! 1. Read a directory completely (`getdents64`, file type from `d_type`: no `stat` per file).
+//! 1. Open a directory (its mirror and its reference directories with it: once per directory,
+//!    never per file; a reference directory that is absent, or not a directory, is None, never
+//!    an error) and call the visitor's `enter_dir`. Read the source directory completely
+//!    (`getdents64`, file type from `d_type`: no `stat` per file).
 //! 2. Spawn one rayon task per subdirectory the visitor wants entered; each task opens its
-//!    directory relative to its parent's descriptor (never by path, never through a symlink) and
-//!    creates the destination directory the same way. Parents' descriptors are held only until
-//!    the child has opened its own, so open descriptors stay bounded by the number of workers,
-//!    not by the depth or width of the tree.
+//!    directory relative to its parent's descriptors (never by path, never through a symlink)
+//!    and creates the destination directory the same way.
 //! 3. Hand the directory's other entries to the visitor: in one task, so that different workers
 //!    work in different directories (see [`CHUNK`]); in parallel chunks only when there are
 //!    very many (a single directory of 200k files still spreads over all workers).
+//! 4. When a directory's entries and all its subdirectories are done, call the visitor's
+//!    `leave_dir` (bottom-up, as a deletion needs): each directory counts its unfinished tasks,
+//!    and the last one to finish leaves it and counts one task of its parent done. A directory's
+//!    descriptors stay open until it is left, so open descriptors grow with the directories in
+//!    progress (workers times depth in practice, since rayon runs a worker's newest task first),
+//!    not with the size of the tree.
 //!
 //! Two things are never visited, whatever the visitor says (the walk is where they show):
 //! - a directory whose `(st_dev, st_ino)` is in [`Fence::skip`]: the run's destination, met
@@ -29,6 +39,7 @@
 use std::collections::HashSet;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -42,34 +53,52 @@ use crate::progress::{Sink, Tally};
 /// only unusually large directories (200k strays) are split across workers.
 const CHUNK: usize = 8192;
 
-/// The directory a visited entry is in.
+/// The directory a visited entry is in, with its counterparts in the walk's other trees.
 pub struct Dir<'a> {
     /// The source directory.
     pub src: BorrowedFd<'a>,
     /// Its mirror in the destination, when the walk has one.
     pub dst: Option<BorrowedFd<'a>>,
+    /// The directory at the same path in each reference tree, in the order of [`Roots::refs`]:
+    /// opened once per directory (not once per file), None where a reference tree has no
+    /// directory there (absent, not a directory, a symlink: never followed, never an error).
+    // Read by the tests until the incremental backup (issue 11) links against a reference.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub refs: &'a [Option<BorrowedFd<'a>>],
     /// Its path relative to the walk's root (empty for the root).
     pub rel: &'a [u8],
 }
 
 /// What a walk does with what it finds.
 pub trait Visitor: Sync {
-    /// Whether to enter subdirectory `name` of the directory at `rel` (and mirror it).
-    fn enter(&self, _rel: &[u8], _name: &CStr) -> bool {
+    /// Whether to descend into subdirectory `name` of the directory at `rel` (and mirror it).
+    fn descend(&self, _rel: &[u8], _name: &CStr) -> bool {
         true
     }
 
+    /// Called once per directory the walk opened (its mirror and references opened too),
+    /// before any of its entries.
+    fn enter_dir(&self, _dir: &Dir<'_>) {}
+
     /// Handles one entry that is not a directory.
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind);
+
+    /// Called once per entered directory after all its entries and all its subdirectories
+    /// (their own `leave_dir` included): bottom-up, in the parallel walk too. Not called once
+    /// the walk is cancelled.
+    fn leave_dir(&self, _dir: &Dir<'_>) {}
 }
 
-/// Where a walk goes: its source root, its optional destination root, and an optional filter on
-/// the names at the root level.
+/// The trees a walk goes through in step: its source, an optional destination it mirrors the
+/// source's directories into, and reference trees it only reads (an earlier backup, say); and
+/// an optional filter on the names at the root level.
 pub struct Roots<'n> {
     /// The source root directory.
     pub src: OwnedFd,
     /// The destination root directory, created by the caller.
     pub dst: Option<OwnedFd>,
+    /// The reference trees' roots (None: that tree is absent); see [`Dir::refs`].
+    pub refs: Vec<Option<OwnedFd>>,
     /// When set, only these root-level names are visited.
     pub only: Option<&'n [Vec<u8>]>,
     /// What the walk never visits.
@@ -124,14 +153,53 @@ fn lock_files(entries: &fsutil::Entries) -> HashSet<usize> {
         .collect()
 }
 
-/// A directory waiting to be walked.
-struct Task {
+/// A directory being walked. Its subdirectories' nodes hold it until they are done, so that its
+/// `leave_dir` can run after theirs; it holds its descriptors until then.
+struct Node {
     /// Its source descriptor.
     src: OwnedFd,
     /// Its destination descriptor.
     dst: Option<OwnedFd>,
+    /// Its counterparts in the reference trees.
+    refs: Vec<Option<OwnedFd>>,
     /// Its path relative to the root.
     rel: Vec<u8>,
+    /// Its own task plus each subdirectory not done yet; `leave_dir` runs when this reaches 0.
+    pending: AtomicUsize,
+    /// The directory it is in (None for the root).
+    parent: Option<Arc<Node>>,
+}
+
+impl Node {
+    /// Runs `f` with this directory as the visitor sees it.
+    fn with_dir<R>(&self, f: impl FnOnce(&Dir<'_>) -> R) -> R {
+        let refs: Vec<Option<BorrowedFd<'_>>> = self
+            .refs
+            .iter()
+            .map(|r| r.as_ref().map(|fd| fd.as_fd()))
+            .collect();
+        f(&Dir {
+            src: self.src.as_fd(),
+            dst: self.dst.as_ref().map(|d| d.as_fd()),
+            refs: &refs,
+            rel: &self.rel,
+        })
+    }
+
+    /// Counts one task of `node` done; each directory whose last task this was is left, then
+    /// its parent counted, up the tree.
+    fn done<V: Visitor>(node: &Arc<Node>, v: &V, sink: &Sink<'_>) {
+        let mut cur = Some(node);
+        while let Some(n) = cur {
+            if n.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+                return;
+            }
+            if !sink.cancelled() {
+                n.with_dir(|d| v.leave_dir(d));
+            }
+            cur = n.parent.as_ref();
+        }
+    }
 }
 
 /// Destination directories whose final mode must wait until their contents are written.
@@ -153,21 +221,15 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
             Err(e) => return sink.io_error(b"", "stat directory", e),
         }
     }
-    rayon::scope(|s| {
-        visit(
-            s,
-            Task {
-                src: roots.src,
-                dst: roots.dst,
-                rel: Vec::new(),
-            },
-            only,
-            fence,
-            v,
-            sink,
-            &finish,
-        )
+    let root = Arc::new(Node {
+        src: roots.src,
+        dst: roots.dst,
+        refs: roots.refs,
+        rel: Vec::new(),
+        pending: AtomicUsize::new(1),
+        parent: None,
     });
+    rayon::scope(|s| visit(s, root, only, fence, v, sink, &finish));
     if let Some(dst) = dst_root {
         let mut dirs = finish.into_inner().unwrap_or_else(|p| p.into_inner());
         // Deepest first, so a read-only parent is closed only after its children are.
@@ -185,11 +247,11 @@ fn fenced(sink: &Sink<'_>, rel: &[u8]) {
     sink.error("dest_inside", rel, 0, "this directory is the destination itself, reached from inside the tree being copied (a bind mount?); not entered".into());
 }
 
-/// Walks one directory and spawns its subdirectories.
+/// Walks one opened directory and spawns its subdirectories.
 #[allow(clippy::too_many_arguments)]
 fn visit<'s, V: Visitor>(
     s: &rayon::Scope<'s>,
-    t: Task,
+    node: Arc<Node>,
     only: Option<&'s [Vec<u8>]>,
     fence: &'s Fence,
     v: &'s V,
@@ -199,12 +261,14 @@ fn visit<'s, V: Visitor>(
     if sink.cancelled() {
         return;
     }
-    let entries = match fsutil::read_entries(t.src.as_fd()) {
+    node.with_dir(|d| v.enter_dir(d));
+    let entries = match fsutil::read_entries(node.src.as_fd()) {
         Ok(e) => e,
-        Err(e) => return sink.io_error(&t.rel, "read directory", e),
+        Err(e) => {
+            sink.io_error(&node.rel, "read directory", e);
+            return Node::done(&node, v, sink);
+        }
     };
-    let src = Arc::new(t.src);
-    let dst = t.dst.map(Arc::new);
     let locks = if fence.skip_locks {
         lock_files(&entries)
     } else {
@@ -221,7 +285,7 @@ fn visit<'s, V: Visitor>(
         if locks.contains(&i) {
             sink.info(
                 "lock_file",
-                &join(&t.rel, name.to_bytes()),
+                &join(&node.rel, name.to_bytes()),
                 "LMDB lock file; never backed up",
             );
             continue;
@@ -230,51 +294,61 @@ fn visit<'s, V: Visitor>(
             files.push(i);
             continue;
         }
-        if !v.enter(&t.rel, name) {
+        if !v.descend(&node.rel, name) {
             continue;
         }
-        let rel = join(&t.rel, name.to_bytes());
+        let rel = join(&node.rel, name.to_bytes());
         let name = name.to_owned();
-        let (src, dst) = (Arc::clone(&src), dst.clone());
+        let parent = Arc::clone(&node);
+        parent.pending.fetch_add(1, Ordering::AcqRel);
         s.spawn(move |s| {
-            if let Some(child) =
-                open_child(&src, dst.as_deref(), &name, &rel, &fence.skip, sink, finish)
-            {
-                drop((src, dst));
-                visit(
-                    s,
-                    Task {
-                        src: child.0,
-                        dst: child.1,
-                        rel,
-                    },
-                    None,
-                    fence,
-                    v,
-                    sink,
-                    finish,
-                );
-            }
+            let opened = open_child(
+                &parent.src,
+                parent.dst.as_ref(),
+                &name,
+                &rel,
+                &fence.skip,
+                sink,
+                finish,
+            );
+            let Some((src, dst)) = opened else {
+                return Node::done(&parent, v, sink);
+            };
+            let refs = parent
+                .refs
+                .iter()
+                .map(|r| {
+                    r.as_ref()
+                        .and_then(|r| fsutil::open_dir_at(r.as_fd(), &name).ok())
+                })
+                .collect();
+            let child = Node {
+                src,
+                dst,
+                refs,
+                rel,
+                pending: AtomicUsize::new(1),
+                parent: Some(parent),
+            };
+            visit(s, Arc::new(child), None, fence, v, sink, finish);
         });
     }
-    let dir = Dir {
-        src: src.as_fd(),
-        dst: dst.as_ref().map(|d| d.as_fd()),
-        rel: &t.rel,
-    };
-    let one = |i: usize| {
-        if !sink.cancelled() {
-            let (name, kind) = entries.get(i);
-            v.entry(&dir, name, kind);
+    node.with_dir(|dir| {
+        let one = |i: usize| {
+            if !sink.cancelled() {
+                let (name, kind) = entries.get(i);
+                v.entry(dir, name, kind);
+            }
+        };
+        if files.len() > CHUNK {
+            files
+                .par_chunks(CHUNK)
+                .for_each(|c| c.iter().copied().for_each(one));
+        } else {
+            files.into_iter().for_each(one);
         }
-    };
-    if files.len() > CHUNK {
-        files
-            .par_chunks(CHUNK)
-            .for_each(|c| c.iter().copied().for_each(one));
-    } else {
-        files.into_iter().for_each(one);
-    }
+    });
+    Node::done(&node, v, sink);
 }
 
 /// Opens subdirectory `name` and creates its mirror; reports and returns None on failure, and
@@ -337,14 +411,14 @@ fn open_child(
 mod tests {
     use super::*;
     use crate::fsutil::testutil::Scratch;
-    use crate::progress::Progress;
+    use crate::progress::{Event, Progress};
     use std::collections::BTreeSet;
 
     /// Records every entry it sees as "rel/name".
     struct Collect(Mutex<BTreeSet<String>>, Option<&'static str>);
 
     impl Visitor for Collect {
-        fn enter(&self, _rel: &[u8], name: &CStr) -> bool {
+        fn descend(&self, _rel: &[u8], name: &CStr) -> bool {
             Some(name.to_str().unwrap()) != self.1
         }
         fn entry(&self, dir: &Dir<'_>, name: &CStr, _kind: Kind) {
@@ -363,21 +437,28 @@ mod tests {
         s.file("top", b"x");
     }
 
-    fn run(s: &Scratch, jobs: usize, skip: Option<&'static str>) -> BTreeSet<String> {
+    /// Walks `roots` with `v` in a pool of `jobs` threads; returns the events.
+    fn walk_in_pool<V: Visitor>(jobs: usize, roots: Roots<'_>, v: &V) -> Vec<Event> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(jobs)
             .build()
             .unwrap();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
+        pool.install(|| walk(roots, v, &sink));
+        p.drain()
+    }
+
+    fn run(s: &Scratch, jobs: usize, skip: Option<&'static str>) -> BTreeSet<String> {
         let c = Collect(Mutex::new(BTreeSet::new()), skip);
         let roots = Roots {
             src: fsutil::open_dir(s.root()).unwrap(),
             dst: None,
+            refs: Vec::new(),
             only: None,
             fence: Fence::NONE,
         };
-        pool.install(|| walk(roots, &c, &sink));
+        walk_in_pool(jobs, roots, &c);
         c.0.into_inner().unwrap()
     }
 
@@ -412,6 +493,7 @@ mod tests {
         let roots = Roots {
             src: fsutil::open_dir(s.root()).unwrap(),
             dst: Some(fsutil::open_dir(&s.path("out")).unwrap()),
+            refs: Vec::new(),
             only: None,
             fence: Fence::NONE,
         };
@@ -436,6 +518,7 @@ mod tests {
         let roots = Roots {
             src: fsutil::open_dir(s.root()).unwrap(),
             dst: None,
+            refs: Vec::new(),
             only: Some(&only),
             fence: Fence::NONE,
         };
@@ -445,11 +528,7 @@ mod tests {
     }
 
     /// Walks `s` mirroring into `s/out` with `fence`; returns what was visited and the events.
-    fn run_fenced(
-        s: &Scratch,
-        fence: &Fence,
-        out: &'static str,
-    ) -> (BTreeSet<String>, Vec<crate::progress::Event>) {
+    fn run_fenced(s: &Scratch, fence: &Fence, out: &'static str) -> (BTreeSet<String>, Vec<Event>) {
         std::fs::create_dir_all(s.path(out)).unwrap();
         let p = Progress::new(true, 1000);
         let sink = Sink::new(&p, b"");
@@ -457,6 +536,7 @@ mod tests {
         let roots = Roots {
             src: fsutil::open_dir(s.root()).unwrap(),
             dst: Some(fsutil::open_dir(&s.path(out)).unwrap()),
+            refs: Vec::new(),
             only: None,
             fence,
         };
@@ -564,6 +644,128 @@ mod tests {
         assert!(all.contains("index.db-lock") && all.contains("sub/extra.db-lock"));
     }
 
+    /// Records what the per-directory hooks see: for each file, the reference directory it
+    /// was handed (as the descriptor's number and the directory's inode, or None), and the
+    /// order in which directories are entered and left.
+    #[derive(Default)]
+    struct Hooks {
+        /// rel of each file -> (fd number, inode) of its directory's reference, if any.
+        refs: Mutex<std::collections::BTreeMap<String, Option<(i32, u64)>>>,
+        /// rel of each directory, in the order it was entered.
+        entered: Mutex<Vec<String>>,
+        /// rel of each directory, in the order it was left.
+        left: Mutex<Vec<String>>,
+    }
+
+    fn rel_str(rel: &[u8]) -> String {
+        String::from_utf8(rel.to_vec()).unwrap()
+    }
+
+    impl Visitor for Hooks {
+        fn enter_dir(&self, dir: &Dir<'_>) {
+            self.entered.lock().unwrap().push(rel_str(dir.rel));
+        }
+        fn entry(&self, dir: &Dir<'_>, name: &CStr, _kind: Kind) {
+            use std::os::fd::AsRawFd;
+            let r = dir.refs[0].map(|fd| {
+                let st = rustix::fs::fstat(fd).unwrap();
+                (fd.as_raw_fd(), st.st_ino)
+            });
+            let path = rel_str(&join(dir.rel, name.to_bytes()));
+            self.refs.lock().unwrap().insert(path, r);
+        }
+        fn leave_dir(&self, dir: &Dir<'_>) {
+            self.left.lock().unwrap().push(rel_str(dir.rel));
+        }
+    }
+
+    fn walk_with_ref(s: &Scratch, jobs: usize) -> Hooks {
+        let h = Hooks::default();
+        let roots = Roots {
+            src: fsutil::open_dir(&s.path("src")).unwrap(),
+            dst: None,
+            refs: vec![Some(fsutil::open_dir(&s.path("ref")).unwrap())],
+            only: None,
+            fence: Fence::NONE,
+        };
+        let events = walk_in_pool(jobs, roots, &h);
+        assert!(
+            events.is_empty(),
+            "a missing reference directory is no error"
+        );
+        h
+    }
+
+    #[test]
+    fn reference_directories_are_opened_once_and_handed_to_the_visitor() {
+        let s = Scratch::new("walkref");
+        for i in 0..50 {
+            s.file(&format!("src/a/{i}"), b"x");
+            s.file(&format!("ref/a/{i}"), b"y");
+        }
+        s.file("src/b/c/1", b"x"); // ref has b/ but no b/c/
+        s.file("ref/b/other", b"y");
+        s.file("src/d/1", b"x"); // ref has a file, not a directory, at d
+        s.file("ref/d", b"y");
+        s.file("src/e/1", b"x"); // ref has a symlink to a directory at e: never followed
+        std::os::unix::fs::symlink(s.path("ref/a"), s.path("ref/e")).unwrap();
+        let ino = |p: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(s.path(p)).unwrap().ino()
+        };
+        for jobs in [1, 4] {
+            let h = walk_with_ref(&s, jobs);
+            let refs = h.refs.into_inner().unwrap();
+            let in_a: BTreeSet<_> = (0..50).map(|i| refs[&format!("a/{i}")]).collect();
+            // One descriptor for the whole directory, and it is the reference's own a/.
+            assert_eq!(in_a.len(), 1, "jobs {jobs}: {in_a:?}");
+            assert_eq!(in_a.into_iter().next().unwrap().unwrap().1, ino("ref/a"));
+            assert_eq!(refs["b/c/1"], None);
+            assert_eq!(refs["d/1"], None);
+            assert_eq!(refs["e/1"], None);
+            let mut entered = h.entered.into_inner().unwrap();
+            entered.sort();
+            assert_eq!(
+                entered,
+                vec!["", "a", "b", "b/c", "d", "e"],
+                "each directory entered once"
+            );
+        }
+    }
+
+    #[test]
+    fn directories_are_left_bottom_up_after_all_their_children() {
+        let s = Scratch::new("walkleave");
+        for i in 0..20 {
+            for j in 0..5 {
+                s.file(&format!("src/{i}/{j}/f"), b"x");
+            }
+        }
+        std::fs::create_dir(s.path("ref")).unwrap();
+        for jobs in [1, 4] {
+            let h = walk_with_ref(&s, jobs);
+            let left = h.left.into_inner().unwrap();
+            assert_eq!(
+                left.len(),
+                1 + 20 + 100,
+                "jobs {jobs}: every directory left once"
+            );
+            // Each directory is left after every directory below it.
+            for (i, d) in left.iter().enumerate() {
+                let below = |e: &String| {
+                    e.len() > d.len()
+                        && (d.is_empty()
+                            || e.strip_prefix(d.as_str())
+                                .is_some_and(|r| r.starts_with('/')))
+                };
+                assert!(
+                    !left[i..].iter().any(below),
+                    "jobs {jobs}: {d:?} left before a subdirectory: {left:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn cancel_stops_the_walk() {
         let s = Scratch::new("walkcancel");
@@ -576,6 +778,7 @@ mod tests {
             Roots {
                 src: fsutil::open_dir(s.root()).unwrap(),
                 dst: None,
+                refs: Vec::new(),
                 only: None,
                 fence: Fence::NONE,
             },

@@ -1,4 +1,4 @@
-"""The engine's LMDB checker (rust/lmdbfile.rs, `_engine.lmdb_check`) against independent
+"""The engine's LMDB checker (rust/lmdbfile/, `_engine.lmdb_check`) against independent
 oracles: py-lmdb's offline verifier `lmdb.verify` (pure Python) over a corpus of damaged copies
 of real LMDB files, and LMDB's own C tool `mdb_dump` over a backup's databases."""
 
