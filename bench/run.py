@@ -184,9 +184,22 @@ def backup_contender(jobs: int | None = None) -> Contender:
     return Contender(name, lambda store, dest: mailbak_cli("backup", *flags, str(store), str(dest)))
 
 
-def build_groups(only: str | None, places: Places, jobs_sweep: bool, rsync_ok: bool) -> list[Group]:
+def baseline_contender(python: Path, verb: str) -> Contender:
+    """``mailbak VERB`` of another build (``--baseline``: the interpreter of a venv holding it),
+    so that a change is measured against what it replaces in the same run, round for round."""
+
+    def argv(store: Path, target: Path) -> list[str]:
+        operands = [str(store), str(target)] if verb == "backup" else [str(target)]
+        return [str(python), "-m", "mailbak", verb, *operands]
+
+    return Contender(f"mailbak {verb} (baseline)", argv)
+
+
+def build_groups(only: str | None, places: Places, jobs_sweep: bool, rsync_ok: bool, baseline: Path | None = None) -> list[Group]:
     """The groups to run, in order (the verify group's backup is made when it starts)."""
     same_fs = [backup_contender(), backup_contender(1)]
+    if baseline is not None:
+        same_fs.append(baseline_contender(baseline, "backup"))
     if jobs_sweep:
         same_fs += [backup_contender(j) for j in SWEEP_JOBS if j != 1]  # --jobs 1 is already in
     same_fs += [
@@ -194,12 +207,16 @@ def build_groups(only: str | None, places: Places, jobs_sweep: bool, rsync_ok: b
         Contender("naive_backup.py", lambda store, dest: [sys.executable, str(BENCH_DIR / "naive_backup.py"), str(store), str(dest)]),
     ]
     cross = [backup_contender(), Contender("cp -a", lambda store, dest: ["cp", "-a", str(store / "data"), str(dest)])]
+    if baseline is not None:
+        cross.append(baseline_contender(baseline, "backup"))
     if rsync_ok:
         cross.append(Contender("rsync -a", lambda store, dest: ["rsync", "-a", f"{store}/data/", f"{dest}/"]))
     verify = [
         Contender("mailbak verify", lambda store, backup: mailbak_cli("verify", str(backup))),
         Contender("find -printf %s", lambda store, backup: ["find", str(backup), "-type", "f", "-printf", "%s\\n"], discard_stdout=True),
     ]
+    if baseline is not None:
+        verify.append(baseline_contender(baseline, "verify"))
     groups = [
         Group("same-fs", "same file system (hardlinks)", same_fs, places.near / "dest"),
         Group("cross-device", "another file system (copies)", cross, places.far / "dest"),
@@ -480,6 +497,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE_MESSAGES} messages, one round, in temporary directories: checks that everything runs")
     p.add_argument("--jobs-sweep", action="store_true", help=f"add `mailbak backup --jobs J` for J in {SWEEP_JOBS} to the same-fs group")
     p.add_argument("--only", choices=GROUPS, help="run one group")
+    p.add_argument("--baseline", type=Path, metavar="PYTHON", help="also run `mailbak backup`/`verify` with this interpreter (a venv of another commit), as contenders of the same run")
     args = p.parse_args(argv)
     if args.smoke:
         if args.messages:
@@ -516,7 +534,7 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     info = machine_info(places, [sys.executable, *sys.argv], mailbak)
     if info["engine_warning"]:
         log(f"bench: warning: {info['engine_warning']}")
-    groups = build_groups(args.only, places, args.jobs_sweep, rsync_ok)
+    groups = build_groups(args.only, places, args.jobs_sweep, rsync_ok, args.baseline)
     log_path = places.near / "last-command.log"
     print(f"## mailbak benchmark\n\n{machine_markdown(info)}\n", flush=True)
     report: dict = {"machine": info, "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"json": str(args.json) if args.json else None}, "sizes": []}
