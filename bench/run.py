@@ -537,7 +537,9 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     groups = build_groups(args.only, places, args.jobs_sweep, rsync_ok, args.baseline)
     log_path = places.near / "last-command.log"
     print(f"## mailbak benchmark\n\n{machine_markdown(info)}\n", flush=True)
-    report: dict = {"machine": info, "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"json": str(args.json) if args.json else None}, "sizes": []}
+    # Paths (--json, --baseline) are written as strings: the report must always serialise.
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    report: dict = {"machine": info, "settings": settings, "sizes": []}
     per_size: dict[int, dict[str, list[Result]]] = {}
     for n in args.sizes:
         store, facts = ensure_store(places.cache, n, args.accounts, args.seed)
