@@ -251,26 +251,7 @@ impl<'a> AreaCheck<'a> {
                             .checked
                             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         self.sink
-                            .tally
-                            .missing
-                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        self.sink.progress.add_done(n);
-                        let what = if matches!(e, Errno::NOTDIR | Errno::LOOP) {
-                            "not a directory (a symlink is never followed)".to_string()
-                        } else {
-                            format!(
-                                "cannot open it: {}",
-                                std::io::Error::from_raw_os_error(e.raw_os_error())
-                            )
-                        };
-                        self.sink.error(
-                            "message_dir",
-                            &dir_rel,
-                            e.raw_os_error(),
-                            format!(
-                                "message directory: {what}; its {n} message(s) count as missing"
-                            ),
-                        );
+                            .unusable_message_dir(&dir_rel, e, n, "open", "count as missing");
                     }
                 }
                 cached = Some((msgpath::dir_index(id), opened));

@@ -291,6 +291,36 @@ impl<'a> Sink<'a> {
             format!("{}: {}", op, std::io::Error::from_raw_os_error(e)),
         );
     }
+
+    /// One error for a message directory that cannot be used (`errno`, met trying to `verb`
+    /// it; a symlink is never followed), its `n` snapshot messages counted missing and done, so
+    /// that backup and verify report it alike: once, not once per message. `consequence` says
+    /// what it means for those messages.
+    pub fn unusable_message_dir(
+        &self,
+        dir_rel: &[u8],
+        errno: rustix::io::Errno,
+        n: u64,
+        verb: &str,
+        consequence: &str,
+    ) {
+        self.tally.missing.fetch_add(n, Ordering::Relaxed);
+        self.progress.add_done(n);
+        let what = if matches!(errno, rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) {
+            "not a directory (a symlink is never followed)".to_string()
+        } else {
+            format!(
+                "cannot {verb} it: {}",
+                std::io::Error::from_raw_os_error(errno.raw_os_error())
+            )
+        };
+        self.error(
+            "message_dir",
+            dir_rel,
+            errno.raw_os_error(),
+            format!("message directory: {what}; its {n} message(s) {consequence}"),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -365,23 +365,12 @@ impl<'a> AreaBackup<'a> {
 
     /// Reports message directory `dir_rel` unusable (`e`) with `n` snapshot messages in it.
     fn unusable_dir(&self, dir_rel: &[u8], e: Errno, n: u64) {
-        self.sink.tally.missing.fetch_add(n, Ordering::Relaxed);
-        self.sink.progress.add_done(n);
-        let what = if matches!(e, Errno::NOTDIR | Errno::LOOP) {
-            "not a directory (a symlink is never followed)".to_string()
-        } else {
-            format!(
-                "cannot open or create it: {}",
-                std::io::Error::from_raw_os_error(e.raw_os_error())
-            )
-        };
-        self.sink.error(
-            "message_dir",
+        self.sink.unusable_message_dir(
             dir_rel,
-            e.raw_os_error(),
-            format!(
-                "message directory: {what}; its {n} message(s) of the snapshot are not backed up"
-            ),
+            e,
+            n,
+            "open or create",
+            "of the snapshot are not backed up",
         );
     }
 }
