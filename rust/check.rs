@@ -71,14 +71,21 @@ pub fn check_areas(jobs: &[CheckJob], opts: &CheckOptions, progress: &Progress) 
         .map(|job| {
             let a = &job.spec;
             let sink = Sink::new(progress, &a.prefix);
+            // --fix asked for and impossible (no descriptor left) is an error, never a silent
+            // skip: the user would believe the strays were moved.
             let fix = opts
                 .fix_root
                 .as_ref()
-                .and_then(|r| rustix::io::dup(r).ok())
-                .map(|root| FixTarget {
-                    root,
-                    rel: job.fix_rel.clone(),
-                    owner: opts.fix_owner.clone(),
+                .and_then(|r| match rustix::io::dup(r) {
+                    Ok(root) => Some(FixTarget {
+                        root,
+                        rel: job.fix_rel.clone(),
+                        owner: opts.fix_owner.clone(),
+                    }),
+                    Err(e) => {
+                        sink.io_error(b"", "--fix: open data/ again (nothing moved here)", e);
+                        None
+                    }
                 });
             if let Some(root) = open_area_root(opts.anchor.as_ref(), &a.src, &sink) {
                 AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, opts.live, &sink).run(root);
