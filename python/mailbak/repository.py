@@ -1,0 +1,369 @@
+"""Snapshot repositories (docs/REPOSITORY.md): a directory of snapshots, each an ordinary complete
+backup named by its UTC start time, made by ``mailbak backup STORE REPO`` against the newest
+complete one and thinned by ``mailbak prune``.
+
+What a repository is, on disk:
+
+- ``REPO/mailbak-repo.json``, the marker (:data:`MARKER`): kind, format version, creation time.
+  ``mailbak init`` writes it into an absent or empty directory; nothing else makes a directory a
+  repository.
+- ``REPO/YYYY-MM-DDTHHMMSSZ`` (a suffix ``-1``, ``-2`` on collision): one snapshot each. Any other
+  entry is not a snapshot, never listed, never touched.
+- ``REPO/.trash/``: snapshots prune has decided to remove and not yet finished deleting.
+
+The status of a snapshot (:func:`status_of`) comes from its manifest and from a lock: the backup
+writing it holds an exclusive ``flock`` on the snapshot directory for its whole run, so a
+manifest that still says ``running`` means ``running`` while that lock is held and ``incomplete``
+(interrupted, killed) once it is not. The repository itself is locked the same way: a backup
+holds a shared ``flock`` on the repository directory, prune an exclusive one (:class:`RepoLock`),
+so prune never removes the reference of a snapshot being written.
+
+Every entry is looked at with ``lstat``: a symlink in REPO is never a snapshot, never followed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailbak import manifest
+from mailbak.atomic import replace_file
+from mailbak.destdir import PRIVATE_DIR_MODE
+from mailbak.errors import ManifestError, UsageError
+from mailbak.layout import read_bounded
+from mailbak.report import rfc3339
+
+#: The marker file that makes a directory a repository.
+MARKER = "mailbak-repo.json"
+#: Identifies the marker as ours.
+KIND = "mailbak-repository"
+#: Version of the repository layout.
+REPO_FORMAT = 1
+#: Where prune moves snapshots before deleting them.
+TRASH = ".trash"
+#: Largest marker accepted.
+MAX_MARKER_BYTES = 64 * 1024
+#: Mode of the marker file.
+MARKER_MODE = 0o640
+
+#: strftime format of a snapshot's name: its start time in UTC, to the second.
+NAME_FORMAT = "%Y-%m-%dT%H%M%SZ"
+#: A snapshot's directory name: the start time, then an optional collision suffix.
+NAME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6}Z)(?:-([1-9]\d{0,5}))?$")
+
+#: Snapshot statuses (the order of retention.STATUSES).
+OK, FAILED, INCOMPLETE, RUNNING = "ok", "failed", "incomplete", "running"
+
+
+class RepositoryBusy(Exception):
+    """The repository lock is held by another mailbak and the caller would not wait (exit 1)."""
+
+
+def is_repository(path: Path) -> bool:
+    """Whether ``path`` is a directory holding the repository marker (neither of them a symlink)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(path / MARKER).st_mode)
+    except OSError:
+        return False
+
+
+def snapshot_name(started: float) -> str:
+    """The directory name of a snapshot started at ``started`` (without collision suffix)."""
+    return time.strftime(NAME_FORMAT, time.gmtime(started))
+
+
+def name_time(name: str) -> datetime | None:
+    """The start time a snapshot's name says (UTC), or None for a name that is not one."""
+    m = NAME_RE.match(name)
+    if not m:
+        return None
+    try:
+        return datetime.strptime(m.group(1), NAME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An RFC 3339 UTC time as the manifest writes it (``2026-11-26T02:00:00Z``), or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else None
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a backup is writing the snapshot at ``path`` (it holds the directory's lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot of a repository, as ``mailbak snapshots`` shows it."""
+
+    name: str
+    path: Path
+    #: ok, failed, incomplete or running.
+    status: str
+    #: Start time: the manifest's; for a snapshot without a readable manifest, its name's.
+    start: datetime
+    #: Finish time from the manifest (complete and failed snapshots).
+    finished: datetime | None
+    #: The manifest (None when missing or unreadable).
+    manifest: dict[str, Any] | None
+    #: Why the status is incomplete, when it is (no manifest, malformed manifest, ...).
+    detail: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return (self.finished - self.start).total_seconds() if self.finished else None
+
+    @property
+    def transfer(self) -> dict[str, Any]:
+        """The manifest's transfer counts (messages, linked, reused, copied, bytes_copied) and
+        reference; empty for a snapshot whose manifest has none."""
+        t = (self.manifest or {}).get("transfer")
+        return t if isinstance(t, dict) else {}
+
+    def as_json(self) -> dict[str, Any]:
+        t = self.transfer
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "status": self.status,
+            "started": rfc3339(self.start.timestamp()),
+            "finished": rfc3339(self.finished.timestamp()) if self.finished else None,
+            "duration_seconds": round(self.duration, 3) if self.duration is not None else None,
+            "reference": (self.manifest or {}).get("reference"),
+            **{k: t.get(k) for k in ("messages", "linked", "reused", "copied", "bytes_copied")},
+            "errors": (self.manifest or {}).get("errors"),
+            "warnings": (self.manifest or {}).get("warnings"),
+            **({"detail": self.detail} if self.detail else {}),
+        }
+
+
+def status_of(path: Path, name: str) -> SnapshotInfo:
+    """Reads one snapshot's manifest and lock (see the module doc)."""
+    fallback = name_time(name) or datetime.fromtimestamp(0, UTC)
+    doc: dict[str, Any] | None = None
+    detail = None
+    try:
+        doc = manifest.read(path)
+    except ManifestError as e:
+        detail = "no manifest" if e.kind == ManifestError.MISSING else str(e)
+    status = doc.get("status") if doc else None
+    start = parse_time(doc.get("started")) if doc else None
+    finished = parse_time(doc.get("finished")) if doc and status in (OK, FAILED) else None
+    if status in (OK, FAILED) and start is None:
+        status, detail = INCOMPLETE, "manifest has no start time"
+    if status not in (OK, FAILED):
+        if is_locked(path):
+            status = RUNNING
+        else:
+            detail = detail or "its manifest still says running: interrupted or killed"
+            status = INCOMPLETE
+    return SnapshotInfo(name, path, status, start or fallback, finished, doc, detail if status == INCOMPLETE else None)
+
+
+class RepoLock:
+    """The repository's ``flock``: shared for a backup (several may write snapshots at once),
+    exclusive for prune. ``wait`` False raises RepositoryBusy instead of waiting; ``on_wait`` is
+    told once, before waiting. Released by ``release()`` or when the process ends."""
+
+    def __init__(self, repo: Path, *, exclusive: bool, wait: bool = True, on_wait: Callable[[str], None] | None = None):
+        self.fd: int | None = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        how = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            try:
+                fcntl.flock(self.fd, how | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            held = "a backup or a prune" if exclusive else "a prune"
+            if not wait:
+                raise RepositoryBusy(f"{repo}: the repository is locked by another mailbak ({held}); not waiting (--no-wait)")
+            if on_wait is not None:
+                on_wait(f"{repo}: waiting for the repository lock, held by another mailbak ({held})")
+            fcntl.flock(self.fd, how)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class SnapshotLock:
+    """The exclusive ``flock`` a backup holds on the snapshot directory it writes (see
+    :func:`is_locked`)."""
+
+    def __init__(self, path: Path):
+        self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Repository:
+    """An existing repository (:meth:`open`) or a new one (:func:`init`)."""
+
+    def __init__(self, path: Path, marker: dict[str, Any]):
+        self.path = path
+        self.marker = marker
+
+    @classmethod
+    def open(cls, path: Path) -> Repository:
+        """Opens the repository at ``path``; raises UsageError when it is none."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no such repository (create one with `mailbak init {path}`)") from None
+        except OSError as e:
+            raise UsageError(f"{path}: cannot access the repository: {e.strerror}") from e
+        if stat.S_ISLNK(st.st_mode):
+            raise UsageError(f"{path}: is a symlink (a symlink is never followed); give the directory it points to itself")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{path}: not a directory, so not a repository")
+        marker_path = path / MARKER
+        if not os.path.lexists(marker_path):
+            raise UsageError(f"{path}: not a mailbak repository (no {MARKER}); create one with `mailbak init DIR` in a new or empty directory")
+        if not stat.S_ISREG(os.lstat(marker_path).st_mode):
+            raise UsageError(f"{marker_path}: not a regular file")
+        raw = read_bounded(marker_path, MAX_MARKER_BYTES, UsageError(f"{marker_path}: missing"), UsageError)
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"{marker_path}: malformed JSON: {e}") from e
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise UsageError(f"{marker_path}: not a mailbak repository marker (no \"kind\": \"{KIND}\")")
+        if doc.get("format_version") != REPO_FORMAT:
+            raise UsageError(f"{marker_path}: repository format {doc.get('format_version')!r} is not supported (this mailbak reads {REPO_FORMAT})")
+        return cls(path, doc)
+
+    # Snapshots ---------------------------------------------------------------------------------
+
+    def snapshot_names(self) -> list[str]:
+        """Names of the snapshot directories (real directories with a snapshot's name)."""
+        names = []
+        with os.scandir(self.path) as it:
+            for e in it:
+                if NAME_RE.match(e.name) and e.is_dir(follow_symlinks=False):
+                    names.append(e.name)
+        return names
+
+    def snapshots(self) -> list[SnapshotInfo]:
+        """Every snapshot, newest first (by start time, then name)."""
+        infos = [status_of(self.path / n, n) for n in self.snapshot_names()]
+        infos.sort(key=lambda s: (s.start, s.name), reverse=True)
+        return infos
+
+    def newest_complete(self) -> SnapshotInfo | None:
+        """The reference of the next backup: the newest snapshot whose manifest says ok."""
+        return next((s for s in self.snapshots() if s.status == OK), None)
+
+    def create_snapshot(self, started: float) -> Path:
+        """Creates the directory of a new snapshot started at ``started`` (private, 0700) and
+        returns it; a name already taken gets a suffix ``-1``, ``-2``, ..."""
+        base = snapshot_name(started)
+        for n in range(0, 1000):
+            path = self.path / (base if n == 0 else f"{base}-{n}")
+            try:
+                os.mkdir(path, PRIVATE_DIR_MODE)
+                return path
+            except FileExistsError:
+                continue
+        raise UsageError(f"{self.path}: a thousand snapshots named {base}*: refusing to make another")
+
+    # Trash -------------------------------------------------------------------------------------
+
+    @property
+    def trash(self) -> Path:
+        return self.path / TRASH
+
+    def trash_entries(self) -> list[str]:
+        """Names in ``.trash`` (pending deletions), sorted; none when there is no trash."""
+        try:
+            st = os.lstat(self.trash)
+        except FileNotFoundError:
+            return []
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{self.trash}: not a directory (a symlink is never followed); move it away")
+        return sorted(os.listdir(self.trash))
+
+    def move_to_trash(self, name: str) -> Path:
+        """Renames snapshot ``name`` into the trash (atomic: from here on the decision stands,
+        a crash only leaves trash) and makes the rename durable."""
+        try:
+            os.mkdir(self.trash, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass
+        target = self.trash / name
+        if os.path.lexists(target):
+            # A snapshot of the same name whose deletion is pending: keep both.
+            for n in range(1, 1000):
+                target = self.trash / f"{name}.{n}"
+                if not os.path.lexists(target):
+                    break
+        os.rename(self.path / name, target)
+        for d in (self.trash, self.path):
+            _fsync_dir(d)
+        return target
+
+
+def init(path: Path) -> Repository:
+    """Makes ``path`` (absent, its parent existing, or an empty directory) a repository."""
+    from mailbak.destdir import check_destination
+
+    check_destination(path, action="make a repository")
+    existed = os.path.lexists(path)
+    try:
+        if not existed:
+            os.mkdir(path, PRIVATE_DIR_MODE)
+        else:
+            # Snapshots hold secrets (auth.db, receivedid.key): nobody else may list them.
+            os.chmod(path, PRIVATE_DIR_MODE)
+        doc = {"kind": KIND, "format_version": REPO_FORMAT, "created": rfc3339()}
+        replace_file(path / MARKER, (json.dumps(doc, indent=2) + "\n").encode(), mode=MARKER_MODE, tmp_name=MARKER + ".tmp")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot make a repository there: {e.strerror}") from e
+    return Repository(path, doc)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EROFS):
+            raise
+    finally:
+        os.close(fd)
