@@ -47,7 +47,7 @@ class BackupResult:
 
     #: "ok" (warnings allowed) or "failed" (errors; the backup is kept and marked failed).
     status: str
-    #: The backup directory.
+    #: The backup directory (for a repository DEST, the new snapshot in it).
     dest: Path
     #: The store, resolved.
     store: str
@@ -62,6 +62,13 @@ class BackupResult:
     accounts: dict[str, dict[str, int]]
     #: Accounts whose index could not be read, copied as plain files.
     plain_copied_accounts: list[str]
+    #: The repository the backup is a snapshot of, and the snapshot's name (None otherwise).
+    repository: str | None
+    snapshot: str | None
+    #: The backup unchanged files were reused from (None: none).
+    reference: str | None
+    #: messages, linked (from the store), reused (from the reference), copied, bytes_copied.
+    transfer: dict[str, int]
     warnings: int
     errors: int
     #: The whole JSON summary, as ``--json`` prints it.
@@ -162,7 +169,7 @@ def check_jobs(jobs: int | None) -> int:
     return jobs
 
 
-def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool):
+def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool, link_dest: PathArg | None = None):
     """The phase object of a backup (mailbak.backup.Backup)."""
     from mailbak.backup import Backup
     from mailbak.layout import StorePaths
@@ -171,7 +178,7 @@ def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: P
     warning = private_tmp_warning(dest)
     if warning:
         reporter.warn("private_tmp", os.fspath(dest), warning)
-    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose)
+    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose, link_dest=Path(link_dest) if link_dest is not None else None)
 
 
 def verify_job(path: PathArg, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool):
@@ -203,13 +210,22 @@ def run_job(job: Any, reporter: Reporter, *, title: str, target: PathArg, stage:
     whatever stops the run (KeyboardInterrupt, the CLI's Interrupted, an ``on_event`` error);
     ``stage``, when given, tells how far it got."""
     stage = stage or JobStage()
-    job.check()
-    stage.stage = "run"
-    stage.status = job.run()
-    facts = job.facts(stage.status)
-    stage.stage = "summary"
-    reporter.summary(f"{title} {stage.status}: {target}", facts, job.table())
-    return facts
+    try:
+        job.check()
+        stage.stage = "run"
+        stage.status = job.run()
+        facts = job.facts(stage.status)
+        stage.stage = "summary"
+        # A backup into a repository names the snapshot it made, not the repository.
+        shown = getattr(job, "summary_target", target)
+        reporter.summary(f"{title} {stage.status}: {shown}", facts, job.table())
+        return facts
+    finally:
+        # Locks a job holds (a backup's on its repository) end with it, also in a long-lived
+        # process calling the API.
+        close = getattr(job, "close", None)
+        if close is not None:
+            close()
 
 
 def _run(job: Any, reporter: Reporter, *, title: str, target: PathArg) -> dict[str, Any]:
@@ -232,18 +248,22 @@ def backup(
     jobs: int | None = None,
     config: PathArg | None = None,
     data: PathArg | None = None,
+    link_dest: PathArg | None = None,
     verbose: bool = False,
     on_event: EventCallback | None = None,
 ) -> BackupResult:
-    """Backs up ``store`` into ``dest`` (new or empty), as ``mailbak backup`` does.
+    """Backs up ``store`` into ``dest``, as ``mailbak backup`` does: ``dest`` new or empty, or a
+    repository (``init``), in which the backup is a new snapshot.
 
-    ``config``/``data`` override STORE/config and STORE/data; ``jobs`` is the number of worker
-    threads (default: one per core, at least 2); ``on_event`` receives each JSON Lines object
-    (status, warning, error, summary; per-file "info" lines too with ``verbose``)."""
+    ``config``/``data`` override STORE/config and STORE/data; ``link_dest`` names a complete
+    backup to reuse unchanged files from (``--link-dest``; default for a repository: its newest
+    complete snapshot); ``jobs`` is the number of worker threads (default: one per core, at
+    least 2); ``on_event`` receives each JSON Lines object (status, warning, error, summary;
+    per-file "info" lines too with ``verbose``)."""
     reporter = event_reporter(on_event, verbose)
-    job = backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+    job = backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, link_dest=link_dest)
     facts = _run(job, reporter, title="backup", target=dest)
-    return _result(BackupResult, facts, dest=Path(dest))
+    return _result(BackupResult, facts, dest=job.dest)
 
 
 def verify(

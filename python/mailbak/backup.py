@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailbak import __version__, _engine, manifest, testpause
+from mailbak import __version__, _engine, manifest, repository, testpause
 from mailbak.anchor import DataRoot, identity, inside
 from mailbak.destdir import DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, close_to_others, is_backup, make_dir
-from mailbak.errors import UsageError
+from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
     ACCOUNTS_DIR,
@@ -62,10 +62,10 @@ from mailbak.testpause import pause
 DATA = AreaKind.DATA.layout
 
 #: Per-area counts recorded in the manifest.
-AREA_COUNTS = ("linked", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
+AREA_COUNTS = ("linked", "reused", "copied", "skipped_new", "skipped_erasing", "orphans", "unrecognized", "missing", "damaged", "errors", "warnings")
 
 #: The columns of the summary table, a subset of AREA_COUNTS, with their headings.
-TABLE_COLUMNS = (("linked", "linked"), ("copied", "copied"), ("skipped_new", "new"), ("skipped_erasing", "erasing"), ("orphans", "orphans"), ("unrecognized", "unrecognized"), ("missing", "missing"))
+TABLE_COLUMNS = (("linked", "linked"), ("reused", "reused"), ("copied", "copied"), ("skipped_new", "new"), ("skipped_erasing", "erasing"), ("orphans", "orphans"), ("unrecognized", "unrecognized"), ("missing", "missing"))
 
 #: The hint of the one link-fallback warning, when the cause is another file system.
 EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
@@ -92,9 +92,17 @@ class Area:
 class Backup:
     """One run of ``mailbak backup``."""
 
-    def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False):
+    def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False, link_dest: Path | None = None):
         self.paths = paths
         self.dest = dest
+        #: The reference backup asked for with --link-dest (checked in phase 1).
+        self.link_dest = link_dest
+        #: The reference the engine reuses unchanged files from: --link-dest, or the newest
+        #: complete snapshot of the repository DEST (set in phase 1); None: no reference.
+        self.reference: Path | None = None
+        #: The repository DEST is, if it is one; the run then writes a new snapshot in it.
+        self.repository: repository.Repository | None = None
+        self.locks: list[repository.RepoLock | repository.SnapshotLock] = []
         self.jobs = jobs
         self.reporter = reporter
         self.runner = Runner(reporter, verbose=verbose)
@@ -137,12 +145,18 @@ class Backup:
             self.config = read_config(self.paths.config_dir)
         except FormatError as e:
             raise UsageError(str(e)) from e
-        check_destination(self.dest)
+        is_repo = repository.is_repository(self.dest)
+        if not is_repo:
+            check_destination_or_hint(self.dest)
         # By identity, not by path: a bind mount or a symlink gives a directory a second path.
         if inside(self.dest, [self.paths.data_dir, self.paths.config_dir]):
             raise UsageError(f"{self.dest}: the destination is inside the store (reached through this path or another one, such as a bind mount)")
         if os.path.lexists(self.dest) and (inside(self.paths.data_dir, [self.dest]) or inside(self.paths.config_dir, [self.dest])):
             raise UsageError(f"{self.dest}: the store is inside the destination")
+        if self.link_dest is not None:
+            self.reference = check_reference(self.link_dest)
+        if is_repo:
+            self.open_snapshot()
         existed = self.dest.exists()
         try:
             if not existed:
@@ -156,12 +170,48 @@ class Backup:
         except OSError as e:
             raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
         self.exdev_hint = link_hint(self.paths.data_dir, self.data_dst, EXDEV_HINT)
+        if self.repository is not None or self.link_dest is not None:
+            # Another disk is the point of a repository or a reference: copies across file
+            # systems are expected there, and unchanged files are reused, not copied.
+            self.runner.expect_exdev = True
         if existed:
             # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
             try:
                 close_to_others(self.dest)
             except OSError as e:
                 self.reporter.warn("dest_mode", str(self.dest), f"cannot make the destination unreadable to others ({e.strerror}); its subdirectories are")
+
+    def open_snapshot(self) -> None:
+        """Phase 1 for a repository DEST: waits for its shared lock (a prune holds it
+        exclusively), takes the newest complete snapshot as the reference (unless --link-dest
+        named one) and creates the new snapshot's directory, locked while it is written;
+        ``self.dest`` becomes that directory."""
+        repo = repository.Repository.open(self.dest)
+        try:
+            self.locks.append(repository.RepoLock(repo.path, exclusive=False, on_wait=self.reporter.message))
+            if self.reference is None:
+                newest = repo.newest_complete()
+                self.reference = newest.path if newest is not None else None
+            path = repo.create_snapshot(self.started)
+            self.locks.append(repository.SnapshotLock(path))
+        except OSError as e:
+            self.close()
+            raise UsageError(f"{self.dest}: cannot write a snapshot into the repository: {e.strerror}") from e
+        except BaseException:
+            self.close()
+            raise
+        self.repository = repo
+        self.dest = path
+
+    def close(self) -> None:
+        """Releases the repository's and the snapshot's locks (a backup into a repository)."""
+        while self.locks:
+            self.locks.pop().release()
+
+    @property
+    def summary_target(self) -> Path:
+        """What the summary line names: DEST, or the new snapshot in the repository DEST."""
+        return self.dest
 
     # Phases 2 to 7 ---------------------------------------------------------------------------
 
@@ -206,7 +256,7 @@ class Backup:
         return status
 
     def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
-        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, skip=self.skip)
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, skip=self.skip, **self.reference_arg())
         self.runner.note_link_fallback(result, self.exdev_hint)
         return result
 
@@ -215,13 +265,18 @@ class Backup:
         files left out."""
         prefix = f"data/{rel}".rstrip("/").encode()
         try:
-            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True)
+            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True, **self.reference_arg())
         except OSError as e:
             # data/rel was replaced (by a symlink, say) after it was checked: reported, never followed.
             self.reporter.error("area_missing", prefix, f"cannot open the directory without following a symlink ({e.strerror}); not backed up")
             return {}
         self.runner.note_link_fallback(result, self.exdev_hint)
         return result
+
+    def reference_arg(self) -> dict[str, Any]:
+        """The engine's ``reference`` argument: unchanged files are linked from it (the path of
+        each tree in it is the call's prefix, which names the same path in this backup)."""
+        return {} if self.reference is None else {"reference": self.reference}
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
         """Copies one database; reports and returns False on failure."""
@@ -312,10 +367,10 @@ class Backup:
         """Phase 5: every area in one engine call, so workers spread over all of them; an area's
         plain files (an account's junk filter) travel with its messages."""
         specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst} for a in self.areas]
-        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip)
+        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, **self.reference_arg())
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
-            area.counts = {k: result[k] for k in AREA_COUNTS}
+            area.counts = {k: result.get(k, 0) for k in AREA_COUNTS}
 
     def copy_other_files(self) -> None:
         """Phase 6: the rest of data/ (the areas' own plain files went with their messages)."""
@@ -402,8 +457,25 @@ class Backup:
             "queue": next(({**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.QUEUE), None),
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.ACCOUNT},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
+            "repository": str(self.repository.path) if self.repository is not None else None,
+            "snapshot": self.dest.name if self.repository is not None else None,
+            "reference": str(self.reference) if self.reference is not None else None,
+            "transfer": self.transfer(),
             "warnings": counts.warnings,
             "errors": self.error_count(),
+        }
+
+    def transfer(self) -> dict[str, int]:
+        """How the backup's files got there, over every phase: message files ``linked`` from the
+        store, files ``reused`` from the reference, files ``copied``, and ``bytes_copied`` (the
+        databases included); ``messages`` is the snapshot's live message count."""
+        t = self.runner.totals
+        return {
+            "messages": sum(a.index.live_count for a in self.areas),
+            "linked": t.get("linked", 0),
+            "reused": t.get("reused", 0),
+            "copied": t.get("copied", 0),
+            "bytes_copied": self.runner.bytes_copied + sum(db["bytes"] for db in self.databases.values()),
         }
 
     def table(self) -> list[tuple[str, ...]]:
@@ -416,6 +488,29 @@ class Backup:
                 total[k] += a.counts.get(k, 0)
         rows.append(("total", *(str(v) for v in total.values())))
         return rows
+
+
+def check_destination_or_hint(dest: Path) -> None:
+    """check_destination, with a hint for a directory that is neither empty nor a repository."""
+    try:
+        check_destination(dest)
+    except UsageError as e:
+        if "is not empty" in str(e):
+            raise UsageError(f"{e}; to keep snapshots there, make a new or empty directory a repository with `mailbak init DIR` and back up into that") from None
+        raise
+
+
+def check_reference(path: Path) -> Path:
+    """--link-dest PREV: a directory (not a symlink) holding a complete backup; raises UsageError."""
+    if not is_real_dir(path):
+        raise UsageError(f"{path}: --link-dest must name a backup directory (a symlink is never followed)")
+    try:
+        doc = manifest.read(path)
+    except ManifestError as e:
+        raise UsageError(f"--link-dest {path}: not a complete backup: {e}") from e
+    if doc["status"] != manifest.OK:
+        raise UsageError(f"--link-dest {path}: not a complete backup (its manifest says {doc['status']})")
+    return path
 
 
 def lock_files(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:

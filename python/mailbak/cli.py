@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -58,19 +59,28 @@ def stop_interrupted(reporter, e: BaseException, what: str) -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoReturn:
+def execute(job, reporter, *, title: str, target: Path, left_behind: str | Callable[[], str]) -> NoReturn:
     """Runs a phase object (Backup, Verify, Restore) through the API (``mailbak.api.run_job``:
     ``check()``, ``run()``, the summary) and maps every outcome to its exit status.
-    ``left_behind`` tells the user what an aborted run leaves."""
+    ``left_behind`` tells the user what an aborted run leaves (a function when that is only
+    known once the job has started: a backup into a repository names its new snapshot)."""
     from mailbak.api import JobStage, run_job
     from mailbak.errors import DestinationFull, Interrupted, UsageError
 
     stage = JobStage()
+    from mailbak.repository import RepositoryBusy
+
     try:
         facts = run_job(job, reporter, title=title, target=target, stage=stage)
     except UsageError as e:
         fail_usage(reporter, str(e))
+    except RepositoryBusy as e:
+        reporter.close()
+        click.echo(f"mailbak: error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
     except Interrupted as e:
+        if callable(left_behind):
+            left_behind = left_behind()
         if stage.stage == "check" and not os.path.lexists(target):
             # check() creates the target last; before that, there is nothing to clean up.
             left_behind = "nothing was written"
@@ -78,10 +88,14 @@ def execute(job, reporter, *, title: str, target: Path, left_behind: str) -> NoR
             left_behind = f"the {title} itself finished ({stage.status}); only its summary was cut short"
         stop_interrupted(reporter, e, left_behind)
     except DestinationFull as e:
+        if callable(left_behind):
+            left_behind = left_behind()
         reporter.close()
         click.echo(f"mailbak: error: {e.what}: {e}; {left_behind}", err=True)
         sys.exit(EXIT_FAILED)
     except OSError as e:
+        if callable(left_behind):
+            left_behind = left_behind()
         reporter.close()
         where = f" {e.filename}:" if e.filename else ""
         click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
@@ -139,11 +153,19 @@ def main() -> None:
 @click.argument("dest", type=click.Path(path_type=Path))
 @click.option("--config", "config_dir", type=click.Path(path_type=Path), help="Config directory (default: STORE/config).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory (default: STORE/data).")
+@click.option("--link-dest", type=click.Path(path_type=Path), metavar="PREV", help="Reuse (hardlink) unchanged files from PREV, a complete backup (default for a repository DEST: its newest complete snapshot).")
 @jobs_option
 @output_options
 @monitor_options
-def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
-    """Back up STORE into DEST (new or empty) while the server runs.
+def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+    """Back up STORE into DEST while the server runs.
+
+    \b
+    DEST is a new or empty directory, or a repository (mailbak init): then
+    the backup is a new snapshot REPO/<UTC start time>, and every file that
+    is unchanged since the newest complete snapshot is hardlinked from it
+    (reused) instead of copied. Backups and prunes of one repository never
+    overlap: a backup waits for a running prune.
 
     \b
     Phases: write DEST/mailbak.json saying "running"; copy config/; take the
@@ -173,8 +195,8 @@ def backup(store: Path, dest: Path, config_dir, data_dir, jobs, json_output, qui
     install_signal_handlers()
     with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
         reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
-        b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-        execute(b, reporter, title="backup", target=dest, left_behind=f"{dest} is an incomplete backup (its manifest says running)")
+        b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
+        execute(b, reporter, title="backup", target=dest, left_behind=lambda: f"{b.dest} is an incomplete backup (its manifest says running)")
 
 
 @main.command()
@@ -216,6 +238,138 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
         reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         v = monitor.job = verify_job(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
         execute(v, reporter, title="verify", target=path, left_behind="verification incomplete")
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--json", "json_output", is_flag=True, help="Print the result as one JSON object on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
+def init(repo: Path, json_output: bool, quiet: bool) -> None:
+    """Make REPO (new or empty) a repository of snapshots.
+
+    \b
+    A repository holds one snapshot per `mailbak backup STORE REPO`, each a
+    complete backup named by its UTC start time, in which every file that is
+    unchanged since the previous snapshot is a hardlink to it: keep REPO on
+    another disk than the store, and thin it with `mailbak prune`
+    (docs/REPOSITORY.md). Exit status: 0 made, 2 bad usage (REPO exists and is
+    not an empty directory; nothing written).
+    """
+    import json
+
+    from mailbak import repository
+    from mailbak.errors import UsageError
+
+    try:
+        r = repository.init(repo)
+    except UsageError as e:
+        click.echo(f"mailbak: error: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    if json_output:
+        click.echo(json.dumps({"message_type": "summary", "status": "ok", "repository": str(repo), **r.marker}))
+    elif not quiet:
+        click.echo(f"repository created: {repo}\nback up into it with: mailbak backup STORE {repo}")
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--json", "json_output", is_flag=True, help="One JSON object per snapshot per line on stdout, newest first.")
+def snapshots(repo: Path, json_output: bool) -> None:
+    """List the snapshots of repository REPO, newest first.
+
+    \b
+    Status: ok (complete), failed (complete as far as it goes; see its
+    errors), incomplete (interrupted or killed: no finished manifest), running
+    (a backup is writing it now). Times are local; "reused" counts files
+    hardlinked from the previous snapshot, "copied" files written anew.
+    Exit status: 0, or 2 when REPO is not a repository.
+    """
+    import json
+
+    from mailbak import repository
+    from mailbak.errors import UsageError
+
+    try:
+        r = repository.Repository.open(repo)
+        infos = r.snapshots()
+        trash = r.trash_entries()
+    except UsageError as e:
+        click.echo(f"mailbak: error: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    if json_output:
+        for info in infos:
+            click.echo(json.dumps({"message_type": "snapshot", **info.as_json()}, ensure_ascii=False))
+        if trash:
+            click.echo(json.dumps({"message_type": "trash", "pending": trash}, ensure_ascii=False))
+        return
+    from mailbak.report import format_table
+
+    click.echo(format_table(repository.snapshots_table(infos)), nl=False)
+    if trash:
+        click.echo(repository.trash_line(r, trash))
+
+
+def keep_options(f):
+    """The --keep-* options of prune (and offsite prune): restic's forget rules."""
+    for name, what in reversed(
+        (
+            ("last", "the N newest complete snapshots"),
+            ("hourly", "the newest snapshot of each of the last N hours that have one"),
+            ("daily", "the newest snapshot of each of the last N days that have one"),
+            ("weekly", "the newest snapshot of each of the last N ISO weeks that have one"),
+            ("monthly", "the newest snapshot of each of the last N months that have one"),
+            ("yearly", "the newest snapshot of each of the last N years that have one"),
+        )
+    ):
+        f = click.option(f"--keep-{name}", f"keep_{name}", metavar="N", help=f"Keep {what} (N or 'unlimited').")(f)
+    f = click.option("--keep-within", "keep_within", metavar="DURATION", help="Keep every complete snapshot within DURATION of the newest (e.g. 30d, 2w, 1y6m; m is months).")(f)
+    return f
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path))
+@keep_options
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be kept and removed; change nothing.")
+@click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when a backup holds the repository.")
+@click.option("--no-nice", is_flag=True, help="Delete at normal CPU and I/O priority (default: lowest CPU, idle I/O).")
+@jobs_option
+@output_options
+@monitor_options
+def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url, **keep) -> None:
+    """Remove the snapshots of REPO that no --keep-* rule keeps.
+
+    \b
+    The rules are restic's forget rules (docs/REPOSITORY.md): each --keep-X N
+    keeps the newest snapshot in each of the last N periods that hold one;
+    rules are ORed; times are the manifests' start times in the local time
+    zone (TZ honoured). Only complete snapshots count. The newest complete
+    snapshot is always kept; failed and incomplete ones are removed once a
+    newer complete one exists; one being written is never touched.
+
+    \b
+    Removed snapshots are first renamed into REPO/.trash (so the decision
+    survives a crash), then deleted in parallel at low priority. A prune that
+    was stopped leaves only trash, which the next prune deletes first.
+    Exit status: 0 ok, 1 something could not be deleted (it stays in the
+    trash) or the repository is busy with --no-wait, 2 bad usage (no rule,
+    bad value, not a repository), 130 interrupted.
+    """
+    from mailbak.monitor import Monitor
+    from mailbak.prune import Prune, policy_from_options
+    from mailbak.report import make_reporter
+    from mailbak.runner import install_signal_handlers
+
+    install_signal_handlers()
+    with Monitor("prune", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
+        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        from mailbak.errors import UsageError
+
+        try:
+            policy = policy_from_options(**keep)
+        except UsageError as e:
+            fail_usage(reporter, str(e))
+        p = monitor.job = Prune(repo, policy, dry_run=dry_run, wait=not no_wait, nice=not no_nice, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        execute(p, reporter, title="prune (dry run)" if dry_run else "prune", target=repo, left_behind=f"snapshots moved to {repo}/.trash are deleted by the next prune")
 
 
 @main.command()

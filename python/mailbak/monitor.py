@@ -37,7 +37,8 @@ METRICS = {
     "mailbak_last_run_timestamp_seconds": "When the last run finished, in seconds since the Unix epoch.",
     "mailbak_last_success_timestamp_seconds": "When the last successful run finished, in seconds since the Unix epoch (0: none recorded).",
     "mailbak_duration_seconds": "Wall-clock duration of the last run in seconds.",
-    "mailbak_files": "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; verify: checked, missing, damaged, orphans, unrecognized, moved).",
+    "mailbak_files": "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; verify: checked, missing, damaged, orphans, unrecognized, moved; prune: deleted).",
+    "mailbak_snapshots": "Snapshots of the repository by what the last prune did with them: kept, removed.",
     "mailbak_bytes_copied": "Bytes the last backup wrote by copying (databases and every file not hardlinked).",
     "mailbak_warnings": "Warnings of the last run.",
     "mailbak_errors": "Errors of the last run.",
@@ -47,6 +48,7 @@ METRICS = {
 FILE_KINDS = {
     "backup": ("linked", "reused", "copied", "skipped", "unrecognized"),
     "verify": ("checked", "missing", "damaged", "orphans", "unrecognized", "moved"),
+    "prune": ("deleted",),
 }
 
 
@@ -61,6 +63,8 @@ class RunRecord:
     exit_status: int
     files: dict[str, int] = field(default_factory=dict)
     bytes_copied: int | None = None
+    #: prune: snapshots kept and removed.
+    snapshots: dict[str, int] = field(default_factory=dict)
     warnings: int = 0
     errors: int = 0
 
@@ -95,6 +99,7 @@ def render_metrics(rec: RunRecord, last_success: float | None) -> str:
         "mailbak_last_success_timestamp_seconds": [("", round(success_at, 3) if isinstance(success_at, float) else success_at)],
         "mailbak_duration_seconds": [("", round(rec.finished - rec.started, 3))],
         "mailbak_files": [(f',kind="{label_value(k)}"', n) for k, n in rec.files.items()],
+        "mailbak_snapshots": [(f',state="{label_value(k)}"', n) for k, n in rec.snapshots.items()],
         "mailbak_bytes_copied": [("", rec.bytes_copied)] if rec.bytes_copied is not None else [],
         "mailbak_warnings": [("", rec.warnings)],
         "mailbak_errors": [("", rec.errors)],
@@ -148,11 +153,11 @@ def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
     if command == "backup":
         areas = [a for a in [facts.get("queue"), *(facts.get("accounts") or {}).values()] if a]
         for a in areas:
-            files["linked"] += a.get("linked", 0)
-            files["copied"] += a.get("copied", 0)
+            for k in ("linked", "reused", "copied", "unrecognized"):
+                files[k] += a.get(k, 0)
             files["skipped"] += a.get("skipped_new", 0) + a.get("skipped_erasing", 0)
-            files["unrecognized"] += a.get("unrecognized", 0)
-        # "reused" (unchanged files linked from an earlier snapshot) comes with repositories.
+    elif command == "prune":
+        files["deleted"] = facts.get("files_deleted", 0)
     else:
         for k in kinds:
             v = facts.get(k, 0)
@@ -400,6 +405,7 @@ class Monitor:
             exit_status=status,
             files=files_of(self.command, facts),
             bytes_copied=self.bytes_copied(facts),
+            snapshots={"kept": facts.get("kept", 0), "removed": facts.get("removed", 0)} if self.command == "prune" and facts else {},
             warnings=counts.warnings if counts else 0,
             errors=max(counts.errors if counts else 0, (facts or {}).get("errors", 0) or 0),
         )

@@ -117,6 +117,19 @@ def _escaped(table: list[tuple[str, ...]] | None) -> list[tuple[str, ...]] | Non
     return None if table is None else [tuple(escape_path(str(c)) for c in row) for row in table]
 
 
+def format_table(table: list[tuple[str, ...]] | None) -> str:
+    """A table as plain text, columns aligned, each line indented by two spaces; cells escaped."""
+    table = _escaped(table)
+    if not table:
+        return ""
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
+    return "".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in table)
+
+
+#: Columns of summary tables shown left-aligned (names and words; numbers are right-aligned).
+LEFT_COLUMNS = frozenset({"", "area", "check", "snapshot", "status", "started", "action", "reasons"})
+
+
 def _b(path: bytes | str | None) -> bytes | None:
     if path is None or isinstance(path, bytes):
         return path
@@ -181,11 +194,7 @@ class PlainReporter(Reporter):
         hidden = {c: n - HUMAN_LINES_PER_CODE for c, n in self._shown.items() if n > HUMAN_LINES_PER_CODE}
         print(escape_path(title), file=self.out)
         pause("summary")
-        table = _escaped(table)
-        if table:
-            widths = [max(len(str(r[i])) for r in table) for i in range(len(table[0]))]
-            for row in table:
-                print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=self.out)
+        print(format_table(table), end="", file=self.out)
         for code, n in sorted(hidden.items()):
             print(f"  ({n} more '{code}' lines not shown)", file=self.out)
         self.out.flush()
@@ -243,7 +252,7 @@ class RichReporter(PlainReporter):
         table = _escaped(table)
         if table:
             for h in table[0]:
-                t.add_column(Text(h), justify="right" if h not in ("", "area", "check") else "left")
+                t.add_column(Text(h), justify="left" if h in LEFT_COLUMNS else "right")
             for row in table[1:]:
                 t.add_row(*(Text(c) for c in row))
         pause("summary")

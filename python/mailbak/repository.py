@@ -367,3 +367,26 @@ def _fsync_dir(path: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def snapshots_table(infos: list[SnapshotInfo]) -> list[tuple[str, ...]]:
+    """The table of ``mailbak snapshots``: a header and one row per snapshot, as given."""
+    rows: list[tuple[str, ...]] = [("snapshot", "status", "started", "duration", "messages", "reused", "copied", "bytes copied")]
+    for s in infos:
+        t = s.transfer
+        cells = [t.get(k) for k in ("messages", "reused", "copied", "bytes_copied")]
+        rows.append(
+            (
+                s.name,
+                s.status,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.start.timestamp())),
+                f"{s.duration:.0f}s" if s.duration is not None else "-",
+                *("-" if c is None else str(c) for c in cells),
+            )
+        )
+    return rows
+
+
+def trash_line(repo: Repository, names: list[str]) -> str:
+    """What ``mailbak snapshots`` says of pending deletions."""
+    return f"trash pending: {len(names)} snapshot(s) in {repo.trash} not yet deleted (the next `mailbak prune` finishes them)"

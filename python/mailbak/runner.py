@@ -61,6 +61,12 @@ class Runner:
         # calls: the one warning, given by finish(), says how many.
         self.link_fallback: tuple[int, str] | None = None
         self.link_fallbacks = 0
+        # Whether copies across file systems are what the run is for (a repository or a
+        # reference on another disk): then EXDEV is no reason to warn.
+        self.expect_exdev = False
+        # Files placed over all calls, by how: linked (from the source), reused (from a
+        # reference), copied, reflinked (copies that share the source's blocks).
+        self.totals: dict[str, int] = {}
         self.last_step_relay = 0.0
 
     def relay(self) -> None:
@@ -131,6 +137,8 @@ class Runner:
         for tally in value if isinstance(value, list) else [value]:
             if isinstance(tally, dict):
                 self.bytes_copied += tally.get("bytes_copied") or 0
+                for key in ("linked", "reused", "copied", "reflinked"):
+                    self.totals[key] = self.totals.get(key, 0) + (tally.get(key) or 0)
         return value
 
     def note_link_fallback(self, result: dict[str, Any], exdev_hint: str) -> None:
@@ -153,7 +161,7 @@ class Runner:
     def finish(self) -> None:
         """Relays what is left, gives the link-fallback warning, and says so if per-file lines
         were lost (counts stay exact)."""
-        if self.link_fallback is not None and self.link_fallbacks:
+        if self.link_fallback is not None and self.link_fallbacks and not (self.expect_exdev and self.link_fallback[0] == errno.EXDEV):
             err, exdev_hint = self.link_fallback
             hint = f"; {exdev_hint}" if err == errno.EXDEV else ""
             n = self.link_fallbacks

@@ -1,0 +1,157 @@
+"""mailbak prune: thin a repository's history by restic's ``forget`` rules (retention.py).
+
+The steps, in order:
+1. **Check.** REPO must be a repository (repository.py) and the policy not empty: else bad
+   input, exit 2, nothing touched. Then the repository's lock, exclusively: no backup writes a
+   snapshot (whose reference could be removed) while prune runs. A backup holding it makes
+   prune wait, saying so, or, with ``--no-wait``, fail at once (exit 1).
+2. **Leftover trash.** Snapshots a killed prune had moved into ``REPO/.trash`` are deleted
+   first: the decision to remove them was made and made durable.
+3. **Decide.** Every snapshot's status and start time come from its manifest and lock
+   (``repository.status_of``); ``retention.decide`` gives keep or remove and the reasons.
+4. **Move.** Unless ``--dry-run``, each snapshot to remove is renamed into ``REPO/.trash/``
+   (atomic, then the directories are fsynced): from then on the decision survives any crash,
+   and ``mailbak snapshots`` no longer lists it.
+5. **Delete.** The engine deletes the trash bottom-up in parallel (``_engine.delete_tree``), by
+   default at the lowest CPU and idle I/O priority, so that the mail server does not notice
+   (``--no-nice`` to run at normal priority). Errors on single files are reported with their
+   path; the run is then failed, and what is left stays in the trash for the next prune.
+
+Nothing outside REPO is ever deleted: the engine opens the trash entry without following a
+symlink, removes symlinks as links, and never enters another file system.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mailbak import _engine, repository, retention
+from mailbak.errors import UsageError
+from mailbak.report import Reporter, rfc3339
+from mailbak.repository import RepoLock, Repository
+from mailbak.runner import Runner
+from mailbak.testpause import pause
+
+
+class Prune:
+    """One run of ``mailbak prune``."""
+
+    def __init__(self, repo: Path, policy: retention.Policy, *, dry_run: bool = False, wait: bool = True, nice: bool = True, jobs: int, reporter: Reporter, verbose: bool = False):
+        self.path = repo
+        self.policy = policy
+        self.dry_run = dry_run
+        self.wait = wait
+        self.nice = nice
+        self.jobs = jobs
+        self.reporter = reporter
+        self.runner = Runner(reporter, verbose=verbose)
+        self.started = time.time()
+        self.finished: float | None = None
+        self.repo: Repository | None = None
+        self.lock: RepoLock | None = None
+        self.decisions: list[retention.Decision] = []
+        #: Trash entries deleted (leftovers and this run's), and their engine counts.
+        self.deleted: list[str] = []
+        self.counts = {"files": 0, "dirs": 0, "errors": 0}
+
+    @property
+    def summary_target(self) -> Path:
+        return self.path
+
+    def check(self) -> None:
+        """Step 1; raises UsageError or RepositoryBusy."""
+        self.repo = Repository.open(self.path)
+        self.repo.trash_entries()  # a .trash that is not a directory is refused here
+        self.lock = RepoLock(self.path, exclusive=True, wait=self.wait, on_wait=self.reporter.message)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def run(self) -> str:
+        """Steps 2 to 5; returns ``ok``, or ``failed`` when something could not be deleted."""
+        assert self.repo is not None, "check() first"
+        if not self.dry_run:
+            self.empty_trash("trash")
+        infos = self.repo.snapshots()
+        self.decisions = retention.decide([retention.Snapshot(s.name, s.status, s.start) for s in infos], self.policy)
+        removals = [d.name for d in self.decisions if not d.keep]
+        if not self.dry_run and removals:
+            for name in removals:
+                self.repo.move_to_trash(name)
+            pause("prune.moved")
+            self.empty_trash("delete")
+        self.runner.finish()
+        self.finished = time.time()
+        return "failed" if self.reporter.counts.errors or self.counts["errors"] else "ok"
+
+    def empty_trash(self, phase: str) -> None:
+        """Steps 2 and 5: deletes every entry of the trash."""
+        assert self.repo is not None
+        names = self.repo.trash_entries()
+        if not names:
+            return
+        self.runner.new_phase(phase)
+        for name in names:
+            result = self.runner.call(_engine.delete_tree, self.repo.trash / name, jobs=self.jobs, prefix=f"{repository.TRASH}/{name}".encode(), low_priority=self.nice)
+            for key in self.counts:
+                self.counts[key] += result.get(key, 0)
+            if not os.path.lexists(self.repo.trash / name):
+                self.deleted.append(name)
+
+    def facts(self, status: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "repository": str(self.path),
+            "policy": str(self.policy),
+            "dry_run": self.dry_run,
+            "started": rfc3339(self.started),
+            "finished": rfc3339(self.finished),
+            "snapshots": [
+                {"name": d.name, "status": d.status, "started": rfc3339(d.start.timestamp()), "action": d.action, "reasons": list(d.reasons)}
+                for d in self.decisions
+            ],
+            "kept": sum(1 for d in self.decisions if d.keep),
+            "removed": sum(1 for d in self.decisions if not d.keep) if not self.dry_run else 0,
+            "would_remove": sum(1 for d in self.decisions if not d.keep) if self.dry_run else 0,
+            "deleted": self.deleted,
+            "files_deleted": self.counts["files"],
+            "dirs_deleted": self.counts["dirs"],
+            "trash_left": self.repo.trash_entries() if self.repo is not None else [],
+            "warnings": self.reporter.counts.warnings,
+            "errors": max(self.reporter.counts.errors, self.counts["errors"]),
+        }
+
+    def table(self) -> list[tuple[str, ...]]:
+        """One row per snapshot, newest first: what happens to it and why."""
+        verb = ("keep", "would remove") if self.dry_run else ("keep", "remove")
+        rows: list[tuple[str, ...]] = [("snapshot", "status", "started", "action", "reasons")]
+        for d in self.decisions:
+            rows.append((d.name, d.status, local_time(d.start.timestamp()), verb[0] if d.keep else verb[1], ", ".join(d.reasons)))
+        return rows
+
+
+def local_time(ts: float) -> str:
+    """A time as the tables show it: local, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def policy_from_options(**options: str | None) -> retention.Policy:
+    """The policy of the ``--keep-*`` options (their text, None when absent); raises UsageError
+    for a bad value or an empty policy."""
+    values: dict[str, Any] = {}
+    for name, text in options.items():
+        if text is None:
+            continue
+        try:
+            values[name] = retention.parse_duration(text) if name == "keep_within" else retention.parse_count(text)
+        except retention.PolicyError as e:
+            raise UsageError(f"--{name.replace('_', '-')}: {e}") from e
+    try:
+        return retention.Policy(**values)
+    except retention.PolicyError as e:
+        raise UsageError(str(e)) from e
