@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,21 +31,29 @@ def analyze(unit_dir: Path, *units: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(unit_dir / u) for u in units)], capture_output=True, text=True, timeout=60, cwd=unit_dir)
 
 
+UNITS = ("mailbak-backup@.service", "mailbak-backup@.timer", "mailbak-prune@.service", "mailbak-prune@.timer")
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path):
     names = run_cli("systemd").stdout.split()
-    assert {"mailbak-backup@.service", "mailbak-backup@.timer", "example.env"} <= set(names)
-    for name in ("mailbak-backup@.service", "mailbak-backup@.timer"):
+    assert {*UNITS, "example.env"} <= set(names)
+    for name in UNITS:
         (tmp_path / name).write_text(printed(name))
-    p = analyze(tmp_path, "mailbak-backup@mox.service", "mailbak-backup@mox.timer")
+    p = analyze(tmp_path, *(u.replace("@.", "@mox.") for u in UNITS))
     assert p.returncode == 0 and p.stderr == "" and p.stdout == "", p.stderr
-    unit = (tmp_path / "mailbak-backup@.service").read_text()
-    timer = (tmp_path / "mailbak-backup@.timer").read_text()
-    for setting in ("Persistent=true", "RandomizedDelaySec=", "OnCalendar="):
-        assert setting in timer
-    for setting in ("ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes", "IOSchedulingClass=idle", "Nice=", "ReadWritePaths=/srv\n", "EXDEV"):
-        assert setting in unit
+    for kind in ("backup", "prune"):
+        unit = (tmp_path / f"mailbak-{kind}@.service").read_text()
+        timer = (tmp_path / f"mailbak-{kind}@.timer").read_text()
+        for setting in ("Persistent=true", "RandomizedDelaySec=", "OnCalendar="):
+            assert setting in timer
+        for setting in ("ProtectSystem=strict", "PrivateTmp=yes", "NoNewPrivileges=yes", "IOSchedulingClass=idle", "Nice=", "ReadWritePaths=/srv\n"):
+            assert setting in unit
+    assert "EXDEV" in (tmp_path / "mailbak-backup@.service").read_text()
+    assert "After=local-fs.target network-online.target mailbak-backup@%i.service" in (tmp_path / "mailbak-prune@.service").read_text()
 
     # The check is live: a setting systemd does not know, or a bad schedule, fails it.
+    timer = (tmp_path / "mailbak-backup@.timer").read_text()
+    unit = (tmp_path / "mailbak-backup@.service").read_text()
     (tmp_path / "mailbak-backup@.timer").write_text(timer.replace("OnCalendar=*-*-* 03:00:00", "OnCalendar=at three"))
     assert analyze(tmp_path, "mailbak-backup@mox.timer").returncode != 0
     (tmp_path / "mailbak-backup@.service").write_text(unit.replace("Nice=10", "Nicety=10"))
@@ -64,26 +73,40 @@ def exec_start(unit: str) -> list[str]:
     return [w.replace("$$", "$").replace("%%", "%") for w in shlex.split(line.split("=", 1)[1])]
 
 
-def test_backup_unit_command_makes_a_dated_backup_with_metrics(store, tmp_path):
-    """Runs the unit's ExecStart= with the environment its EnvironmentFile= would give."""
+def test_backup_and_prune_units_run_a_repository_with_metrics(store, tmp_path):
+    """Runs the units' ExecStart= with the environment their EnvironmentFile= would give: two
+    nightly snapshots into a repository, then a prune that keeps one."""
+    repo = tmp_path / "repo"
+    assert run_cli("init", repo).returncode == 0
     env = {
         **CLI_ENV,
         "STORE": str(store),
-        "DEST": str(tmp_path / "backups" / "%Y-%m-%dT%H%M%SZ"),
+        "REPO": str(repo),
         "MAILBAK_OPTIONS": f"--metrics-file {tmp_path / 'backup.prom'}",
+        "PRUNE_OPTIONS": f"--keep-last 1 --metrics-file {tmp_path / 'prune.prom'}",
     }
-    (tmp_path / "backups").mkdir()
-    p = subprocess.run(exec_start(printed("mailbak-backup@.service")), capture_output=True, text=True, env=env, timeout=300)
+    for night in range(2):
+        if night:
+            time.sleep(1.1)  # each snapshot is named by its start second
+        p = subprocess.run(exec_start(printed("mailbak-backup@.service")), capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+    made = sorted(d.name for d in repo.iterdir() if d.name != "mailbak-repo.json")
+    assert len(made) == 2 and all(len(n) == len("2026-01-01T030000Z") and n.endswith("Z") for n in made)
+    assert all(json.loads((repo / n / "mailbak.json").read_text())["status"] == "ok" for n in made)
+    backup_metrics = (tmp_path / "backup.prom").read_text()
+    assert 'mailbak_files{command="backup"' in backup_metrics and 'kind="reused"' in backup_metrics
+    p = subprocess.run(exec_start(printed("mailbak-prune@.service")), capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
-    (made,) = (tmp_path / "backups").iterdir()
-    assert len(made.name) == len("2026-01-01T030000Z") and made.name.endswith("Z")
-    assert json.loads((made / "mailbak.json").read_text())["status"] == "ok"
-    assert "mailbak_success" in (tmp_path / "backup.prom").read_text()
+    assert sorted(d.name for d in repo.iterdir() if not d.name.startswith((".", "mailbak-repo"))) == made[1:]
+    prune_metrics = (tmp_path / "prune.prom").read_text()
+    assert 'mailbak_snapshots{command="prune",target="' in prune_metrics
+    assert 'state="removed"} 1' in prune_metrics and 'state="kept"} 1' in prune_metrics
+    assert "mailbak_success{" in prune_metrics and 'kind="deleted"' in prune_metrics
 
 
-def test_example_env_matches_the_unit():
+def test_example_env_matches_the_units():
     env = printed("example.env")
-    for var in ("STORE=", "DEST=", "MAILBAK_OPTIONS="):
+    for var in ("STORE=", "REPO=", "MAILBAK_OPTIONS=", "PRUNE_OPTIONS="):
         assert var in env
 
 

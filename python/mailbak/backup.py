@@ -106,7 +106,6 @@ class Backup:
         self.jobs = jobs
         self.reporter = reporter
         self.runner = Runner(reporter, verbose=verbose)
-        self.data_dst = dest / "data"
         self.started = time.time()
         #: When the run finished (set once, just before the final manifest): the manifest and
         #: the summary show the same time.
@@ -207,6 +206,11 @@ class Backup:
         """Releases the repository's and the snapshot's locks (a backup into a repository)."""
         while self.locks:
             self.locks.pop().release()
+
+    @property
+    def data_dst(self) -> Path:
+        """The backup's data directory (in the new snapshot, for a repository DEST)."""
+        return self.dest / "data"
 
     @property
     def summary_target(self) -> Path:
