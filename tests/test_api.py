@@ -102,3 +102,33 @@ def test_api_names_survive_importing_the_phase_modules():
     assert mailbak.verify.__module__ == "mailbak.api" and mailbak.restore.__module__ == "mailbak.api"
     assert Backup.__module__ == "mailbak.backup"
     assert set(mailbak.__all__) >= {"backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull"}
+
+
+def test_repository_functions(store, shm_dir):
+    repo = shm_dir / "repo"
+    assert mailbak.init(repo) == repo
+    with pytest.raises(mailbak.UsageError):
+        mailbak.init(repo)
+    events: list[dict] = []
+    first = mailbak.backup(store, repo, on_event=events.append)
+    assert first.ok and first.snapshot and first.dest == repo / first.snapshot and first.reference is None
+    assert first.repository == str(repo) and first.transfer["messages"] > 0
+    assert events[-1]["message_type"] == "summary" and events[-1]["snapshot"] == first.snapshot
+    (snap,) = mailbak.snapshots(repo)
+    assert snap.name == first.snapshot and snap.status == "ok" and snap.transfer == first.transfer
+    again = mailbak.backup(store, shm_dir / "plain", link_dest=first.dest)
+    assert again.ok and again.reference == str(first.dest) and again.snapshot is None
+    with pytest.raises(mailbak.UsageError, match="empty policy"):
+        mailbak.prune(repo)
+    dry = mailbak.prune(repo, keep_last=1, dry_run=True)
+    assert dry.ok and dry.kept == 1 and dry.removed == 0 and dry.snapshots[0]["reasons"] == ["newest complete", "last 1"]
+    with pytest.raises(mailbak.UsageError):
+        mailbak.snapshots(shm_dir / "plain")
+    from mailbak.repository import RepoLock
+
+    held = RepoLock(repo, exclusive=False)
+    try:
+        with pytest.raises(mailbak.RepositoryBusy):
+            mailbak.prune(repo, keep_last=1, wait=False)
+    finally:
+        held.release()

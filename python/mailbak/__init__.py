@@ -1,9 +1,12 @@
 """mailbak: consistent online backups of LMDB mail stores.
 
-The Python API (docs/API.md): :func:`backup`, :func:`verify` and :func:`restore` return typed
-results (:class:`BackupResult`, :class:`VerifyResult`, :class:`RestoreResult`) and raise
-:class:`UsageError` for bad usage or input, :class:`DestinationFull` when the destination cannot
-take more data; they live in ``mailbak.api`` and are loaded on first use.
+The Python API (docs/API.md): :func:`backup`, :func:`verify`, :func:`restore` and, for
+repositories, :func:`init`, :func:`snapshots` and :func:`prune` return typed results
+(:class:`BackupResult`, :class:`VerifyResult`, :class:`RestoreResult`, :class:`SnapshotInfo`,
+:class:`PruneResult`) and raise :class:`UsageError` for bad usage or input,
+:class:`DestinationFull` when the destination cannot take more data, :class:`RepositoryBusy`
+when a repository is locked and the caller would not wait; they live in ``mailbak.api`` and are
+loaded on first use.
 
 The phases live in their own modules (``backup``, ``verify``, ``restore``, ``gen``); the store
 format and its writer library in ``layout`` and ``store``; the parallel file work in the Rust
@@ -24,12 +27,58 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 #: Names of the API, loaded from mailbak.api on first use (``import mailbak`` stays cheap for
 #: the command line).
-_API = ("backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull")
+_API = (
+    "backup",
+    "verify",
+    "restore",
+    "init",
+    "snapshots",
+    "prune",
+    "BackupResult",
+    "VerifyResult",
+    "RestoreResult",
+    "PruneResult",
+    "SnapshotInfo",
+    "UsageError",
+    "DestinationFull",
+    "RepositoryBusy",
+)
 
-__all__ = ["__version__", "backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull"]
+__all__ = [
+    "__version__",
+    "backup",
+    "verify",
+    "restore",
+    "init",
+    "snapshots",
+    "prune",
+    "BackupResult",
+    "VerifyResult",
+    "RestoreResult",
+    "PruneResult",
+    "SnapshotInfo",
+    "UsageError",
+    "DestinationFull",
+    "RepositoryBusy",
+]
 
 if TYPE_CHECKING:
-    from mailbak.api import BackupResult, DestinationFull, RestoreResult, UsageError, VerifyResult, backup, restore, verify
+    from mailbak.api import (
+        BackupResult,
+        DestinationFull,
+        PruneResult,
+        RepositoryBusy,
+        RestoreResult,
+        SnapshotInfo,
+        UsageError,
+        VerifyResult,
+        backup,
+        init,
+        prune,
+        restore,
+        snapshots,
+        verify,
+    )
 
 
 class _Package(types.ModuleType):

@@ -23,15 +23,22 @@ from typing import Any, TypeVar
 
 from mailbak.errors import DestinationFull, UsageError
 from mailbak.report import JsonReporter, Reporter
+from mailbak.repository import RepositoryBusy, SnapshotInfo
 
 __all__ = [
     "BackupResult",
     "DestinationFull",
+    "PruneResult",
+    "RepositoryBusy",
     "RestoreResult",
+    "SnapshotInfo",
     "UsageError",
     "VerifyResult",
     "backup",
+    "init",
+    "prune",
     "restore",
+    "snapshots",
     "verify",
 ]
 
@@ -126,6 +133,35 @@ class RestoreResult:
     @property
     def ok(self) -> bool:
         return self.status == "clean"
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The outcome of :func:`prune`: the facts of its JSON summary."""
+
+    #: "ok", or "failed" when something could not be deleted (it stays in REPO/.trash).
+    status: str
+    repository: str
+    #: The policy, in words.
+    policy: str
+    dry_run: bool
+    #: Per snapshot, newest first: name, status, started, action ("keep"/"remove"), reasons.
+    snapshots: list[dict[str, Any]]
+    kept: int
+    #: Snapshots removed (0 in a dry run) and, in a dry run, those that would be.
+    removed: int
+    would_remove: int
+    #: Trash entries deleted (leftovers of an earlier prune included), and what is left.
+    deleted: list[str]
+    trash_left: list[str]
+    files_deleted: int
+    warnings: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
 
 
 R = TypeVar("R")
@@ -299,3 +335,55 @@ def restore(
     v = facts.get("verify")
     checked = _result(VerifyResult, v, path=Path(store)) if isinstance(v, dict) else None
     return _result(RestoreResult, facts, store=Path(store), verify=checked)
+
+
+def init(repo: PathArg) -> Path:
+    """Makes ``repo`` (absent, or an empty directory) a repository, as ``mailbak init`` does;
+    returns its path. Raises UsageError when it exists and is not empty."""
+    from mailbak import repository
+
+    return repository.init(Path(repo)).path
+
+
+def snapshots(repo: PathArg) -> list[SnapshotInfo]:
+    """The snapshots of a repository, newest first, as ``mailbak snapshots`` lists them.
+    Raises UsageError when ``repo`` is not a repository."""
+    from mailbak.repository import Repository
+
+    return Repository.open(Path(repo)).snapshots()
+
+
+def prune(
+    repo: PathArg,
+    *,
+    keep_last: int | str | None = None,
+    keep_hourly: int | str | None = None,
+    keep_daily: int | str | None = None,
+    keep_weekly: int | str | None = None,
+    keep_monthly: int | str | None = None,
+    keep_yearly: int | str | None = None,
+    keep_within: str | None = None,
+    dry_run: bool = False,
+    wait: bool = True,
+    nice: bool = True,
+    jobs: int | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> PruneResult:
+    """Prunes a repository, as ``mailbak prune`` does: ``keep_*`` are the ``--keep-*`` rules
+    (a count, "unlimited", or for ``keep_within`` a duration such as "30d"); ``wait=False`` is
+    ``--no-wait`` (raises RepositoryBusy when a backup holds the repository), ``nice=False``
+    ``--no-nice``. Raises UsageError for an empty or bad policy or a non-repository."""
+    from mailbak.prune import Prune, policy_from_options
+
+    reporter = event_reporter(on_event, verbose)
+    rules = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily, "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly, "keep_within": keep_within}
+    try:
+        policy = policy_from_options(**{k: None if v is None else str(v) for k, v in rules.items()})
+    except UsageError as e:
+        reporter.usage_error(str(e))
+        reporter.close()
+        raise
+    job = Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+    facts = _run(job, reporter, title="prune", target=repo)
+    return _result(PruneResult, facts)
