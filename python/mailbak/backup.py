@@ -67,6 +67,9 @@ AREA_COUNTS = ("linked", "reused", "copied", "skipped_new", "skipped_erasing", "
 #: The columns of the summary table, a subset of AREA_COUNTS, with their headings.
 TABLE_COLUMNS = (("linked", "linked"), ("reused", "reused"), ("copied", "copied"), ("skipped_new", "new"), ("skipped_erasing", "erasing"), ("orphans", "orphans"), ("unrecognized", "unrecognized"), ("missing", "missing"))
 
+#: Added to the refusal of a DEST that is neither empty nor a repository.
+INIT_HINT = "; to keep a history of snapshots, make a new or empty directory a repository with `mailbak init DIR` and back up into that"
+
 #: The hint of the one link-fallback warning, when the cause is another file system.
 EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
 
@@ -146,7 +149,7 @@ class Backup:
             raise UsageError(str(e)) from e
         is_repo = repository.is_repository(self.dest)
         if not is_repo:
-            check_destination_or_hint(self.dest)
+            check_destination(self.dest, hint=INIT_HINT)
         # By identity, not by path: a bind mount or a symlink gives a directory a second path.
         if inside(self.dest, [self.paths.data_dir, self.paths.config_dir]):
             raise UsageError(f"{self.dest}: the destination is inside the store (reached through this path or another one, such as a bind mount)")
@@ -492,16 +495,6 @@ class Backup:
                 total[k] += a.counts.get(k, 0)
         rows.append(("total", *(str(v) for v in total.values())))
         return rows
-
-
-def check_destination_or_hint(dest: Path) -> None:
-    """check_destination, with a hint for a directory that is neither empty nor a repository."""
-    try:
-        check_destination(dest)
-    except UsageError as e:
-        if "is not empty" in str(e):
-            raise UsageError(f"{e}; to keep snapshots there, make a new or empty directory a repository with `mailbak init DIR` and back up into that") from None
-        raise
 
 
 def check_reference(path: Path) -> Path:

@@ -45,9 +45,10 @@ def is_store(path: Path) -> bool:
     return (path / "config" / CONFIG_FILE).is_file() and is_real_dir(path / "data")
 
 
-def check_destination(dest: Path, action: str = "back up") -> None:
+def check_destination(dest: Path, action: str = "back up", hint: str = "") -> None:
     """DEST must not exist (its parent must) or be an empty directory; ``action`` names what
-    the user does with it in the hint ("back up", "restore"). Raises UsageError."""
+    the user does with it in the hint ("back up", "restore"), ``hint`` is added to the message
+    for a directory that is not empty. Raises UsageError."""
     try:
         st = os.lstat(dest)
     except FileNotFoundError:
@@ -60,7 +61,7 @@ def check_destination(dest: Path, action: str = "back up") -> None:
         raise UsageError(f"{dest}: exists and is not a directory")
     try:
         if any(os.scandir(dest)):
-            raise UsageError(f"{dest}: destination is not empty ({action} into a new or empty directory)")
+            raise UsageError(f"{dest}: destination is not empty ({action} into a new or empty directory){hint}")
     except PermissionError as e:
         raise UsageError(f"{dest}: cannot read the destination: {e.strerror}") from e
 
