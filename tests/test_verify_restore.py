@@ -250,6 +250,13 @@ def test_killed_backup_leftovers_are_incomplete(tmp_path):
     (tmp_path / "empty").mkdir()
     p = verify(tmp_path / "empty")
     assert p.returncode == 1 and "incomplete" in p.stderr
+    # Killed while its first manifest was being written (fsync of the temporary file, before
+    # the rename): only mailbak.json.tmp is there. The random-SIGKILL test once landed there
+    # and got "neither a store nor a backup" (exit 2).
+    (tmp_path / "tmp-only").mkdir()
+    (tmp_path / "tmp-only" / "mailbak.json.tmp").write_text('{"kind": "mailbak-backup", "manifest_version": 1, "status": "running", "started": "2026-11-26T03:00:00Z"}\n')
+    p = verify(tmp_path / "tmp-only")
+    assert p.returncode == 1 and "incomplete" in p.stderr, p.stderr
 
 
 # restore -------------------------------------------------------------------------------------

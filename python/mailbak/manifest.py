@@ -26,6 +26,9 @@ from mailbak.layout import read_bounded
 
 #: File name of the manifest inside a backup.
 MANIFEST = "mailbak.json"
+#: The temporary file each manifest write goes through (written, fsynced, renamed): a backup
+#: killed during its first manifest write leaves only this.
+MANIFEST_TMP = MANIFEST + ".tmp"
 #: Identifies the file as ours.
 KIND = "mailbak-backup"
 #: Version of the manifest's layout.
@@ -44,7 +47,7 @@ def write(dest: Path, facts: dict[str, Any]) -> Path:
     """Writes the manifest atomically: temporary file, fsync, rename, fsync of the directory."""
     path = dest / MANIFEST
     body = json.dumps({"kind": KIND, "manifest_version": MANIFEST_VERSION, **facts}, indent=2, sort_keys=False, ensure_ascii=False)
-    replace_file(path, (body + "\n").encode("utf-8"), mode=MANIFEST_MODE, tmp_name=MANIFEST + ".tmp")
+    replace_file(path, (body + "\n").encode("utf-8"), mode=MANIFEST_MODE, tmp_name=MANIFEST_TMP)
     return path
 
 

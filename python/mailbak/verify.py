@@ -122,9 +122,10 @@ class Verify:
         if problem:
             raise UsageError(problem)
         # Anything that is not a store is taken for a backup, so that what a killed backup left
-        # (an empty DEST, or one with only config/) is reported incomplete. A directory holding
+        # (an empty DEST, one with only config/, or only the temporary file of its first
+        # manifest, killed while that was fsynced) is reported incomplete. A directory holding
         # none of a backup's parts is neither.
-        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in BACKUP_ENTRIES):
+        if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in (*BACKUP_ENTRIES, manifest.MANIFEST_TMP)):
             raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
     def run(self) -> str:
