@@ -8,6 +8,7 @@ import os
 
 import mailbak
 import pytest
+from mailbak.backup import INIT_HINT
 from conftest import json_lines, manifest_of, run_cli
 
 
@@ -65,7 +66,7 @@ def test_bad_input_raises_usage_error_before_writing(store, tmp_path):
     events: list[dict] = []
     with pytest.raises(mailbak.UsageError, match="destination is not empty"):
         mailbak.backup(store, tmp_path / "full", on_event=events.append)
-    assert events == [{"message_type": "error", "code": "usage", "cause": f"{tmp_path / 'full'}: destination is not empty (back up into a new or empty directory)"}]
+    assert events == [{"message_type": "error", "code": "usage", "cause": f"{tmp_path / 'full'}: destination is not empty (back up into a new or empty directory){INIT_HINT}"}]
     assert os.listdir(tmp_path / "full") == ["x"]
     with pytest.raises(mailbak.UsageError):
         mailbak.backup(tmp_path / "no-store", tmp_path / "b")
