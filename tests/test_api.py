@@ -8,8 +8,8 @@ import os
 
 import mailbak
 import pytest
-from mailbak.backup import INIT_HINT
 from conftest import json_lines, manifest_of, run_cli
+from mailbak.backup import INIT_HINT
 
 
 def remove_a_message_file(backup):
