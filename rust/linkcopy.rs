@@ -82,9 +82,12 @@ impl Caps {
     }
 }
 
-/// The process-wide memo of [`Caps`] per (source `st_dev`, destination `st_dev`): a handful of
-/// entries, looked up once per operation (never per file).
-static CAPS: Mutex<Vec<((u64, u64), Arc<Caps>)>> = Mutex::new(Vec::new());
+/// (source `st_dev`, destination `st_dev`).
+type DevPair = (u64, u64);
+
+/// The process-wide memo of [`Caps`] per [`DevPair`]: a handful of entries, looked up once per
+/// operation (never per file).
+static CAPS: Mutex<Vec<(DevPair, Arc<Caps>)>> = Mutex::new(Vec::new());
 
 /// The shared [`Caps`] of a pair of file systems.
 pub fn caps_for(src_dev: u64, dst_dev: u64) -> Arc<Caps> {

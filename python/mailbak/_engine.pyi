@@ -186,7 +186,7 @@ def delete_tree(
     jobs: int,
     progress: Progress,
     low_priority: bool = True,
-    prefix: bytes = b"",
+    prefix: bytes = ...,
 ) -> DeleteResult:
     """Deletes the directory ``path`` and everything in it, in parallel and bottom-up. The
     parent of ``path`` is opened by path, ``path`` itself without following a symlink: a
@@ -194,7 +194,7 @@ def delete_tree(
     deleted. Inside, entries are removed with ``unlinkat`` only (a symlink is removed, never
     followed); a subdirectory on another device (a mount point) is never entered nor deleted
     ("mount_point" error). An entry that cannot be removed is an error event (path relative to
-    ``path``, after ``prefix``) and the rest goes on; ``path`` itself is removed last, when empty.
+    ``path``, after ``prefix``, default empty) and the rest goes on; ``path`` itself is removed last, when empty.
     Progress: one unit per file removed. ``low_priority``: the worker threads run at nice 19 in
     the idle I/O scheduling class (the calling thread keeps its priority); if that fails, one
     "priority" warning and the deletion goes on."""
