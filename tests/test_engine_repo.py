@@ -271,6 +271,37 @@ def test_refused_copy_calls_are_tried_once_per_pair_of_file_systems(tmp_path: Pa
         assert (shm_dir / "again" / f"d{i % 4}" / str(i)).read_bytes() == b"x" * (1000 + i)
 
 
+BACKUP_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from test_engine_repo import backup
+from pathlib import Path
+sizes = {int(k): v for k, v in json.loads(sys.argv[4]).items()}
+r, _ = backup(Path(sys.argv[2]), Path(sys.argv[3]), sizes, reference=Path(sys.argv[5]))
+print(json.dumps(r))
+"""
+
+
+def test_links_from_the_store_are_not_tried_across_file_systems(tmp_path: Path, shm_dir: Path):
+    # The store's area and the destination are on different file systems: decided once from
+    # their st_dev, so the only linkat calls are the reference's, and none fails with EXDEV.
+    store = tmp_path / "area"
+    sizes = {i: len(message(store, i, b"message %d" % i).read_bytes()) for i in range(1, 31)}
+    backup(store, shm_dir / "s1", sizes)
+    message(store, 31, b"new one")
+    sizes[31] = len(b"new one")
+    trace = tmp_path / "trace"
+    out = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=linkat", "-o", str(trace), sys.executable, "-c", BACKUP_SCRIPT,
+         str(Path(__file__).parent), str(store), str(shm_dir / "s2"), json.dumps(sizes), str(shm_dir / "s1")],
+        check=True, env=CLI_ENV, capture_output=True, text=True,
+    ).stdout
+    r = json.loads(out)
+    links = [line for line in trace.read_text().splitlines() if "linkat(" in line]
+    assert (r["reused"], r["copied"]) == (30, 1)
+    assert len(links) == 30 and not any("EXDEV" in line for line in links), links
+
+
 # delete_tree ------------------------------------------------------------------------------------
 
 
