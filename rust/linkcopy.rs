@@ -26,7 +26,7 @@ use std::cell::RefCell;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -100,15 +100,12 @@ pub fn caps_for(src_dev: u64, dst_dev: u64) -> Arc<Caps> {
     c
 }
 
-/// The process's umask, read once from `/proc/self/status` (the `umask` call would change it);
-/// None when unknown.
+/// The process's umask, from `/proc/self/status` (the `umask` call would change it); None when
+/// unknown. Read once per operation, since the caller may change it between calls.
 fn umask() -> Option<u32> {
-    static UMASK: OnceLock<Option<u32>> = OnceLock::new();
-    *UMASK.get_or_init(|| {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("Umask:"))?;
-        u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
-    })
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
 }
 
 /// Shared decisions of one operation (one area, one tree): whether links are still tried, why
@@ -135,6 +132,8 @@ pub struct LinkPolicy {
     me: (u32, u32),
     /// The destination root has the setgid bit: files created in it may get its group.
     dst_setgid: bool,
+    /// The umask when the operation started (None: unknown, then every copy gets an fchmod).
+    umask: Option<u32>,
 }
 
 /// Why a file about to be copied was not linked (counted as a fallback when Some).
@@ -161,6 +160,7 @@ impl LinkPolicy {
                 |id| (id.uid, id.gid),
             ),
             dst_setgid: true,
+            umask: umask(),
         }
     }
 
@@ -398,7 +398,7 @@ impl LinkPolicy {
         // no chown follows or the mode shows nothing to group and others (a file created by
         // root must not be readable by root's group while it still belongs to root).
         let direct =
-            umask().is_some_and(|m| mode & m == 0) && (owner.is_none() || mode & 0o077 == 0);
+            self.umask.is_some_and(|m| mode & m == 0) && (owner.is_none() || mode & 0o077 == 0);
         Plan {
             create_mode: if direct { mode } else { COPY_CREATE_MODE },
             chmod: !direct,

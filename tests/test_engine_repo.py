@@ -271,6 +271,28 @@ def test_refused_copy_calls_are_tried_once_per_pair_of_file_systems(tmp_path: Pa
         assert (shm_dir / "again" / f"d{i % 4}" / str(i)).read_bytes() == b"x" * (1000 + i)
 
 
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0])
+def test_copies_keep_their_mode_whatever_the_umask(tmp_path: Path, shm_dir: Path, umask: int):
+    # A copy is created with its final mode only when the umask leaves that mode whole (no
+    # fchmod then); otherwise the mode is set after the content. Either way the mode is exact.
+    src = tmp_path / "src"
+    src.mkdir()
+    modes = {"a": 0o644, "b": 0o600, "c": 0o755, "d": 0o440, "e": 0o4750}
+    for name, mode in modes.items():
+        (src / name).write_text(name)
+        os.chmod(src / name, mode)
+    dst = shm_dir / "dst"
+    dst.mkdir()
+    old = os.umask(umask)
+    try:
+        r = _engine.copy_tree(src, dst, jobs=2, progress=_engine.Progress(), prefix=b"config")
+    finally:
+        os.umask(old)
+    assert (r["copied"], r["errors"]) == (5, 0)
+    got = {name: os.stat(dst / name).st_mode & 0o7777 for name in modes}
+    assert got == {name: mode & 0o777 for name, mode in modes.items()}
+
+
 BACKUP_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
