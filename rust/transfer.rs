@@ -1172,7 +1172,7 @@ mod tests {
             clone_file(&s.path(&format!("src/{f}")), &s.path(&format!("ref/{f}")));
         }
         // 2: other size (same mtime); 3: same size, other nanoseconds; 4: other mode;
-        // 5: unknown recorded size; 6: absent; 7: a symlink to the outside file in the ref;
+        // 5: unknown recorded size; 6: other owner; 7: a symlink to the outside file in the ref;
         // b/: the reference's directory is a symlink to a directory holding the same file.
         std::fs::write(s.path("ref/msg/a/2"), b"message 2 changed").unwrap();
         set_mtime(&s.path("ref/msg/a/2"), 1_700_000_000, 123_456_789);
@@ -1187,6 +1187,9 @@ mod tests {
             std::fs::Permissions::from_mode(0o640),
         )
         .unwrap();
+        // 6: the same file but another owner (compared when running as root, as tests do).
+        clone_file(&s.path("src/msg/a/6"), &s.path("ref/msg/a/6"));
+        std::os::unix::fs::chown(s.path("ref/msg/a/6"), Some(65534), Some(65534)).unwrap();
         clone_file(&s.path("src/msg/a/7"), &s.path("outside/7"));
         std::os::unix::fs::symlink(s.path("outside/7"), s.path("ref/msg/a/7")).unwrap();
         std::fs::rename(s.path("ref/msg/b"), s.path("outside/b")).unwrap();
@@ -1232,7 +1235,7 @@ mod tests {
         assert_eq!(ino("dst/msg/a/1"), ino("ref/msg/a/1"));
         assert_eq!(ino("dst/junkfilter.bloom"), ino("ref/junkfilter.bloom"));
         assert_eq!(ino("dst/notes"), ino("ref/notes"));
-        for f in ["msg/a/2", "msg/a/3", "msg/a/4", "msg/a/5"] {
+        for f in ["msg/a/2", "msg/a/3", "msg/a/4", "msg/a/5", "msg/a/6"] {
             assert_ne!(
                 ino(&format!("dst/{f}")),
                 ino(&format!("ref/{f}")),

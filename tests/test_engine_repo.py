@@ -354,6 +354,10 @@ def test_delete_tree_never_enters_a_mount_point(tmp_path: Path):
     subprocess.run(["mount", "-t", "tmpfs", "none", str(mnt)], check=True)
     try:
         (mnt / "inside").write_text("not ours")
+        with pytest.raises(OSError) as e:
+            _engine.delete_tree(mnt, jobs=2, progress=_engine.Progress())
+        assert e.value.errno == errno.EXDEV, "a mount point as the target is refused"
+        assert (mnt / "inside").exists()
         p = _engine.Progress()
         r = _engine.delete_tree(t, jobs=2, progress=p, prefix=b"trash/t")
         events = p.drain()
