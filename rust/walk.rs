@@ -30,6 +30,11 @@
 //!   file `NAME` in the same directory (LMDB names its lock file so). A lock file describes the
 //!   readers of one running system and is never part of a backup.
 //!
+//! A visitor may also ask the walk to stay on the root's file system
+//! ([`Visitor::one_file_system`]: deletion): a subdirectory on another device is then not entered
+//! and reported ("mount_point"). `leave_dir` gets the directory's parent descriptor ([`Dir::parent`])
+//! so that it can remove the directory.
+//!
 //! Errors on a directory (unreadable, cannot be created in the destination) are reported
 //! through the [`Sink`] with their path and skip that subtree; the walk goes on. The cancel flag
 //! is checked before each directory and each file.
