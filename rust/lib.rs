@@ -13,6 +13,7 @@
 mod areas;
 mod check;
 mod classify;
+mod delete;
 mod fsid;
 mod fsutil;
 mod gen;
@@ -21,6 +22,7 @@ mod linkcopy;
 mod lmdbfile;
 mod msgpack;
 mod msgpath;
+mod priority;
 mod progress;
 #[cfg(feature = "python")]
 mod py;

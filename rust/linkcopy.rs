@@ -4,30 +4,46 @@
 //! When a link is impossible the file is copied, and the first reason is kept so the caller can
 //! warn once per run (not once per file). A cross-device failure switches the whole operation to
 //! copies, since every later link would fail the same way; other reasons (EMLINK on one inode,
-//! EPERM from protected_hardlinks on one file) only affect that file.
+//! EPERM from protected_hardlinks on one file) only affect that file. [`LinkPolicy::for_roots`]
+//! decides the cross-device case up front from the roots' `st_dev`, so that no link is tried in
+//! vain per area.
 //!
-//! Copies use `copy_file_range` and fall back to a read/write loop when the kernel refuses it
-//! (it fails across file systems on recent kernels); that decision is also kept for the whole
-//! operation. A copy keeps the permission bits (without setuid/setgid/sticky), the modification
-//! time, and, when running as root, the owner. A copy that fails half-way is removed.
+//! Reuse from a reference (an earlier backup on the destination's file system): when the store
+//! link is impossible (or was never wanted: plain files), a regular file at the same path in the
+//! reference directory with the same size, mtime (seconds and nanoseconds), permission bits and,
+//! as root, owner as the source (and, for a message, a known recorded size equal to that size)
+//! is hardlinked from the reference instead ([`Placed::Reused`]). ctime and inode numbers are
+//! never compared (linking changes the one, a restore the other). When that link fails (EMLINK
+//! at ext4's 65,000 links, EPERM, ...) the file is copied and counted as a link fallback.
+//!
+//! Copies try, in order, a reflink (`FICLONE`: btrfs, XFS), `copy_file_range`, then a read/write
+//! loop. What the kernel refused is remembered process-wide per (source `st_dev`, destination
+//! `st_dev`) pair ([`Caps`]), so that a million files do not each retry a failing call. A copy
+//! keeps the permission bits (without setuid/setgid/sticky), the modification time, and, when
+//! running as root, the owner. A copy that fails half-way is removed.
 
 use std::cell::RefCell;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::fsutil::{file_mode, Owner};
+use crate::fsutil::{file_mode, Kind, Owner};
 
 /// How a file was placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placed {
-    /// Hardlinked.
+    /// Hardlinked from the source.
     Linked,
+    /// Hardlinked from the reference; its size (from a stat of the placed file).
+    Reused(u64),
     /// Copied; the number of bytes written.
     Copied(u64),
+    /// Copied by a reflink (shared extents); the file's size.
+    Reflinked(u64),
 }
 
 /// A failed operation on one file: which step, and the OS error.
@@ -46,11 +62,61 @@ impl OpError {
     }
 }
 
+/// Which copy calls work between two file systems, shared by every operation of the process
+/// on that pair (see [`caps_for`]).
+#[derive(Debug)]
+pub struct Caps {
+    /// False once `FICLONE` has been refused.
+    reflink: AtomicBool,
+    /// False once `copy_file_range` has been refused.
+    cfr: AtomicBool,
+}
+
+impl Caps {
+    /// Everything assumed to work until refused.
+    fn new() -> Self {
+        Caps {
+            reflink: AtomicBool::new(true),
+            cfr: AtomicBool::new(true),
+        }
+    }
+}
+
+/// (source `st_dev`, destination `st_dev`).
+type DevPair = (u64, u64);
+
+/// The process-wide memo of [`Caps`] per [`DevPair`]: a handful of entries, looked up once per
+/// operation (never per file).
+static CAPS: Mutex<Vec<(DevPair, Arc<Caps>)>> = Mutex::new(Vec::new());
+
+/// The shared [`Caps`] of a pair of file systems.
+pub fn caps_for(src_dev: u64, dst_dev: u64) -> Arc<Caps> {
+    let mut memo = CAPS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = memo.iter().find(|(k, _)| *k == (src_dev, dst_dev)) {
+        return Arc::clone(c);
+    }
+    let c = Arc::new(Caps::new());
+    memo.push(((src_dev, dst_dev), Arc::clone(&c)));
+    c
+}
+
+/// The process's umask, from `/proc/self/status` (the `umask` call would change it); None when
+/// unknown. Read once per operation, since the caller may change it between calls.
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+}
+
 /// Shared decisions of one operation (one area, one tree): whether links are still tried, why
-/// the first one failed, whether `copy_file_range` works between these file systems.
+/// the first one failed, which copy calls work between these file systems.
 pub struct LinkPolicy {
     /// False once links are known to be impossible (cross-device), or when copies are forced.
     try_links: AtomicBool,
+    /// Links were ruled out up front (the roots are on different file systems) and the caller
+    /// expects it (it gave a reference on the destination's file system): copies are then plain
+    /// copies, not fallbacks.
+    xdev_expected: bool,
     /// errno of the first failed link (0 = none yet).
     first_fallback: AtomicI32,
     /// Files copied because a link was impossible (not counting forced copies), so that the
@@ -58,23 +124,67 @@ pub struct LinkPolicy {
     fallbacks: AtomicU64,
     /// Whether copies were asked for (then no copy is a fallback).
     force_copy: bool,
-    /// False once `copy_file_range` has been refused.
-    cfr_works: AtomicBool,
+    /// Which copy calls work between the operation's file systems.
+    caps: Arc<Caps>,
     /// Whether this process can keep source owners.
     as_root: bool,
+    /// (euid, egid): the owner a created file gets, so that a chown to it can be skipped.
+    me: (u32, u32),
+    /// The destination root has the setgid bit: files created in it may get its group.
+    dst_setgid: bool,
+    /// The umask when the operation started (None: unknown, then every copy gets an fchmod).
+    umask: Option<u32>,
 }
+
+/// Why a file about to be copied was not linked (counted as a fallback when Some).
+type Reason = Option<Errno>;
 
 impl LinkPolicy {
     /// A policy that tries links first (`force_copy` = false) or never links.
     pub fn new(force_copy: bool) -> Self {
         LinkPolicy {
             try_links: AtomicBool::new(!force_copy),
+            xdev_expected: false,
             first_fallback: AtomicI32::new(0),
             fallbacks: AtomicU64::new(0),
             force_copy,
-            cfr_works: AtomicBool::new(true),
+            caps: Arc::new(Caps::new()),
             as_root: crate::fsutil::is_root(),
+            // The file-system identity of the pool's threads (they inherit it): the owner the
+            // files they create get.
+            me: crate::fsid::current().map_or(
+                (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                ),
+                |id| (id.uid, id.gid),
+            ),
+            dst_setgid: true,
+            umask: umask(),
         }
+    }
+
+    /// The policy of an operation from `src` into `dst` (their roots): links are ruled out up
+    /// front when they are on different file systems (when `xdev_expected`, the copies that
+    /// follow are not fallbacks), and copy calls use the process-wide memo of that pair.
+    pub fn for_roots(
+        force_copy: bool,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        xdev_expected: bool,
+    ) -> Self {
+        let mut p = Self::new(force_copy);
+        if let (Ok(s), Ok(d)) = (rfs::fstat(src), rfs::fstat(dst)) {
+            #[allow(clippy::unnecessary_cast)] // dev_t is not u64 on every target
+            let (sd, dd) = (s.st_dev as u64, d.st_dev as u64);
+            p.caps = caps_for(sd, dd);
+            p.dst_setgid = d.st_mode & 0o2000 != 0;
+            if sd != dd && !force_copy {
+                p.try_links.store(false, Ordering::Relaxed);
+                p.xdev_expected = xdev_expected;
+            }
+        }
+        p
     }
 
     /// The errno of the first link that failed and was replaced by a copy, if any.
@@ -102,37 +212,149 @@ impl LinkPolicy {
         dst: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<Placed, OpError> {
+        self.place_message(src, dst, name, None)
+    }
+
+    /// Places message file `name` of `src` into `dst`: a hardlink from the store, else one from
+    /// `reference` (`(directory, recorded size)`; see the module doc), else a copy.
+    pub fn place_message(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        reference: Option<(BorrowedFd<'_>, u64)>,
+    ) -> Result<Placed, OpError> {
+        let mut reason: Reason = None;
         if self.try_links.load(Ordering::Relaxed) {
             match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
                 Ok(()) => return Ok(Placed::Linked),
                 Err(e) if link_impossible(e) => {
-                    let _ = self.first_fallback.compare_exchange(
-                        0,
-                        e.raw_os_error(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    reason = Some(e);
                     if e == Errno::XDEV {
                         self.try_links.store(false, Ordering::Relaxed);
                     }
                 }
                 Err(e) => return Err(OpError::new("link", e)),
             }
+        } else if !self.force_copy && !self.xdev_expected {
+            reason = Some(Errno::XDEV);
         }
-        let copied = self.copy(src, dst, name)?;
-        if !self.force_copy {
+        if let Some((r, want)) = reference {
+            match self.reuse(src, r, dst, name, Some(want)) {
+                Ok(Some(n)) => return Ok(Placed::Reused(n)),
+                Ok(None) => {}
+                Err(e) => reason = Some(e),
+            }
+        }
+        self.copy_counted(src, dst, name, true, reason)
+    }
+
+    /// Places plain file `name` (configuration, junk filter, stray: always copied from the
+    /// store, since it may change in place) into `dst`: a hardlink from `reference` when it
+    /// holds the same file (see the module doc), else a copy.
+    pub fn place_plain(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        reference: Option<BorrowedFd<'_>>,
+    ) -> Result<Placed, OpError> {
+        let mut reason: Reason = None;
+        if let Some(r) = reference {
+            match self.reuse(src, r, dst, name, None) {
+                Ok(Some(n)) => return Ok(Placed::Reused(n)),
+                Ok(None) => {}
+                Err(e) => reason = Some(e),
+            }
+        }
+        self.copy_counted(src, dst, name, false, reason)
+    }
+
+    /// Copies and, when `reason` says the file should have been a link, counts a fallback.
+    fn copy_counted(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        immutable: bool,
+        reason: Reason,
+    ) -> Result<Placed, OpError> {
+        let placed = self.copy_file(src, dst, name, immutable)?;
+        if let Some(e) = reason {
+            let _ = self.first_fallback.compare_exchange(
+                0,
+                e.raw_os_error(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Placed::Copied(copied))
+        Ok(placed)
+    }
+
+    /// Hardlinks `name` from the reference directory `r` into `dst` when it is the same file as
+    /// `name` of `src` (see the module doc; `want`: the message's recorded size). Ok(Some(size))
+    /// when linked, Ok(None) when it is not the same file (or not a regular file, or absent),
+    /// Err(errno) when the link failed.
+    fn reuse(
+        &self,
+        src: BorrowedFd<'_>,
+        r: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        want: Option<u64>,
+    ) -> Result<Option<u64>, Errno> {
+        // The reference first: for a new file it is absent, and the source is not stat'ed.
+        let Ok(rst) = rfs::statat(r, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return Ok(None);
+        };
+        if Kind::from_mode(rst.st_mode) != Kind::File {
+            return Ok(None);
+        }
+        let Ok(sst) = rfs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return Ok(None);
+        };
+        if !same_file(&sst, &rst, self.as_root) || want.is_some_and(|w| w != sst.st_size as u64) {
+            return Ok(None);
+        }
+        rfs::linkat(r, name, dst, name, AtFlags::empty())?;
+        // The entry could have been swapped between the stat and the link (the reference's
+        // directories may be writable by the store's owner): what was linked must be what was
+        // compared, else it is removed and the file copied.
+        match rfs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if (st.st_dev, st.st_ino) == (rst.st_dev, rst.st_ino) => {
+                Ok(Some(st.st_size as u64))
+            }
+            _ => {
+                let _ = rfs::unlinkat(dst, name, AtFlags::empty());
+                Ok(None)
+            }
+        }
     }
 
     /// Copies regular file `name` of `src` into `dst` under the same name; fails if it exists.
+    #[cfg(test)]
     pub fn copy(
         &self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<u64, OpError> {
+        match self.copy_file(src, dst, name, false)? {
+            Placed::Copied(n) | Placed::Reflinked(n) | Placed::Reused(n) => Ok(n),
+            Placed::Linked => unreachable!("copies are never links"),
+        }
+    }
+
+    /// Copies regular file `name` of `src` into `dst`; `immutable`: a message file, whose size
+    /// cannot change after its fstat (no call to find its end).
+    fn copy_file(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        immutable: bool,
+    ) -> Result<Placed, OpError> {
         // O_NONBLOCK: if the entry was swapped for a FIFO since it was listed, opening it must not
         // wait for a writer forever; fstat then refuses it. Regular files ignore the flag.
         let from = rfs::openat(
@@ -143,20 +365,23 @@ impl LinkPolicy {
         )
         .map_err(|e| OpError::new("open", e))?;
         let st = rfs::fstat(&from).map_err(|e| OpError::new("stat", e))?;
-        if crate::fsutil::Kind::from_mode(st.st_mode) != crate::fsutil::Kind::File {
+        if Kind::from_mode(st.st_mode) != Kind::File {
             return Err(OpError::new("open", Errno::INVAL));
         }
+        let plan = self.plan(&st);
         let to = rfs::openat(
             dst,
             name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(COPY_CREATE_MODE),
+            Mode::from_raw_mode(plan.create_mode),
         )
         .map_err(|e| OpError::new("create", e))?;
-        let result = self.fill(&from, &to, st.st_size as u64).and_then(|n| {
-            finish_copy(&to, &st, self.as_root)?;
-            Ok(n)
-        });
+        let result = self
+            .fill(&from, &to, st.st_size as u64, immutable)
+            .and_then(|placed| {
+                finish_copy(&to, &st, &plan)?;
+                Ok(placed)
+            });
         if result.is_err() {
             // A partial copy must never pass for the real file.
             let _ = rfs::unlinkat(dst, name, AtFlags::empty());
@@ -164,28 +389,91 @@ impl LinkPolicy {
         result
     }
 
-    /// Copies all bytes of `from` into `to`; `size_hint` is the size seen by fstat.
-    fn fill(&self, from: &OwnedFd, to: &OwnedFd, size_hint: u64) -> Result<u64, OpError> {
-        if size_hint == 0 {
-            // Still read once: a file that grew since fstat is copied whole.
-            return read_write(from, to, 0);
+    /// Which metadata calls a copy of a file with stat `st` needs (see [`Plan`]).
+    fn plan(&self, st: &rfs::Stat) -> Plan {
+        let mode = file_mode(st.st_mode);
+        let owner =
+            Owner::of(st, self.as_root).filter(|o| self.dst_setgid || (o.uid, o.gid) != self.me);
+        // The final mode at creation spares an fchmod when the umask leaves it whole, and when
+        // no chown follows or the mode shows nothing to group and others (a file created by
+        // root must not be readable by root's group while it still belongs to root).
+        let direct =
+            self.umask.is_some_and(|m| mode & m == 0) && (owner.is_none() || mode & 0o077 == 0);
+        Plan {
+            create_mode: if direct { mode } else { COPY_CREATE_MODE },
+            chmod: !direct,
+            owner,
         }
-        if self.cfr_works.load(Ordering::Relaxed) {
+    }
+
+    /// Copies all bytes of `from` into `to`; `size` is the size seen by fstat.
+    fn fill(
+        &self,
+        from: &OwnedFd,
+        to: &OwnedFd,
+        size: u64,
+        immutable: bool,
+    ) -> Result<Placed, OpError> {
+        if size == 0 {
+            if immutable {
+                return Ok(Placed::Copied(0));
+            }
+            // Still read once: a file that grew since fstat is copied whole.
+            return read_write(from, to, 0, None).map(Placed::Copied);
+        }
+        let caps = &self.caps;
+        if caps.reflink.load(Ordering::Relaxed) {
+            match rfs::ioctl_ficlone(to, from) {
+                Ok(()) if immutable => return Ok(Placed::Reflinked(size)),
+                Ok(()) => {
+                    // A file that changes in place may have grown: the clone took it whole.
+                    let n = rfs::fstat(to).map_or(size, |s| s.st_size as u64);
+                    return Ok(Placed::Reflinked(n));
+                }
+                Err(e) if clone_refused(e) => caps.reflink.store(false, Ordering::Relaxed),
+                // Anything else (ENOSPC, EIO): the next method reports it if it persists.
+                Err(_) => {}
+            }
+        }
+        let limit = immutable.then_some(size);
+        if caps.cfr.load(Ordering::Relaxed) {
             let mut total = 0u64;
             loop {
+                if limit.is_some_and(|l| total >= l) {
+                    return Ok(Placed::Copied(total));
+                }
                 match rfs::copy_file_range(from, None, to, None, 1 << 30) {
-                    Ok(0) => return Ok(total),
+                    Ok(0) => return Ok(Placed::Copied(total)),
                     Ok(n) => total += n as u64,
                     Err(e) if total == 0 && cfr_refused(e) => {
-                        self.cfr_works.store(false, Ordering::Relaxed);
+                        caps.cfr.store(false, Ordering::Relaxed);
                         break;
                     }
                     Err(e) => return Err(OpError::new("copy", e)),
                 }
             }
         }
-        read_write(from, to, 0)
+        read_write(from, to, 0, limit).map(Placed::Copied)
     }
+}
+
+/// Whether reference file `r` stands for source file `s` (see the module doc).
+fn same_file(s: &rfs::Stat, r: &rfs::Stat, as_root: bool) -> bool {
+    s.st_size == r.st_size
+        && s.st_mtime == r.st_mtime
+        && s.st_mtime_nsec == r.st_mtime_nsec
+        && r.st_mode & 0o7777 == file_mode(s.st_mode)
+        && (!as_root || (s.st_uid, s.st_gid) == (r.st_uid, r.st_gid))
+}
+
+/// The metadata calls one copy needs.
+struct Plan {
+    /// The mode the copy is created with.
+    create_mode: u32,
+    /// Whether the final mode must be set after the content.
+    chmod: bool,
+    /// The owner to give it, when it differs from the one it gets.
+    owner: Option<Owner>,
 }
 
 /// Errors after which a copy can stand in for the link.
@@ -204,7 +492,16 @@ fn cfr_refused(e: Errno) -> bool {
     )
 }
 
-/// Mode a copy is created with: private until its content and final mode are in place.
+/// Errors by which the kernel says `FICLONE` does not work for this pair of files.
+fn clone_refused(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL | Errno::NOTTY | Errno::PERM
+    )
+}
+
+/// Mode a copy is created with when its final mode cannot be: private until its content and
+/// final mode are in place.
 const COPY_CREATE_MODE: u32 = 0o600;
 
 /// Size of the read/write buffer; one buffer per worker thread.
@@ -215,11 +512,20 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; COPY_BUF]);
 }
 
-/// Copies from the current offset of `from` to EOF with read and write.
-fn read_write(from: &OwnedFd, to: &OwnedFd, mut total: u64) -> Result<u64, OpError> {
+/// Copies from the current offset of `from` to EOF with read and write (or until `limit` bytes
+/// are copied in all: an immutable file's size, so that no read is spent to find its end).
+fn read_write(
+    from: &OwnedFd,
+    to: &OwnedFd,
+    mut total: u64,
+    limit: Option<u64>,
+) -> Result<u64, OpError> {
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         loop {
+            if limit.is_some_and(|l| total >= l) {
+                return Ok(total);
+            }
             let n = match rustix::io::read(from, &mut buf[..]) {
                 Ok(0) => return Ok(total),
                 Ok(n) => n,
@@ -240,13 +546,15 @@ fn read_write(from: &OwnedFd, to: &OwnedFd, mut total: u64) -> Result<u64, OpErr
 }
 
 /// Gives a finished copy its owner, mode and modification time.
-fn finish_copy(to: &OwnedFd, st: &rfs::Stat, as_root: bool) -> Result<(), OpError> {
-    if let Some(o) = Owner::of(st, as_root) {
+fn finish_copy(to: &OwnedFd, st: &rfs::Stat, plan: &Plan) -> Result<(), OpError> {
+    if let Some(o) = plan.owner {
         o.apply_fd(to.as_fd())
             .map_err(|e| OpError::new("chown", e))?;
     }
-    rfs::fchmod(to, Mode::from_raw_mode(file_mode(st.st_mode)))
-        .map_err(|e| OpError::new("chmod", e))?;
+    if plan.chmod {
+        rfs::fchmod(to, Mode::from_raw_mode(file_mode(st.st_mode)))
+            .map_err(|e| OpError::new("chmod", e))?;
+    }
     let times = Timestamps {
         last_access: Timespec {
             tv_sec: st.st_atime,

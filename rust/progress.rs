@@ -57,6 +57,10 @@ pub struct Tally {
     pub linked: AtomicU64,
     /// Files copied (link impossible, or copy wanted).
     pub copied: AtomicU64,
+    /// Files hardlinked from the reference (an earlier backup) instead of copied.
+    pub reused: AtomicU64,
+    /// Files copied by a reflink (shared extents): a subset of `copied`.
+    pub reflinked: AtomicU64,
     /// Bytes written by copies.
     pub bytes_copied: AtomicU64,
     /// Message files added after the snapshot, skipped.
@@ -102,6 +106,8 @@ impl Tally {
         vec![
             ("linked", get(&self.linked)),
             ("copied", get(&self.copied)),
+            ("reused", get(&self.reused)),
+            ("reflinked", get(&self.reflinked)),
             ("bytes_copied", get(&self.bytes_copied)),
             ("skipped_new", get(&self.skipped_new)),
             ("skipped_erasing", get(&self.skipped_erasing)),

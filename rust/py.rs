@@ -28,7 +28,7 @@ use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{self, AreaJob, BackupOptions, Transferred, TreeCopy};
 use crate::walk::Fence;
-use crate::{fsutil, gen, msgpath};
+use crate::{delete, fsutil, gen, msgpath, priority};
 
 create_exception!(
     _engine,
@@ -109,12 +109,29 @@ impl Progress {
 
 /// Runs `f` in a pool of `jobs` threads with the GIL released; a panic becomes RuntimeError.
 fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    run_with_start(py, jobs, None, f)
+}
+
+/// A hook each worker thread runs as it starts (before any work).
+type StartHook = Box<dyn Fn(usize) + Send + Sync>;
+
+/// [`run`] whose worker threads each run `start` first (e.g. to lower their priority).
+fn run_with_start<T: Send>(
+    py: Python<'_>,
+    jobs: usize,
+    start: Option<StartHook>,
+    f: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
     if jobs == 0 {
         return Err(PyValueError::new_err("jobs must be at least 1"));
     }
-    let pool = rayon::ThreadPoolBuilder::new()
+    let mut builder = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
-        .thread_name(|i| format!("mailbak-{i}"))
+        .thread_name(|i| format!("mailbak-{i}"));
+    if let Some(hook) = start {
+        builder = builder.start_handler(hook);
+    }
+    let pool = builder
         .build()
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start worker threads: {e}")))?;
     py.detach(|| catch_unwind(AssertUnwindSafe(|| pool.install(f))))
@@ -277,7 +294,8 @@ impl AreaArgs<'_> {
 /// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
 /// left out (a backup never holds one).
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new()))]
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None))]
+#[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
     areas: Vec<AreaArgs<'py>>,
@@ -286,6 +304,7 @@ fn backup_areas<'py>(
     force_copy: bool,
     root: Option<i32>,
     skip: Vec<(u64, u64)>,
+    reference: Option<PathBuf>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas = areas
         .iter()
@@ -306,6 +325,7 @@ fn backup_areas<'py>(
             skip,
             skip_locks: true,
         },
+        reference: reference.map(|r| open_root(None, &r)).transpose()?,
     };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || transfer::backup_areas(&areas, &opts, &p))?;
@@ -316,7 +336,7 @@ fn backup_areas<'py>(
 /// `root`, `src` is relative to that directory descriptor. `skip`: directories never entered,
 /// by `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false))]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None))]
 #[allow(clippy::too_many_arguments)]
 fn copy_tree<'py>(
     py: Python<'py>,
@@ -331,6 +351,7 @@ fn copy_tree<'py>(
     root: Option<i32>,
     skip: Vec<(u64, u64)>,
     skip_locks: bool,
+    reference: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let job = TreeCopy {
         prefix,
@@ -341,12 +362,48 @@ fn copy_tree<'py>(
         }),
         force_copy,
         fence: Fence { skip, skip_locks },
+        reference: reference.map(|r| open_root(None, &r)).transpose()?,
     };
     let root = anchor(root)?;
     let (src, dst) = (open_root(root.as_ref(), &src)?, open_root(None, &dst)?);
     let p = Arc::clone(&progress.inner);
     let result = run(py, jobs, move || transfer::copy_tree(src, dst, &job, &p))?;
     transfer_dict(py, &result)
+}
+
+/// Deletes the directory `path` and everything in it, in parallel and bottom-up; see
+/// `delete::delete_tree`. With `low_priority`, the worker threads run at nice 19 in the idle
+/// I/O class. Raises OSError when `path` is a symlink, not a directory or a mount point.
+#[pyfunction]
+#[pyo3(signature = (path, *, jobs, progress, low_priority = true, prefix = Vec::new()))]
+fn delete_tree<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    jobs: usize,
+    progress: &Progress,
+    low_priority: bool,
+    prefix: Vec<u8>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let target = delete::Target::open(&path).map_err(|e| os_err(e.raw_os_error(), Some(&path)))?;
+    let lowering = Arc::new(priority::Lowering::default());
+    let start: Option<StartHook> = low_priority.then(|| {
+        let l = Arc::clone(&lowering);
+        Box::new(move |_| l.lower_this_thread()) as StartHook
+    });
+    let p = Arc::clone(&progress.inner);
+    let out = run_with_start(py, jobs, start, move || {
+        let mut d = delete::delete_tree(target, &p, &prefix);
+        if let Some(e) = lowering.first_error() {
+            d.warnings += delete::priority_warning(&p, &prefix, e).warnings;
+        }
+        d
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("files", out.files)?;
+    d.set_item("dirs", out.dirs)?;
+    d.set_item("errors", out.errors)?;
+    d.set_item("warnings", out.warnings)?;
+    Ok(d)
 }
 
 /// Verifies message areas' files against their indexes, all in one pool; see
@@ -571,6 +628,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LmdbError", m.py().get_type::<LmdbError>())?;
     m.add_function(wrap_pyfunction!(backup_areas, m)?)?;
     m.add_function(wrap_pyfunction!(copy_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(delete_tree, m)?)?;
     m.add_function(wrap_pyfunction!(check_areas, m)?)?;
     m.add_function(wrap_pyfunction!(lmdb_check, m)?)?;
     m.add_function(wrap_pyfunction!(read_index, m)?)?;

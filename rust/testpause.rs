@@ -29,6 +29,8 @@ pub const WAIT_SECS: u64 = 60;
 pub const MID_LINK: &str = "engine_mid_link";
 /// In verify's file check, as a live message file is checked (before its `lstat`).
 pub const MID_CHECK: &str = "engine_mid_check";
+/// In `delete_tree`'s workers, after a file has been removed.
+pub const MID_DELETE: &str = "engine_mid_delete";
 
 /// An armed point: where to signal, and after how many files.
 struct Armed {

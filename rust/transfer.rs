@@ -58,6 +58,15 @@ pub struct BackupOptions {
     pub anchor: Option<OwnedFd>,
     /// What the walks never visit.
     pub fence: Fence,
+    /// The root of an earlier complete backup to reuse unchanged files from; each area's tree
+    /// in it is at the area's `prefix` (see `linkcopy.rs`).
+    pub reference: Option<OwnedFd>,
+}
+
+/// The directory `prefix` below reference root `r`, opened without following a symlink at
+/// any component; None when absent or unusable (no reference for that tree, never an error).
+fn reference_below(r: Option<&OwnedFd>, prefix: &[u8]) -> Option<OwnedFd> {
+    fsutil::open_dir_below(r?.as_fd(), prefix).ok()
 }
 
 /// What a transfer did: its counts, the errno of its first link that became a copy, and how
@@ -95,13 +104,20 @@ pub fn backup_areas(
         .map(|job| {
             let a = &job.spec;
             let sink = Sink::new(progress, &a.prefix);
-            let policy = LinkPolicy::new(opts.force_copy);
+            let mut policy = LinkPolicy::new(opts.force_copy);
             if let (Some(src), Some(dst)) = (
                 open_area_root(opts.anchor.as_ref(), &a.src, &sink),
                 open_area_root(None, &job.dst, &sink),
             ) {
+                policy = LinkPolicy::for_roots(
+                    opts.force_copy,
+                    src.as_fd(),
+                    dst.as_fd(),
+                    opts.reference.is_some(),
+                );
                 AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
                     .with_fence(&opts.fence)
+                    .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
                     .run(src, dst);
             }
             Transferred::of(sink, &policy)
@@ -122,14 +138,23 @@ pub struct TreeCopy {
     pub force_copy: bool,
     /// What the walk never visits.
     pub fence: Fence,
+    /// The root of an earlier complete backup; the tree in it is at `prefix` (see
+    /// [`BackupOptions::reference`]).
+    pub reference: Option<OwnedFd>,
 }
 
 /// Copies the tree `src` into `dst` in the current rayon pool.
 pub fn copy_tree(src: OwnedFd, dst: OwnedFd, job: &TreeCopy, progress: &Progress) -> Transferred {
     let sink = Sink::new(progress, &job.prefix);
-    let policy = LinkPolicy::new(job.force_copy);
+    let policy = LinkPolicy::for_roots(
+        job.force_copy,
+        src.as_fd(),
+        dst.as_fd(),
+        job.reference.is_some(),
+    );
     PlainCopy::new(job.messages.as_ref(), &policy, &sink)
         .with_fence(&job.fence)
+        .with_reference(reference_below(job.reference.as_ref(), &job.prefix))
         .run(src, dst, job.only.as_deref());
     Transferred::of(sink, &policy)
 }
@@ -141,29 +166,47 @@ fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
             Tally::bump(&sink.tally.linked);
             sink.info("linked", rel, "hardlinked");
         }
+        Placed::Reused(_) => {
+            Tally::bump(&sink.tally.reused);
+            sink.info("reused", rel, "hardlinked from the reference");
+        }
         Placed::Copied(n) => {
             Tally::bump(&sink.tally.copied);
             sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
             sink.info("copied", rel, "copied");
         }
+        Placed::Reflinked(n) => {
+            Tally::bump(&sink.tally.copied);
+            Tally::bump(&sink.tally.reflinked);
+            sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
+            sink.info("copied", rel, "copied (reflink)");
+        }
     }
 }
 
-/// Copies one non-directory entry as a plain file: regular files copied, symlinks recreated,
-/// special files skipped with a warning. Shared by every visitor that meets odd files.
+/// The reference directory of a walked directory, if the walk has one there.
+fn ref_of<'d>(dir: &Dir<'d>) -> Option<BorrowedFd<'d>> {
+    dir.refs.first().copied().flatten()
+}
+
+/// Copies one non-directory entry as a plain file: regular files copied (or reused from
+/// `reference`), symlinks recreated, special files skipped with a warning. Shared by every
+/// visitor that meets odd files.
+#[allow(clippy::too_many_arguments)]
 fn copy_plain(
     policy: &LinkPolicy,
     sink: &Sink<'_>,
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
+    reference: Option<BorrowedFd<'_>>,
     name: &CStr,
     kind: Kind,
     rel: &[u8],
 ) {
     let result = match kind {
         Kind::File => policy
-            .copy(src, dst, name)
-            .map(|n| count_placed(sink, rel, Placed::Copied(n))),
+            .place_plain(src, dst, name, reference)
+            .map(|p| count_placed(sink, rel, p)),
         Kind::Symlink => fsutil::copy_symlink(src, dst, name, policy.as_root())
             .map(|()| {
                 Tally::bump(&sink.tally.symlinks);
@@ -204,6 +247,8 @@ pub struct AreaBackup<'a> {
     pause: Pause,
     /// What the walk never visits (the destination, lock files).
     fence: &'a Fence,
+    /// The area's tree in the reference backup, if any.
+    reference: Option<OwnedFd>,
 }
 
 impl<'a> AreaBackup<'a> {
@@ -229,6 +274,7 @@ impl<'a> AreaBackup<'a> {
             sink,
             pause: Pause::from_env(testpause::MID_LINK),
             fence: Fence::NONE,
+            reference: None,
         }
     }
 
@@ -237,17 +283,27 @@ impl<'a> AreaBackup<'a> {
         AreaBackup { fence, ..self }
     }
 
+    /// The same, reusing unchanged files from `reference` (the area's tree in an earlier
+    /// backup on the destination's file system).
+    pub fn with_reference(self, reference: Option<OwnedFd>) -> Self {
+        AreaBackup { reference, ..self }
+    }
+
     /// Runs steps 1 to 3 of the module doc.
     pub fn run(&self, src: OwnedFd, dst: OwnedFd) {
         let (src2, dst2) = match (rustix::io::dup(&src), rustix::io::dup(&dst)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return self.sink.io_error(b"", "dup", e),
         };
+        let refs = match self.reference.as_ref().map(rustix::io::dup).transpose() {
+            Ok(r) => vec![r],
+            Err(e) => return self.sink.io_error(b"", "dup", e),
+        };
         walk::walk(
             Roots {
                 src,
                 dst: Some(dst),
-                refs: Vec::new(),
+                refs,
                 only: None,
                 fence: self.fence,
             },
@@ -260,18 +316,22 @@ impl<'a> AreaBackup<'a> {
     }
 
     /// Places the file of snapshot message number `i` (in `live`); `met` says whether the walk
-    /// saw it (then a missing file vanished during the run, else it was never there).
+    /// saw it (then a missing file vanished during the run, else it was never there). `reference`:
+    /// its directory in the reference, if any (a message of unknown recorded size is never reused).
+    #[allow(clippy::too_many_arguments)]
     fn place(
         &self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
+        reference: Option<BorrowedFd<'_>>,
         name: &CStr,
         rel: &[u8],
         i: usize,
         met: bool,
     ) {
         let id = self.snap.live.as_slice()[i];
-        match self.policy.link_or_copy(src, dst, name) {
+        let reference = reference.zip(self.sizes[i]);
+        match self.policy.place_message(src, dst, name, reference) {
             Ok(p) => {
                 count_placed(self.sink, rel, p);
                 self.check_size(dst, name, rel, i, p);
@@ -290,7 +350,7 @@ impl<'a> AreaBackup<'a> {
     fn check_size(&self, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], i: usize, placed: Placed) {
         let Some(want) = self.sizes[i] else { return };
         let have = match placed {
-            Placed::Copied(n) => n,
+            Placed::Copied(n) | Placed::Reflinked(n) | Placed::Reused(n) => n,
             Placed::Linked => match fsutil::lstat_at(dst, name) {
                 Ok(st) => st.st_size as u64,
                 Err(e) => return self.sink.io_error(rel, "stat", e),
@@ -333,6 +393,7 @@ impl<'a> AreaBackup<'a> {
             );
             let dirs = fsutil::open_dir_below(src_root, &dir_rel)
                 .and_then(|s| Ok((s, make_dirs(src_root, dst_root, &dir_rel)?)));
+            let ref_dir = reference_below(self.reference.as_ref(), &dir_rel);
             if let Err(e) = &dirs {
                 if *e != Errno::NOENT {
                     // The message directory itself is unusable (a symlink, never followed, or
@@ -350,7 +411,8 @@ impl<'a> AreaBackup<'a> {
                 match &dirs {
                     Ok((s, d)) => {
                         let cname = CString::new(name.clone()).expect("digits only");
-                        self.place(s.as_fd(), d.as_fd(), &cname, &rel, u, false);
+                        let r = ref_dir.as_ref().map(|r| r.as_fd());
+                        self.place(s.as_fd(), d.as_fd(), r, &cname, &rel, u, false);
                     }
                     Err(Errno::NOENT) => {
                         self.missing(&rel, ids[u], false);
@@ -423,7 +485,7 @@ impl Visitor for AreaBackup<'_> {
         match (class, kind) {
             (Class::Message(i), Kind::File) => {
                 self.seen.mark(i);
-                self.place(dir.src, dst, name, &rel, i, true);
+                self.place(dir.src, dst, ref_of(dir), name, &rel, i, true);
             }
             (Class::New, Kind::File) => {
                 Tally::bump(&t.skipped_new);
@@ -439,17 +501,34 @@ impl Visitor for AreaBackup<'_> {
                 // Copied, never linked (the server changes it in place); counted as a known file
                 // and in bytes, not as a message: the area's progress counts messages only.
                 Tally::bump(&t.known);
-                match self.policy.copy(dir.src, dst, name) {
-                    Ok(n) => {
+                match self.policy.place_plain(dir.src, dst, name, ref_of(dir)) {
+                    Ok(Placed::Reused(_)) => {
+                        Tally::bump(&t.reused);
+                        self.sink
+                            .info("reused", &rel, "hardlinked from the reference");
+                    }
+                    Ok(Placed::Copied(n) | Placed::Reflinked(n)) => {
                         t.bytes_copied.fetch_add(n, Ordering::Relaxed);
                         self.sink.info("copied", &rel, "copied");
+                    }
+                    Ok(Placed::Linked) => {
+                        unreachable!("plain files are never linked from the store")
                     }
                     Err(e) => self.sink.io_error(&rel, e.op, e.errno),
                 }
             }
             (Class::Copy, _) => {
                 Tally::bump(&t.known);
-                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+                copy_plain(
+                    self.policy,
+                    self.sink,
+                    dir.src,
+                    dst,
+                    ref_of(dir),
+                    name,
+                    kind,
+                    &rel,
+                );
             }
             (Class::Message(i), _) => {
                 // A symlink or special file where a message file should be: the message itself is
@@ -465,16 +544,41 @@ impl Visitor for AreaBackup<'_> {
                         self.snap.live.as_slice()[i]
                     ),
                 );
-                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+                copy_plain(
+                    self.policy,
+                    self.sink,
+                    dir.src,
+                    dst,
+                    ref_of(dir),
+                    name,
+                    kind,
+                    &rel,
+                );
                 self.sink.progress.add_done(1);
             }
-            (_, Kind::Special) => {
-                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel)
-            }
+            (_, Kind::Special) => copy_plain(
+                self.policy,
+                self.sink,
+                dir.src,
+                dst,
+                ref_of(dir),
+                name,
+                kind,
+                &rel,
+            ),
             (Class::Orphan, Kind::File) => {
                 Tally::bump(&t.orphans);
                 self.sink.warn("orphan_message", &rel, 0, "no record of the snapshot claims this message file: a delivery in progress, or one a crash interrupted (its ID is allocated, so it cannot collide with a future message); copied".into());
-                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+                copy_plain(
+                    self.policy,
+                    self.sink,
+                    dir.src,
+                    dst,
+                    ref_of(dir),
+                    name,
+                    kind,
+                    &rel,
+                );
             }
             (Class::StrayInTree | Class::Orphan | Class::New | Class::Erasing, _) => {
                 // A symlink named like a message is not a message: it is reported, never followed.
@@ -485,13 +589,31 @@ impl Visitor for AreaBackup<'_> {
                     0,
                     "unrecognized file in a message directory; copied".into(),
                 );
-                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+                copy_plain(
+                    self.policy,
+                    self.sink,
+                    dir.src,
+                    dst,
+                    ref_of(dir),
+                    name,
+                    kind,
+                    &rel,
+                );
             }
             (Class::Stray, _) => {
                 Tally::bump(&t.unrecognized);
                 self.sink
                     .warn("unrecognized", &rel, 0, "unrecognized file; copied".into());
-                copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+                copy_plain(
+                    self.policy,
+                    self.sink,
+                    dir.src,
+                    dst,
+                    ref_of(dir),
+                    name,
+                    kind,
+                    &rel,
+                );
             }
         }
     }
@@ -509,6 +631,8 @@ pub struct PlainCopy<'a> {
     sink: &'a Sink<'a>,
     /// What the walk never visits (the destination, lock files).
     fence: &'a Fence,
+    /// The tree in the reference backup, if any.
+    reference: Option<OwnedFd>,
 }
 
 impl<'a> PlainCopy<'a> {
@@ -519,6 +643,7 @@ impl<'a> PlainCopy<'a> {
             policy,
             sink,
             fence: Fence::NONE,
+            reference: None,
         }
     }
 
@@ -527,13 +652,22 @@ impl<'a> PlainCopy<'a> {
         PlainCopy { fence, ..self }
     }
 
+    /// The same, reusing unchanged files from `reference` (the tree in an earlier backup).
+    pub fn with_reference(self, reference: Option<OwnedFd>) -> Self {
+        PlainCopy { reference, ..self }
+    }
+
     /// Copies the tree (only the root-level `only` names when given).
     pub fn run(&self, src: OwnedFd, dst: OwnedFd, only: Option<&[Vec<u8>]>) {
+        let refs = match self.reference.as_ref().map(rustix::io::dup).transpose() {
+            Ok(r) => vec![r],
+            Err(e) => return self.sink.io_error(b"", "dup", e),
+        };
         walk::walk(
             Roots {
                 src,
                 dst: Some(dst),
-                refs: Vec::new(),
+                refs,
                 only,
                 fence: self.fence,
             },
@@ -552,12 +686,22 @@ impl Visitor for PlainCopy<'_> {
                 .messages
                 .is_some_and(|a| a.is_message_path(dir.rel, name.to_bytes()));
         if is_message {
+            // A restore's messages have no recorded size here: never reused.
             match self.policy.link_or_copy(dir.src, dst, name) {
                 Ok(p) => count_placed(self.sink, &rel, p),
                 Err(e) => self.sink.io_error(&rel, e.op, e.errno),
             }
         } else {
-            copy_plain(self.policy, self.sink, dir.src, dst, name, kind, &rel);
+            copy_plain(
+                self.policy,
+                self.sink,
+                dir.src,
+                dst,
+                ref_of(dir),
+                name,
+                kind,
+                &rel,
+            );
         }
         self.sink.progress.add_done(1);
     }
@@ -970,5 +1114,211 @@ mod tests {
         let ino = |p: &str| std::fs::metadata(s.path(p)).unwrap().ino();
         assert_eq!(ino("src/msg/a/7"), ino("dst/msg/a/7"));
         assert_ne!(ino("src/index.db"), ino("dst/index.db"));
+    }
+
+    /// Makes `dst` a copy of `src` as a backup would: same bytes, mode, owner and mtime.
+    fn clone_file(src: &std::path::Path, dst: &std::path::Path) {
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, dst).unwrap();
+        let m = std::fs::metadata(src).unwrap();
+        std::fs::set_permissions(dst, m.permissions()).unwrap();
+        let f = std::fs::File::options().write(true).open(dst).unwrap();
+        f.set_modified(m.modified().unwrap()).unwrap();
+    }
+
+    /// Sets the mtime of `path` to `sec`.`nsec`.
+    fn set_mtime(path: &std::path::Path, sec: u64, nsec: u32) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(sec, nsec);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn reuse_from_a_reference_only_for_the_same_file() {
+        // Links from the store are ruled out (force_copy), so every placed file consults the
+        // reference: only a regular file of the same size, mtime (to the nanosecond), mode and
+        // owner, with a known recorded size for a message, is linked from it.
+        use std::os::unix::fs::PermissionsExt;
+        let s = Scratch::new("reuse");
+        for id in 1..=8 {
+            s.file(
+                &format!("src/msg/a/{id}"),
+                format!("message {id}").as_bytes(),
+            );
+            set_mtime(
+                &s.path(&format!("src/msg/a/{id}")),
+                1_700_000_000,
+                123_456_789,
+            );
+        }
+        s.file("src/msg/b/9000", b"message in b");
+        s.file("src/junkfilter.bloom", b"bloom");
+        s.file("src/notes", b"a stray");
+        s.file("outside/8", b"message 8");
+        for f in [
+            "msg/a/1",
+            "msg/a/2",
+            "msg/a/3",
+            "msg/a/4",
+            "msg/a/5",
+            "msg/b/9000",
+            "junkfilter.bloom",
+            "notes",
+        ] {
+            clone_file(&s.path(&format!("src/{f}")), &s.path(&format!("ref/{f}")));
+        }
+        // 2: other size (same mtime); 3: same size, other nanoseconds; 4: other mode;
+        // 5: unknown recorded size; 6: other owner; 7: a symlink to the outside file in the ref;
+        // b/: the reference's directory is a symlink to a directory holding the same file.
+        std::fs::write(s.path("ref/msg/a/2"), b"message 2 changed").unwrap();
+        set_mtime(&s.path("ref/msg/a/2"), 1_700_000_000, 123_456_789);
+        set_mtime(&s.path("ref/msg/a/3"), 1_700_000_000, 123_456_788);
+        std::fs::set_permissions(
+            s.path("ref/msg/a/4"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            s.path("src/msg/a/4"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        // 6: the same file but another owner (compared when running as root, as tests do).
+        clone_file(&s.path("src/msg/a/6"), &s.path("ref/msg/a/6"));
+        std::os::unix::fs::chown(s.path("ref/msg/a/6"), Some(65534), Some(65534)).unwrap();
+        clone_file(&s.path("src/msg/a/7"), &s.path("outside/7"));
+        std::os::unix::fs::symlink(s.path("outside/7"), s.path("ref/msg/a/7")).unwrap();
+        std::fs::rename(s.path("ref/msg/b"), s.path("outside/b")).unwrap();
+        std::os::unix::fs::symlink(s.path("outside/b"), s.path("ref/msg/b")).unwrap();
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let ids: Vec<u64> = (1..=8).chain([9000]).collect();
+        let snap = Snapshot {
+            live: IdSet::new(ids.clone()),
+            erasing: IdSet::default(),
+            next_id: 9001,
+        };
+        let sizes: Vec<Option<u64>> = ids
+            .iter()
+            .map(|&id| {
+                let n = std::fs::metadata(s.path(&format!(
+                    "src/{}",
+                    String::from_utf8(join(b"msg", &msgpath::rel_path(id))).unwrap()
+                )))
+                .unwrap()
+                .len();
+                (id != 5).then_some(n)
+            })
+            .collect();
+        let a = area();
+        let p = Progress::new(true, 1000);
+        let sink = Sink::new(&p, b"");
+        let policy = LinkPolicy::new(true);
+        AreaBackup::new(&a, &snap, &sizes, &policy, &sink)
+            .with_reference(Some(fsutil::open_dir(&s.path("ref")).unwrap()))
+            .run(
+                fsutil::open_dir(&s.path("src")).unwrap(),
+                fsutil::open_dir(&s.path("dst")).unwrap(),
+            );
+        let ino = |p: &str| std::fs::symlink_metadata(s.path(p)).unwrap().ino();
+        let t = get(&sink.tally);
+        // Reused: msg/a/1, junkfilter.bloom, notes; copied: messages 2-8 and 9000 plus nothing else.
+        assert_eq!(
+            (t["reused"], t["copied"], t["errors"]),
+            (3, 8, 0),
+            "{:?}",
+            p.drain()
+        );
+        assert_eq!(ino("dst/msg/a/1"), ino("ref/msg/a/1"));
+        assert_eq!(ino("dst/junkfilter.bloom"), ino("ref/junkfilter.bloom"));
+        assert_eq!(ino("dst/notes"), ino("ref/notes"));
+        for f in ["msg/a/2", "msg/a/3", "msg/a/4", "msg/a/5", "msg/a/6"] {
+            assert_ne!(
+                ino(&format!("dst/{f}")),
+                ino(&format!("ref/{f}")),
+                "{f} reused"
+            );
+            assert_eq!(
+                std::fs::read(s.path(&format!("dst/{f}"))).unwrap(),
+                std::fs::read(s.path(&format!("src/{f}"))).unwrap()
+            );
+        }
+        assert_ne!(
+            ino("dst/msg/a/7"),
+            ino("outside/7"),
+            "a symlink in the reference was followed"
+        );
+        assert_ne!(
+            ino("dst/msg/b/9000"),
+            ino("outside/b/9000"),
+            "a symlinked reference directory was followed"
+        );
+        assert!(std::fs::symlink_metadata(s.path("dst/msg/a/7"))
+            .unwrap()
+            .is_file());
+        assert_eq!(std::fs::read(s.path("outside/8")).unwrap(), b"message 8");
+        assert_eq!((policy.fallbacks(), policy.first_fallback()), (0, None));
+        let reused: Vec<_> = p
+            .drain()
+            .into_iter()
+            .filter(|e| e.code == "reused")
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(reused.len(), 3);
+        // The same run without the reference copies everything: the test above is about it.
+        let p2 = Progress::new(false, 1000);
+        let sink2 = Sink::new(&p2, b"");
+        std::fs::create_dir(s.path("dst2")).unwrap();
+        AreaBackup::new(&a, &snap, &sizes, &policy, &sink2).run(
+            fsutil::open_dir(&s.path("src")).unwrap(),
+            fsutil::open_dir(&s.path("dst2")).unwrap(),
+        );
+        assert_eq!(get(&sink2.tally)["reused"], 0);
+    }
+
+    #[test]
+    fn a_failed_link_from_the_reference_is_a_counted_fallback_copy() {
+        // The reference's file cannot be linked (here: the reference is on another file system
+        // than the destination, EXDEV; on ext4 at 65,000 links it would be EMLINK): the file is
+        // copied and counted as one link fallback with that errno, never an error.
+        let shm = std::path::Path::new("/dev/shm");
+        let s = Scratch::new("reusefail");
+        let refdir = shm.join(format!("mailbak-reusefail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&refdir);
+        s.file("src/msg/a/1", b"one");
+        clone_file(&s.path("src/msg/a/1"), &refdir.join("msg/a/1"));
+        std::fs::create_dir(s.path("dst")).unwrap();
+        let same_dev = std::fs::metadata(&refdir).unwrap().dev()
+            == std::fs::metadata(s.path("dst")).unwrap().dev();
+        let snap = Snapshot {
+            live: IdSet::new(vec![1]),
+            erasing: IdSet::default(),
+            next_id: 2,
+        };
+        let a = area();
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"");
+        let policy = LinkPolicy::new(true);
+        AreaBackup::new(&a, &snap, &[Some(3)], &policy, &sink)
+            .with_reference(Some(fsutil::open_dir(&refdir).unwrap()))
+            .run(
+                fsutil::open_dir(&s.path("src")).unwrap(),
+                fsutil::open_dir(&s.path("dst")).unwrap(),
+            );
+        let _ = std::fs::remove_dir_all(&refdir);
+        assert!(
+            !same_dev,
+            "/dev/shm must be another file system than the scratch directory"
+        );
+        let t = get(&sink.tally);
+        assert_eq!((t["reused"], t["copied"], t["errors"]), (0, 1, 0));
+        assert_eq!(
+            (policy.fallbacks(), policy.first_fallback()),
+            (1, Some(Errno::XDEV))
+        );
+        assert_eq!(std::fs::read(s.path("dst/msg/a/1")).unwrap(), b"one");
     }
 }

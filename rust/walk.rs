@@ -30,6 +30,11 @@
 //!   file `NAME` in the same directory (LMDB names its lock file so). A lock file describes the
 //!   readers of one running system and is never part of a backup.
 //!
+//! A visitor may also ask the walk to stay on the root's file system
+//! ([`Visitor::one_file_system`]: deletion): a subdirectory on another device is then not entered
+//! and reported ("mount_point"). `leave_dir` gets the directory's parent descriptor ([`Dir::parent`])
+//! so that it can remove the directory.
+//!
 //! Errors on a directory (unreadable, cannot be created in the destination) are reported
 //! through the [`Sink`] with their path and skip that subtree; the walk goes on. The cancel flag
 //! is checked before each directory and each file.
@@ -62,11 +67,12 @@ pub struct Dir<'a> {
     /// The directory at the same path in each reference tree, in the order of [`Roots::refs`]:
     /// opened once per directory (not once per file), None where a reference tree has no
     /// directory there (absent, not a directory, a symlink: never followed, never an error).
-    // Read by the tests until the incremental backup (issue 11) links against a reference.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub refs: &'a [Option<BorrowedFd<'a>>],
     /// Its path relative to the walk's root (empty for the root).
     pub rel: &'a [u8],
+    /// The source directory it is in (None for the root): with the last component of `rel`,
+    /// what a visitor needs to remove the directory in `leave_dir`.
+    pub parent: Option<BorrowedFd<'a>>,
 }
 
 /// What a walk does with what it finds.
@@ -74,6 +80,13 @@ pub trait Visitor: Sync {
     /// Whether to descend into subdirectory `name` of the directory at `rel` (and mirror it).
     fn descend(&self, _rel: &[u8], _name: &CStr) -> bool {
         true
+    }
+
+    /// Whether the walk stays on the root's file system: a subdirectory with another `st_dev`
+    /// (a mount point) is then never entered and reported as an error ("mount_point"). Costs
+    /// one `fstat` per directory, so only visitors that need it (deletion) ask.
+    fn one_file_system(&self) -> bool {
+        false
     }
 
     /// Called once per directory the walk opened (its mirror and references opened too),
@@ -183,6 +196,7 @@ impl Node {
             dst: self.dst.as_ref().map(|d| d.as_fd()),
             refs: &refs,
             rel: &self.rel,
+            parent: self.parent.as_ref().map(|p| p.src.as_fd()),
         })
     }
 
@@ -214,10 +228,11 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
         Err(e) => return sink.io_error(b"", "dup", e),
     };
     let (only, fence) = (roots.only, roots.fence);
-    if !fence.skip.is_empty() {
+    let mut root_dev = None;
+    if !fence.skip.is_empty() || v.one_file_system() {
         match rustix::fs::fstat(&roots.src) {
             Ok(st) if fence.skip.contains(&fsutil::identity(&st)) => return fenced(sink, b""),
-            Ok(_) => {}
+            Ok(st) => root_dev = v.one_file_system().then_some(fsutil::identity(&st).0),
             Err(e) => return sink.io_error(b"", "stat directory", e),
         }
     }
@@ -229,7 +244,8 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
         pending: AtomicUsize::new(1),
         parent: None,
     });
-    rayon::scope(|s| visit(s, root, only, fence, v, sink, &finish));
+    let limits = Limits { fence, root_dev };
+    rayon::scope(|s| visit(s, root, only, &limits, v, sink, &finish));
     if let Some(dst) = dst_root {
         let mut dirs = finish.into_inner().unwrap_or_else(|p| p.into_inner());
         // Deepest first, so a read-only parent is closed only after its children are.
@@ -240,6 +256,14 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
             }
         }
     }
+}
+
+/// What bounds a walk: the caller's fence, and the root's device when the walk stays on it.
+struct Limits<'f> {
+    /// What the walk never visits.
+    fence: &'f Fence,
+    /// `st_dev` of the root when subdirectories on other devices are not entered.
+    root_dev: Option<u64>,
 }
 
 /// Reports a fenced-off directory (the destination met inside the tree).
@@ -253,7 +277,7 @@ fn visit<'s, V: Visitor>(
     s: &rayon::Scope<'s>,
     node: Arc<Node>,
     only: Option<&'s [Vec<u8>]>,
-    fence: &'s Fence,
+    limits: &'s Limits<'s>,
     v: &'s V,
     sink: &'s Sink<'s>,
     finish: &'s Finish,
@@ -269,7 +293,7 @@ fn visit<'s, V: Visitor>(
             return Node::done(&node, v, sink);
         }
     };
-    let locks = if fence.skip_locks {
+    let locks = if limits.fence.skip_locks {
         lock_files(&entries)
     } else {
         HashSet::new()
@@ -307,7 +331,7 @@ fn visit<'s, V: Visitor>(
                 parent.dst.as_ref(),
                 &name,
                 &rel,
-                &fence.skip,
+                limits,
                 sink,
                 finish,
             );
@@ -330,7 +354,7 @@ fn visit<'s, V: Visitor>(
                 pending: AtomicUsize::new(1),
                 parent: Some(parent),
             };
-            visit(s, Arc::new(child), None, fence, v, sink, finish);
+            visit(s, Arc::new(child), None, limits, v, sink, finish);
         });
     }
     node.with_dir(|dir| {
@@ -360,10 +384,11 @@ fn open_child(
     dst: Option<&OwnedFd>,
     name: &CStr,
     rel: &[u8],
-    skip: &[(u64, u64)],
+    limits: &Limits<'_>,
     sink: &Sink<'_>,
     finish: &Finish,
 ) -> Option<(OwnedFd, Option<OwnedFd>)> {
+    let skip = &limits.fence.skip;
     let child = match fsutil::open_dir_at(src.as_fd(), name) {
         Ok(fd) => fd,
         Err(e) => {
@@ -371,7 +396,7 @@ fn open_child(
             return None;
         }
     };
-    if dst.is_none() && skip.is_empty() {
+    if dst.is_none() && skip.is_empty() && limits.root_dev.is_none() {
         return Some((child, None));
     }
     let st = match rustix::fs::fstat(&child) {
@@ -383,6 +408,18 @@ fn open_child(
     };
     if skip.contains(&fsutil::identity(&st)) {
         fenced(sink, rel);
+        return None;
+    }
+    if limits
+        .root_dev
+        .is_some_and(|d| d != fsutil::identity(&st).0)
+    {
+        sink.error(
+            "mount_point",
+            rel,
+            0,
+            "another file system is mounted here; not entered".into(),
+        );
         return None;
     }
     let Some(dst) = dst else {

@@ -16,6 +16,7 @@ __all__ = [
     "LmdbError",
     "backup_areas",
     "copy_tree",
+    "delete_tree",
     "check_areas",
     "lmdb_check",
     "read_index",
@@ -63,6 +64,8 @@ class Tally(TypedDict):
 
     linked: int
     copied: int
+    reused: int  # files hardlinked from the ``reference`` backup instead of copied
+    reflinked: int  # files copied by a reflink (FICLONE; shared extents): a subset of ``copied``
     bytes_copied: int
     skipped_new: int
     skipped_erasing: int
@@ -110,6 +113,7 @@ def backup_areas(
     force_copy: bool = False,
     root: int | None = None,
     skip: list[tuple[int, int]] = ...,
+    reference: StrPath | None = None,
 ) -> list[TransferResult]:
     """Backs up message areas from their index snapshots, all in one pool (workers spread over
     every area's directories); one result per area, in order.
@@ -128,7 +132,22 @@ def backup_areas(
     ``root``: a descriptor of a directory (the store's ``data/``) that each ``src`` is relative
     to; every component is then opened without following a symlink. ``skip``: ``(st_dev,
     st_ino)`` of directories never entered (the destination; meeting one is a "dest_inside"
-    error). LMDB lock files (``NAME-lock`` beside a file ``NAME``) are never copied."""
+    error). LMDB lock files (``NAME-lock`` beside a file ``NAME``) are never copied.
+
+    ``reference``: the root of an earlier complete backup on the destination's file system
+    (raises OSError if it cannot be opened). Each area's tree in it is at the area's ``prefix``,
+    opened without following a symlink at any component (absent: no reference for that area).
+    A file that cannot be hardlinked from the store (the destination is on another file system,
+    decided once from the roots' ``st_dev``; or the link failed), and every file the call copies
+    anyway (``copy`` names, strays), is hardlinked from the reference instead when the
+    reference holds a regular file at the same path with the same size, mtime (seconds and
+    nanoseconds), permission bits and, as root, owner, and, for a message, a known recorded size
+    equal to that size: counted in ``reused`` (verbose event "reused"), not in ``copied``. A
+    reference link that fails (EMLINK, EPERM, ...) becomes a copy counted in
+    ``link_fallbacks``. With a ``reference``, copies because the destination is on another file
+    system are plain copies, not fallbacks. Copies try a reflink, ``copy_file_range``, then
+    read/write (what fails is remembered per pair of file systems for the process) and keep
+    the source's mtime."""
 
 def copy_tree(
     src: StrPath,
@@ -143,12 +162,42 @@ def copy_tree(
     root: int | None = None,
     skip: list[tuple[int, int]] = ...,
     skip_locks: bool = False,
+    reference: StrPath | None = None,
 ) -> TransferResult:
     """Copies a tree into ``dst`` (which must exist): files copied with their mode bits and
     mtime, symlinks recreated and never followed, special files skipped with a warning. ``only``
     limits the root level to those names. With ``message_tree`` (restore), files at a message
     path below it are hardlinked instead when possible. ``root``, ``skip``: as for
-    ``backup_areas`` (``src`` relative to ``root``); ``skip_locks``: leave out LMDB lock files."""
+    ``backup_areas`` (``src`` relative to ``root``); ``skip_locks``: leave out LMDB lock files.
+    ``reference``: as for ``backup_areas``; the tree in it is at ``prefix`` (message files of
+    ``message_tree`` have no recorded size here and are never reused)."""
+
+class DeleteResult(TypedDict):
+    """What ``delete_tree`` removed, and its event counts."""
+
+    files: int  # entries other than directories removed (symlinks included)
+    dirs: int  # directories removed, ``path`` itself included
+    errors: int
+    warnings: int
+
+def delete_tree(
+    path: StrPath,
+    *,
+    jobs: int,
+    progress: Progress,
+    low_priority: bool = True,
+    prefix: bytes = ...,
+) -> DeleteResult:
+    """Deletes the directory ``path`` and everything in it, in parallel and bottom-up. The
+    parent of ``path`` is opened by path, ``path`` itself without following a symlink: a
+    symlink, a non-directory or a mount point at ``path`` raises OSError and nothing is
+    deleted. Inside, entries are removed with ``unlinkat`` only (a symlink is removed, never
+    followed); a subdirectory on another device (a mount point) is never entered nor deleted
+    ("mount_point" error). An entry that cannot be removed is an error event (path relative to
+    ``path``, after ``prefix``, default empty) and the rest goes on; ``path`` itself is removed last, when empty.
+    Progress: one unit per file removed. ``low_priority``: the worker threads run at nice 19 in
+    the idle I/O scheduling class (the calling thread keeps its priority); if that fails, one
+    "priority" warning and the deletion goes on."""
 
 def check_areas(
     areas: list[Area],

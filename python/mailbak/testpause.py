@@ -9,7 +9,8 @@ that ``NAME.reached`` appeared, so it cannot pass without the interleaving it is
 
 The engine (Rust, ``rust/testpause.rs``) implements the same protocol for points inside its
 calls, which count files: ``engine_mid_link`` (a backup's link/copy worker, after a snapshot
-message file is placed) and ``engine_mid_check`` (verify's file check). An engine point pauses
+message file is placed), ``engine_mid_check`` (verify's file check) and ``engine_mid_delete``
+(``delete_tree``'s workers, after a file is removed; once per call). An engine point pauses
 once per area, at the ``MAILBAK_TEST_PAUSE_AFTER``-th file (default 1); other workers go on
 meanwhile, so tests that need the whole call to stand still run with ``--jobs 1``. It reads the
 variables once per area, never per file. Without both variables set, a Python pause point costs
