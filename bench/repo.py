@@ -133,8 +133,8 @@ def other_files(store: Path):
     return files, dirs
 
 
-def count_message_files(store: Path) -> int:
-    """Message files of a store (find, so that the harness's own memory stays small)."""
+def count_data_files(store: Path) -> int:
+    """Files under a store's data/ (find, so that the harness's own memory stays small)."""
     out = subprocess.run(["find", str(store / "data"), "-type", "f", "-printf", "x"], capture_output=True, check=True).stdout
     return len(out)
 
@@ -144,7 +144,7 @@ def fingerprint(store: Path) -> dict:
     sha256 (LMDB lock files excepted: any reader of the cache, another benchmark say, writes its
     reader slot there), each directory's mtime_ns, and the number of files under data/."""
     files, dirs = other_files(store)
-    out: dict = {"files": {}, "dirs": {}, "data_files": count_message_files(store)}
+    out: dict = {"files": {}, "dirs": {}, "data_files": count_data_files(store)}
     for rel in files:
         if rel.endswith("-lock"):
             continue
