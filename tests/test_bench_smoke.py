@@ -27,3 +27,58 @@ def test_bench_smoke(tmp_path):
     # Every contender row has the full set of cells (the header has 7 columns).
     rows = [line for line in done.stdout.splitlines() if line.startswith("| `")]
     assert rows and all(line.count("|") == 8 for line in rows), done.stdout
+
+
+REPO_BENCH = RUN.parent / "repo.py"
+
+
+def test_bench_repo_smoke(tmp_path):
+    # bench/repo.py --smoke: every step that this build's engine supports runs once (the rest
+    # are reported as not measured), the report has its tables, and the raw result all timings.
+    raw = tmp_path / "raw.json"
+    argv = [sys.executable, str(REPO_BENCH), "--smoke", "--json", str(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(raw.read_text())
+    (size,) = report["sizes"]
+    (round_,) = size["rounds"]
+    expected = {"first", "cp", "rsync", "same_fs", "rm"}
+    if report["engine"]["reuse"]:
+        expected.add("second")
+        if report["engine"]["delete_tree"]:
+            expected.add("prune")
+    assert set(round_["samples"]) == expected
+    assert all(s["seconds"] > 0 and s["rss_kib"] > 0 for s in round_["samples"].values())
+    churn = round_["churn"]
+    assert churn["delivered"] == churn["expunged"] == round(churn["live_before"] * 0.005)
+    # rsync --link-dest linked every file but the new ones and the databases.
+    assert round_["rsync"]["linked"] >= round_["rsync"]["regular_files"] - churn["delivered"] - 60
+    if "second" in expected:
+        assert round_["second_transfer"]["reused"] > 0 and round_["space_delta_bytes"] > 0
+    assert "Cached store unchanged after every round" in done.stdout
+    assert "### Targets, 3,000 messages" in done.stdout and "rsync  version" in done.stdout
+
+
+def test_bench_repo_work_store_never_writes_into_the_cache(tmp_path):
+    # The work store shares the cache's message files only: churning it (deliveries, expunges,
+    # sweeps) leaves the cache's fingerprint as it was. The control (cp -al alone, LMDB files
+    # shared) changes it, so the fingerprint does catch a write through a shared inode.
+    sys.path.insert(0, str(RUN.parent))
+    try:
+        import repo as bench_repo
+    finally:
+        sys.path.pop(0)
+    cache = tmp_path / "cache"
+    subprocess.run([sys.executable, "-m", "mailbak", "gen", str(cache), "--messages", "400", "--accounts", "3", "--seed", "1", "--quiet"], check=True)
+    before = bench_repo.fingerprint(cache)
+    work = tmp_path / "work"
+    assert bench_repo.make_work_store(cache, work) > 0
+    done = bench_repo.churn(work, seed=7)
+    assert done["delivered"] > 0 and done["expunged"] > 0
+    assert bench_repo.fingerprint_diff(before, bench_repo.fingerprint(cache)) == []
+    # The same churn on a plain cp -al copy writes into the cache's databases.
+    shared = tmp_path / "shared"
+    subprocess.run(["cp", "-al", str(cache), str(shared)], check=True)
+    bench_repo.churn(shared, seed=7)
+    diffs = bench_repo.fingerprint_diff(before, bench_repo.fingerprint(cache))
+    assert any("index.db" in d for d in diffs), diffs
