@@ -377,7 +377,7 @@ class Backup:
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, **self.reference_arg())
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
-            area.counts = {k: result.get(k, 0) for k in AREA_COUNTS}
+            area.counts = {k: result[k] for k in AREA_COUNTS}
 
     def copy_other_files(self) -> None:
         """Phase 6: the rest of data/ (the areas' own plain files went with their messages)."""
