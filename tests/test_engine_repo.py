@@ -245,7 +245,7 @@ print(json.dumps(r))
 
 def test_refused_copy_calls_are_tried_once_per_pair_of_file_systems(tmp_path: Path, shm_dir: Path):
     # ext4 (or whatever holds tmp_path) to tmpfs: FICLONE is refused (EXDEV); the memo makes
-    # that one call for 40 files, and copy_file_range (refused across file systems on current
+    # that one call per worker at most for 40 files, and copy_file_range (refused across file systems on current
     # kernels) at most one more. The bytes are right either way.
     src = tmp_path / "src"
     for i in range(40):
@@ -260,10 +260,14 @@ def test_refused_copy_calls_are_tried_once_per_pair_of_file_systems(tmp_path: Pa
         check=True, env=CLI_ENV, capture_output=True,
     )
     lines = trace.read_text().splitlines()
+    # A call two workers make at once is split by strace into "<unfinished ...>" and
+    # "<... ioctl resumed>" lines: count the starts, look for the refusal in either.
     clones = [line for line in lines if "FICLONE" in line]
+    refused = [line for line in lines if "ioctl" in line and "EXDEV" in line]
     cfr = [line for line in lines if "copy_file_range(" in line]
-    assert len(clones) == 1 and "EXDEV" in clones[0], clones
-    assert len(cfr) <= 1 or not any("EXDEV" in line for line in cfr), cfr
+    # At most one per worker (jobs=2): both may try before the first refusal is recorded.
+    assert 1 <= len(clones) <= 2 and refused, lines
+    assert len(cfr) <= 2 or not any("EXDEV" in line for line in cfr), cfr
     (shm_dir / "again").mkdir()
     r = _engine.copy_tree(src, shm_dir / "again", jobs=2, progress=_engine.Progress(), prefix=b"data", force_copy=True)
     assert (r["copied"], r["reflinked"], r["bytes_copied"]) == (40, 0, sum(1000 + i for i in range(40)))
