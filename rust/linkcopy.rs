@@ -134,6 +134,9 @@ pub struct LinkPolicy {
     dst_setgid: bool,
     /// The umask when the operation started (None: unknown, then every copy gets an fchmod).
     umask: Option<u32>,
+    /// Whether `linkat(fd, "", ..., AT_EMPTY_PATH)` works (it needs CAP_DAC_READ_SEARCH); false
+    /// once refused, then reuse links by name and checks what it linked (see `reuse`).
+    empty_path_links: AtomicBool,
 }
 
 /// Why a file about to be copied was not linked (counted as a fallback when Some).
@@ -161,6 +164,7 @@ impl LinkPolicy {
             ),
             dst_setgid: true,
             umask: umask(),
+            empty_path_links: AtomicBool::new(true),
         }
     }
 
@@ -304,8 +308,20 @@ impl LinkPolicy {
         name: &CStr,
         want: Option<u64>,
     ) -> Result<Option<u64>, Errno> {
-        // The reference first: for a new file it is absent, and the source is not stat'ed.
-        let Ok(rst) = rfs::statat(r, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        // The reference first: for a new file it is absent, and the source is not stat'ed. It is
+        // opened (O_PATH: no access to its content, no open of a FIFO) rather than stat'ed by
+        // name, so that the link below is of exactly the inode compared, whatever happens to
+        // the name meanwhile, and the name is looked up once, not twice: on a machine with
+        // millions of dentries each lookup is most of the cost of a reused file.
+        let Ok(rfd) = rfs::openat(
+            r,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return Ok(None);
+        };
+        let Ok(rst) = rfs::fstat(&rfd) else {
             return Ok(None);
         };
         if Kind::from_mode(rst.st_mode) != Kind::File {
@@ -317,10 +333,18 @@ impl LinkPolicy {
         if !same_file(&sst, &rst, self.as_root) || want.is_some_and(|w| w != sst.st_size as u64) {
             return Ok(None);
         }
+        if self.empty_path_links.load(Ordering::Relaxed) {
+            match rfs::linkat(&rfd, c"", dst, name, AtFlags::EMPTY_PATH) {
+                Ok(()) => return Ok(Some(rst.st_size as u64)),
+                // ENOENT: this thread lacks CAP_DAC_READ_SEARCH (not root, or acting as another
+                // user); link by name from now on.
+                Err(Errno::NOENT) => self.empty_path_links.store(false, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
         rfs::linkat(r, name, dst, name, AtFlags::empty())?;
-        // The entry could have been swapped between the stat and the link (the reference's
-        // directories may be writable by the store's owner): what was linked must be what was
-        // compared, else it is removed and the file copied.
+        // Linked by name: the entry could have been swapped between the open and the link, so
+        // what was linked must be the inode compared, else it is removed and the file copied.
         match rfs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if (st.st_dev, st.st_ino) == (rst.st_dev, rst.st_ino) => {
                 Ok(Some(st.st_size as u64))

@@ -426,3 +426,50 @@ def test_delete_tree_workers_run_at_low_priority_unless_told(tmp_path: Path, low
     assert main_nice == os.getpriority(os.PRIO_PROCESS, 0), "the calling thread keeps its priority"
     assert json.loads(out) == {"files": 200, "dirs": 6, "errors": 0, "warnings": 0}
     assert not t.exists()
+
+
+REUSE_AS_USER = """
+import json, os, sys
+from mailbak import _engine
+# Imported as root (the checkout may be root's only), then the process becomes the user.
+os.setgroups([])
+os.setresgid(int(sys.argv[5]), int(sys.argv[5]), int(sys.argv[5]))
+os.setresuid(int(sys.argv[4]), int(sys.argv[4]), int(sys.argv[4]))
+r = _engine.copy_tree(sys.argv[1], sys.argv[2], jobs=2, progress=_engine.Progress(), prefix=b"config", reference=sys.argv[3])
+print(json.dumps(r))
+"""
+
+
+def test_reuse_without_root_links_by_name(public_dir: Path, shm_dir: Path):
+    # As root a reused file is linked through the descriptor that was compared (AT_EMPTY_PATH,
+    # which needs CAP_DAC_READ_SEARCH); another user gets ENOENT there and links by name, then
+    # checks it linked the inode it compared. Both paths must reuse.
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    conf = public_dir / "config"
+    (conf / "sub").mkdir(parents=True)
+    for rel in ("a.conf", "sub/b.pem"):
+        (conf / rel).write_text(rel)
+    shm_dir.chmod(0o755)  # mkdtemp's 0700 would keep the user out
+    out = shm_dir / "pub"
+    out.mkdir()
+    for d in (conf, conf / "sub", conf / "a.conf", conf / "sub" / "b.pem", out):
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+
+    def copy(dst: Path, reference: Path) -> dict:
+        argv = [sys.executable, "-c", REUSE_AS_USER, str(conf), str(dst), str(reference), str(nobody.pw_uid), str(nobody.pw_gid)]
+        p = subprocess.run(argv, capture_output=True, text=True, env=CLI_ENV, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    for snap in ("s1", "s2"):
+        (out / snap / "config").mkdir(parents=True)
+    (out / "none").mkdir()
+    for d in (out / "s1", out / "s1" / "config", out / "s2", out / "s2" / "config", out / "none"):
+        os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    first = copy(out / "s1" / "config", out / "none")
+    assert (first["copied"], first["reused"], first["errors"]) == (2, 0, 0)
+    second = copy(out / "s2" / "config", out / "s1")
+    assert (second["reused"], second["copied"], second["errors"]) == (2, 0, 0), second
+    assert ino(out / "s2/config/sub/b.pem") == ino(out / "s1/config/sub/b.pem")
