@@ -4,6 +4,7 @@ directory (ext4), the repository on /dev/shm (a tmpfs: "another disk") unless sa
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -123,7 +125,7 @@ def test_first_and_second_snapshot_on_another_file_system(store, repo):
     assert first["status"] == "ok" and first["reference"] is None
     name1 = first["snapshot"]
     assert repository.NAME_RE.match(name1) and (repo / name1 / "mailbak.json").is_file()
-    assert sorted(os.listdir(repo)) == sorted([MARKER, name1]), "everything the backup writes is in its snapshot"
+    assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", name1]), "everything the backup writes is in its snapshot"
     assert sorted(os.listdir(repo / name1)) == ["config", "data", "mailbak.json"]
     assert first["repository"] == str(repo)
     t1 = first["transfer"]
@@ -431,3 +433,27 @@ def test_prune_keeps_a_snapshot_being_written(repo, template):
     # Once nobody writes it, it is an incomplete snapshot superseded by a complete one.
     assert prune(repo, "--keep-last", "1").returncode == 0
     assert not writing.exists()
+
+
+def test_prune_works_on_a_full_disk(template, tmp_path):
+    """A repository whose file system has no inode left (tmpfs with nr_inodes): prune needs no
+    new one (the trash exists from init), and frees what it removes."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,nr_inodes=200", "tmpfs", str(mnt)], check=True)
+    try:
+        repo = mnt / "repo"
+        init_ok(repo)
+        made = 0
+        with pytest.raises(OSError) as full:
+            for day in range(200):
+                fake_snapshot(repo, (datetime(2025, 1, 1, 2, 0) + timedelta(days=day)).strftime("%Y-%m-%d %H:%M"), "ok", template)
+                made += 1
+        assert full.value.errno == errno.ENOSPC and made > 5
+        p = prune(repo, "--keep-last", "2", "--json")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert json_lines(p.stdout)[-1]["removed"] >= made - 2
+        assert len(Repository.open(repo).snapshot_names()) <= 3  # the last, partly made one may be kept as incomplete
+        fake_snapshot(repo, "2026-06-01 02:00", "ok", template)  # room again
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -352,6 +352,9 @@ def init(path: Path) -> Repository:
             # Snapshots hold secrets (auth.db, receivedid.key): nobody else may list them.
             os.chmod(path, PRIVATE_DIR_MODE)
         doc = {"kind": KIND, "format_version": REPO_FORMAT, "created": rfc3339()}
+        # Made now, not by the first prune: a prune must work when the disk is full (no inode
+        # left for a new directory), which is when it is needed most.
+        os.mkdir(path / TRASH, PRIVATE_DIR_MODE)
         replace_file(path / MARKER, (json.dumps(doc, indent=2) + "\n").encode(), mode=MARKER_MODE, tmp_name=MARKER + ".tmp")
     except OSError as e:
         raise UsageError(f"{path}: cannot make a repository there: {e.strerror}") from e
