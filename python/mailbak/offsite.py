@@ -261,6 +261,11 @@ def error_line(stderr: str, status: int) -> str:
     fatal = [ln for ln in lines if ln.startswith("Fatal:")]
     text = (fatal or lines or [f"exit status {status}"])[-1]
     text = text.removeprefix("Fatal:").strip()
+    # restore goes on after a file fails and ends with "There were N errors": the first of
+    # them says why (no space left on device, ...).
+    ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
+    if ignored and re.match(r"^There were \d+ errors$", text):
+        text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
     return redact(f"{text} (restic exit status {status})")
 
 
@@ -587,6 +592,12 @@ def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *,
     return OffsiteRestoreResult(status, target, snap.id, snap.snapshot, facts, summary)
 
 
+def _unlock(restic: Restic) -> None:
+    p = restic._run(restic.command("unlock"))
+    if p.returncode != 0:
+        raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode)}")
+
+
 # Prune -----------------------------------------------------------------------------------------
 
 
@@ -627,6 +638,9 @@ def prune(repo_path: Path, policy: Policy, config: ResticConfig, reporter: Repor
     args = ["forget", "--tag", f"{TAG},{rtag}", "--group-by", "", *forget_args(policy)]
     args += ["--dry-run"] if dry_run else ["--prune"]
     reporter.phase("prune")
+    # A push that was killed or lost its server leaves restic's lock behind, which would stop
+    # the exclusive lock prune needs; unlock removes only stale locks (their process is gone).
+    _unlock(restic)
     groups = restic.run_json(*args, what="forget") or []
     kept: list[OffsiteSnapshot] = []
     removed: list[OffsiteSnapshot] = []
