@@ -420,11 +420,7 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
     env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
     proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (pause_dir / "offsite_mid_push.reached").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the push never reached restic's first progress line"
-            time.sleep(0.02)
+        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
         # restic has reported progress and is reading the snapshot: freeze it, so that it is
         # still mid-push when the server goes away, however fast it is.
         restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
@@ -449,10 +445,60 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
     assert tree_listing(local.repo) == before
     assert [s["short_id"] for s in t.snapshots()] == [first["restic_snapshot"][:8]]
     incremental(push(t, local, SNAP_B), first)
-    # The killed restic left its lock behind; `restic unlock` removes it as stale (its process is
-    # gone), and mailbak offsite prune runs it first.
-    t.restic("unlock")
+    # The killed restic left its lock behind, which stops restic's exclusive commands; offsite
+    # prune removes it as stale (its process is gone) before it forgets.
+    assert t.restic("check", check=False).returncode != 0
+    p = t.cli("offsite", "prune", local.repo, "--keep-last", "10")
+    assert p.returncode == 0, p.stdout + p.stderr
     t.restic("check")
+
+
+def wait_reached(proc: subprocess.Popen, flag: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"the push never reached {flag.name}"
+        time.sleep(0.02)
+
+
+def pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` is pending for process ``pid`` (from /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(m & (1 << (sig - 1)) for m in masks)
+
+
+def test_interrupted_push_stops_restic_and_exits_130(small: Local, tmp_path: Path, servers):
+    local = small
+    t = make_target("local", tmp_path, servers)
+    first = push(t, local, SNAP_A)
+    pause_dir = tmp_path / "pause"
+    pause_dir.mkdir()
+    env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
+    proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+    try:
+        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
+        restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
+        assert len(restic) == 1
+        os.kill(restic[0], signal.SIGSTOP)  # it stays mid-push until mailbak stops it
+        proc.send_signal(signal.SIGTERM)
+        # mailbak passes the stop on as SIGINT (restic then removes its lock); let restic run
+        # once it is pending.
+        deadline = time.monotonic() + 30
+        while not pending(restic[0], signal.SIGINT):
+            assert time.monotonic() < deadline, "mailbak never sent restic SIGINT"
+            time.sleep(0.02)
+        os.kill(restic[0], signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err and "nothing was stored off-site" in err
+    assert not os.path.exists(f"/proc/{restic[0]}") or comm(restic[0]) != "restic"
+    assert len(t.snapshots()) == 1
+    t.restic("check")  # restic stopped cleanly: no lock left behind
+    incremental(push(t, local, SNAP_B), first)
 
 
 def test_restic_missing_exits_2_with_hint(small: Local, tmp_path: Path, servers):

@@ -263,6 +263,9 @@ def error_line(stderr: str, status: int) -> str:
     text = text.removeprefix("Fatal:").strip()
     # restore goes on after a file fails and ends with "There were N errors": the first of
     # them says why (no space left on device, ...).
+    locked = [ln for ln in lines if ln.startswith("unable to create lock")]
+    if locked and not fatal:
+        text = f"{locked[0]}; `restic unlock` removes locks whose process is gone"
     ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
     if ignored and re.match(r"^There were \d+ errors$", text):
         text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
