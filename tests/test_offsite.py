@@ -607,3 +607,34 @@ def test_secrets_stay_out_of_argv_and_output(tmp_path: Path):
     env = ResticConfig(repo="rest:https://user:s3cret@host/repo", password_file=tmp_path / "pw").environment({"RESTIC_PASSWORD": "x"})
     assert env["RESTIC_REPOSITORY"] == "rest:https://user:s3cret@host/repo" and "RESTIC_PASSWORD" not in env
     assert redact("Fatal: unable to open rest:https://user:s3cret@host/repo: 401") == "Fatal: unable to open rest:https://***@host/repo: 401"
+
+
+def test_python_api(small: Local, tmp_path: Path, servers, monkeypatch):
+    from mailbak.api import offsite_list, offsite_prune, offsite_push, offsite_restore
+    from mailbak.errors import UsageError
+    from mailbak.offsite import ResticError
+
+    t = make_target("local", tmp_path, servers)
+    for v in ("RESTIC_REPOSITORY", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("RESTIC_CACHE_DIR", t.env["RESTIC_CACHE_DIR"])
+    where = {"restic_repo": t.env["RESTIC_REPOSITORY"], "password_file": t.env["RESTIC_PASSWORD_FILE"]}
+    events: list[dict] = []
+    first = offsite_push(small.repo, SNAP_A, on_event=events.append, **where)
+    assert first.ok and first.pushed and first.parent is None and first.files_new > 0
+    assert events[-1]["message_type"] == "summary" and events[-1]["restic_snapshot"] == first.restic_snapshot
+    second = offsite_push(small.repo, **where)
+    assert second.snapshot == SNAP_B and second.parent and second.parent.startswith(first.restic_snapshot) and second.unmodified_share > 0.8
+    assert not offsite_push(small.repo, SNAP_B, **where).pushed
+    entries = {e.name: e for e in offsite_list(small.repo, **where)}
+    assert [len(entries[n].offsite) for n in (SNAP_A, SNAP_B)] == [1, 1]
+    restored = offsite_restore(SNAP_B, tmp_path / "back", **where)
+    assert restored.ok and restored.verify["errors"] == 0
+    pruned = offsite_prune(small.repo, keep_last=1, **where)
+    assert [s.snapshot for s in pruned.removed] == [SNAP_A]
+    with pytest.raises(UsageError):
+        offsite_prune(small.repo, keep_within="3q", **where)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    with pytest.raises(ResticError, match="wrong password"):
+        offsite_push(small.repo, **{**where, "password_file": wrong})
