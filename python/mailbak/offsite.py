@@ -302,7 +302,8 @@ class PushResult:
     #: The local repository and snapshot.
     repository: Path
     snapshot: str
-    #: The restic snapshot holding it, and the one it was made against (None: the first push).
+    #: The restic snapshot holding it (after a push, restic 0.14 reports its short ID), and the
+    #: one it was made against (full ID; None: the first push).
     restic_snapshot: str | None
     parent: str | None
     files_new: int = 0
@@ -462,7 +463,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         except ResticError as e:
             reporter.error("restic", None, str(e))
         restic_id = None
-    counts = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
+    count = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
     result = PushResult(
         state,
         state == "ok",
@@ -470,7 +471,12 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         snap.name,
         restic_id,
         parent.id if parent else None,
-        **counts,
+        files_new=count["files_new"],
+        files_changed=count["files_changed"],
+        files_unmodified=count["files_unmodified"],
+        dirs_new=count["dirs_new"],
+        dirs_changed=count["dirs_changed"],
+        dirs_unmodified=count["dirs_unmodified"],
         bytes_added=int(summary.get("data_added") or 0),
         files_processed=int(summary.get("total_files_processed") or 0),
         bytes_processed=int(summary.get("total_bytes_processed") or 0),
@@ -664,7 +670,7 @@ def prune(repo_path: Path, policy: Policy, config: ResticConfig, reporter: Repor
         "kept": [{**s.as_json(), "reasons": list(reasons.get(s.id, ()))} for s in kept],
         "removed": [s.as_json() for s in removed],
     }
-    table = [("action", "snapshot", "restic", "why")]
+    table: list[tuple[str, ...]] = [("action", "snapshot", "restic", "why")]
     table += [("keep", s.snapshot or "?", s.short_id, ", ".join(reasons.get(s.id, ()))) for s in sorted(kept, key=lambda s: s.time, reverse=True)]
     table += [("would remove" if dry_run else "removed", s.snapshot or "?", s.short_id, "") for s in sorted(removed, key=lambda s: s.time, reverse=True)]
     reporter.summary(f"offsite prune{' (dry run)' if dry_run else ''}: {len(kept)} kept, {len(removed)} {'to remove' if dry_run else 'removed'}", facts, table)
