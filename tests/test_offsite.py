@@ -36,7 +36,13 @@ SNAP_A, SNAP_B = "2026-11-25T020000Z", "2026-11-26T020000Z"
 #: 1 % of the files for the second push to show 99 % unmodified.
 MESSAGES = 4000
 
-pytestmark = pytest.mark.skipif(RESTIC is None or SSHD is None, reason="restic and openssh-server are installed by `make setup` (scripts/system-deps)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tools() -> None:
+    """restic and sshd are part of the setup (scripts/system-deps): missing, they fail the
+    tests loudly rather than skip them."""
+    assert RESTIC is not None and SSHD is not None, "restic and openssh-server are installed by `make setup` (scripts/system-deps)"
 
 
 def free_port() -> int:
@@ -112,6 +118,7 @@ class Sshd:
         self.start()
 
     def start(self) -> None:
+        assert SSHD is not None
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"))
         wait_port(self.port, self.proc, "sshd")
 
@@ -272,6 +279,7 @@ class Target:
 
 
 def make_target(kind: str, root: Path, servers) -> Target:
+    assert RESTIC is not None
     pw = root / "restic-password"
     pw.write_text(PASSWORD + "\n")
     env = {**os.environ, "COLUMNS": "200", "RESTIC_PASSWORD_FILE": str(pw), "RESTIC_CACHE_DIR": str(root / "restic-cache")}
