@@ -575,6 +575,9 @@ def test_bad_configuration_is_usage(small: Local, tmp_path: Path, servers):
     assert p.returncode == 2 and "password file" in one_error_line(p.stderr)
     p = t.cli("offsite", "push", tmp_path / "not-a-repo")
     assert p.returncode == 2 and "no such repository" in one_error_line(p.stderr)
+    # A restic repository never initialised: restic's failure, with the hint.
+    p = t.cli("offsite", "push", local.repo, "--restic-repo", tmp_path / "no-restic-repo-here")
+    assert p.returncode == 1 and "restic init" in one_error_line(p.stderr)
 
 
 # Retention ----------------------------------------------------------------------------------------------

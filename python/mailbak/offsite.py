@@ -266,6 +266,8 @@ def error_line(stderr: str, status: int) -> str:
     locked = [ln for ln in lines if ln.startswith("unable to create lock")]
     if locked and not fatal:
         text = f"{locked[0]}; `restic unlock` removes locks whose process is gone"
+    if text.startswith("unable to open config file"):
+        text += "; is there a restic repository? create it once with `restic init`"
     ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
     if ignored and re.match(r"^There were \d+ errors$", text):
         text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
