@@ -649,3 +649,38 @@ def test_python_api(small: Local, tmp_path: Path, servers, monkeypatch):
     wrong.write_text("nope\n")
     with pytest.raises(ResticError, match="wrong password"):
         offsite_push(small.repo, **{**where, "password_file": wrong})
+
+
+AS_NOBODY = """
+import os, sys
+import click, json, subprocess, threading, signal, shutil, tempfile, re, io
+import mailbak.cli, mailbak.offsite, mailbak.report, mailbak.runner, mailbak.monitor, mailbak.repository, mailbak.retention, mailbak.errors
+import mailbak.destdir, mailbak.manifest, mailbak.atomic, mailbak.text, mailbak.testpause
+import _strptime, datetime  # noqa: F401 (stdlib modules are unreadable once privileges are dropped)
+datetime.datetime.strptime("2026", "%Y")
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+mailbak.cli.main(sys.argv[1:], prog_name="mailbak")
+"""
+
+
+def test_unreadable_file_fails_the_push_and_leaves_nothing_offsite(small: Local, public_dir: Path):
+    # A snapshot file restic cannot read (the push runs as nobody, the file is mode 000): restic
+    # makes its snapshot without the file and exits 3; mailbak reports the file, removes that
+    # snapshot (the next push must not take it for done) and exits 1.
+    repo = public_dir / "repo"
+    repository.init(repo)
+    shutil.copytree(small.repo / SNAP_A, repo / SNAP_A, symlinks=True)
+    victim = next(p for p in sorted((repo / SNAP_A / "data" / "accounts").rglob("*")) if p.is_file() and p.parent.parent.name == "msg")
+    env = {**os.environ, "RESTIC_REPOSITORY": str(public_dir / "restic"), "RESTIC_PASSWORD_FILE": str(public_dir / "pw"), "RESTIC_CACHE_DIR": str(public_dir / "cache"), "HOME": str(public_dir)}
+    (public_dir / "pw").write_text(PASSWORD + "\n")
+    subprocess.run([RESTIC, "init"], env=env, check=True, capture_output=True)
+    subprocess.run(["chown", "-R", "65534:65534", str(public_dir)], check=True)
+    victim.chmod(0)
+    p = subprocess.run([sys.executable, "-c", AS_NOBODY, "offsite", "push", str(repo)], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"error: {victim.relative_to(repo / SNAP_A)}: archival: open " in p.stderr and "Permission denied" in p.stderr, p.stderr
+    assert "restic could not read some files; its snapshot is removed" in p.stderr
+    snaps = subprocess.run([RESTIC, "snapshots", "--json"], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(snaps.stdout) in ([], None)

@@ -64,6 +64,9 @@ STOP_SECONDS = 30
 #: Lines of restic's stderr kept for the one error line.
 STDERR_LINES = 200
 
+#: restic errors on single files reported per push (further ones are only counted by restic).
+MAX_ERRORS = 100_000
+
 #: restic's exit status when a snapshot was made but some files could not be read.
 RESTIC_INCOMPLETE = 3
 
@@ -425,10 +428,23 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
     reporter.phase("push")
     proc = subprocess.Popen(argv, cwd=snap.path, env=restic.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
     stderr: deque[str] = deque(maxlen=STDERR_LINES)
-    drain = threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), name="restic-stderr", daemon=True)
+    # restic 0.14 prints its JSON error objects (a file it cannot read) on stderr; they are
+    # reported once restic is done (the reporter belongs to this thread).
+    errors: list[dict[str, Any]] = []
+
+    def drain_stderr() -> None:
+        for line in proc.stderr or ():
+            doc = next(_json_lines([line]), None)
+            if doc is not None and doc.get("message_type") == "error" and len(errors) < MAX_ERRORS:
+                errors.append(doc)
+            elif doc is None:
+                stderr.append(line)
+
+    drain = threading.Thread(target=drain_stderr, name="restic-stderr", daemon=True)
     drain.start()
     summary: dict[str, Any] | None = None
     paused = False
+    abs_snap = os.path.abspath(snap.path)
     try:
         for doc in _json_lines(proc.stdout):
             kind = doc.get("message_type")
@@ -439,9 +455,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
                     pause("offsite_mid_push")
                 reporter.advance(int(doc.get("files_done") or 0), int(doc.get("total_files") or 0) or None)
             elif kind == "error":
-                err = doc.get("error")
-                cause = err.get("message") if isinstance(err, dict) else str(err)
-                reporter.error("restic", doc.get("item") or None, redact(f"{doc.get('during', 'backup')}: {cause}"))
+                errors.append(doc)
             elif kind == "summary":
                 summary = doc
         proc.wait()
@@ -450,6 +464,11 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         raise
     finally:
         drain.join(5)
+    for doc in errors:
+        item = doc.get("item") or None
+        if isinstance(item, str) and item.startswith(f"{abs_snap}/"):
+            item = item[len(abs_snap) + 1 :]  # the snapshot's own paths, as verify names them
+        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}"))
     status = proc.returncode
     if status != 0 and not (status == RESTIC_INCOMPLETE and summary):
         raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status)}; nothing was stored off-site, nothing local changed")
@@ -460,10 +479,9 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         # A snapshot missing files must not count as off-site: the next push would skip it.
         state = "failed"
         reporter.error("restic_incomplete", str(snap.path), "restic could not read some files; its snapshot is removed, push again once they are readable")
-        try:
-            restic.run_json("forget", str(restic_id), what="forget of the incomplete snapshot")
-        except ResticError as e:
-            reporter.error("restic", None, str(e))
+        p = restic._run(restic.command("forget", str(restic_id)))
+        if p.returncode != 0:
+            reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode)}")
         restic_id = None
     count = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
     result = PushResult(
@@ -489,6 +507,18 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
     result = _with_summary(result)
     reporter.summary(f"offsite push {state}: {snap.name} as restic snapshot {restic_id}", result.summary, result.table())
     return result
+
+
+def _cause(err: Any) -> str:
+    """The text of an error restic printed as JSON: a message, or a Go path error
+    (``{"Op": "open", "Path": ..., "Err": 13}``), or anything else as JSON."""
+    if isinstance(err, dict):
+        if isinstance(err.get("message"), str):
+            return err["message"]
+        if "Op" in err and isinstance(err.get("Err"), int):
+            return f"{err['Op']} {err.get('Path', '')}: {os.strerror(err['Err'])}"
+        return json.dumps(err)
+    return str(err)
 
 
 def _with_summary(result: PushResult) -> PushResult:
