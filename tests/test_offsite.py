@@ -437,6 +437,10 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
         assert b"--parent" in argv and b"--ignore-ctime" in argv
         assert not any(PASSWORD.encode() in a for a in argv)
         os.kill(restic[0], signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while not all_stopped(restic[0]):
+            assert time.monotonic() < deadline, "restic did not stop"
+            time.sleep(0.01)
         killed = sshd.kill_all()
         assert len(killed) >= 2, "restic's sftp session was not running"
         os.kill(restic[0], signal.SIGCONT)
@@ -469,6 +473,15 @@ def wait_reached(proc: subprocess.Popen, flag: Path) -> None:
         time.sleep(0.02)
 
 
+def all_stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state T in /proc/PID/task/*/stat)."""
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        states.append(stat[stat.rindex(")") + 2])
+    return all(st == "T" for st in states)
+
+
 def pending(pid: int, sig: int) -> bool:
     """Whether ``sig`` is pending for process ``pid`` (from /proc/PID/status)."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -489,10 +502,15 @@ def test_interrupted_push_stops_restic_and_exits_130(small: Local, tmp_path: Pat
         restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
         assert len(restic) == 1
         os.kill(restic[0], signal.SIGSTOP)  # it stays mid-push until mailbak stops it
+        # Every thread must be stopped before the SIGINT comes: a Go thread still running would
+        # take the signal into the runtime, where it waits unseen until restic runs again.
+        deadline = time.monotonic() + 30
+        while not all_stopped(restic[0]):
+            assert time.monotonic() < deadline, "restic did not stop"
+            time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
         # mailbak passes the stop on as SIGINT (restic then removes its lock); let restic run
         # once it is pending.
-        deadline = time.monotonic() + 30
         while not pending(restic[0], signal.SIGINT):
             assert time.monotonic() < deadline, "mailbak never sent restic SIGINT"
             time.sleep(0.02)
