@@ -37,6 +37,10 @@ __all__ = [
     "backup",
     "init",
     "prune",
+    "offsite_list",
+    "offsite_prune",
+    "offsite_push",
+    "offsite_restore",
     "restore",
     "snapshots",
     "verify",
@@ -387,3 +391,111 @@ def prune(
     job = Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
     facts = _run(job, reporter, title="prune", target=repo)
     return _result(PruneResult, facts)
+# Off-site copies through restic (docs/OFFSITE.md) ---------------------------------------------
+#
+# The restic repository comes from restic's environment variables or from ``restic_repo`` and
+# ``password_file`` (passed to restic through its environment); ``restic_options`` are restic's
+# ``-o key=value``. Besides UsageError (restic missing included: nothing done), these raise
+# ``mailbak.offsite.ResticError`` when restic fails (its message is the one line the CLI prints).
+
+
+def _restic_config(restic_repo: str | None, password_file: PathArg | None, restic_options: tuple[str, ...] | list[str]):
+    from mailbak.offsite import ResticConfig
+
+    return ResticConfig(restic_repo, Path(password_file) if password_file is not None else None, tuple(restic_options))
+
+
+def offsite_push(
+    repo: PathArg,
+    snapshot: str | None = None,
+    *,
+    restic_repo: str | None = None,
+    password_file: PathArg | None = None,
+    restic_options: tuple[str, ...] | list[str] = (),
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+):
+    """Pushes ``snapshot`` of the repository ``repo`` (default: the newest complete one)
+    off-site, as ``mailbak offsite push`` does; returns a :class:`mailbak.offsite.PushResult`
+    (``pushed`` False when it was already off-site)."""
+    from mailbak import offsite
+
+    reporter = event_reporter(on_event, verbose)
+    try:
+        return offsite.push(Path(repo), snapshot, _restic_config(restic_repo, password_file, restic_options), reporter)
+    except UsageError as e:
+        reporter.usage_error(str(e))
+        raise
+    finally:
+        reporter.close()
+
+
+def offsite_list(repo: PathArg, *, restic_repo: str | None = None, password_file: PathArg | None = None, restic_options: tuple[str, ...] | list[str] = ()):
+    """Every local snapshot of ``repo`` and every off-site copy of one, newest first, as
+    ``mailbak offsite list`` shows them (a list of :class:`mailbak.offsite.ListEntry`)."""
+    from mailbak import offsite
+
+    return offsite.listing(Path(repo), _restic_config(restic_repo, password_file, restic_options))
+
+
+def offsite_restore(
+    restic_snapshot: str,
+    target: PathArg,
+    *,
+    restic_repo: str | None = None,
+    password_file: PathArg | None = None,
+    restic_options: tuple[str, ...] | list[str] = (),
+    jobs: int | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+):
+    """Restores an off-site snapshot (a restic ID or prefix, a local snapshot's name, or
+    ``latest``) into ``target`` (new or empty) and verifies it, as ``mailbak offsite restore``
+    does; returns a :class:`mailbak.offsite.OffsiteRestoreResult` (``ok`` when clean)."""
+    from mailbak import offsite
+
+    reporter = event_reporter(on_event, verbose)
+    try:
+        return offsite.restore(restic_snapshot, Path(target), _restic_config(restic_repo, password_file, restic_options), reporter, jobs=check_jobs(jobs), verbose=verbose)
+    except UsageError as e:
+        reporter.usage_error(str(e))
+        raise
+    finally:
+        reporter.close()
+
+
+def offsite_prune(
+    repo: PathArg,
+    *,
+    keep_last: int | None = None,
+    keep_hourly: int | None = None,
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
+    keep_yearly: int | None = None,
+    keep_within: str | None = None,
+    dry_run: bool = False,
+    restic_repo: str | None = None,
+    password_file: PathArg | None = None,
+    restic_options: tuple[str, ...] | list[str] = (),
+    on_event: EventCallback | None = None,
+):
+    """Thins out the off-site copies of ``repo`` with ``mailbak prune``'s keep rules (counts:
+    a number or -1 for unlimited; ``keep_within`` a duration such as ``"30d"``), as ``mailbak
+    offsite prune`` does; returns a :class:`mailbak.offsite.PruneResult`."""
+    from mailbak import offsite
+    from mailbak.retention import Policy, PolicyError, parse_duration
+
+    reporter = event_reporter(on_event)
+    try:
+        try:
+            within = parse_duration(keep_within) if keep_within is not None else None
+            policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, within)
+        except PolicyError as e:
+            raise UsageError(str(e)) from e
+        return offsite.prune(Path(repo), policy, _restic_config(restic_repo, password_file, restic_options), reporter, dry_run=dry_run)
+    except UsageError as e:
+        reporter.usage_error(str(e))
+        raise
+    finally:
+        reporter.close()

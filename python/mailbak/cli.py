@@ -486,3 +486,217 @@ def systemd(print_unit: str | None, show_dir: bool) -> None:
         click.echo(f"mailbak: error: no shipped file {print_unit!r} (one of: {', '.join(systemd_units.names())})", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(text, nl=False)
+
+
+# Off-site copies through restic (docs/OFFSITE.md) ----------------------------------------------
+
+
+def restic_options(f):
+    """Where the restic repository is: restic's own environment, or these options (passed to
+    restic through its environment, never on its command line)."""
+    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
+    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
+    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
+    return f
+
+
+def keep_option(name: str, what: str):
+    def parse(ctx, param, value):
+        from mailbak.retention import PolicyError, parse_count
+
+        if value is None:
+            return None
+        try:
+            return parse_count(value)
+        except PolicyError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+    return click.option(f"--keep-{name}", f"keep_{name}", metavar="N", callback=parse, help=f"Keep the newest snapshot of each of the last N {what} (N or 'unlimited').")
+
+
+def parse_within(ctx, param, value):
+    from mailbak.retention import PolicyError, parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except PolicyError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def offsite_run(reporter, fn, *, left_behind: str) -> NoReturn:
+    """Runs an offsite command's function and maps its outcome to the exit status: 0 ok or
+    clean, 1 failed (restic failed, problems found), 2 bad usage (restic missing included),
+    130 interrupted."""
+    from mailbak.errors import DestinationFull, Interrupted, UsageError
+    from mailbak.offsite import ResticError
+
+    try:
+        status = fn()
+    except UsageError as e:
+        fail_usage(reporter, str(e))
+    except Interrupted as e:
+        stop_interrupted(reporter, e, left_behind)
+    except ResticError as e:
+        from mailbak.report import JsonReporter
+
+        if isinstance(reporter, JsonReporter):
+            # JSON consumers get it as an event too; people get the one line below.
+            reporter.error("restic", None, str(e))
+        reporter.close()
+        click.echo(f"mailbak: error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
+    except DestinationFull as e:
+        reporter.close()
+        click.echo(f"mailbak: error: {e.what}: {e}; {left_behind}", err=True)
+        sys.exit(EXIT_FAILED)
+    except OSError as e:
+        reporter.close()
+        where = f" {e.filename}:" if e.filename else ""
+        click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
+        sys.exit(EXIT_FAILED)
+    reporter.close()
+    sys.exit(EXIT_OK if status in ("ok", "clean") else EXIT_FAILED)
+
+
+@main.group()
+def offsite() -> None:
+    """Off-site copies of a repository's snapshots, made by restic.
+
+    \b
+    The restic repository is configured as restic users do it: RESTIC_REPOSITORY,
+    RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND, AWS_* for S3 (or
+    --restic-repo and --password-file). mailbak stores no secret and never puts
+    one on a command line or in its output. Create the restic repository once
+    with `restic init`. docs/OFFSITE.md shows the routine.
+
+    \b
+    Exit status: 0 ok, 1 failed (restic failed, or the restored backup does not
+    verify clean), 2 bad usage or input (restic missing included), 130
+    interrupted.
+    """
+
+
+@offsite.command("push")
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.argument("snapshot", required=False)
+@restic_options
+@output_options
+@monitor_options
+def offsite_push(repo: Path, snapshot: str | None, restic_repo, password_file, restic_opts, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+    """Push SNAPSHOT of REPO (default: the newest complete one) off-site.
+
+    \b
+    Runs `restic backup` from inside the snapshot directory, against the
+    restic snapshot of the previous push (--parent, found by restic's tags
+    mailbak, mailbak-repo=..., mailbak-snapshot=NAME), with --ignore-ctime:
+    only what changed is read and sent. A snapshot already off-site is not
+    pushed again; only complete snapshots are pushed. Holds REPO's lock
+    shared, so that prune cannot remove the snapshot meanwhile.
+    """
+    from mailbak import offsite as off
+    from mailbak.monitor import Monitor
+    from mailbak.report import make_reporter
+    from mailbak.runner import install_signal_handlers
+
+    install_signal_handlers()
+    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    with Monitor("offsite-push", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
+        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        offsite_run(reporter, lambda: off.push(repo, snapshot, config, reporter).status, left_behind="restic was stopped; nothing was stored off-site, nothing local changed")
+
+
+@offsite.command("list")
+@click.argument("repo", type=click.Path(path_type=Path))
+@restic_options
+@click.option("--json", "json_output", is_flag=True, help="One JSON object per snapshot on stdout.")
+def offsite_list(repo: Path, restic_repo, password_file, restic_opts, json_output) -> None:
+    """Show, per snapshot of REPO, whether and when it is off-site.
+
+    Off-site copies whose local snapshot is gone (pruned) are listed too, with
+    status "-" (they can still be restored with `mailbak offsite restore`).
+    """
+    import json as json_mod
+
+    from mailbak import offsite as off
+    from mailbak.report import Reporter, rfc3339
+    from mailbak.runner import install_signal_handlers
+
+    install_signal_handlers()
+    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    reporter = Reporter()
+
+    def show() -> str:
+        entries = off.listing(repo, config)
+        for e in entries:
+            if json_output:
+                click.echo(json_mod.dumps({"message_type": "snapshot", **e.as_json()}))
+                continue
+            where = ", ".join(f"{s.short_id} (pushed {rfc3339(s.pushed.timestamp()) if s.pushed else '?'})" for s in e.offsite) or "not off-site"
+            click.echo(f"{e.name}  {e.status or '-':<10}  {where}")
+        return "ok"
+
+    offsite_run(reporter, show, left_behind="nothing was changed")
+
+
+@offsite.command("restore")
+@click.argument("restic_snapshot")
+@click.argument("target", type=click.Path(path_type=Path))
+@restic_options
+@jobs_option
+@output_options
+def offsite_restore(restic_snapshot: str, target: Path, restic_repo, password_file, restic_opts, jobs, json_output, quiet, verbose) -> None:
+    """Restore an off-site snapshot into TARGET (new or empty) and verify it.
+
+    \b
+    RESTIC_SNAPSHOT is a restic snapshot ID (or a prefix), a local snapshot's
+    name (its pushed copy), or "latest" (the newest mailbak pushed). What comes
+    back is a mailbak backup: `mailbak restore TARGET STORE` puts it back in
+    service. Exit status 1 when restic fails (TARGET is then incomplete) or
+    when the restored backup does not verify clean.
+    """
+    from mailbak import offsite as off
+    from mailbak.report import make_reporter
+    from mailbak.runner import install_signal_handlers
+
+    install_signal_handlers()
+    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    offsite_run(reporter, lambda: off.restore(restic_snapshot, target, config, reporter, jobs=jobs or default_jobs(), verbose=verbose).status, left_behind=f"{target} is incomplete; delete it and restore again")
+
+
+@offsite.command("prune")
+@click.argument("repo", type=click.Path(path_type=Path))
+@keep_option("last", "snapshots")
+@keep_option("hourly", "hours")
+@keep_option("daily", "days")
+@keep_option("weekly", "weeks")
+@keep_option("monthly", "months")
+@keep_option("yearly", "years")
+@click.option("--keep-within", metavar="DURATION", callback=parse_within, help="Keep every snapshot within DURATION of the newest (e.g. 30d, 2w, 1y6m).")
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be removed; remove nothing.")
+@restic_options
+@output_options
+def offsite_prune(repo: Path, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, dry_run, restic_repo, password_file, restic_opts, json_output, quiet, verbose) -> None:
+    """Thin out REPO's off-site copies with the keep rules of `mailbak prune`.
+
+    \b
+    Runs `restic forget --tag mailbak,mailbak-repo=... --group-by '' --keep-...
+    --prune`: the same rules as `mailbak prune` (restic's semantics; weeks in
+    --keep-within are passed as days, "unlimited" as a very large count), over
+    the off-site copies of REPO only, then removes their unused data.
+    """
+    from mailbak import offsite as off
+    from mailbak.report import make_reporter
+    from mailbak.retention import Policy, PolicyError
+    from mailbak.runner import install_signal_handlers
+
+    install_signal_handlers()
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    try:
+        policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within)
+    except PolicyError as e:
+        fail_usage(reporter, str(e))
+    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    offsite_run(reporter, lambda: off.prune(repo, policy, config, reporter, dry_run=dry_run).status, left_behind="restic was stopped; run the prune again")

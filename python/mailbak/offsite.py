@@ -1,0 +1,709 @@
+"""Off-site copies of a repository's snapshots through restic (docs/OFFSITE.md).
+
+mailbak builds no protocol of its own: restic stores, encrypts and deduplicates; this module
+drives it so that every push stays incremental and proves that what comes back is a good backup.
+
+- **Configuration** is restic's own: ``RESTIC_REPOSITORY`` (or ``RESTIC_REPOSITORY_FILE``),
+  ``RESTIC_PASSWORD_FILE``/``RESTIC_PASSWORD_COMMAND``/``RESTIC_PASSWORD``, ``AWS_*`` for S3,
+  or the options ``--restic-repo`` and ``--password-file`` (:class:`ResticConfig`), which are
+  passed to restic through its environment: a secret is never on a command line (where ``ps``
+  shows it) nor in mailbak's output (:func:`redact` strips credentials from any text of
+  restic's that mailbak repeats). mailbak stores nothing of it.
+- **Incremental, whatever the snapshot's name**: restic runs from inside the snapshot directory
+  and backs up ``.``, so every pushed snapshot has the same tree; ``--parent`` names the restic
+  snapshot of the previous push of the same repository, found through restic's own tags (restic
+  is the only record of what is off-site); ``--ignore-ctime`` because linking a file changes its
+  ctime, and restic would otherwise read every message file again.
+- **Tags** of a pushed snapshot: ``mailbak``, ``mailbak-repo=<id>`` (:func:`repo_tag`: the
+  repository marker's creation time, which a copied or moved repository keeps),
+  ``mailbak-snapshot=<name>`` and ``mailbak-pushed=<time>``. Its restic time is the local
+  snapshot's start time, so ``restic forget --keep-daily`` keeps what ``mailbak prune`` would.
+- A push holds the repository's lock shared (as a backup does) so that prune cannot remove the
+  snapshot while restic reads it.
+
+restic 0.14 (Debian 12) is the oldest restic this module is written for: it uses only flags
+that version has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mailbak.errors import UsageError
+from mailbak.report import Reporter, rfc3339
+from mailbak.repository import NAME_RE, OK, RepoLock, Repository, SnapshotInfo
+from mailbak.retention import UNLIMITED, Policy
+from mailbak.testpause import pause
+
+#: What to do when restic is missing (the command then exits 2).
+INSTALL_HINT = "install it with `apt-get install restic` (Debian, Ubuntu) or see https://restic.readthedocs.io/en/stable/020_installation.html"
+
+#: The tag every snapshot mailbak pushes carries.
+TAG = "mailbak"
+#: Prefixes of the tags naming the repository, the local snapshot and the push time.
+REPO_TAG, SNAPSHOT_TAG, PUSHED_TAG = "mailbak-repo=", "mailbak-snapshot=", "mailbak-pushed="
+
+#: restic 0.14 has no "unlimited" count (0.15 took -1); this many is as good.
+RESTIC_UNLIMITED = 2_147_483_647
+
+#: Seconds restic gets to stop (and release its lock) after SIGINT before it is killed.
+STOP_SECONDS = 30
+
+#: Lines of restic's stderr kept for the one error line.
+STDERR_LINES = 200
+
+#: restic errors on single files reported per push (further ones are only counted by restic).
+MAX_ERRORS = 100_000
+
+#: restic's exit status when a snapshot was made but some files could not be read.
+RESTIC_INCOMPLETE = 3
+
+#: Environment variables that configure the restic repository and its password.
+REPO_VARS = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE")
+PASSWORD_VARS = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND")
+
+
+class ResticError(Exception):
+    """restic failed; the message is the one line the command prints (exit status 1)."""
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` without the user and password of any URL in it (``rest:https://u:p@host/``
+    becomes ``rest:https://***@host/``): restic repeats the repository in some messages."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def find_restic() -> str:
+    """The restic executable on PATH; raises UsageError (exit 2) with the install hint."""
+    path = shutil.which("restic")
+    if path is None:
+        raise UsageError(f"restic not found on PATH: mailbak's off-site copies are made by restic; {INSTALL_HINT}")
+    return path
+
+
+def _absolute_repo(repo: str) -> str:
+    """A local restic repository given relative, made absolute: restic runs from inside the
+    snapshot directory, where a relative path would mean something else."""
+    if repo.startswith("local:"):
+        return "local:" + os.path.abspath(repo[len("local:") :])
+    if re.match(r"^[a-z0-9]+:", repo) and not repo.startswith(("/", ".")):
+        return repo  # a backend (sftp:, s3:, rest:, ...): not a path here
+    return os.path.abspath(repo)
+
+
+@dataclass(frozen=True)
+class ResticConfig:
+    """Where the restic repository is and how to open it. Unset fields come from restic's own
+    environment variables; ``options`` are restic's ``-o key=value`` (``sftp.command=...``,
+    ``s3.storage-class=...``), which restic has no variables for."""
+
+    repo: str | None = None
+    password_file: Path | None = None
+    options: tuple[str, ...] = ()
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """restic's environment: ``base`` (default: this process's) with the options given
+        here in force. Raises UsageError when no repository or no password is configured."""
+        env = dict(os.environ if base is None else base)
+        if self.repo is not None:
+            for v in REPO_VARS:
+                env.pop(v, None)
+            env["RESTIC_REPOSITORY"] = self.repo
+        if self.password_file is not None:
+            for v in PASSWORD_VARS:
+                env.pop(v, None)
+            env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
+        if not any(env.get(v) for v in REPO_VARS):
+            raise UsageError("no restic repository: give --restic-repo or set RESTIC_REPOSITORY (e.g. s3:https://host/bucket/path, sftp:user@host:/path, /local/path)")
+        if not any(env.get(v) for v in PASSWORD_VARS):
+            raise UsageError("no password for the restic repository: give --password-file or set RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND")
+        if env.get("RESTIC_REPOSITORY"):
+            env["RESTIC_REPOSITORY"] = _absolute_repo(env["RESTIC_REPOSITORY"])
+        for v in ("RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD_FILE"):
+            if env.get(v):
+                env[v] = os.path.abspath(env[v])
+                if not os.path.isfile(env[v]) or not os.access(env[v], os.R_OK):
+                    raise UsageError(f"{env[v]}: the {'password' if 'PASSWORD' in v else 'repository'} file ({v}) is not a readable file")
+        for o in self.options:
+            if "=" not in o:
+                raise UsageError(f"restic option {o!r}: expected key=value (e.g. sftp.command=...)")
+        return env
+
+
+@dataclass(frozen=True)
+class OffsiteSnapshot:
+    """One restic snapshot mailbak pushed."""
+
+    #: restic's snapshot ID and its short form.
+    id: str
+    short_id: str
+    #: restic's time of the snapshot: the local snapshot's start time.
+    time: datetime
+    #: The local snapshot's name (tag mailbak-snapshot=), the repository tag, the push time.
+    snapshot: str | None
+    repo: str | None
+    pushed: datetime | None
+    hostname: str
+    tags: tuple[str, ...]
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> OffsiteSnapshot:
+        tags = tuple(doc.get("tags") or ())
+
+        def tag(prefix: str) -> str | None:
+            return next((t[len(prefix) :] for t in tags if t.startswith(prefix)), None)
+
+        pushed = tag(PUSHED_TAG)
+        return cls(
+            id=doc["id"],
+            short_id=doc.get("short_id") or doc["id"][:8],
+            time=_parse_restic_time(doc.get("time", "")) or datetime.fromtimestamp(0, UTC),
+            snapshot=tag(SNAPSHOT_TAG),
+            repo=tag(REPO_TAG),
+            pushed=_parse_restic_time(pushed) if pushed else None,
+            hostname=doc.get("hostname", ""),
+            tags=tags,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "restic_snapshot": self.id,
+            "short_id": self.short_id,
+            "time": rfc3339(self.time.timestamp()),
+            "snapshot": self.snapshot,
+            "pushed": rfc3339(self.pushed.timestamp()) if self.pushed else None,
+            "hostname": self.hostname,
+        }
+
+
+def _parse_restic_time(text: str) -> datetime | None:
+    """restic's times (RFC 3339 with nanoseconds and an offset) and the push tag's."""
+    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})$", text)
+    if not m:
+        return None
+    try:
+        return datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(2) == "Z" else m.group(2)))
+    except ValueError:
+        return None
+
+
+def repo_tag(repo: Repository) -> str:
+    """The tag naming a mailbak repository in restic: its marker's ``id`` when it has one,
+    else its creation time (which a copy or a move keeps), in tag-safe characters."""
+    ident = repo.marker.get("id") or repo.marker.get("created")
+    if not isinstance(ident, str) or not ident:
+        raise UsageError(f"{repo.path}: the repository marker has no creation time to name it off-site")
+    return REPO_TAG + re.sub(r"[^A-Za-z0-9._:+-]", "_", ident)
+
+
+# Running restic --------------------------------------------------------------------------------
+
+
+class Restic:
+    """Runs restic with a configuration's environment; never with a secret in its arguments."""
+
+    def __init__(self, config: ResticConfig):
+        self.binary = find_restic()
+        self.env = config.environment()
+        self.options = [a for o in config.options for a in ("-o", o)]
+
+    def command(self, *args: str) -> list[str]:
+        return [self.binary, *self.options, *args]
+
+    def run_json(self, *args: str, what: str) -> Any:
+        """Runs ``restic --json ARGS`` to its end; returns its JSON output (the first line that
+        is a JSON document). Raises ResticError naming ``what`` failed."""
+        p = self._run(self.command("--json", *args))
+        if p.returncode != 0:
+            raise ResticError(f"restic {what} failed: {error_line(p.stderr, p.returncode)}")
+        for line in p.stdout.splitlines():
+            if line.startswith(("[", "{")):
+                try:
+                    return json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+        raise ResticError(f"restic {what}: no JSON in its output")
+
+    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            stop(proc)
+            raise
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def snapshots(self, *tags: str) -> list[OffsiteSnapshot]:
+        """mailbak's snapshots in the restic repository carrying all ``tags`` (and ``mailbak``),
+        oldest first."""
+        docs = self.run_json("snapshots", "--tag", ",".join((TAG, *tags)), what="snapshots") or []
+        snaps = [OffsiteSnapshot.of(d) for d in docs]
+        snaps.sort(key=lambda s: (s.time, s.pushed or s.time, s.id))
+        return snaps
+
+
+def error_line(stderr: str, status: int) -> str:
+    """The one line that says why restic failed: its last ``Fatal:`` line, else its last line,
+    credentials removed."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    fatal = [ln for ln in lines if ln.startswith("Fatal:")]
+    text = (fatal or lines or [f"exit status {status}"])[-1]
+    text = text.removeprefix("Fatal:").strip()
+    # restore goes on after a file fails and ends with "There were N errors": the first of
+    # them says why (no space left on device, ...).
+    locked = [ln for ln in lines if ln.startswith("unable to create lock")]
+    if locked and not fatal:
+        text = f"{locked[0]}; `restic unlock` removes locks whose process is gone"
+    if text.startswith("unable to open config file"):
+        text += "; is there a restic repository? create it once with `restic init`"
+    ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
+    if ignored and re.match(r"^There were \d+ errors$", text):
+        text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
+    return redact(f"{text} (restic exit status {status})")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stops restic the way it likes (SIGINT: it removes its lock), killing it if it will not."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+# Push ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """The outcome of a push: restic's summary of the backup (all zero when nothing was pushed)."""
+
+    #: "ok" or "failed" (restic could not read some files; the restic snapshot was removed).
+    status: str
+    #: False when the snapshot was already off-site (nothing done).
+    pushed: bool
+    #: The local repository and snapshot.
+    repository: Path
+    snapshot: str
+    #: The restic snapshot holding it (after a push, restic 0.14 reports its short ID), and the
+    #: one it was made against (full ID; None: the first push).
+    restic_snapshot: str | None
+    parent: str | None
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    #: Bytes restic added to its repository (after deduplication and compression).
+    bytes_added: int = 0
+    files_processed: int = 0
+    bytes_processed: int = 0
+    duration_seconds: float = 0.0
+    warnings: int = 0
+    errors: int = 0
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def unmodified_share(self) -> float:
+        """Files restic found unmodified, as a share of the files it processed."""
+        n = self.files_new + self.files_changed + self.files_unmodified
+        return self.files_unmodified / n if n else 1.0
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "pushed": self.pushed,
+            "repository": str(self.repository),
+            "snapshot": self.snapshot,
+            "restic_snapshot": self.restic_snapshot,
+            "parent": self.parent,
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unmodified": self.files_unmodified,
+            "dirs_new": self.dirs_new,
+            "dirs_changed": self.dirs_changed,
+            "dirs_unmodified": self.dirs_unmodified,
+            "bytes_added": self.bytes_added,
+            "files_processed": self.files_processed,
+            "bytes_processed": self.bytes_processed,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "warnings": self.warnings,
+            "errors": self.errors,
+        }
+
+    def table(self) -> list[tuple[str, ...]]:
+        return [
+            ("", "new", "changed", "unmodified"),
+            ("files", str(self.files_new), str(self.files_changed), str(self.files_unmodified)),
+            ("dirs", str(self.dirs_new), str(self.dirs_changed), str(self.dirs_unmodified)),
+            ("bytes added", str(self.bytes_added), "", ""),
+        ]
+
+
+def pick_snapshot(repo: Repository, name: str | None) -> SnapshotInfo:
+    """The snapshot to push: ``name``, or the newest complete one. Only a complete snapshot
+    (manifest ok) is pushed: anything else raises UsageError naming why."""
+    if name is None:
+        snap = repo.newest_complete()
+        if snap is None:
+            raise UsageError(f"{repo.path}: no complete snapshot to push (mailbak snapshots {repo.path} lists them)")
+        return snap
+    if not NAME_RE.match(name):
+        raise UsageError(f"{name!r}: not a snapshot name (they look like 2026-11-25T020000Z; mailbak snapshots {repo.path} lists them)")
+    snap = next((s for s in repo.snapshots() if s.name == name), None)
+    if snap is None:
+        raise UsageError(f"{repo.path}: no snapshot {name}")
+    if snap.status != OK:
+        why = f": {snap.detail}" if snap.detail else ""
+        raise UsageError(f"{snap.path}: snapshot is {snap.status}{why}; only complete snapshots are pushed off-site")
+    return snap
+
+
+def _restic_time(t: datetime) -> str:
+    """A time as restic's ``--time`` takes it: local wall clock, to the second."""
+    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def push(repo_path: Path, snapshot: str | None, config: ResticConfig, reporter: Reporter) -> PushResult:
+    """Pushes ``snapshot`` of the repository at ``repo_path`` (default: the newest complete)
+    to the restic repository of ``config`` (see the module doc). Raises UsageError (nothing
+    done), ResticError (restic failed: nothing local changed) or Interrupted."""
+    restic = Restic(config)
+    repo = Repository.open(repo_path)
+    rtag = repo_tag(repo)
+    lock = RepoLock(repo.path, exclusive=False, wait=True, on_wait=reporter.message)
+    try:
+        # Chosen under the lock: a prune that ran before cannot have removed it since.
+        snap = pick_snapshot(repo, snapshot)
+        offsite = restic.snapshots(rtag)
+        there = [s for s in offsite if s.snapshot == snap.name]
+        if there:
+            s = there[-1]
+            when = f", pushed {rfc3339(s.pushed.timestamp())}" if s.pushed else ""
+            reporter.message(f"{snap.name}: already off-site as restic snapshot {s.short_id}{when}; nothing to do")
+            result = _with_summary(PushResult("ok", False, repo.path, snap.name, s.id, None))
+            reporter.summary(f"offsite push: {snap.name} already off-site ({s.short_id}), nothing pushed", result.summary)
+            return result
+        parent = max(offsite, key=lambda s: (s.pushed or s.time, s.time)) if offsite else None
+        reporter.message(f"pushing {snap.name}" + (f" against restic snapshot {parent.short_id} ({parent.snapshot})" if parent else " (first push: everything is read)"))
+        tags = [TAG, rtag, SNAPSHOT_TAG + snap.name, PUSHED_TAG + rfc3339()]
+        args = ["backup", "--ignore-ctime", "--time", _restic_time(snap.start), *[a for t in tags for a in ("--tag", t)]]
+        if parent is not None:
+            args += ["--parent", parent.id]
+        return _run_backup(restic, args + ["."], repo, snap, parent, reporter)
+    finally:
+        lock.release()
+
+
+def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: SnapshotInfo, parent: OffsiteSnapshot | None, reporter: Reporter) -> PushResult:
+    """Runs ``restic backup`` inside the snapshot, relaying its JSON stream to ``reporter``."""
+    argv = restic.command("--json", *args)
+    reporter.phase("push")
+    proc = subprocess.Popen(argv, cwd=snap.path, env=restic.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    stderr: deque[str] = deque(maxlen=STDERR_LINES)
+    # restic 0.14 prints its JSON error objects (a file it cannot read) on stderr; they are
+    # reported once restic is done (the reporter belongs to this thread).
+    errors: list[dict[str, Any]] = []
+
+    def drain_stderr() -> None:
+        for line in proc.stderr or ():
+            doc = next(_json_lines([line]), None)
+            if doc is not None and doc.get("message_type") == "error" and len(errors) < MAX_ERRORS:
+                errors.append(doc)
+            elif doc is None:
+                stderr.append(line)
+
+    drain = threading.Thread(target=drain_stderr, name="restic-stderr", daemon=True)
+    drain.start()
+    summary: dict[str, Any] | None = None
+    paused = False
+    abs_snap = os.path.abspath(snap.path)
+    try:
+        for doc in _json_lines(proc.stdout):
+            kind = doc.get("message_type")
+            if kind == "status":
+                if not paused:
+                    # Test-only: restic has started reading the snapshot and has committed nothing.
+                    paused = True
+                    pause("offsite_mid_push")
+                reporter.advance(int(doc.get("files_done") or 0), int(doc.get("total_files") or 0) or None)
+            elif kind == "error":
+                errors.append(doc)
+            elif kind == "summary":
+                summary = doc
+        proc.wait()
+    except BaseException:
+        stop(proc)
+        raise
+    finally:
+        drain.join(5)
+    for doc in errors:
+        item = doc.get("item") or None
+        if isinstance(item, str) and item.startswith(f"{abs_snap}/"):
+            item = item[len(abs_snap) + 1 :]  # the snapshot's own paths, as verify names them
+        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}"))
+    status = proc.returncode
+    if status != 0 and not (status == RESTIC_INCOMPLETE and summary):
+        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status)}; nothing was stored off-site, nothing local changed")
+    assert summary is not None
+    restic_id = summary.get("snapshot_id")
+    state = "ok"
+    if status == RESTIC_INCOMPLETE:
+        # A snapshot missing files must not count as off-site: the next push would skip it.
+        state = "failed"
+        reporter.error("restic_incomplete", str(snap.path), "restic could not read some files; its snapshot is removed, push again once they are readable")
+        p = restic._run(restic.command("forget", str(restic_id)))
+        if p.returncode != 0:
+            reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode)}")
+        restic_id = None
+    count = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
+    result = PushResult(
+        state,
+        state == "ok",
+        repo.path,
+        snap.name,
+        restic_id,
+        parent.id if parent else None,
+        files_new=count["files_new"],
+        files_changed=count["files_changed"],
+        files_unmodified=count["files_unmodified"],
+        dirs_new=count["dirs_new"],
+        dirs_changed=count["dirs_changed"],
+        dirs_unmodified=count["dirs_unmodified"],
+        bytes_added=int(summary.get("data_added") or 0),
+        files_processed=int(summary.get("total_files_processed") or 0),
+        bytes_processed=int(summary.get("total_bytes_processed") or 0),
+        duration_seconds=float(summary.get("total_duration") or 0.0),
+        warnings=reporter.counts.warnings,
+        errors=reporter.counts.errors,
+    )
+    result = _with_summary(result)
+    reporter.summary(f"offsite push {state}: {snap.name} as restic snapshot {restic_id}", result.summary, result.table())
+    return result
+
+
+def _cause(err: Any) -> str:
+    """The text of an error restic printed as JSON: a message, or a Go path error
+    (``{"Op": "open", "Path": ..., "Err": 13}``), or anything else as JSON."""
+    if isinstance(err, dict):
+        if isinstance(err.get("message"), str):
+            return err["message"]
+        if "Op" in err and isinstance(err.get("Err"), int):
+            return f"{err['Op']} {err.get('Path', '')}: {os.strerror(err['Err'])}"
+        return json.dumps(err)
+    return str(err)
+
+
+def _with_summary(result: PushResult) -> PushResult:
+    from dataclasses import replace
+
+    return replace(result, summary=result.facts())
+
+
+def _json_lines(stream: Any) -> Iterator[dict[str, Any]]:
+    """The JSON objects of restic's --json output, skipping anything else it prints."""
+    for line in stream:
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            yield doc
+
+
+# List ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """A local snapshot and its off-site copies, or an off-site copy whose local snapshot is
+    gone (``status`` None)."""
+
+    name: str
+    status: str | None
+    offsite: tuple[OffsiteSnapshot, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "offsite": [s.as_json() for s in self.offsite]}
+
+
+def listing(repo_path: Path, config: ResticConfig) -> list[ListEntry]:
+    """Every local snapshot of the repository and every off-site copy of one, newest first."""
+    restic = Restic(config)
+    repo = Repository.open(repo_path)
+    offsite = restic.snapshots(repo_tag(repo))
+    by_name: dict[str, list[OffsiteSnapshot]] = {}
+    for s in offsite:
+        by_name.setdefault(s.snapshot or "?", []).append(s)
+    entries = [ListEntry(s.name, s.status, tuple(by_name.pop(s.name, ()))) for s in repo.snapshots()]
+    entries += [ListEntry(name, None, tuple(snaps)) for name, snaps in by_name.items()]
+    entries.sort(key=lambda e: e.name, reverse=True)
+    return entries
+
+
+# Restore ---------------------------------------------------------------------------------------
+
+
+def resolve(restic: Restic, ref: str) -> OffsiteSnapshot:
+    """The off-site snapshot ``ref`` names: a restic snapshot ID (or its prefix), ``latest``
+    (the newest mailbak pushed), or a local snapshot's name (its pushed copy)."""
+    snaps = restic.snapshots()
+    if ref == "latest":
+        found = snaps[-1:] if snaps else []
+    elif NAME_RE.match(ref):
+        found = [s for s in snaps if s.snapshot == ref]
+    else:
+        found = [s for s in snaps if s.id.startswith(ref.lower())] if re.fullmatch(r"[0-9a-fA-F]{4,64}", ref) else []
+    if not found:
+        raise UsageError(f"{ref}: no such snapshot pushed by mailbak in the restic repository (mailbak offsite list REPO shows them)")
+    if len({s.id for s in found}) > 1 and ref != "latest":
+        ids = ", ".join(s.short_id for s in found)
+        raise UsageError(f"{ref}: names several restic snapshots ({ids}); give one of their IDs")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class OffsiteRestoreResult:
+    """The outcome of an off-site restore: the verification of what came back."""
+
+    #: "clean" or "problems" (the verification's).
+    status: str
+    target: Path
+    restic_snapshot: str
+    snapshot: str | None
+    #: The verification's facts (as ``mailbak verify --json`` prints them).
+    verify: dict[str, Any]
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "clean"
+
+
+def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *, jobs: int, verbose: bool = False) -> OffsiteRestoreResult:
+    """Restores the off-site snapshot ``ref`` (see :func:`resolve`) into ``target`` (absent or
+    empty) with restic, then verifies it as ``mailbak verify`` does. Raises UsageError (nothing
+    written), ResticError (restic failed; TARGET is incomplete) or Interrupted."""
+    from mailbak.destdir import check_destination
+    from mailbak.verify import Verify
+
+    check_destination(target, action="restore")
+    restic = Restic(config)
+    snap = resolve(restic, ref)
+    reporter.phase("restore")
+    reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
+    p = restic._run(restic.command("restore", snap.id, "--target", os.path.abspath(target)))
+    if p.returncode != 0:
+        raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode)}; {target} is incomplete: delete it and restore again")
+    job = Verify(target, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
+    job.check()
+    status = job.run()
+    facts = job.facts(status)
+    summary = {"status": status, "target": str(target), "restic_snapshot": snap.id, "snapshot": snap.snapshot, "verify": facts}
+    reporter.summary(f"offsite restore {status}: {target}", summary, job.table())
+    return OffsiteRestoreResult(status, target, snap.id, snap.snapshot, facts, summary)
+
+
+def _unlock(restic: Restic) -> None:
+    p = restic._run(restic.command("unlock"))
+    if p.returncode != 0:
+        raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode)}")
+
+
+# Prune -----------------------------------------------------------------------------------------
+
+
+def forget_args(policy: Policy) -> list[str]:
+    """``restic forget`` options for ``policy``: the same keep rules as ``mailbak prune``.
+    restic has no unit ``w`` (weeks become days) and, before 0.15, no unlimited count."""
+    args: list[str] = []
+    for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
+        n = getattr(policy, name)
+        if n:
+            args += [f"--{name.replace('_', '-')}", str(RESTIC_UNLIMITED if n == UNLIMITED else n)]
+    d = policy.within()
+    if d is not None:
+        parts = [(d.years, "y"), (d.months, "m"), (d.days + 7 * d.weeks, "d"), (d.hours, "h")]
+        args += ["--keep-within", "".join(f"{n}{u}" for n, u in parts if n)]
+    return args
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What ``restic forget`` kept and removed of the repository's off-site copies."""
+
+    status: str
+    dry_run: bool
+    kept: tuple[OffsiteSnapshot, ...]
+    removed: tuple[OffsiteSnapshot, ...]
+    #: restic's reasons per kept snapshot ID ("daily snapshot", ...).
+    reasons: dict[str, tuple[str, ...]]
+    summary: dict[str, Any] = field(repr=False)
+
+
+def prune(repo_path: Path, policy: Policy, config: ResticConfig, reporter: Reporter, *, dry_run: bool = False) -> PruneResult:
+    """Forgets the off-site copies of the repository that ``policy`` does not keep and prunes
+    their data (``restic forget --prune``), all copies of the repository in one group."""
+    restic = Restic(config)
+    repo = Repository.open(repo_path)
+    rtag = repo_tag(repo)
+    args = ["forget", "--tag", f"{TAG},{rtag}", "--group-by", "", *forget_args(policy)]
+    args += ["--dry-run"] if dry_run else ["--prune"]
+    reporter.phase("prune")
+    # A push that was killed or lost its server leaves restic's lock behind, which would stop
+    # the exclusive lock prune needs; unlock removes only stale locks (their process is gone).
+    _unlock(restic)
+    groups = restic.run_json(*args, what="forget") or []
+    kept: list[OffsiteSnapshot] = []
+    removed: list[OffsiteSnapshot] = []
+    reasons: dict[str, tuple[str, ...]] = {}
+    for g in groups:
+        kept += [OffsiteSnapshot.of(d) for d in g.get("keep") or ()]
+        removed += [OffsiteSnapshot.of(d) for d in g.get("remove") or ()]
+        by_tree = {(d.get("time"), d.get("tree")): d.get("id") for d in g.get("keep") or ()}
+        for r in g.get("reasons") or ():
+            s = r.get("snapshot") or {}
+            sid = by_tree.get((s.get("time"), s.get("tree")))
+            if sid:
+                reasons[sid] = tuple(r.get("matches") or ())
+    facts = {
+        "status": "ok",
+        "dry_run": dry_run,
+        "policy": str(policy),
+        "kept": [{**s.as_json(), "reasons": list(reasons.get(s.id, ()))} for s in kept],
+        "removed": [s.as_json() for s in removed],
+    }
+    table: list[tuple[str, ...]] = [("action", "snapshot", "restic", "why")]
+    table += [("keep", s.snapshot or "?", s.short_id, ", ".join(reasons.get(s.id, ()))) for s in sorted(kept, key=lambda s: s.time, reverse=True)]
+    table += [("would remove" if dry_run else "removed", s.snapshot or "?", s.short_id, "") for s in sorted(removed, key=lambda s: s.time, reverse=True)]
+    reporter.summary(f"offsite prune{' (dry run)' if dry_run else ''}: {len(kept)} kept, {len(removed)} {'to remove' if dry_run else 'removed'}", facts, table)
+    return PruneResult("ok", dry_run, tuple(kept), tuple(removed), reasons, facts)
