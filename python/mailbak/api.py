@@ -341,6 +341,18 @@ def restore(
     return _result(RestoreResult, facts, store=Path(store), verify=checked)
 
 
+def _policy(**rules: int | str | None):
+    """A retention policy from keyword rules as the API takes them (a count, -1 or "unlimited";
+    a duration text for ``keep_within``), parsed like the command line's; raises UsageError."""
+    from mailbak.prune import policy_from_options
+    from mailbak.retention import UNLIMITED
+
+    def text(v: int | str | None) -> str | None:
+        return None if v is None else "unlimited" if v == UNLIMITED else str(v)
+
+    return policy_from_options(**{k: text(v) for k, v in rules.items()})
+
+
 def init(repo: PathArg) -> Path:
     """Makes ``repo`` (absent, or an empty directory) a repository, as ``mailbak init`` does;
     returns its path. Raises UsageError when it exists and is not empty."""
@@ -378,12 +390,11 @@ def prune(
     (a count, "unlimited", or for ``keep_within`` a duration such as "30d"); ``wait=False`` is
     ``--no-wait`` (raises RepositoryBusy when a backup holds the repository), ``nice=False``
     ``--no-nice``. Raises UsageError for an empty or bad policy or a non-repository."""
-    from mailbak.prune import Prune, policy_from_options
+    from mailbak.prune import Prune
 
     reporter = event_reporter(on_event, verbose)
-    rules = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily, "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly, "keep_within": keep_within}
     try:
-        policy = policy_from_options(**{k: None if v is None else str(v) for k, v in rules.items()})
+        policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
     except UsageError as e:
         reporter.usage_error(str(e))
         reporter.close()
@@ -484,15 +495,10 @@ def offsite_prune(
     a number or -1 for unlimited; ``keep_within`` a duration such as ``"30d"``), as ``mailbak
     offsite prune`` does; returns a :class:`mailbak.offsite.PruneResult`."""
     from mailbak import offsite
-    from mailbak.retention import Policy, PolicyError, parse_duration
 
     reporter = event_reporter(on_event)
     try:
-        try:
-            within = parse_duration(keep_within) if keep_within is not None else None
-            policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, within)
-        except PolicyError as e:
-            raise UsageError(str(e)) from e
+        policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
         return offsite.prune(Path(repo), policy, _restic_config(restic_repo, password_file, restic_options), reporter, dry_run=dry_run)
     except UsageError as e:
         reporter.usage_error(str(e))

@@ -310,7 +310,8 @@ def snapshots(repo: Path, json_output: bool) -> None:
 
 
 def keep_options(f):
-    """The --keep-* options of prune (and offsite prune): restic's forget rules."""
+    """The --keep-* options of prune and offsite prune (restic's forget rules), as text:
+    prune.policy_from_options parses them, so that both commands read them alike."""
     for name, what in reversed(
         (
             ("last", "the N newest complete snapshots"),
@@ -500,31 +501,6 @@ def restic_options(f):
     return f
 
 
-def keep_option(name: str, what: str):
-    def parse(ctx, param, value):
-        from mailbak.retention import PolicyError, parse_count
-
-        if value is None:
-            return None
-        try:
-            return parse_count(value)
-        except PolicyError as e:
-            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
-
-    return click.option(f"--keep-{name}", f"keep_{name}", metavar="N", callback=parse, help=f"Keep the newest snapshot of each of the last N {what} (N or 'unlimited').")
-
-
-def parse_within(ctx, param, value):
-    from mailbak.retention import PolicyError, parse_duration
-
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except PolicyError as e:
-        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
-
-
 def offsite_run(reporter, fn, *, left_behind: str) -> NoReturn:
     """Runs an offsite command's function and maps its outcome to the exit status: 0 ok or
     clean, 1 failed (restic failed, problems found), 2 bad usage (restic missing included),
@@ -668,17 +644,11 @@ def offsite_restore(restic_snapshot: str, target: Path, restic_repo, password_fi
 
 @offsite.command("prune")
 @click.argument("repo", type=click.Path(path_type=Path))
-@keep_option("last", "snapshots")
-@keep_option("hourly", "hours")
-@keep_option("daily", "days")
-@keep_option("weekly", "weeks")
-@keep_option("monthly", "months")
-@keep_option("yearly", "years")
-@click.option("--keep-within", metavar="DURATION", callback=parse_within, help="Keep every snapshot within DURATION of the newest (e.g. 30d, 2w, 1y6m).")
+@keep_options
 @click.option("--dry-run", "-n", is_flag=True, help="Say what would be removed; remove nothing.")
 @restic_options
 @output_options
-def offsite_prune(repo: Path, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, dry_run, restic_repo, password_file, restic_opts, json_output, quiet, verbose) -> None:
+def offsite_prune(repo: Path, dry_run, restic_repo, password_file, restic_opts, json_output, quiet, verbose, **keep) -> None:
     """Thin out REPO's off-site copies with the keep rules of `mailbak prune`.
 
     \b
@@ -688,15 +658,16 @@ def offsite_prune(repo: Path, keep_last, keep_hourly, keep_daily, keep_weekly, k
     the off-site copies of REPO only, then removes their unused data.
     """
     from mailbak import offsite as off
+    from mailbak.errors import UsageError
+    from mailbak.prune import policy_from_options
     from mailbak.report import make_reporter
-    from mailbak.retention import Policy, PolicyError
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     try:
-        policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within)
-    except PolicyError as e:
+        policy = policy_from_options(**keep)
+    except UsageError as e:
         fail_usage(reporter, str(e))
     config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
     offsite_run(reporter, lambda: off.prune(repo, policy, config, reporter, dry_run=dry_run).status, left_behind="restic was stopped; run the prune again")
