@@ -90,7 +90,7 @@ def test_backup_and_prune_units_run_a_repository_with_metrics(store, tmp_path):
             time.sleep(1.1)  # each snapshot is named by its start second
         p = subprocess.run(exec_start(printed("mailbak-backup@.service")), capture_output=True, text=True, env=env, timeout=300)
         assert p.returncode == 0, p.stderr
-    made = sorted(d.name for d in repo.iterdir() if d.name != "mailbak-repo.json")
+    made = sorted(d.name for d in repo.iterdir() if d.name not in ("mailbak-repo.json", ".trash"))
     assert len(made) == 2 and all(len(n) == len("2026-01-01T030000Z") and n.endswith("Z") for n in made)
     assert all(json.loads((repo / n / "mailbak.json").read_text())["status"] == "ok" for n in made)
     backup_metrics = (tmp_path / "backup.prom").read_text()

@@ -112,7 +112,7 @@ def test_a_repository_marker_that_is_not_ours_is_refused(store, tmp_path):
     p = run_cli("snapshots", r)
     assert p.returncode == 2 and "not a mailbak repository marker" in p.stderr
     assert run_cli("backup", store, r).returncode == 2
-    assert sorted(os.listdir(r)) == [MARKER]
+    assert sorted(os.listdir(r)) == sorted([MARKER, ".trash"])
 
 
 # backup into a repository ------------------------------------------------------------------
