@@ -702,3 +702,20 @@ def test_unreadable_file_fails_the_push_and_leaves_nothing_offsite(small: Local,
     assert "restic could not read some files; its snapshot is removed" in p.stderr
     snaps = subprocess.run([RESTIC, "snapshots", "--json"], env=env, capture_output=True, text=True, check=True)
     assert json.loads(snaps.stdout) in ([], None)
+
+
+def test_push_writes_metrics(small: Local, tmp_path: Path, servers):
+    from mailbak.monitor import METRICS
+    from prometheus_client.parser import text_string_to_metric_families
+
+    t = make_target("local", tmp_path, servers)
+    prom = tmp_path / "offsite.prom"
+    summary = push(t, small, SNAP_A, "--metrics-file", str(prom))
+    families = {f.name: f for f in text_string_to_metric_families(prom.read_text())}
+    assert {n: f.documentation for n, f in families.items()} == {n: METRICS[n] for n in families}
+    value = {(f.name, s.labels.get("kind")): s.value for f in families.values() for s in f.samples}
+    assert value[("mailbak_success", None)] == 1
+    assert value[("mailbak_files", "new")] == summary["files_new"] > 0
+    assert value[("mailbak_files", "unmodified")] == summary["files_unmodified"]
+    assert value[("mailbak_bytes_copied", None)] == summary["bytes_added"] > 0
+    assert {s.labels["command"] for f in families.values() for s in f.samples} == {"offsite-push"}

@@ -580,7 +580,14 @@ def offsite_push(repo: Path, snapshot: str | None, restic_repo, password_file, r
     config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
     with Monitor("offsite-push", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
         reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
-        offsite_run(reporter, lambda: off.push(repo, snapshot, config, reporter).status, left_behind="restic was stopped; nothing was stored off-site, nothing local changed")
+        from mailbak.monitor import Outcome
+
+        def push() -> str:
+            result = off.push(repo, snapshot, config, reporter)
+            monitor.job = Outcome(result.facts())  # for --metrics-file
+            return result.status
+
+        offsite_run(reporter, push, left_behind="restic was stopped; nothing was stored off-site, nothing local changed")
 
 
 @offsite.command("list")

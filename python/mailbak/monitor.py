@@ -37,9 +37,9 @@ METRICS = {
     "mailbak_last_run_timestamp_seconds": "When the last run finished, in seconds since the Unix epoch.",
     "mailbak_last_success_timestamp_seconds": "When the last successful run finished, in seconds since the Unix epoch (0: none recorded).",
     "mailbak_duration_seconds": "Wall-clock duration of the last run in seconds.",
-    "mailbak_files": "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; verify: checked, missing, damaged, orphans, unrecognized, moved; prune: deleted).",
+    "mailbak_files": "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; verify: checked, missing, damaged, orphans, unrecognized, moved; prune: deleted; offsite push: new, changed, unmodified as restic counts them).",
     "mailbak_snapshots": "Snapshots of the repository by what the last prune did with them: kept, removed.",
-    "mailbak_bytes_copied": "Bytes the last backup wrote by copying (databases and every file not hardlinked).",
+    "mailbak_bytes_copied": "Bytes the last run wrote: a backup by copying (databases and every file not hardlinked), an offsite push into the restic repository (after deduplication).",
     "mailbak_warnings": "Warnings of the last run.",
     "mailbak_errors": "Errors of the last run.",
 }
@@ -49,6 +49,7 @@ FILE_KINDS = {
     "backup": ("linked", "reused", "copied", "skipped", "unrecognized"),
     "verify": ("checked", "missing", "damaged", "orphans", "unrecognized", "moved"),
     "prune": ("deleted",),
+    "offsite-push": ("new", "changed", "unmodified"),
 }
 
 
@@ -158,6 +159,9 @@ def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
             files["skipped"] += a.get("skipped_new", 0) + a.get("skipped_erasing", 0)
     elif command == "prune":
         files["deleted"] = facts.get("files_deleted", 0)
+    elif command == "offsite-push":
+        for k in kinds:
+            files[k] = facts.get(f"files_{k}", 0)
     else:
         for k in kinds:
             v = facts.get(k, 0)
@@ -385,6 +389,8 @@ class Monitor:
             return None
 
     def bytes_copied(self, facts: dict[str, Any] | None) -> int | None:
+        if self.command == "offsite-push":
+            return (facts or {}).get("bytes_added", 0)
         if self.command != "backup":
             return None
         runner = getattr(self.job, "runner", None)
@@ -465,3 +471,14 @@ def private_tmp_warning(dest: str | os.PathLike[str]) -> str | None:
     if mount is None or mount[0] not in ("/tmp", "/var/tmp") or "systemd-private-" not in mount[1]:
         return None
     return f"{mount[0]} is private to this systemd service (PrivateTmp=): the backup vanishes when the service stops; back up to a directory named in ReadWritePaths="
+
+
+class Outcome:
+    """A finished result's facts as a monitor's ``job`` (commands without a phase object, such
+    as ``offsite push``, hand their result over this way)."""
+
+    def __init__(self, facts: dict[str, Any]):
+        self._facts = facts
+
+    def facts(self, status: str) -> dict[str, Any]:
+        return self._facts
