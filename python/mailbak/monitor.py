@@ -37,7 +37,10 @@ METRICS = {
     "mailbak_last_run_timestamp_seconds": "When the last run finished, in seconds since the Unix epoch.",
     "mailbak_last_success_timestamp_seconds": "When the last successful run finished, in seconds since the Unix epoch (0: none recorded).",
     "mailbak_duration_seconds": "Wall-clock duration of the last run in seconds.",
-    "mailbak_files": "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; verify: checked, missing, damaged, orphans, unrecognized, moved; prune: deleted; offsite push: new, changed, unmodified as restic counts them).",
+    "mailbak_files": (
+        "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; "
+        "verify: checked, missing, damaged, orphans, unrecognized, moved; prune: deleted; offsite push: new, changed, unmodified as restic counts them)."
+    ),
     "mailbak_snapshots": "Snapshots of the repository by what the last prune did with them: kept, removed.",
     "mailbak_bytes_copied": "Bytes the last run wrote: a backup by copying (databases and every file not hardlinked), an offsite push into the restic repository (after deduplication).",
     "mailbak_warnings": "Warnings of the last run.",
