@@ -370,7 +370,7 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
         except UsageError as e:
             fail_usage(reporter, str(e))
         p = monitor.job = Prune(repo, policy, dry_run=dry_run, wait=not no_wait, nice=not no_nice, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-        execute(p, reporter, title="prune (dry run)" if dry_run else "prune", target=repo, left_behind=f"snapshots moved to {repo}/.trash are deleted by the next prune")
+        execute(p, reporter, title="prune (dry run)" if dry_run else "prune", target=repo, left_behind=lambda: f"snapshots moved to {repo}/.trash are deleted by the next prune" if p.moved else "no snapshot was removed")
 
 
 @main.command()

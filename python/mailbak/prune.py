@@ -56,6 +56,8 @@ class Prune:
         #: Trash entries deleted (leftovers and this run's), and their engine counts.
         self.deleted: list[str] = []
         self.counts = {"files": 0, "dirs": 0, "errors": 0}
+        #: Whether this run moved a snapshot into the trash (what an interrupted run leaves).
+        self.moved = False
 
     @property
     def summary_target(self) -> Path:
@@ -83,6 +85,7 @@ class Prune:
         if not self.dry_run and removals:
             for name in removals:
                 self.repo.move_to_trash(name)
+                self.moved = True
             pause("prune.moved")
             self.empty_trash("delete")
         self.runner.finish()
