@@ -55,7 +55,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402  (bench/ is not a package: run.py is imported by path)
     ROOTS,
-    SMOKE_ACCOUNTS,
     SMOKE_MESSAGES,
     HarnessError,
     Places,
@@ -74,6 +73,7 @@ from run import (  # noqa: E402  (bench/ is not a package: run.py is imported by
     rss_floor_kib,
     run_once,
     settle,
+    sizes_and_counts,
     source_digest,
 )
 
@@ -573,23 +573,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.churn_child:
         return args
-    if args.smoke:
-        if args.messages:
-            p.error("--smoke chooses its own size; drop --messages")
-        args.sizes = [SMOKE_MESSAGES]
-        args.accounts = args.accounts or SMOKE_ACCOUNTS
-        args.rounds = args.rounds or 1
-    else:
-        if not args.messages:
-            p.error("--messages is required (or --smoke)")
-        try:
-            args.sizes = [int(s) for s in args.messages.split(",")]
-        except ValueError:
-            p.error(f"--messages: not a comma list of integers: {args.messages!r}")
-        args.accounts = args.accounts or 50
-        args.rounds = args.rounds or 3
-    if any(n < 1 for n in args.sizes) or args.accounts < 1 or args.rounds < 1:
-        p.error("--messages, --accounts and --rounds must be at least 1")
+    sizes_and_counts(p, args, "rounds")
     return args
 
 

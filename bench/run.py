@@ -486,6 +486,28 @@ def machine_markdown(info: dict) -> str:
 # Main --------------------------------------------------------------------------------------
 
 
+def sizes_and_counts(p: argparse.ArgumentParser, args: argparse.Namespace, rounds: str) -> None:
+    """Fills ``args.sizes``, ``args.accounts`` and the round count (the attribute ``rounds``
+    names) from --messages or --smoke, as every harness here reads them; errors via ``p``."""
+    if args.smoke:
+        if args.messages:
+            p.error("--smoke chooses its own size; drop --messages")
+        args.sizes = [SMOKE_MESSAGES]
+        args.accounts = args.accounts or SMOKE_ACCOUNTS
+        setattr(args, rounds, getattr(args, rounds) or 1)
+    else:
+        if not args.messages:
+            p.error("--messages is required (or --smoke)")
+        try:
+            args.sizes = [int(s) for s in args.messages.split(",")]
+        except ValueError:
+            p.error(f"--messages: not a comma list of integers: {args.messages!r}")
+        args.accounts = args.accounts or 50
+        setattr(args, rounds, getattr(args, rounds) or 3)
+    if any(n < 1 for n in args.sizes) or args.accounts < 1 or getattr(args, rounds) < 1:
+        p.error(f"--messages, --accounts and --{rounds} must be at least 1")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", help="messages per store; a comma list runs each size and adds a scaling table")
@@ -499,23 +521,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", choices=GROUPS, help="run one group")
     p.add_argument("--baseline", type=Path, metavar="PYTHON", help="also run `mailbak backup`/`verify` with this interpreter (a venv of another commit), as contenders of the same run")
     args = p.parse_args(argv)
-    if args.smoke:
-        if args.messages:
-            p.error("--smoke chooses its own size; drop --messages")
-        args.sizes = [SMOKE_MESSAGES]
-        args.accounts = args.accounts or SMOKE_ACCOUNTS
-        args.repeat = args.repeat or 1
-    else:
-        if not args.messages:
-            p.error("--messages is required (or --smoke)")
-        try:
-            args.sizes = [int(s) for s in args.messages.split(",")]
-        except ValueError:
-            p.error(f"--messages: not a comma list of integers: {args.messages!r}")
-        args.accounts = args.accounts or 50
-        args.repeat = args.repeat or 3
-    if any(n < 1 for n in args.sizes) or args.accounts < 1 or args.repeat < 1:
-        p.error("--messages, --accounts and --repeat must be at least 1")
+    sizes_and_counts(p, args, "repeat")
     if args.jobs_sweep and args.only not in (None, "same-fs"):
         p.error("--jobs-sweep adds to the same-fs group, which --only leaves out")
     return args

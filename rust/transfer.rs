@@ -189,20 +189,19 @@ fn ref_of<'d>(dir: &Dir<'d>) -> Option<BorrowedFd<'d>> {
     dir.refs.first().copied().flatten()
 }
 
-/// Copies one non-directory entry as a plain file: regular files copied (or reused from
-/// `reference`), symlinks recreated, special files skipped with a warning. Shared by every
+/// Copies one non-directory entry of `dir` into its mirror as a plain file: regular files
+/// copied (or reused from the directory's reference), symlinks recreated, special files skipped with a warning. Shared by every
 /// visitor that meets odd files.
-#[allow(clippy::too_many_arguments)]
 fn copy_plain(
     policy: &LinkPolicy,
     sink: &Sink<'_>,
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    reference: Option<BorrowedFd<'_>>,
+    dir: &Dir<'_>,
     name: &CStr,
     kind: Kind,
     rel: &[u8],
 ) {
+    let (src, reference) = (dir.src, ref_of(dir));
+    let dst = dir.dst.expect("copies mirror into a destination");
     let result = match kind {
         Kind::File => policy
             .place_plain(src, dst, name, reference)
@@ -519,16 +518,7 @@ impl Visitor for AreaBackup<'_> {
             }
             (Class::Copy, _) => {
                 Tally::bump(&t.known);
-                copy_plain(
-                    self.policy,
-                    self.sink,
-                    dir.src,
-                    dst,
-                    ref_of(dir),
-                    name,
-                    kind,
-                    &rel,
-                );
+                copy_plain(self.policy, self.sink, dir, name, kind, &rel);
             }
             (Class::Message(i), _) => {
                 // A symlink or special file where a message file should be: the message itself is
@@ -544,41 +534,14 @@ impl Visitor for AreaBackup<'_> {
                         self.snap.live.as_slice()[i]
                     ),
                 );
-                copy_plain(
-                    self.policy,
-                    self.sink,
-                    dir.src,
-                    dst,
-                    ref_of(dir),
-                    name,
-                    kind,
-                    &rel,
-                );
+                copy_plain(self.policy, self.sink, dir, name, kind, &rel);
                 self.sink.progress.add_done(1);
             }
-            (_, Kind::Special) => copy_plain(
-                self.policy,
-                self.sink,
-                dir.src,
-                dst,
-                ref_of(dir),
-                name,
-                kind,
-                &rel,
-            ),
+            (_, Kind::Special) => copy_plain(self.policy, self.sink, dir, name, kind, &rel),
             (Class::Orphan, Kind::File) => {
                 Tally::bump(&t.orphans);
                 self.sink.warn("orphan_message", &rel, 0, "no record of the snapshot claims this message file: a delivery in progress, or one a crash interrupted (its ID is allocated, so it cannot collide with a future message); copied".into());
-                copy_plain(
-                    self.policy,
-                    self.sink,
-                    dir.src,
-                    dst,
-                    ref_of(dir),
-                    name,
-                    kind,
-                    &rel,
-                );
+                copy_plain(self.policy, self.sink, dir, name, kind, &rel);
             }
             (Class::StrayInTree | Class::Orphan | Class::New | Class::Erasing, _) => {
                 // A symlink named like a message is not a message: it is reported, never followed.
@@ -589,31 +552,13 @@ impl Visitor for AreaBackup<'_> {
                     0,
                     "unrecognized file in a message directory; copied".into(),
                 );
-                copy_plain(
-                    self.policy,
-                    self.sink,
-                    dir.src,
-                    dst,
-                    ref_of(dir),
-                    name,
-                    kind,
-                    &rel,
-                );
+                copy_plain(self.policy, self.sink, dir, name, kind, &rel);
             }
             (Class::Stray, _) => {
                 Tally::bump(&t.unrecognized);
                 self.sink
                     .warn("unrecognized", &rel, 0, "unrecognized file; copied".into());
-                copy_plain(
-                    self.policy,
-                    self.sink,
-                    dir.src,
-                    dst,
-                    ref_of(dir),
-                    name,
-                    kind,
-                    &rel,
-                );
+                copy_plain(self.policy, self.sink, dir, name, kind, &rel);
             }
         }
     }
@@ -692,16 +637,7 @@ impl Visitor for PlainCopy<'_> {
                 Err(e) => self.sink.io_error(&rel, e.op, e.errno),
             }
         } else {
-            copy_plain(
-                self.policy,
-                self.sink,
-                dir.src,
-                dst,
-                ref_of(dir),
-                name,
-                kind,
-                &rel,
-            );
+            copy_plain(self.policy, self.sink, dir, name, kind, &rel);
         }
         self.sink.progress.add_done(1);
     }

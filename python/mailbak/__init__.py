@@ -25,25 +25,6 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
-#: Names of the API, loaded from mailbak.api on first use (``import mailbak`` stays cheap for
-#: the command line).
-_API = (
-    "backup",
-    "verify",
-    "restore",
-    "init",
-    "snapshots",
-    "prune",
-    "BackupResult",
-    "VerifyResult",
-    "RestoreResult",
-    "PruneResult",
-    "SnapshotInfo",
-    "UsageError",
-    "DestinationFull",
-    "RepositoryBusy",
-)
-
 __all__ = [
     "__version__",
     "backup",
@@ -61,6 +42,10 @@ __all__ = [
     "DestinationFull",
     "RepositoryBusy",
 ]
+
+#: Names of the API, loaded from mailbak.api on first use (``import mailbak`` stays cheap for
+#: the command line).
+_API = tuple(n for n in __all__ if n != "__version__")
 
 if TYPE_CHECKING:
     from mailbak.api import (
