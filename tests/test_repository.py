@@ -457,3 +457,20 @@ def test_prune_works_on_a_full_disk(template, tmp_path):
         fake_snapshot(repo, "2026-06-01 02:00", "ok", template)  # room again
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_trash_entry_that_is_no_directory_is_one_error_and_the_rest_is_deleted(repo, template, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    (repo / ".trash" / "a-link").symlink_to(outside)
+    gone = repo / ".trash" / "2025-01-01T020000Z"
+    gone.mkdir()
+    (gone / "f").write_text("x")
+    fake_snapshot(repo, "2026-01-01 02:00", "ok", template)
+    p = prune(repo, "--keep-last", "1", "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    errors = [e for e in json_lines(p.stdout) if e["message_type"] == "error"]
+    assert [(e["code"], e["path"]) for e in errors] == [("trash", ".trash/a-link")]
+    assert not gone.exists() and os.path.islink(repo / ".trash" / "a-link")
+    assert (outside / "precious").read_text() == "keep me"

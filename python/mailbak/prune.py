@@ -100,7 +100,14 @@ class Prune:
             return
         self.runner.new_phase(phase)
         for name in names:
-            result = self.runner.call(_engine.delete_tree, self.repo.trash / name, jobs=self.jobs, prefix=f"{repository.TRASH}/{name}".encode(), low_priority=self.nice)
+            where = f"{repository.TRASH}/{name}"
+            try:
+                result = self.runner.call(_engine.delete_tree, self.repo.trash / name, jobs=self.jobs, prefix=where.encode(), low_priority=self.nice)
+            except OSError as e:
+                # Not a directory of this file system (a symlink, a mount point, a file): one
+                # error, nothing of it deleted, and the rest of the trash goes on.
+                self.reporter.error("trash", where, f"cannot delete ({e.strerror}); left in place")
+                continue
             for key in self.counts:
                 self.counts[key] += result.get(key, 0)
             if not os.path.lexists(self.repo.trash / name):
