@@ -609,6 +609,37 @@ mod tests {
     }
 
     #[test]
+    fn reuse_links_by_name_when_the_descriptor_link_is_refused() {
+        // Both ways of linking a reused file: through the compared descriptor (AT_EMPTY_PATH)
+        // and, where the kernel refuses that, by name with the check afterwards.
+        let s = Scratch::new("byname");
+        let (src, dst) = dirs(&s);
+        std::fs::create_dir_all(s.path("ref")).unwrap();
+        let refd = open_dir(&s.path("ref")).unwrap();
+        for name in [c"1", c"2"] {
+            s.file(&format!("src/{}", name.to_str().unwrap()), b"same bytes");
+            // A copy keeps size, mode and mtime: the reference holds the same file.
+            LinkPolicy::new(true)
+                .copy(src.as_fd(), refd.as_fd(), name)
+                .unwrap();
+        }
+        for (name, by_descriptor) in [(c"1", true), (c"2", false)] {
+            let p = LinkPolicy::new(false);
+            p.empty_path_links.store(by_descriptor, Ordering::Relaxed);
+            assert_eq!(
+                p.place_plain(src.as_fd(), dst.as_fd(), name, Some(refd.as_fd()))
+                    .unwrap(),
+                Placed::Reused(10)
+            );
+            let n = name.to_str().unwrap();
+            let a = std::fs::metadata(s.path(&format!("ref/{n}"))).unwrap();
+            let b = std::fs::metadata(s.path(&format!("dst/{n}"))).unwrap();
+            assert_eq!(a.ino(), b.ino(), "{n} is the reference's inode");
+            assert_eq!(p.fallbacks(), 0);
+        }
+    }
+
+    #[test]
     fn links_on_one_file_system() {
         let s = Scratch::new("link");
         let (src, dst) = dirs(&s);

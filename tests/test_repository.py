@@ -474,3 +474,46 @@ def test_a_trash_entry_that_is_no_directory_is_one_error_and_the_rest_is_deleted
     assert [(e["code"], e["path"]) for e in errors] == [("trash", ".trash/a-link")]
     assert not gone.exists() and os.path.islink(repo / ".trash" / "a-link")
     assert (outside / "precious").read_text() == "keep me"
+
+
+def test_init_that_fails_leaves_nothing_behind(tmp_path):
+    """A disk that fills up during init (a tmpfs with 3 inodes: its root, REPO, REPO/.trash; the
+    marker gets none): exit 2, and REPO is gone, so that init can simply run again."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=3", "tmpfs", str(mnt)], check=True)
+    try:
+        p = run_cli("init", mnt / "repo")
+        assert p.returncode == 2 and "No space left on device" in p.stderr, p.stderr
+        assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_backup_stopped_while_waiting_for_a_prune_says_nothing_was_begun(store, repo):
+    held = RepoLock(repo, exclusive=True)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", str(store), str(repo)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+        assert "waiting for the repository lock" in proc.stderr.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        held.release()
+    assert proc.returncode == 130
+    assert "no snapshot was begun" in err and "incomplete backup" not in err, err
+    assert Repository.open(repo).snapshot_names() == []
+
+
+def test_link_dest_into_a_repository_snapshot_holds_that_repository(store, repo, shm_dir):
+    backup_into(store, repo)
+    (snap,) = Repository.open(repo).snapshot_names()
+    held = RepoLock(repo, exclusive=True)  # as a prune holds it
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", "--link-dest", str(repo / snap), str(store), str(shm_dir / "elsewhere")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+        assert "waiting for the repository lock" in proc.stderr.readline()
+        assert proc.poll() is None
+    finally:
+        held.release()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert manifest_of(shm_dir / "elsewhere")["reference"] == str(repo / snap)

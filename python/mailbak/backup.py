@@ -157,6 +157,10 @@ class Backup:
             raise UsageError(f"{self.dest}: the store is inside the destination")
         if self.link_dest is not None:
             self.reference = check_reference(self.link_dest)
+            if repository.is_repository(self.link_dest.parent):
+                # A snapshot of a repository: a prune of it must not remove the reference
+                # while this backup links from it.
+                self.locks.append(repository.RepoLock(self.link_dest.parent, exclusive=False, on_wait=self.reporter.message))
         if is_repo:
             self.open_snapshot()
         existed = self.dest.exists()

@@ -190,13 +190,19 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
     from mailbak.api import backup_job
     from mailbak.monitor import Monitor
     from mailbak.report import make_reporter
+    from mailbak.repository import is_repository
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
     with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
         reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
-        execute(b, reporter, title="backup", target=dest, left_behind=lambda: f"{b.dest} is an incomplete backup (its manifest says running)")
+        def left_behind() -> str:
+            if b.repository is None and is_repository(dest):
+                return "no snapshot was begun"  # stopped while waiting for the repository
+            return f"{b.dest} is an incomplete backup (its manifest says running)"
+
+        execute(b, reporter, title="backup", target=dest, left_behind=left_behind)
 
 
 @main.command()

@@ -106,7 +106,7 @@ class Prune:
             except OSError as e:
                 # Not a directory of this file system (a symlink, a mount point, a file): one
                 # error, nothing of it deleted, and the rest of the trash goes on.
-                self.reporter.error("trash", where, f"cannot delete ({e.strerror}); left in place")
+                self.reporter.error("trash", where, f"cannot delete ({e.strerror}); left in place: remove it by hand (every prune reports it until then)")
                 continue
             for key in self.counts:
                 self.counts[key] += result.get(key, 0)

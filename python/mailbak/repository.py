@@ -225,7 +225,9 @@ class SnapshotLock:
 
     def __init__(self, path: Path):
         self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Blocking: the directory is new, but a listing (``is_locked``) may hold it shared for
+        # an instant; a non-blocking request would then fail the backup.
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -345,9 +347,11 @@ def init(path: Path) -> Repository:
 
     check_destination(path, action="make a repository")
     existed = os.path.lexists(path)
+    made: list[Path] = []
     try:
         if not existed:
             os.mkdir(path, PRIVATE_DIR_MODE)
+            made.append(path)
         else:
             # Snapshots hold secrets (auth.db, receivedid.key): nobody else may list them.
             os.chmod(path, PRIVATE_DIR_MODE)
@@ -355,8 +359,15 @@ def init(path: Path) -> Repository:
         # Made now, not by the first prune: a prune must work when the disk is full (no inode
         # left for a new directory), which is when it is needed most.
         os.mkdir(path / TRASH, PRIVATE_DIR_MODE)
+        made.insert(0, path / TRASH)
         replace_file(path / MARKER, (json.dumps(doc, indent=2) + "\n").encode(), mode=MARKER_MODE, tmp_name=MARKER + ".tmp")
     except OSError as e:
+        # Leave the directory as it was (absent or empty), so that init can simply be run again.
+        for p in [path / (MARKER + ".tmp"), *made]:
+            try:
+                os.rmdir(p) if p in made else os.unlink(p)
+            except OSError:
+                pass
         raise UsageError(f"{path}: cannot make a repository there: {e.strerror}") from e
     return Repository(path, doc)
 
