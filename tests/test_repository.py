@@ -399,7 +399,9 @@ def test_prune_killed_midway_leaves_trash_the_next_prune_finishes(store, repo):
     files = sum(len(f) for _, _, f in os.walk(repo / old))
     assert files > 100
     pp = PausePoint(repo.parent / "pause", "engine_mid_delete", after=50)
-    proc = pp.popen("prune", "--keep-last", "1", repo)
+    # One worker: the pause point stops the thread that reaches it, and a second worker would
+    # go on deleting until only directories were left.
+    proc = pp.popen("prune", "--jobs", "1", "--keep-last", "1", repo)
     pp.wait_reached(proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
