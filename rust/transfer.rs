@@ -659,6 +659,15 @@ mod tests {
         }
     }
 
+    /// A snapshot of the live IDs `live`, nothing being erased, IDs from `next_id` new.
+    fn snap(live: Vec<u64>, next_id: u64) -> Snapshot {
+        Snapshot {
+            live: IdSet::new(live),
+            erasing: IdSet::default(),
+            next_id,
+        }
+    }
+
     fn get(t: &Tally) -> std::collections::HashMap<&'static str, u64> {
         t.to_pairs().into_iter().collect()
     }
@@ -738,11 +747,7 @@ mod tests {
         s.file("src/junkfilter.bloom", b"bloom bits");
         s.file("src/sub/junkfilter.bloom", b"x");
         std::fs::create_dir(s.path("dst")).unwrap();
-        let snap = Snapshot {
-            live: IdSet::new(vec![1]),
-            erasing: IdSet::default(),
-            next_id: 2,
-        };
+        let snap = snap(vec![1], 2);
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"data/accounts/x");
@@ -789,11 +794,7 @@ mod tests {
         let spec = |src: &str, prefix: &[u8]| AreaSpec {
             src: src.into(),
             area: area(),
-            snap: Snapshot {
-                live: IdSet::new(vec![1]),
-                erasing: IdSet::default(),
-                next_id: 2,
-            },
+            snap: snap(vec![1], 2),
             sizes: vec![Some(3)],
             prefix: prefix.to_vec(),
         };
@@ -866,11 +867,7 @@ mod tests {
         std::fs::create_dir_all(s.path("src/msg")).unwrap();
         std::os::unix::fs::symlink(s.path("elsewhere"), s.path("src/msg/a")).unwrap();
         std::fs::create_dir(s.path("dst")).unwrap();
-        let snap = Snapshot {
-            live: IdSet::new(vec![5]),
-            erasing: IdSet::default(),
-            next_id: 6,
-        };
+        let snap = snap(vec![5], 6);
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
@@ -914,11 +911,7 @@ mod tests {
         s.file("src/msg/a/5/inside", b"x");
         s.file("src/msg/a/6", b"six");
         std::fs::create_dir(s.path("dst")).unwrap();
-        let snap = Snapshot {
-            live: IdSet::new(vec![5, 6]),
-            erasing: IdSet::default(),
-            next_id: 7,
-        };
+        let snap = snap(vec![5, 6], 7);
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
@@ -956,11 +949,7 @@ mod tests {
         s.file("src/msg/a/3", b"12345");
         std::fs::create_dir(s.path("dst")).unwrap();
         // 1 matches, 2 is shorter than its record, 3 claims the largest u64 (no sentinel).
-        let snap = Snapshot {
-            live: IdSet::new(vec![1, 2, 3]),
-            erasing: IdSet::default(),
-            next_id: 4,
-        };
+        let snap = snap(vec![1, 2, 3], 4);
         let a = area();
         for force_copy in [false, true] {
             let _ = std::fs::remove_dir_all(s.path("dst"));
@@ -1132,11 +1121,7 @@ mod tests {
         std::os::unix::fs::symlink(s.path("outside/b"), s.path("ref/msg/b")).unwrap();
         std::fs::create_dir(s.path("dst")).unwrap();
         let ids: Vec<u64> = (1..=8).chain([9000]).collect();
-        let snap = Snapshot {
-            live: IdSet::new(ids.clone()),
-            erasing: IdSet::default(),
-            next_id: 9001,
-        };
+        let snap = snap(ids.clone(), 9001);
         let sizes: Vec<Option<u64>> = ids
             .iter()
             .map(|&id| {
@@ -1229,11 +1214,7 @@ mod tests {
         std::fs::create_dir(s.path("dst")).unwrap();
         let same_dev = std::fs::metadata(&refdir).unwrap().dev()
             == std::fs::metadata(s.path("dst")).unwrap().dev();
-        let snap = Snapshot {
-            live: IdSet::new(vec![1]),
-            erasing: IdSet::default(),
-            next_id: 2,
-        };
+        let snap = snap(vec![1], 2);
         let a = area();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
