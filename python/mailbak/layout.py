@@ -12,6 +12,7 @@ and use ``/`` separators.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -244,6 +245,20 @@ def read_bounded(path: Path, limit: int, missing: Exception, error: Callable[[st
     if len(raw) > limit:
         raise error(f"{path}: larger than {limit} bytes")
     return raw
+
+
+def read_tagged_json(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception], kind: str, what: str) -> dict[str, Any]:
+    """A small JSON object of mailbak's own (a manifest, a repository marker): read with
+    ``read_bounded``, decoded, and refused unless it says ``"kind": kind``; ``what`` names it in
+    that refusal ("a mailbak manifest"). Each caller checks its own version field."""
+    raw = read_bounded(path, limit, missing, error)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: malformed JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        raise error(f"{path}: not {what} (no \"kind\": \"{kind}\")")
+    return doc
 
 
 def read_config(config_dir: Path) -> Config:

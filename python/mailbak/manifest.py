@@ -22,7 +22,7 @@ from typing import Any
 
 from mailbak.atomic import replace_file
 from mailbak.errors import ManifestError
-from mailbak.layout import read_bounded
+from mailbak.layout import read_tagged_json
 
 #: File name of the manifest inside a backup.
 MANIFEST = "mailbak.json"
@@ -56,13 +56,7 @@ def read(backup: Path) -> dict[str, Any]:
     ``failed`` mean to them); raises ManifestError."""
     path = backup / MANIFEST
     missing = ManifestError(f"{path}: no manifest: the backup is incomplete (interrupted, killed, or its disk filled up)", ManifestError.MISSING)
-    raw = read_bounded(path, MAX_BYTES, missing, ManifestError)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: malformed JSON: {e}") from e
-    if not isinstance(doc, dict) or doc.get("kind") != KIND:
-        raise ManifestError(f"{path}: not a mailbak manifest (no \"kind\": \"{KIND}\")")
+    doc = read_tagged_json(path, MAX_BYTES, missing, ManifestError, KIND, "a mailbak manifest")
     if doc.get("manifest_version") != MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest version {doc.get('manifest_version')!r} is not supported (this mailbak reads {MANIFEST_VERSION})")
     status = doc.get("status")

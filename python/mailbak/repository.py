@@ -40,7 +40,7 @@ from mailbak import manifest
 from mailbak.atomic import replace_file
 from mailbak.destdir import PRIVATE_DIR_MODE
 from mailbak.errors import ManifestError, UsageError
-from mailbak.layout import read_bounded
+from mailbak.layout import read_tagged_json
 from mailbak.report import rfc3339
 
 #: The marker file that makes a directory a repository.
@@ -260,13 +260,7 @@ class Repository:
             raise UsageError(f"{path}: not a mailbak repository (no {MARKER}); create one with `mailbak init DIR` in a new or empty directory")
         if not stat.S_ISREG(os.lstat(marker_path).st_mode):
             raise UsageError(f"{marker_path}: not a regular file")
-        raw = read_bounded(marker_path, MAX_MARKER_BYTES, UsageError(f"{marker_path}: missing"), UsageError)
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UsageError(f"{marker_path}: malformed JSON: {e}") from e
-        if not isinstance(doc, dict) or doc.get("kind") != KIND:
-            raise UsageError(f"{marker_path}: not a mailbak repository marker (no \"kind\": \"{KIND}\")")
+        doc = read_tagged_json(marker_path, MAX_MARKER_BYTES, UsageError(f"{marker_path}: missing"), UsageError, KIND, "a mailbak repository marker")
         if doc.get("format_version") != REPO_FORMAT:
             raise UsageError(f"{marker_path}: repository format {doc.get('format_version')!r} is not supported (this mailbak reads {REPO_FORMAT})")
         return cls(path, doc)
