@@ -47,14 +47,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402  (bench/ is not a package: run.py is imported by path)
-    ROOTS,
     SMOKE_MESSAGES,
     HarnessError,
     Places,
@@ -71,6 +69,7 @@ from run import (  # noqa: E402  (bench/ is not a package: run.py is imported by
     remove_tree,
     rss_cell,
     rss_floor_kib,
+    run_harness,
     run_once,
     settle,
     sizes_and_counts,
@@ -644,26 +643,7 @@ def main(argv: list[str]) -> int:
     if args.churn_child:
         print(json.dumps(churn(args.churn_child, args.seed, args.churn_block)))
         return 0
-    if args.smoke:
-        roots = {"disk": Path(tempfile.mkdtemp(prefix="mailbak-bench-repo-smoke-")), "tmpfs": Path(tempfile.mkdtemp(prefix="mailbak-bench-repo-smoke-", dir="/dev/shm"))}
-    else:
-        roots = ROOTS
-    try:
-        run(args, roots)
-    except HarnessError as e:
-        log(f"bench: error: {e}")
-        return 1
-    except subprocess.CalledProcessError as e:
-        log(f"bench: error: {shlex.join(map(str, e.cmd)) if isinstance(e.cmd, list) else e.cmd} exited with status {e.returncode}")
-        return 1
-    except KeyboardInterrupt:
-        log("bench: interrupted")
-        return 130
-    finally:
-        if args.smoke:
-            for root in roots.values():
-                remove_tree(root)
-    return 0
+    return run_harness(run, args, "mailbak-bench-repo-smoke-")
 
 
 if __name__ == "__main__":

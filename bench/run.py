@@ -569,18 +569,21 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     log_path.unlink(missing_ok=True)
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def run_harness(run_fn: Callable[[argparse.Namespace, dict[str, Path]], None], args: argparse.Namespace, smoke_prefix: str) -> int:
+    """Runs a harness (``run_fn(args, roots)``) and turns its failures into one line and an exit
+    status. With --smoke the roots are temporary directories for both locations (one on the
+    system temp dir, one on /dev/shm), removed afterwards whatever happens."""
     if args.smoke:
-        # Temporary roots for both locations (one on the system temp dir, one on /dev/shm),
-        # removed afterwards whatever happens.
-        roots = {"disk": Path(tempfile.mkdtemp(prefix="mailbak-bench-smoke-")), "tmpfs": Path(tempfile.mkdtemp(prefix="mailbak-bench-smoke-", dir="/dev/shm"))}
+        roots = {"disk": Path(tempfile.mkdtemp(prefix=smoke_prefix)), "tmpfs": Path(tempfile.mkdtemp(prefix=smoke_prefix, dir="/dev/shm"))}
     else:
         roots = ROOTS
     try:
-        run(args, roots)
+        run_fn(args, roots)
     except HarnessError as e:
         log(f"bench: error: {e}")
+        return 1
+    except subprocess.CalledProcessError as e:
+        log(f"bench: error: {shlex.join(map(str, e.cmd)) if isinstance(e.cmd, list) else e.cmd} exited with status {e.returncode}")
         return 1
     except KeyboardInterrupt:
         log("bench: interrupted")
@@ -590,6 +593,10 @@ def main(argv: list[str]) -> int:
             for root in roots.values():
                 remove_tree(root)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_harness(run, parse_args(argv), "mailbak-bench-smoke-")
 
 
 if __name__ == "__main__":
