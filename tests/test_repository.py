@@ -519,3 +519,34 @@ def test_link_dest_into_a_repository_snapshot_holds_that_repository(store, repo,
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
     assert manifest_of(shm_dir / "elsewhere")["reference"] == str(repo / snap)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("trash-symlink", ".trash: not a directory"),
+        ("repo-symlink", "is a symlink"),
+        ("repo-file", "not a directory, so not a repository"),
+        ("format", "repository format 99 is not supported"),
+    ],
+)
+def test_a_damaged_repository_is_bad_input_for_every_command(repo, template, tmp_path, damage, message):
+    fake_snapshot(repo, "2025-01-01 02:00", "ok", template)
+    fake_snapshot(repo, "2026-01-01 02:00", "ok", template)
+    target = repo
+    if damage == "trash-symlink":
+        (repo / ".trash").rmdir()
+        (repo / ".trash").symlink_to(tmp_path)
+    elif damage == "repo-symlink":
+        target = tmp_path / "link"
+        target.symlink_to(repo)
+    elif damage == "repo-file":
+        target = tmp_path / "file"
+        target.write_text("x")
+    else:
+        doc = json.loads((repo / MARKER).read_text())
+        (repo / MARKER).write_text(json.dumps({**doc, "format_version": 99}))
+    for args in (("snapshots",), ("prune", "--keep-last", "1")):
+        p = run_cli(*args, target)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+    assert len([n for n in os.listdir(repo) if repository.NAME_RE.match(n)]) == 2, "nothing removed"
