@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 RUST_SRC := $(wildcard rust/*.rs rust/*/*.rs) Cargo.toml Cargo.lock
 PY_META := pyproject.toml
 
-.PHONY: all setup system-deps dev release test test-rust test-python lint demo bench-smoke bench clean
+.PHONY: all setup system-deps dev release test test-fast test-rust test-python lint demo bench-smoke bench clean
 
 all: setup
 
@@ -45,6 +45,11 @@ test-rust:
 
 test-python: $(STAMP)
 	$(PY) -m pytest -q
+
+# The inner loop: every Python test but those marked slow (off-site through restic, the benchmark
+# smoke runs, the 200k-file hostile case); CI's `make test` runs everything.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m 'not slow'
 
 # The linters CI runs: rustfmt, clippy (the PyO3 glue included), ruff, and mypy's stubtest of the
 # hand-written stub against the built extension (type-only names are allowlisted).

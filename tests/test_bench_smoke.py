@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+#: Each runs the benchmark harness end to end on a small store.
+pytestmark = pytest.mark.slow
+
 RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 
 

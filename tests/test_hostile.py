@@ -42,6 +42,7 @@ def test_longest_names_and_trees_deeper_than_path_max(store, tmp_path):
     os.close(fd)
 
 
+@pytest.mark.slow
 def test_200k_unrecognized_files_in_one_directory(store, tmp_path):
     junk = store / "data" / "accounts" / "user0001" / "msg" / "junk"
     junk.mkdir()

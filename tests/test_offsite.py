@@ -27,6 +27,9 @@ from mailbak.offsite import RESTIC_UNLIMITED, ResticConfig, forget_args, redact
 from mailbak.retention import Duration, Policy
 from mailbak.store import Store
 
+#: restic's key derivation per call makes these the suite's slowest (about 100 s in all).
+pytestmark = pytest.mark.slow
+
 RESTIC = shutil.which("restic")
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 #: The password of every restic repository here; it must never show up in argv or output.
