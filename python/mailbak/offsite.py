@@ -239,8 +239,8 @@ class Restic:
                     continue
         raise ResticError(f"restic {what}: no JSON in its output")
 
-    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    def _run(self, argv: list[str], cwd: Path | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
         try:
             out, err = proc.communicate()
         except BaseException:
@@ -612,21 +612,42 @@ class OffsiteRestoreResult:
 def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *, jobs: int, verbose: bool = False) -> OffsiteRestoreResult:
     """Restores the off-site snapshot ``ref`` (see :func:`resolve`) into ``target`` (absent or
     empty) with restic, then verifies it as ``mailbak verify`` does. Raises UsageError (nothing
-    written), ResticError (restic failed; TARGET is incomplete) or Interrupted."""
-    from mailbak.destdir import check_destination
+    written), ResticError (restic failed; TARGET is incomplete) or Interrupted.
+
+    As ``mailbak restore`` does, TARGET is created or taken as root's alone (mode 0700) through a
+    descriptor, and restic and the verification reach it through that descriptor, never by its
+    name: whoever owns an empty TARGET, or the directory it is in, cannot plant a symlink that
+    has root's restic write (and the verification read) elsewhere. TARGET gets its owner and
+    mode back at the end (a TARGET created here stays root's, mode 0700, as restic makes it)."""
+    from mailbak.destdir import PRIVATE_DIR_MODE, check_destination
+    from mailbak.restore import give_back, held_path, hold_dir
     from mailbak.verify import Verify
 
     check_destination(target, action="restore")
     restic = Restic(config)
     snap = resolve(restic, ref)
-    reporter.phase("restore")
-    reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
-    p = restic._run(restic.command("restore", snap.id, "--target", os.path.abspath(target)))
-    if p.returncode != 0:
-        raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode)}; {target} is incomplete: delete it and restore again")
-    job = Verify(target, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
-    job.check()
-    status = job.run()
+    try:
+        if not os.path.lexists(target):
+            os.mkdir(target, PRIVATE_DIR_MODE)
+        fd, was = hold_dir(target)
+    except OSError as e:
+        raise UsageError(f"{target}: cannot write: {e.strerror}") from e
+    try:
+        where = held_path(fd, target)
+        reporter.phase("restore")
+        reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
+        pause("offsite_restore_target_held")  # tests attack TARGET here
+        p = restic._run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(fd,))
+        if p.returncode != 0:
+            raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode)}; {target} is incomplete: delete it and restore again")
+        job = Verify(where, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
+        job.check()
+        status = job.run()
+    finally:
+        try:
+            give_back(fd, *was)
+        finally:
+            os.close(fd)
     facts = job.facts(status)
     summary = {"status": status, "target": str(target), "restic_snapshot": snap.id, "snapshot": snap.snapshot, "verify": facts}
     reporter.summary(f"offsite restore {status}: {target}", summary, job.table())
