@@ -22,7 +22,7 @@ import pytest
 from conftest import json_lines, make_store, tree_listing
 from mailbak import repository
 from pausing import PausePoint
-from test_offsite import SNAP_A, Target, backup_into, make_target
+from test_offsite import SNAP_A, Target, backup_into, free_port, make_target, one_error_line
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -116,3 +116,34 @@ def test_offsite_restore_target_swapped_by_its_owner(pushed: Pushed, tmp_path: P
         moved = parent / "target.moved"
         assert tree_listing(moved) == expected
         assert target.is_symlink()
+
+
+# Finding 13: a repository URL restic cannot parse is repeated whole ----------------------------
+
+#: A password in a rest: URL, unencoded: restic's URL parser fails and quotes the whole URL
+#: (with a ``/``, it also quotes the part before the ``/`` as a port).
+URL_PASSWORD = "Tr0ub4dor{}horse"
+
+
+@pytest.mark.parametrize("sep", [" ", "/"])
+@pytest.mark.parametrize("how", ["option", "variable", "file"])
+def test_repository_url_with_an_unencoded_password_is_never_repeated(pushed: Pushed, tmp_path: Path, sep: str, how: str):
+    password = URL_PASSWORD.format(sep)
+    url = f"rest:https://mailbak:{password}@127.0.0.1:{free_port()}/repo"
+    env = {k: v for k, v in pushed.restic.env.items() if not k.startswith("RESTIC_REPOSITORY")}
+    args: list[str | Path] = []
+    if how == "option":
+        args = ["--restic-repo", url]
+    elif how == "variable":
+        env["RESTIC_REPOSITORY"] = url
+    else:
+        (tmp_path / "repository").write_text(url + "\n")
+        env["RESTIC_REPOSITORY_FILE"] = str(tmp_path / "repository")
+    for command in (["push", pushed.repo], ["push", "--json", pushed.repo], ["restore", SNAP_A, tmp_path / "back"]):
+        p = pushed.restic.cli("offsite", *command, *args, env=env)
+        assert p.returncode == 1, p.stdout + p.stderr
+        line = one_error_line(p.stderr)
+        # Still says what failed, and where, without the credentials.
+        assert "parsing repository location failed" in line and "127.0.0.1" in line, line
+        for secret in (password, "Tr0ub4dor", "horse"):
+            assert secret not in p.stdout + p.stderr, (command, p.stdout + p.stderr)

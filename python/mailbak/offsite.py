@@ -67,6 +67,9 @@ STDERR_LINES = 200
 #: restic errors on single files reported per push (further ones are only counted by restic).
 MAX_ERRORS = 100_000
 
+#: The most of RESTIC_REPOSITORY_FILE read (to take its repository out of repeated text).
+REPOSITORY_FILE_BYTES = 65_536
+
 #: restic's exit status when a snapshot was made but some files could not be read.
 RESTIC_INCOMPLETE = 3
 
@@ -80,11 +83,39 @@ class ResticError(Exception):
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+#: A configured repository URL with credentials: an optional backend prefix (``rest:``), the
+#: URL's scheme, its user information (up to the last ``@``: a password may hold anything) and
+#: the rest.
+_URL_WITH_CREDENTIALS = re.compile(r"^(?P<backend>[a-z0-9]+:)?(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>.*)@(?P<rest>[^@]*)$", re.DOTALL)
 
 
-def redact(text: str) -> str:
+def hidden_forms(repo: str) -> list[tuple[str, str]]:
+    """(text, replacement) pairs that take the credentials of the configured repository ``repo``
+    out of a text, longest first. The URL pattern of :func:`redact` stops at a space or a ``/``,
+    which a password may hold unencoded; restic then fails to parse the URL and its message
+    quotes the whole of it (without the backend prefix), and with a ``/``, the part of the
+    password before it as a port."""
+    m = _URL_WITH_CREDENTIALS.match(repo.strip())
+    if m is None:
+        return []
+    backend, scheme, userinfo, rest = (m.group(k) or "" for k in ("backend", "scheme", "userinfo", "rest"))
+    pairs = [(repo.strip(), f"{backend}{scheme}***@{rest}"), (f"{scheme}{userinfo}@{rest}", f"{scheme}***@{rest}")]
+    _, _, password = userinfo.partition(":")
+    if password:
+        pairs += [(userinfo, "***"), (password, "***")]
+        head = password.split("/", 1)[0]
+        if head and head != password:
+            pairs.append((f":{head}", ":***"))
+    return sorted({p for p in pairs if p[0]}, key=lambda p: -len(p[0]))
+
+
+def redact(text: str, repos: tuple[str, ...] = ()) -> str:
     """``text`` without the user and password of any URL in it (``rest:https://u:p@host/``
-    becomes ``rest:https://***@host/``): restic repeats the repository in some messages."""
+    becomes ``rest:https://***@host/``), nor those of the configured repositories ``repos``
+    (:func:`hidden_forms`): restic repeats the repository in some messages."""
+    for repo in repos:
+        for secret, safe in hidden_forms(repo):
+            text = text.replace(secret, safe)
     return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
@@ -211,6 +242,23 @@ def repo_tag(repo: Repository) -> str:
     return REPO_TAG + re.sub(r"[^A-Za-z0-9._:+-]", "_", ident)
 
 
+def configured_repos(env: dict[str, str]) -> tuple[str, ...]:
+    """The repository strings restic's environment ``env`` configures: ``RESTIC_REPOSITORY``
+    and the content of ``RESTIC_REPOSITORY_FILE`` (as restic reads it: trimmed), for
+    :func:`redact`. An unreadable file gives nothing (restic then says why)."""
+    from mailbak.layout import read_bounded
+
+    repos = [env["RESTIC_REPOSITORY"]] if env.get("RESTIC_REPOSITORY") else []
+    if env.get("RESTIC_REPOSITORY_FILE"):
+        try:
+            raw = read_bounded(Path(env["RESTIC_REPOSITORY_FILE"]), REPOSITORY_FILE_BYTES, UsageError("absent"), UsageError)
+        except UsageError:
+            raw = b""
+        if raw.strip():
+            repos.append(raw.decode("utf-8", "replace").strip())
+    return tuple(repos)
+
+
 # Running restic --------------------------------------------------------------------------------
 
 
@@ -221,6 +269,8 @@ class Restic:
         self.binary = find_restic()
         self.env = config.environment()
         self.options = [a for o in config.options for a in ("-o", o)]
+        #: The configured repository strings, taken out of every text of restic's repeated.
+        self.repos = configured_repos(self.env)
 
     def command(self, *args: str) -> list[str]:
         return [self.binary, *self.options, *args]
@@ -230,7 +280,7 @@ class Restic:
         is a JSON document). Raises ResticError naming ``what`` failed."""
         p = self._run(self.command("--json", *args))
         if p.returncode != 0:
-            raise ResticError(f"restic {what} failed: {error_line(p.stderr, p.returncode)}")
+            raise ResticError(f"restic {what} failed: {error_line(p.stderr, p.returncode, self.repos)}")
         for line in p.stdout.splitlines():
             if line.startswith(("[", "{")):
                 try:
@@ -257,9 +307,9 @@ class Restic:
         return snaps
 
 
-def error_line(stderr: str, status: int) -> str:
+def error_line(stderr: str, status: int, repos: tuple[str, ...] = ()) -> str:
     """The one line that says why restic failed: its last ``Fatal:`` line, else its last line,
-    credentials removed."""
+    credentials removed (those of the configured repositories ``repos`` too: :func:`redact`)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     fatal = [ln for ln in lines if ln.startswith("Fatal:")]
     text = (fatal or lines or [f"exit status {status}"])[-1]
@@ -274,7 +324,7 @@ def error_line(stderr: str, status: int) -> str:
     ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
     if ignored and re.match(r"^There were \d+ errors$", text):
         text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
-    return redact(f"{text} (restic exit status {status})")
+    return redact(f"{text} (restic exit status {status})", repos)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -468,10 +518,10 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         item = doc.get("item") or None
         if isinstance(item, str) and item.startswith(f"{abs_snap}/"):
             item = item[len(abs_snap) + 1 :]  # the snapshot's own paths, as verify names them
-        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}"))
+        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}", restic.repos))
     status = proc.returncode
     if status != 0 and not (status == RESTIC_INCOMPLETE and summary):
-        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status)}; nothing was stored off-site, nothing local changed")
+        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status, restic.repos)}; nothing was stored off-site, nothing local changed")
     assert summary is not None
     restic_id = summary.get("snapshot_id")
     state = "ok"
@@ -481,7 +531,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         reporter.error("restic_incomplete", str(snap.path), "restic could not read some files; its snapshot is removed, push again once they are readable")
         p = restic._run(restic.command("forget", str(restic_id)))
         if p.returncode != 0:
-            reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode)}")
+            reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode, restic.repos)}")
         restic_id = None
     count = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
     result = PushResult(
@@ -639,7 +689,7 @@ def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *,
         pause("offsite_restore_target_held")  # tests attack TARGET here
         p = restic._run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(fd,))
         if p.returncode != 0:
-            raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode)}; {target} is incomplete: delete it and restore again")
+            raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode, restic.repos)}; {target} is incomplete: delete it and restore again")
         job = Verify(where, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
         job.check()
         status = job.run()
@@ -657,7 +707,7 @@ def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *,
 def _unlock(restic: Restic) -> None:
     p = restic._run(restic.command("unlock"))
     if p.returncode != 0:
-        raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode)}")
+        raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode, restic.repos)}")
 
 
 # Prune -----------------------------------------------------------------------------------------
