@@ -147,3 +147,33 @@ def test_repository_url_with_an_unencoded_password_is_never_repeated(pushed: Pus
         assert "parsing repository location failed" in line and "127.0.0.1" in line, line
         for secret in (password, "Tr0ub4dor", "horse"):
             assert secret not in p.stdout + p.stderr, (command, p.stdout + p.stderr)
+
+
+# Finding 14: a failed push reaches monitoring --------------------------------------------------
+
+
+def test_failed_push_is_counted_and_pinged_with_its_reason(pushed: Pushed, tmp_path: Path):
+    from prometheus_client.parser import text_string_to_metric_families
+    from test_monitor import SECRET, PingServer
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password\n")
+    prom = tmp_path / "offsite.prom"
+    pings = PingServer()
+    try:
+        p = pushed.restic.cli("offsite", "push", "--password-file", wrong, "--metrics-file", prom, "--ping-url", pings.url, pushed.repo)
+        j = pushed.restic.cli("offsite", "push", "--json", "--password-file", wrong, pushed.repo)
+    finally:
+        pings.close()
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "wrong password" in one_error_line(p.stderr)
+    # People see the reason once, as before.
+    assert p.stderr.count("wrong password") == 1, p.stderr
+    assert [(m, path) for m, path, _ in pings.requests] == [("GET", f"/ping/{SECRET}/start"), ("POST", f"/ping/{SECRET}/1")]
+    assert b"wrong password" in pings.requests[-1][2], pings.requests[-1][2]
+    value = {f.name: s.value for f in text_string_to_metric_families(prom.read_text()) for s in f.samples if not s.labels.get("kind")}
+    assert (value["mailbak_success"], value["mailbak_exit_status"], value["mailbak_errors"]) == (0, 1, 1), value
+    # --json: one error event, as before.
+    assert j.returncode == 1, j.stdout + j.stderr
+    errors = [o for o in json_lines(j.stdout) if o["message_type"] == "error"]
+    assert len(errors) == 1 and errors[0]["code"] == "restic" and "wrong password" in errors[0]["cause"], j.stdout
