@@ -507,6 +507,16 @@ def restic_options(f):
     return f
 
 
+def fail_run(reporter, code: str, text: str) -> NoReturn:
+    """A failed run: one error line, exit status 1. The error also goes through the reporter,
+    so that it is counted and reaches --json output and a monitor (the ping's body, the metrics
+    file's error count); a display for people does not repeat it."""
+    reporter.error(code, None, text, final=True)
+    reporter.close()
+    click.echo(f"mailbak: error: {text}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
 def offsite_run(reporter, fn, *, left_behind: str) -> NoReturn:
     """Runs an offsite command's function and maps its outcome to the exit status: 0 ok or
     clean, 1 failed (restic failed, problems found), 2 bad usage (restic missing included),
@@ -521,23 +531,12 @@ def offsite_run(reporter, fn, *, left_behind: str) -> NoReturn:
     except Interrupted as e:
         stop_interrupted(reporter, e, left_behind)
     except ResticError as e:
-        from mailbak.report import JsonReporter
-
-        if isinstance(reporter, JsonReporter):
-            # JSON consumers get it as an event too; people get the one line below.
-            reporter.error("restic", None, str(e))
-        reporter.close()
-        click.echo(f"mailbak: error: {e}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail_run(reporter, "restic", str(e))
     except DestinationFull as e:
-        reporter.close()
-        click.echo(f"mailbak: error: {e.what}: {e}; {left_behind}", err=True)
-        sys.exit(EXIT_FAILED)
+        fail_run(reporter, "no_space", f"{e.what}: {e}; {left_behind}")
     except OSError as e:
-        reporter.close()
-        where = f" {e.filename}:" if e.filename else ""
-        click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
-        sys.exit(EXIT_FAILED)
+        where = f"{e.filename}: " if e.filename else ""
+        fail_run(reporter, "os_error", f"{where}{e.strerror or e}; {left_behind}")
     reporter.close()
     sys.exit(EXIT_OK if status in ("ok", "clean") else EXIT_FAILED)
 

@@ -67,6 +67,9 @@ STDERR_LINES = 200
 #: restic errors on single files reported per push (further ones are only counted by restic).
 MAX_ERRORS = 100_000
 
+#: The most of RESTIC_REPOSITORY_FILE read (to take its repository out of repeated text).
+REPOSITORY_FILE_BYTES = 65_536
+
 #: restic's exit status when a snapshot was made but some files could not be read.
 RESTIC_INCOMPLETE = 3
 
@@ -80,11 +83,39 @@ class ResticError(Exception):
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+#: A configured repository URL with credentials: an optional backend prefix (``rest:``), the
+#: URL's scheme, its user information (up to the last ``@``: a password may hold anything) and
+#: the rest.
+_URL_WITH_CREDENTIALS = re.compile(r"^(?P<backend>[a-z0-9]+:)?(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>.*)@(?P<rest>[^@]*)$", re.DOTALL)
 
 
-def redact(text: str) -> str:
+def hidden_forms(repo: str) -> list[tuple[str, str]]:
+    """(text, replacement) pairs that take the credentials of the configured repository ``repo``
+    out of a text, longest first. The URL pattern of :func:`redact` stops at a space or a ``/``,
+    which a password may hold unencoded; restic then fails to parse the URL and its message
+    quotes the whole of it (without the backend prefix), and with a ``/``, the part of the
+    password before it as a port."""
+    m = _URL_WITH_CREDENTIALS.match(repo.strip())
+    if m is None:
+        return []
+    backend, scheme, userinfo, rest = (m.group(k) or "" for k in ("backend", "scheme", "userinfo", "rest"))
+    pairs = [(repo.strip(), f"{backend}{scheme}***@{rest}"), (f"{scheme}{userinfo}@{rest}", f"{scheme}***@{rest}")]
+    _, _, password = userinfo.partition(":")
+    if password:
+        pairs += [(userinfo, "***"), (password, "***")]
+        head = password.split("/", 1)[0]
+        if head and head != password:
+            pairs.append((f":{head}", ":***"))
+    return sorted({p for p in pairs if p[0]}, key=lambda p: -len(p[0]))
+
+
+def redact(text: str, repos: tuple[str, ...] = ()) -> str:
     """``text`` without the user and password of any URL in it (``rest:https://u:p@host/``
-    becomes ``rest:https://***@host/``): restic repeats the repository in some messages."""
+    becomes ``rest:https://***@host/``), nor those of the configured repositories ``repos``
+    (:func:`hidden_forms`): restic repeats the repository in some messages."""
+    for repo in repos:
+        for secret, safe in hidden_forms(repo):
+            text = text.replace(secret, safe)
     return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
@@ -211,6 +242,23 @@ def repo_tag(repo: Repository) -> str:
     return REPO_TAG + re.sub(r"[^A-Za-z0-9._:+-]", "_", ident)
 
 
+def configured_repos(env: dict[str, str]) -> tuple[str, ...]:
+    """The repository strings restic's environment ``env`` configures: ``RESTIC_REPOSITORY``
+    and the content of ``RESTIC_REPOSITORY_FILE`` (as restic reads it: trimmed), for
+    :func:`redact`. An unreadable file gives nothing (restic then says why)."""
+    from mailbak.layout import read_bounded
+
+    repos = [env["RESTIC_REPOSITORY"]] if env.get("RESTIC_REPOSITORY") else []
+    if env.get("RESTIC_REPOSITORY_FILE"):
+        try:
+            raw = read_bounded(Path(env["RESTIC_REPOSITORY_FILE"]), REPOSITORY_FILE_BYTES, UsageError("absent"), UsageError)
+        except UsageError:
+            raw = b""
+        if raw.strip():
+            repos.append(raw.decode("utf-8", "replace").strip())
+    return tuple(repos)
+
+
 # Running restic --------------------------------------------------------------------------------
 
 
@@ -221,6 +269,8 @@ class Restic:
         self.binary = find_restic()
         self.env = config.environment()
         self.options = [a for o in config.options for a in ("-o", o)]
+        #: The configured repository strings, taken out of every text of restic's repeated.
+        self.repos = configured_repos(self.env)
 
     def command(self, *args: str) -> list[str]:
         return [self.binary, *self.options, *args]
@@ -230,7 +280,7 @@ class Restic:
         is a JSON document). Raises ResticError naming ``what`` failed."""
         p = self._run(self.command("--json", *args))
         if p.returncode != 0:
-            raise ResticError(f"restic {what} failed: {error_line(p.stderr, p.returncode)}")
+            raise ResticError(f"restic {what} failed: {error_line(p.stderr, p.returncode, self.repos)}")
         for line in p.stdout.splitlines():
             if line.startswith(("[", "{")):
                 try:
@@ -239,8 +289,8 @@ class Restic:
                     continue
         raise ResticError(f"restic {what}: no JSON in its output")
 
-    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    def _run(self, argv: list[str], cwd: Path | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
         try:
             out, err = proc.communicate()
         except BaseException:
@@ -257,9 +307,9 @@ class Restic:
         return snaps
 
 
-def error_line(stderr: str, status: int) -> str:
+def error_line(stderr: str, status: int, repos: tuple[str, ...] = ()) -> str:
     """The one line that says why restic failed: its last ``Fatal:`` line, else its last line,
-    credentials removed."""
+    credentials removed (those of the configured repositories ``repos`` too: :func:`redact`)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     fatal = [ln for ln in lines if ln.startswith("Fatal:")]
     text = (fatal or lines or [f"exit status {status}"])[-1]
@@ -274,7 +324,7 @@ def error_line(stderr: str, status: int) -> str:
     ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
     if ignored and re.match(r"^There were \d+ errors$", text):
         text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
-    return redact(f"{text} (restic exit status {status})")
+    return redact(f"{text} (restic exit status {status})", repos)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -468,10 +518,10 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         item = doc.get("item") or None
         if isinstance(item, str) and item.startswith(f"{abs_snap}/"):
             item = item[len(abs_snap) + 1 :]  # the snapshot's own paths, as verify names them
-        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}"))
+        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}", restic.repos))
     status = proc.returncode
     if status != 0 and not (status == RESTIC_INCOMPLETE and summary):
-        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status)}; nothing was stored off-site, nothing local changed")
+        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status, restic.repos)}; nothing was stored off-site, nothing local changed")
     assert summary is not None
     restic_id = summary.get("snapshot_id")
     state = "ok"
@@ -481,7 +531,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         reporter.error("restic_incomplete", str(snap.path), "restic could not read some files; its snapshot is removed, push again once they are readable")
         p = restic._run(restic.command("forget", str(restic_id)))
         if p.returncode != 0:
-            reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode)}")
+            reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode, restic.repos)}")
         restic_id = None
     count = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
     result = PushResult(
@@ -612,21 +662,42 @@ class OffsiteRestoreResult:
 def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *, jobs: int, verbose: bool = False) -> OffsiteRestoreResult:
     """Restores the off-site snapshot ``ref`` (see :func:`resolve`) into ``target`` (absent or
     empty) with restic, then verifies it as ``mailbak verify`` does. Raises UsageError (nothing
-    written), ResticError (restic failed; TARGET is incomplete) or Interrupted."""
-    from mailbak.destdir import check_destination
+    written), ResticError (restic failed; TARGET is incomplete) or Interrupted.
+
+    As ``mailbak restore`` does, TARGET is created or taken as root's alone (mode 0700) through a
+    descriptor, and restic and the verification reach it through that descriptor, never by its
+    name: whoever owns an empty TARGET, or the directory it is in, cannot plant a symlink that
+    has root's restic write (and the verification read) elsewhere. TARGET gets its owner and
+    mode back at the end (a TARGET created here stays root's, mode 0700, as restic makes it)."""
+    from mailbak.destdir import PRIVATE_DIR_MODE, check_destination
+    from mailbak.restore import give_back, held_path, hold_dir
     from mailbak.verify import Verify
 
     check_destination(target, action="restore")
     restic = Restic(config)
     snap = resolve(restic, ref)
-    reporter.phase("restore")
-    reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
-    p = restic._run(restic.command("restore", snap.id, "--target", os.path.abspath(target)))
-    if p.returncode != 0:
-        raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode)}; {target} is incomplete: delete it and restore again")
-    job = Verify(target, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
-    job.check()
-    status = job.run()
+    try:
+        if not os.path.lexists(target):
+            os.mkdir(target, PRIVATE_DIR_MODE)
+        fd, was = hold_dir(target)
+    except OSError as e:
+        raise UsageError(f"{target}: cannot write: {e.strerror}") from e
+    try:
+        where = held_path(fd, target)
+        reporter.phase("restore")
+        reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
+        pause("offsite_restore_target_held")  # tests attack TARGET here
+        p = restic._run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(fd,))
+        if p.returncode != 0:
+            raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode, restic.repos)}; {target} is incomplete: delete it and restore again")
+        job = Verify(where, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
+        job.check()
+        status = job.run()
+    finally:
+        try:
+            give_back(fd, *was)
+        finally:
+            os.close(fd)
     facts = job.facts(status)
     summary = {"status": status, "target": str(target), "restic_snapshot": snap.id, "snapshot": snap.snapshot, "verify": facts}
     reporter.summary(f"offsite restore {status}: {target}", summary, job.table())
@@ -636,7 +707,7 @@ def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *,
 def _unlock(restic: Restic) -> None:
     p = restic._run(restic.command("unlock"))
     if p.returncode != 0:
-        raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode)}")
+        raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode, restic.repos)}")
 
 
 # Prune -----------------------------------------------------------------------------------------

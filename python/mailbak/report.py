@@ -39,6 +39,10 @@ class Event:
     path: bytes | None
     detail: str
     errno: int = 0
+    #: The error that ends the run, which the command prints itself as its one ``mailbak:
+    #: error:`` line: counted, in --json output and in the monitor's log like every error, but
+    #: not repeated on a display for people.
+    final: bool = False
 
     def line(self) -> str:
         where = f"{escape_path(self.path)}: " if self.path is not None else ""
@@ -88,8 +92,8 @@ class Reporter:
     def warn(self, code: str, path: bytes | str | None, detail: str) -> None:
         self.event(Event("warning", code, _b(path), detail))
 
-    def error(self, code: str, path: bytes | str | None, detail: str) -> None:
-        self.event(Event("error", code, _b(path), detail))
+    def error(self, code: str, path: bytes | str | None, detail: str, *, final: bool = False) -> None:
+        self.event(Event("error", code, _b(path), detail, final=final))
 
     def message(self, text: str) -> None:
         """A line of human prose (nothing in JSON mode)."""
@@ -148,6 +152,8 @@ class PlainReporter(Reporter):
         self._last_status = 0.0
 
     def _wants(self, ev: Event) -> bool:
+        if ev.final:
+            return False  # the command prints it as its last line
         if ev.severity == "error":
             return True
         if self.quiet:

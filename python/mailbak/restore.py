@@ -45,6 +45,42 @@ def _entries(path: Path) -> list[Path]:
         return []
 
 
+def hold_dir(path: Path) -> tuple[int, tuple[int, int, int]]:
+    """A descriptor of the directory ``path`` (never through a symlink), made root's alone
+    (owner root, mode 0700) while root writes into it, and its former (uid, gid, mode) for
+    :func:`give_back`. Whoever owned an existing empty target (or can rename it in its parent)
+    could otherwise plant a symlink in it, or swap it for one, between its check and its use,
+    and have root write elsewhere; writes go through :func:`held_path` from now on. Run as
+    another user, only the descriptor is taken. Raises OSError, or UsageError when something was
+    created in it meanwhile."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, PRIVATE_DIR_MODE)
+            if os.listdir(fd):
+                raise UsageError(f"{path}: something was created in the target while restore was starting; restore elsewhere")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, was
+
+
+def held_path(fd: int, path: Path) -> Path:
+    """The path that names the directory of descriptor ``fd`` itself (``/proc/self/fd/N``);
+    ``path`` without procfs."""
+    return PROC_FD / str(fd) if PROC_FD.is_dir() else path
+
+
+def give_back(fd: int, uid: int, gid: int, mode: int) -> None:
+    """Gives a directory held by :func:`hold_dir` its owner (as root) and mode."""
+    if os.geteuid() == 0:
+        os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode)
+
+
 class Restore:
     """One run of ``mailbak restore``."""
 
@@ -164,21 +200,10 @@ class Restore:
             self.reporter.warn("owners", str(self.backup), f"the backup's files belong to {who}; restored as uid {os.geteuid()}, since only root can keep their owners")
 
     def hold_target(self) -> None:
-        """Makes STORE root's alone (owner root, mode 0700) while restore writes into it, and
-        names it through a descriptor from now on (``self.target``). Whoever owned an existing
-        empty STORE (or can rename it) could otherwise swap a directory restore creates for a
-        symlink between its creation and its use, and have root write elsewhere. Run as
-        another user, only the descriptor is taken."""
-        fd = os.open(self.store, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self.store_fd = fd
-        st = os.fstat(fd)
-        self.store_was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-        if os.geteuid() == 0:
-            os.fchown(fd, 0, 0)
-            os.fchmod(fd, PRIVATE_DIR_MODE)
-            if os.listdir(fd):
-                raise UsageError(f"{self.store}: something was created in the target while restore was starting; restore elsewhere")
-        self.target = PROC_FD / str(fd) if PROC_FD.is_dir() else self.store
+        """Makes STORE root's alone while restore writes into it (:func:`hold_dir`), and names it
+        through a descriptor from now on (``self.target``)."""
+        self.store_fd, self.store_was = hold_dir(self.store)
+        self.target = held_path(self.store_fd, self.store)
 
     def give_store_root(self) -> None:
         """Once nothing more is written into STORE as root: a STORE this run created gets the
@@ -193,9 +218,7 @@ class Restore:
                 uid, gid, mode = st.st_uid, st.st_gid, DEFAULT_DIR_MODE
             else:
                 uid, gid, mode = self.store_was
-            if os.geteuid() == 0:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
+            give_back(fd, uid, gid, mode)
         finally:
             os.close(fd)
             self.store_fd = None
