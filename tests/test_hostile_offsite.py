@@ -24,6 +24,9 @@ from mailbak import repository
 from pausing import PausePoint
 from test_offsite import SNAP_A, Target, backup_into, free_port, make_target, one_error_line
 
+#: Each drives restic, as test_offsite.py's tests do.
+pytestmark = pytest.mark.slow
+
 NOBODY = pwd.getpwnam("nobody")
 
 
