@@ -16,6 +16,12 @@
 //! never compared (linking changes the one, a restore the other). When that link fails (EMLINK
 //! at ext4's 65,000 links, EPERM, ...) the file is copied and counted as a link fallback.
 //!
+//! Size and mtime do not tell a file rewritten in the clock tick the reference copied it in
+//! from the copy: its mtime stays the same, and every later backup would reuse the stale copy
+//! ("racily clean", as git calls it). So a reference file whose mtime is not older than the
+//! caller's cutoff ([`LinkPolicy::with_reuse_cutoff`]: the reference's start less a margin for
+//! coarse timestamps) is never reused: the file is copied from the store.
+//!
 //! Copies try, in order, a reflink (`FICLONE`: btrfs, XFS), `copy_file_range`, then a read/write
 //! loop. What the kernel refused is remembered process-wide per (source `st_dev`, destination
 //! `st_dev`) pair ([`Caps`]), so that a million files do not each retry a failing call. A copy
@@ -137,6 +143,9 @@ pub struct LinkPolicy {
     /// Whether `linkat(fd, "", ..., AT_EMPTY_PATH)` works (it needs CAP_DAC_READ_SEARCH); false
     /// once refused, then reuse links by name and checks what it linked (see `reuse`).
     empty_path_links: AtomicBool,
+    /// Reference files whose mtime (nanoseconds since the epoch) is at or after this are never
+    /// reused (see the module doc); None: no such bound.
+    reuse_cutoff: Option<i64>,
 }
 
 /// Why a file about to be copied was not linked (counted as a fallback when Some).
@@ -165,6 +174,16 @@ impl LinkPolicy {
             dst_setgid: true,
             umask: umask(),
             empty_path_links: AtomicBool::new(true),
+            reuse_cutoff: None,
+        }
+    }
+
+    /// The same policy, never reusing a reference file whose mtime is at or after `cutoff`
+    /// (nanoseconds since the epoch; see the module doc).
+    pub fn with_reuse_cutoff(self, cutoff: Option<i64>) -> Self {
+        LinkPolicy {
+            reuse_cutoff: cutoff,
+            ..self
         }
     }
 
@@ -330,7 +349,12 @@ impl LinkPolicy {
         let Ok(sst) = rfs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW) else {
             return Ok(None);
         };
-        if !same_file(&sst, &rst, self.as_root) || want.is_some_and(|w| w != sst.st_size as u64) {
+        if !same_file(&sst, &rst, self.as_root)
+            || want.is_some_and(|w| w != sst.st_size as u64)
+            || self
+                .reuse_cutoff
+                .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
+        {
             return Ok(None);
         }
         if self.empty_path_links.load(Ordering::Relaxed) {
@@ -490,6 +514,13 @@ fn same_file(s: &rfs::Stat, r: &rfs::Stat, as_root: bool) -> bool {
         && (!as_root || (s.st_uid, s.st_gid) == (r.st_uid, r.st_gid))
 }
 
+/// A file's mtime in nanoseconds since the epoch (i128: no overflow whatever the file says).
+fn mtime_ns(st: &rfs::Stat) -> i128 {
+    #[allow(clippy::unnecessary_cast)] // the fields' types differ between targets
+    let (sec, nsec) = (st.st_mtime as i128, st.st_mtime_nsec as i128);
+    sec * 1_000_000_000 + nsec
+}
+
 /// The metadata calls one copy needs.
 struct Plan {
     /// The mode the copy is created with.
@@ -636,6 +667,58 @@ mod tests {
             let b = std::fs::metadata(s.path(&format!("dst/{n}"))).unwrap();
             assert_eq!(a.ino(), b.ino(), "{n} is the reference's inode");
             assert_eq!(p.fallbacks(), 0);
+        }
+    }
+
+    #[test]
+    fn reference_files_not_older_than_the_cutoff_are_copied_not_reused() {
+        // A file rewritten in the tick the reference copied it in keeps size and mtime: from
+        // the cutoff on, the store's bytes are copied; before it, the reference is reused.
+        let s = Scratch::new("racy");
+        let (src, dst) = dirs(&s);
+        std::fs::create_dir_all(s.path("ref")).unwrap();
+        let refd = open_dir(&s.path("ref")).unwrap();
+        let mtime = |name: &str| {
+            let m = std::fs::metadata(s.path(name)).unwrap();
+            m.mtime() * 1_000_000_000 + m.mtime_nsec()
+        };
+        s.file("src/f", b"old bytes");
+        LinkPolicy::new(true)
+            .copy(src.as_fd(), refd.as_fd(), c"f")
+            .unwrap();
+        let t = mtime("src/f");
+        s.file("src/f", b"new bytes");
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: t.div_euclid(1_000_000_000),
+                tv_nsec: t.rem_euclid(1_000_000_000) as _,
+            },
+            last_modification: Timespec {
+                tv_sec: t.div_euclid(1_000_000_000),
+                tv_nsec: t.rem_euclid(1_000_000_000) as _,
+            },
+        };
+        rfs::utimensat(&src, c"f", &times, AtFlags::empty()).unwrap();
+        assert_eq!(mtime("src/f"), mtime("ref/f"));
+        for (cutoff, reused) in [(None, true), (Some(t + 1), true), (Some(t), false)] {
+            let _ = std::fs::remove_file(s.path("dst/f"));
+            let p = LinkPolicy::new(false).with_reuse_cutoff(cutoff);
+            let placed = p
+                .place_plain(src.as_fd(), dst.as_fd(), c"f", Some(refd.as_fd()))
+                .unwrap();
+            let bytes = std::fs::read(s.path("dst/f")).unwrap();
+            if reused {
+                assert_eq!(placed, Placed::Reused(9), "cutoff {cutoff:?}");
+                assert_eq!(bytes, b"old bytes");
+            } else {
+                assert!(matches!(placed, Placed::Copied(9) | Placed::Reflinked(9)));
+                assert_eq!(bytes, b"new bytes");
+                assert_eq!(
+                    p.fallbacks(),
+                    0,
+                    "a racy file is a plain copy, not a fallback"
+                );
+            }
         }
     }
 

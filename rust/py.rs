@@ -294,7 +294,7 @@ impl AreaArgs<'_> {
 /// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
 /// left out (a backup never holds one).
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None))]
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None))]
 #[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
@@ -305,6 +305,7 @@ fn backup_areas<'py>(
     root: Option<i32>,
     skip: Vec<(u64, u64)>,
     reference: Option<PathBuf>,
+    reference_cutoff: Option<i64>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas = areas
         .iter()
@@ -326,6 +327,7 @@ fn backup_areas<'py>(
             skip_locks: true,
         },
         reference: reference.map(|r| open_root(None, &r)).transpose()?,
+        reference_cutoff,
     };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || transfer::backup_areas(&areas, &opts, &p))?;
@@ -336,7 +338,7 @@ fn backup_areas<'py>(
 /// `root`, `src` is relative to that directory descriptor. `skip`: directories never entered,
 /// by `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None))]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None, reference_cutoff = None))]
 #[allow(clippy::too_many_arguments)]
 fn copy_tree<'py>(
     py: Python<'py>,
@@ -352,6 +354,7 @@ fn copy_tree<'py>(
     skip: Vec<(u64, u64)>,
     skip_locks: bool,
     reference: Option<PathBuf>,
+    reference_cutoff: Option<i64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let job = TreeCopy {
         prefix,
@@ -363,6 +366,7 @@ fn copy_tree<'py>(
         force_copy,
         fence: Fence { skip, skip_locks },
         reference: reference.map(|r| open_root(None, &r)).transpose()?,
+        reference_cutoff,
     };
     let root = anchor(root)?;
     let (src, dst) = (open_root(root.as_ref(), &src)?, open_root(None, &dst)?);

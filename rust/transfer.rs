@@ -61,6 +61,9 @@ pub struct BackupOptions {
     /// The root of an earlier complete backup to reuse unchanged files from; each area's tree
     /// in it is at the area's `prefix` (see `linkcopy.rs`).
     pub reference: Option<OwnedFd>,
+    /// Reference files with an mtime at or after this (ns since the epoch) are copied, never
+    /// reused ([`LinkPolicy::with_reuse_cutoff`]).
+    pub reference_cutoff: Option<i64>,
 }
 
 /// The directory `prefix` below reference root `r`, opened without following a symlink at
@@ -114,7 +117,8 @@ pub fn backup_areas(
                     src.as_fd(),
                     dst.as_fd(),
                     opts.reference.is_some(),
-                );
+                )
+                .with_reuse_cutoff(opts.reference_cutoff);
                 AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
                     .with_fence(&opts.fence)
                     .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
@@ -141,6 +145,8 @@ pub struct TreeCopy {
     /// The root of an earlier complete backup; the tree in it is at `prefix` (see
     /// [`BackupOptions::reference`]).
     pub reference: Option<OwnedFd>,
+    /// As [`BackupOptions::reference_cutoff`].
+    pub reference_cutoff: Option<i64>,
 }
 
 /// Copies the tree `src` into `dst` in the current rayon pool.
@@ -151,7 +157,8 @@ pub fn copy_tree(src: OwnedFd, dst: OwnedFd, job: &TreeCopy, progress: &Progress
         src.as_fd(),
         dst.as_fd(),
         job.reference.is_some(),
-    );
+    )
+    .with_reuse_cutoff(job.reference_cutoff);
     PlainCopy::new(job.messages.as_ref(), &policy, &sink)
         .with_fence(&job.fence)
         .with_reference(reference_below(job.reference.as_ref(), &job.prefix))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, run_cli
+from conftest import CLI_ENV, make_store, run_cli
 from mailbak import _engine
 
 #: The installed `mailbak` script (completion is keyed to the program's name).
@@ -156,3 +156,81 @@ def test_hardlinks_failing_across_a_bind_mount_get_the_mount_hint(store, tmp_pat
     assert "hardlinks are not possible (Invalid cross-device link)" in p.stderr
     assert "same file system but reached through different mounts" in p.stderr
     assert "DEST on the same file system as the store makes backups nearly free" not in p.stderr
+
+
+# Least privilege of the units (issue 18.15) ----------------------------------------------------
+
+SERVICES = ("mailbak-backup@.service", "mailbak-prune@.service")
+
+
+def unit_setting(unit: str, key: str) -> str:
+    """The value of the unit's one line ``KEY=value``."""
+    [value] = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(f"{key}=")]
+    return value
+
+
+def exposure(path: Path) -> tuple[int, float]:
+    """(exit status of `systemd-analyze security --threshold=30`, the overall exposure it prints)."""
+    p = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=30", "--no-pager", str(path)], capture_output=True, text=True, timeout=60, cwd=path.parent)
+    line = next(line for line in p.stdout.splitlines() if "Overall exposure level" in line)
+    return p.returncode, float(line.split(": ", 1)[1].split()[0])
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_services_expose_little_to_systemd_analyze_security(tmp_path, name):
+    """Each service keeps only the capabilities and system calls mailbak uses: exposure at most
+    3.0 (it was 5.5 with every capability and system call)."""
+    unit = printed(name)
+    path = tmp_path / name.replace("@.", "@mox.")
+    path.write_text(unit)
+    status, level = exposure(path)
+    assert status == 0 and level <= 3.0, level
+    for setting in ("CapabilityBoundingSet=CAP_", "SystemCallFilter=@system-service", "UMask=0077", "ProtectProc=invisible", "ProcSubset=pid", "MemoryMax="):
+        assert setting in unit
+    # The check is live: without the capability and system call filters the unit fails it.
+    path.write_text("\n".join(line for line in unit.splitlines() if not line.startswith(("CapabilityBoundingSet=", "SystemCallFilter="))))
+    status, level = exposure(path)
+    assert status != 0 and level > 3.0
+
+
+def confined(unit: str) -> list[str]:
+    """The unit's ExecStart= run with only the capabilities of its CapabilityBoundingSet= (as
+    systemd starts it: root with a reduced bounding set gets no others at exec) and its UMask=."""
+    caps = ",".join("+" + c.removeprefix("CAP_").lower() for c in unit_setting(unit, "CapabilityBoundingSet").split())
+    umask = unit_setting(unit, "UMask")
+    return ["sh", "-c", f'umask {umask} && exec "$@"', "sh", "setpriv", f"--bounding-set=-all,{caps}", *exec_start(unit)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a store by another user and to mount a btrfs image")
+def test_units_commands_work_with_only_their_capabilities(tmp_path):
+    """The capabilities the units keep are the ones mailbak needs: a store owned by another user
+    (acting as its owner, giving copies their owners) on a btrfs subvolume (where checking which
+    file LMDB mapped needs CAP_CHECKPOINT_RESTORE), two backups into a repository, then a prune."""
+    from test_engine_repo import loop_fs
+    from test_owner import NOBODY, chown_tree
+
+    with loop_fs(tmp_path, "btrfs", 256, "-q") as mnt:
+        subprocess.run(["btrfs", "subvolume", "create", str(mnt / "mail")], check=True, capture_output=True)
+        store = make_store(mnt / "mail" / "store", messages=60, accounts=2)
+        chown_tree(store, NOBODY.pw_uid, NOBODY.pw_gid)
+        repo = mnt / "repo"
+        assert run_cli("init", repo).returncode == 0
+        env = {**CLI_ENV, "STORE": str(store), "REPO": str(repo), "MAILBAK_OPTIONS": "", "PRUNE_OPTIONS": "--keep-last 1"}
+        backup = printed("mailbak-backup@.service")
+        for night in range(2):
+            if night:
+                time.sleep(1.1)  # each snapshot is named by its start second
+            p = subprocess.run(confined(backup), capture_output=True, text=True, env=env, timeout=300)
+            assert p.returncode == 0 and p.stderr == "", p.stderr
+        made = sorted(d.name for d in repo.iterdir() if not d.name.startswith((".", "mailbak-repo")))
+        assert len(made) == 2
+        assert run_cli("verify", repo / made[1]).returncode == 0
+        owners = {(st.st_uid, st.st_gid) for st in map(os.lstat, (repo / made[1] / "data").rglob("*"))}
+        assert owners == {(NOBODY.pw_uid, NOBODY.pw_gid)}
+        p = subprocess.run(confined(printed("mailbak-prune@.service")), capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+        assert sorted(d.name for d in repo.iterdir() if not d.name.startswith((".", "mailbak-repo"))) == made[1:]
+
+        # The check is live: the backup fails without one of the kept capabilities.
+        p = subprocess.run(confined(backup.replace(" CAP_CHECKPOINT_RESTORE", "")), capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 1 and "database not backed up: replaced while it was being opened" in p.stderr

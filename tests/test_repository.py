@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, inode_listing, json_lines, manifest_of, run_cli, tree_listing
+from conftest import CLI_ENV, age_tree, inode_listing, json_lines, manifest_of, run_cli, tree_listing
 from mailbak import repository
 from mailbak.layout import message_rel
 from mailbak.repository import MARKER, RepoLock, Repository, SnapshotLock
@@ -53,6 +53,14 @@ def churn(store: Path, deliveries: int = 5, expunges: int = 3) -> tuple[list[int
         acc.expunge(gone)
         acc.sweep()
     return new, gone
+
+
+@pytest.fixture
+def store(store: Path) -> Path:
+    """The generated store, written an hour ago: files written from two seconds before a
+    snapshot started on are copied by the next one, never reused (docs/REPOSITORY.md)."""
+    age_tree(store)
+    return store
 
 
 @pytest.fixture

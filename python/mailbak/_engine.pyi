@@ -114,6 +114,7 @@ def backup_areas(
     root: int | None = None,
     skip: list[tuple[int, int]] = ...,
     reference: StrPath | None = None,
+    reference_cutoff: int | None = None,
 ) -> list[TransferResult]:
     """Backs up message areas from their index snapshots, all in one pool (workers spread over
     every area's directories); one result per area, in order.
@@ -144,7 +145,9 @@ def backup_areas(
     nanoseconds), permission bits and, as root, owner, and, for a message, a known recorded size
     equal to that size: counted in ``reused`` (verbose event "reused"), not in ``copied``. A
     reference link that fails (EMLINK, EPERM, ...) becomes a copy counted in
-    ``link_fallbacks``. With a ``reference``, copies because the destination is on another file
+    ``link_fallbacks``. ``reference_cutoff`` (nanoseconds since the epoch): a reference file
+    whose mtime is at or after it is never reused but copied from the store (a file rewritten
+    in the clock tick the reference copied it in keeps its size and mtime: "racily clean"). With a ``reference``, copies because the destination is on another file
     system are plain copies, not fallbacks. Copies try a reflink, ``copy_file_range``, then
     read/write (what fails is remembered per pair of file systems for the process) and keep
     the source's mtime."""
@@ -163,14 +166,16 @@ def copy_tree(
     skip: list[tuple[int, int]] = ...,
     skip_locks: bool = False,
     reference: StrPath | None = None,
+    reference_cutoff: int | None = None,
 ) -> TransferResult:
     """Copies a tree into ``dst`` (which must exist): files copied with their mode bits and
     mtime, symlinks recreated and never followed, special files skipped with a warning. ``only``
     limits the root level to those names. With ``message_tree`` (restore), files at a message
     path below it are hardlinked instead when possible. ``root``, ``skip``: as for
     ``backup_areas`` (``src`` relative to ``root``); ``skip_locks``: leave out LMDB lock files.
-    ``reference``: as for ``backup_areas``; the tree in it is at ``prefix`` (message files of
-    ``message_tree`` have no recorded size here and are never reused)."""
+    ``reference``, ``reference_cutoff``: as for ``backup_areas``; the tree in it is at
+    ``prefix`` (message files of ``message_tree`` have no recorded size here and are never
+    reused)."""
 
 class DeleteResult(TypedDict):
     """What ``delete_tree`` removed, and its event counts."""

@@ -27,6 +27,7 @@ transaction across files); each area's files agree with its own index, which is 
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
@@ -286,8 +287,24 @@ class Backup:
 
     def reference_arg(self) -> dict[str, Any]:
         """The engine's ``reference`` argument: unchanged files are linked from it (the path of
-        each tree in it is the call's prefix, which names the same path in this backup)."""
-        return {} if self.reference is None else {"reference": self.reference}
+        each tree in it is the call's prefix, which names the same path in this backup), with
+        its ``reference_cutoff``: files written from shortly before it started on are copied."""
+        cutoff = self.reference_cutoff
+        return {} if self.reference is None or cutoff is None else {"reference": self.reference, "reference_cutoff": cutoff}
+
+    @functools.cached_property
+    def reference_cutoff(self) -> int | None:
+        """The reference's ``manifest.reuse_cutoff``, read once; None (and a warning: nothing
+        is reused) when its manifest no longer tells its start."""
+        if self.reference is None:
+            return None
+        try:
+            cutoff = manifest.reuse_cutoff(manifest.read(self.reference))
+        except ManifestError:
+            cutoff = None
+        if cutoff is None:
+            self.reporter.warn("reference", str(self.reference), "its manifest no longer tells when it started; nothing is reused from it")
+        return cutoff
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
         """Copies one database; reports and returns False on failure."""

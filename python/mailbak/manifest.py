@@ -16,7 +16,9 @@ manifest only at the end, killed before it).
 
 from __future__ import annotations
 
+import calendar
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,14 @@ AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
 MANIFEST_MODE = 0o640
 #: Largest manifest accepted when reading (a store of 100k accounts stays far below).
 MAX_BYTES = 64 * 1024 * 1024
+#: How the manifest writes times (report.rfc3339: UTC, to the second).
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+#: A file is reused from a reference backup only when its mtime is older than the reference's
+#: start by this much (docs/REPOSITORY.md): a file rewritten in the clock tick it was copied in
+#: keeps its mtime, since file systems stamp it with a coarse clock (the kernel's tick) or
+#: truncate it (1 s on ext3 and HFS+, 2 s on FAT and exFAT). 2 s covers the coarsest; the
+#: manifest's start is already rounded down to the second.
+REUSE_MARGIN_NS = 2_000_000_000
 
 
 def write(dest: Path, facts: dict[str, Any]) -> Path:
@@ -72,6 +82,17 @@ def read(backup: Path) -> dict[str, Any]:
             raise ManifestError(f"{path}: field {key!r} is missing or not a {typ.__name__}")
     _check_facts(path, doc)
     return doc
+
+
+def reuse_cutoff(doc: dict[str, Any]) -> int | None:
+    """For a reference backup whose manifest is ``doc``: the mtime (nanoseconds since the epoch)
+    from which its files are never reused (the engine's ``reference_cutoff``), its start less
+    REUSE_MARGIN_NS; None when the start cannot be read."""
+    try:
+        started = calendar.timegm(time.strptime(doc["started"], TIME_FORMAT))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return started * 1_000_000_000 - REUSE_MARGIN_NS
 
 
 def _is_int(v: Any) -> bool:
