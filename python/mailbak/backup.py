@@ -4,8 +4,9 @@ The phases, in order:
 1. **Check.** STORE must look like a store, its config must parse, DEST must be absent or an
    empty directory. Any problem here is bad input: exit 2, nothing written. Then, first of
    all, ``DEST/mailbak.json`` is written with ``"status": "running"`` (``manifest.py``).
-2. **Config.** ``config/`` is copied: directories and files with their permission bits,
-   symlinks recreated (never followed), special files skipped with a warning.
+2. **Config.** ``config/`` is copied from a descriptor of it (a symlink there is refused):
+   directories and files with their permission bits, symlinks recreated (never followed),
+   special files skipped with a warning.
 3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
    docs/FORMAT.md defer removing message files until the backup releases it after phase 5.
 4. **Databases.** Every known database is copied from one LMDB read transaction
@@ -232,15 +233,15 @@ class Backup:
 
     def run(self) -> str:
         """Phases 2 to 7 (after check()); returns the status written to the manifest."""
-        # Every read below data/ starts from this one descriptor (see anchor.py); the engine
-        # never enters the destination, whatever path leads to it.
-        # config/ too is copied from a descriptor of the directory itself: a symlink put in its
+        # config/ is copied from a descriptor of the directory itself: a symlink put in its
         # place since phase 1 is refused, never followed (root would copy what it names).
         try:
             self.config_fd = open_store_dir(self.paths.config_dir)
         except OSError as e:
             raise UsageError(f"{self.paths.config_dir}: cannot open the config directory: {open_problem(self.paths.config_dir, e)}") from e
         try:
+            # Every read below data/ starts from this one descriptor (see anchor.py); the engine
+            # never enters the destination, whatever path leads to it.
             try:
                 self.root = DataRoot(self.paths.data_dir)
             except OSError as e:
