@@ -16,6 +16,7 @@ Two guards against a store whose owner is hostile (docs/RELIABILITY.md, "Paths")
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -53,14 +54,30 @@ def inside(path: Path, dirs: list[Path]) -> bool:
     return any(i in wanted for i in ancestors(path))
 
 
+def open_store_dir(path: Path) -> int:
+    """A descriptor of a store's ``config/`` or ``data/`` itself, never of what a symlink there
+    names: the store's owner can replace either with a symlink to any directory root may read,
+    which root would then copy into a backup (or read as the store). The directories above are
+    the operator's path and are followed. Raises OSError (ELOOP for a symlink, see
+    ``open_problem``)."""
+    return os.open(path, _DIR_FLAGS)
+
+
+def open_problem(path: Path, e: OSError) -> str:
+    """Why ``open_store_dir(path)`` failed, in words. A symlink makes that open fail with ELOOP,
+    or ENOTDIR (``O_DIRECTORY`` is checked first); the entry is looked at again to say which."""
+    if e.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
+        return "a symlink (never followed; name the directory it points to itself)"
+    return str(e.strerror)
+
+
 class DataRoot:
     """The store's ``data/`` opened once; see the module doc."""
 
     def __init__(self, path: Path):
         self.path = path
-        # data/ itself is named by the operator (STORE/data, or --data), so it is opened as
-        # named; everything below it is opened without following symlinks.
-        self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # data/ itself is never a symlink either (open_store_dir); nor is anything below it.
+        self.fd: int | None = open_store_dir(path)
 
     def __enter__(self) -> DataRoot:
         return self

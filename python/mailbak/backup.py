@@ -4,8 +4,9 @@ The phases, in order:
 1. **Check.** STORE must look like a store, its config must parse, DEST must be absent or an
    empty directory. Any problem here is bad input: exit 2, nothing written. Then, first of
    all, ``DEST/mailbak.json`` is written with ``"status": "running"`` (``manifest.py``).
-2. **Config.** ``config/`` is copied: directories and files with their permission bits,
-   symlinks recreated (never followed), special files skipped with a warning.
+2. **Config.** ``config/`` is copied from a descriptor of it (a symlink there is refused):
+   directories and files with their permission bits, symlinks recreated (never followed),
+   special files skipped with a warning.
 3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
    docs/FORMAT.md defer removing message files until the backup releases it after phase 5.
 4. **Databases.** Every known database is copied from one LMDB read transaction
@@ -36,23 +37,27 @@ from pathlib import Path
 from typing import Any
 
 from mailbak import __version__, _engine, manifest, repository, testpause
-from mailbak.anchor import DataRoot, identity, inside
+from mailbak.anchor import DataRoot, identity, inside, open_problem, open_store_dir
 from mailbak.destdir import DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, close_to_others, is_backup, make_dir
 from mailbak.errors import ManifestError, UsageError
-from mailbak.identity import StoreOwner
+from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import (
     ACCOUNTS_DIR,
     LEASE_FILE,
     LOCK_SUFFIX,
+    MAX_VERSION_BYTES,
     QUEUE_DIR,
+    VERSION_FILE,
     AreaKind,
     FormatError,
+    Refused,
     StorePaths,
     area_label,
     area_rel,
     engine_area,
     is_real_dir,
     read_config,
+    read_small,
 )
 from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, link_hint
@@ -229,22 +234,31 @@ class Backup:
 
     def run(self) -> str:
         """Phases 2 to 7 (after check()); returns the status written to the manifest."""
-        # Every read below data/ starts from this one descriptor (see anchor.py); the engine
-        # never enters the destination, whatever path leads to it.
+        # config/ is copied from a descriptor of the directory itself: a symlink put in its
+        # place since phase 1 is refused, never followed (root would copy what it names).
         try:
-            self.root = DataRoot(self.paths.data_dir)
+            self.config_fd = open_store_dir(self.paths.config_dir)
         except OSError as e:
-            raise UsageError(f"{self.paths.data_dir}: cannot open the data directory: {e.strerror}") from e
+            raise UsageError(f"{self.paths.config_dir}: cannot open the config directory: {open_problem(self.paths.config_dir, e)}") from e
         try:
-            self.skip = [identity(os.stat(self.dest))]
-            return self._run()
+            # Every read below data/ starts from this one descriptor (see anchor.py); the engine
+            # never enters the destination, whatever path leads to it.
+            try:
+                self.root = DataRoot(self.paths.data_dir)
+            except OSError as e:
+                raise UsageError(f"{self.paths.data_dir}: cannot open the data directory: {open_problem(self.paths.data_dir, e)}") from e
+            try:
+                self.skip = [identity(os.stat(self.dest))]
+                return self._run()
+            finally:
+                self.root.close()
         finally:
-            self.root.close()
+            os.close(self.config_fd)
 
     def _run(self) -> str:
         self.format_version = self.store_format_version()
         self.runner.new_phase("config")
-        self.copy_tree(self.paths.config_dir, self.dest / "config", b"config")
+        self.copy_tree(".", self.dest / "config", b"config", root=self.config_fd)
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
             self.runner.new_phase("databases", len(DATA.databases) + 1 + len(self.config.accounts))
             self.snapshot_databases()
@@ -267,8 +281,9 @@ class Backup:
         testpause.pause("backup.manifest_written")
         return status
 
-    def copy_tree(self, src: Path, dst: Path, prefix: bytes, only: list[bytes] | None = None) -> dict[str, int]:
-        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, skip=self.skip, **self.reference_arg())
+    def copy_tree(self, src: str, dst: Path, prefix: bytes, root: int) -> dict[str, int]:
+        """Copies ``src`` below the directory descriptor ``root`` (never through a symlink)."""
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, root=root, skip=self.skip, **self.reference_arg())
         self.runner.note_link_fallback(result, self.exdev_hint)
         return result
 
@@ -455,11 +470,22 @@ class Backup:
     # Phase 7 ---------------------------------------------------------------------------------
 
     def store_format_version(self) -> str | None:
+        """``data/mailstore-version`` for the manifest, or None. Read below the data/ descriptor
+        as the store's owner (identity.py), with ``read_small``: a FIFO there never blocks the
+        run, and a symlink or a hardlink to a file only root may read never puts its head into
+        the manifest. A missing file is reported in phase 6; any other refusal here."""
         try:
-            with open(self.paths.data_dir / "mailstore-version", "rb") as f:
-                return f.read(64).decode("utf-8", "replace").strip()
-        except OSError:
+            with acting_as(self.owner):
+                raw = read_small(VERSION_FILE, MAX_VERSION_BYTES, dir_fd=self.root.fd)
+        except FileNotFoundError:
             return None
+        except Refused as e:
+            self.reporter.warn("format_version", f"data/{VERSION_FILE}", f"{e.strerror}; not read, the format version is not recorded")
+            return None
+        except OSError as e:
+            self.reporter.warn("format_version", f"data/{VERSION_FILE}", f"cannot read it as the store's owner ({e.strerror}); the format version is not recorded")
+            return None
+        return raw.decode("utf-8", "replace").strip()
 
     def running_facts(self) -> dict[str, Any]:
         """The first manifest: the backup has started and is not finished (docs/FORMAT.md)."""

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 
 from mailbak.errors import UsageError
-from mailbak.layout import CONFIG_FILE, is_real_dir
+from mailbak.layout import CONFIG_FILE
 from mailbak.manifest import MANIFEST
 
 #: Mode of a directory while mailbak creates and fills it, and of a target restore holds.
@@ -39,10 +39,13 @@ def is_backup(path: Path) -> bool:
 
 
 def is_store(path: Path) -> bool:
-    """A store is a directory with ``config/mailstore.toml`` and ``data/`` and no manifest."""
+    """A store is a directory with ``config/mailstore.toml`` and ``data/`` and no manifest.
+    The entries are looked at without following symlinks: a store whose ``config/`` or
+    ``data/`` its owner made a symlink is still a store, which ``StorePaths.problem`` then
+    refuses, and never mistaken for a backup."""
     if is_backup(path):
         return False
-    return (path / "config" / CONFIG_FILE).is_file() and is_real_dir(path / "data")
+    return os.path.lexists(path / "config" / CONFIG_FILE) and os.path.lexists(path / "data")
 
 
 def check_destination(dest: Path, action: str = "back up", hint: str = "") -> None:

@@ -12,6 +12,7 @@ and use ``/`` separators.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailbak import _engine
+from mailbak.anchor import open_problem, open_store_dir
 from mailbak.testpause import pause
 
 if TYPE_CHECKING:
@@ -32,6 +34,10 @@ if TYPE_CHECKING:
 
 #: Format version written to ``data/mailstore-version``.
 FORMAT_VERSION = 1
+
+#: The file of ``data/`` holding the format version, and the most of it mailbak reads (the
+#: version is a short line of text).
+VERSION_FILE, MAX_VERSION_BYTES = "mailstore-version", 64
 
 #: The lease file of the erase protocol (docs/FORMAT.md, "Removing files while a backup runs").
 LEASE_FILE = "backup.lease"
@@ -99,7 +105,7 @@ _LAYOUTS = {
         index=None,
         tables=(),
         databases=("auth.db", "dmarcrpt.db", "dmarceval.db", "mtasts.db", "tlsrpt.db", "tlsrptresult.db"),
-        files=("mailstore-version", "receivedid.key"),
+        files=(VERSION_FILE, "receivedid.key"),
         # ACME keys and certificates, and what ``mailbak verify --fix`` moved out of message
         # directories.
         dirs=("acme", "moved"),
@@ -231,20 +237,59 @@ class Config:
     invalid: tuple[tuple[str, str], ...]
 
 
-def read_bounded(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception]) -> bytes:
-    """A whole small file, refusing one larger than ``limit`` bytes (hostile input must not make
-    mailbak read gigabytes). A missing file raises ``missing``; every other failure is
-    ``error`` with a message naming the path."""
+class Refused(OSError):
+    """A small file ``read_small`` will not read; ``strerror`` says why (a symlink, not a
+    regular file, larger than its bound)."""
+
+
+#: Flags of every small file read: a symlink is never followed and a FIFO never waited for.
+_SMALL_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def read_small(path: os.PathLike | str, limit: int, *, dir_fd: int | None = None) -> bytes:
+    """The one way mailbak reads a small file a hostile user may have placed (a store's config,
+    its ``mailstore-version``, a manifest): opened without following a symlink and without
+    waiting (``O_NOFOLLOW|O_NONBLOCK``: a FIFO would otherwise hang the run), refused unless
+    ``fstat`` says it is a regular file, never read past ``limit`` bytes. With ``dir_fd``, ``path``
+    is a name in that directory. Raises OSError: FileNotFoundError when missing, ``Refused`` for
+    what is never read."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(limit + 1)
+        fd = os.open(path, _SMALL_FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Refused(e.errno, "a symlink (never followed)") from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused(errno.EINVAL, "not a regular file (a FIFO, socket or device is never read)")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise Refused(errno.EFBIG, f"larger than {limit} bytes")
+    return b"".join(chunks)
+
+
+def read_bounded(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception], *, dir_fd: int | None = None) -> bytes:
+    """``read_small`` with one message per failure: a missing file raises ``missing``; every
+    other failure is ``error`` with a message naming ``path``. With ``dir_fd``, the last
+    component of ``path`` is read in that directory (``path`` names it in messages)."""
+    try:
+        return read_small(path.name if dir_fd is not None else path, limit, dir_fd=dir_fd)
     except FileNotFoundError as e:
         raise missing from e
+    except Refused as e:
+        raise error(f"{path}: {e.strerror}") from e
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from e
-    if len(raw) > limit:
-        raise error(f"{path}: larger than {limit} bytes")
-    return raw
 
 
 def read_tagged_json(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception], kind: str, what: str) -> dict[str, Any]:
@@ -262,14 +307,26 @@ def read_tagged_json(path: Path, limit: int, missing: Exception, error: Callable
 
 
 def read_config(config_dir: Path) -> Config:
-    """Parses the account list; raises FormatError for a missing, oversized or malformed file."""
+    """Parses the account list; raises FormatError for a missing, oversized or malformed file,
+    or a config directory or file that is a symlink (``read_small``: never followed)."""
     pause("read_config")
     path = config_dir / CONFIG_FILE
-    raw = read_bounded(path, MAX_CONFIG_BYTES, FormatError(f"{path}: missing (a store's config directory has {CONFIG_FILE})"), FormatError)
+    try:
+        dir_fd = open_store_dir(config_dir)
+    except OSError as e:
+        raise FormatError(f"{config_dir}: cannot open the config directory: {open_problem(config_dir, e)}") from e
+    try:
+        raw = read_bounded(path, MAX_CONFIG_BYTES, FormatError(f"{path}: missing (a store's config directory has {CONFIG_FILE})"), FormatError, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise FormatError(f"{path}: not valid TOML: {e}") from e
+    except RecursionError as e:
+        # tomllib parses nested arrays and inline tables recursively: a small file nesting them
+        # some thousands deep exhausts the stack, whatever the size bound.
+        raise FormatError(f"{path}: not valid TOML: arrays or tables nested too deeply") from e
     accounts = doc.get("accounts", {})
     if not isinstance(accounts, dict):
         raise FormatError(f"{path}: 'accounts' must be a table of [accounts.NAME] tables")
@@ -300,14 +357,19 @@ class StorePaths:
         return cls(Path(config) if config else root / "config", Path(data) if data else root / "data")
 
     def problem(self) -> str | None:
-        """Why this is not a store, or None when it looks like one."""
+        """Why this is not a store, or None when it looks like one. ``config/``, ``data/`` and
+        the config file are looked at themselves: a symlink at any of them is refused (never
+        followed), as every later open refuses it."""
         for path, what, want in ((self.config_dir, "config directory", stat.S_ISDIR), (self.data_dir, "data directory", stat.S_ISDIR), (self.config_dir / CONFIG_FILE, CONFIG_FILE, stat.S_ISREG)):
             try:
-                ok = want(os.stat(path).st_mode)
+                mode = os.lstat(path).st_mode
             except FileNotFoundError:
-                ok = False
+                mode = None
             except OSError as e:
                 return f"{path}: cannot access the {what}: {e.strerror}"
-            if not ok:
+            if mode is not None and stat.S_ISLNK(mode):
+                hint = "" if want is stat.S_ISREG else "; a backup can name the directory it points to with --config or --data"
+                return f"{path}: the {what} is a symlink (never followed{hint})"
+            if mode is None or not want(mode):
                 return f"{path}: no {what} (is this a mail store?)"
         return None

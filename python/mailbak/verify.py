@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 import lmdb
 
 from mailbak import _engine, manifest
-from mailbak.anchor import DataRoot
+from mailbak.anchor import DataRoot, open_problem
 from mailbak.destdir import BACKUP_ENTRIES, is_store
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
@@ -148,7 +148,7 @@ class Verify:
             try:
                 self.root = DataRoot(self.paths.data_dir)
             except OSError as e:
-                self.reporter.error("not_a_store", str(self.paths.data_dir), f"cannot open the data directory: {e.strerror}")
+                self.reporter.error("not_a_store", str(self.paths.data_dir), f"cannot open the data directory: {open_problem(self.paths.data_dir, e)}")
                 return "problems"
             # In a live store, hold the lease like a backup: writers then defer removing the files
             # of the snapshots until they are checked, instead of making them look missing.
