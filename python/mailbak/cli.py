@@ -131,7 +131,7 @@ def start_monitor(monitor, reporter):
 
 def monitor_options(f):
     """--metrics-file and --ping-url (docs/OPERATIONS.md), for any command run by a scheduler."""
-    f = click.option("--ping-url", metavar="URL", callback=check_ping_url, help="Ping URL/start, then URL on success or URL/<exit status> on failure with the log's last 100 kB (healthchecks.io). A failed ping, or one not answered within 10 s, is a warning.")(f)
+    f = click.option("--ping-url", metavar="URL", callback=check_ping_url, help="Ping URL/start, then URL on success or URL/<exit status> on failure with the log's last 100 kB (healthchecks.io). A failed ping (or over 10 s) warns.")(f)
     f = click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False), callback=check_metrics_file, help="Write Prometheus metrics of this run to this file (atomically), for node_exporter's textfile collector.")(f)
     return f
 
