@@ -200,7 +200,7 @@ def test_sigterm_during_the_final_ping_cuts_it_short(store, tmp_path, slow_final
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert manifest_of(tmp_path / "b")["status"] == "ok"
-    assert "final ping to http://127.0.0.1:" in err and "at SIGTERM" in err, err
+    assert "final ping to http://127.0.0.1:" in err and "cut short by SIGTERM" in err, err
     assert took < 30, f"{took:.0f}s from SIGTERM to the end"
 
 

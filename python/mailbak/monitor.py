@@ -235,9 +235,10 @@ _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 def ping_timeout() -> float:
     try:
-        return float(os.environ.get("MAILBAK_PING_TIMEOUT", PING_TIMEOUT))
+        seconds = float(os.environ.get("MAILBAK_PING_TIMEOUT", PING_TIMEOUT))
     except ValueError:
         return PING_TIMEOUT
+    return seconds if 0 < seconds < float("inf") else PING_TIMEOUT  # a deadline must end: no nan, no inf
 
 
 def public_url(url: str) -> str:
@@ -357,13 +358,14 @@ class PingRequest:
             try:
                 if self.done.wait(max(0.0, end - time.monotonic())):
                     return self.problem
-                return f"timed out after {time.monotonic() - began:.1f} s{signalled}"
+                if time.monotonic() >= end:
+                    return f"timed out after {time.monotonic() - began:.1f} s{signalled}"
             except (Interrupted, KeyboardInterrupt) as e:
                 if on_interrupt is None:
                     raise
                 if signalled:
-                    return f"given up{signalled}"
-                signalled = f", at {e or 'an interrupt'}"
+                    return f"given up at a second signal ({e or 'an interrupt'})"
+                signalled = f", cut short by {e or 'an interrupt'}"
                 end = min(end, time.monotonic() + on_interrupt)
 
     def close(self) -> None:
