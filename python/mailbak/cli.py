@@ -112,14 +112,26 @@ def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
 def check_ping_url(ctx, param, value: str | None) -> str | None:
     from mailbak.monitor import check_ping_url as problem
 
-    if value is not None and problem(value):
-        raise click.BadParameter(problem(value) or "", ctx=ctx, param=param)
+    why = problem(value) if value is not None else None
+    if why:
+        raise click.BadParameter(why, ctx=ctx, param=param)
     return value
+
+
+def start_monitor(monitor, reporter):
+    """``monitor.start(reporter)``: the start ping. SIGINT or SIGTERM during it stops the run
+    before it began, as any interrupt does (one line, exit status 130)."""
+    from mailbak.errors import Interrupted
+
+    try:
+        return monitor.start(reporter)
+    except Interrupted as e:
+        stop_interrupted(reporter, e, "the run had not begun: nothing was written")
 
 
 def monitor_options(f):
     """--metrics-file and --ping-url (docs/OPERATIONS.md), for any command run by a scheduler."""
-    f = click.option("--ping-url", metavar="URL", callback=check_ping_url, help="Ping URL/start, then URL on success or URL/<exit status> on failure with the log's last 100 kB (healthchecks.io). A failed ping is a warning.")(f)
+    f = click.option("--ping-url", metavar="URL", callback=check_ping_url, help="Ping URL/start, then URL on success or URL/<exit status> on failure with the log's last 100 kB (healthchecks.io). A failed ping (or over 10 s) warns.")(f)
     f = click.option("--metrics-file", type=click.Path(path_type=Path, dir_okay=False), callback=check_metrics_file, help="Write Prometheus metrics of this run to this file (atomically), for node_exporter's textfile collector.")(f)
     return f
 
@@ -195,7 +207,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
 
     install_signal_handlers()
     with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
         def left_behind() -> str:
             if b.repository is None and is_repository(dest):
@@ -241,7 +253,7 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
 
     install_signal_handlers()
     with Monitor("verify", path, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         v = monitor.job = verify_job(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
         execute(v, reporter, title="verify", target=path, left_behind="verification incomplete")
 
@@ -368,7 +380,7 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
 
     install_signal_handlers()
     with Monitor("prune", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         from mailbak.errors import UsageError
 
         try:
@@ -584,7 +596,7 @@ def offsite_push(repo: Path, snapshot: str | None, restic_repo, password_file, r
     install_signal_handlers()
     config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
     with Monitor("offsite-push", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = monitor.start(make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
+        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         from mailbak.monitor import Outcome
 
         def push() -> str:

@@ -14,18 +14,27 @@ run needs keep working.
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import re
+import signal
+import socket
+import stat
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailbak.atomic import replace_file
 from mailbak.errors import Interrupted
 from mailbak.report import Event, Reporter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # Metrics -------------------------------------------------------------------------------------
 
@@ -120,16 +129,44 @@ def render_metrics(rec: RunRecord, last_success: float | None) -> str:
 
 _LAST_SUCCESS = re.compile(r"^mailbak_last_success_timestamp_seconds(\{.*\})?\s+(\S+)\s*$")
 
+#: The most of an earlier metrics file read for its last-success time. mailbak writes about
+#: 2 kB; a larger file is not one of its own.
+PREVIOUS_METRICS_BYTES = 64 * 1024
 
-def previous_success(path: Path) -> float | None:
-    """The last-success time recorded in an earlier metrics file, if any (the latest one if it
-    holds several). A missing or unreadable file has none."""
+
+def read_previous(path: Path) -> tuple[str | None, str | None]:
+    """(text, problem) of the metrics file ``path`` is about to replace. The directory may be
+    writable by others (node_exporter's, say) and mailbak runs as root, so the file is never
+    followed (a symlink to a root-only file, or to /dev/zero, which never ends), never waited
+    for (a FIFO would hang the run at its end) and read only up to PREVIOUS_METRICS_BYTES.
+    No text and a problem (why it is not used) when the file is anything but a small regular
+    file; neither for a missing file."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None, "it is a symlink, never followed"
+        return None, f"cannot read it: {e.strerror or e}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None, "it is not a regular file (a FIFO, socket, device or directory)"
+        raw = os.read(fd, PREVIOUS_METRICS_BYTES + 1)
+    except OSError as e:
+        return None, f"cannot read it: {e.strerror or e}"
+    finally:
+        os.close(fd)
+    if len(raw) > PREVIOUS_METRICS_BYTES:
+        return None, f"it is larger than {PREVIOUS_METRICS_BYTES} bytes, so not a metrics file of mailbak's"
+    return raw.decode("utf-8", errors="replace"), None
+
+
+def previous_success(text: str | None) -> float | None:
+    """The last-success time recorded in an earlier metrics file's text, if any (the latest one
+    if it holds several)."""
     best = None
-    for line in text.splitlines():
+    for line in (text or "").splitlines():
         m = _LAST_SUCCESS.match(line)
         if not m:
             continue
@@ -142,10 +179,13 @@ def previous_success(path: Path) -> float | None:
     return best
 
 
-def write_metrics(path: Path, rec: RunRecord) -> None:
-    """Writes the run's metrics file, keeping the last-success time of the file it replaces."""
+def write_metrics(path: Path, rec: RunRecord) -> str | None:
+    """Writes the run's metrics file, keeping the last-success time of the file it replaces.
+    Returns why that file's time could not be kept (it is replaced all the same), or None."""
+    text, problem = read_previous(path)
     # Readable by all (0644): the textfile collector usually runs as its own user.
-    replace_file(path, render_metrics(rec, previous_success(path)).encode("utf-8"), mode=0o644)
+    replace_file(path, render_metrics(rec, previous_success(text)).encode("utf-8"), mode=0o644)
+    return problem
 
 
 def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
@@ -174,18 +214,31 @@ def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
 
 # Pings ---------------------------------------------------------------------------------------
 
-#: Seconds a ping may take. MAILBAK_PING_TIMEOUT overrides it (for tests of a stalled server).
+#: Seconds a whole ping may take, from the name lookup to the last byte of the answer read.
+#: MAILBAK_PING_TIMEOUT overrides it (for tests of stalled and slow servers).
 PING_TIMEOUT = 10.0
+
+#: Seconds the final ping may take after SIGINT or SIGTERM (never more than PING_TIMEOUT):
+#: whoever stops a run wants it to end now, and systemd kills a service slow to stop.
+PING_TIMEOUT_INTERRUPTED = 2.0
 
 #: The most of the run's log sent with the final ping (healthchecks.io keeps 100 kB).
 PING_BODY_BYTES = 100_000
 
+#: The most of a ping's answer read (healthchecks.io answers "OK").
+PING_ANSWER_BYTES = 1024
+
+#: What no URL may hold as it is: http.client refuses a space and control characters in a
+#: request, and urlsplit silently drops tabs and newlines.
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+
 
 def ping_timeout() -> float:
     try:
-        return float(os.environ.get("MAILBAK_PING_TIMEOUT", PING_TIMEOUT))
+        seconds = float(os.environ.get("MAILBAK_PING_TIMEOUT", PING_TIMEOUT))
     except ValueError:
         return PING_TIMEOUT
+    return seconds if 0 < seconds < float("inf") else PING_TIMEOUT  # a deadline must end: no nan, no inf
 
 
 def public_url(url: str) -> str:
@@ -193,49 +246,196 @@ def public_url(url: str) -> str:
     (or a ping key and slug) in the path, and any URL may carry credentials or a query."""
     import urllib.parse
 
-    p = urllib.parse.urlsplit(url)
+    try:
+        p = urllib.parse.urlsplit(url)
+        port = p.port
+    except ValueError:  # not a URL check_ping_url accepts
+        return "the ping URL"
     host = p.hostname or "?"
-    if p.port:
-        host = f"{host}:{p.port}"
+    if port:
+        host = f"{host}:{port}"
     return f"{p.scheme}://{host}/…"
 
 
 def check_ping_url(url: str) -> str | None:
-    """Why ``url`` cannot be a ping URL, or None."""
+    """Why ``url`` cannot be a ping URL, or None. Refuses, before the run, everything urllib
+    would fail on at every ping or raise about (a port out of range once ended the run with a
+    traceback and no backup)."""
     import urllib.parse
 
-    p = urllib.parse.urlsplit(url)
+    if _URL_FORBIDDEN.search(url):
+        return "a space or control character in the URL (percent-encode it)"
+    try:
+        p = urllib.parse.urlsplit(url)
+        port = p.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError as e:
+        return f"not a valid URL ({e})"
     if p.scheme not in ("http", "https") or not p.hostname:
         return "not an http:// or https:// URL"
+    if port == 0:
+        return "port 0: a port is a number from 1 to 65535"
+    if "@" in p.netloc:
+        return "user:password@ in the URL is not supported (urllib would take it for part of the host name)"
+    if not (p.path + p.query).isascii():
+        return "a non-ASCII character in the URL's path or query (percent-encode it)"
+    if ":" not in p.hostname:  # not an IPv6 address: a name the resolver gets IDNA-encoded
+        try:
+            p.hostname.encode("idna")
+        except UnicodeError:
+            return f"not a valid host name: {p.hostname}"
     return None
 
 
-def ping(url: str, suffix: str = "", body: bytes | None = None, timeout: float | None = None) -> str | None:
-    """Sends one ping (POST with ``body``, else GET) to ``url`` + ``/suffix``; returns why it
-    failed, or None. The URL's secret path never appears in the text."""
-    import urllib.error
-    import urllib.parse
+@functools.cache
+def _tracking_handlers() -> tuple[type, type]:
+    """urllib's HTTP and HTTPS handlers, telling their instance's ``track`` of every socket
+    they connect (PingRequest needs it to cut a request off)."""
     import urllib.request
 
-    p = urllib.parse.urlsplit(url)
-    path = p.path.rstrip("/") + (f"/{suffix}" if suffix else "")
-    target = urllib.parse.urlunsplit((p.scheme, p.netloc, path or "/", p.query, ""))
-    req = urllib.request.Request(target, data=body, method="POST" if body is not None else "GET")
-    req.add_header("User-Agent", "mailbak")
-    if body is not None:
-        req.add_header("Content-Type", "text/plain; charset=utf-8")
+    class Tracking(urllib.request.AbstractHTTPHandler):
+        track: Callable[[socket.socket], socket.socket]
+
+        def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+            track = self.track
+
+            def connection(host: str, **args: Any) -> Any:
+                conn = http_class(host, **args)
+                # http.client's hook for making the TCP connection, before any TLS.
+                create = conn._create_connection
+                conn._create_connection = lambda *a, **k: track(create(*a, **k))
+                return conn
+
+            return super().do_open(connection, req, **kw)
+
+    class HTTP(Tracking, urllib.request.HTTPHandler):
+        pass
+
+    class HTTPS(Tracking, urllib.request.HTTPSHandler):
+        pass
+
+    return HTTP, HTTPS
+
+
+class PingRequest:
+    """One ping (POST with ``body``, else GET) to ``url`` + ``/suffix``, made on a thread of its
+    own so that whoever waits for it waits at most a deadline for the whole request, whatever
+    the server does: urllib's timeout holds for each socket operation, so a server that sends
+    one byte a second would hold it for ever. The thread starts with SIGINT and SIGTERM
+    blocked, so they reach the main thread and end its wait at once. ``close`` cuts off a
+    request still running (its socket is shut down, so the thread ends too).
+
+    ``timeout`` is urllib's own per-operation timeout: a request given up while it resolves a
+    name, before it has a socket to shut down, still ends by itself."""
+
+    def __init__(self, url: str, suffix: str = "", body: bytes | None = None, *, timeout: float = PING_TIMEOUT):
+        self.url = url
+        self.suffix = suffix
+        self.body = body
+        self.timeout = timeout
+        #: Why the ping failed (None: it went through); set by the thread before ``done``.
+        self.problem: str | None = None
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        #: Duplicates of the request's sockets, for close(); None once closed.
+        self._sockets: list[socket.socket] | None = []
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._run, name="mailbak-ping", daemon=True)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def wait(self, seconds: float, *, on_interrupt: float | None = None) -> str | None:
+        """Why the ping failed, or None, at most ``seconds`` from now. SIGINT or SIGTERM
+        meanwhile raises as usual; with ``on_interrupt``, it leaves the ping at most that many
+        seconds more instead, and a second one ends the wait."""
+        began = time.monotonic()
+        end = began + seconds
+        signalled = ""
+        while True:
+            try:
+                if self.done.wait(max(0.0, end - time.monotonic())):
+                    return self.problem
+                if time.monotonic() >= end:
+                    return f"timed out after {time.monotonic() - began:.1f} s{signalled}"
+            except (Interrupted, KeyboardInterrupt) as e:
+                if on_interrupt is None:
+                    raise
+                if signalled:
+                    return f"given up at a second signal ({e or 'an interrupt'})"
+                signalled = f", cut short by {e or 'an interrupt'}"
+                end = min(end, time.monotonic() + on_interrupt)
+
+    def close(self) -> None:
+        """Cuts the request off if it is still running."""
+        with self._lock:
+            sockets, self._sockets = self._sockets or [], None
+        for s in sockets:
+            if not self.done.is_set():
+                try:
+                    s.shutdown(socket.SHUT_RDWR)  # the thread's blocked read returns at once
+                except OSError:
+                    pass
+            s.close()
+
+    def _track(self, sock: socket.socket) -> socket.socket:
+        """Keeps a duplicate of a new connection's socket: once TLS wraps the socket, the
+        object urllib made is detached, and the duplicate is the way to its connection."""
+        with self._lock:
+            if self._sockets is None:  # given up while connecting
+                sock.close()
+                raise OSError(errno.ECANCELED, "given up")
+            self._sockets.append(sock.dup())
+        return sock
+
+    def _run(self) -> None:
+        try:
+            self.problem = self._send()
+        except BaseException as e:  # whatever happens, the waiter learns of it
+            self.problem = f"{type(e).__name__}: {e}"
+        finally:
+            self.done.set()
+
+    def _send(self) -> str | None:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        p = urllib.parse.urlsplit(self.url)
+        path = p.path.rstrip("/") + (f"/{self.suffix}" if self.suffix else "")
+        target = urllib.parse.urlunsplit((p.scheme, p.netloc, path or "/", p.query, ""))
+        req = urllib.request.Request(target, data=self.body, method="POST" if self.body is not None else "GET")
+        req.add_header("User-Agent", "mailbak")
+        if self.body is not None:
+            req.add_header("Content-Type", "text/plain; charset=utf-8")
+        handlers = [cls() for cls in _tracking_handlers()]
+        for h in handlers:
+            h.track = self._track
+        try:
+            with urllib.request.build_opener(*handlers).open(req, timeout=self.timeout) as resp:
+                resp.read(PING_ANSWER_BYTES)
+            return None
+        except urllib.error.HTTPError as e:
+            return f"HTTP {e.code}"
+        except urllib.error.URLError as e:
+            return str(getattr(e.reason, "strerror", None) or e.reason)
+        except (OSError, ValueError) as e:  # timeouts (socket.timeout is an OSError), bad responses
+            return str(e) or type(e).__name__
+
+
+def ping(url: str, suffix: str = "", body: bytes | None = None, timeout: float | None = None, *, on_interrupt: float | None = None) -> str | None:
+    """Sends one ping (a PingRequest) and waits for it at most ``timeout`` seconds (default:
+    ping_timeout()); returns why it failed, or None. The URL's secret path never appears in
+    the text. SIGINT or SIGTERM meanwhile: as PingRequest.wait says."""
+    seconds = ping_timeout() if timeout is None else timeout
+    request = PingRequest(url, suffix, body, timeout=seconds)
     try:
-        with urllib.request.urlopen(req, timeout=timeout if timeout is not None else ping_timeout()) as resp:
-            resp.read(1024)
-        return None
-    except urllib.error.HTTPError as e:
-        return f"HTTP {e.code}"
-    except urllib.error.URLError as e:
-        return str(getattr(e.reason, "strerror", None) or e.reason)
-    except (OSError, ValueError) as e:  # timeouts (socket.timeout is an OSError), bad responses
-        return str(e) or type(e).__name__
-    except Exception as e:  # http.client's protocol errors: a ping must never end a run
-        return f"{type(e).__name__}: {e}"
+        request.start()
+        return request.wait(seconds, on_interrupt=on_interrupt)
+    finally:
+        request.close()
 
 
 # The run's log -------------------------------------------------------------------------------
@@ -356,6 +556,7 @@ class Monitor:
             return reporter
         self.reporter = Tee(reporter, self.log)
         if self.ping_url:
+            # SIGINT or SIGTERM during the start ping raises: the run stops before it began.
             problem = ping(self.ping_url, "start")
             if problem:
                 self.reporter.warn("ping_failed", None, self._ping_warning("start", problem))
@@ -420,12 +621,18 @@ class Monitor:
         )
         if self.metrics_file is not None:
             try:
-                write_metrics(self.metrics_file, rec)
+                problem = write_metrics(self.metrics_file, rec)
             except OSError as e:
                 _warn(f"cannot write the metrics file {self.metrics_file}: {e.strerror or e}")
+            else:
+                if problem:
+                    _warn(f"{self.metrics_file}: the previous metrics file was not read ({problem}); replaced without its last-success time")
         if self.ping_url:
             self.log.add(f"mailbak {self.command}: exit status {status}")
-            problem = ping(self.ping_url, "" if status == 0 else str(status), body=self.log.text())
+            # The run's result is decided: a signal now only shortens the ping, and after one
+            # (status 130) the ping is short from the start.
+            short = min(ping_timeout(), PING_TIMEOUT_INTERRUPTED)
+            problem = ping(self.ping_url, "" if status == 0 else str(status), body=self.log.text(), timeout=short if status == 130 else None, on_interrupt=short)
             if problem:
                 _warn(self._ping_warning("final", problem))
 
