@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import CLI_ENV, json_lines, manifest_of, run_cli
 from mailbak import repository
-from mailbak.repository import FAILED_PILE_WARN, MARKER
+from mailbak.repository import FAILED_PILE_WARN, MARKER, RepoLock
 from pausing import PausePoint
 
 #: A manifest nested deeper than any JSON parser's recursion allows.
@@ -64,7 +64,7 @@ def repo(shm_dir: Path) -> Path:
 
 
 @pytest.mark.parametrize(("point", "command"), [("verify.files", "verify"), ("restore_target_held", "restore")])
-def test_prune_neither_removes_nor_refuses_silently_a_snapshot_being_read(store, repo, tmp_path, point, command):
+def test_prune_waits_or_refuses_while_a_snapshot_is_verified_or_restored(store, repo, tmp_path, point, command):
     """A verify or restore of a snapshot holds the repository's shared lock from its start to
     its end: prune --no-wait refuses while it reads, a plain prune waits, and the reader ends
     clean with its source intact."""
@@ -94,6 +94,20 @@ def test_prune_neither_removes_nor_refuses_silently_a_snapshot_being_read(store,
     out, err = waiting.communicate(timeout=300)
     assert waiting.returncode == 0, out + err
     assert names(repo) == [new], "once the reader is done, prune goes on"
+
+
+def test_a_verify_started_during_a_prune_waits_for_it(store, repo):
+    backup_into(store, repo)
+    (snap,) = names(repo)
+    held = RepoLock(repo, exclusive=True)  # as a prune holds it
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "verify", str(repo / snap)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+        assert "waiting for the repository lock" in proc.stderr.readline()
+        assert proc.poll() is None
+    finally:
+        held.release()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
 
 
 # 10: a manifest nested too deep --------------------------------------------------------------------
