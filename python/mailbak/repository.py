@@ -200,11 +200,11 @@ def status_of(path: Path, name: str) -> SnapshotInfo:
     finished = parse_time(doc.get("finished")) if doc and status in (OK, FAILED) else None
     if status in (OK, FAILED) and start is None:
         status, detail = INCOMPLETE, "manifest has no start time"
-    out = [f"{key} time {doc[key]!r}" for key, t in (("started", start), ("finished", finished)) if doc and t is not None and not in_time_range(t)]
-    if out:
-        # Such a time would be the reference of every later backup (9999) or stop prune, which
-        # shows times on the local clock; the snapshot is shown at its name's time instead.
-        detail = f"manifest's {' and '.join(out)} out of range ({EARLIEST.year} to {LATEST.year - 1})"
+    bad_times = [f"{key} time {doc[key]!r}" for key, t in (("started", start), ("finished", finished)) if doc and t is not None and not in_time_range(t)]
+    if bad_times:
+        # A start in 9999 would be every later backup's reference, and prune, which shows times
+        # on the local clock, would stop; the snapshot is shown at its name's time instead.
+        detail = f"manifest's {' and '.join(bad_times)} out of range ({EARLIEST.year} to {LATEST.year - 1})"
         status = INCOMPLETE if status in (OK, FAILED) else status
         start = start if start is not None and in_time_range(start) else None
         finished = None
@@ -219,8 +219,9 @@ def status_of(path: Path, name: str) -> SnapshotInfo:
 
 class RepoLock:
     """The repository's ``flock``: shared for a backup (several may write snapshots at once) and
-    for a verify or restore of a snapshot, exclusive for prune. ``wait`` False raises RepositoryBusy instead of waiting; ``on_wait`` is
-    told once, before waiting. Released by ``release()`` or when the process ends."""
+    for a verify or restore of a snapshot, exclusive for prune. ``wait`` False raises
+    RepositoryBusy instead of waiting; ``on_wait`` is told once, before waiting. Released by
+    ``release()`` or when the process ends."""
 
     def __init__(self, repo: Path, *, exclusive: bool, wait: bool = True, on_wait: Callable[[str], None] | None = None):
         self.fd: int | None = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
