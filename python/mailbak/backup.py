@@ -195,14 +195,17 @@ class Backup:
 
     def open_snapshot(self) -> None:
         """Phase 1 for a repository DEST: waits for its shared lock (a prune holds it
-        exclusively), takes the newest complete snapshot as the reference (unless --link-dest
-        named one) and creates the new snapshot's directory, locked while it is written;
-        ``self.dest`` becomes that directory."""
+        exclusively), warns when failed snapshots pile up, takes the newest complete snapshot as
+        the reference (unless --link-dest named one) and creates the new snapshot's directory,
+        locked while it is written; ``self.dest`` becomes that directory."""
         repo = repository.Repository.open(self.dest)
         try:
             self.locks.append(repository.RepoLock(repo.path, exclusive=False, on_wait=self.reporter.message))
+            infos = repo.snapshots()
+            if (piled := repo.failed_pile_warning(infos)) is not None:
+                self.reporter.warn("failed_snapshots", str(repo.path), piled)
             if self.reference is None:
-                newest = repo.newest_complete()
+                newest = repo.newest_complete(infos)
                 self.reference = newest.path if newest is not None else None
             path = repo.create_snapshot(self.started)
             self.locks.append(repository.SnapshotLock(path))

@@ -297,8 +297,9 @@ def snapshots(repo: Path, json_output: bool) -> None:
 
     \b
     Status: ok (complete), failed (complete as far as it goes; see its
-    errors), incomplete (interrupted or killed: no finished manifest), running
-    (a backup is writing it now). Times are local; "reused" counts files
+    errors), incomplete (interrupted or killed: no finished manifest; or a
+    manifest that cannot be read or holds an impossible time: see --json's
+    "detail"), running (a backup is writing it now). Times are local; "reused" counts files
     hardlinked from the previous snapshot, "copied" files written anew.
     Exit status: 0, or 2 when REPO is not a repository.
     """
@@ -349,7 +350,7 @@ def keep_options(f):
 @click.argument("repo", type=click.Path(path_type=Path))
 @keep_options
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be kept and removed; change nothing.")
-@click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when a backup holds the repository.")
+@click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when a backup, or a verify or restore of a snapshot, holds the repository.")
 @click.option("--no-nice", is_flag=True, help="Delete at normal CPU and I/O priority (default: lowest CPU, idle I/O).")
 @jobs_option
 @output_options

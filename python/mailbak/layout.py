@@ -301,6 +301,10 @@ def read_tagged_json(path: Path, limit: int, missing: Exception, error: Callable
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: malformed JSON: {e}") from e
+    except RecursionError as e:
+        # Arrays or objects nested deeper than the parser recurses: a few kilobytes of brackets
+        # must be one damaged file, never a traceback (mailbak itself writes a few levels).
+        raise error(f"{path}: malformed JSON: nested too deeply") from e
     if not isinstance(doc, dict) or doc.get("kind") != kind:
         raise error(f"{path}: not {what} (no \"kind\": \"{kind}\")")
     return doc

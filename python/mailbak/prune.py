@@ -3,8 +3,9 @@
 The steps, in order:
 1. **Check.** REPO must be a repository (repository.py) and the policy not empty: else bad
    input, exit 2, nothing touched. Then the repository's lock, exclusively: no backup writes a
-   snapshot (whose reference could be removed) while prune runs. A backup holding it makes
-   prune wait, saying so, or, with ``--no-wait``, fail at once (exit 1).
+   snapshot (whose reference could be removed), and no verify or restore reads one, while
+   prune runs. One of them holding it makes prune wait, saying so, or, with ``--no-wait``,
+   fail at once (exit 1).
 2. **Leftover trash.** Snapshots a killed prune had moved into ``REPO/.trash`` are deleted
    first: the decision to remove them was made and made durable.
 3. **Decide.** Every snapshot's status and start time come from its manifest and lock

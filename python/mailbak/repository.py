@@ -16,7 +16,8 @@ writing it holds an exclusive ``flock`` on the snapshot directory for its whole 
 manifest that still says ``running`` means ``running`` while that lock is held and ``incomplete``
 (interrupted, killed) once it is not. The repository itself is locked the same way: a backup
 holds a shared ``flock`` on the repository directory, prune an exclusive one (:class:`RepoLock`),
-so prune never removes the reference of a snapshot being written.
+so prune never removes the reference of a snapshot being written; verify and restore of a
+snapshot hold it shared too (:func:`reader_lock`), so prune never removes what they read.
 
 Every entry is looked at with ``lstat``: a symlink in REPO is never a snapshot, never followed.
 """
@@ -64,6 +65,18 @@ NAME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6}Z)(?:-([1-9]\d{0,5}))?$")
 #: Snapshot statuses (the order of retention.STATUSES).
 OK, FAILED, INCOMPLETE, RUNNING = "ok", "failed", "incomplete", "running"
 
+#: The start and finish times a manifest may hold (UTC, the latest excluded): no backup started
+#: before the Unix epoch, a snapshot's name has a four-digit year, and prune must be able to
+#: show every such time on the local clock of any time zone (``astimezone`` overflows at the
+#: ends of Python's calendar). A manifest with a time outside makes its snapshot incomplete.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+#: Failed or incomplete snapshots newer than the newest complete one at which a backup into the
+#: repository warns: prune keeps them (they may hold the latest mail), so a store that keeps
+#: failing would otherwise fill the disk unnoticed; a week of nightly failures.
+FAILED_PILE_WARN = 7
+
 
 class RepositoryBusy(Exception):
     """The repository lock is held by another mailbak and the caller would not wait (exit 1)."""
@@ -102,6 +115,11 @@ def parse_time(text: Any) -> datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo is not None else None
+
+
+def in_time_range(t: datetime) -> bool:
+    """Whether ``t`` (aware) lies between EARLIEST and LATEST."""
+    return EARLIEST <= t < LATEST
 
 
 def is_locked(path: Path) -> bool:
@@ -168,7 +186,9 @@ class SnapshotInfo:
 
 def status_of(path: Path, name: str) -> SnapshotInfo:
     """Reads one snapshot's manifest and lock (see the module doc)."""
-    fallback = name_time(name) or datetime.fromtimestamp(0, UTC)
+    fallback = name_time(name)
+    if fallback is None or not in_time_range(fallback):
+        fallback = EARLIEST
     doc: dict[str, Any] | None = None
     detail = None
     try:
@@ -180,6 +200,14 @@ def status_of(path: Path, name: str) -> SnapshotInfo:
     finished = parse_time(doc.get("finished")) if doc and status in (OK, FAILED) else None
     if status in (OK, FAILED) and start is None:
         status, detail = INCOMPLETE, "manifest has no start time"
+    bad_times = [f"{key} time {doc[key]!r}" for key, t in (("started", start), ("finished", finished)) if doc and t is not None and not in_time_range(t)]
+    if bad_times:
+        # A start in 9999 would be every later backup's reference, and prune, which shows times
+        # on the local clock, would stop; the snapshot is shown at its name's time instead.
+        detail = f"manifest's {' and '.join(bad_times)} out of range ({EARLIEST.year} to {LATEST.year - 1})"
+        status = INCOMPLETE if status in (OK, FAILED) else status
+        start = start if start is not None and in_time_range(start) else None
+        finished = None
     if status not in (OK, FAILED):
         if is_locked(path):
             status = RUNNING
@@ -190,9 +218,10 @@ def status_of(path: Path, name: str) -> SnapshotInfo:
 
 
 class RepoLock:
-    """The repository's ``flock``: shared for a backup (several may write snapshots at once),
-    exclusive for prune. ``wait`` False raises RepositoryBusy instead of waiting; ``on_wait`` is
-    told once, before waiting. Released by ``release()`` or when the process ends."""
+    """The repository's ``flock``: shared for a backup (several may write snapshots at once) and
+    for a verify or restore of a snapshot, exclusive for prune. ``wait`` False raises
+    RepositoryBusy instead of waiting; ``on_wait`` is told once, before waiting. Released by
+    ``release()`` or when the process ends."""
 
     def __init__(self, repo: Path, *, exclusive: bool, wait: bool = True, on_wait: Callable[[str], None] | None = None):
         self.fd: int | None = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -203,7 +232,7 @@ class RepoLock:
                 return
             except BlockingIOError:
                 pass
-            held = "a backup or a prune" if exclusive else "a prune"
+            held = "a backup, an offsite push, a verify or restore of a snapshot, or another prune" if exclusive else "a prune"
             if not wait:
                 raise RepositoryBusy(f"{repo}: the repository is locked by another mailbak ({held}); not waiting (--no-wait)")
             if on_wait is not None:
@@ -217,6 +246,21 @@ class RepoLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def reader_lock(path: Path, *, on_wait: Callable[[str], None] | None = None) -> RepoLock | None:
+    """For a command that reads ``path`` (verify, restore): when ``path`` is a snapshot of a
+    repository, that repository's shared lock, so that no prune removes the snapshot while it
+    is read (a prune holding it makes the reader wait, saying so to ``on_wait``); None for any
+    other path. Raises UsageError when the repository cannot be opened to lock it."""
+    # The directory prune would remove, whatever path names it.
+    real = Path(os.path.realpath(path))
+    if not NAME_RE.match(real.name) or not is_repository(real.parent):
+        return None
+    try:
+        return RepoLock(real.parent, exclusive=False, on_wait=on_wait)
+    except OSError as e:
+        raise UsageError(f"{real.parent}: cannot lock the repository of the snapshot {real.name}: {e.strerror}") from e
 
 
 class SnapshotLock:
@@ -282,9 +326,31 @@ class Repository:
         infos.sort(key=lambda s: (s.start, s.name), reverse=True)
         return infos
 
-    def newest_complete(self) -> SnapshotInfo | None:
-        """The reference of the next backup: the newest snapshot whose manifest says ok."""
-        return next((s for s in self.snapshots() if s.status == OK), None)
+    def newest_complete(self, infos: list[SnapshotInfo] | None = None) -> SnapshotInfo | None:
+        """The reference of the next backup: the newest snapshot whose manifest says ok (of
+        ``infos``, newest first, when the caller has listed them already)."""
+        return next((s for s in (self.snapshots() if infos is None else infos) if s.status == OK), None)
+
+    def failed_pile_warning(self, infos: list[SnapshotInfo]) -> str | None:
+        """What a backup says when FAILED_PILE_WARN or more failed or incomplete snapshots are
+        newer than the newest complete one of ``infos`` (newest first), else None. Prune keeps
+        those until a complete snapshot is newer (they may hold the latest mail), so while a
+        store keeps failing they pile up, each as large as what changed since the reference."""
+        piled = []
+        for s in infos:
+            if s.status == OK:
+                break
+            if s.status in (FAILED, INCOMPLETE):
+                piled.append(s)
+        if len(piled) < FAILED_PILE_WARN:
+            return None
+        newest = self.newest_complete(infos)
+        since = f"newer than the newest complete one ({newest.name})" if newest is not None else "and no complete one"
+        return (
+            f"{len(piled)} failed or incomplete snapshots {since}: the backups keep failing, and prune keeps such "
+            f"snapshots until a newer one completes, so they fill the disk; see why with `mailbak snapshots {self.path}` "
+            f"and `mailbak verify {piled[0].path}` and fix the cause (the first prune after a complete backup removes them)"
+        )
 
     def create_snapshot(self, started: float) -> Path:
         """Creates the directory of a new snapshot started at ``started`` (private, 0700) and

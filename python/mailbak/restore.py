@@ -33,6 +33,7 @@ from mailbak.errors import ManifestError, UsageError
 from mailbak.identity import PROC_FD
 from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, TMP_DIR, AreaKind, area_rel, is_real_dir
 from mailbak.report import Reporter
+from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
 from mailbak.verify import Verify
@@ -107,10 +108,15 @@ class Restore:
         self.expect: dict[str, Any] | None = None
         # (st_dev, st_ino) of the target: no walk ever enters it (set by check()).
         self.skip: list[tuple[int, int]] = []
+        #: The repository's shared lock while BACKUP, a snapshot of it, is read.
+        self.lock: RepoLock | None = None
 
     def check(self) -> None:
         """Step 1; raises UsageError."""
         pause("restore.check")
+        # First: a prune must not remove the snapshot while it is restored (it waits, or with
+        # --no-wait refuses); a prune running now makes this wait, saying so.
+        self.lock = reader_lock(self.backup, on_wait=self.reporter.message)
         if not self.backup.is_dir():
             raise UsageError(f"{self.backup}: not a directory")
         try:
@@ -145,6 +151,13 @@ class Restore:
         except OSError as e:
             raise UsageError(f"{self.store}: cannot write: {e.strerror}") from e
         self.skip = [identity(os.fstat(self.store_fd) if self.store_fd is not None else os.stat(self.store))]
+
+    def close(self) -> None:
+        """Releases the repository's lock (BACKUP a snapshot of a repository) once the run is
+        over: the final verify still reads the backup's data/."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def run(self) -> str:
         """Steps 2 to 5; returns the verification result ("clean" or "problems")."""

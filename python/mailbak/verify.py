@@ -46,6 +46,7 @@ from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, engine_area, is_real_dir, read_config
 from mailbak.report import Reporter
+from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 from mailbak.testpause import pause
@@ -109,9 +110,14 @@ class Verify:
         self.db_txnids: dict[str, int] = {}
         self.databases = 0
         self.owner: StoreOwner | None = None
+        #: The repository's shared lock while PATH, a snapshot of it, is verified.
+        self.lock: RepoLock | None = None
 
     def check(self) -> None:
         pause("verify.check")
+        # First: a prune must not remove the snapshot while it is read (it waits, or with
+        # --no-wait refuses); a prune running now makes this wait, saying so.
+        self.lock = reader_lock(self.path, on_wait=self.reporter.message)
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
         self.live = is_store(self.path)
@@ -128,8 +134,21 @@ class Verify:
         if not self.live and os.listdir(self.path) and not any(os.path.lexists(self.path / n) for n in (*BACKUP_ENTRIES, manifest.MANIFEST_TMP)):
             raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
+    def close(self) -> None:
+        """Releases the repository's lock (a snapshot of a repository)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def run(self) -> str:
-        """All checks; returns "clean" or "problems"."""
+        """All checks; returns "clean" or "problems". The repository's lock ends with them, also
+        for a caller that never calls close()."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> str:
         with tempfile.TemporaryDirectory(prefix="mailbak-verify-") as tmp:
             self.tmp = Path(tmp)
             if not self.live:
