@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailbak.gen import age_tree
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
@@ -144,6 +146,7 @@ def ensure_store(cache: Path, messages: int, accounts: int, seed: int) -> tuple[
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
         raise HarnessError(f"{shlex.join(argv)} exited with status {done.returncode}:\n{done.stdout}{done.stderr}")
+    age_tree(store)
     du = subprocess.run(["du", "-s", "--block-size=1", str(store)], capture_output=True, text=True, check=True)
     facts = {"messages": messages, "accounts": accounts, "seed": seed, "generation_seconds": round(seconds, 2), "disk_bytes": int(du.stdout.split()[0])}
     marker.write_text(json.dumps(facts) + "\n")

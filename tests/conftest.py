@@ -145,13 +145,3 @@ def public_dir():
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
-
-def age_tree(root: Path, seconds: int = 3600) -> None:
-    """Moves the mtime of every file below ``root`` (symlinks themselves included) ``seconds``
-    into the past: a store written moments before a backup started has none of its files reused
-    by the next one (docs/REPOSITORY.md, "racily clean"), a real store's are older."""
-    shift = seconds * 1_000_000_000
-    for dirpath, _, filenames in os.walk(root):
-        for n in filenames:
-            st = os.lstat(os.path.join(dirpath, n))
-            os.utime(os.path.join(dirpath, n), ns=(st.st_atime_ns - shift, st.st_mtime_ns - shift), follow_symlinks=False)

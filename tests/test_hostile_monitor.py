@@ -257,7 +257,7 @@ def test_metrics_file_a_symlink_to_dev_zero_is_not_read(store, tmp_path):
     prom.symlink_to("/dev/zero")
     p = subprocess.run([sys.executable, "-m", "mailbak", "backup", "--metrics-file", prom, store, tmp_path / "b"], capture_output=True, text=True, env=CLI_ENV, timeout=90, preexec_fn=limit_memory)
     assert p.returncode == 0, p.stderr
-    assert "the previous metrics file was not read (it is a symlink, never followed)" in p.stderr
+    assert "the previous metrics file was not read (it is a symlink (never followed))" in p.stderr
     assert not prom.is_symlink() and stat.S_ISREG(prom.lstat().st_mode), "replaced, not followed"
     assert value(metrics_of(prom), "mailbak_success") == 1
 
@@ -274,7 +274,7 @@ def test_metrics_file_a_symlink_is_not_read_through(store, tmp_path):
     (tmp_path / "full" / "x").touch()
     p = run_cli("backup", "--metrics-file", prom, store, tmp_path / "full")
     assert p.returncode == 2, p.stderr
-    assert "it is a symlink, never followed" in p.stderr
+    assert "it is a symlink (never followed)" in p.stderr
     m = metrics_of(prom)
     assert value(m, "mailbak_last_success_timestamp_seconds") == 0
     assert secret.read_text() == "mailbak_last_success_timestamp_seconds 4102444800\n"

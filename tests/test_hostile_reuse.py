@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import age_tree, json_lines, manifest_of, run_cli
+from conftest import json_lines, manifest_of, run_cli
+from mailbak.gen import age_tree
 from mailbak.manifest import REUSE_MARGIN_NS, reuse_cutoff
 from pausing import PausePoint
 

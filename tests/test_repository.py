@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, age_tree, inode_listing, json_lines, manifest_of, run_cli, tree_listing
+from conftest import CLI_ENV, inode_listing, json_lines, manifest_of, run_cli, tree_listing
 from mailbak import repository
+from mailbak.gen import age_tree
 from mailbak.layout import message_rel
 from mailbak.repository import MARKER, RepoLock, Repository, SnapshotLock
 from mailbak.store import Store

@@ -216,3 +216,17 @@ def _sync(root: Path) -> None:
     """One sync for the whole store instead of an fsync per file, so that a benchmark started
     right after generation does not compete with write-back of the store."""
     os.sync()
+
+
+def age_tree(root: Path, seconds: int = 3600) -> None:
+    """Moves the mtime of every file below ``root`` (symlinks themselves included) ``seconds``
+    into the past. A real store's unchanged files are older than its last backup; a store
+    generated moments before one is not, and the next backup would reuse none of its files (a
+    reference file not older than the reference's start less a margin is copied:
+    docs/REPOSITORY.md, "racily clean"). For tests and benchmarks that back up a fresh store."""
+    shift = seconds * 1_000_000_000
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            os.utime(path, ns=(st.st_atime_ns - shift, st.st_mtime_ns - shift), follow_symlinks=False)

@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailbak.atomic import replace_file
 from mailbak.errors import Interrupted
+from mailbak.layout import Refused, read_small
 from mailbak.report import Event, Reporter
 
 if TYPE_CHECKING:
@@ -142,23 +142,13 @@ def read_previous(path: Path) -> tuple[str | None, str | None]:
     No text and a problem (why it is not used) when the file is anything but a small regular
     file; neither for a missing file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        raw = read_small(path, PREVIOUS_METRICS_BYTES)
     except FileNotFoundError:
         return None, None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return None, "it is a symlink, never followed"
-        return None, f"cannot read it: {e.strerror or e}"
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, "it is not a regular file (a FIFO, socket, device or directory)"
-        raw = os.read(fd, PREVIOUS_METRICS_BYTES + 1)
+    except Refused as e:
+        return None, f"it is {e.strerror}"
     except OSError as e:
         return None, f"cannot read it: {e.strerror or e}"
-    finally:
-        os.close(fd)
-    if len(raw) > PREVIOUS_METRICS_BYTES:
-        return None, f"it is larger than {PREVIOUS_METRICS_BYTES} bytes, so not a metrics file of mailbak's"
     return raw.decode("utf-8", errors="replace"), None
 
 
