@@ -195,6 +195,20 @@ def test_ancestors_others_can_write(owned_store, public_dir, layout, ok):
         assert not os.path.lexists(dest)
 
 
+def test_dest_through_a_symlink_another_user_can_change_is_refused(owned_store, public_dir):
+    """DEST given through a symlink in nobody's directory: the directories it resolves to are
+    root's, but nobody could point the symlink at any directory of root's before the run."""
+    safe = public_dir / "safe"
+    safe.mkdir()
+    theirs = nobodys_dir(public_dir / "theirs")
+    (theirs / "link").symlink_to(safe)
+    os.lchown(theirs / "link", NOBODY.pw_uid, NOBODY.pw_gid)
+    p = run_cli("backup", owned_store, theirs / "link" / "bk")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"{theirs} can be changed by another user (it belongs to uid 65534)" in p.stderr, p.stderr
+    assert os.listdir(safe) == []
+
+
 # DEST swapped mid-run ---------------------------------------------------------------------------
 
 

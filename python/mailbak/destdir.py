@@ -160,9 +160,20 @@ def _real(path: Path) -> Path:
 
 def hold_parent(path: Path, what: str = "a destination") -> HeldDir:
     """The parent directory of ``path``, reached from ``/`` one component at a time, never
-    following a symlink (symlinks the operator put in the path are resolved first, and must not
-    change meanwhile), each directory on the way checked with :func:`unsafe_reason`. Raises
-    UsageError (another user could change a directory on the way; one is missing)."""
+    following a symlink (symlinks the operator put in the path are resolved first), each
+    directory on the way checked with :func:`unsafe_reason`. So are the directories the path
+    names as given, above each of its components: one holding a symlink of the path must not
+    be changeable by another user either, or they could point it at a directory of root's of
+    their choosing. Raises UsageError (another user could change a directory on the way; one
+    is missing)."""
+    given = Path.cwd() / path  # ".." kept: each prefix is a directory the kernel passes through
+    for prefix in reversed(given.parents):
+        try:
+            why = unsafe_reason(os.stat(prefix))
+        except OSError:
+            continue  # the walk below says what is missing
+        if why is not None:
+            raise _refuse(path, str(prefix), why, what)
     real = _real(path).parent
     fd = os.open("/", _WALK_FLAGS)
     here = Path("/")
