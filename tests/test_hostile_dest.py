@@ -259,3 +259,20 @@ def test_init_below_a_directory_another_user_owns_is_refused(public_dir):
     assert p.returncode == 2, p.stdout + p.stderr
     assert f"{theirs / 'repo'}: refusing to write there: {theirs} can be changed by another user (it belongs to uid 65534)" in p.stderr, p.stderr
     assert os.listdir(theirs) == []
+
+
+def test_errors_name_dest_as_given_not_the_descriptor(tmp_path):
+    """Writes go through /proc/self/fd/N; a database copy that fills the destination is still
+    reported under the path the user gave."""
+    store = make_store(tmp_path / "store", messages=40, accounts=1)
+    small = tmp_path / "small"
+    small.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k,mode=0755", "tmpfs", str(small)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        p = run_cli("backup", store, small / "b")
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert f"{small / 'b'}/data/" in p.stderr and "No space left on device" in p.stderr, p.stderr
+    assert "/proc/self/fd" not in p.stderr, p.stderr

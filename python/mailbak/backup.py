@@ -37,7 +37,7 @@ from typing import Any
 from mailbak import __version__, _engine, manifest, repository, testpause
 from mailbak.anchor import DataRoot, identity, inside
 from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir
-from mailbak.errors import ManifestError, UsageError
+from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.layout import (
     ACCOUNTS_DIR,
@@ -261,6 +261,13 @@ class Backup:
         try:
             self.skip = [identity(os.stat(self.out))]
             return self._run()
+        except DestinationFull as e:
+            # Named as the user named DEST, not by the descriptor path written through.
+            raise DestinationFull(self.held[-1].shown(str(e)), e.what) from e
+        except OSError as e:
+            if isinstance(e.filename, str):
+                e.filename = self.held[-1].shown(e.filename)
+            raise
         finally:
             self.root.close()
 

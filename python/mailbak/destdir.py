@@ -125,6 +125,13 @@ class HeldDir:
         assert self.fd is not None, "HeldDir used after close"
         return HeldDir(path or self.path / name, os.open(name, _DIR_FLAGS, dir_fd=self.fd), name)
 
+    def shown(self, text: str) -> str:
+        """``text`` (an error message) with ``via`` named as the user named the directory."""
+        if self.fd is None:
+            return text
+        via = str(self.via)
+        return str(self.path) if text == via else text.replace(via + "/", f"{self.path}/")
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
