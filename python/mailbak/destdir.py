@@ -221,10 +221,11 @@ def hold_existing(parent: HeldDir, path: Path, what: str = "a repository") -> He
 def hold_new(parent: HeldDir, path: Path) -> tuple[HeldDir, bool]:
     """Directory ``path`` created in ``parent`` (mode 0700), or, when it exists (an empty
     directory, checked by :func:`check_destination`), taken: made the running user's, mode
-    0700, through its descriptor. Whoever owned it (or a directory mailbak is about to create
+    0700, through its descriptor (run as another user than root: made 0700 when it is theirs,
+    else left as it is). Whoever owned it (or a directory mailbak is about to create
     in it) could otherwise plant a symlink at a name root writes, such as the manifest's
     temporary file. Returns the held directory and whether it existed. Raises OSError, and
-    UsageError when it cannot be taken or was written into meanwhile."""
+    UsageError when it was written into meanwhile."""
     assert parent.fd is not None, "HeldDir used after close"
     existed, name = True, _real(path).name
     try:
@@ -239,9 +240,10 @@ def hold_new(parent: HeldDir, path: Path) -> tuple[HeldDir, bool]:
         me = (os.geteuid(), os.getegid())
         if me[0] == 0 and (st.st_uid, st.st_gid) != me:
             os.fchown(held.fd, *me)
-        elif st.st_uid != me[0]:
-            raise UsageError(f"{path}: belongs to uid {st.st_uid}; only root could take it (and it would stay theirs): give a new directory or one of your own")
-        os.fchmod(held.fd, PRIVATE_DIR_MODE)
+        # Run as another user than root, only what is theirs is made private; writing into a
+        # directory of someone else's then fails (or succeeds) as that user's rights say.
+        if me[0] == 0 or st.st_uid == me[0]:
+            os.fchmod(held.fd, PRIVATE_DIR_MODE)
         # Only now can nobody else add entries: what came in before the check above is refused.
         if existed and os.listdir(held.fd):
             raise UsageError(f"{path}: something was created in the destination while mailbak was starting; give another new or empty directory")
