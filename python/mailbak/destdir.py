@@ -173,7 +173,8 @@ def hold_parent(path: Path, what: str = "a destination") -> HeldDir:
     be changeable by another user either, or they could point it at a directory of root's of
     their choosing. Raises UsageError (another user could change a directory on the way; one
     is missing)."""
-    given = Path.cwd() / path  # ".." kept: each prefix is a directory the kernel passes through
+    # ".." kept: each prefix is a directory the kernel passes through.
+    given = path if path.is_absolute() else Path.cwd() / path
     for prefix in reversed(given.parents):
         try:
             why = unsafe_reason(os.stat(prefix))
