@@ -355,7 +355,8 @@ def _policy(**rules: int | str | None):
 
 def init(repo: PathArg) -> Path:
     """Makes ``repo`` (absent, or an empty directory) a repository, as ``mailbak init`` does;
-    returns its path. Raises UsageError when it exists and is not empty."""
+    returns its path. Raises UsageError when it exists and is not empty, or lies below a
+    directory another user can change."""
     from mailbak import repository
 
     return repository.init(Path(repo)).path

@@ -38,8 +38,8 @@ from typing import Any
 
 from mailbak import __version__, _engine, manifest, repository, testpause
 from mailbak.anchor import DataRoot, identity, inside, open_problem, open_store_dir
-from mailbak.destdir import DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, close_to_others, is_backup, make_dir
-from mailbak.errors import ManifestError, UsageError
+from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir
+from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import (
     ACCOUNTS_DIR,
@@ -112,6 +112,9 @@ class Backup:
         #: The repository DEST is, if it is one; the run then writes a new snapshot in it.
         self.repository: repository.Repository | None = None
         self.locks: list[repository.RepoLock | repository.SnapshotLock] = []
+        #: The directories written into, held by descriptor from phase 1 to the end: DEST's
+        #: parent, then DEST, or REPO and the new snapshot (``self.out`` is the last).
+        self.held: list[HeldDir] = []
         self.jobs = jobs
         self.reporter = reporter
         self.runner = Runner(reporter, verbose=verbose)
@@ -161,6 +164,16 @@ class Backup:
             raise UsageError(f"{self.dest}: the destination is inside the store (reached through this path or another one, such as a bind mount)")
         if os.path.lexists(self.dest) and (inside(self.paths.data_dir, [self.dest]) or inside(self.paths.config_dir, [self.dest])):
             raise UsageError(f"{self.dest}: the store is inside the destination")
+        # Every directory above DEST (REPO) must be one only root can change: one the store's
+        # owner can write (the store's own directory, say) lets them rename DEST and put a
+        # symlink in its place.
+        try:
+            self.held.append(hold_parent(self.dest, "a repository" if is_repo else "the destination"))
+            if is_repo:
+                self.held.append(hold_existing(self.held[-1], self.dest))
+        except BaseException:
+            self.close()
+            raise
         if self.link_dest is not None:
             self.reference = check_reference(self.link_dest)
             if repository.is_repository(self.link_dest.parent):
@@ -169,46 +182,49 @@ class Backup:
                 self.locks.append(repository.RepoLock(self.link_dest.parent, exclusive=False, on_wait=self.reporter.message))
         if is_repo:
             self.open_snapshot()
-        existed = self.dest.exists()
         try:
-            if not existed:
-                os.mkdir(self.dest, PRIVATE_DIR_MODE)
+            if not is_repo:
+                # Created, or taken (root's, 0700) if it exists: from here on only root can add
+                # an entry to it, and every write goes through its descriptor.
+                held, _existed = hold_new(self.held[-1], self.dest)
+                self.held.append(held)
             # Before anything else: from here on DEST says it is a backup (an incomplete one
             # until the manifest is replaced at the end), never a store to be written to.
-            manifest.write(self.dest, self.running_facts())
+            manifest.write(self.out, self.running_facts())
             testpause.pause("backup.started")
-            make_dir(self.dest / "config", self.paths.config_dir)
+            make_dir(self.out / "config", self.paths.config_dir)
             make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
+            self.close()
             raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
+        except BaseException:
+            self.close()
+            raise
         self.exdev_hint = link_hint(self.paths.data_dir, self.data_dst, EXDEV_HINT)
         if self.repository is not None or self.link_dest is not None:
             # Another disk is the point of a repository or a reference: copies across file
             # systems are expected there, and unchanged files are reused, not copied.
             self.runner.expect_exdev = True
-        if existed:
-            # The backup holds secrets (auth.db, receivedid.key): nobody else may read it.
-            try:
-                close_to_others(self.dest)
-            except OSError as e:
-                self.reporter.warn("dest_mode", str(self.dest), f"cannot make the destination unreadable to others ({e.strerror}); its subdirectories are")
 
     def open_snapshot(self) -> None:
-        """Phase 1 for a repository DEST: waits for its shared lock (a prune holds it
-        exclusively), warns when failed snapshots pile up, takes the newest complete snapshot as
-        the reference (unless --link-dest named one) and creates the new snapshot's directory,
-        locked while it is written; ``self.dest`` becomes that directory."""
+        """Phase 1 for a repository DEST (held, ``self.held[-1]``): waits for its shared lock
+        (a prune holds it exclusively), warns when failed snapshots pile up, takes the newest
+        complete snapshot as the reference (unless --link-dest named one) and creates the new
+        snapshot's directory in the held REPO, held and locked while it is written;
+        ``self.dest`` becomes its path."""
+        repo_dir = self.held[-1]
         repo = repository.Repository.open(self.dest)
         try:
-            self.locks.append(repository.RepoLock(repo.path, exclusive=False, on_wait=self.reporter.message))
+            self.locks.append(repository.RepoLock(repo.path, exclusive=False, on_wait=self.reporter.message, dir_fd=repo_dir.fd))
             infos = repo.snapshots()
             if (piled := repo.failed_pile_warning(infos)) is not None:
                 self.reporter.warn("failed_snapshots", str(repo.path), piled)
             if self.reference is None:
                 newest = repo.newest_complete(infos)
                 self.reference = newest.path if newest is not None else None
-            path = repo.create_snapshot(self.started)
-            self.locks.append(repository.SnapshotLock(path))
+            path = repo.create_snapshot(self.started, dir_fd=repo_dir.fd)
+            self.held.append(repo_dir.child(path.name, path))
+            self.locks.append(repository.SnapshotLock(path, dir_fd=self.held[-1].fd))
         except OSError as e:
             self.close()
             raise UsageError(f"{self.dest}: cannot write a snapshot into the repository: {e.strerror}") from e
@@ -219,14 +235,23 @@ class Backup:
         self.dest = path
 
     def close(self) -> None:
-        """Releases the repository's and the snapshot's locks (a backup into a repository)."""
+        """Releases the repository's and the snapshot's locks (a backup into a repository) and
+        the descriptors of the directories written into."""
         while self.locks:
             self.locks.pop().release()
+        while self.held:
+            self.held.pop().close()
+
+    @property
+    def out(self) -> Path:
+        """Where the backup is written: DEST (the new snapshot, for a repository DEST) through
+        its held descriptor; ``self.dest`` names it to the user."""
+        return self.held[-1].via
 
     @property
     def data_dst(self) -> Path:
         """The backup's data directory (in the new snapshot, for a repository DEST)."""
-        return self.dest / "data"
+        return self.out / "data"
 
     @property
     def summary_target(self) -> Path:
@@ -251,17 +276,24 @@ class Backup:
             except OSError as e:
                 raise UsageError(f"{self.paths.data_dir}: cannot open the data directory: {open_problem(self.paths.data_dir, e)}") from e
             try:
-                self.skip = [identity(os.stat(self.dest))]
+                self.skip = [identity(os.stat(self.out))]
                 return self._run()
             finally:
                 self.root.close()
+        except DestinationFull as e:
+            # Named as the user named DEST, not by the descriptor path written through.
+            raise DestinationFull(self.held[-1].shown(str(e)), e.what) from e
+        except OSError as e:
+            if isinstance(e.filename, str):
+                e.filename = self.held[-1].shown(e.filename)
+            raise
         finally:
             os.close(self.config_fd)
 
     def _run(self) -> str:
         self.format_version = self.store_format_version()
         self.runner.new_phase("config")
-        self.copy_tree(".", self.dest / "config", b"config", root=self.config_fd)
+        self.copy_tree(".", self.out / "config", b"config", root=self.config_fd)
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
             self.runner.new_phase("databases", len(DATA.databases) + 1 + len(self.config.accounts))
             self.snapshot_databases()
@@ -278,9 +310,9 @@ class Backup:
         # a failed backup into an ok one.
         status = "failed" if self.error_count() else "ok"
         testpause.pause("backup.before_manifest")
-        _engine.syncfs(self.dest)
+        _engine.syncfs(self.out)
         self.finished = time.time()
-        manifest.write(self.dest, self.facts(status))
+        manifest.write(self.out, self.facts(status))
         testpause.pause("backup.manifest_written")
         return status
 

@@ -177,7 +177,9 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
     the backup is a new snapshot REPO/<UTC start time>, and every file that
     is unchanged since the newest complete snapshot is hardlinked from it
     (reused) instead of copied. Backups and prunes of one repository never
-    overlap: a backup waits for a running prune.
+    overlap: a backup waits for a running prune. DEST (REPO) must not lie
+    below a directory another user can change, such as the store's own
+    directory; run as root, an existing empty DEST becomes root's, mode 0700.
 
     \b
     Phases: write DEST/mailbak.json saying "running"; copy config/; take the
@@ -270,8 +272,9 @@ def init(repo: Path, json_output: bool, quiet: bool) -> None:
     complete backup named by its UTC start time, in which every file that is
     unchanged since the previous snapshot is a hardlink to it: keep REPO on
     another disk than the store, and thin it with `mailbak prune`
-    (docs/REPOSITORY.md). Exit status: 0 made, 2 bad usage (REPO exists and is
-    not an empty directory; nothing written).
+    (docs/REPOSITORY.md). REPO becomes root's, mode 0700. Exit status: 0
+    made, 2 bad usage (REPO exists and is not an empty directory, or lies below
+    a directory another user can change; nothing written).
     """
     import json
 

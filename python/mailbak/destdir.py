@@ -6,6 +6,13 @@
   :data:`PRIVATE_DIR_MODE` (nobody else can enter while it is filled), then gets its source's
   mode capped at :data:`DIR_MODE_CAP` (nothing for others: a backup holds secrets) and, as root,
   its source's owner and group (:func:`make_dir`); without a source, :data:`DEFAULT_DIR_MODE`.
+- Where root writes, for a whole run (:class:`HeldDir`, :func:`hold_parent`, :func:`hold_new`,
+  :func:`hold_existing`): DEST, the snapshot directory, REPO are reached from ``/`` one
+  component at a time without following a symlink, refused when a directory on the way could be
+  changed by another user (:func:`unsafe_reason`), and from then on written through their
+  descriptor (``/proc/self/fd/N``), so that a rename or a symlink swapped in later changes
+  nothing. A directory mailbak takes (an empty DEST, a directory ``init`` makes a repository)
+  becomes the running user's, mode :data:`PRIVATE_DIR_MODE`.
 - The one answer to "is this directory a backup?": it holds ``mailbak.json``, whatever else it
   holds (:func:`is_backup`; docs/FORMAT.md section 8). A store is a directory with
   ``config/mailstore.toml`` and ``data/`` and no manifest (:func:`is_store`).
@@ -18,6 +25,7 @@ import stat
 from pathlib import Path
 
 from mailbak.errors import UsageError
+from mailbak.identity import PROC_FD
 from mailbak.layout import CONFIG_FILE
 from mailbak.manifest import MANIFEST
 
@@ -27,6 +35,11 @@ PRIVATE_DIR_MODE = 0o700
 DEFAULT_DIR_MODE = 0o750
 #: The bits a directory mailbak creates may keep of its source's: nothing for others.
 DIR_MODE_CAP = 0o770
+
+#: Flags of a directory held to be written into: never a symlink.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Flags of the directories walked through on the way there: search permission is enough.
+_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: The entries at the top of a backup.
 BACKUP_ENTRIES = ("config", "data", MANIFEST)
@@ -92,7 +105,153 @@ def make_dir(path: Path, like: Path | None) -> None:
         os.close(fd)
 
 
-def close_to_others(path: Path) -> None:
-    """Takes every bit outside DIR_MODE_CAP from an existing directory (a DEST given empty):
-    a backup holds secrets (auth.db, receivedid.key). Raises OSError."""
-    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & DIR_MODE_CAP)
+class HeldDir:
+    """A directory held by descriptor: ``path`` names it to the user (reports, the manifest),
+    ``via`` names it to everything that writes into it. ``via`` is ``/proc/self/fd/N``, which
+    the kernel resolves to the held directory itself, whatever has become of ``path`` since it
+    was opened (renamed, replaced by a symlink); the Rust engine and LMDB take it as any path."""
+
+    def __init__(self, path: Path, fd: int, name: str):
+        self.path = path
+        self.fd: int | None = fd
+        #: Its name in its parent directory (``path`` may end in ``.``, say).
+        self.name = name
+
+    @property
+    def via(self) -> Path:
+        assert self.fd is not None, "HeldDir used after close"
+        return PROC_FD / str(self.fd) if PROC_FD.is_dir() else self.path
+
+    def child(self, name: str, path: Path | None = None) -> HeldDir:
+        """Directory ``name`` in this one (``path`` to the user, by default this one's path and
+        the name), opened relative to it without following a symlink. Raises OSError."""
+        assert self.fd is not None, "HeldDir used after close"
+        return HeldDir(path or self.path / name, os.open(name, _DIR_FLAGS, dir_fd=self.fd), name)
+
+    def shown(self, text: str) -> str:
+        """``text`` (an error message) with ``via`` named as the user named the directory."""
+        if self.fd is None:
+            return text
+        via = str(self.via)
+        return str(self.path) if text == via else text.replace(via + "/", f"{self.path}/")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def unsafe_reason(st: os.stat_result) -> str | None:
+    """Why another user than root and the running user could create, rename or remove entries
+    in the directory of ``st`` (None: nobody can): its owner, or its write bits for group or
+    others without the sticky bit. A sticky directory writable by others (``/tmp``) is safe to
+    pass through: there only the owner of an entry can rename it, and the entry below it on
+    the way is checked in turn (it must be root's), or created or taken by mailbak."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"it belongs to uid {st.st_uid}"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return f"others can write to it (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def _refuse(path: Path, where: str, why: str, what: str) -> UsageError:
+    return UsageError(
+        f"{path}: refusing to write there: {where} can be changed by another user ({why}), who could make root write elsewhere; "
+        f"give {what} below directories that only root can change"
+    )
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute, with the symlinks the operator put on the way resolved (the last
+    component is never one: ``check_destination`` and ``is_repository`` refuse it) and ``.``
+    or ``..`` at its end replaced by the name they stand for."""
+    return Path(os.path.realpath(path))
+
+
+def hold_parent(path: Path, what: str = "a destination") -> HeldDir:
+    """The parent directory of ``path``, reached from ``/`` one component at a time, never
+    following a symlink (symlinks the operator put in the path are resolved first), each
+    directory on the way checked with :func:`unsafe_reason`. So are the directories the path
+    names as given, above each of its components: one holding a symlink of the path must not
+    be changeable by another user either, or they could point it at a directory of root's of
+    their choosing. Raises UsageError (another user could change a directory on the way; one
+    is missing)."""
+    # ".." kept: each prefix is a directory the kernel passes through.
+    given = path if path.is_absolute() else Path.cwd() / path
+    for prefix in reversed(given.parents):
+        try:
+            why = unsafe_reason(os.stat(prefix))
+        except OSError:
+            continue  # the walk below says what is missing
+        if why is not None:
+            raise _refuse(path, str(prefix), why, what)
+    real = _real(path).parent
+    fd = os.open("/", _WALK_FLAGS)
+    here = Path("/")
+    try:
+        for part in ("", *real.parts[1:]):
+            if part:
+                new = os.open(part, _WALK_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd, here = new, here / part
+            why = unsafe_reason(os.fstat(fd))
+            if why is not None:
+                raise _refuse(path, str(here), why, what)
+    except OSError as e:
+        os.close(fd)
+        raise UsageError(f"{path}: cannot reach its parent directory {real} without following a symlink: {e.strerror}") from e
+    except BaseException:
+        os.close(fd)
+        raise
+    return HeldDir(path.parent, fd, real.name)
+
+
+def hold_existing(parent: HeldDir, path: Path, what: str = "a repository") -> HeldDir:
+    """Directory ``path`` (an existing repository), opened in ``parent`` without following a
+    symlink and held; refused like its ancestors when another user could change it. Raises
+    UsageError."""
+    try:
+        held = parent.child(_real(path).name, path)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open it without following a symlink: {e.strerror}") from e
+    assert held.fd is not None
+    why = unsafe_reason(os.fstat(held.fd))
+    if why is not None:
+        held.close()
+        raise _refuse(path, "the directory itself", why, what)
+    return held
+
+
+def hold_new(parent: HeldDir, path: Path) -> tuple[HeldDir, bool]:
+    """Directory ``path`` created in ``parent`` (mode 0700), or, when it exists (an empty
+    directory, checked by :func:`check_destination`), taken: made the running user's, mode
+    0700, through its descriptor (run as another user than root: made 0700 when it is theirs,
+    else left as it is). Whoever owned it (or a directory mailbak is about to create
+    in it) could otherwise plant a symlink at a name root writes, such as the manifest's
+    temporary file. Returns the held directory and whether it existed. Raises OSError, and
+    UsageError when it was written into meanwhile."""
+    assert parent.fd is not None, "HeldDir used after close"
+    existed, name = True, _real(path).name
+    try:
+        os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=parent.fd)
+        existed = False
+    except FileExistsError:
+        pass
+    held = parent.child(name, path)
+    try:
+        assert held.fd is not None
+        st = os.fstat(held.fd)
+        me = (os.geteuid(), os.getegid())
+        if me[0] == 0 and (st.st_uid, st.st_gid) != me:
+            os.fchown(held.fd, *me)
+        # Run as another user than root, only what is theirs is made private; writing into a
+        # directory of someone else's then fails (or succeeds) as that user's rights say.
+        if me[0] == 0 or st.st_uid == me[0]:
+            os.fchmod(held.fd, PRIVATE_DIR_MODE)
+        # Only now can nobody else add entries: what came in before the check above is refused.
+        if existed and os.listdir(held.fd):
+            raise UsageError(f"{path}: something was created in the destination while mailbak was starting; give another new or empty directory")
+    except BaseException:
+        held.close()
+        raise
+    return held, existed

@@ -39,7 +39,7 @@ from typing import Any
 
 from mailbak import manifest
 from mailbak.atomic import replace_file
-from mailbak.destdir import PRIVATE_DIR_MODE
+from mailbak.destdir import PRIVATE_DIR_MODE, check_destination, hold_new, hold_parent
 from mailbak.errors import ManifestError, UsageError
 from mailbak.layout import read_tagged_json
 from mailbak.report import rfc3339
@@ -221,10 +221,11 @@ class RepoLock:
     """The repository's ``flock``: shared for a backup (several may write snapshots at once) and
     for a verify or restore of a snapshot, exclusive for prune. ``wait`` False raises
     RepositoryBusy instead of waiting; ``on_wait`` is told once, before waiting. Released by
-    ``release()`` or when the process ends."""
+    ``release()`` or when the process ends. With ``dir_fd`` (a descriptor of REPO the caller
+    holds) the lock is taken on that directory, and ``repo`` only names it in messages."""
 
-    def __init__(self, repo: Path, *, exclusive: bool, wait: bool = True, on_wait: Callable[[str], None] | None = None):
-        self.fd: int | None = os.open(repo, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def __init__(self, repo: Path, *, exclusive: bool, wait: bool = True, on_wait: Callable[[str], None] | None = None, dir_fd: int | None = None):
+        self.fd: int | None = _open_lockable(repo, dir_fd)
         how = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
             try:
@@ -263,12 +264,20 @@ def reader_lock(path: Path, *, on_wait: Callable[[str], None] | None = None) -> 
         raise UsageError(f"{real.parent}: cannot lock the repository of the snapshot {real.name}: {e.strerror}") from e
 
 
+def _open_lockable(path: Path, dir_fd: int | None) -> int:
+    """A new open file description of the directory (a ``flock`` belongs to one): ``path``
+    opened without following a symlink, or, given the descriptor of a held directory, ``.``
+    relative to it (whatever has become of its path)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(".", flags, dir_fd=dir_fd) if dir_fd is not None else os.open(path, flags)
+
+
 class SnapshotLock:
     """The exclusive ``flock`` a backup holds on the snapshot directory it writes (see
-    :func:`is_locked`)."""
+    :func:`is_locked`). ``dir_fd``: as for :class:`RepoLock`."""
 
-    def __init__(self, path: Path):
-        self.fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def __init__(self, path: Path, *, dir_fd: int | None = None):
+        self.fd: int | None = _open_lockable(path, dir_fd)
         # Blocking: the directory is new, but a listing (``is_locked``) may hold it shared for
         # an instant; a non-blocking request would then fail the backup.
         fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -352,15 +361,17 @@ class Repository:
             f"and `mailbak verify {piled[0].path}` and fix the cause (the first prune after a complete backup removes them)"
         )
 
-    def create_snapshot(self, started: float) -> Path:
+    def create_snapshot(self, started: float, dir_fd: int | None = None) -> Path:
         """Creates the directory of a new snapshot started at ``started`` (private, 0700) and
-        returns it; a name already taken gets a suffix ``-1``, ``-2``, ..."""
+        returns its path; a name already taken gets a suffix ``-1``, ``-2``, ... With ``dir_fd``
+        (a descriptor of REPO the caller holds) it is created in that directory, whatever has
+        become of REPO's path."""
         base = snapshot_name(started)
         for n in range(0, 1000):
-            path = self.path / (base if n == 0 else f"{base}-{n}")
+            name = base if n == 0 else f"{base}-{n}"
             try:
-                os.mkdir(path, PRIVATE_DIR_MODE)
-                return path
+                os.mkdir(name if dir_fd is not None else self.path / name, PRIVATE_DIR_MODE, dir_fd=dir_fd)
+                return self.path / name
             except FileExistsError:
                 continue
         raise UsageError(f"{self.path}: a thousand snapshots named {base}*: refusing to make another")
@@ -402,33 +413,42 @@ class Repository:
 
 
 def init(path: Path) -> Repository:
-    """Makes ``path`` (absent, its parent existing, or an empty directory) a repository."""
-    from mailbak.destdir import check_destination
-
+    """Makes ``path`` (absent, its parent existing, or an empty directory) a repository. Its
+    parent directories must be ones only root can change, and an existing directory becomes
+    the running user's, mode 0700 (``destdir.hold_new``): whoever else owned it could list and
+    swap every later snapshot."""
     check_destination(path, action="make a repository")
-    existed = os.path.lexists(path)
-    made: list[Path] = []
+    parent = hold_parent(path, "a repository")
+    held, existed = None, True
+    made: list[str] = []
     try:
-        if not existed:
-            os.mkdir(path, PRIVATE_DIR_MODE)
-            made.append(path)
-        else:
-            # Snapshots hold secrets (auth.db, receivedid.key): nobody else may list them.
-            os.chmod(path, PRIVATE_DIR_MODE)
+        held, existed = hold_new(parent, path)
+        assert held.fd is not None
         doc = {"kind": KIND, "format_version": REPO_FORMAT, "created": rfc3339()}
         # Made now, not by the first prune: a prune must work when the disk is full (no inode
         # left for a new directory), which is when it is needed most.
-        os.mkdir(path / TRASH, PRIVATE_DIR_MODE)
-        made.insert(0, path / TRASH)
-        replace_file(path / MARKER, (json.dumps(doc, indent=2) + "\n").encode(), mode=MARKER_MODE, tmp_name=MARKER + ".tmp")
+        os.mkdir(TRASH, PRIVATE_DIR_MODE, dir_fd=held.fd)
+        made.append(TRASH)
+        replace_file(held.via / MARKER, (json.dumps(doc, indent=2) + "\n").encode(), mode=MARKER_MODE, tmp_name=MARKER + ".tmp")
     except OSError as e:
-        # Leave the directory as it was (absent or empty), so that init can simply be run again.
-        for p in [path / (MARKER + ".tmp"), *made]:
-            try:
-                os.rmdir(p) if p in made else os.unlink(p)
-            except OSError:
-                pass
+        # Leave the directory as it was (absent or empty, though now root's), so that init can
+        # simply be run again.
+        if held is not None and held.fd is not None:
+            for name, is_dir in [(MARKER + ".tmp", False), *((m, True) for m in made)]:
+                try:
+                    os.rmdir(name, dir_fd=held.fd) if is_dir else os.unlink(name, dir_fd=held.fd)
+                except OSError:
+                    pass
+            if not existed:
+                try:
+                    os.rmdir(held.name, dir_fd=parent.fd)
+                except OSError:
+                    pass
         raise UsageError(f"{path}: cannot make a repository there: {e.strerror}") from e
+    finally:
+        if held is not None:
+            held.close()
+        parent.close()
     return Repository(path, doc)
 
 
