@@ -144,4 +144,3 @@ def public_dir():
     d.chmod(0o755)
     yield d
     shutil.rmtree(d, ignore_errors=True)
-

@@ -257,7 +257,9 @@ def test_refused_copy_calls_are_tried_once_per_pair_of_file_systems(tmp_path: Pa
     trace = tmp_path / "trace"
     subprocess.run(
         ["strace", "-f", "-qq", "-e", "trace=ioctl,copy_file_range", "-o", str(trace), sys.executable, "-c", COPY_SCRIPT, str(src), str(dst)],
-        check=True, env=CLI_ENV, capture_output=True,
+        check=True,
+        env=CLI_ENV,
+        capture_output=True,
     )
     lines = trace.read_text().splitlines()
     # A call two workers make at once is split by strace into "<unfinished ...>" and
@@ -318,9 +320,11 @@ def test_links_from_the_store_are_not_tried_across_file_systems(tmp_path: Path, 
     sizes[31] = len(b"new one")
     trace = tmp_path / "trace"
     out = subprocess.run(
-        ["strace", "-f", "-qq", "-e", "trace=linkat", "-o", str(trace), sys.executable, "-c", BACKUP_SCRIPT,
-         str(Path(__file__).parent), str(store), str(shm_dir / "s2"), json.dumps(sizes), str(shm_dir / "s1")],
-        check=True, env=CLI_ENV, capture_output=True, text=True,
+        ["strace", "-f", "-qq", "-e", "trace=linkat", "-o", str(trace), sys.executable, "-c", BACKUP_SCRIPT, str(Path(__file__).parent), str(store), str(shm_dir / "s2"), json.dumps(sizes), str(shm_dir / "s1")],
+        check=True,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
     ).stdout
     r = json.loads(out)
     links = [line for line in trace.read_text().splitlines() if "linkat(" in line]

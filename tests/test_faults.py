@@ -172,6 +172,7 @@ def test_sigkill_at_random_points(tmp_path):
     p.communicate(timeout=60)
     assert p.returncode == -signal.SIGKILL and placed_messages(dest)
     assert_incomplete(dest)
+
     # Random points of the part of the run that writes DEST (before it, a kill proves nothing).
     def start_and_wait_for_dest(dest: Path) -> tuple[subprocess.Popen, float]:
         p = popen_backup(store, dest)

@@ -53,7 +53,7 @@ def write_doc_store(root: Path) -> dict:
     config, data = root / "config", root / "data"
     for d in (config, data / "tmp", data / "queue", data / "accounts" / "bob" / "msg"):
         d.mkdir(parents=True)
-    (config / "mailstore.toml").write_text('[accounts.bob]\n')
+    (config / "mailstore.toml").write_text("[accounts.bob]\n")
     (data / "mailstore-version").write_text("1\n")
     (data / "receivedid.key").write_bytes(os.urandom(16))
     (data / "backup.lease").touch()

@@ -40,7 +40,6 @@ SNAP_A, SNAP_B = "2026-11-25T020000Z", "2026-11-26T020000Z"
 MESSAGES = 4000
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def tools() -> None:
     """restic and sshd are part of the setup (scripts/system-deps): missing, they fail the

@@ -474,6 +474,7 @@ DAMAGING: dict[str, tuple[Callable[[Path], None], str]] = {
     "account_directory_missing": (lambda r: shutil.rmtree(r / "data" / "accounts" / "user0001"), "area_missing"),
 }
 
+
 def stray_in_message_dir(root: Path) -> None:
     (msg_file(root, live_ids(root)[0]).parent / "notes.txt").write_text("x")
 

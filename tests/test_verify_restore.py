@@ -166,7 +166,7 @@ def test_running_or_missing_manifest_is_incomplete(backup):
     (backup / "mailbak.json").write_text(json.dumps({"kind": m["kind"], "manifest_version": 1, "status": "running", "started": m["started"]}))
     p = verify(backup)
     assert p.returncode == 1
-    assert "incomplete backup: it started at" in p.stderr and "its manifest still says \"running\"" in p.stderr
+    assert "incomplete backup: it started at" in p.stderr and 'its manifest still says "running"' in p.stderr
     # Without config/mailstore.toml it is no store: what is left of a backup without a manifest.
     (backup / "mailbak.json").unlink()
     (backup / "config" / "mailstore.toml").unlink()
@@ -228,7 +228,7 @@ def test_uid_and_erase_rules(store, tmp_path):
 
 def test_config_and_directories_disagree(backup):
     cfg = backup / "config" / "mailstore.toml"
-    cfg.write_text(cfg.read_text() + '\n[accounts.nodir]\n')
+    cfg.write_text(cfg.read_text() + "\n[accounts.nodir]\n")
     (backup / "data" / "accounts" / "stranger").mkdir()
     p = verify(backup)
     assert p.returncode == 1
@@ -269,6 +269,7 @@ def test_restore_round_trip(store, backup, tmp_path):
     assert "restore clean" in p.stdout
     for rel in ("queue/index.db", f"accounts/{ACC}/index.db", "auth.db", "tlsrpt.db"):
         assert dump_env(target / "data" / rel) == dump_env(backup / "data" / rel) == dump_env(store / "data" / rel)
+
     def listing(root):
         # Backups cap directory modes at 0770 (never readable by others); files keep theirs.
         out = {}

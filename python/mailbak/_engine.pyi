@@ -282,6 +282,7 @@ def set_fs_identity(uid: int, gid: int, groups: list[int]) -> tuple[int, int, li
     non-zero uid also drops root's file-system capabilities for that thread, so the kernel
     checks every open and create as that user would be checked. Raises OSError (EPERM) when the
     process may not take that identity. Threads started meanwhile inherit it."""
+
 class BuildInfo(TypedDict):
     version: str
     profile: str

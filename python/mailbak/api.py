@@ -403,6 +403,8 @@ def prune(
     job = Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
     facts = _run(job, reporter, title="prune", target=repo)
     return _result(PruneResult, facts)
+
+
 # Off-site copies through restic (docs/OFFSITE.md) ---------------------------------------------
 #
 # The restic repository comes from restic's environment variables or from ``restic_repo`` and

@@ -80,7 +80,6 @@ INIT_HINT = "; to keep a history of snapshots, make a new or empty directory a r
 EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
 
 
-
 @dataclass
 class Area:
     """A message area to back up: the queue or one account."""

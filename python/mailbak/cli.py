@@ -211,6 +211,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
     with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
         reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
+
         def left_behind() -> str:
             if b.repository is None and is_repository(dest):
                 return "no snapshot was begun"  # stopped while waiting for the repository

@@ -155,10 +155,7 @@ def unsafe_reason(st: os.stat_result) -> str | None:
 
 
 def _refuse(path: Path, where: str, why: str, what: str) -> UsageError:
-    return UsageError(
-        f"{path}: refusing to write there: {where} can be changed by another user ({why}), who could make root write elsewhere; "
-        f"give {what} below directories that only root can change"
-    )
+    return UsageError(f"{path}: refusing to write there: {where} can be changed by another user ({why}), who could make root write elsewhere; give {what} below directories that only root can change")
 
 
 def _real(path: Path) -> Path:

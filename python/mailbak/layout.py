@@ -123,6 +123,7 @@ _LAYOUTS = {
     ),
 }
 
+
 def area_rel(kind: AreaKind, name: str) -> str:
     """The directory of an area relative to ``data/``: ``queue`` or ``accounts/NAME``."""
     return QUEUE_DIR if kind is AreaKind.QUEUE else f"{ACCOUNTS_DIR}/{name}"
@@ -306,7 +307,7 @@ def read_tagged_json(path: Path, limit: int, missing: Exception, error: Callable
         # must be one damaged file, never a traceback (mailbak itself writes a few levels).
         raise error(f"{path}: malformed JSON: nested too deeply") from e
     if not isinstance(doc, dict) or doc.get("kind") != kind:
-        raise error(f"{path}: not {what} (no \"kind\": \"{kind}\")")
+        raise error(f'{path}: not {what} (no "kind": "{kind}")')
     return doc
 
 

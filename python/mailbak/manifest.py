@@ -71,7 +71,7 @@ def read(backup: Path) -> dict[str, Any]:
         raise ManifestError(f"{path}: manifest version {doc.get('manifest_version')!r} is not supported (this mailbak reads {MANIFEST_VERSION})")
     status = doc.get("status")
     if status not in (OK, FAILED, RUNNING):
-        raise ManifestError(f"{path}: status {status!r} is none of \"ok\", \"failed\", \"running\"")
+        raise ManifestError(f'{path}: status {status!r} is none of "ok", "failed", "running"')
     if status == RUNNING:
         # Written before anything else: only the start is known. Callers treat it as incomplete.
         if not isinstance(doc.get("started"), str):

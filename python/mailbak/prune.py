@@ -122,10 +122,7 @@ class Prune:
             "dry_run": self.dry_run,
             "started": rfc3339(self.started),
             "finished": rfc3339(self.finished),
-            "snapshots": [
-                {"name": d.name, "status": d.status, "started": rfc3339(d.start.timestamp()), "action": d.action, "reasons": list(d.reasons)}
-                for d in self.decisions
-            ],
+            "snapshots": [{"name": d.name, "status": d.status, "started": rfc3339(d.start.timestamp()), "action": d.action, "reasons": list(d.reasons)} for d in self.decisions],
             "kept": sum(1 for d in self.decisions if d.keep),
             "removed": sum(1 for d in self.decisions if not d.keep) if not self.dry_run else 0,
             "would_remove": sum(1 for d in self.decisions if not d.keep) if self.dry_run else 0,

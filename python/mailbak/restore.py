@@ -127,7 +127,7 @@ class Restore:
             self.reporter.warn("manifest", manifest.MANIFEST, f"{e}; restoring anyway (--force)")
         else:
             if doc["status"] == manifest.RUNNING and not self.force:
-                raise UsageError(f"{self.backup}: the backup is incomplete (its manifest still says \"running\": killed, interrupted or stopped by a full disk); refusing to restore it (use --force to restore what is there)")
+                raise UsageError(f'{self.backup}: the backup is incomplete (its manifest still says "running": killed, interrupted or stopped by a full disk); refusing to restore it (use --force to restore what is there)')
             if doc["status"] == manifest.FAILED and not self.force:
                 raise UsageError(f"{self.backup}: the backup is marked failed ({doc['errors']} errors when it was made); refusing to restore it (use --force)")
             if doc["status"] != manifest.RUNNING:

@@ -184,7 +184,6 @@ class Runner:
         self.reporter.phase(name, total)
 
 
-
 def install_signal_handlers() -> None:
     """Makes SIGTERM behave like Ctrl-C: raise Interrupted in the main thread."""
 

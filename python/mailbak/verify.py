@@ -58,7 +58,6 @@ DATA = AreaKind.DATA.layout
 AREA_COUNTS = ("checked", "missing", "damaged", "orphans", "unrecognized", "moved")
 
 
-
 class ReadIndex(NamedTuple):
     """An area whose index was read (checks 2 and 4), for checks 3, 5 and 7."""
 
@@ -200,7 +199,7 @@ class Verify:
         if doc["status"] == manifest.RUNNING:
             self.manifest_status = "incomplete"
             why = "it was killed, interrupted or stopped by a full disk, or it is still running"
-            self.reporter.error("incomplete", manifest.MANIFEST, f"incomplete backup: it started at {doc['started']} and never finished (its manifest still says \"running\"): {why}")
+            self.reporter.error("incomplete", manifest.MANIFEST, f'incomplete backup: it started at {doc["started"]} and never finished (its manifest still says "running"): {why}')
         else:
             self.manifest_doc = doc
             if doc["status"] != manifest.OK:
