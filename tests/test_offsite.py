@@ -675,7 +675,7 @@ AS_NOBODY = """
 import os, sys
 import click, json, subprocess, threading, signal, shutil, tempfile, re, io
 import mailbak.cli, mailbak.offsite, mailbak.report, mailbak.runner, mailbak.monitor, mailbak.repository, mailbak.retention, mailbak.errors
-import mailbak.destdir, mailbak.manifest, mailbak.atomic, mailbak.text, mailbak.testpause
+import mailbak.destdir, mailbak.manifest, mailbak.fsio, mailbak.text, mailbak.testpause
 import _strptime, datetime  # noqa: F401 (stdlib modules are unreadable once privileges are dropped)
 datetime.datetime.strptime("2026", "%Y")
 os.setgroups([])

@@ -20,8 +20,7 @@ import errno
 import os
 from pathlib import Path
 
-#: Flags of every directory opened below the root.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+from mailbak.fsio import open_dir, open_entry
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:
@@ -60,7 +59,7 @@ def open_store_dir(path: Path) -> int:
     which root would then copy into a backup (or read as the store). The directories above are
     the operator's path and are followed. Raises OSError (ELOOP for a symlink, see
     ``open_problem``)."""
-    return os.open(path, _DIR_FLAGS)
+    return open_dir(path)
 
 
 def open_problem(path: Path, e: OSError) -> str:
@@ -97,7 +96,7 @@ class DataRoot:
         fd = os.dup(self.fd)
         try:
             for part in _parts(rel):
-                new = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                new = open_dir(part, dir_fd=fd)
                 os.close(fd)
                 fd = new
         except BaseException:
@@ -112,7 +111,7 @@ class DataRoot:
         parent, _, name = rel.rpartition("/")
         dfd = self.open_dir(parent)
         try:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            fd = open_entry(name, dir_fd=dfd)
         finally:
             os.close(dfd)
         try:

@@ -40,6 +40,7 @@ from mailbak import __version__, _engine, manifest, repository, testpause
 from mailbak.anchor import DataRoot, identity, inside, open_problem, open_store_dir
 from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir
 from mailbak.errors import DestinationFull, ManifestError, UsageError
+from mailbak.fsio import Refused, read_small
 from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import (
     ACCOUNTS_DIR,
@@ -50,14 +51,12 @@ from mailbak.layout import (
     VERSION_FILE,
     AreaKind,
     FormatError,
-    Refused,
     StorePaths,
     area_label,
     area_rel,
     engine_area,
     is_real_dir,
     read_config,
-    read_small,
 )
 from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, link_hint

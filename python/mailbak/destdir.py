@@ -25,6 +25,7 @@ import stat
 from pathlib import Path
 
 from mailbak.errors import UsageError
+from mailbak.fsio import open_dir, open_dir_search
 from mailbak.identity import PROC_FD
 from mailbak.layout import CONFIG_FILE
 from mailbak.manifest import MANIFEST
@@ -35,11 +36,6 @@ PRIVATE_DIR_MODE = 0o700
 DEFAULT_DIR_MODE = 0o750
 #: The bits a directory mailbak creates may keep of its source's: nothing for others.
 DIR_MODE_CAP = 0o770
-
-#: Flags of a directory held to be written into: never a symlink.
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: Flags of the directories walked through on the way there: search permission is enough.
-_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: The entries at the top of a backup.
 BACKUP_ENTRIES = ("config", "data", MANIFEST)
@@ -95,7 +91,7 @@ def make_dir(path: Path, like: Path | None) -> None:
         except OSError:
             pass
     os.mkdir(path, PRIVATE_DIR_MODE)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = open_dir(path)
     try:
         # The owner always keeps full access: mailbak must be able to fill what it made.
         os.fchmod(fd, mode | PRIVATE_DIR_MODE)
@@ -126,7 +122,7 @@ class HeldDir:
         """Directory ``name`` in this one (``path`` to the user, by default this one's path and
         the name), opened relative to it without following a symlink. Raises OSError."""
         assert self.fd is not None, "HeldDir used after close"
-        return HeldDir(path or self.path / name, os.open(name, _DIR_FLAGS, dir_fd=self.fd), name)
+        return HeldDir(path or self.path / name, open_dir(name, dir_fd=self.fd), name)
 
     def shown(self, text: str) -> str:
         """``text`` (an error message) with ``via`` named as the user named the directory."""
@@ -183,12 +179,12 @@ def hold_parent(path: Path, what: str = "a destination") -> HeldDir:
         if why is not None:
             raise _refuse(path, str(prefix), why, what)
     real = _real(path).parent
-    fd = os.open("/", _WALK_FLAGS)
+    fd = open_dir_search("/")
     here = Path("/")
     try:
         for part in ("", *real.parts[1:]):
             if part:
-                new = os.open(part, _WALK_FLAGS, dir_fd=fd)
+                new = open_dir_search(part, dir_fd=fd)
                 os.close(fd)
                 fd, here = new, here / part
             why = unsafe_reason(os.fstat(fd))

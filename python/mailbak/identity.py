@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailbak import _engine
+from mailbak.fsio import open_dir
 
 #: Where a directory descriptor can be named as a path (Linux's procfs).
 PROC_FD = Path("/proc/self/fd")
@@ -99,7 +100,7 @@ def acting_as(owner: StoreOwner | None) -> Iterator[None]:
 def in_directory(path: Path) -> Iterator[tuple[int, str]]:
     """A descriptor of ``path``'s directory (opened now, as the caller is) and a path naming
     ``path`` through it, for libraries that take only paths (LMDB)."""
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = open_dir(path.parent, follow=True)
     try:
         via = f"{PROC_FD}/{fd}/{path.name}" if PROC_FD.is_dir() else str(path)
         yield fd, via

@@ -12,8 +12,6 @@ and use ``/`` separators.
 
 from __future__ import annotations
 
-import errno
-import json
 import os
 import stat
 import sys
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from mailbak import _engine
 from mailbak.anchor import open_problem, open_store_dir
+from mailbak.fsio import read_bounded, read_json
 from mailbak.testpause import pause
 
 if TYPE_CHECKING:
@@ -238,74 +237,11 @@ class Config:
     invalid: tuple[tuple[str, str], ...]
 
 
-class Refused(OSError):
-    """A small file ``read_small`` will not read; ``strerror`` says why (a symlink, not a
-    regular file, larger than its bound)."""
-
-
-#: Flags of every small file read: a symlink is never followed and a FIFO never waited for.
-_SMALL_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def read_small(path: os.PathLike | str, limit: int, *, dir_fd: int | None = None) -> bytes:
-    """The one way mailbak reads a small file a hostile user may have placed (a store's config,
-    its ``mailstore-version``, a manifest): opened without following a symlink and without
-    waiting (``O_NOFOLLOW|O_NONBLOCK``: a FIFO would otherwise hang the run), refused unless
-    ``fstat`` says it is a regular file, never read past ``limit`` bytes. With ``dir_fd``, ``path``
-    is a name in that directory. Raises OSError: FileNotFoundError when missing, ``Refused`` for
-    what is never read."""
-    try:
-        fd = os.open(path, _SMALL_FILE_FLAGS, dir_fd=dir_fd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused(e.errno, "a symlink (never followed)") from e
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(errno.EINVAL, "not a regular file (a FIFO, socket or device is never read)")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise Refused(errno.EFBIG, f"larger than {limit} bytes")
-    return b"".join(chunks)
-
-
-def read_bounded(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception], *, dir_fd: int | None = None) -> bytes:
-    """``read_small`` with one message per failure: a missing file raises ``missing``; every
-    other failure is ``error`` with a message naming ``path``. With ``dir_fd``, the last
-    component of ``path`` is read in that directory (``path`` names it in messages)."""
-    try:
-        return read_small(path.name if dir_fd is not None else path, limit, dir_fd=dir_fd)
-    except FileNotFoundError as e:
-        raise missing from e
-    except Refused as e:
-        raise error(f"{path}: {e.strerror}") from e
-    except OSError as e:
-        raise error(f"{path}: cannot read: {e.strerror}") from e
-
-
 def read_tagged_json(path: Path, limit: int, missing: Exception, error: Callable[[str], Exception], kind: str, what: str) -> dict[str, Any]:
     """A small JSON object of mailbak's own (a manifest, a repository marker): read with
-    ``read_bounded``, decoded, and refused unless it says ``"kind": kind``; ``what`` names it in
+    ``fsio.read_json``, and refused unless it says ``"kind": kind``; ``what`` names it in
     that refusal ("a mailbak manifest"). Each caller checks its own version field."""
-    raw = read_bounded(path, limit, missing, error)
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: malformed JSON: {e}") from e
-    except RecursionError as e:
-        # Arrays or objects nested deeper than the parser recurses: a few kilobytes of brackets
-        # must be one damaged file, never a traceback (mailbak itself writes a few levels).
-        raise error(f"{path}: malformed JSON: nested too deeply") from e
+    doc = read_json(path, limit, missing, error)
     if not isinstance(doc, dict) or doc.get("kind") != kind:
         raise error(f'{path}: not {what} (no "kind": "{kind}")')
     return doc

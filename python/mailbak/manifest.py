@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mailbak.atomic import replace_file
 from mailbak.errors import ManifestError
+from mailbak.fsio import replace_file
 from mailbak.layout import read_tagged_json
 
 #: File name of the manifest inside a backup.

@@ -7,7 +7,7 @@ sees the exit status (the ``SystemExit`` the command ends with), writes the metr
 sends the final ping. Monitoring never changes a run's outcome: a ping or metrics file that
 cannot be delivered is a warning on stderr, and the exit status stays the run's own.
 
-Modules only some runs need (urllib, tempfile in atomic.py, traceback) are imported where used: a run
+Modules only some runs need (urllib, traceback) are imported where used: a run
 without monitoring loads nothing more, and tests that drop privileges after importing what a
 run needs keep working.
 """
@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mailbak.atomic import replace_file
 from mailbak.errors import Interrupted
-from mailbak.layout import Refused, read_small
+from mailbak.fsio import Refused, read_small, replace_file
 from mailbak.report import Event, Reporter
 
 if TYPE_CHECKING:

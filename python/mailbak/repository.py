@@ -24,7 +24,6 @@ Every entry is looked at with ``lstat``: a symlink in REPO is never a snapshot, 
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -38,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from mailbak import manifest
-from mailbak.atomic import replace_file
 from mailbak.destdir import PRIVATE_DIR_MODE, check_destination, hold_new, hold_parent
 from mailbak.errors import ManifestError, UsageError
+from mailbak.fsio import fsync_dir, open_dir, replace_file
 from mailbak.layout import read_tagged_json
 from mailbak.report import rfc3339
 
@@ -125,7 +124,7 @@ def in_time_range(t: datetime) -> bool:
 def is_locked(path: Path) -> bool:
     """Whether a backup is writing the snapshot at ``path`` (it holds the directory's lock)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_dir(path)
     except OSError:
         return False
     try:
@@ -268,8 +267,7 @@ def _open_lockable(path: Path, dir_fd: int | None) -> int:
     """A new open file description of the directory (a ``flock`` belongs to one): ``path``
     opened without following a symlink, or, given the descriptor of a held directory, ``.``
     relative to it (whatever has become of its path)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(".", flags, dir_fd=dir_fd) if dir_fd is not None else os.open(path, flags)
+    return open_dir(".", dir_fd=dir_fd) if dir_fd is not None else open_dir(path)
 
 
 class SnapshotLock:
@@ -408,7 +406,7 @@ class Repository:
                     break
         os.rename(self.path / name, target)
         for d in (self.trash, self.path):
-            _fsync_dir(d)
+            fsync_dir(d)
         return target
 
 
@@ -450,17 +448,6 @@ def init(path: Path) -> Repository:
             held.close()
         parent.close()
     return Repository(path, doc)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EROFS):
-            raise
-    finally:
-        os.close(fd)
 
 
 def snapshots_table(infos: list[SnapshotInfo]) -> list[tuple[str, ...]]:

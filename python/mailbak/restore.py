@@ -30,6 +30,7 @@ from mailbak import _engine, manifest
 from mailbak.anchor import identity, inside
 from mailbak.destdir import BACKUP_ENTRIES, DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, check_destination, make_dir
 from mailbak.errors import ManifestError, UsageError
+from mailbak.fsio import open_dir
 from mailbak.identity import PROC_FD
 from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, TMP_DIR, AreaKind, area_rel, is_real_dir
 from mailbak.report import Reporter
@@ -54,7 +55,7 @@ def hold_dir(path: Path) -> tuple[int, tuple[int, int, int]]:
     and have root write elsewhere; writes go through :func:`held_path` from now on. Run as
     another user, only the descriptor is taken. Raises OSError, or UsageError when something was
     created in it meanwhile."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = open_dir(path)
     try:
         st = os.fstat(fd)
         was = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))

@@ -34,6 +34,7 @@ import lmdb
 from mailbak import _engine
 from mailbak.anchor import DataRoot, identity
 from mailbak.errors import DestinationFull, is_destination_full
+from mailbak.fsio import create_new, open_file
 from mailbak.identity import StoreOwner, acting_as, in_directory
 from mailbak.layout import LEASE_FILE, LOCK_SUFFIX, AreaKind
 from mailbak.report import Reporter
@@ -147,7 +148,7 @@ def _prepare_lock_file(dir_fd: int, name: str, db: os.stat_result) -> int | None
     """Creates the lock file ``name`` when missing (its descriptor is returned, to be finished by
     ``_give_lock_file``); refuses one that is not a regular file."""
     try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        fd = create_new(name, 0o600, dir_fd=dir_fd, access=os.O_RDWR)
     except FileExistsError:
         try:
             st = os.lstat(name, dir_fd=dir_fd)
@@ -363,7 +364,7 @@ class ReaderLease:
         lost = "writers cannot defer erasures, so an erase meanwhile can show up as a missing file"
         try:
             with in_directory(self.path) as (dir_fd, _), acting_as(StoreOwner.of(self.path.parent)):
-                fd = os.open(self.path.name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+                fd = open_file(self.path.name, dir_fd=dir_fd)
         except OSError as e:
             self.reporter.warn("no_lease", f"data/{LEASE_FILE}", f"cannot open the lease file ({e.strerror}); {lost}")
             return None
