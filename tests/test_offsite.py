@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import json_lines, make_store, tree_listing
+from conftest import free_port, json_lines, make_store, tree_listing
 from mailbak import repository
 from mailbak.offsite import RESTIC_UNLIMITED, ResticConfig, forget_args, redact
 from mailbak.retention import Duration, Policy
@@ -45,12 +45,6 @@ def tools() -> None:
     """restic and sshd are part of the setup (scripts/system-deps): missing, they fail the
     tests loudly rather than skip them."""
     assert RESTIC is not None and SSHD is not None, "restic and openssh-server are installed by `make setup` (scripts/system-deps)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
