@@ -140,7 +140,8 @@ def test_interrupt_mid_run(tmp_path, sig):
             pp.wait_reached(p)
             assert 100 <= len(placed_messages(dest)) < 30000
             p.send_signal(sig)
-            time.sleep(0.3)  # the main thread's handler sets the cancel flag before the worker resumes
+            # The main thread's handler sets the cancel flag before the worker resumes.
+            pp.wait_reached(p, mark="runner.cancelled")
         finally:
             pp.go()
         out, err = p.communicate(timeout=60)
@@ -161,16 +162,40 @@ def test_interrupt_mid_run(tmp_path, sig):
 
 
 def test_sigkill_at_random_points(tmp_path):
-    """One SIGKILL that certainly lands mid-link (pause point), then 10 at random times; every
-    outcome is checked, and the random ones must include at least one mid-run kill."""
+    """SIGKILLs at three known points (pause points), one per outcome, then 10 at random times.
+
+    - Mid-link (``engine_mid_link``, one worker, after 10 files): some message files placed, the
+      manifest still "running": verify says incomplete.
+    - Everything placed, the final manifest not yet written (``backup.before_manifest``): still
+      incomplete, however little was left.
+    - Just after the final manifest (``backup.manifest_written``): complete, and verify is clean.
+
+    The random kills may land anywhere in the part of the run that writes DEST; whichever of the
+    two outcomes each gives, the manifest and verify must agree on it."""
     store = make_store(tmp_path / "store", messages=8000, accounts=5, seed=4)
-    pp = PausePoint(tmp_path / "pause", "engine_mid_link", after=10)
+
+    def kill_at(point: str, dest: Path, *args: str, after: int = 1) -> None:
+        pp = PausePoint(tmp_path / f"pause-{dest.name}", point, after=after)
+        p = pp.popen("backup", *args, store, dest)
+        pp.wait_reached(p)
+        p.kill()
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+
     dest = tmp_path / "mid"
-    p = pp.popen("backup", "--jobs", "1", store, dest)
-    pp.wait_reached(p)
-    p.kill()
-    p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL and placed_messages(dest)
+    kill_at("engine_mid_link", dest, "--jobs", "1", after=10)
+    assert placed_messages(dest)
+    assert_incomplete(dest)
+
+    complete = tmp_path / "manifest-written"
+    kill_at("backup.manifest_written", complete)
+    assert manifest_of(complete)["status"] == "ok"
+    v = run_cli("verify", complete)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+    dest = tmp_path / "before-manifest"
+    kill_at("backup.before_manifest", dest)
+    assert len(placed_messages(dest)) == len(placed_messages(complete)), "every message file was placed"
     assert_incomplete(dest)
 
     # Random points of the part of the run that writes DEST (before it, a kill proves nothing).
