@@ -189,6 +189,23 @@ def repo(shm_dir: Path) -> Path:
     return r
 
 
+def waits_for_a_held_repository(repo: Path, *args: str | os.PathLike) -> subprocess.CompletedProcess:
+    """Starts `mailbak ARGS` while ``repo`` is held as a prune holds it (its exclusive lock):
+    the command must say it waits and still be waiting; then the lock is released and the
+    command's outcome returned."""
+    from mailbak.repository import RepoLock
+
+    held = RepoLock(repo, exclusive=True)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mailbak", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+        assert "waiting for the repository lock" in proc.stderr.readline()
+        assert proc.poll() is None
+    finally:
+        held.release()
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def remove_a_message_file(backup: Path) -> str:
     """Removes one message file of a backup (or store); returns its path."""
     for dirpath, _, files in os.walk(backup / "data" / "accounts"):

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, backup_into, json_lines, manifest_of, run_cli, start_times
+from conftest import CLI_ENV, backup_into, json_lines, manifest_of, run_cli, start_times, waits_for_a_held_repository
 from mailbak import repository
-from mailbak.repository import FAILED_PILE_WARN, MARKER, RepoLock
+from mailbak.repository import FAILED_PILE_WARN, MARKER
 from pausing import PausePoint
 
 #: A manifest nested deeper than any JSON parser's recursion allows.
@@ -78,15 +78,8 @@ def test_prune_waits_or_refuses_while_a_snapshot_is_verified_or_restored(store, 
 def test_a_verify_started_during_a_prune_waits_for_it(store, repo):
     backup_into(store, repo)
     (snap,) = names(repo)
-    held = RepoLock(repo, exclusive=True)  # as a prune holds it
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "verify", str(repo / snap)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
-        assert "waiting for the repository lock" in proc.stderr.readline()
-        assert proc.poll() is None
-    finally:
-        held.release()
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out + err
+    p = waits_for_a_held_repository(repo, "verify", repo / snap)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 # 10: a manifest nested too deep --------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, backup_into, init_ok, inode_listing, json_lines, manifest_of, run_cli, start_times, tree_listing
+from conftest import CLI_ENV, backup_into, init_ok, inode_listing, json_lines, manifest_of, run_cli, start_times, tree_listing, waits_for_a_held_repository
 from mailbak import repository
 from mailbak.gen import age_tree
 from mailbak.layout import message_rel
@@ -495,15 +495,8 @@ def test_a_backup_stopped_while_waiting_for_a_prune_says_nothing_was_begun(store
 def test_link_dest_into_a_repository_snapshot_holds_that_repository(store, repo, shm_dir):
     backup_into(store, repo)
     (snap,) = Repository.open(repo).snapshot_names()
-    held = RepoLock(repo, exclusive=True)  # as a prune holds it
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", "--link-dest", str(repo / snap), str(store), str(shm_dir / "elsewhere")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
-        assert "waiting for the repository lock" in proc.stderr.readline()
-        assert proc.poll() is None
-    finally:
-        held.release()
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out + err
+    p = waits_for_a_held_repository(repo, "backup", "--link-dest", repo / snap, store, shm_dir / "elsewhere")
+    assert p.returncode == 0, p.stdout + p.stderr
     assert manifest_of(shm_dir / "elsewhere")["reference"] == str(repo / snap)
 
 
