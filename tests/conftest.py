@@ -5,22 +5,48 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from unittest import mock
 
 import lmdb
 import pytest
-from mailbak.gen import generate
+from mailbak import gen
 from mailbak.store import Store
+from mailbak.testclock import ENV_CLOCK
 
 #: Environment for CLI subprocesses: no terminal, so plain output.
 CLI_ENV = {**os.environ, "COLUMNS": "200"}
 
+#: The unprivileged user that owns the stores of tests about a hostile store owner.
+NOBODY = pwd.getpwnam("nobody")
 
-def run_cli(*args: str | os.PathLike, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """Runs `mailbak ARGS` as a separate process and captures its output."""
-    return subprocess.run([sys.executable, "-m", "mailbak", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=CLI_ENV, **kw)
+
+def clock_env(start: float | None, env: dict | None = None) -> dict:
+    """``env`` (CLI_ENV by default) with the run's start set to ``start`` (None: the real
+    clock), through the test-only seam ``MAILBAK_TEST_CLOCK`` (mailbak/testclock.py)."""
+    env = CLI_ENV if env is None else env
+    return env if start is None else {**env, ENV_CLOCK: repr(start)}
+
+
+def start_times(count: int) -> list[int]:
+    """``count`` start times one second apart, the last the current second, for a test's
+    backups into one repository: each snapshot is named by its start second, so each gets a
+    name of its own without sleeping past a second boundary. No start is later than the run's
+    real one, so the reuse rule (files written from two seconds before a reference's start on
+    are copied) is never laxer than with the real clock."""
+    now = int(time.time())
+    return list(range(now - count + 1, now + 1))
+
+
+def run_cli(*args: str | os.PathLike, timeout: float = 300, clock: float | None = None, **kw) -> subprocess.CompletedProcess:
+    """Runs `mailbak ARGS` as a separate process and captures its output; ``clock``: the
+    run's start time (``clock_env``)."""
+    return subprocess.run([sys.executable, "-m", "mailbak", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=clock_env(clock), **kw)
 
 
 def json_lines(stdout: str) -> list[dict]:
@@ -35,7 +61,11 @@ def json_lines(stdout: str) -> list[dict]:
 
 def make_store(path: Path, messages: int = 300, accounts: int = 3, seed: int = 7) -> Path:
     """A generated store (the generator is deterministic, so tests can rely on its shape)."""
-    generate(path, messages=messages, accounts=accounts, seed=seed, jobs=2)
+    # The generator ends with a sync of the whole machine, so that a benchmark started right
+    # after it does not compete with write-back. No test needs its store on disk, and that
+    # sync was most of a small store's setup time (0.2-0.5 s each, over a hundred stores).
+    with mock.patch.object(gen, "_sync", lambda root: None):
+        gen.generate(path, messages=messages, accounts=accounts, seed=seed, jobs=2)
     return path
 
 
@@ -122,15 +152,106 @@ def make_socket(path: Path):
     return s
 
 
-def backup_ok(store: Path, dest: Path, *args: str) -> subprocess.CompletedProcess:
-    """Runs a backup that must succeed."""
-    p = run_cli("backup", *args, store, dest)
+def backup_ok(store: Path, dest: Path, *args: str, clock: float | None = None) -> subprocess.CompletedProcess:
+    """Runs a backup that must succeed (started at ``clock``, when given)."""
+    p = run_cli("backup", *args, store, dest, clock=clock)
     assert p.returncode == 0, p.stdout + p.stderr
     return p
 
 
 def manifest_of(dest: Path) -> dict:
+    """The manifest of the backup at ``dest``, as JSON."""
     return json.loads((dest / "mailbak.json").read_text())
+
+
+# Repositories ---------------------------------------------------------------------------------
+
+
+def init_ok(repo: Path) -> None:
+    """``mailbak init REPO``, which must succeed."""
+    p = run_cli("init", repo)
+    assert p.returncode == 0, p.stderr
+
+
+def backup_into(store: Path, repo: Path, *args: str, events: list | None = None, env: dict | None = None, clock: float | None = None) -> dict:
+    """A backup into a repository that must succeed, without a traceback; returns its JSON
+    summary (and puts every JSON line into ``events`` when given). ``env``: extra environment
+    (TZ); ``clock``: its start time (``start_times``)."""
+    p = subprocess.run([sys.executable, "-m", "mailbak", "backup", "--json", *map(str, args), str(store), str(repo)], capture_output=True, text=True, timeout=300, env=clock_env(clock, {**CLI_ENV, **(env or {})}))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = json_lines(p.stdout)
+    if events is not None:
+        events.extend(lines)
+    return lines[-1]
+
+
+@pytest.fixture
+def repo(shm_dir: Path) -> Path:
+    """An empty repository on /dev/shm (another file system than the store's)."""
+    r = shm_dir / "repo"
+    init_ok(r)
+    return r
+
+
+def waits_for_a_held_repository(repo: Path, *args: str | os.PathLike) -> subprocess.CompletedProcess:
+    """Starts `mailbak ARGS` while ``repo`` is held as a prune holds it (its exclusive lock):
+    the command must say it waits and still be waiting; then the lock is released and the
+    command's outcome returned."""
+    from mailbak.repository import RepoLock
+
+    held = RepoLock(repo, exclusive=True)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "mailbak", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+        assert "waiting for the repository lock" in proc.stderr.readline()
+        assert proc.poll() is None
+    finally:
+        held.release()
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def remove_a_message_file(backup: Path) -> str:
+    """Removes one message file of a backup (or store); returns its path."""
+    for dirpath, _, files in os.walk(backup / "data" / "accounts"):
+        if "/msg/" in dirpath + "/" and files:
+            os.unlink(os.path.join(dirpath, files[0]))
+            return os.path.join(dirpath, files[0])
+    raise AssertionError("no message file found")
+
+
+# Stores owned by another user -------------------------------------------------------------------
+
+
+def chown_tree(root: Path, uid: int = NOBODY.pw_uid, gid: int = NOBODY.pw_gid) -> None:
+    """Gives ``root`` and everything below it (symlinks themselves) to uid:gid (nobody)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in [".", *dirnames, *filenames]:
+            os.lchown(Path(dirpath) / n, uid, gid)
+
+
+def nobodys_store(path: Path, messages: int, accounts: int = 2) -> Path:
+    """A generated store at ``path``, owned by nobody, its own directory included (as a mail
+    server's is)."""
+    s = make_store(path, messages=messages, accounts=accounts)
+    chown_tree(s)
+    return s
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A root-owned file outside the store that nobody may write."""
+    v = tmp_path / "victim"
+    v.write_text("precious\n")
+    v.chmod(0o644)
+    return v
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -32,14 +32,21 @@ class PausePoint:
         kw.setdefault("stderr", subprocess.PIPE)
         return subprocess.Popen([sys.executable, "-m", "mailbak", *map(str, args)], text=True, env=self.env, **kw)
 
-    def wait_reached(self, proc: subprocess.Popen, timeout: float = 120) -> None:
-        """Waits until the run stands at the point; fails (never skips) if it ends first."""
+    def mark_file(self, mark: str) -> Path:
+        """The file the run creates when it passes ``mark`` (``mailbak.testpause.mark``)."""
+        return self.folder / f"{mark}.reached"
+
+    def wait_reached(self, proc: subprocess.Popen, timeout: float = 120, mark: str | None = None) -> None:
+        """Waits until the run stands at the point (or, with ``mark``, has passed that mark);
+        fails (never skips) if it ends first."""
+        what = mark or self.point
+        reached = self.mark_file(what)
         deadline = time.monotonic() + timeout
-        while not self.reached_file.exists():
+        while not reached.exists():
             if proc.poll() is not None:
                 out, err = proc.communicate()
-                raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching {self.point}:\n{out}\n{err}")
-            assert time.monotonic() < deadline, f"{self.point} not reached in {timeout}s"
+                raise AssertionError(f"the run ended (exit {proc.returncode}) without reaching {what}:\n{out}\n{err}")
+            assert time.monotonic() < deadline, f"{what} not reached in {timeout}s"
             time.sleep(0.005)
 
     def go(self) -> None:

@@ -8,16 +8,8 @@ import os
 
 import mailbak
 import pytest
-from conftest import json_lines, manifest_of, run_cli
+from conftest import json_lines, manifest_of, remove_a_message_file, run_cli
 from mailbak.backup import INIT_HINT
-
-
-def remove_a_message_file(backup):
-    for dirpath, _, files in os.walk(backup / "data" / "accounts"):
-        if "/msg/" in dirpath + "/" and files:
-            os.unlink(os.path.join(dirpath, files[0]))
-            return os.path.join(dirpath, files[0])
-    raise AssertionError("no message file found")
 
 
 def test_backup_returns_the_summary_facts_and_events(store, tmp_path):

@@ -125,7 +125,11 @@ def test_interrupt_mid_run(tmp_path, sig):
     """The signal lands while files are being linked (pause point engine_mid_link). The test
     process holds every database open for the whole run, so LMDB never resets a reader table
     and a slot the backup leaked would still show; a SIGKILLed reader proves the check sees one."""
-    store = make_store(tmp_path / "store", messages=30000, accounts=6, seed=3)
+    # The signal lands at a pause point and the cancel flag is set before the worker resumes
+    # (mark runner.cancelled): a store of a few thousand messages shows that the workers stop
+    # at their next file as well as a larger one would.
+    messages = 3000
+    store = make_store(tmp_path / "store", messages=messages, accounts=6, seed=3)
     dbs = [store / "data" / "queue" / "index.db", *sorted((store / "data" / "accounts").glob("*/index.db")), *sorted((store / "data").glob("*.db"))]
     held = {db: lmdb.open(str(db), subdir=False, readonly=True, lock=True, max_dbs=0) for db in dbs}
     try:
@@ -138,9 +142,10 @@ def test_interrupt_mid_run(tmp_path, sig):
         p = pp.popen("backup", "--jobs", "1", store, dest)
         try:
             pp.wait_reached(p)
-            assert 100 <= len(placed_messages(dest)) < 30000
+            assert 100 <= len(placed_messages(dest)) < messages
             p.send_signal(sig)
-            time.sleep(0.3)  # the main thread's handler sets the cancel flag before the worker resumes
+            # The main thread's handler sets the cancel flag before the worker resumes.
+            pp.wait_reached(p, mark="runner.cancelled")
         finally:
             pp.go()
         out, err = p.communicate(timeout=60)
@@ -148,7 +153,7 @@ def test_interrupt_mid_run(tmp_path, sig):
         assert "interrupted" in err and "its manifest says running" in err and "Traceback" not in err
         assert_incomplete(dest)
         # Workers stopped at their next file: most files were never linked.
-        assert len(placed_messages(dest)) < 30000 // 2
+        assert len(placed_messages(dest)) < messages // 2
         # No thread or process of the backup outlives it, and it left no LMDB reader slot behind.
         assert not Path(f"/proc/{p.pid}").exists()
         for db, env in held.items():
@@ -161,16 +166,40 @@ def test_interrupt_mid_run(tmp_path, sig):
 
 
 def test_sigkill_at_random_points(tmp_path):
-    """One SIGKILL that certainly lands mid-link (pause point), then 10 at random times; every
-    outcome is checked, and the random ones must include at least one mid-run kill."""
+    """SIGKILLs at three known points (pause points), one per outcome, then 10 at random times.
+
+    - Mid-link (``engine_mid_link``, one worker, after 10 files): some message files placed, the
+      manifest still "running": verify says incomplete.
+    - Everything placed, the final manifest not yet written (``backup.before_manifest``): still
+      incomplete, however little was left.
+    - Just after the final manifest (``backup.manifest_written``): complete, and verify is clean.
+
+    The random kills may land anywhere in the part of the run that writes DEST; whichever of the
+    two outcomes each gives, the manifest and verify must agree on it."""
     store = make_store(tmp_path / "store", messages=8000, accounts=5, seed=4)
-    pp = PausePoint(tmp_path / "pause", "engine_mid_link", after=10)
+
+    def kill_at(point: str, dest: Path, *args: str, after: int = 1) -> None:
+        pp = PausePoint(tmp_path / f"pause-{dest.name}", point, after=after)
+        p = pp.popen("backup", *args, store, dest)
+        pp.wait_reached(p)
+        p.kill()
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL
+
     dest = tmp_path / "mid"
-    p = pp.popen("backup", "--jobs", "1", store, dest)
-    pp.wait_reached(p)
-    p.kill()
-    p.communicate(timeout=60)
-    assert p.returncode == -signal.SIGKILL and placed_messages(dest)
+    kill_at("engine_mid_link", dest, "--jobs", "1", after=10)
+    assert placed_messages(dest)
+    assert_incomplete(dest)
+
+    complete = tmp_path / "manifest-written"
+    kill_at("backup.manifest_written", complete)
+    assert manifest_of(complete)["status"] == "ok"
+    v = run_cli("verify", complete)
+    assert v.returncode == 0, v.stdout + v.stderr
+
+    dest = tmp_path / "before-manifest"
+    kill_at("backup.before_manifest", dest)
+    assert len(placed_messages(dest)) == len(placed_messages(complete)), "every message file was placed"
     assert_incomplete(dest)
 
     # Random points of the part of the run that writes DEST (before it, a kill proves nothing).

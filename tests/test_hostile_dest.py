@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, make_store, manifest_of, run_cli
+from conftest import CLI_ENV, NOBODY, make_store, manifest_of, nobodys_store, run_cli
 from mailbak import manifest
 from pausing import PausePoint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to be attacked by another user")
 
-NOBODY = pwd.getpwnam("nobody")
 
 #: Runs as nobody: argv[1] is Python code using ``args`` (the rest of argv); prints what happened.
 AS_NOBODY = """
@@ -47,12 +45,6 @@ def as_nobody(code: str, *args: str | os.PathLike) -> str:
     return p.stdout.strip()
 
 
-def chown_tree(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in [".", *dirnames, *filenames]:
-            os.lchown(Path(dirpath) / n, NOBODY.pw_uid, NOBODY.pw_gid)
-
-
 def nobodys_dir(path: Path) -> Path:
     path.mkdir(mode=0o755)
     os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
@@ -63,17 +55,7 @@ def nobodys_dir(path: Path) -> Path:
 def owned_store(public_dir: Path) -> Path:
     """A store owned by nobody, its own directory included (as a mail server's is), where
     nobody can reach it."""
-    s = make_store(public_dir / "store", messages=40, accounts=2)
-    chown_tree(s)
-    return s
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    v = tmp_path / "victim"
-    v.write_text("precious\n")
-    v.chmod(0o644)
-    return v
+    return nobodys_store(public_dir / "store", messages=40)
 
 
 def owner_mode(path: Path) -> tuple[int, int, int]:

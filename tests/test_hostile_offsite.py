@@ -11,7 +11,6 @@ restic repository URL with an unencoded space or ``/`` in its password must not 
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import subprocess
 import sys
@@ -19,15 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import json_lines, make_store, tree_listing
+from conftest import NOBODY, free_port, json_lines, make_store, tree_listing
 from mailbak import repository
 from pausing import PausePoint
-from test_offsite import SNAP_A, Target, backup_into, free_port, make_target, one_error_line
+from test_offsite import SNAP_A, Target, backup_into, make_target, one_error_line
 
 #: Each drives restic, as test_offsite.py's tests do.
 pytestmark = pytest.mark.slow
-
-NOBODY = pwd.getpwnam("nobody")
 
 
 @dataclass

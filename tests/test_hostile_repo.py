@@ -7,30 +7,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, json_lines, manifest_of, run_cli
+from conftest import CLI_ENV, backup_into, json_lines, manifest_of, run_cli, start_times, waits_for_a_held_repository
 from mailbak import repository
-from mailbak.repository import FAILED_PILE_WARN, MARKER, RepoLock
+from mailbak.repository import FAILED_PILE_WARN, MARKER
 from pausing import PausePoint
 
 #: A manifest nested deeper than any JSON parser's recursion allows.
 DEEP = 100_000
-
-
-def init_ok(repo: Path) -> None:
-    p = run_cli("init", repo)
-    assert p.returncode == 0, p.stderr
-
-
-def backup_into(store: Path, repo: Path, env: dict | None = None) -> dict:
-    """A backup into a repository that must succeed; returns its JSON summary."""
-    p = subprocess.run([sys.executable, "-m", "mailbak", "backup", "--json", str(store), str(repo)], capture_output=True, text=True, timeout=300, env={**CLI_ENV, **(env or {})})
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "Traceback" not in p.stderr, p.stderr
-    return json_lines(p.stdout)[-1]
 
 
 def cli(*args: str | os.PathLike, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -53,13 +39,6 @@ def forged_snapshot(repo: Path, name: str, manifest_text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def repo(shm_dir: Path) -> Path:
-    r = shm_dir / "repo"
-    init_ok(r)
-    return r
-
-
 # 8: prune and a reader of a snapshot -------------------------------------------------------------
 
 
@@ -68,9 +47,9 @@ def test_prune_waits_or_refuses_while_a_snapshot_is_verified_or_restored(store, 
     """A verify or restore of a snapshot holds the repository's shared lock from its start to
     its end: prune --no-wait refuses while it reads, a plain prune waits, and the reader ends
     clean with its source intact."""
-    backup_into(store, repo)
-    time.sleep(1.1)
-    backup_into(store, repo)
+    t1, t2 = start_times(2)  # a name each, no sleep past a second boundary
+    backup_into(store, repo, clock=t1)
+    backup_into(store, repo, clock=t2)
     old, new = names(repo)
     pp = PausePoint(tmp_path / "pause", point)
     args = [command, repo / old] + ([tmp_path / "restored"] if command == "restore" else [])
@@ -99,15 +78,8 @@ def test_prune_waits_or_refuses_while_a_snapshot_is_verified_or_restored(store, 
 def test_a_verify_started_during_a_prune_waits_for_it(store, repo):
     backup_into(store, repo)
     (snap,) = names(repo)
-    held = RepoLock(repo, exclusive=True)  # as a prune holds it
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "verify", str(repo / snap)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
-        assert "waiting for the repository lock" in proc.stderr.readline()
-        assert proc.poll() is None
-    finally:
-        held.release()
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out + err
+    p = waits_for_a_held_repository(repo, "verify", repo / snap)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 # 10: a manifest nested too deep --------------------------------------------------------------------
@@ -154,7 +126,7 @@ def test_a_repository_marker_nested_too_deep_is_bad_input(repo):
 @pytest.mark.parametrize("tz", ["Asia/Tokyo", "Pacific/Kiritimati"])
 def test_start_times_out_of_range_make_a_snapshot_incomplete(store, repo, tz):
     env = {"TZ": tz}
-    good = str(repo / backup_into(store, repo, env)["snapshot"])
+    good = str(repo / backup_into(store, repo, env=env)["snapshot"])
     template = manifest_of(Path(good))
     forged = {
         "2026-06-01T020000Z": ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
@@ -177,7 +149,7 @@ def test_start_times_out_of_range_make_a_snapshot_incomplete(store, repo, tz):
     assert rows[Path(good).name]["status"] == "ok"
     assert cli("snapshots", repo, env=env).returncode == 0
     # No forged time is every backup's reference.
-    summary = backup_into(store, repo, env)
+    summary = backup_into(store, repo, env=env)
     assert summary["reference"] == good
     p = cli("prune", "--keep-daily", "3", repo, env=env)
     assert p.returncode == 0, p.stderr

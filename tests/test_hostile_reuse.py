@@ -11,13 +11,13 @@ rewrite afterwards puts the very same mtime back.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from conftest import json_lines, manifest_of, run_cli
 from mailbak.gen import age_tree
 from mailbak.manifest import REUSE_MARGIN_NS, reuse_cutoff
+from mailbak.repository import parse_time
 from pausing import PausePoint
 
 ACC = "user0000"
@@ -70,8 +70,10 @@ def test_file_rewritten_in_the_tick_it_was_copied_is_not_reused(store, tmp_path,
     os.utime(path, ns=(mtime, mtime))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == ((ref / rel).stat().st_size, (ref / rel).stat().st_mtime_ns)
 
-    time.sleep(1.1)  # each snapshot is named by its start second
-    p = run_cli("backup", "--json", store, repo)
+    # The reference ran on the real clock: the race is between its real start and the real
+    # mtime of the write. The new snapshot's start only names it (the reuse rule reads the
+    # reference's start), so it starts a second after the reference instead of sleeping.
+    p = run_cli("backup", "--json", store, repo, clock=parse_time(started).timestamp() + 1)
     assert p.returncode == 0, p.stdout + p.stderr
     transfer = json_lines(p.stdout)[-1]["transfer"]
     new = snapshots(repo)[-1]

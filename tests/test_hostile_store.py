@@ -16,9 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import backup_ok, make_store, manifest_of, run_cli
+from conftest import NOBODY, backup_ok, chown_tree, manifest_of, nobodys_store, run_cli
 from pausing import PausePoint
-from test_owner import NOBODY, chown_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a store by another user and to be attacked by it")
 
@@ -31,9 +30,8 @@ SECRET = "root-only-secret-7f3a"
 
 @pytest.fixture
 def owned_store(tmp_path: Path) -> Path:
-    s = make_store(tmp_path / "store", messages=30, accounts=2)
-    chown_tree(s, NOBODY.pw_uid, NOBODY.pw_gid)
-    return s
+    """A store owned by nobody, below pytest's root-only tmp directory."""
+    return nobodys_store(tmp_path / "store", messages=30)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, backup_ok, json_lines, make_store, manifest_of, run_cli
+from conftest import CLI_ENV, backup_ok, free_port, json_lines, make_store, manifest_of, remove_a_message_file, run_cli, start_times
 from mailbak.monitor import METRICS, PING_BODY_BYTES
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -36,24 +36,14 @@ def value(metrics: dict, name: str, **labels) -> float:
     return found[0]
 
 
-def remove_a_message_file(backup: Path) -> None:
-    for dirpath, _, files in os.walk(backup / "data" / "accounts"):
-        if "/msg/" in dirpath + "/" and files:
-            os.unlink(os.path.join(dirpath, files[0]))
-            return
-    raise AssertionError("no message file found")
-
-
 # Metrics -------------------------------------------------------------------------------------
 
 
 def test_prune_metrics_parse_and_match_the_summary(store, shm_dir):
     repo = shm_dir / "repo"
     assert run_cli("init", repo).returncode == 0
-    for night in range(2):
-        if night:
-            time.sleep(1.1)  # a snapshot per second
-        backup_ok(store, repo)
+    for start in start_times(2):  # a snapshot name each, no sleep past a second boundary
+        backup_ok(store, repo, clock=start)
     prom = shm_dir / "prune.prom"
     p = run_cli("prune", "--json", "--keep-last", "1", "--metrics-file", prom, repo)
     assert p.returncode == 0, p.stderr
@@ -237,12 +227,6 @@ def test_ping_body_is_the_last_100_kB_of_the_log(store, tmp_path, pings):
     assert PING_BODY_BYTES - 200 < len(body) <= PING_BODY_BYTES
     assert b"== config" not in body, "the start of the log is cut off"
     assert b"stray-file-01499" in body and body.endswith(b"exit status 0\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_ping_is_a_warning_and_keeps_the_secret(store, tmp_path):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import json_lines, make_store, tree_listing
+from conftest import clock_env, free_port, json_lines, make_store, start_times, tree_listing
 from mailbak import repository
 from mailbak.offsite import RESTIC_UNLIMITED, ResticConfig, forget_args, redact
 from mailbak.retention import Duration, Policy
@@ -45,12 +45,6 @@ def tools() -> None:
     """restic and sshd are part of the setup (scripts/system-deps): missing, they fail the
     tests loudly rather than skip them."""
     assert RESTIC is not None and SSHD is not None, "restic and openssh-server are installed by `make setup` (scripts/system-deps)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
@@ -211,8 +205,9 @@ def churn(store: Path, deliveries: int, expunges: int) -> tuple[int, int]:
     return deliveries, len(ids)
 
 
-def backup_into(store: Path, dest: Path) -> None:
-    p = subprocess.run([sys.executable, "-m", "mailbak", "backup", "-q", str(store), str(dest)], capture_output=True, text=True, timeout=300)
+def backup_into(store: Path, dest: Path, clock: float | None = None) -> None:
+    """A quiet backup of ``store`` into ``dest`` that must succeed (started at ``clock``)."""
+    p = subprocess.run([sys.executable, "-m", "mailbak", "backup", "-q", str(store), str(dest)], capture_output=True, text=True, timeout=300, env=clock_env(clock, dict(os.environ)))
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -221,11 +216,11 @@ def two_snapshots(root: Path, messages: int) -> Local:
     store = make_store(root / "store", messages=messages, accounts=3)
     repo = root / "repo"
     repository.init(repo)
-    backup_into(store, repo / SNAP_A)
-    delivered, expunged = churn(store, deliveries=8, expunges=8)
     # restic's snapshot times are the snapshots' start times, to the second: keep them apart.
-    time.sleep(1.1 - time.time() % 1)
-    backup_into(store, repo / SNAP_B)
+    start_a, start_b = start_times(2)
+    backup_into(store, repo / SNAP_A, clock=start_a)
+    delivered, expunged = churn(store, deliveries=8, expunges=8)
+    backup_into(store, repo / SNAP_B, clock=start_b)
     return Local(root, store, repo, delivered, expunged)
 
 

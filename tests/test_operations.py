@@ -9,11 +9,10 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, make_store, run_cli
+from conftest import CLI_ENV, clock_env, make_store, run_cli, start_times
 from mailbak import _engine
 
 #: The installed `mailbak` script (completion is keyed to the program's name).
@@ -85,10 +84,8 @@ def test_backup_and_prune_units_run_a_repository_with_metrics(store, tmp_path):
         "MAILBAK_OPTIONS": f"--metrics-file {tmp_path / 'backup.prom'}",
         "PRUNE_OPTIONS": f"--keep-last 1 --metrics-file {tmp_path / 'prune.prom'}",
     }
-    for night in range(2):
-        if night:
-            time.sleep(1.1)  # each snapshot is named by its start second
-        p = subprocess.run(exec_start(printed("mailbak-backup@.service")), capture_output=True, text=True, env=env, timeout=300)
+    for start in start_times(2):  # a snapshot name each, no sleep past a second boundary
+        p = subprocess.run(exec_start(printed("mailbak-backup@.service")), capture_output=True, text=True, env=clock_env(start, env), timeout=300)
         assert p.returncode == 0, p.stderr
     made = sorted(d.name for d in repo.iterdir() if d.name not in ("mailbak-repo.json", ".trash"))
     assert len(made) == 2 and all(len(n) == len("2026-01-01T030000Z") and n.endswith("Z") for n in made)
@@ -206,8 +203,8 @@ def test_units_commands_work_with_only_their_capabilities(tmp_path):
     """The capabilities the units keep are the ones mailbak needs: a store owned by another user
     (acting as its owner, giving copies their owners) on a btrfs subvolume (where checking which
     file LMDB mapped needs CAP_CHECKPOINT_RESTORE), two backups into a repository, then a prune."""
+    from conftest import NOBODY, chown_tree
     from test_engine_repo import loop_fs
-    from test_owner import NOBODY, chown_tree
 
     with loop_fs(tmp_path, "btrfs", 256, "-q") as mnt:
         subprocess.run(["btrfs", "subvolume", "create", str(mnt / "mail")], check=True, capture_output=True)
@@ -217,10 +214,8 @@ def test_units_commands_work_with_only_their_capabilities(tmp_path):
         assert run_cli("init", repo).returncode == 0
         env = {**CLI_ENV, "STORE": str(store), "REPO": str(repo), "MAILBAK_OPTIONS": "", "PRUNE_OPTIONS": "--keep-last 1"}
         backup = printed("mailbak-backup@.service")
-        for night in range(2):
-            if night:
-                time.sleep(1.1)  # each snapshot is named by its start second
-            p = subprocess.run(confined(backup), capture_output=True, text=True, env=env, timeout=300)
+        for start in start_times(2):  # a snapshot name each, no sleep past a second boundary
+            p = subprocess.run(confined(backup), capture_output=True, text=True, env=clock_env(start, env), timeout=300)
             assert p.returncode == 0 and p.stderr == "", p.stderr
         made = sorted(d.name for d in repo.iterdir() if not d.name.startswith((".", "mailbak-repo")))
         assert len(made) == 2

@@ -9,7 +9,6 @@ file it created usable by that user.
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import subprocess
 import sys
@@ -17,35 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, make_store, manifest_of, run_cli
+from conftest import CLI_ENV, NOBODY, chown_tree, make_store, manifest_of, nobodys_store, run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a store by another user and to be attacked by it")
-
-NOBODY = pwd.getpwnam("nobody")
-
-
-def chown_tree(root: Path, uid: int, gid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in [".", *dirnames, *filenames]:
-            os.lchown(Path(dirpath) / n, uid, gid)
 
 
 @pytest.fixture
 def owned_store(tmp_path: Path) -> Path:
     """A store owned by nobody, below pytest's root-only tmp directory (so the owner's identity
     cannot reach it by path: mailbak must still work)."""
-    s = make_store(tmp_path / "store", messages=60, accounts=2)
-    chown_tree(s, NOBODY.pw_uid, NOBODY.pw_gid)
-    return s
-
-
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    """A root-owned file outside the store that nobody may write."""
-    v = tmp_path / "victim"
-    v.write_text("precious\n")
-    v.chmod(0o644)
-    return v
+    return nobodys_store(tmp_path / "store", messages=60)
 
 
 def run_op(op: str, store: Path, tmp_path: Path, **kw) -> subprocess.CompletedProcess:

@@ -11,12 +11,11 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, inode_listing, json_lines, manifest_of, run_cli, tree_listing
+from conftest import CLI_ENV, backup_into, init_ok, inode_listing, json_lines, manifest_of, run_cli, start_times, tree_listing, waits_for_a_held_repository
 from mailbak import repository
 from mailbak.gen import age_tree
 from mailbak.layout import message_rel
@@ -26,22 +25,6 @@ from pausing import PausePoint
 from test_retention import EXPECTED_60
 
 ACC = "user0000"
-
-
-def init_ok(repo: Path) -> None:
-    p = run_cli("init", repo)
-    assert p.returncode == 0, p.stderr
-
-
-def backup_into(store: Path, repo: Path, *args: str, events: list | None = None) -> dict:
-    """A backup into a repository that must succeed; returns its JSON summary (and puts every
-    JSON line into ``events`` when given)."""
-    p = run_cli("backup", "--json", *args, store, repo)
-    assert p.returncode == 0, p.stdout + p.stderr
-    lines = json_lines(p.stdout)
-    if events is not None:
-        events.extend(lines)
-    return lines[-1]
 
 
 def churn(store: Path, deliveries: int = 5, expunges: int = 3) -> tuple[list[int], list[int]]:
@@ -62,13 +45,6 @@ def store(store: Path) -> Path:
     snapshot started on are copied by the next one, never reused (docs/REPOSITORY.md)."""
     age_tree(store)
     return store
-
-
-@pytest.fixture
-def repo(shm_dir: Path) -> Path:
-    r = shm_dir / "repo"
-    init_ok(r)
-    return r
 
 
 # init ----------------------------------------------------------------------------------------
@@ -130,10 +106,12 @@ def test_a_repository_marker_that_is_not_ours_is_refused(store, tmp_path):
 def test_first_and_second_snapshot_on_another_file_system(store, repo):
     assert os.stat(store).st_dev != os.stat(repo).st_dev
     events: list[dict] = []
-    first = backup_into(store, repo, events=events)
+    t1, t2 = start_times(2)  # a name each (collisions have their own test), no sleep
+    first = backup_into(store, repo, events=events, clock=t1)
     assert first["status"] == "ok" and first["reference"] is None
     name1 = first["snapshot"]
     assert repository.NAME_RE.match(name1) and (repo / name1 / "mailbak.json").is_file()
+    assert name1 == repository.snapshot_name(t1), "a snapshot is named by its start second"
     assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", name1]), "everything the backup writes is in its snapshot"
     assert sorted(os.listdir(repo / name1)) == ["config", "data", "mailbak.json"]
     assert first["repository"] == str(repo)
@@ -143,8 +121,7 @@ def test_first_and_second_snapshot_on_another_file_system(store, repo):
     # Another disk is what a repository is for: no warning that hardlinks are impossible.
     assert not [e for e in events if e.get("code") == "link_fallback"]
     new, gone = churn(store)
-    time.sleep(1.1)  # a later second: a name of its own (collisions have their own test)
-    second = backup_into(store, repo)
+    second = backup_into(store, repo, clock=t2)
     name2 = second["snapshot"]
     infos = Repository.open(repo).snapshots()
     assert second["reference"] == str(infos[1].path) and infos[0].name == name2
@@ -172,11 +149,11 @@ def test_first_and_second_snapshot_on_another_file_system(store, repo):
 
 
 def test_restore_any_snapshot(store, repo, tmp_path):
-    backup_into(store, repo)
+    t1, t2 = start_times(2)
+    backup_into(store, repo, clock=t1)
     listing1 = tree_listing(store / "data" / "accounts" / ACC / "msg")
     churn(store)
-    time.sleep(1.1)
-    backup_into(store, repo)
+    backup_into(store, repo, clock=t2)
     infos = Repository.open(repo).snapshots()
     for i, info in enumerate(reversed(infos)):
         target = tmp_path / f"restored{i}"
@@ -189,9 +166,9 @@ def test_restore_any_snapshot(store, repo, tmp_path):
 def test_same_file_system_repository_links_from_the_store(store, tmp_path):
     r = tmp_path / "repo"
     init_ok(r)
-    backup_into(store, r)
-    time.sleep(1.1)
-    second = backup_into(store, r)
+    t1, t2 = start_times(2)
+    backup_into(store, r, clock=t1)
+    second = backup_into(store, r, clock=t2)
     t = second["transfer"]
     assert t["linked"] == t["messages"] > 0
     # Plain files (config, junk filters) are not linked from the store; unchanged, they are
@@ -401,9 +378,9 @@ def test_backup_waits_for_a_prune(store, repo):
 
 
 def test_prune_killed_midway_leaves_trash_the_next_prune_finishes(store, repo):
-    backup_into(store, repo)
-    time.sleep(1.1)
-    backup_into(store, repo)
+    t1, t2 = start_times(2)
+    backup_into(store, repo, clock=t1)
+    backup_into(store, repo, clock=t2)
     old, new = sorted(Repository.open(repo).snapshot_names())
     files = sum(len(f) for _, _, f in os.walk(repo / old))
     assert files > 100
@@ -518,15 +495,8 @@ def test_a_backup_stopped_while_waiting_for_a_prune_says_nothing_was_begun(store
 def test_link_dest_into_a_repository_snapshot_holds_that_repository(store, repo, shm_dir):
     backup_into(store, repo)
     (snap,) = Repository.open(repo).snapshot_names()
-    held = RepoLock(repo, exclusive=True)  # as a prune holds it
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "mailbak", "backup", "--link-dest", str(repo / snap), str(store), str(shm_dir / "elsewhere")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
-        assert "waiting for the repository lock" in proc.stderr.readline()
-        assert proc.poll() is None
-    finally:
-        held.release()
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out + err
+    p = waits_for_a_held_repository(repo, "backup", "--link-dest", repo / snap, store, shm_dir / "elsewhere")
+    assert p.returncode == 0, p.stdout + p.stderr
     assert manifest_of(shm_dir / "elsewhere")["reference"] == str(repo / snap)
 
 

@@ -26,13 +26,16 @@ def run_on_tty(*args: str, interrupt_at: PausePoint | None = None, timeout: floa
     os.close(slave)
     out = bytearray()
     start = time.monotonic()
-    sent = False
+    sent = released = False
     while True:
         if interrupt_at is not None and not sent and interrupt_at.reached_file.exists():
             p.send_signal(signal.SIGINT)
-            time.sleep(0.3)  # the handler sets the cancel flag before the worker resumes
-            interrupt_at.go()
             sent = True
+        # The handler sets the cancel flag before the worker resumes (the terminal is read
+        # meanwhile, so that output never blocks the run).
+        if sent and not released and interrupt_at.mark_file("runner.cancelled").exists():
+            interrupt_at.go()
+            released = True
         r, _, _ = select.select([master], [], [], 0.05)
         if r:
             try:
@@ -47,6 +50,7 @@ def run_on_tty(*args: str, interrupt_at: PausePoint | None = None, timeout: floa
         assert time.monotonic() - start < timeout
     os.close(master)
     assert interrupt_at is None or sent, f"the run ended without reaching {interrupt_at.point}"
+    assert interrupt_at is None or released, "the interrupt never set the cancel flag (mark runner.cancelled)"
     return p.wait(), out.decode("utf-8", "replace")
 
 
@@ -68,7 +72,8 @@ def test_gen_on_a_terminal(tmp_path: Path):
 def test_interrupt_on_a_terminal_exits_130(tmp_path: Path):
     from conftest import make_store
 
-    store = make_store(tmp_path / "store", messages=20000, accounts=4)
+    # The interrupt lands at a pause point, so the store's size proves nothing: a small one.
+    store = make_store(tmp_path / "store", messages=2000, accounts=4)
     at = PausePoint(tmp_path / "pause", "engine_mid_link", after=50)
     status, out = run_on_tty("backup", "--jobs", "1", str(store), str(tmp_path / "b"), interrupt_at=at)
     assert status == 130, out

@@ -31,12 +31,11 @@ from __future__ import annotations
 import functools
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailbak import __version__, _engine, manifest, repository, testpause
+from mailbak import __version__, _engine, manifest, repository, testclock, testpause
 from mailbak.anchor import DataRoot, identity, inside, open_problem, open_store_dir
 from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir
 from mailbak.errors import DestinationFull, ManifestError, UsageError
@@ -116,7 +115,9 @@ class Backup:
         self.jobs = jobs
         self.reporter = reporter
         self.runner = Runner(reporter, verbose=verbose)
-        self.started = time.time()
+        #: The run's wall clock (real, unless a test set one: ``testclock``).
+        self.clock = testclock.RunClock()
+        self.started = self.clock.start
         #: When the run finished (set once, just before the final manifest): the manifest and
         #: the summary show the same time.
         self.finished: float | None = None
@@ -309,7 +310,7 @@ class Backup:
         status = "failed" if self.error_count() else "ok"
         testpause.pause("backup.before_manifest")
         _engine.syncfs(self.out)
-        self.finished = time.time()
+        self.finished = self.clock.now()
         manifest.write(self.out, self.facts(status))
         testpause.pause("backup.manifest_written")
         return status

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mailbak import _engine
+from mailbak import _engine, testpause
 from mailbak.errors import FATAL_ERRNOS, DestinationFull, Interrupted
 from mailbak.report import Event, Reporter
 
@@ -117,6 +117,7 @@ class Runner:
             except BaseException:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self.progress.cancel()
+                testpause.mark("runner.cancelled")
                 while worker.ident is not None:
                     try:
                         if wait(POLL_SECONDS):

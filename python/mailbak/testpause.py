@@ -15,6 +15,11 @@ once per area, at the ``MAILBAK_TEST_PAUSE_AFTER``-th file (default 1); other wo
 meanwhile, so tests that need the whole call to stand still run with ``--jobs 1``. It reads the
 variables once per area, never per file. Without both variables set, a Python pause point costs
 one dictionary lookup.
+
+A run pauses at one point only; a test that must know when something happened while that point
+holds the run (the main thread set the cancel flag while a paused worker waits) asks for a
+*mark*: ``mark(name)`` creates ``DIR/NAME.reached`` whenever ``MAILBAK_TEST_PAUSE_DIR`` is set,
+and never waits. Marks: ``runner.cancelled`` (an interrupt set the engine's cancel flag).
 """
 
 from __future__ import annotations
@@ -43,3 +48,10 @@ def pause(point: str) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not (base / f"{point}.go").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def mark(point: str) -> None:
+    """Tells a test that the run passed ``point``, without waiting (see the module doc)."""
+    folder = os.environ.get(ENV_DIR)
+    if folder:
+        (Path(folder) / f"{point}.reached").touch()
