@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mailbak.errors import UsageError
+from mailbak.errors import ResticError, UsageError
 from mailbak.job import Metrics, Stage, files_from, run_within
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import NAME_RE, RepoLock, Repository, SnapshotInfo
@@ -81,10 +81,6 @@ RESTIC_INCOMPLETE = 3
 #: Environment variables that configure the restic repository and its password.
 REPO_VARS = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE")
 PASSWORD_VARS = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND")
-
-
-class ResticError(Exception):
-    """restic failed; the message is the one line the command prints (exit status 1)."""
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
