@@ -326,7 +326,7 @@ class Backup:
         finally:
             os.close(self.config_fd)
 
-    def _run(self) -> str:
+    def _run(self) -> Status:
         self.format_version = self.store_format_version()
         self.runner.new_phase("config")
         self.copy_tree(".", self.out / "config", b"config", root=self.config_fd)

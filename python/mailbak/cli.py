@@ -72,6 +72,7 @@ def run_command(
             show(monitor.job)
         # Exit inside the monitor: it reads the status from SystemExit.
         sys.exit(status)
+    raise AssertionError("unreachable: the monitor never swallows SystemExit")
 
 
 def check_metrics_file(ctx, param, value: Path | None) -> Path | None:

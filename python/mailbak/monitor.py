@@ -59,6 +59,7 @@ METRICS = {
     "mailbak_errors": "Errors of the last run.",
 }
 
+
 @dataclass
 class RunRecord:
     """The facts of one finished run that the metrics file shows."""
