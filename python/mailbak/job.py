@@ -10,10 +10,12 @@ A job's phases, in the order the runner calls them:
 4. ``close()``: always, whatever happened: locks and descriptors the job holds end with it,
    also in a long-lived process calling the API.
 
-Around them: :func:`run` (the API's way: exceptions go to the caller), :func:`execute` (the
-command line's: every exception becomes its one ``mailbak: error:`` line and its exit status,
-the same for every command), :func:`run_within` (a job as a step of another: restore's final
-verify). The monitor (monitor.py) asks the job for its metrics (:meth:`Job.metrics`).
+Around them: :func:`run` (exceptions go to the caller), :func:`run_api` (the Python API's:
+bad usage also reaches ``on_event``), :func:`execute` (the command line's: every exception
+becomes its one ``mailbak: error:`` line and its exit status, the same for every command),
+:func:`run_within` (a job as a step of another: a restore's final verify). The monitor
+(monitor.py) asks the job for its metrics (:meth:`Job.metrics`). Outcomes and exit statuses
+are named in status.py.
 
 Not here: signal handling (runner.py installs it; Ctrl-C arrives as Interrupted) and the
 reporters (report.py).
@@ -209,8 +211,8 @@ def execute(make_job: Callable[[], Job], reporter: Reporter, *, on_job: Callable
         return EXIT_FAILED
 
     def left(st: Stage | None) -> str:
-        assert job is not None, "made before anything can be left behind"
-        return job.left_behind(st)
+        # Stopped while the job was being made: it had not begun.
+        return job.left_behind(st) if job is not None else "nothing was written"
 
     try:
         job = make_job()
