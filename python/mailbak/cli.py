@@ -1,5 +1,6 @@
-"""The ``mailbak`` command line: one click command per verb, each a thin shell around its phase
-module. Exit statuses (docs/BACKUP.md, docs/VERIFY.md): 0 ok, 1 failed or problems found, 2 bad
+"""The ``mailbak`` command line: one click command per verb, each a thin shell that turns its
+options into a job (job.py) and hands it to the one runner (:func:`run_command`, which exits
+with the runner's status). Exit statuses (docs/BACKUP.md, docs/VERIFY.md): 0 ok, 1 failed or problems found, 2 bad
 usage or input, 130 interrupted. Scripts must treat any other status as failure.
 """
 

@@ -4,8 +4,9 @@ healthchecks.io style pings (docs/OPERATIONS.md).
 Any command can be monitored: it opens a :class:`Monitor` around its run, passes its reporter
 through :meth:`Monitor.start` and names the job (job.py) in :attr:`Monitor.job`; the monitor
 sees the exit status (the ``SystemExit`` the command ends with), writes the metrics file with
-what the job declares (:meth:`mailbak.job.Job.metrics`) and sends the final ping. Monitoring never changes a run's outcome: a ping or metrics file that
-cannot be delivered is a warning on stderr, and the exit status stays the run's own.
+what the job declares (:meth:`mailbak.job.Job.metrics`) and sends the final ping. Monitoring
+never changes a run's outcome: a ping or metrics file that cannot be delivered is a warning on
+stderr, and the exit status stays the run's own.
 
 Modules only some runs need (urllib, tempfile in atomic.py, traceback) are imported where used: a run
 without monitoring loads nothing more, and tests that drop privileges after importing what a
