@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import CLI_ENV, NOBODY, make_store, manifest_of, nobodys_store, run_cli
 from mailbak import manifest
+from mailbak.status import Status
 from pausing import PausePoint
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to be attacked by another user")
@@ -99,9 +100,9 @@ def test_whatever_sits_at_the_tmp_name_is_replaced_never_written_through(tmp_pat
         os.link(victim, tmp)
     else:
         tmp.write_text('{"kind": "mailbak-backup", "partial')
-    manifest.write(d, {"status": manifest.RUNNING, "started": "2026-12-06T00:00:00Z"})
+    manifest.write(d, {"status": Status.RUNNING, "started": "2026-12-06T00:00:00Z"})
     assert victim.read_text() == "precious\n"
-    assert json.loads((d / manifest.MANIFEST).read_text())["status"] == manifest.RUNNING
+    assert json.loads((d / manifest.MANIFEST).read_text())["status"] == Status.RUNNING
     assert (d / manifest.MANIFEST).stat().st_ino != victim.stat().st_ino
     assert not os.path.lexists(tmp)
 

@@ -7,8 +7,8 @@ take more data raises :class:`DestinationFull`; other file-system failures that 
 ``OSError``. Errors on single files are never exceptions: they are counted in the result (and
 passed to ``on_event``), and the result's status says failed or problems.
 
-The CLI (``mailbak.cli``) is a thin layer over this module: it builds the same phase objects
-with the ``*_job`` functions and runs them with :func:`run_job`.
+Like the CLI (``mailbak.cli``), this module is a thin layer over the jobs (job.py): arguments
+become a job, the one runner runs it (``job.run_api``), its facts become a typed result.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailbak.errors import DestinationFull, UsageError
+from mailbak.job import default_jobs, run_api
 from mailbak.report import JsonReporter, Reporter
 from mailbak.repository import RepositoryBusy, SnapshotInfo
+from mailbak.status import Status
 
 __all__ = [
     "BackupResult",
@@ -56,8 +58,8 @@ PathArg = str | os.PathLike[str]
 class BackupResult:
     """The outcome of :func:`backup`: the facts of its JSON summary (and of DEST/mailbak.json)."""
 
-    #: "ok" (warnings allowed) or "failed" (errors; the backup is kept and marked failed).
-    status: str
+    #: ok (warnings allowed) or failed (errors; the backup is kept and marked failed).
+    status: Status
     #: The backup directory (for a repository DEST, the new snapshot in it).
     dest: Path
     #: The store, resolved.
@@ -87,15 +89,16 @@ class BackupResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """Whether the backup is ok."""
+        return self.status == Status.OK
 
 
 @dataclass(frozen=True)
 class VerifyResult:
     """The outcome of :func:`verify`: the facts of its JSON summary."""
 
-    #: "clean" or "problems".
-    status: str
+    #: clean or problems.
+    status: Status
     path: Path
     #: "store" or "backup".
     kind: str
@@ -115,15 +118,16 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "clean"
+        """Whether the verification found nothing wrong."""
+        return self.status == Status.CLEAN
 
 
 @dataclass(frozen=True)
 class RestoreResult:
     """The outcome of :func:`restore`: the facts of its JSON summary."""
 
-    #: The verification of the restored store: "clean" or "problems".
-    status: str
+    #: The verification of the restored store: clean or problems.
+    status: Status
     store: Path
     linked: int
     copied: int
@@ -136,15 +140,16 @@ class RestoreResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "clean"
+        """Whether the restored store verified clean."""
+        return self.status == Status.CLEAN
 
 
 @dataclass(frozen=True)
 class PruneResult:
     """The outcome of :func:`prune`: the facts of its JSON summary."""
 
-    #: "ok", or "failed" when something could not be deleted (it stays in REPO/.trash).
-    status: str
+    #: ok, or failed when something could not be deleted (it stays in REPO/.trash).
+    status: Status
     repository: str
     #: The policy, in words.
     policy: str
@@ -165,7 +170,8 @@ class PruneResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        """Whether everything the policy removes was deleted."""
+        return self.status == Status.OK
 
 
 R = TypeVar("R")
@@ -184,7 +190,7 @@ def _result(cls: type[R], facts: dict[str, Any], **given: Any) -> R:
     return cls(**values)
 
 
-# Building and running phase objects (shared with the CLI) -------------------------------------
+# Reporting to the caller ---------------------------------------------------------------------
 
 
 def event_reporter(on_event: EventCallback | None, verbose: bool = False) -> Reporter:
@@ -200,82 +206,12 @@ def event_reporter(on_event: EventCallback | None, verbose: bool = False) -> Rep
 
 
 def check_jobs(jobs: int | None) -> int:
-    from mailbak.cli import default_jobs
-
+    """``jobs`` as given, checked (1 to 256), or the default; raises UsageError."""
     if jobs is None:
         return default_jobs()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
         raise UsageError(f"jobs must be an integer from 1 to 256, not {jobs!r}")
     return jobs
-
-
-def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool, link_dest: PathArg | None = None):
-    """The phase object of a backup (mailbak.backup.Backup)."""
-    from mailbak.backup import Backup
-    from mailbak.layout import StorePaths
-    from mailbak.monitor import private_tmp_warning
-
-    warning = private_tmp_warning(dest)
-    if warning:
-        reporter.warn("private_tmp", os.fspath(dest), warning)
-    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose, link_dest=Path(link_dest) if link_dest is not None else None)
-
-
-def verify_job(path: PathArg, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool):
-    """The phase object of a verification (mailbak.verify.Verify)."""
-    from mailbak.verify import Verify
-
-    return Verify(Path(path), fix=fix, jobs=jobs, reporter=reporter, verbose=verbose)
-
-
-def restore_job(backup: PathArg, store: PathArg, *, force_copy: bool, force: bool, jobs: int, reporter: Reporter, verbose: bool):
-    """The phase object of a restore (mailbak.restore.Restore)."""
-    from mailbak.restore import Restore
-
-    return Restore(Path(backup), Path(store), force_copy=force_copy, force=force, jobs=jobs, reporter=reporter, verbose=verbose)
-
-
-@dataclass
-class JobStage:
-    """How far ``run_job`` got: "check", "run" or "summary", and the run's status once known.
-    The CLI names in its one interrupt line what an interrupted job leaves behind."""
-
-    stage: str = "check"
-    status: str | None = None
-
-
-def run_job(job: Any, reporter: Reporter, *, title: str, target: PathArg, stage: JobStage | None = None) -> dict[str, Any]:
-    """Runs a phase object: ``check()`` (raises UsageError, nothing written), ``run()``, then
-    the summary; returns the summary facts. Raises UsageError, DestinationFull, OSError, and
-    whatever stops the run (KeyboardInterrupt, the CLI's Interrupted, an ``on_event`` error);
-    ``stage``, when given, tells how far it got."""
-    stage = stage or JobStage()
-    try:
-        job.check()
-        stage.stage = "run"
-        stage.status = job.run()
-        facts = job.facts(stage.status)
-        stage.stage = "summary"
-        # A backup into a repository names the snapshot it made, not the repository.
-        shown = getattr(job, "summary_target", target)
-        reporter.summary(f"{title} {stage.status}: {shown}", facts, job.table())
-        return facts
-    finally:
-        # Locks a job holds (a backup's on its repository) end with it, also in a long-lived
-        # process calling the API.
-        close = getattr(job, "close", None)
-        if close is not None:
-            close()
-
-
-def _run(job: Any, reporter: Reporter, *, title: str, target: PathArg) -> dict[str, Any]:
-    try:
-        return run_job(job, reporter, title=title, target=target)
-    except UsageError as e:
-        reporter.usage_error(str(e))
-        raise
-    finally:
-        reporter.close()
 
 
 # The public functions ------------------------------------------------------------------------
@@ -300,9 +236,11 @@ def backup(
     complete snapshot); ``jobs`` is the number of worker threads (default: one per core, at
     least 2); ``on_event`` receives each JSON Lines object (status, warning, error, summary;
     per-file "info" lines too with ``verbose``)."""
+    from mailbak.backup import backup_job
+
     reporter = event_reporter(on_event, verbose)
-    job = backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, link_dest=link_dest)
-    facts = _run(job, reporter, title="backup", target=dest)
+    n = check_jobs(jobs)
+    job, facts = run_api(lambda: backup_job(store, dest, config=config, data=data, jobs=n, reporter=reporter, verbose=verbose, link_dest=link_dest), reporter)
     return _result(BackupResult, facts, dest=job.dest)
 
 
@@ -315,9 +253,11 @@ def verify(
     on_event: EventCallback | None = None,
 ) -> VerifyResult:
     """Verifies a backup or a store, as ``mailbak verify`` does (``fix`` as ``--fix``)."""
+    from mailbak.verify import Verify
+
     reporter = event_reporter(on_event, verbose)
-    job = verify_job(path, fix=fix, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
-    facts = _run(job, reporter, title="verify", target=path)
+    n = check_jobs(jobs)
+    _, facts = run_api(lambda: Verify(Path(path), fix=fix, jobs=n, reporter=reporter, verbose=verbose), reporter)
     return _result(VerifyResult, facts, path=Path(path))
 
 
@@ -333,9 +273,11 @@ def restore(
 ) -> RestoreResult:
     """Restores ``backup`` into ``store`` (new or empty) and verifies it, as ``mailbak restore``
     does (``copy`` as ``--copy``, ``force`` as ``--force``)."""
+    from mailbak.restore import Restore
+
     reporter = event_reporter(on_event, verbose)
-    job = restore_job(backup, store, force_copy=copy, force=force, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
-    facts = _run(job, reporter, title="restore", target=store)
+    n = check_jobs(jobs)
+    _, facts = run_api(lambda: Restore(Path(backup), Path(store), force_copy=copy, force=force, jobs=n, reporter=reporter, verbose=verbose), reporter)
     v = facts.get("verify")
     checked = _result(VerifyResult, v, path=Path(store)) if isinstance(v, dict) else None
     return _result(RestoreResult, facts, store=Path(store), verify=checked)
@@ -357,17 +299,20 @@ def init(repo: PathArg) -> Path:
     """Makes ``repo`` (absent, or an empty directory) a repository, as ``mailbak init`` does;
     returns its path. Raises UsageError when it exists and is not empty, or lies below a
     directory another user can change."""
-    from mailbak import repository
+    from mailbak.repository import Init
 
-    return repository.init(Path(repo)).path
+    job, _ = run_api(lambda: Init(Path(repo)), Reporter())
+    assert job.repository is not None
+    return job.repository.path
 
 
 def snapshots(repo: PathArg) -> list[SnapshotInfo]:
     """The snapshots of a repository, newest first, as ``mailbak snapshots`` lists them.
     Raises UsageError when ``repo`` is not a repository."""
-    from mailbak.repository import Repository
+    from mailbak.repository import Snapshots
 
-    return Repository.open(Path(repo)).snapshots()
+    job, _ = run_api(lambda: Snapshots(Path(repo), with_trash=False), Reporter())
+    return job.infos
 
 
 def prune(
@@ -394,14 +339,13 @@ def prune(
     from mailbak.prune import Prune
 
     reporter = event_reporter(on_event, verbose)
-    try:
+    n = check_jobs(jobs)
+
+    def job() -> Prune:
         policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
-    except UsageError as e:
-        reporter.usage_error(str(e))
-        reporter.close()
-        raise
-    job = Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
-    facts = _run(job, reporter, title="prune", target=repo)
+        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=n, reporter=reporter, verbose=verbose)
+
+    _, facts = run_api(job, reporter)
     return _result(PruneResult, facts)
 
 
@@ -435,13 +379,8 @@ def offsite_push(
     from mailbak import offsite
 
     reporter = event_reporter(on_event, verbose)
-    try:
-        return offsite.push(Path(repo), snapshot, _restic_config(restic_repo, password_file, restic_options), reporter)
-    except UsageError as e:
-        reporter.usage_error(str(e))
-        raise
-    finally:
-        reporter.close()
+    job, _ = run_api(lambda: offsite.Push(Path(repo), snapshot, _restic_config(restic_repo, password_file, restic_options), reporter), reporter)
+    return job.result
 
 
 def offsite_list(repo: PathArg, *, restic_repo: str | None = None, password_file: PathArg | None = None, restic_options: tuple[str, ...] | list[str] = ()):
@@ -449,7 +388,8 @@ def offsite_list(repo: PathArg, *, restic_repo: str | None = None, password_file
     ``mailbak offsite list`` shows them (a list of :class:`mailbak.offsite.ListEntry`)."""
     from mailbak import offsite
 
-    return offsite.listing(Path(repo), _restic_config(restic_repo, password_file, restic_options))
+    job, _ = run_api(lambda: offsite.Listing(Path(repo), _restic_config(restic_repo, password_file, restic_options)), Reporter())
+    return job.entries
 
 
 def offsite_restore(
@@ -469,13 +409,8 @@ def offsite_restore(
     from mailbak import offsite
 
     reporter = event_reporter(on_event, verbose)
-    try:
-        return offsite.restore(restic_snapshot, Path(target), _restic_config(restic_repo, password_file, restic_options), reporter, jobs=check_jobs(jobs), verbose=verbose)
-    except UsageError as e:
-        reporter.usage_error(str(e))
-        raise
-    finally:
-        reporter.close()
+    job, _ = run_api(lambda: offsite.OffsiteRestore(restic_snapshot, Path(target), _restic_config(restic_repo, password_file, restic_options), reporter, jobs=check_jobs(jobs), verbose=verbose), reporter)
+    return job.result
 
 
 def offsite_prune(
@@ -500,11 +435,10 @@ def offsite_prune(
     from mailbak import offsite
 
     reporter = event_reporter(on_event)
-    try:
+
+    def job() -> offsite.OffsitePrune:
         policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
-        return offsite.prune(Path(repo), policy, _restic_config(restic_repo, password_file, restic_options), reporter, dry_run=dry_run)
-    except UsageError as e:
-        reporter.usage_error(str(e))
-        raise
-    finally:
-        reporter.close()
+        return offsite.OffsitePrune(Path(repo), policy, _restic_config(restic_repo, password_file, restic_options), reporter, dry_run=dry_run)
+
+    job_, _ = run_api(job, reporter)
+    return job_.result

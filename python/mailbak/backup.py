@@ -33,14 +33,15 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mailbak import __version__, _engine, manifest, repository, testclock, testpause
 from mailbak.anchor import DataRoot, identity, inside, open_problem, open_store_dir
-from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir
+from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir, private_tmp_warning
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.fsio import Refused, read_small
 from mailbak.identity import StoreOwner, acting_as
+from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.layout import (
     ACCOUNTS_DIR,
     LEASE_FILE,
@@ -60,6 +61,7 @@ from mailbak.layout import (
 from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, link_hint
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
+from mailbak.status import Status
 from mailbak.testpause import pause
 
 #: What data/ itself holds (layout.py).
@@ -96,11 +98,19 @@ class Area:
 
 
 class Backup:
-    """One run of ``mailbak backup``."""
+    """One run of ``mailbak backup`` (a job: job.py)."""
+
+    command: ClassVar[str] = "backup"
+    #: Message files (queue and accounts) by how they got into the backup.
+    file_kinds: ClassVar[tuple[str, ...]] = ("linked", "reused", "copied", "skipped", "unrecognized")
+    counts_bytes: ClassVar[bool] = True
+    reports_failure: ClassVar[bool] = False
 
     def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False, link_dest: Path | None = None):
         self.paths = paths
         self.dest = dest
+        #: DEST as given (``dest`` becomes the new snapshot in a repository DEST).
+        self.requested_dest = dest
         #: The reference backup asked for with --link-dest (checked in phase 1).
         self.link_dest = link_dest
         #: The reference the engine reuses unchanged files from: --link-dest, or the newest
@@ -257,9 +267,36 @@ class Backup:
         """What the summary line names: DEST, or the new snapshot in the repository DEST."""
         return self.dest
 
+    def headline(self, status: Status) -> str:
+        """The summary's title: it names the snapshot made in a repository, not the repository."""
+        return f"backup {status}: {self.summary_target}"
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """What a run stopped early leaves: a DEST whose manifest says running."""
+        hint = interrupted_hint(stage, self.requested_dest, "backup")
+        if hint is not None:
+            return hint
+        if self.repository is None and repository.is_repository(self.requested_dest):
+            return "no snapshot was begun"  # stopped while waiting for the repository
+        return f"{self.dest} is an incomplete backup (its manifest says running)"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """Message files by kind, over the queue and every account; every byte written by
+        copying (the databases included)."""
+        files = dict.fromkeys(self.file_kinds, 0)
+        areas = [a for a in [(facts or {}).get("queue"), *((facts or {}).get("accounts") or {}).values()] if a]
+        for a in areas:
+            for k in ("linked", "reused", "copied", "unrecognized"):
+                files[k] += a.get(k, 0)
+            files["skipped"] += a.get("skipped_new", 0) + a.get("skipped_erasing", 0)
+        n = self.runner.bytes_copied
+        for db in ((facts or {}).get("databases") or {}).values():
+            n += db.get("bytes", 0) if isinstance(db, dict) else 0
+        return Metrics(files, n)
+
     # Phases 2 to 7 ---------------------------------------------------------------------------
 
-    def run(self) -> str:
+    def run(self) -> Status:
         """Phases 2 to 7 (after check()); returns the status written to the manifest."""
         # config/ is copied from a descriptor of the directory itself: a symlink put in its
         # place since phase 1 is refused, never followed (root would copy what it names).
@@ -289,7 +326,7 @@ class Backup:
         finally:
             os.close(self.config_fd)
 
-    def _run(self) -> str:
+    def _run(self) -> Status:
         self.format_version = self.store_format_version()
         self.runner.new_phase("config")
         self.copy_tree(".", self.out / "config", b"config", root=self.config_fd)
@@ -307,7 +344,7 @@ class Backup:
         self.runner.finish()
         # The engine's own tallies as well as the events received: a lost event must never turn
         # a failed backup into an ok one.
-        status = "failed" if self.error_count() else "ok"
+        status = Status.FAILED if self.error_count() else Status.OK
         testpause.pause("backup.before_manifest")
         _engine.syncfs(self.out)
         self.finished = self.clock.now()
@@ -523,7 +560,7 @@ class Backup:
 
     def running_facts(self) -> dict[str, Any]:
         """The first manifest: the backup has started and is not finished (docs/FORMAT.md)."""
-        return {"status": manifest.RUNNING, "mailbak_version": __version__, "store": self.store_path, "started": rfc3339(self.started)}
+        return {"status": Status.RUNNING, "mailbak_version": __version__, "store": self.store_path, "started": rfc3339(self.started)}
 
     def error_count(self) -> int:
         """Errors of the run: the events received, or the engine's own tallies when larger."""
@@ -578,6 +615,19 @@ class Backup:
         return rows
 
 
+PathArg = str | os.PathLike[str]
+
+
+def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool, link_dest: PathArg | None = None) -> Backup:
+    """The job of a backup, as the command line and the API make it: STORE/config and
+    STORE/data unless given; first a warning when DEST would vanish with its service's
+    private /tmp."""
+    warning = private_tmp_warning(dest)
+    if warning:
+        reporter.warn("private_tmp", os.fspath(dest), warning)
+    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose, link_dest=Path(link_dest) if link_dest is not None else None)
+
+
 def check_reference(path: Path) -> Path:
     """--link-dest PREV: a directory (not a symlink) holding a complete backup; raises UsageError."""
     if not is_real_dir(path):
@@ -586,7 +636,7 @@ def check_reference(path: Path) -> Path:
         doc = manifest.read(path)
     except ManifestError as e:
         raise UsageError(f"--link-dest {path}: not a complete backup: {e}") from e
-    if doc["status"] != manifest.OK:
+    if doc["status"] != Status.OK:
         raise UsageError(f"--link-dest {path}: not a complete backup (its manifest says {doc['status']})")
     return path
 

@@ -1,106 +1,79 @@
-"""The ``mailbak`` command line: one click command per verb, each a thin shell around its phase
-module. Exit statuses (docs/BACKUP.md, docs/VERIFY.md): 0 ok, 1 failed or problems found, 2 bad
+"""The ``mailbak`` command line: one click command per verb, each a thin shell that turns its
+options into a job (job.py) and hands it to the one runner (:func:`run_command`, which exits
+with the runner's status). Exit statuses (docs/BACKUP.md, docs/VERIFY.md): 0 ok, 1 failed or problems found, 2 bad
 usage or input, 130 interrupted. Scripts must treat any other status as failure.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from mailbak import __version__
+from mailbak.job import default_jobs
+from mailbak.status import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
-#: Exit statuses.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def default_jobs() -> int:
-    """Worker threads for file work: one per core, at least two. Measured on 2 cores at 300k
-    messages (BENCHMARKS.md, jobs sweep): 2 threads are 1.8x faster than 1, warm or cold page
-    cache, and 3 to 8 threads are no faster than 2 (workers already sit in different
-    directories, so there is no lock wait for more threads to hide)."""
-    return max(2, os.cpu_count() or 1)
+if TYPE_CHECKING:
+    from mailbak.job import Job
+    from mailbak.report import Reporter
 
 
 def jobs_option(f):
+    """--jobs/-j: worker threads (default: job.default_jobs())."""
     return click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Worker threads for file work (default: one per core, at least 2).")(f)
 
 
 def output_options(f):
+    """--json, --quiet, --verbose: which reporter (report.make_reporter)."""
     f = click.option("--json", "json_output", is_flag=True, help="JSON Lines on stdout (status, warning, error, summary); nothing else on stdout.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="Print only errors (and the summary when something failed).")(f)
     f = click.option("--verbose", "-v", is_flag=True, help="Also print a line per file.")(f)
     return f
 
 
-def fail_usage(reporter, text: str) -> NoReturn:
-    """Bad usage or input: one clear message, exit status 2."""
-    reporter.usage_error(text)
-    reporter.close()
-    click.echo(f"mailbak: error: {text}", err=True)
-    sys.exit(EXIT_USAGE)
+def run_command(
+    kind: type[Job],
+    target: Path,
+    reporter: Reporter,
+    make_job: Callable[[Reporter], Job],
+    *,
+    metrics_file: Path | None = None,
+    ping_url: str | None = None,
+    signals: bool = True,
+    show: Callable[[Any], None] | None = None,
+) -> NoReturn:
+    """Runs the job ``make_job`` makes (given the reporter to use) through the one runner
+    (``job.execute``), inside a monitor (metrics file and pings, when asked for), and exits
+    with its status. With ``signals``, SIGTERM and SIGINT stop the run as Interrupted (exit
+    130); ``show`` prints the result of a job that succeeded (a listing)."""
+    from mailbak.errors import Interrupted
+    from mailbak.job import execute, stop_before_start
+    from mailbak.monitor import Monitor
+    from mailbak.runner import install_signal_handlers
 
+    if signals:
+        install_signal_handlers()
+    with Monitor(kind, target, metrics_file=metrics_file, ping_url=ping_url) as monitor:
+        try:
+            # The start ping: SIGINT or SIGTERM during it stops the run before it began.
+            shown = monitor.start(reporter)
+        except Interrupted as e:
+            sys.exit(stop_before_start(reporter, e))
 
-def stop_interrupted(reporter, e: BaseException, what: str) -> NoReturn:
-    """Ctrl-C or SIGTERM: one line, exit status 130, whatever the command was doing."""
-    import signal
+        def made(job: Job) -> None:
+            monitor.job = job
 
-    # A second signal while stopping must not turn this into a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    reporter.close()
-    click.echo(f"mailbak: interrupted ({e}); {what}", err=True)
-    sys.exit(EXIT_INTERRUPTED)
-
-
-def execute(job, reporter, *, title: str, target: Path, left_behind: str | Callable[[], str]) -> NoReturn:
-    """Runs a phase object (Backup, Verify, Restore) through the API (``mailbak.api.run_job``:
-    ``check()``, ``run()``, the summary) and maps every outcome to its exit status.
-    ``left_behind`` tells the user what an aborted run leaves (a function when that is only
-    known once the job has started: a backup into a repository names its new snapshot)."""
-    from mailbak.api import JobStage, run_job
-    from mailbak.errors import DestinationFull, Interrupted, UsageError
-
-    stage = JobStage()
-    from mailbak.repository import RepositoryBusy
-
-    try:
-        facts = run_job(job, reporter, title=title, target=target, stage=stage)
-    except UsageError as e:
-        fail_usage(reporter, str(e))
-    except RepositoryBusy as e:
-        reporter.close()
-        click.echo(f"mailbak: error: {e}", err=True)
-        sys.exit(EXIT_FAILED)
-    except Interrupted as e:
-        if callable(left_behind):
-            left_behind = left_behind()
-        if stage.stage == "check" and not os.path.lexists(target):
-            # check() creates the target last; before that, there is nothing to clean up.
-            left_behind = "nothing was written"
-        elif stage.stage == "summary":
-            left_behind = f"the {title} itself finished ({stage.status}); only its summary was cut short"
-        stop_interrupted(reporter, e, left_behind)
-    except DestinationFull as e:
-        if callable(left_behind):
-            left_behind = left_behind()
-        reporter.close()
-        click.echo(f"mailbak: error: {e.what}: {e}; {left_behind}", err=True)
-        sys.exit(EXIT_FAILED)
-    except OSError as e:
-        if callable(left_behind):
-            left_behind = left_behind()
-        reporter.close()
-        where = f" {e.filename}:" if e.filename else ""
-        click.echo(f"mailbak: error:{where} {e.strerror or e}; {left_behind}", err=True)
-        sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_OK if facts["status"] in ("ok", "clean") else EXIT_FAILED)
+        status = execute(lambda: make_job(shown), shown, on_job=made)
+        if status == EXIT_OK and show is not None:
+            show(monitor.job)
+        # Exit inside the monitor: it reads the status from SystemExit.
+        sys.exit(status)
+    raise AssertionError("unreachable: the monitor never swallows SystemExit")
 
 
 def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
@@ -116,17 +89,6 @@ def check_ping_url(ctx, param, value: str | None) -> str | None:
     if why:
         raise click.BadParameter(why, ctx=ctx, param=param)
     return value
-
-
-def start_monitor(monitor, reporter):
-    """``monitor.start(reporter)``: the start ping. SIGINT or SIGTERM during it stops the run
-    before it began, as any interrupt does (one line, exit status 130)."""
-    from mailbak.errors import Interrupted
-
-    try:
-        return monitor.start(reporter)
-    except Interrupted as e:
-        stop_interrupted(reporter, e, "the run had not begun: nothing was written")
 
 
 def monitor_options(f):
@@ -201,23 +163,13 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
     and left "running"), 2 bad usage or input (nothing written), 130
     interrupted (left "running").
     """
-    from mailbak.api import backup_job
-    from mailbak.monitor import Monitor
+    from mailbak.backup import Backup, backup_job
     from mailbak.report import make_reporter
-    from mailbak.repository import is_repository
-    from mailbak.runner import install_signal_handlers
 
-    install_signal_handlers()
-    with Monitor("backup", store, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
-        b = monitor.job = backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
+    def job(reporter: Reporter) -> Job:
+        return backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
 
-        def left_behind() -> str:
-            if b.repository is None and is_repository(dest):
-                return "no snapshot was begun"  # stopped while waiting for the repository
-            return f"{b.dest} is an incomplete backup (its manifest says running)"
-
-        execute(b, reporter, title="backup", target=dest, left_behind=left_behind)
+    run_command(Backup, store, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
 
 @main.command()
@@ -249,16 +201,13 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
     1 problems found (incomplete, failed, damaged, or not what its manifest
     says), 2 bad usage or input, 130 interrupted.
     """
-    from mailbak.api import verify_job
-    from mailbak.monitor import Monitor
     from mailbak.report import make_reporter
-    from mailbak.runner import install_signal_handlers
+    from mailbak.verify import Verify
 
-    install_signal_handlers()
-    with Monitor("verify", path, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
-        v = monitor.job = verify_job(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-        execute(v, reporter, title="verify", target=path, left_behind="verification incomplete")
+    def job(reporter: Reporter) -> Job:
+        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+
+    run_command(Verify, path, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
 
 @main.command()
@@ -279,18 +228,17 @@ def init(repo: Path, json_output: bool, quiet: bool) -> None:
     """
     import json
 
-    from mailbak import repository
-    from mailbak.errors import UsageError
+    from mailbak.job import Status
+    from mailbak.report import Reporter
+    from mailbak.repository import Init
 
-    try:
-        r = repository.init(repo)
-    except UsageError as e:
-        click.echo(f"mailbak: error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
-    if json_output:
-        click.echo(json.dumps({"message_type": "summary", "status": "ok", "repository": str(repo), **r.marker}))
-    elif not quiet:
-        click.echo(f"repository created: {repo}\nback up into it with: mailbak backup STORE {repo}")
+    def show(job: Init) -> None:
+        if json_output:
+            click.echo(json.dumps({"message_type": "summary", **job.facts(Status.OK)}))
+        elif not quiet:
+            click.echo(f"{job.headline(Status.OK)}\nback up into it with: mailbak backup STORE {repo}")
+
+    run_command(Init, repo, Reporter(), lambda _: Init(repo), signals=False, show=show)
 
 
 @main.command()
@@ -310,26 +258,22 @@ def snapshots(repo: Path, json_output: bool) -> None:
     import json
 
     from mailbak import repository
-    from mailbak.errors import UsageError
+    from mailbak.report import Reporter
 
-    try:
-        r = repository.Repository.open(repo)
-        infos = r.snapshots()
-        trash = r.trash_entries()
-    except UsageError as e:
-        click.echo(f"mailbak: error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
-    if json_output:
-        for info in infos:
-            click.echo(json.dumps({"message_type": "snapshot", **info.as_json()}, ensure_ascii=False))
-        if trash:
-            click.echo(json.dumps({"message_type": "trash", "pending": trash}, ensure_ascii=False))
-        return
-    from mailbak.report import format_table
+    def show(job: repository.Snapshots) -> None:
+        if json_output:
+            for info in job.infos:
+                click.echo(json.dumps({"message_type": "snapshot", **info.as_json()}, ensure_ascii=False))
+            if job.trash:
+                click.echo(json.dumps({"message_type": "trash", "pending": job.trash}, ensure_ascii=False))
+            return
+        from mailbak.report import format_table
 
-    click.echo(format_table(repository.snapshots_table(infos)), nl=False)
-    if trash:
-        click.echo(repository.trash_line(r, trash))
+        click.echo(format_table(job.table()), nl=False)
+        if job.trash:
+            click.echo(repository.trash_line(job.repository, job.trash))
+
+    run_command(repository.Snapshots, repo, Reporter(), lambda _: repository.Snapshots(repo), signals=False, show=show)
 
 
 def keep_options(f):
@@ -378,22 +322,14 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
     trash) or the repository is busy with --no-wait, 2 bad usage (no rule,
     bad value, not a repository), 130 interrupted.
     """
-    from mailbak.monitor import Monitor
     from mailbak.prune import Prune, policy_from_options
     from mailbak.report import make_reporter
-    from mailbak.runner import install_signal_handlers
 
-    install_signal_handlers()
-    with Monitor("prune", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
-        from mailbak.errors import UsageError
+    def job(reporter: Reporter) -> Job:
+        policy = policy_from_options(**keep)  # raises UsageError: exit status 2
+        return Prune(repo, policy, dry_run=dry_run, wait=not no_wait, nice=not no_nice, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
 
-        try:
-            policy = policy_from_options(**keep)
-        except UsageError as e:
-            fail_usage(reporter, str(e))
-        p = monitor.job = Prune(repo, policy, dry_run=dry_run, wait=not no_wait, nice=not no_nice, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-        execute(p, reporter, title="prune (dry run)" if dry_run else "prune", target=repo, left_behind=lambda: f"snapshots moved to {repo}/.trash are deleted by the next prune" if p.moved else "no snapshot was removed")
+    run_command(Prune, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
 
 @main.command()
@@ -418,14 +354,13 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, 
     restored and verified clean, 1 restored with problems, 2 bad usage or input
     (nothing written), 130 interrupted (STORE is then incomplete).
     """
-    from mailbak.api import restore_job
     from mailbak.report import make_reporter
-    from mailbak.runner import install_signal_handlers
+    from mailbak.restore import Restore
 
-    install_signal_handlers()
-    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    r = restore_job(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
-    execute(r, reporter, title="restore", target=store, left_behind=f"{store} is incomplete; delete it and restore again")
+    def job(reporter: Reporter) -> Job:
+        return Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+
+    run_command(Restore, store, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)
 
 
 @main.command()
@@ -524,40 +459,6 @@ def restic_options(f):
     return f
 
 
-def fail_run(reporter, code: str, text: str) -> NoReturn:
-    """A failed run: one error line, exit status 1. The error also goes through the reporter,
-    so that it is counted and reaches --json output and a monitor (the ping's body, the metrics
-    file's error count); a display for people does not repeat it."""
-    reporter.error(code, None, text, final=True)
-    reporter.close()
-    click.echo(f"mailbak: error: {text}", err=True)
-    sys.exit(EXIT_FAILED)
-
-
-def offsite_run(reporter, fn, *, left_behind: str) -> NoReturn:
-    """Runs an offsite command's function and maps its outcome to the exit status: 0 ok or
-    clean, 1 failed (restic failed, problems found), 2 bad usage (restic missing included),
-    130 interrupted."""
-    from mailbak.errors import DestinationFull, Interrupted, UsageError
-    from mailbak.offsite import ResticError
-
-    try:
-        status = fn()
-    except UsageError as e:
-        fail_usage(reporter, str(e))
-    except Interrupted as e:
-        stop_interrupted(reporter, e, left_behind)
-    except ResticError as e:
-        fail_run(reporter, "restic", str(e))
-    except DestinationFull as e:
-        fail_run(reporter, "no_space", f"{e.what}: {e}; {left_behind}")
-    except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
-        fail_run(reporter, "os_error", f"{where}{e.strerror or e}; {left_behind}")
-    reporter.close()
-    sys.exit(EXIT_OK if status in ("ok", "clean") else EXIT_FAILED)
-
-
 @main.group()
 def offsite() -> None:
     """Off-site copies of a repository's snapshots, made by restic.
@@ -594,22 +495,10 @@ def offsite_push(repo: Path, snapshot: str | None, restic_repo, password_file, r
     shared, so that prune cannot remove the snapshot meanwhile.
     """
     from mailbak import offsite as off
-    from mailbak.monitor import Monitor
     from mailbak.report import make_reporter
-    from mailbak.runner import install_signal_handlers
 
-    install_signal_handlers()
     config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
-    with Monitor("offsite-push", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
-        reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
-        from mailbak.monitor import Outcome
-
-        def push() -> str:
-            result = off.push(repo, snapshot, config, reporter)
-            monitor.job = Outcome(result.facts())  # for --metrics-file
-            return result.status
-
-        offsite_run(reporter, push, left_behind="restic was stopped; nothing was stored off-site, nothing local changed")
+    run_command(off.Push, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), lambda reporter: off.Push(repo, snapshot, config, reporter), metrics_file=metrics_file, ping_url=ping_url)
 
 
 @offsite.command("list")
@@ -626,23 +515,18 @@ def offsite_list(repo: Path, restic_repo, password_file, restic_opts, json_outpu
 
     from mailbak import offsite as off
     from mailbak.report import Reporter, rfc3339
-    from mailbak.runner import install_signal_handlers
 
-    install_signal_handlers()
     config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
-    reporter = Reporter()
 
-    def show() -> str:
-        entries = off.listing(repo, config)
-        for e in entries:
+    def show(job: off.Listing) -> None:
+        for e in job.entries:
             if json_output:
                 click.echo(json_mod.dumps({"message_type": "snapshot", **e.as_json()}))
                 continue
             where = ", ".join(f"{s.short_id} (pushed {rfc3339(s.pushed.timestamp()) if s.pushed else '?'})" for s in e.offsite) or "not off-site"
             click.echo(f"{e.name}  {e.status or '-':<10}  {where}")
-        return "ok"
 
-    offsite_run(reporter, show, left_behind="nothing was changed")
+    run_command(off.Listing, repo, Reporter(), lambda _: off.Listing(repo, config), show=show)
 
 
 @offsite.command("restore")
@@ -663,12 +547,13 @@ def offsite_restore(restic_snapshot: str, target: Path, restic_repo, password_fi
     """
     from mailbak import offsite as off
     from mailbak.report import make_reporter
-    from mailbak.runner import install_signal_handlers
 
-    install_signal_handlers()
     config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
-    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    offsite_run(reporter, lambda: off.restore(restic_snapshot, target, config, reporter, jobs=jobs or default_jobs(), verbose=verbose).status, left_behind=f"{target} is incomplete; delete it and restore again")
+
+    def job(reporter: Reporter) -> Job:
+        return off.OffsiteRestore(restic_snapshot, target, config, reporter, jobs=jobs or default_jobs(), verbose=verbose)
+
+    run_command(off.OffsiteRestore, target, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)
 
 
 @offsite.command("prune")
@@ -687,16 +572,11 @@ def offsite_prune(repo: Path, dry_run, restic_repo, password_file, restic_opts, 
     the off-site copies of REPO only, then removes their unused data.
     """
     from mailbak import offsite as off
-    from mailbak.errors import UsageError
     from mailbak.prune import policy_from_options
     from mailbak.report import make_reporter
-    from mailbak.runner import install_signal_handlers
 
-    install_signal_handlers()
-    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
-    try:
-        policy = policy_from_options(**keep)
-    except UsageError as e:
-        fail_usage(reporter, str(e))
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
-    offsite_run(reporter, lambda: off.prune(repo, policy, config, reporter, dry_run=dry_run).status, left_behind="restic was stopped; run the prune again")
+    def job(reporter: Reporter) -> Job:
+        policy = policy_from_options(**keep)  # raises UsageError: exit status 2
+        return off.OffsitePrune(repo, policy, off.ResticConfig(restic_repo, password_file, tuple(restic_opts)), reporter, dry_run=dry_run)
+
+    run_command(off.OffsitePrune, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)

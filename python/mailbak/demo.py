@@ -12,6 +12,7 @@ from pathlib import Path
 from mailbak.gen import GenSummary, generate
 from mailbak.report import make_reporter
 from mailbak.runner import Runner
+from mailbak.status import Status
 
 
 def generate_with_report(root: Path, *, messages: int, accounts: int, seed: int, median_size: int, jobs: int, quiet: bool = False) -> GenSummary:
@@ -37,7 +38,7 @@ def generate_with_report(root: Path, *, messages: int, accounts: int, seed: int,
         ("bytes of message files", f"{s.bytes:,}"),
         ("seconds", f"{took:.1f}"),
     ]
-    reporter.summary(f"generated {root}", {"status": "ok"}, rows)
+    reporter.summary(f"generated {root}", {"status": Status.OK}, rows)
     return s
 
 

@@ -16,11 +16,13 @@
 - The one answer to "is this directory a backup?": it holds ``mailbak.json``, whatever else it
   holds (:func:`is_backup`; docs/FORMAT.md section 8). A store is a directory with
   ``config/mailstore.toml`` and ``data/`` and no manifest (:func:`is_store`).
+- A destination that vanishes: a systemd service's private /tmp (:func:`private_tmp_warning`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -248,3 +250,45 @@ def hold_new(parent: HeldDir, path: Path) -> tuple[HeldDir, bool]:
         held.close()
         raise
     return held, existed
+
+
+# systemd's private /tmp ----------------------------------------------------------------------
+
+
+def mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str] | None:
+    """(mount point, root within its file system) of the mount holding ``path`` (absolute,
+    resolved), or None when mountinfo is unreadable."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+
+    def unescape(s: str) -> str:  # mountinfo writes space, tab, newline, backslash as \ooo
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+    best = None
+    for row in rows:
+        if len(row) < 5:
+            continue
+        root, point = unescape(row[3]), unescape(row[4])
+        if path == point or path.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) >= len(best[0]):  # later rows stack over earlier ones
+                best = (point, root)
+    return best
+
+
+def private_tmp_warning(dest: str | os.PathLike[str]) -> str | None:
+    """A warning when DEST lies in a systemd service's private /tmp or /var/tmp (PrivateTmp=):
+    whatever is written there vanishes when the service stops. Detected from the service's
+    environment (INVOCATION_ID) and the mount: systemd bind-mounts a ``systemd-private-*``
+    directory over /tmp and /var/tmp."""
+    if not os.environ.get("INVOCATION_ID"):
+        return None
+    path = os.path.realpath(dest)
+    if not any(path == t or path.startswith(t + "/") for t in ("/tmp", "/var/tmp")):
+        return None
+    mount = mount_of(path)
+    if mount is None or mount[0] not in ("/tmp", "/var/tmp") or "systemd-private-" not in mount[1]:
+        return None
+    return f"{mount[0]} is private to this systemd service (PrivateTmp=): the backup vanishes when the service stops; back up to a directory named in ReadWritePaths="

@@ -4,6 +4,8 @@
 - :class:`Interrupted`: SIGINT or SIGTERM (exit 130); a BaseException, so that no ``except
   Exception`` on the way swallows it.
 - :class:`DestinationFull`: the destination cannot take more data (exit 1); the run stops.
+- :class:`ResticError`: restic failed (exit 1); offsite.py raises it (and exports it: the API
+  names it ``mailbak.offsite.ResticError``).
 - :class:`ManifestError`: a backup's manifest is missing or malformed; its ``kind`` says which,
   so that callers never match message text.
 
@@ -36,6 +38,10 @@ class DestinationFull(Exception):
     def __init__(self, text: str, what: str = "the destination cannot take more data"):
         super().__init__(text)
         self.what = what
+
+
+class ResticError(Exception):
+    """restic failed; the message is the one line the command prints (exit status 1)."""
 
 
 def is_destination_full(text: str) -> bool:

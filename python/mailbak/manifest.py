@@ -25,6 +25,7 @@ from typing import Any
 from mailbak.errors import ManifestError
 from mailbak.fsio import replace_file
 from mailbak.layout import read_tagged_json
+from mailbak.status import Status
 
 #: File name of the manifest inside a backup.
 MANIFEST = "mailbak.json"
@@ -35,8 +36,6 @@ MANIFEST_TMP = MANIFEST + ".tmp"
 KIND = "mailbak-backup"
 #: Version of the manifest's layout.
 MANIFEST_VERSION = 1
-#: Statuses a manifest can hold (see the module doc).
-RUNNING, OK, FAILED = "running", "ok", "failed"
 #: What the manifest says of each area's index snapshot (``snapshot.Index.summary``).
 AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
 #: Mode of the manifest file: it names the store and its accounts, nothing for others.
@@ -70,9 +69,9 @@ def read(backup: Path) -> dict[str, Any]:
     if doc.get("manifest_version") != MANIFEST_VERSION:
         raise ManifestError(f"{path}: manifest version {doc.get('manifest_version')!r} is not supported (this mailbak reads {MANIFEST_VERSION})")
     status = doc.get("status")
-    if status not in (OK, FAILED, RUNNING):
+    if status not in (Status.OK, Status.FAILED, Status.RUNNING):
         raise ManifestError(f'{path}: status {status!r} is none of "ok", "failed", "running"')
-    if status == RUNNING:
+    if status == Status.RUNNING:
         # Written before anything else: only the start is known. Callers treat it as incomplete.
         if not isinstance(doc.get("started"), str):
             raise ManifestError(f"{path}: field 'started' is missing or not a str")

@@ -1,11 +1,12 @@
-"""Unattended runs: Prometheus metrics for node_exporter's textfile collector, healthchecks.io
-style pings, and the private-/tmp warning for systemd services (docs/OPERATIONS.md).
+"""Unattended runs: Prometheus metrics for node_exporter's textfile collector and
+healthchecks.io style pings (docs/OPERATIONS.md).
 
 Any command can be monitored: it opens a :class:`Monitor` around its run, passes its reporter
-through :meth:`Monitor.start` and names the phase object in :attr:`Monitor.job`; the monitor
-sees the exit status (the ``SystemExit`` the command ends with), writes the metrics file and
-sends the final ping. Monitoring never changes a run's outcome: a ping or metrics file that
-cannot be delivered is a warning on stderr, and the exit status stays the run's own.
+through :meth:`Monitor.start` and names the job (job.py) in :attr:`Monitor.job`; the monitor
+sees the exit status (the ``SystemExit`` the command ends with), writes the metrics file with
+what the job declares (:meth:`mailbak.job.Job.metrics`) and sends the final ping. Monitoring
+never changes a run's outcome: a ping or metrics file that cannot be delivered is a warning on
+stderr, and the exit status stays the run's own.
 
 Modules only some runs need (urllib, traceback) are imported where used: a run
 without monitoring loads nothing more, and tests that drop privileges after importing what a
@@ -23,17 +24,20 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailbak.errors import Interrupted
 from mailbak.fsio import Refused, read_small, replace_file
-from mailbak.report import Event, Reporter
+from mailbak.job import Metrics
+from mailbak.report import LogTail, Reporter, Tee
+from mailbak.status import Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from mailbak.job import Job
 
 # Metrics -------------------------------------------------------------------------------------
 
@@ -53,14 +57,6 @@ METRICS = {
     "mailbak_bytes_copied": "Bytes the last run wrote: a backup by copying (databases and every file not hardlinked), an offsite push into the restic repository (after deduplication).",
     "mailbak_warnings": "Warnings of the last run.",
     "mailbak_errors": "Errors of the last run.",
-}
-
-#: The file kinds each command reports in ``mailbak_files`` (always all of them, 0 when none).
-FILE_KINDS = {
-    "backup": ("linked", "reused", "copied", "skipped", "unrecognized"),
-    "verify": ("checked", "missing", "damaged", "orphans", "unrecognized", "moved"),
-    "prune": ("deleted",),
-    "offsite-push": ("new", "changed", "unmodified"),
 }
 
 
@@ -175,30 +171,6 @@ def write_metrics(path: Path, rec: RunRecord) -> str | None:
     # Readable by all (0644): the textfile collector usually runs as its own user.
     replace_file(path, render_metrics(rec, previous_success(text)).encode("utf-8"), mode=0o644)
     return problem
-
-
-def files_of(command: str, facts: dict[str, Any] | None) -> dict[str, int]:
-    """``mailbak_files`` by kind from a command's summary facts (zeros when there are none)."""
-    kinds = FILE_KINDS.get(command, ())
-    files = dict.fromkeys(kinds, 0)
-    if not facts:
-        return files
-    if command == "backup":
-        areas = [a for a in [facts.get("queue"), *(facts.get("accounts") or {}).values()] if a]
-        for a in areas:
-            for k in ("linked", "reused", "copied", "unrecognized"):
-                files[k] += a.get(k, 0)
-            files["skipped"] += a.get("skipped_new", 0) + a.get("skipped_erasing", 0)
-    elif command == "prune":
-        files["deleted"] = facts.get("files_deleted", 0)
-    elif command == "offsite-push":
-        for k in kinds:
-            files[k] = facts.get(f"files_{k}", 0)
-    else:
-        for k in kinds:
-            v = facts.get(k, 0)
-            files[k] = v if isinstance(v, int) else 0
-    return files
 
 
 # Pings ---------------------------------------------------------------------------------------
@@ -427,108 +399,27 @@ def ping(url: str, suffix: str = "", body: bytes | None = None, timeout: float |
         request.close()
 
 
-# The run's log -------------------------------------------------------------------------------
-
-
-class LogTail(Reporter):
-    """The run's log as plain lines (phases, warnings, errors, the summary), keeping the last
-    ``limit`` bytes: the body of the final ping."""
-
-    def __init__(self, limit: int = PING_BODY_BYTES):
-        super().__init__()
-        self.limit = limit
-        self.lines: deque[bytes] = deque()
-        self.size = 0
-
-    def add(self, text: str) -> None:
-        line = (text + "\n").encode("utf-8", "backslashreplace")[-self.limit :]
-        self.lines.append(line)
-        self.size += len(line)
-        while self.size > self.limit:
-            self.size -= len(self.lines.popleft())
-
-    def text(self) -> bytes:
-        return b"".join(self.lines)
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        super().phase(name, total)
-        self.add(f"== {name}" + (f" ({total} files)" if total else ""))
-
-    def event(self, ev: Event) -> None:
-        super().event(ev)
-        if ev.severity != "info":
-            self.add(ev.line())
-
-    def message(self, text: str) -> None:
-        self.add(text)
-
-    def usage_error(self, text: str) -> None:
-        self.add(f"mailbak: error: {text}")
-
-    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
-        self.add(title)
-        for row in table or []:
-            self.add("  " + "  ".join(str(c) for c in row))
-        self.add(f"warnings: {facts.get('warnings', 0)}, errors: {facts.get('errors', 0)}")
-
-
-class Tee(Reporter):
-    """Hands everything to several reporters; the counts the phases read are its own."""
-
-    def __init__(self, *reporters: Reporter):
-        super().__init__()
-        self.reporters = reporters
-
-    def phase(self, name: str, total: int | None = None) -> None:
-        super().phase(name, total)
-        for r in self.reporters:
-            r.phase(name, total)
-
-    def advance(self, done: int, total: int | None) -> None:
-        for r in self.reporters:
-            r.advance(done, total)
-
-    def event(self, ev: Event) -> None:
-        super().event(ev)
-        for r in self.reporters:
-            r.event(ev)
-
-    def message(self, text: str) -> None:
-        for r in self.reporters:
-            r.message(text)
-
-    def usage_error(self, text: str) -> None:
-        for r in self.reporters:
-            r.usage_error(text)
-
-    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
-        for r in self.reporters:
-            r.summary(title, facts, table)
-
-    def close(self) -> None:
-        for r in self.reporters:
-            r.close()
-
-
 # The monitor ---------------------------------------------------------------------------------
 
 
 class Monitor:
     """Metrics file and pings for one command run; a context manager around the run.
 
-    ``with Monitor("backup", target, metrics_file=..., ping_url=...) as mon:`` then
+    ``with Monitor(Backup, target, metrics_file=..., ping_url=...) as mon:`` then
     ``reporter = mon.start(reporter)`` (the start ping; the returned reporter also feeds the
-    log), ``mon.job = phase_object``, and the command's ``sys.exit``. On the way out the monitor
-    writes the metrics and sends the final ping with the exit status."""
+    log), ``mon.job = job``, and the command's ``sys.exit``. On the way out the monitor writes
+    the metrics and sends the final ping with the exit status. ``kind`` is the job's class: it
+    names the command and its metrics also when the run stopped before its job was made."""
 
-    def __init__(self, command: str, target: str | os.PathLike[str], *, metrics_file: Path | None = None, ping_url: str | None = None):
-        self.command = command
+    def __init__(self, kind: type[Job], target: str | os.PathLike[str], *, metrics_file: Path | None = None, ping_url: str | None = None):
+        self.kind = kind
+        self.command = kind.command
         self.target = path_label(target)
         self.metrics_file = metrics_file
         self.ping_url = ping_url
-        self.log = LogTail()
+        self.log = LogTail(PING_BODY_BYTES)
         self.reporter: Reporter | None = None
-        self.job: Any = None
+        self.job: Job | None = None
         self.started = time.time()
 
     @property
@@ -572,39 +463,33 @@ class Monitor:
         return False
 
     def facts(self, status: int) -> dict[str, Any] | None:
-        """The phase object's summary facts, also after a stop (the counts so far); none when
+        """The job's summary facts, also after a stop (the counts so far); none when
         the run never started (bad usage or input)."""
         if self.job is None or status == 2:
             return None
         try:
-            return self.job.facts("ok" if status == 0 else "failed")
+            return self.job.facts(Status.OK if status == 0 else Status.FAILED)
         except Exception:
             return None
 
-    def bytes_copied(self, facts: dict[str, Any] | None) -> int | None:
-        if self.command == "offsite-push":
-            return (facts or {}).get("bytes_added", 0)
-        if self.command != "backup":
-            return None
-        runner = getattr(self.job, "runner", None)
-        n = getattr(runner, "bytes_copied", 0) if runner is not None else 0
-        for db in ((facts or {}).get("databases") or {}).values():
-            n += db.get("bytes", 0) if isinstance(db, dict) else 0
-        return n
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """What the job declares for the metrics file (zeros without a job)."""
+        return self.job.metrics(facts) if self.job is not None else Metrics.none(self.kind)
 
     def finish(self, status: int) -> None:
         """Writes the metrics file and sends the final ping; problems are warnings on stderr."""
         facts = self.facts(status)
         counts = self.reporter.counts if self.reporter is not None else None
+        metrics = self.metrics(facts)
         rec = RunRecord(
             command=self.command,
             target=self.target,
             started=self.started,
             finished=time.time(),
             exit_status=status,
-            files=files_of(self.command, facts),
-            bytes_copied=self.bytes_copied(facts),
-            snapshots={"kept": facts.get("kept", 0), "removed": facts.get("removed", 0)} if self.command == "prune" and facts else {},
+            files=metrics.files,
+            bytes_copied=metrics.bytes_copied,
+            snapshots=metrics.snapshots,
             warnings=counts.warnings if counts else 0,
             errors=max(counts.errors if counts else 0, (facts or {}).get("errors", 0) or 0),
         )
@@ -628,56 +513,3 @@ class Monitor:
 
 def _warn(text: str) -> None:
     print(f"mailbak: warning: {text}", file=sys.stderr, flush=True)
-
-
-# systemd's private /tmp ----------------------------------------------------------------------
-
-
-def mount_of(path: str, mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str] | None:
-    """(mount point, root within its file system) of the mount holding ``path`` (absolute,
-    resolved), or None when mountinfo is unreadable."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            rows = [line.split() for line in f]
-    except OSError:
-        return None
-
-    def unescape(s: str) -> str:  # mountinfo writes space, tab, newline, backslash as \ooo
-        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-    best = None
-    for row in rows:
-        if len(row) < 5:
-            continue
-        root, point = unescape(row[3]), unescape(row[4])
-        if path == point or path.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) >= len(best[0]):  # later rows stack over earlier ones
-                best = (point, root)
-    return best
-
-
-def private_tmp_warning(dest: str | os.PathLike[str]) -> str | None:
-    """A warning when DEST lies in a systemd service's private /tmp or /var/tmp (PrivateTmp=):
-    whatever is written there vanishes when the service stops. Detected from the service's
-    environment (INVOCATION_ID) and the mount: systemd bind-mounts a ``systemd-private-*``
-    directory over /tmp and /var/tmp."""
-    if not os.environ.get("INVOCATION_ID"):
-        return None
-    path = os.path.realpath(dest)
-    if not any(path == t or path.startswith(t + "/") for t in ("/tmp", "/var/tmp")):
-        return None
-    mount = mount_of(path)
-    if mount is None or mount[0] not in ("/tmp", "/var/tmp") or "systemd-private-" not in mount[1]:
-        return None
-    return f"{mount[0]} is private to this systemd service (PrivateTmp=): the backup vanishes when the service stops; back up to a directory named in ReadWritePaths="
-
-
-class Outcome:
-    """A finished result's facts as a monitor's ``job`` (commands without a phase object, such
-    as ``offsite push``, hand their result over this way)."""
-
-    def __init__(self, facts: dict[str, Any]):
-        self._facts = facts
-
-    def facts(self, status: str) -> dict[str, Any]:
-        return self._facts

@@ -39,13 +39,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mailbak.errors import UsageError
+from mailbak.errors import ResticError, UsageError
+from mailbak.job import Metrics, Stage, files_from, run_within
 from mailbak.report import Reporter, rfc3339
-from mailbak.repository import NAME_RE, OK, RepoLock, Repository, SnapshotInfo
+from mailbak.repository import NAME_RE, RepoLock, Repository, SnapshotInfo
 from mailbak.retention import UNLIMITED, Policy
+from mailbak.status import Status
 from mailbak.testpause import pause
+
+if TYPE_CHECKING:
+    from mailbak.verify import Verify
 
 #: What to do when restic is missing (the command then exits 2).
 INSTALL_HINT = "install it with `apt-get install restic` (Debian, Ubuntu) or see https://restic.readthedocs.io/en/stable/020_installation.html"
@@ -76,10 +81,6 @@ RESTIC_INCOMPLETE = 3
 #: Environment variables that configure the restic repository and its password.
 REPO_VARS = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE")
 PASSWORD_VARS = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND")
-
-
-class ResticError(Exception):
-    """restic failed; the message is the one line the command prints (exit status 1)."""
 
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
@@ -350,8 +351,8 @@ def stop(proc: subprocess.Popen) -> None:
 class PushResult:
     """The outcome of a push: restic's summary of the backup (all zero when nothing was pushed)."""
 
-    #: "ok" or "failed" (restic could not read some files; the restic snapshot was removed).
-    status: str
+    #: ok or failed (restic could not read some files; the restic snapshot was removed).
+    status: Status
     #: False when the snapshot was already off-site (nothing done).
     pushed: bool
     #: The local repository and snapshot.
@@ -378,7 +379,7 @@ class PushResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.OK
 
     @property
     def unmodified_share(self) -> float:
@@ -430,7 +431,7 @@ def pick_snapshot(repo: Repository, name: str | None) -> SnapshotInfo:
     snap = next((s for s in repo.snapshots() if s.name == name), None)
     if snap is None:
         raise UsageError(f"{repo.path}: no snapshot {name}")
-    if snap.status != OK:
+    if snap.status != Status.OK:
         why = f": {snap.detail}" if snap.detail else ""
         raise UsageError(f"{snap.path}: snapshot is {snap.status}{why}; only complete snapshots are pushed off-site")
     return snap
@@ -441,35 +442,87 @@ def _restic_time(t: datetime) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def push(repo_path: Path, snapshot: str | None, config: ResticConfig, reporter: Reporter) -> PushResult:
-    """Pushes ``snapshot`` of the repository at ``repo_path`` (default: the newest complete)
-    to the restic repository of ``config`` (see the module doc). Raises UsageError (nothing
-    done), ResticError (restic failed: nothing local changed) or Interrupted."""
-    restic = Restic(config)
-    repo = Repository.open(repo_path)
-    rtag = repo_tag(repo)
-    lock = RepoLock(repo.path, exclusive=False, wait=True, on_wait=reporter.message)
-    try:
+class Push:
+    """One run of ``mailbak offsite push`` (a job: job.py): pushes ``snapshot`` of the repository
+    at ``repo_path`` (default: the newest complete) to the restic repository of ``config`` (see
+    the module doc); ``result`` once run. Raises UsageError (nothing done), ResticError (restic
+    failed: nothing local changed) or Interrupted."""
+
+    command: ClassVar[str] = "offsite-push"
+    #: Files as restic counts them.
+    file_kinds: ClassVar[tuple[str, ...]] = ("new", "changed", "unmodified")
+    counts_bytes: ClassVar[bool] = True
+    reports_failure: ClassVar[bool] = True
+
+    def __init__(self, repo_path: Path, snapshot: str | None, config: ResticConfig, reporter: Reporter):
+        self.repo_path = repo_path
+        self.snapshot = snapshot
+        self.config = config
+        self.reporter = reporter
+        self.lock: RepoLock | None = None
+        self.result: PushResult | None = None
+        #: The summary's title and table (set by run()).
+        self.title = ""
+        self.rows: list[tuple[str, ...]] | None = None
+
+    def check(self) -> None:
+        """Finds restic and the repository."""
+        self.restic = Restic(self.config)
+        self.repo = Repository.open(self.repo_path)
+        self.rtag = repo_tag(self.repo)
+
+    def run(self) -> Status:
+        """Picks the snapshot under the repository's lock (shared) and pushes it unless it is
+        off-site already."""
+        restic, repo, reporter = self.restic, self.repo, self.reporter
+        self.lock = RepoLock(repo.path, exclusive=False, wait=True, on_wait=reporter.message)
         # Chosen under the lock: a prune that ran before cannot have removed it since.
-        snap = pick_snapshot(repo, snapshot)
-        offsite = restic.snapshots(rtag)
+        snap = pick_snapshot(repo, self.snapshot)
+        offsite = restic.snapshots(self.rtag)
         there = [s for s in offsite if s.snapshot == snap.name]
         if there:
             s = there[-1]
             when = f", pushed {rfc3339(s.pushed.timestamp())}" if s.pushed else ""
             reporter.message(f"{snap.name}: already off-site as restic snapshot {s.short_id}{when}; nothing to do")
-            result = _with_summary(PushResult("ok", False, repo.path, snap.name, s.id, None))
-            reporter.summary(f"offsite push: {snap.name} already off-site ({s.short_id}), nothing pushed", result.summary)
-            return result
+            self.result = _with_summary(PushResult(Status.OK, False, repo.path, snap.name, s.id, None))
+            self.title = f"offsite push: {snap.name} already off-site ({s.short_id}), nothing pushed"
+            return self.result.status
         parent = max(offsite, key=lambda s: (s.pushed or s.time, s.time)) if offsite else None
         reporter.message(f"pushing {snap.name}" + (f" against restic snapshot {parent.short_id} ({parent.snapshot})" if parent else " (first push: everything is read)"))
-        tags = [TAG, rtag, SNAPSHOT_TAG + snap.name, PUSHED_TAG + rfc3339()]
+        tags = [TAG, self.rtag, SNAPSHOT_TAG + snap.name, PUSHED_TAG + rfc3339()]
         args = ["backup", "--ignore-ctime", "--time", _restic_time(snap.start), *[a for t in tags for a in ("--tag", t)]]
         if parent is not None:
             args += ["--parent", parent.id]
-        return _run_backup(restic, args + ["."], repo, snap, parent, reporter)
-    finally:
-        lock.release()
+        self.result = _run_backup(restic, args + ["."], repo, snap, parent, reporter)
+        self.title = f"offsite push {self.result.status}: {snap.name} as restic snapshot {self.result.restic_snapshot}"
+        self.rows = self.result.table()
+        return self.result.status
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """The push's facts (none before restic finished)."""
+        return self.result.summary if self.result is not None else {}
+
+    def headline(self, status: Status) -> str:
+        """The summary's title (set by run())."""
+        return self.title
+
+    def table(self) -> list[tuple[str, ...]] | None:
+        """restic's counts; none when the snapshot was off-site already."""
+        return self.rows
+
+    def close(self) -> None:
+        """Releases the repository's lock."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """restic commits a snapshot last: a stopped push stored nothing."""
+        return "restic was stopped; nothing was stored off-site, nothing local changed"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """Files as restic counted them; bytes restic added to its repository."""
+        return Metrics(files_from(self.file_kinds, facts, key=lambda k: f"files_{k}"), (facts or {}).get("bytes_added", 0))
 
 
 def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: SnapshotInfo, parent: OffsiteSnapshot | None, reporter: Reporter) -> PushResult:
@@ -524,10 +577,10 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status, restic.repos)}; nothing was stored off-site, nothing local changed")
     assert summary is not None
     restic_id = summary.get("snapshot_id")
-    state = "ok"
+    state = Status.OK
     if status == RESTIC_INCOMPLETE:
         # A snapshot missing files must not count as off-site: the next push would skip it.
-        state = "failed"
+        state = Status.FAILED
         reporter.error("restic_incomplete", str(snap.path), "restic could not read some files; its snapshot is removed, push again once they are readable")
         p = restic._run(restic.command("forget", str(restic_id)))
         if p.returncode != 0:
@@ -536,7 +589,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
     count = {k: int(summary.get(k) or 0) for k in ("files_new", "files_changed", "files_unmodified", "dirs_new", "dirs_changed", "dirs_unmodified")}
     result = PushResult(
         state,
-        state == "ok",
+        state == Status.OK,
         repo.path,
         snap.name,
         restic_id,
@@ -554,9 +607,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         warnings=reporter.counts.warnings,
         errors=reporter.counts.errors,
     )
-    result = _with_summary(result)
-    reporter.summary(f"offsite push {state}: {snap.name} as restic snapshot {restic_id}", result.summary, result.table())
-    return result
+    return _with_summary(result)
 
 
 def _cause(err: Any) -> str:
@@ -606,18 +657,60 @@ class ListEntry:
         return {"name": self.name, "status": self.status, "offsite": [s.as_json() for s in self.offsite]}
 
 
-def listing(repo_path: Path, config: ResticConfig) -> list[ListEntry]:
-    """Every local snapshot of the repository and every off-site copy of one, newest first."""
-    restic = Restic(config)
-    repo = Repository.open(repo_path)
-    offsite = restic.snapshots(repo_tag(repo))
-    by_name: dict[str, list[OffsiteSnapshot]] = {}
-    for s in offsite:
-        by_name.setdefault(s.snapshot or "?", []).append(s)
-    entries = [ListEntry(s.name, s.status, tuple(by_name.pop(s.name, ()))) for s in repo.snapshots()]
-    entries += [ListEntry(name, None, tuple(snaps)) for name, snaps in by_name.items()]
-    entries.sort(key=lambda e: e.name, reverse=True)
-    return entries
+class Listing:
+    """One run of ``mailbak offsite list`` (a job: job.py): every local snapshot of the
+    repository and every off-site copy of one, newest first (``entries``, once run). It
+    changes nothing and says nothing: the command line prints the entries."""
+
+    command: ClassVar[str] = "offsite-list"
+    file_kinds: ClassVar[tuple[str, ...]] = ()
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = True
+
+    def __init__(self, repo_path: Path, config: ResticConfig):
+        self.repo_path = repo_path
+        self.config = config
+        self.entries: list[ListEntry] = []
+
+    def check(self) -> None:
+        """Finds restic and the repository."""
+        self.restic = Restic(self.config)
+        self.repo = Repository.open(self.repo_path)
+
+    def run(self) -> Status:
+        """Lists the off-site copies and matches them to the local snapshots."""
+        offsite = self.restic.snapshots(repo_tag(self.repo))
+        by_name: dict[str, list[OffsiteSnapshot]] = {}
+        for s in offsite:
+            by_name.setdefault(s.snapshot or "?", []).append(s)
+        entries = [ListEntry(s.name, s.status, tuple(by_name.pop(s.name, ()))) for s in self.repo.snapshots()]
+        entries += [ListEntry(name, None, tuple(snaps)) for name, snaps in by_name.items()]
+        entries.sort(key=lambda e: e.name, reverse=True)
+        self.entries = entries
+        return Status.OK
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """Only the status: the entries are the result."""
+        return {"status": status}
+
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"offsite list {status}: {self.repo_path}"
+
+    def table(self) -> list[tuple[str, ...]] | None:
+        """None: the command line prints the entries."""
+        return None
+
+    def close(self) -> None:
+        """Nothing is held."""
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """A listing changes nothing."""
+        return "nothing was changed"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """None (not monitored)."""
+        return Metrics.none(type(self))
 
 
 # Restore ---------------------------------------------------------------------------------------
@@ -645,8 +738,8 @@ def resolve(restic: Restic, ref: str) -> OffsiteSnapshot:
 class OffsiteRestoreResult:
     """The outcome of an off-site restore: the verification of what came back."""
 
-    #: "clean" or "problems" (the verification's).
-    status: str
+    #: clean or problems (the verification's).
+    status: Status
     target: Path
     restic_snapshot: str
     snapshot: str | None
@@ -656,52 +749,112 @@ class OffsiteRestoreResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "clean"
+        return self.status == Status.CLEAN
 
 
-def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *, jobs: int, verbose: bool = False) -> OffsiteRestoreResult:
-    """Restores the off-site snapshot ``ref`` (see :func:`resolve`) into ``target`` (absent or
-    empty) with restic, then verifies it as ``mailbak verify`` does. Raises UsageError (nothing
-    written), ResticError (restic failed; TARGET is incomplete) or Interrupted.
+class OffsiteRestore:
+    """One run of ``mailbak offsite restore`` (a job: job.py): restores the off-site snapshot
+    ``ref`` (see :func:`resolve`) into ``target`` (absent or empty) with restic, then verifies
+    it as ``mailbak verify`` does (a Verify job run within this one); ``result`` once run.
+    Raises UsageError (nothing written), ResticError (restic failed; TARGET is incomplete) or
+    Interrupted.
 
     As ``mailbak restore`` does, TARGET is created or taken as root's alone (mode 0700) through a
     descriptor, and restic and the verification reach it through that descriptor, never by its
     name: whoever owns an empty TARGET, or the directory it is in, cannot plant a symlink that
     has root's restic write (and the verification read) elsewhere. TARGET gets its owner and
     mode back at the end (a TARGET created here stays root's, mode 0700, as restic makes it)."""
-    from mailbak.destdir import PRIVATE_DIR_MODE, check_destination
-    from mailbak.restore import give_back, held_path, hold_dir
-    from mailbak.verify import Verify
 
-    check_destination(target, action="restore")
-    restic = Restic(config)
-    snap = resolve(restic, ref)
-    try:
-        if not os.path.lexists(target):
-            os.mkdir(target, PRIVATE_DIR_MODE)
-        fd, was = hold_dir(target)
-    except OSError as e:
-        raise UsageError(f"{target}: cannot write: {e.strerror}") from e
-    try:
-        where = held_path(fd, target)
-        reporter.phase("restore")
-        reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
-        pause("offsite_restore_target_held")  # tests attack TARGET here
-        p = restic._run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(fd,))
-        if p.returncode != 0:
-            raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode, restic.repos)}; {target} is incomplete: delete it and restore again")
-        job = Verify(where, fix=False, jobs=jobs, reporter=reporter, verbose=verbose)
-        job.check()
-        status = job.run()
-    finally:
+    command: ClassVar[str] = "offsite-restore"
+    file_kinds: ClassVar[tuple[str, ...]] = ()
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = True
+
+    def __init__(self, ref: str, target: Path, config: ResticConfig, reporter: Reporter, *, jobs: int, verbose: bool = False):
+        self.ref = ref
+        self.target = target
+        self.config = config
+        self.reporter = reporter
+        self.jobs = jobs
+        self.verbose = verbose
+        #: TARGET held, and its owner, group and mode to give back (set by check()).
+        self.fd: int | None = None
+        self.was = (0, 0, 0)
+        self.verify: Verify | None = None
+        self.result: OffsiteRestoreResult | None = None
+
+    def check(self) -> None:
+        """Refuses a TARGET that is not new or empty, finds the off-site snapshot, then takes
+        TARGET (created if absent)."""
+        from mailbak.destdir import PRIVATE_DIR_MODE, check_destination
+        from mailbak.restore import hold_dir
+
+        check_destination(self.target, action="restore")
+        self.restic = Restic(self.config)
+        self.snap = resolve(self.restic, self.ref)
         try:
-            give_back(fd, *was)
+            if not os.path.lexists(self.target):
+                os.mkdir(self.target, PRIVATE_DIR_MODE)
+            self.fd, self.was = hold_dir(self.target)
+        except OSError as e:
+            raise UsageError(f"{self.target}: cannot write: {e.strerror}") from e
+
+    def run(self) -> Status:
+        """restic restores through TARGET's descriptor; then the verification; TARGET's owner
+        and mode are given back in any case."""
+        from mailbak.restore import held_path
+        from mailbak.verify import Verify
+
+        assert self.fd is not None, "check() first"
+        restic, snap, target, reporter = self.restic, self.snap, self.target, self.reporter
+        try:
+            where = held_path(self.fd, target)
+            reporter.phase("restore")
+            reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
+            pause("offsite_restore_target_held")  # tests attack TARGET here
+            p = restic._run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(self.fd,))
+            if p.returncode != 0:
+                raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode, restic.repos)}; {target} is incomplete: delete it and restore again")
+            self.verify = Verify(where, fix=False, jobs=self.jobs, reporter=reporter, verbose=self.verbose)
+            status = run_within(self.verify)
+        finally:
+            self.close()
+        facts = self.facts(status)
+        self.result = OffsiteRestoreResult(status, target, snap.id, snap.snapshot, facts["verify"], facts)
+        return status
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """The target, the off-site snapshot and the verification's facts."""
+        verified = self.verify.facts(status) if self.verify is not None else {}
+        return {"status": status, "target": str(self.target), "restic_snapshot": self.snap.id, "snapshot": self.snap.snapshot, "verify": verified}
+
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"offsite restore {status}: {self.target}"
+
+    def table(self) -> list[tuple[str, ...]] | None:
+        """The verification's table."""
+        return self.verify.table() if self.verify is not None else None
+
+    def close(self) -> None:
+        """Gives TARGET its owner and mode back, once."""
+        from mailbak.restore import give_back
+
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            give_back(fd, *self.was)
         finally:
             os.close(fd)
-    facts = job.facts(status)
-    summary = {"status": status, "target": str(target), "restic_snapshot": snap.id, "snapshot": snap.snapshot, "verify": facts}
-    reporter.summary(f"offsite restore {status}: {target}", summary, job.table())
-    return OffsiteRestoreResult(status, target, snap.id, snap.snapshot, facts, summary)
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """A stopped restore leaves TARGET incomplete."""
+        return f"{self.target} is incomplete; delete it and restore again"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """None (not monitored)."""
+        return Metrics.none(type(self))
 
 
 def _unlock(restic: Restic) -> None:
@@ -732,7 +885,7 @@ def forget_args(policy: Policy) -> list[str]:
 class PruneResult:
     """What ``restic forget`` kept and removed of the repository's off-site copies."""
 
-    status: str
+    status: Status
     dry_run: bool
     kept: tuple[OffsiteSnapshot, ...]
     removed: tuple[OffsiteSnapshot, ...]
@@ -741,11 +894,63 @@ class PruneResult:
     summary: dict[str, Any] = field(repr=False)
 
 
-def prune(repo_path: Path, policy: Policy, config: ResticConfig, reporter: Reporter, *, dry_run: bool = False) -> PruneResult:
-    """Forgets the off-site copies of the repository that ``policy`` does not keep and prunes
-    their data (``restic forget --prune``), all copies of the repository in one group."""
-    restic = Restic(config)
-    repo = Repository.open(repo_path)
+class OffsitePrune:
+    """One run of ``mailbak offsite prune`` (a job: job.py): forgets the off-site copies of the
+    repository that ``policy`` does not keep and prunes their data (``restic forget
+    --prune``), all copies of the repository in one group; ``result`` once run."""
+
+    command: ClassVar[str] = "offsite-prune"
+    file_kinds: ClassVar[tuple[str, ...]] = ()
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = True
+
+    def __init__(self, repo_path: Path, policy: Policy, config: ResticConfig, reporter: Reporter, *, dry_run: bool = False):
+        self.repo_path = repo_path
+        self.policy = policy
+        self.config = config
+        self.reporter = reporter
+        self.dry_run = dry_run
+        self.result: PruneResult | None = None
+        self.rows: list[tuple[str, ...]] | None = None
+
+    def check(self) -> None:
+        """Finds restic and the repository."""
+        self.restic = Restic(self.config)
+        self.repo = Repository.open(self.repo_path)
+
+    def run(self) -> Status:
+        """restic unlock (stale locks only), then restic forget."""
+        self.result, self.rows = _forget(self.restic, self.repo, self.policy, self.reporter, self.dry_run)
+        return self.result.status
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """What was kept (and why) and removed (none before restic finished)."""
+        return self.result.summary if self.result is not None else {}
+
+    def headline(self, status: Status) -> str:
+        """The summary's title: the counts."""
+        r = self.result
+        assert r is not None, "run() first"
+        return f"offsite prune{' (dry run)' if r.dry_run else ''}: {len(r.kept)} kept, {len(r.removed)} {'to remove' if r.dry_run else 'removed'}"
+
+    def table(self) -> list[tuple[str, ...]] | None:
+        """One row per off-site copy: kept (why) or removed."""
+        return self.rows
+
+    def close(self) -> None:
+        """Nothing is held (restic holds its own lock)."""
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """restic's forget and prune can be run again."""
+        return "restic was stopped; run the prune again"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """None (not monitored)."""
+        return Metrics.none(type(self))
+
+
+def _forget(restic: Restic, repo: Repository, policy: Policy, reporter: Reporter, dry_run: bool) -> tuple[PruneResult, list[tuple[str, ...]]]:
+    """Runs ``restic forget`` over the off-site copies of ``repo``: the result and its table."""
     rtag = repo_tag(repo)
     args = ["forget", "--tag", f"{TAG},{rtag}", "--group-by", "", *forget_args(policy)]
     args += ["--dry-run"] if dry_run else ["--prune"]
@@ -767,7 +972,7 @@ def prune(repo_path: Path, policy: Policy, config: ResticConfig, reporter: Repor
             if sid:
                 reasons[sid] = tuple(r.get("matches") or ())
     facts = {
-        "status": "ok",
+        "status": Status.OK,
         "dry_run": dry_run,
         "policy": str(policy),
         "kept": [{**s.as_json(), "reasons": list(reasons.get(s.id, ()))} for s in kept],
@@ -776,5 +981,4 @@ def prune(repo_path: Path, policy: Policy, config: ResticConfig, reporter: Repor
     table: list[tuple[str, ...]] = [("action", "snapshot", "restic", "why")]
     table += [("keep", s.snapshot or "?", s.short_id, ", ".join(reasons.get(s.id, ()))) for s in sorted(kept, key=lambda s: s.time, reverse=True)]
     table += [("would remove" if dry_run else "removed", s.snapshot or "?", s.short_id, "") for s in sorted(removed, key=lambda s: s.time, reverse=True)]
-    reporter.summary(f"offsite prune{' (dry run)' if dry_run else ''}: {len(kept)} kept, {len(removed)} {'to remove' if dry_run else 'removed'}", facts, table)
-    return PruneResult("ok", dry_run, tuple(kept), tuple(removed), reasons, facts)
+    return PruneResult(Status.OK, dry_run, tuple(kept), tuple(removed), reasons, facts), table

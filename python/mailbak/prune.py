@@ -27,18 +27,25 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mailbak import _engine, repository, retention
 from mailbak.errors import UsageError
+from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import RepoLock, Repository
 from mailbak.runner import Runner
+from mailbak.status import Status
 from mailbak.testpause import pause
 
 
 class Prune:
-    """One run of ``mailbak prune``."""
+    """One run of ``mailbak prune`` (a job: job.py)."""
+
+    command: ClassVar[str] = "prune"
+    file_kinds: ClassVar[tuple[str, ...]] = ("deleted",)
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = False
 
     def __init__(self, repo: Path, policy: retention.Policy, *, dry_run: bool = False, wait: bool = True, nice: bool = True, jobs: int, reporter: Reporter, verbose: bool = False):
         self.path = repo
@@ -60,10 +67,6 @@ class Prune:
         #: Whether this run moved a snapshot into the trash (what an interrupted run leaves).
         self.moved = False
 
-    @property
-    def summary_target(self) -> Path:
-        return self.path
-
     def check(self) -> None:
         """Step 1; raises UsageError or RepositoryBusy."""
         self.repo = Repository.open(self.path)
@@ -75,7 +78,29 @@ class Prune:
             self.lock.release()
             self.lock = None
 
-    def run(self) -> str:
+    @property
+    def title(self) -> str:
+        """The command as the summary names it."""
+        return "prune (dry run)" if self.dry_run else "prune"
+
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"{self.title} {status}: {self.path}"
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """Snapshots already in the trash stay there until the next prune deletes them."""
+        hint = interrupted_hint(stage, self.path, self.title)
+        if hint is not None:
+            return hint
+        return f"snapshots moved to {self.path}/.trash are deleted by the next prune" if self.moved else "no snapshot was removed"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """Files deleted; snapshots kept and removed."""
+        if not facts:
+            return Metrics.none(type(self))
+        return Metrics({"deleted": facts.get("files_deleted", 0)}, snapshots={"kept": facts.get("kept", 0), "removed": facts.get("removed", 0)})
+
+    def run(self) -> Status:
         """Steps 2 to 5; returns ``ok``, or ``failed`` when something could not be deleted."""
         assert self.repo is not None, "check() first"
         if not self.dry_run:
@@ -91,7 +116,7 @@ class Prune:
             self.empty_trash("delete")
         self.runner.finish()
         self.finished = time.time()
-        return "failed" if self.reporter.counts.errors or self.counts["errors"] else "ok"
+        return Status.FAILED if self.reporter.counts.errors or self.counts["errors"] else Status.OK
 
     def empty_trash(self, phase: str) -> None:
         """Steps 2 and 5: deletes every entry of the trash."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from mailbak.status import Status
 from mailbak.testpause import pause
 from mailbak.text import escape_path
 
@@ -195,7 +196,7 @@ class PlainReporter(Reporter):
             self._print(text)
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
-        if self.quiet and facts.get("status") in ("ok", "clean"):
+        if self.quiet and facts.get("status") in (Status.OK, Status.CLEAN):
             return
         hidden = {c: n - HUMAN_LINES_PER_CODE for c, n in self._shown.items() if n > HUMAN_LINES_PER_CODE}
         print(escape_path(title), file=self.out)
@@ -248,7 +249,7 @@ class RichReporter(PlainReporter):
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
         self.close()
-        if self.quiet and facts.get("status") in ("ok", "clean"):
+        if self.quiet and facts.get("status") in (Status.OK, Status.CLEAN):
             return
         from rich.table import Table
         from rich.text import Text
@@ -324,3 +325,86 @@ def make_reporter(*, json_output: bool, quiet: bool, verbose: bool) -> Reporter:
     if sys.stderr.isatty() and not quiet:
         return RichReporter(quiet=quiet, verbose=verbose)
     return PlainReporter(quiet=quiet, verbose=verbose)
+
+
+# Reporters that feed others: the run's log for a monitor's ping, and a tee -------------------------------------------------------------------------------
+
+
+class LogTail(Reporter):
+    """The run's log as plain lines (phases, warnings, errors, the summary), keeping the last
+    ``limit`` bytes: the body of the final ping."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+        self.lines: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        line = (text + "\n").encode("utf-8", "backslashreplace")[-self.limit :]
+        self.lines.append(line)
+        self.size += len(line)
+        while self.size > self.limit:
+            self.size -= len(self.lines.popleft())
+
+    def text(self) -> bytes:
+        return b"".join(self.lines)
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        super().phase(name, total)
+        self.add(f"== {name}" + (f" ({total} files)" if total else ""))
+
+    def event(self, ev: Event) -> None:
+        super().event(ev)
+        if ev.severity != "info":
+            self.add(ev.line())
+
+    def message(self, text: str) -> None:
+        self.add(text)
+
+    def usage_error(self, text: str) -> None:
+        self.add(f"mailbak: error: {text}")
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        self.add(title)
+        for row in table or []:
+            self.add("  " + "  ".join(str(c) for c in row))
+        self.add(f"warnings: {facts.get('warnings', 0)}, errors: {facts.get('errors', 0)}")
+
+
+class Tee(Reporter):
+    """Hands everything to several reporters; the counts the phases read are its own."""
+
+    def __init__(self, *reporters: Reporter):
+        super().__init__()
+        self.reporters = reporters
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        super().phase(name, total)
+        for r in self.reporters:
+            r.phase(name, total)
+
+    def advance(self, done: int, total: int | None) -> None:
+        for r in self.reporters:
+            r.advance(done, total)
+
+    def event(self, ev: Event) -> None:
+        super().event(ev)
+        for r in self.reporters:
+            r.event(ev)
+
+    def message(self, text: str) -> None:
+        for r in self.reporters:
+            r.message(text)
+
+    def usage_error(self, text: str) -> None:
+        for r in self.reporters:
+            r.usage_error(text)
+
+    def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        for r in self.reporters:
+            r.summary(title, facts, table)
+
+    def close(self) -> None:
+        for r in self.reporters:
+            r.close()

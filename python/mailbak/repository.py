@@ -34,14 +34,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mailbak import manifest
 from mailbak.destdir import PRIVATE_DIR_MODE, check_destination, hold_new, hold_parent
 from mailbak.errors import ManifestError, UsageError
 from mailbak.fsio import fsync_dir, open_dir, replace_file
+from mailbak.job import Metrics, Stage
 from mailbak.layout import read_tagged_json
 from mailbak.report import rfc3339
+from mailbak.status import Status
 
 #: The marker file that makes a directory a repository.
 MARKER = "mailbak-repo.json"
@@ -60,9 +62,6 @@ MARKER_MODE = 0o640
 NAME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 #: A snapshot's directory name: the start time, then an optional collision suffix.
 NAME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6}Z)(?:-([1-9]\d{0,5}))?$")
-
-#: Snapshot statuses (the order of retention.STATUSES).
-OK, FAILED, INCOMPLETE, RUNNING = "ok", "failed", "incomplete", "running"
 
 #: The start and finish times a manifest may hold (UTC, the latest excluded): no backup started
 #: before the Unix epoch, a snapshot's name has a four-digit year, and prune must be able to
@@ -196,24 +195,24 @@ def status_of(path: Path, name: str) -> SnapshotInfo:
         detail = "no manifest" if e.kind == ManifestError.MISSING else str(e)
     status = doc.get("status") if doc else None
     start = parse_time(doc.get("started")) if doc else None
-    finished = parse_time(doc.get("finished")) if doc and status in (OK, FAILED) else None
-    if status in (OK, FAILED) and start is None:
-        status, detail = INCOMPLETE, "manifest has no start time"
+    finished = parse_time(doc.get("finished")) if doc and status in (Status.OK, Status.FAILED) else None
+    if status in (Status.OK, Status.FAILED) and start is None:
+        status, detail = Status.INCOMPLETE, "manifest has no start time"
     bad_times = [f"{key} time {doc[key]!r}" for key, t in (("started", start), ("finished", finished)) if doc and t is not None and not in_time_range(t)]
     if bad_times:
         # A start in 9999 would be every later backup's reference, and prune, which shows times
         # on the local clock, would stop; the snapshot is shown at its name's time instead.
         detail = f"manifest's {' and '.join(bad_times)} out of range ({EARLIEST.year} to {LATEST.year - 1})"
-        status = INCOMPLETE if status in (OK, FAILED) else status
+        status = Status.INCOMPLETE if status in (Status.OK, Status.FAILED) else status
         start = start if start is not None and in_time_range(start) else None
         finished = None
-    if status not in (OK, FAILED):
+    if status not in (Status.OK, Status.FAILED):
         if is_locked(path):
-            status = RUNNING
+            status = Status.RUNNING
         else:
             detail = detail or "its manifest still says running: interrupted or killed"
-            status = INCOMPLETE
-    return SnapshotInfo(name, path, status, start or fallback, finished, doc, detail if status == INCOMPLETE else None)
+            status = Status.INCOMPLETE
+    return SnapshotInfo(name, path, status, start or fallback, finished, doc, detail if status == Status.INCOMPLETE else None)
 
 
 class RepoLock:
@@ -336,7 +335,7 @@ class Repository:
     def newest_complete(self, infos: list[SnapshotInfo] | None = None) -> SnapshotInfo | None:
         """The reference of the next backup: the newest snapshot whose manifest says ok (of
         ``infos``, newest first, when the caller has listed them already)."""
-        return next((s for s in (self.snapshots() if infos is None else infos) if s.status == OK), None)
+        return next((s for s in (self.snapshots() if infos is None else infos) if s.status == Status.OK), None)
 
     def failed_pile_warning(self, infos: list[SnapshotInfo]) -> str | None:
         """What a backup says when FAILED_PILE_WARN or more failed or incomplete snapshots are
@@ -345,9 +344,9 @@ class Repository:
         store keeps failing they pile up, each as large as what changed since the reference."""
         piled = []
         for s in infos:
-            if s.status == OK:
+            if s.status == Status.OK:
                 break
-            if s.status in (FAILED, INCOMPLETE):
+            if s.status in (Status.FAILED, Status.INCOMPLETE):
                 piled.append(s)
         if len(piled) < FAILED_PILE_WARN:
             return None
@@ -471,3 +470,101 @@ def snapshots_table(infos: list[SnapshotInfo]) -> list[tuple[str, ...]]:
 def trash_line(repo: Repository, names: list[str]) -> str:
     """What ``mailbak snapshots`` says of pending deletions."""
     return f"trash pending: {len(names)} snapshot(s) in {repo.trash} not yet deleted (the next `mailbak prune` finishes them)"
+
+
+# The jobs of `mailbak init` and `mailbak snapshots` (job.py) --------------------------------
+
+
+class Init:
+    """One run of ``mailbak init`` (a job: job.py): makes ``path`` a repository (:func:`init`);
+    ``repository`` once run. It prints nothing: the command line shows the result."""
+
+    command: ClassVar[str] = "init"
+    file_kinds: ClassVar[tuple[str, ...]] = ()
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = False
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.repository: Repository | None = None
+
+    def check(self) -> None:
+        """Nothing before run(): :func:`init` checks and makes in one step."""
+
+    def run(self) -> Status:
+        """Makes the repository; raises UsageError (nothing made)."""
+        self.repository = init(self.path)
+        return Status.OK
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """The repository and its marker."""
+        return {"status": status, "repository": str(self.path), **(self.repository.marker if self.repository is not None else {})}
+
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"repository created: {self.path}"
+
+    def table(self) -> list[tuple[str, ...]] | None:
+        """None."""
+        return None
+
+    def close(self) -> None:
+        """Nothing is held."""
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """init leaves the directory as it was (:func:`init`)."""
+        return f"{self.path} is as it was"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """None (not monitored)."""
+        return Metrics.none(type(self))
+
+
+class Snapshots:
+    """One run of ``mailbak snapshots`` (a job: job.py): the repository's snapshots, newest
+    first, and (``with_trash``) its pending trash entries; ``infos`` and ``trash`` once run."""
+
+    command: ClassVar[str] = "snapshots"
+    file_kinds: ClassVar[tuple[str, ...]] = ()
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = False
+
+    def __init__(self, path: Path, *, with_trash: bool = True):
+        self.path = path
+        self.with_trash = with_trash
+        self.infos: list[SnapshotInfo] = []
+        self.trash: list[str] = []
+
+    def check(self) -> None:
+        """Opens the repository; raises UsageError when ``path`` is not one."""
+        self.repository = Repository.open(self.path)
+
+    def run(self) -> Status:
+        """Reads every snapshot's manifest (and the trash)."""
+        self.infos = self.repository.snapshots()
+        if self.with_trash:
+            self.trash = self.repository.trash_entries()
+        return Status.OK
+
+    def facts(self, status: str) -> dict[str, Any]:
+        """Only the status: the snapshots are the result."""
+        return {"status": status}
+
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"snapshots of {self.path}"
+
+    def table(self) -> list[tuple[str, ...]] | None:
+        """The table of ``mailbak snapshots``."""
+        return snapshots_table(self.infos)
+
+    def close(self) -> None:
+        """Nothing is held."""
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """Listing changes nothing."""
+        return "nothing was changed"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """None (not monitored)."""
+        return Metrics.none(type(self))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mailbak import _engine, manifest
 from mailbak.anchor import identity, inside
@@ -32,10 +32,12 @@ from mailbak.destdir import BACKUP_ENTRIES, DEFAULT_DIR_MODE, PRIVATE_DIR_MODE, 
 from mailbak.errors import ManifestError, UsageError
 from mailbak.fsio import open_dir
 from mailbak.identity import PROC_FD
+from mailbak.job import Metrics, Stage, interrupted_hint, run_within
 from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, TMP_DIR, AreaKind, area_rel, is_real_dir
 from mailbak.report import Reporter
 from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner, link_hint
+from mailbak.status import Status
 from mailbak.testpause import pause
 from mailbak.verify import Verify
 
@@ -84,7 +86,12 @@ def give_back(fd: int, uid: int, gid: int, mode: int) -> None:
 
 
 class Restore:
-    """One run of ``mailbak restore``."""
+    """One run of ``mailbak restore`` (a job: job.py)."""
+
+    command: ClassVar[str] = "restore"
+    file_kinds: ClassVar[tuple[str, ...]] = ()
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = False
 
     def __init__(self, backup: Path, store: Path, *, force_copy: bool, force: bool, jobs: int, reporter: Reporter, verbose: bool = False):
         self.backup = backup
@@ -127,11 +134,11 @@ class Restore:
                 raise UsageError(f"{e}; refusing to restore it (use --force to restore what is there)") from e
             self.reporter.warn("manifest", manifest.MANIFEST, f"{e}; restoring anyway (--force)")
         else:
-            if doc["status"] == manifest.RUNNING and not self.force:
+            if doc["status"] == Status.RUNNING and not self.force:
                 raise UsageError(f'{self.backup}: the backup is incomplete (its manifest still says "running": killed, interrupted or stopped by a full disk); refusing to restore it (use --force to restore what is there)')
-            if doc["status"] == manifest.FAILED and not self.force:
+            if doc["status"] == Status.FAILED and not self.force:
                 raise UsageError(f"{self.backup}: the backup is marked failed ({doc['errors']} errors when it was made); refusing to restore it (use --force)")
-            if doc["status"] != manifest.RUNNING:
+            if doc["status"] != Status.RUNNING:
                 self.expect = doc
         for part in ("config", "data"):
             if not is_real_dir(self.backup / part):
@@ -160,8 +167,8 @@ class Restore:
             self.lock.release()
             self.lock = None
 
-    def run(self) -> str:
-        """Steps 2 to 5; returns the verification result ("clean" or "problems")."""
+    def run(self) -> Status:
+        """Steps 2 to 5; returns the verification's outcome (clean or problems)."""
         # Asked once per run, not once per copied area (two stats each).
         self.exdev_hint = link_hint(self.backup / "data", self.store / "data", "the backup is on another file system")
         for name in sorted(set(os.listdir(self.backup)) - set(BACKUP_ENTRIES)):
@@ -192,8 +199,7 @@ class Restore:
         # Checked against the backup's manifest as well: what was deleted from the backup is
         # missing from the restored store, however consistent the rest looks without it.
         self.verify = Verify(self.store, fix=False, jobs=self.jobs, reporter=self.reporter, verbose=self.verbose, expect=self.expect)
-        self.verify.check()
-        return self.verify.run()
+        return run_within(self.verify)
 
     def warn_owners(self) -> None:
         """Run as another user than root, restore writes everything as that user: one warning
@@ -262,7 +268,20 @@ class Restore:
         facts["errors"] = self.reporter.counts.errors
         return facts
 
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"restore {status}: {self.store}"
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """A restore stopped early leaves an incomplete STORE."""
+        return interrupted_hint(stage, self.store, "restore") or f"{self.store} is incomplete; delete it and restore again"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """None of its own (restore takes no --metrics-file)."""
+        return Metrics.none(type(self))
+
     def table(self) -> list[tuple[str, ...]]:
+        """The counts, then the verification's."""
         rows = [("", "count"), *((k, str(v)) for k, v in self.counts.items())]
         if self.verify is not None:
             rows += [(f"verify {k}", str(v)) for k, v in self.verify.facts("").items() if isinstance(v, int)]

@@ -52,8 +52,10 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Protocol
 
+from mailbak.status import Status
+
 #: Snapshot statuses, as ``mailbak snapshots`` shows them.
-STATUSES = ("ok", "failed", "incomplete", "running")
+STATUSES = (Status.OK, Status.FAILED, Status.INCOMPLETE, Status.RUNNING)
 
 #: The count meaning "no limit" (restic's ``unlimited``, which it stores as -1).
 UNLIMITED = -1
@@ -246,15 +248,15 @@ def decide(snapshots: Iterable[SnapshotFacts], policy: Policy, now: datetime | N
             raise ValueError(f"snapshot {s.name}: given twice")
         seen.add(s.name)
 
-    complete = [s for s in ordered if s.status == "ok"]
+    complete = [s for s in ordered if s.status == Status.OK]
     reasons = dict(zip((s.name for s in complete), _complete_reasons(complete, policy, now), strict=True))
     newest = complete[0] if complete else None
     decisions = []
     for s in ordered:
         why: tuple[str, ...]
-        if s.status == "running":
+        if s.status == Status.RUNNING:
             keep, why = True, ("running",)
-        elif s.status == "ok":
+        elif s.status == Status.OK:
             keep, why = bool(reasons[s.name]), reasons[s.name] or ("matches no rule",)
         elif newest is not None and (newest.start, newest.name) > (s.start, s.name):
             keep, why = False, (f"{s.status}, superseded",)

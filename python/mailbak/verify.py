@@ -35,7 +35,7 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import lmdb
 
@@ -44,11 +44,13 @@ from mailbak.anchor import DataRoot, open_problem
 from mailbak.destdir import BACKUP_ENTRIES, is_store
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
+from mailbak.job import Metrics, Stage, files_from, interrupted_hint
 from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, engine_area, is_real_dir, read_config
 from mailbak.report import Reporter
 from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner
 from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
+from mailbak.status import Status
 from mailbak.testpause import pause
 
 #: What data/ itself holds (layout.py).
@@ -90,7 +92,13 @@ def _listdir(path: Path) -> list[str]:
 
 
 class Verify:
-    """One run of ``mailbak verify``."""
+    """One run of ``mailbak verify`` (a job: job.py)."""
+
+    command: ClassVar[str] = "verify"
+    #: Message files by what the verification found of them.
+    file_kinds: ClassVar[tuple[str, ...]] = ("checked", "missing", "damaged", "orphans", "unrecognized", "moved")
+    counts_bytes: ClassVar[bool] = False
+    reports_failure: ClassVar[bool] = False
 
     def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False, expect: dict[str, Any] | None = None):
         self.path = path
@@ -139,15 +147,15 @@ class Verify:
             self.lock.release()
             self.lock = None
 
-    def run(self) -> str:
-        """All checks; returns "clean" or "problems". The repository's lock ends with them, also
+    def run(self) -> Status:
+        """All checks; returns clean or problems. The repository's lock ends with them, also
         for a caller that never calls close()."""
         try:
             return self._run()
         finally:
             self.close()
 
-    def _run(self) -> str:
+    def _run(self) -> Status:
         with tempfile.TemporaryDirectory(prefix="mailbak-verify-") as tmp:
             self.tmp = Path(tmp)
             if not self.live:
@@ -155,19 +163,19 @@ class Verify:
             problem = self.paths.problem()
             if problem:
                 self.reporter.error("not_a_store", str(self.path), f"{problem}; nothing more to check")
-                return "problems"
+                return Status.PROBLEMS
             try:
                 config = read_config(self.paths.config_dir)
             except FormatError as e:
                 self.reporter.error("config", "config/mailstore.toml", str(e))
-                return "problems"
+                return Status.PROBLEMS
             # Every area and database below data/ is opened from this one descriptor, never
             # through a symlink (anchor.py).
             try:
                 self.root = DataRoot(self.paths.data_dir)
             except OSError as e:
                 self.reporter.error("not_a_store", str(self.paths.data_dir), f"cannot open the data directory: {open_problem(self.paths.data_dir, e)}")
-                return "problems"
+                return Status.PROBLEMS
             # In a live store, hold the lease like a backup: writers then defer removing the files
             # of the snapshots until they are checked, instead of making them look missing.
             with self.root, ReaderLease(self.paths.data_dir, self.reporter) if self.live else nullcontext():
@@ -183,7 +191,7 @@ class Verify:
                 self.check_against_manifest(self.manifest_doc, config, indexes)
             self.runner.finish()
         engine_errors = sum(a.counts.get("errors", 0) for a in self.areas)
-        return "problems" if self.reporter.counts.errors or engine_errors else "clean"
+        return Status.PROBLEMS if self.reporter.counts.errors or engine_errors else Status.CLEAN
 
     # 1 ---------------------------------------------------------------------------------------
 
@@ -196,13 +204,13 @@ class Verify:
             self.manifest_status = code
             return
         self.manifest_status = doc["status"]
-        if doc["status"] == manifest.RUNNING:
-            self.manifest_status = "incomplete"
+        if doc["status"] == Status.RUNNING:
+            self.manifest_status = Status.INCOMPLETE
             why = "it was killed, interrupted or stopped by a full disk, or it is still running"
             self.reporter.error("incomplete", manifest.MANIFEST, f'incomplete backup: it started at {doc["started"]} and never finished (its manifest still says "running"): {why}')
         else:
             self.manifest_doc = doc
-            if doc["status"] != manifest.OK:
+            if doc["status"] != Status.OK:
                 self.reporter.error("backup_failed", manifest.MANIFEST, f"the backup run reported {doc['errors']} error(s); it lacks what they name")
 
     # 2 ---------------------------------------------------------------------------------------
@@ -379,7 +387,20 @@ class Verify:
             "errors": c.errors,
         }
 
+    def headline(self, status: Status) -> str:
+        """The summary's title."""
+        return f"verify {status}: {self.path}"
+
+    def left_behind(self, stage: Stage | None) -> str:
+        """A verification writes nothing (but with --fix, moves): stopped, it is only incomplete."""
+        return interrupted_hint(stage, self.path, "verify") or "verification incomplete"
+
+    def metrics(self, facts: dict[str, Any] | None) -> Metrics:
+        """Message files by what was found of them."""
+        return Metrics(files_from(self.file_kinds, facts))
+
     def table(self) -> list[tuple[str, ...]]:
+        """One row per area and a total."""
         rows: list[tuple[str, ...]] = [("area", *AREA_COUNTS)]
         for a in self.areas:
             rows.append((a.name, *(str(a.counts.get(k, 0)) for k in AREA_COUNTS)))
