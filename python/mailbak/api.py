@@ -410,11 +410,11 @@ def prune(
 # The restic repository comes from restic's environment variables or from ``restic_repo`` and
 # ``password_file`` (passed to restic through its environment); ``restic_options`` are restic's
 # ``-o key=value``. Besides UsageError (restic missing included: nothing done), these raise
-# ``mailbak.offsite.ResticError`` when restic fails (its message is the one line the CLI prints).
+# ``mailbak.restic.ResticError`` when restic fails (its message is the one line the CLI prints).
 
 
 def _restic_config(restic_repo: str | None, password_file: PathArg | None, restic_options: tuple[str, ...] | list[str]):
-    from mailbak.offsite import ResticConfig
+    from mailbak.restic import ResticConfig
 
     return ResticConfig(restic_repo, Path(password_file) if password_file is not None else None, tuple(restic_options))
 

@@ -539,7 +539,7 @@ def offsite_run(reporter, fn, *, left_behind: str) -> NoReturn:
     clean, 1 failed (restic failed, problems found), 2 bad usage (restic missing included),
     130 interrupted."""
     from mailbak.errors import DestinationFull, Interrupted, UsageError
-    from mailbak.offsite import ResticError
+    from mailbak.restic import ResticError
 
     try:
         status = fn()
@@ -596,10 +596,11 @@ def offsite_push(repo: Path, snapshot: str | None, restic_repo, password_file, r
     from mailbak import offsite as off
     from mailbak.monitor import Monitor
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
     with Monitor("offsite-push", repo, metrics_file=metrics_file, ping_url=ping_url) as monitor:
         reporter = start_monitor(monitor, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose))
         from mailbak.monitor import Outcome
@@ -626,10 +627,11 @@ def offsite_list(repo: Path, restic_repo, password_file, restic_opts, json_outpu
 
     from mailbak import offsite as off
     from mailbak.report import Reporter, rfc3339
+    from mailbak.restic import ResticConfig
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
     reporter = Reporter()
 
     def show() -> str:
@@ -663,10 +665,11 @@ def offsite_restore(restic_snapshot: str, target: Path, restic_repo, password_fi
     """
     from mailbak import offsite as off
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
     reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
     offsite_run(reporter, lambda: off.restore(restic_snapshot, target, config, reporter, jobs=jobs or default_jobs(), verbose=verbose).status, left_behind=f"{target} is incomplete; delete it and restore again")
 
@@ -690,6 +693,7 @@ def offsite_prune(repo: Path, dry_run, restic_repo, password_file, restic_opts, 
     from mailbak.errors import UsageError
     from mailbak.prune import policy_from_options
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
     from mailbak.runner import install_signal_handlers
 
     install_signal_handlers()
@@ -698,5 +702,5 @@ def offsite_prune(repo: Path, dry_run, restic_repo, password_file, restic_opts, 
         policy = policy_from_options(**keep)
     except UsageError as e:
         fail_usage(reporter, str(e))
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
     offsite_run(reporter, lambda: off.prune(repo, policy, config, reporter, dry_run=dry_run).status, left_behind="restic was stopped; run the prune again")
