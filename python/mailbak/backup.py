@@ -10,11 +10,11 @@ The phases, in order:
 3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
    docs/FORMAT.md defer removing message files until the backup releases it after phase 5.
 4. **Databases.** Every known database is copied from one LMDB read transaction
-   (``snapshot.py``); for the queue and each account the IDs come from that copy.
-5. **Messages.** Per area, the engine hardlinks (or copies) the snapshot's message files, skips
-   files added after the snapshot or being erased, copies the area's plain files (an account's
+   (``lmdbcopy.py``); for the queue and each account the IDs come from that copy.
+5. **Messages.** Per area, the engine hardlinks (or copies) the message files of the index's
+   copy, skips files added after the copy or being erased, copies the area's plain files (an account's
    junk filter), and reports and copies anything else; all areas in one engine call, each
-   described by ``layout.engine_area``.
+   described by ``lmdbcopy.engine_area``.
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
 7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
@@ -44,7 +44,6 @@ from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import (
     ACCOUNTS_DIR,
     LEASE_FILE,
-    LOCK_SUFFIX,
     MAX_VERSION_BYTES,
     QUEUE_DIR,
     VERSION_FILE,
@@ -54,14 +53,15 @@ from mailbak.layout import (
     StorePaths,
     area_label,
     area_rel,
-    engine_area,
     is_real_dir,
+    lock_file,
+    lock_files,
     read_config,
     read_small,
 )
+from mailbak.lmdbcopy import DatabaseError, Index, ReaderLease, copy_database, engine_area
 from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, link_hint
-from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 from mailbak.testpause import pause
 
 #: What data/ itself holds (layout.py).
@@ -91,7 +91,7 @@ class Area:
     rel: str
     #: Destination directory.
     dst: Path
-    #: The index snapshot.
+    #: The copy of the area's index.
     index: Index
     #: Counts for the manifest.
     counts: dict[str, int] = field(default_factory=dict)
@@ -359,7 +359,7 @@ class Backup:
         """Copies one database; reports and returns False on failure."""
         try:
             copy = copy_database(src, dst, self.owner, self.root)
-        except SnapshotError as e:
+        except DatabaseError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
         self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size}
@@ -417,7 +417,7 @@ class Backup:
             return
         try:
             index = Index.read(dst / lay.index, kind)
-        except SnapshotError as e:
+        except DatabaseError as e:
             self.reporter.error("area_unreadable", f"data/{rel}/{lay.index}", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
@@ -454,11 +454,11 @@ class Backup:
         data = self.paths.data_dir
         never = {os.fsencode(n) for n in DATA.never}
         handled = never | {os.fsencode(n) for n in (QUEUE_DIR, ACCOUNTS_DIR, *DATA.databases)}
-        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in DATA.databases}
+        handled |= {os.fsencode(lock_file(n)) for n in DATA.databases}
         expected = {os.fsencode(n) for n in (*DATA.files, LEASE_FILE, *DATA.dirs)}
         to_copy: list[bytes] = []
         names = sorted(self.root.listdir(""))
-        locks = lock_files(self.root, "", names)
+        locks = _lock_files_at(self.root, "", names)
         for name in names:
             if name in locks:
                 continue  # never backed up (docs/BACKUP.md); the engine would leave it out too
@@ -591,20 +591,18 @@ def check_reference(path: Path) -> Path:
     return path
 
 
-def lock_files(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:
-    """The LMDB lock files among ``names`` (the entries of ``data/rel``): each ``NAME-lock``
-    that is a regular file beside a regular file ``NAME``, the engine's rule (rust/walk.rs)."""
-    suffix = LOCK_SUFFIX.encode()
-    present = set(names)
-    candidates = [n for n in names if n.endswith(suffix) and len(n) > len(suffix) and n[: -len(suffix)] in present]
-    if not candidates:
-        return set()
-    fd = root.open_dir(rel)
-    try:
-        regular = {n for n in present if _is_regular_at(fd, n)}
-    finally:
-        os.close(fd)
-    return {n for n in candidates if n in regular and n[: -len(suffix)] in regular}
+def _lock_files_at(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:
+    """The LMDB lock files among ``names``, the entries of ``data/rel`` (``layout.lock_files``:
+    the rule), their types read below ``root``."""
+
+    def regular(wanted: set[bytes]) -> set[bytes]:
+        fd = root.open_dir(rel)
+        try:
+            return {n for n in wanted if _is_regular_at(fd, n)}
+        finally:
+            os.close(fd)
+
+    return lock_files(names, regular)
 
 
 def _is_regular_at(dir_fd: int, name: bytes) -> bool:

@@ -37,7 +37,7 @@ KIND = "mailbak-backup"
 MANIFEST_VERSION = 1
 #: Statuses a manifest can hold (see the module doc).
 RUNNING, OK, FAILED = "running", "ok", "failed"
-#: What the manifest says of each area's index snapshot (``snapshot.Index.summary``).
+#: What the manifest says of the copy of each area's index (``lmdbcopy.Index.summary``).
 AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
 #: Mode of the manifest file: it names the store and its accounts, nothing for others.
 MANIFEST_MODE = 0o640
