@@ -210,8 +210,8 @@ def check_jobs(jobs: int | None) -> int:
 
 
 def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool, link_dest: PathArg | None = None):
-    """The phase object of a backup (mailbak.backup.Backup)."""
-    from mailbak.backup import Backup
+    """The phase object of a backup (mailbak.archiver.Backup)."""
+    from mailbak.archiver import Backup
     from mailbak.layout import StorePaths
     from mailbak.monitor import private_tmp_warning
 
@@ -222,15 +222,15 @@ def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: P
 
 
 def verify_job(path: PathArg, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool):
-    """The phase object of a verification (mailbak.verify.Verify)."""
-    from mailbak.verify import Verify
+    """The phase object of a verification (mailbak.verifier.Verify)."""
+    from mailbak.verifier import Verify
 
     return Verify(Path(path), fix=fix, jobs=jobs, reporter=reporter, verbose=verbose)
 
 
 def restore_job(backup: PathArg, store: PathArg, *, force_copy: bool, force: bool, jobs: int, reporter: Reporter, verbose: bool):
-    """The phase object of a restore (mailbak.restore.Restore)."""
-    from mailbak.restore import Restore
+    """The phase object of a restore (mailbak.restorer.Restore)."""
+    from mailbak.restorer import Restore
 
     return Restore(Path(backup), Path(store), force_copy=force_copy, force=force, jobs=jobs, reporter=reporter, verbose=verbose)
 
@@ -344,7 +344,7 @@ def restore(
 def _policy(**rules: int | str | None):
     """A retention policy from keyword rules as the API takes them (a count, -1 or "unlimited";
     a duration text for ``keep_within``), parsed like the command line's; raises UsageError."""
-    from mailbak.prune import policy_from_options
+    from mailbak.pruner import policy_from_options
     from mailbak.retention import UNLIMITED
 
     def text(v: int | str | None) -> str | None:
@@ -391,7 +391,7 @@ def prune(
     (a count, "unlimited", or for ``keep_within`` a duration such as "30d"); ``wait=False`` is
     ``--no-wait`` (raises RepositoryBusy when a backup holds the repository), ``nice=False``
     ``--no-nice``. Raises UsageError for an empty or bad policy or a non-repository."""
-    from mailbak.prune import Prune
+    from mailbak.pruner import Prune
 
     reporter = event_reporter(on_event, verbose)
     try:

@@ -379,7 +379,7 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
     bad value, not a repository), 130 interrupted.
     """
     from mailbak.monitor import Monitor
-    from mailbak.prune import Prune, policy_from_options
+    from mailbak.pruner import Prune, policy_from_options
     from mailbak.report import make_reporter
     from mailbak.runner import install_signal_handlers
 
@@ -691,7 +691,7 @@ def offsite_prune(repo: Path, dry_run, restic_repo, password_file, restic_opts, 
     """
     from mailbak import offsite as off
     from mailbak.errors import UsageError
-    from mailbak.prune import policy_from_options
+    from mailbak.pruner import policy_from_options
     from mailbak.report import make_reporter
     from mailbak.restic import ResticConfig
     from mailbak.runner import install_signal_handlers

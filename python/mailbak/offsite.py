@@ -391,8 +391,8 @@ def restore(ref: str, target: Path, config: ResticConfig, reporter: Reporter, *,
     has root's restic write (and the verification read) elsewhere. TARGET gets its owner and
     mode back at the end (a TARGET created here stays root's, mode 0700, as restic makes it)."""
     from mailbak.destdir import PRIVATE_DIR_MODE, check_destination
-    from mailbak.restore import give_back, held_path, hold_dir
-    from mailbak.verify import Verify
+    from mailbak.restorer import give_back, held_path, hold_dir
+    from mailbak.verifier import Verify
 
     check_destination(target, action="restore")
     restic = Restic(config)

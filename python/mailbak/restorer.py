@@ -36,7 +36,7 @@ from mailbak.report import Reporter
 from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner, link_hint
 from mailbak.testpause import pause
-from mailbak.verify import Verify
+from mailbak.verifier import Verify
 
 
 def _entries(path: Path) -> list[Path]:
