@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from mailbak.errors import DestinationFull, UsageError
 from mailbak.report import JsonReporter, Reporter
 from mailbak.repository import RepositoryBusy, SnapshotInfo
+from mailbak.retention import KeepCount
 
 __all__ = [
     "BackupResult",
@@ -303,7 +304,7 @@ def backup(
     reporter = event_reporter(on_event, verbose)
     job = backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, link_dest=link_dest)
     facts = _run(job, reporter, title="backup", target=dest)
-    return _result(BackupResult, facts, dest=job.dest)
+    return _result(BackupResult, facts, dest=job.target)
 
 
 def verify(
@@ -341,11 +342,15 @@ def restore(
     return _result(RestoreResult, facts, store=Path(store), verify=checked)
 
 
-def _policy(**rules: int | str | None):
+def _policy(**rules: KeepCount | None):
     """A retention policy from keyword rules as the API takes them (a count, -1 or "unlimited";
     a duration text for ``keep_within``), parsed like the command line's; raises UsageError."""
     from mailbak.pruner import policy_from_options
-    from mailbak.retention import UNLIMITED
+    from mailbak.retention import KEEP_FIELDS, UNLIMITED
+
+    # prune and offsite_prune spell their keep_* keywords out (docs/API.md shows them): they
+    # must be retention's rules, all of them.
+    assert tuple(rules) == KEEP_FIELDS, f"the keep_* keywords differ from retention.KEEP_FIELDS: {tuple(rules)}"
 
     def text(v: int | str | None) -> str | None:
         return None if v is None else "unlimited" if v == UNLIMITED else str(v)
@@ -373,12 +378,12 @@ def snapshots(repo: PathArg) -> list[SnapshotInfo]:
 def prune(
     repo: PathArg,
     *,
-    keep_last: int | str | None = None,
-    keep_hourly: int | str | None = None,
-    keep_daily: int | str | None = None,
-    keep_weekly: int | str | None = None,
-    keep_monthly: int | str | None = None,
-    keep_yearly: int | str | None = None,
+    keep_last: KeepCount | None = None,
+    keep_hourly: KeepCount | None = None,
+    keep_daily: KeepCount | None = None,
+    keep_weekly: KeepCount | None = None,
+    keep_monthly: KeepCount | None = None,
+    keep_yearly: KeepCount | None = None,
     keep_within: str | None = None,
     dry_run: bool = False,
     wait: bool = True,
@@ -481,12 +486,12 @@ def offsite_restore(
 def offsite_prune(
     repo: PathArg,
     *,
-    keep_last: int | None = None,
-    keep_hourly: int | None = None,
-    keep_daily: int | None = None,
-    keep_weekly: int | None = None,
-    keep_monthly: int | None = None,
-    keep_yearly: int | None = None,
+    keep_last: KeepCount | None = None,
+    keep_hourly: KeepCount | None = None,
+    keep_daily: KeepCount | None = None,
+    keep_weekly: KeepCount | None = None,
+    keep_monthly: KeepCount | None = None,
+    keep_yearly: KeepCount | None = None,
     keep_within: str | None = None,
     dry_run: bool = False,
     restic_repo: str | None = None,
@@ -495,7 +500,7 @@ def offsite_prune(
     on_event: EventCallback | None = None,
 ):
     """Thins out the off-site copies of ``repo`` with ``mailbak prune``'s keep rules (counts:
-    a number or -1 for unlimited; ``keep_within`` a duration such as ``"30d"``), as ``mailbak
+    a number, -1 or "unlimited"; ``keep_within`` a duration such as ``"30d"``), as ``mailbak
     offsite prune`` does; returns a :class:`mailbak.offsite.PruneResult`."""
     from mailbak import offsite
 

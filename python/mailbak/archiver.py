@@ -102,7 +102,11 @@ class Backup:
 
     def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False, link_dest: Path | None = None):
         self.paths = paths
+        #: DEST as given: the directory to back up into, or a repository.
         self.dest = dest
+        #: The new snapshot's directory when DEST is a repository (set in phase 1, by
+        #: ``open_snapshot``); None otherwise.
+        self.snapshot_path: Path | None = None
         #: The reference backup asked for with --link-dest (checked in phase 1).
         self.link_dest = link_dest
         #: The reference the engine reuses unchanged files from: --link-dest, or the newest
@@ -195,7 +199,7 @@ class Backup:
             make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
             self.close()
-            raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
+            raise UsageError(f"{self.target}: cannot write to the destination: {e.strerror}") from e
         except BaseException:
             self.close()
             raise
@@ -209,8 +213,8 @@ class Backup:
         """Phase 1 for a repository DEST (held, ``self.held[-1]``): waits for its shared lock
         (a prune holds it exclusively), warns when failed snapshots pile up, takes the newest
         complete snapshot as the reference (unless --link-dest named one) and creates the new
-        snapshot's directory in the held REPO, held and locked while it is written;
-        ``self.dest`` becomes its path."""
+        snapshot's directory in the held REPO, held and locked while it is written
+        (``self.snapshot_path``)."""
         repo_dir = self.held[-1]
         repo = repository.Repository.open(self.dest)
         try:
@@ -231,7 +235,7 @@ class Backup:
             self.close()
             raise
         self.repository = repo
-        self.dest = path
+        self.snapshot_path = path
 
     def close(self) -> None:
         """Releases the repository's and the snapshot's locks (a backup into a repository) and
@@ -244,7 +248,7 @@ class Backup:
     @property
     def out(self) -> Path:
         """Where the backup is written: DEST (the new snapshot, for a repository DEST) through
-        its held descriptor; ``self.dest`` names it to the user."""
+        its held descriptor; ``self.target`` names it to the user."""
         return self.held[-1].via
 
     @property
@@ -253,9 +257,15 @@ class Backup:
         return self.out / "data"
 
     @property
+    def target(self) -> Path:
+        """The backup's directory as the user knows it: DEST, or the new snapshot once one is
+        made in the repository DEST."""
+        return self.snapshot_path or self.dest
+
+    @property
     def summary_target(self) -> Path:
-        """What the summary line names: DEST, or the new snapshot in the repository DEST."""
-        return self.dest
+        """What the summary line names: :attr:`target`."""
+        return self.target
 
     # Phases 2 to 7 ---------------------------------------------------------------------------
 
@@ -546,7 +556,7 @@ class Backup:
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.ACCOUNT},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
             "repository": str(self.repository.path) if self.repository is not None else None,
-            "snapshot": self.dest.name if self.repository is not None else None,
+            "snapshot": self.snapshot_path.name if self.snapshot_path is not None else None,
             "reference": str(self.reference) if self.reference is not None else None,
             "transfer": self.transfer(),
             "warnings": counts.warnings,

@@ -215,7 +215,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
         def left_behind() -> str:
             if b.repository is None and is_repository(dest):
                 return "no snapshot was begun"  # stopped while waiting for the repository
-            return f"{b.dest} is an incomplete backup (its manifest says running)"
+            return f"{b.target} is an incomplete backup (its manifest says running)"
 
         execute(b, reporter, title="backup", target=dest, left_behind=left_behind)
 
@@ -333,20 +333,14 @@ def snapshots(repo: Path, json_output: bool) -> None:
 
 
 def keep_options(f):
-    """The --keep-* options of prune and offsite prune (restic's forget rules), as text:
-    prune.policy_from_options parses them, so that both commands read them alike."""
-    for name, what in reversed(
-        (
-            ("last", "the N newest complete snapshots"),
-            ("hourly", "the newest snapshot of each of the last N hours that have one"),
-            ("daily", "the newest snapshot of each of the last N days that have one"),
-            ("weekly", "the newest snapshot of each of the last N ISO weeks that have one"),
-            ("monthly", "the newest snapshot of each of the last N months that have one"),
-            ("yearly", "the newest snapshot of each of the last N years that have one"),
-        )
-    ):
-        f = click.option(f"--keep-{name}", f"keep_{name}", metavar="N", help=f"Keep {what} (N or 'unlimited').")(f)
-    f = click.option("--keep-within", "keep_within", metavar="DURATION", help="Keep every complete snapshot within DURATION of the newest (e.g. 30d, 2w, 1y6m; m is months).")(f)
+    """The --keep-* options of prune and offsite prune (restic's forget rules, listed in
+    retention.py), as text: pruner.policy_from_options parses them, so that both commands read
+    them alike."""
+    from mailbak.retention import COUNTED_RULES, KEEP_WITHIN, KEEP_WITHIN_KEEPS
+
+    for rule in reversed(COUNTED_RULES):
+        f = click.option(rule.option, rule.field, metavar="N", help=f"Keep {rule.keeps} (N or 'unlimited').")(f)
+    f = click.option("--" + KEEP_WITHIN.replace("_", "-"), KEEP_WITHIN, metavar="DURATION", help=f"Keep {KEEP_WITHIN_KEEPS}.")(f)
     return f
 
 

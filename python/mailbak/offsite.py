@@ -36,7 +36,7 @@ from mailbak.errors import UsageError
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import NAME_RE, OK, RepoLock, Repository, SnapshotInfo
 from mailbak.restic import RESTIC_INCOMPLETE, Restic, ResticConfig, ResticError, cause, error_line, parse_time, redact
-from mailbak.retention import UNLIMITED, Policy
+from mailbak.retention import COUNTED_RULES, UNLIMITED, Policy
 from mailbak.testpause import pause
 
 #: The tag every snapshot mailbak pushes carries.
@@ -438,10 +438,10 @@ def forget_args(policy: Policy) -> list[str]:
     """``restic forget`` options for ``policy``: the same keep rules as ``mailbak prune``.
     restic has no unit ``w`` (weeks become days) and, before 0.15, no unlimited count."""
     args: list[str] = []
-    for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
-        n = getattr(policy, name)
+    for rule in COUNTED_RULES:
+        n = getattr(policy, rule.field)
         if n:
-            args += [f"--{name.replace('_', '-')}", str(RESTIC_UNLIMITED if n == UNLIMITED else n)]
+            args += [rule.option, str(RESTIC_UNLIMITED if n == UNLIMITED else n)]
     d = policy.within()
     if d is not None:
         parts = [(d.years, "y"), (d.months, "m"), (d.days + 7 * d.weeks, "d"), (d.hours, "h")]
