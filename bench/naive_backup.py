@@ -1,7 +1,7 @@
 """naive_backup.py STORE DEST: the backup algorithm as a plain, serial Python program.
 
 This is the benchmark's baseline: what a straightforward implementation of docs/FORMAT.md and
-the phases of python/mailbak/backup.py costs, with py-lmdb and msgpack only (mailbak.layout is
+the phases of python/mailbak/archiver.py costs, with py-lmdb and msgpack only (mailbak.layout is
 imported for names and constants, never the engine's backup code). One thread, no batching:
 
 1. copy config/ (symlinks kept);

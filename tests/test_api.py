@@ -9,7 +9,7 @@ import os
 import mailbak
 import pytest
 from conftest import json_lines, manifest_of, remove_a_message_file, run_cli
-from mailbak.backup import INIT_HINT
+from mailbak.archiver import INIT_HINT
 
 
 def test_backup_returns_the_summary_facts_and_events(store, tmp_path):
@@ -86,14 +86,14 @@ def test_an_exception_in_on_event_stops_the_run(store, tmp_path):
 
 
 def test_api_names_survive_importing_the_phase_modules():
-    import mailbak.backup  # noqa: F401  (the module of the same name)
-    import mailbak.restore  # noqa: F401
-    import mailbak.verify  # noqa: F401
-    from mailbak.backup import Backup
+    import mailbak.archiver  # noqa: F401
+    import mailbak.restorer  # noqa: F401
+    import mailbak.verifier  # noqa: F401
+    from mailbak.archiver import Backup
 
     assert callable(mailbak.backup) and mailbak.backup.__module__ == "mailbak.api"
     assert mailbak.verify.__module__ == "mailbak.api" and mailbak.restore.__module__ == "mailbak.api"
-    assert Backup.__module__ == "mailbak.backup"
+    assert Backup.__module__ == "mailbak.archiver"
     assert set(mailbak.__all__) >= {"backup", "verify", "restore", "BackupResult", "VerifyResult", "RestoreResult", "UsageError", "DestinationFull"}
 
 

@@ -510,8 +510,8 @@ def test_cross_device_copies_and_warns_once(shm_dir, tmp_path):
 # everything the command needs, then drop to the unprivileged user before any work is done.
 DROP_AND_RUN = """
 import os, sys
-import mailbak.cli, mailbak.backup, mailbak.verify, mailbak.restore, mailbak.report, mailbak.runner
-import mailbak.snapshot, mailbak.manifest, mailbak.layout, encodings.idna, json, tempfile, lmdb, fcntl
+import mailbak.cli, mailbak.archiver, mailbak.verifier, mailbak.restorer, mailbak.report, mailbak.runner
+import mailbak.lmdbcopy, mailbak.manifest, mailbak.layout, encodings.idna, json, tempfile, lmdb, fcntl
 os.setgroups([])
 os.setgid(int(sys.argv[2]))
 os.setuid(int(sys.argv[1]))

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import clock_env, free_port, json_lines, make_store, start_times, tree_listing
 from mailbak import repository
-from mailbak.offsite import RESTIC_UNLIMITED, ResticConfig, forget_args, redact
+from mailbak.offsite import RESTIC_UNLIMITED, forget_args
+from mailbak.restic import ResticConfig, redact
 from mailbak.retention import Duration, Policy
 from mailbak.store import Store
 
@@ -638,7 +639,7 @@ def test_secrets_stay_out_of_argv_and_output(tmp_path: Path):
 def test_python_api(small: Local, tmp_path: Path, servers, monkeypatch):
     from mailbak.api import offsite_list, offsite_prune, offsite_push, offsite_restore
     from mailbak.errors import UsageError
-    from mailbak.offsite import ResticError
+    from mailbak.restic import ResticError
 
     t = make_target("local", tmp_path, servers)
     for v in ("RESTIC_REPOSITORY", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD", "RESTIC_PASSWORD_COMMAND"):
@@ -669,7 +670,7 @@ def test_python_api(small: Local, tmp_path: Path, servers, monkeypatch):
 AS_NOBODY = """
 import os, sys
 import click, json, subprocess, threading, signal, shutil, tempfile, re, io
-import mailbak.cli, mailbak.offsite, mailbak.report, mailbak.runner, mailbak.monitor, mailbak.repository, mailbak.retention, mailbak.errors
+import mailbak.cli, mailbak.offsite, mailbak.restic, mailbak.report, mailbak.runner, mailbak.monitor, mailbak.repository, mailbak.retention, mailbak.errors
 import mailbak.destdir, mailbak.manifest, mailbak.fsio, mailbak.text, mailbak.testpause
 import _strptime, datetime  # noqa: F401 (stdlib modules are unreadable once privileges are dropped)
 datetime.datetime.strptime("2026", "%Y")

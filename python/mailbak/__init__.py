@@ -8,15 +8,14 @@ repositories, :func:`init`, :func:`snapshots` and :func:`prune` return typed res
 when a repository is locked and the caller would not wait; they live in ``mailbak.api`` and are
 loaded on first use.
 
-The phases live in their own modules (``backup``, ``verify``, ``restore``, ``gen``); the store
-format and its writer library in ``layout`` and ``store``; the parallel file work in the Rust
-extension ``mailbak._engine``.
+The commands live in their own modules, named for what does the work (``archiver``: backup,
+``verifier``, ``restorer``, ``pruner``; ``gen`` makes test stores), so that no module shares a
+name with an API function; the store format and its writer library in ``layout`` and
+``store``; the parallel file work in the Rust extension ``mailbak._engine``.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -64,21 +63,6 @@ if TYPE_CHECKING:
         snapshots,
         verify,
     )
-
-
-class _Package(types.ModuleType):
-    """The functions ``backup``, ``verify`` and ``restore`` share their names with the phase
-    modules ``mailbak.backup`` etc. Importing a submodule sets it as an attribute of its
-    package, which would hide the function; this package keeps the function (the modules stay
-    importable by name: ``from mailbak.backup import Backup``)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

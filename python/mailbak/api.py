@@ -25,6 +25,7 @@ from mailbak.errors import DestinationFull, UsageError
 from mailbak.job import default_jobs, run_api
 from mailbak.report import JsonReporter, Reporter
 from mailbak.repository import RepositoryBusy, SnapshotInfo
+from mailbak.retention import KeepCount
 from mailbak.status import Status
 
 __all__ = [
@@ -236,12 +237,12 @@ def backup(
     complete snapshot); ``jobs`` is the number of worker threads (default: one per core, at
     least 2); ``on_event`` receives each JSON Lines object (status, warning, error, summary;
     per-file "info" lines too with ``verbose``)."""
-    from mailbak.backup import backup_job
+    from mailbak.archiver import backup_job
 
     reporter = event_reporter(on_event, verbose)
     n = check_jobs(jobs)
     job, facts = run_api(lambda: backup_job(store, dest, config=config, data=data, jobs=n, reporter=reporter, verbose=verbose, link_dest=link_dest), reporter)
-    return _result(BackupResult, facts, dest=job.dest)
+    return _result(BackupResult, facts, dest=job.target)
 
 
 def verify(
@@ -253,7 +254,7 @@ def verify(
     on_event: EventCallback | None = None,
 ) -> VerifyResult:
     """Verifies a backup or a store, as ``mailbak verify`` does (``fix`` as ``--fix``)."""
-    from mailbak.verify import Verify
+    from mailbak.verifier import Verify
 
     reporter = event_reporter(on_event, verbose)
     n = check_jobs(jobs)
@@ -273,7 +274,7 @@ def restore(
 ) -> RestoreResult:
     """Restores ``backup`` into ``store`` (new or empty) and verifies it, as ``mailbak restore``
     does (``copy`` as ``--copy``, ``force`` as ``--force``)."""
-    from mailbak.restore import Restore
+    from mailbak.restorer import Restore
 
     reporter = event_reporter(on_event, verbose)
     n = check_jobs(jobs)
@@ -283,11 +284,15 @@ def restore(
     return _result(RestoreResult, facts, store=Path(store), verify=checked)
 
 
-def _policy(**rules: int | str | None):
+def _policy(**rules: KeepCount | None):
     """A retention policy from keyword rules as the API takes them (a count, -1 or "unlimited";
     a duration text for ``keep_within``), parsed like the command line's; raises UsageError."""
-    from mailbak.prune import policy_from_options
-    from mailbak.retention import UNLIMITED
+    from mailbak.pruner import policy_from_options
+    from mailbak.retention import KEEP_FIELDS, UNLIMITED
+
+    # prune and offsite_prune spell their keep_* keywords out (docs/API.md shows them): they
+    # must be retention's rules, all of them.
+    assert tuple(rules) == KEEP_FIELDS, f"the keep_* keywords differ from retention.KEEP_FIELDS: {tuple(rules)}"
 
     def text(v: int | str | None) -> str | None:
         return None if v is None else "unlimited" if v == UNLIMITED else str(v)
@@ -318,12 +323,12 @@ def snapshots(repo: PathArg) -> list[SnapshotInfo]:
 def prune(
     repo: PathArg,
     *,
-    keep_last: int | str | None = None,
-    keep_hourly: int | str | None = None,
-    keep_daily: int | str | None = None,
-    keep_weekly: int | str | None = None,
-    keep_monthly: int | str | None = None,
-    keep_yearly: int | str | None = None,
+    keep_last: KeepCount | None = None,
+    keep_hourly: KeepCount | None = None,
+    keep_daily: KeepCount | None = None,
+    keep_weekly: KeepCount | None = None,
+    keep_monthly: KeepCount | None = None,
+    keep_yearly: KeepCount | None = None,
     keep_within: str | None = None,
     dry_run: bool = False,
     wait: bool = True,
@@ -336,7 +341,7 @@ def prune(
     (a count, "unlimited", or for ``keep_within`` a duration such as "30d"); ``wait=False`` is
     ``--no-wait`` (raises RepositoryBusy when a backup holds the repository), ``nice=False``
     ``--no-nice``. Raises UsageError for an empty or bad policy or a non-repository."""
-    from mailbak.prune import Prune
+    from mailbak.pruner import Prune
 
     reporter = event_reporter(on_event, verbose)
     n = check_jobs(jobs)
@@ -354,11 +359,11 @@ def prune(
 # The restic repository comes from restic's environment variables or from ``restic_repo`` and
 # ``password_file`` (passed to restic through its environment); ``restic_options`` are restic's
 # ``-o key=value``. Besides UsageError (restic missing included: nothing done), these raise
-# ``mailbak.offsite.ResticError`` when restic fails (its message is the one line the CLI prints).
+# ``mailbak.restic.ResticError`` when restic fails (its message is the one line the CLI prints).
 
 
 def _restic_config(restic_repo: str | None, password_file: PathArg | None, restic_options: tuple[str, ...] | list[str]):
-    from mailbak.offsite import ResticConfig
+    from mailbak.restic import ResticConfig
 
     return ResticConfig(restic_repo, Path(password_file) if password_file is not None else None, tuple(restic_options))
 
@@ -416,12 +421,12 @@ def offsite_restore(
 def offsite_prune(
     repo: PathArg,
     *,
-    keep_last: int | None = None,
-    keep_hourly: int | None = None,
-    keep_daily: int | None = None,
-    keep_weekly: int | None = None,
-    keep_monthly: int | None = None,
-    keep_yearly: int | None = None,
+    keep_last: KeepCount | None = None,
+    keep_hourly: KeepCount | None = None,
+    keep_daily: KeepCount | None = None,
+    keep_weekly: KeepCount | None = None,
+    keep_monthly: KeepCount | None = None,
+    keep_yearly: KeepCount | None = None,
     keep_within: str | None = None,
     dry_run: bool = False,
     restic_repo: str | None = None,
@@ -430,7 +435,7 @@ def offsite_prune(
     on_event: EventCallback | None = None,
 ):
     """Thins out the off-site copies of ``repo`` with ``mailbak prune``'s keep rules (counts:
-    a number or -1 for unlimited; ``keep_within`` a duration such as ``"30d"``), as ``mailbak
+    a number, -1 or "unlimited"; ``keep_within`` a duration such as ``"30d"``), as ``mailbak
     offsite prune`` does; returns a :class:`mailbak.offsite.PruneResult`."""
     from mailbak import offsite
 

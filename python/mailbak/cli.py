@@ -163,7 +163,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
     and left "running"), 2 bad usage or input (nothing written), 130
     interrupted (left "running").
     """
-    from mailbak.backup import Backup, backup_job
+    from mailbak.archiver import Backup, backup_job
     from mailbak.report import make_reporter
 
     def job(reporter: Reporter) -> Job:
@@ -202,7 +202,7 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
     says), 2 bad usage or input, 130 interrupted.
     """
     from mailbak.report import make_reporter
-    from mailbak.verify import Verify
+    from mailbak.verifier import Verify
 
     def job(reporter: Reporter) -> Job:
         return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
@@ -277,20 +277,14 @@ def snapshots(repo: Path, json_output: bool) -> None:
 
 
 def keep_options(f):
-    """The --keep-* options of prune and offsite prune (restic's forget rules), as text:
-    prune.policy_from_options parses them, so that both commands read them alike."""
-    for name, what in reversed(
-        (
-            ("last", "the N newest complete snapshots"),
-            ("hourly", "the newest snapshot of each of the last N hours that have one"),
-            ("daily", "the newest snapshot of each of the last N days that have one"),
-            ("weekly", "the newest snapshot of each of the last N ISO weeks that have one"),
-            ("monthly", "the newest snapshot of each of the last N months that have one"),
-            ("yearly", "the newest snapshot of each of the last N years that have one"),
-        )
-    ):
-        f = click.option(f"--keep-{name}", f"keep_{name}", metavar="N", help=f"Keep {what} (N or 'unlimited').")(f)
-    f = click.option("--keep-within", "keep_within", metavar="DURATION", help="Keep every complete snapshot within DURATION of the newest (e.g. 30d, 2w, 1y6m; m is months).")(f)
+    """The --keep-* options of prune and offsite prune (restic's forget rules, listed in
+    retention.py), as text: pruner.policy_from_options parses them, so that both commands read
+    them alike."""
+    from mailbak.retention import COUNTED_RULES, KEEP_WITHIN, KEEP_WITHIN_KEEPS
+
+    for rule in reversed(COUNTED_RULES):
+        f = click.option(rule.option, rule.field, metavar="N", help=f"Keep {rule.keeps} (N or 'unlimited').")(f)
+    f = click.option("--" + KEEP_WITHIN.replace("_", "-"), KEEP_WITHIN, metavar="DURATION", help=f"Keep {KEEP_WITHIN_KEEPS}.")(f)
     return f
 
 
@@ -322,7 +316,7 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
     trash) or the repository is busy with --no-wait, 2 bad usage (no rule,
     bad value, not a repository), 130 interrupted.
     """
-    from mailbak.prune import Prune, policy_from_options
+    from mailbak.pruner import Prune, policy_from_options
     from mailbak.report import make_reporter
 
     def job(reporter: Reporter) -> Job:
@@ -355,7 +349,7 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, 
     (nothing written), 130 interrupted (STORE is then incomplete).
     """
     from mailbak.report import make_reporter
-    from mailbak.restore import Restore
+    from mailbak.restorer import Restore
 
     def job(reporter: Reporter) -> Job:
         return Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
@@ -496,8 +490,9 @@ def offsite_push(repo: Path, snapshot: str | None, restic_repo, password_file, r
     """
     from mailbak import offsite as off
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
 
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
     run_command(off.Push, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), lambda reporter: off.Push(repo, snapshot, config, reporter), metrics_file=metrics_file, ping_url=ping_url)
 
 
@@ -515,8 +510,9 @@ def offsite_list(repo: Path, restic_repo, password_file, restic_opts, json_outpu
 
     from mailbak import offsite as off
     from mailbak.report import Reporter, rfc3339
+    from mailbak.restic import ResticConfig
 
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
 
     def show(job: off.Listing) -> None:
         for e in job.entries:
@@ -547,8 +543,9 @@ def offsite_restore(restic_snapshot: str, target: Path, restic_repo, password_fi
     """
     from mailbak import offsite as off
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
 
-    config = off.ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
 
     def job(reporter: Reporter) -> Job:
         return off.OffsiteRestore(restic_snapshot, target, config, reporter, jobs=jobs or default_jobs(), verbose=verbose)
@@ -572,11 +569,12 @@ def offsite_prune(repo: Path, dry_run, restic_repo, password_file, restic_opts, 
     the off-site copies of REPO only, then removes their unused data.
     """
     from mailbak import offsite as off
-    from mailbak.prune import policy_from_options
+    from mailbak.pruner import policy_from_options
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
 
     def job(reporter: Reporter) -> Job:
         policy = policy_from_options(**keep)  # raises UsageError: exit status 2
-        return off.OffsitePrune(repo, policy, off.ResticConfig(restic_repo, password_file, tuple(restic_opts)), reporter, dry_run=dry_run)
+        return off.OffsitePrune(repo, policy, ResticConfig(restic_repo, password_file, tuple(restic_opts)), reporter, dry_run=dry_run)
 
     run_command(off.OffsitePrune, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)

@@ -4,8 +4,9 @@
 - :class:`Interrupted`: SIGINT or SIGTERM (exit 130); a BaseException, so that no ``except
   Exception`` on the way swallows it.
 - :class:`DestinationFull`: the destination cannot take more data (exit 1); the run stops.
-- :class:`ResticError`: restic failed (exit 1); offsite.py raises it (and exports it: the API
-  names it ``mailbak.offsite.ResticError``).
+- :class:`ResticError`: restic failed (exit 1); restic.py raises it (the API names it
+  ``mailbak.restic.ResticError``; ``mailbak.offsite.ResticError`` is the same class). It lives
+  here so that the one runner (job.py) maps it without importing restic's client.
 - :class:`ManifestError`: a backup's manifest is missing or malformed; its ``kind`` says which,
   so that callers never match message text.
 

@@ -2,8 +2,9 @@
 
 Each kind of area (:class:`AreaKind`: ``data/`` itself, the queue, an account) is described once,
 by its :class:`AreaLayout`: its message tree, its index and other databases, its plain files and
-what is never backed up. :func:`engine_area` turns an area and its index snapshot into what the
-engine's ``backup_areas`` and ``check_areas`` take; backup, verify and restore use only these.
+what is never backed up; backup, verify and restore use only these (``lmdbcopy.engine_area``
+turns an area and the copy of its index into what the engine's ``backup_areas`` and
+``check_areas`` take).
 
 Naming convention, kept across mailbak: a name ending in ``_path`` or ``_dir`` is a full
 filesystem path (``pathlib.Path``); ``rel`` names are relative to the store's data directory
@@ -17,19 +18,16 @@ import stat
 import sys
 import tomllib
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mailbak import _engine
 from mailbak.anchor import open_problem, open_store_dir
 from mailbak.fsio import read_bounded, read_json
 from mailbak.testpause import pause
-
-if TYPE_CHECKING:
-    from mailbak.snapshot import Index
 
 #: Format version written to ``data/mailstore-version``.
 FORMAT_VERSION = 1
@@ -42,8 +40,28 @@ VERSION_FILE, MAX_VERSION_BYTES = "mailstore-version", 64
 LEASE_FILE = "backup.lease"
 
 #: Suffix of LMDB lock files (a ``NAME-lock`` beside a database file ``NAME``); never part of a
-#: backup, wherever it is.
+#: backup, wherever it is: :func:`lock_file` and :func:`lock_files` are the rule.
 LOCK_SUFFIX = "-lock"
+
+
+def lock_file(db: str) -> str:
+    """The name of the LMDB lock file of the database file named ``db``: ``db-lock``."""
+    return db + LOCK_SUFFIX
+
+
+def lock_files(names: Collection[bytes], regular: Callable[[set[bytes]], set[bytes]]) -> set[bytes]:
+    """The LMDB lock files among ``names``, the entries of one directory: each ``NAME-lock``
+    that is a regular file beside a regular file ``NAME``, the engine's rule (rust/walk.rs).
+    ``regular`` returns the regular files among the names it is given; it is called only when
+    some name has that form (a directory without them costs no stat)."""
+    suffix = LOCK_SUFFIX.encode()
+    present = set(names)
+    pairs = {n: n[: -len(suffix)] for n in names if n.endswith(suffix) and len(n) > len(suffix) and n[: -len(suffix)] in present}
+    if not pairs:
+        return set()
+    found = regular({*pairs, *pairs.values()})
+    return {n for n, db in pairs.items() if n in found and db in found}
+
 
 #: The directory of ``data/`` for writers' temporary files: never backed up, recreated by restore.
 TMP_DIR = "tmp"
@@ -95,7 +113,7 @@ class AreaLayout:
     def known(self) -> tuple[str, ...]:
         """The root-level files the phases handle themselves: databases, their lock files and
         the plain files."""
-        return (*(n for db in self.all_databases for n in (db, db + LOCK_SUFFIX)), *self.files)
+        return (*(n for db in self.all_databases for n in (db, lock_file(db))), *self.files)
 
 
 _LAYOUTS = {
@@ -131,26 +149,6 @@ def area_rel(kind: AreaKind, name: str) -> str:
 def area_label(kind: AreaKind, name: str) -> str:
     """An area in summary tables: ``queue`` or ``account NAME``."""
     return QUEUE_DIR if kind is AreaKind.QUEUE else f"account {name}"
-
-
-def engine_area(kind: AreaKind, rel: str, index: Index) -> dict[str, Any]:
-    """The area ``data/rel`` of this kind as the engine takes it (``_engine.Area``), with the
-    IDs of ``index``; backup adds ``dst``, verify ``fix_rel``. One builder for both, so that
-    they never disagree on what an area holds."""
-    lay = kind.layout
-    assert lay.tree is not None, "an area with messages"
-    return {
-        "src": rel,
-        "tree": lay.tree.encode(),
-        "known": [k.encode() for k in lay.known],
-        "copy": [f.encode() for f in lay.files],
-        "live": index.live,
-        "sizes": index.sizes,
-        "unknown_sizes": index.unknown_sizes,
-        "erasing": index.erasing,
-        "next_id": index.new_from,
-        "prefix": f"data/{rel}".encode(),
-    }
 
 
 #: The config file listing accounts, relative to the config directory.

@@ -36,7 +36,7 @@ MANIFEST_TMP = MANIFEST + ".tmp"
 KIND = "mailbak-backup"
 #: Version of the manifest's layout.
 MANIFEST_VERSION = 1
-#: What the manifest says of each area's index snapshot (``snapshot.Index.summary``).
+#: What the manifest says of the copy of each area's index (``lmdbcopy.Index.summary``).
 AREA_FACTS = ("records", "live", "expunged", "erasing", "highest_id")
 #: Mode of the manifest file: it names the store and its accounts, nothing for others.
 MANIFEST_MODE = 0o640

@@ -3,12 +3,10 @@
 mailbak builds no protocol of its own: restic stores, encrypts and deduplicates; this module
 drives it so that every push stays incremental and proves that what comes back is a good backup.
 
-- **Configuration** is restic's own: ``RESTIC_REPOSITORY`` (or ``RESTIC_REPOSITORY_FILE``),
-  ``RESTIC_PASSWORD_FILE``/``RESTIC_PASSWORD_COMMAND``/``RESTIC_PASSWORD``, ``AWS_*`` for S3,
-  or the options ``--restic-repo`` and ``--password-file`` (:class:`ResticConfig`), which are
-  passed to restic through its environment: a secret is never on a command line (where ``ps``
-  shows it) nor in mailbak's output (:func:`redact` strips credentials from any text of
-  restic's that mailbak repeats). mailbak stores nothing of it.
+- **Configuration** is restic's own, read and passed to restic by the restic client
+  (``restic.py``: :class:`~mailbak.restic.ResticConfig`); a secret is never on a command line
+  nor in mailbak's output. mailbak stores nothing of it. This module holds the four verbs
+  (push, list, restore, prune) and their results.
 - **Incremental, whatever the snapshot's name**: restic runs from inside the snapshot directory
   and backs up ``.``, so every pushed snapshot has the same tree; ``--parent`` names the restic
   snapshot of the previous push of the same repository, found through restic's own tags (restic
@@ -27,15 +25,8 @@ that version has.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import signal
-import subprocess
-import threading
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,15 +36,13 @@ from mailbak.errors import ResticError, UsageError
 from mailbak.job import Metrics, Stage, files_from, run_within
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import NAME_RE, RepoLock, Repository, SnapshotInfo
-from mailbak.retention import UNLIMITED, Policy
+from mailbak.restic import RESTIC_INCOMPLETE, Restic, ResticConfig, cause, error_line, parse_time, redact
+from mailbak.retention import COUNTED_RULES, UNLIMITED, Policy
 from mailbak.status import Status
 from mailbak.testpause import pause
 
 if TYPE_CHECKING:
-    from mailbak.verify import Verify
-
-#: What to do when restic is missing (the command then exits 2).
-INSTALL_HINT = "install it with `apt-get install restic` (Debian, Ubuntu) or see https://restic.readthedocs.io/en/stable/020_installation.html"
+    from mailbak.verifier import Verify
 
 #: The tag every snapshot mailbak pushes carries.
 TAG = "mailbak"
@@ -62,119 +51,6 @@ REPO_TAG, SNAPSHOT_TAG, PUSHED_TAG = "mailbak-repo=", "mailbak-snapshot=", "mail
 
 #: restic 0.14 has no "unlimited" count (0.15 took -1); this many is as good.
 RESTIC_UNLIMITED = 2_147_483_647
-
-#: Seconds restic gets to stop (and release its lock) after SIGINT before it is killed.
-STOP_SECONDS = 30
-
-#: Lines of restic's stderr kept for the one error line.
-STDERR_LINES = 200
-
-#: restic errors on single files reported per push (further ones are only counted by restic).
-MAX_ERRORS = 100_000
-
-#: The most of RESTIC_REPOSITORY_FILE read (to take its repository out of repeated text).
-REPOSITORY_FILE_BYTES = 65_536
-
-#: restic's exit status when a snapshot was made but some files could not be read.
-RESTIC_INCOMPLETE = 3
-
-#: Environment variables that configure the restic repository and its password.
-REPO_VARS = ("RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE")
-PASSWORD_VARS = ("RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD_COMMAND")
-
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-#: A configured repository URL with credentials: an optional backend prefix (``rest:``), the
-#: URL's scheme, its user information (up to the last ``@``: a password may hold anything) and
-#: the rest.
-_URL_WITH_CREDENTIALS = re.compile(r"^(?P<backend>[a-z0-9]+:)?(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>.*)@(?P<rest>[^@]*)$", re.DOTALL)
-
-
-def hidden_forms(repo: str) -> list[tuple[str, str]]:
-    """(text, replacement) pairs that take the credentials of the configured repository ``repo``
-    out of a text, longest first. The URL pattern of :func:`redact` stops at a space or a ``/``,
-    which a password may hold unencoded; restic then fails to parse the URL and its message
-    quotes the whole of it (without the backend prefix), and with a ``/``, the part of the
-    password before it as a port."""
-    m = _URL_WITH_CREDENTIALS.match(repo.strip())
-    if m is None:
-        return []
-    backend, scheme, userinfo, rest = (m.group(k) or "" for k in ("backend", "scheme", "userinfo", "rest"))
-    pairs = [(repo.strip(), f"{backend}{scheme}***@{rest}"), (f"{scheme}{userinfo}@{rest}", f"{scheme}***@{rest}")]
-    _, _, password = userinfo.partition(":")
-    if password:
-        pairs += [(userinfo, "***"), (password, "***")]
-        head = password.split("/", 1)[0]
-        if head and head != password:
-            pairs.append((f":{head}", ":***"))
-    return sorted({p for p in pairs if p[0]}, key=lambda p: -len(p[0]))
-
-
-def redact(text: str, repos: tuple[str, ...] = ()) -> str:
-    """``text`` without the user and password of any URL in it (``rest:https://u:p@host/``
-    becomes ``rest:https://***@host/``), nor those of the configured repositories ``repos``
-    (:func:`hidden_forms`): restic repeats the repository in some messages."""
-    for repo in repos:
-        for secret, safe in hidden_forms(repo):
-            text = text.replace(secret, safe)
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
-
-
-def find_restic() -> str:
-    """The restic executable on PATH; raises UsageError (exit 2) with the install hint."""
-    path = shutil.which("restic")
-    if path is None:
-        raise UsageError(f"restic not found on PATH: mailbak's off-site copies are made by restic; {INSTALL_HINT}")
-    return path
-
-
-def _absolute_repo(repo: str) -> str:
-    """A local restic repository given relative, made absolute: restic runs from inside the
-    snapshot directory, where a relative path would mean something else."""
-    if repo.startswith("local:"):
-        return "local:" + os.path.abspath(repo[len("local:") :])
-    if re.match(r"^[a-z0-9]+:", repo) and not repo.startswith(("/", ".")):
-        return repo  # a backend (sftp:, s3:, rest:, ...): not a path here
-    return os.path.abspath(repo)
-
-
-@dataclass(frozen=True)
-class ResticConfig:
-    """Where the restic repository is and how to open it. Unset fields come from restic's own
-    environment variables; ``options`` are restic's ``-o key=value`` (``sftp.command=...``,
-    ``s3.storage-class=...``), which restic has no variables for."""
-
-    repo: str | None = None
-    password_file: Path | None = None
-    options: tuple[str, ...] = ()
-
-    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        """restic's environment: ``base`` (default: this process's) with the options given
-        here in force. Raises UsageError when no repository or no password is configured."""
-        env = dict(os.environ if base is None else base)
-        if self.repo is not None:
-            for v in REPO_VARS:
-                env.pop(v, None)
-            env["RESTIC_REPOSITORY"] = self.repo
-        if self.password_file is not None:
-            for v in PASSWORD_VARS:
-                env.pop(v, None)
-            env["RESTIC_PASSWORD_FILE"] = str(self.password_file)
-        if not any(env.get(v) for v in REPO_VARS):
-            raise UsageError("no restic repository: give --restic-repo or set RESTIC_REPOSITORY (e.g. s3:https://host/bucket/path, sftp:user@host:/path, /local/path)")
-        if not any(env.get(v) for v in PASSWORD_VARS):
-            raise UsageError("no password for the restic repository: give --password-file or set RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND")
-        if env.get("RESTIC_REPOSITORY"):
-            env["RESTIC_REPOSITORY"] = _absolute_repo(env["RESTIC_REPOSITORY"])
-        for v in ("RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD_FILE"):
-            if env.get(v):
-                env[v] = os.path.abspath(env[v])
-                if not os.path.isfile(env[v]) or not os.access(env[v], os.R_OK):
-                    raise UsageError(f"{env[v]}: the {'password' if 'PASSWORD' in v else 'repository'} file ({v}) is not a readable file")
-        for o in self.options:
-            if "=" not in o:
-                raise UsageError(f"restic option {o!r}: expected key=value (e.g. sftp.command=...)")
-        return env
 
 
 @dataclass(frozen=True)
@@ -204,10 +80,10 @@ class OffsiteSnapshot:
         return cls(
             id=doc["id"],
             short_id=doc.get("short_id") or doc["id"][:8],
-            time=_parse_restic_time(doc.get("time", "")) or datetime.fromtimestamp(0, UTC),
+            time=parse_time(doc.get("time", "")) or datetime.fromtimestamp(0, UTC),
             snapshot=tag(SNAPSHOT_TAG),
             repo=tag(REPO_TAG),
-            pushed=_parse_restic_time(pushed) if pushed else None,
+            pushed=parse_time(pushed) if pushed else None,
             hostname=doc.get("hostname", ""),
             tags=tags,
         )
@@ -223,17 +99,6 @@ class OffsiteSnapshot:
         }
 
 
-def _parse_restic_time(text: str) -> datetime | None:
-    """restic's times (RFC 3339 with nanoseconds and an offset) and the push tag's."""
-    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})$", text)
-    if not m:
-        return None
-    try:
-        return datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(2) == "Z" else m.group(2)))
-    except ValueError:
-        return None
-
-
 def repo_tag(repo: Repository) -> str:
     """The tag naming a mailbak repository in restic: its marker's ``id`` when it has one,
     else its creation time (which a copy or a move keeps), in tag-safe characters."""
@@ -243,105 +108,13 @@ def repo_tag(repo: Repository) -> str:
     return REPO_TAG + re.sub(r"[^A-Za-z0-9._:+-]", "_", ident)
 
 
-def configured_repos(env: dict[str, str]) -> tuple[str, ...]:
-    """The repository strings restic's environment ``env`` configures: ``RESTIC_REPOSITORY``
-    and the content of ``RESTIC_REPOSITORY_FILE`` (as restic reads it: trimmed), for
-    :func:`redact`. An unreadable file gives nothing (restic then says why)."""
-    from mailbak.fsio import read_bounded
-
-    repos = [env["RESTIC_REPOSITORY"]] if env.get("RESTIC_REPOSITORY") else []
-    if env.get("RESTIC_REPOSITORY_FILE"):
-        try:
-            raw = read_bounded(Path(env["RESTIC_REPOSITORY_FILE"]), REPOSITORY_FILE_BYTES, UsageError("absent"), UsageError)
-        except UsageError:
-            raw = b""
-        if raw.strip():
-            repos.append(raw.decode("utf-8", "replace").strip())
-    return tuple(repos)
-
-
-# Running restic --------------------------------------------------------------------------------
-
-
-class Restic:
-    """Runs restic with a configuration's environment; never with a secret in its arguments."""
-
-    def __init__(self, config: ResticConfig):
-        self.binary = find_restic()
-        self.env = config.environment()
-        self.options = [a for o in config.options for a in ("-o", o)]
-        #: The configured repository strings, taken out of every text of restic's repeated.
-        self.repos = configured_repos(self.env)
-
-    def command(self, *args: str) -> list[str]:
-        return [self.binary, *self.options, *args]
-
-    def run_json(self, *args: str, what: str) -> Any:
-        """Runs ``restic --json ARGS`` to its end; returns its JSON output (the first line that
-        is a JSON document). Raises ResticError naming ``what`` failed."""
-        p = self._run(self.command("--json", *args))
-        if p.returncode != 0:
-            raise ResticError(f"restic {what} failed: {error_line(p.stderr, p.returncode, self.repos)}")
-        for line in p.stdout.splitlines():
-            if line.startswith(("[", "{")):
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-        raise ResticError(f"restic {what}: no JSON in its output")
-
-    def _run(self, argv: list[str], cwd: Path | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
-        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
-        try:
-            out, err = proc.communicate()
-        except BaseException:
-            stop(proc)
-            raise
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-    def snapshots(self, *tags: str) -> list[OffsiteSnapshot]:
-        """mailbak's snapshots in the restic repository carrying all ``tags`` (and ``mailbak``),
-        oldest first."""
-        docs = self.run_json("snapshots", "--tag", ",".join((TAG, *tags)), what="snapshots") or []
-        snaps = [OffsiteSnapshot.of(d) for d in docs]
-        snaps.sort(key=lambda s: (s.time, s.pushed or s.time, s.id))
-        return snaps
-
-
-def error_line(stderr: str, status: int, repos: tuple[str, ...] = ()) -> str:
-    """The one line that says why restic failed: its last ``Fatal:`` line, else its last line,
-    credentials removed (those of the configured repositories ``repos`` too: :func:`redact`)."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    fatal = [ln for ln in lines if ln.startswith("Fatal:")]
-    text = (fatal or lines or [f"exit status {status}"])[-1]
-    text = text.removeprefix("Fatal:").strip()
-    # restore goes on after a file fails and ends with "There were N errors": the first of
-    # them says why (no space left on device, ...).
-    locked = [ln for ln in lines if ln.startswith("unable to create lock")]
-    if locked and not fatal:
-        text = f"{locked[0]}; `restic unlock` removes locks whose process is gone"
-    if text.startswith("unable to open config file"):
-        text += "; is there a restic repository? create it once with `restic init`"
-    ignored = [ln for ln in lines if ln.startswith("ignoring error for ")]
-    if ignored and re.match(r"^There were \d+ errors$", text):
-        text = f"{text.lower().removeprefix('there were ')}, the first: {ignored[0].removeprefix('ignoring error for ')}"
-    return redact(f"{text} (restic exit status {status})", repos)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stops restic the way it likes (SIGINT: it removes its lock), killing it if it will not."""
-    if proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+def pushed_snapshots(restic: Restic, *tags: str) -> list[OffsiteSnapshot]:
+    """mailbak's snapshots in the restic repository carrying all ``tags`` (and ``mailbak``),
+    oldest first."""
+    docs = restic.run_json("snapshots", "--tag", ",".join((TAG, *tags)), what="snapshots") or []
+    snaps = [OffsiteSnapshot.of(d) for d in docs]
+    snaps.sort(key=lambda s: (s.time, s.pushed or s.time, s.id))
+    return snaps
 
 
 # Push ------------------------------------------------------------------------------------------
@@ -478,7 +251,7 @@ class Push:
         self.lock = RepoLock(repo.path, exclusive=False, wait=True, on_wait=reporter.message)
         # Chosen under the lock: a prune that ran before cannot have removed it since.
         snap = pick_snapshot(repo, self.snapshot)
-        offsite = restic.snapshots(self.rtag)
+        offsite = pushed_snapshots(restic, self.rtag)
         there = [s for s in offsite if s.snapshot == snap.name]
         if there:
             s = there[-1]
@@ -527,29 +300,12 @@ class Push:
 
 def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: SnapshotInfo, parent: OffsiteSnapshot | None, reporter: Reporter) -> PushResult:
     """Runs ``restic backup`` inside the snapshot, relaying its JSON stream to ``reporter``."""
-    argv = restic.command("--json", *args)
     reporter.phase("push")
-    proc = subprocess.Popen(argv, cwd=snap.path, env=restic.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
-    stderr: deque[str] = deque(maxlen=STDERR_LINES)
-    # restic 0.14 prints its JSON error objects (a file it cannot read) on stderr; they are
-    # reported once restic is done (the reporter belongs to this thread).
-    errors: list[dict[str, Any]] = []
-
-    def drain_stderr() -> None:
-        for line in proc.stderr or ():
-            doc = next(_json_lines([line]), None)
-            if doc is not None and doc.get("message_type") == "error" and len(errors) < MAX_ERRORS:
-                errors.append(doc)
-            elif doc is None:
-                stderr.append(line)
-
-    drain = threading.Thread(target=drain_stderr, name="restic-stderr", daemon=True)
-    drain.start()
     summary: dict[str, Any] | None = None
     paused = False
     abs_snap = os.path.abspath(snap.path)
-    try:
-        for doc in _json_lines(proc.stdout):
+    with restic.start(*args, cwd=snap.path) as run:
+        for doc in run.messages():
             kind = doc.get("message_type")
             if kind == "status":
                 if not paused:
@@ -558,23 +314,17 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
                     pause("offsite_mid_push")
                 reporter.advance(int(doc.get("files_done") or 0), int(doc.get("total_files") or 0) or None)
             elif kind == "error":
-                errors.append(doc)
+                run.errors.append(doc)
             elif kind == "summary":
                 summary = doc
-        proc.wait()
-    except BaseException:
-        stop(proc)
-        raise
-    finally:
-        drain.join(5)
-    for doc in errors:
+        status = run.wait()
+    for doc in run.errors:
         item = doc.get("item") or None
         if isinstance(item, str) and item.startswith(f"{abs_snap}/"):
             item = item[len(abs_snap) + 1 :]  # the snapshot's own paths, as verify names them
-        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {_cause(doc.get('error'))}", restic.repos))
-    status = proc.returncode
+        reporter.error("restic", item, redact(f"{doc.get('during', 'backup')}: {cause(doc.get('error'))}", restic.repos))
     if status != 0 and not (status == RESTIC_INCOMPLETE and summary):
-        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(stderr), status, restic.repos)}; nothing was stored off-site, nothing local changed")
+        raise ResticError(f"restic backup of {snap.path} failed: {error_line(''.join(run.stderr), status, restic.repos)}; nothing was stored off-site, nothing local changed")
     assert summary is not None
     restic_id = summary.get("snapshot_id")
     state = Status.OK
@@ -582,7 +332,7 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
         # A snapshot missing files must not count as off-site: the next push would skip it.
         state = Status.FAILED
         reporter.error("restic_incomplete", str(snap.path), "restic could not read some files; its snapshot is removed, push again once they are readable")
-        p = restic._run(restic.command("forget", str(restic_id)))
+        p = restic.run(restic.command("forget", str(restic_id)))
         if p.returncode != 0:
             reporter.error("restic", None, f"restic forget of the incomplete snapshot {restic_id} failed: {error_line(p.stderr, p.returncode, restic.repos)}")
         restic_id = None
@@ -610,35 +360,10 @@ def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: Snapsho
     return _with_summary(result)
 
 
-def _cause(err: Any) -> str:
-    """The text of an error restic printed as JSON: a message, or a Go path error
-    (``{"Op": "open", "Path": ..., "Err": 13}``), or anything else as JSON."""
-    if isinstance(err, dict):
-        if isinstance(err.get("message"), str):
-            return err["message"]
-        if "Op" in err and isinstance(err.get("Err"), int):
-            return f"{err['Op']} {err.get('Path', '')}: {os.strerror(err['Err'])}"
-        return json.dumps(err)
-    return str(err)
-
-
 def _with_summary(result: PushResult) -> PushResult:
     from dataclasses import replace
 
     return replace(result, summary=result.facts())
-
-
-def _json_lines(stream: Any) -> Iterator[dict[str, Any]]:
-    """The JSON objects of restic's --json output, skipping anything else it prints."""
-    for line in stream:
-        if not line.startswith("{"):
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(doc, dict):
-            yield doc
 
 
 # List ------------------------------------------------------------------------------------------
@@ -679,7 +404,7 @@ class Listing:
 
     def run(self) -> Status:
         """Lists the off-site copies and matches them to the local snapshots."""
-        offsite = self.restic.snapshots(repo_tag(self.repo))
+        offsite = pushed_snapshots(self.restic, repo_tag(self.repo))
         by_name: dict[str, list[OffsiteSnapshot]] = {}
         for s in offsite:
             by_name.setdefault(s.snapshot or "?", []).append(s)
@@ -719,7 +444,7 @@ class Listing:
 def resolve(restic: Restic, ref: str) -> OffsiteSnapshot:
     """The off-site snapshot ``ref`` names: a restic snapshot ID (or its prefix), ``latest``
     (the newest mailbak pushed), or a local snapshot's name (its pushed copy)."""
-    snaps = restic.snapshots()
+    snaps = pushed_snapshots(restic)
     if ref == "latest":
         found = snaps[-1:] if snaps else []
     elif NAME_RE.match(ref):
@@ -787,7 +512,7 @@ class OffsiteRestore:
         """Refuses a TARGET that is not new or empty, finds the off-site snapshot, then takes
         TARGET (created if absent)."""
         from mailbak.destdir import PRIVATE_DIR_MODE, check_destination
-        from mailbak.restore import hold_dir
+        from mailbak.restorer import hold_dir
 
         check_destination(self.target, action="restore")
         self.restic = Restic(self.config)
@@ -802,8 +527,8 @@ class OffsiteRestore:
     def run(self) -> Status:
         """restic restores through TARGET's descriptor; then the verification; TARGET's owner
         and mode are given back in any case."""
-        from mailbak.restore import held_path
-        from mailbak.verify import Verify
+        from mailbak.restorer import held_path
+        from mailbak.verifier import Verify
 
         assert self.fd is not None, "check() first"
         restic, snap, target, reporter = self.restic, self.snap, self.target, self.reporter
@@ -812,7 +537,7 @@ class OffsiteRestore:
             reporter.phase("restore")
             reporter.message(f"restoring restic snapshot {snap.short_id} ({snap.snapshot}) into {target}")
             pause("offsite_restore_target_held")  # tests attack TARGET here
-            p = restic._run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(self.fd,))
+            p = restic.run(restic.command("restore", snap.id, "--target", str(where)), pass_fds=(self.fd,))
             if p.returncode != 0:
                 raise ResticError(f"restic restore into {target} failed: {error_line(p.stderr, p.returncode, restic.repos)}; {target} is incomplete: delete it and restore again")
             self.verify = Verify(where, fix=False, jobs=self.jobs, reporter=reporter, verbose=self.verbose)
@@ -838,7 +563,7 @@ class OffsiteRestore:
 
     def close(self) -> None:
         """Gives TARGET its owner and mode back, once."""
-        from mailbak.restore import give_back
+        from mailbak.restorer import give_back
 
         fd, self.fd = self.fd, None
         if fd is None:
@@ -858,7 +583,7 @@ class OffsiteRestore:
 
 
 def _unlock(restic: Restic) -> None:
-    p = restic._run(restic.command("unlock"))
+    p = restic.run(restic.command("unlock"))
     if p.returncode != 0:
         raise ResticError(f"restic unlock failed: {error_line(p.stderr, p.returncode, restic.repos)}")
 
@@ -870,10 +595,10 @@ def forget_args(policy: Policy) -> list[str]:
     """``restic forget`` options for ``policy``: the same keep rules as ``mailbak prune``.
     restic has no unit ``w`` (weeks become days) and, before 0.15, no unlimited count."""
     args: list[str] = []
-    for name in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"):
-        n = getattr(policy, name)
+    for rule in COUNTED_RULES:
+        n = getattr(policy, rule.field)
         if n:
-            args += [f"--{name.replace('_', '-')}", str(RESTIC_UNLIMITED if n == UNLIMITED else n)]
+            args += [rule.option, str(RESTIC_UNLIMITED if n == UNLIMITED else n)]
     d = policy.within()
     if d is not None:
         parts = [(d.years, "y"), (d.months, "m"), (d.days + 7 * d.weeks, "d"), (d.hours, "h")]

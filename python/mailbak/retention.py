@@ -50,7 +50,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mailbak.status import Status
 
@@ -139,16 +139,48 @@ def parse_count(text: str) -> int:
     return int(text)
 
 
-#: The counted rules: Policy field, the word of its reasons, and the period of a snapshot given
-#: its local start time and its rank among complete snapshots (0 = newest).
-COUNTED_RULES: tuple[tuple[str, str, Callable[[datetime, int], object]], ...] = (
-    ("keep_last", "last", lambda t, rank: rank),
-    ("keep_hourly", "hourly", lambda t, rank: (t.year, t.month, t.day, t.hour)),
-    ("keep_daily", "daily", lambda t, rank: (t.year, t.month, t.day)),
-    ("keep_weekly", "weekly", lambda t, rank: t.isocalendar()[:2]),
-    ("keep_monthly", "monthly", lambda t, rank: (t.year, t.month)),
-    ("keep_yearly", "yearly", lambda t, rank: t.year),
+class CountedRule(NamedTuple):
+    """One ``--keep-X N`` rule."""
+
+    #: The Policy field, which is also the keyword of the API and of the CLI's option
+    #: (``keep_daily``: ``--keep-daily``, ``mailbak.prune(keep_daily=...)``).
+    field: str
+    #: The word of its reasons (``daily 3``), which names the option too.
+    word: str
+    #: What it keeps, for the option's help.
+    keeps: str
+    #: The period of a snapshot given its local start time and its rank among complete
+    #: snapshots (0 = newest).
+    period: Callable[[datetime, int], object]
+
+    @property
+    def option(self) -> str:
+        """The command line's option: ``--keep-daily``."""
+        return "--" + self.field.replace("_", "-")
+
+
+#: The counted rules, in the order the options, the reasons and ``restic forget`` list them:
+#: the one list the command line's options (``cli.keep_options``), the API's keywords
+#: (:data:`KEEP_FIELDS`) and the off-site forget arguments (``offsite.forget_args``) come from.
+COUNTED_RULES: tuple[CountedRule, ...] = (
+    CountedRule("keep_last", "last", "the N newest complete snapshots", lambda t, rank: rank),
+    CountedRule("keep_hourly", "hourly", "the newest snapshot of each of the last N hours that have one", lambda t, rank: (t.year, t.month, t.day, t.hour)),
+    CountedRule("keep_daily", "daily", "the newest snapshot of each of the last N days that have one", lambda t, rank: (t.year, t.month, t.day)),
+    CountedRule("keep_weekly", "weekly", "the newest snapshot of each of the last N ISO weeks that have one", lambda t, rank: t.isocalendar()[:2]),
+    CountedRule("keep_monthly", "monthly", "the newest snapshot of each of the last N months that have one", lambda t, rank: (t.year, t.month)),
+    CountedRule("keep_yearly", "yearly", "the newest snapshot of each of the last N years that have one", lambda t, rank: t.year),
 )
+
+#: The duration rule: its Policy field (and keyword) and what it keeps.
+KEEP_WITHIN, KEEP_WITHIN_KEEPS = "keep_within", "every complete snapshot within DURATION of the newest (e.g. 30d, 2w, 1y6m; m is months)"
+
+#: Every keep rule's keyword, in order: the ``keep_*`` keywords of ``mailbak.prune`` and
+#: ``mailbak.api.offsite_prune``.
+KEEP_FIELDS = (*(r.field for r in COUNTED_RULES), KEEP_WITHIN)
+
+#: What the API takes for a counted rule (docs/API.md): a number >= 0, -1 or ``"unlimited"``
+#: (UNLIMITED), or a number's text; None (or absent) is no rule.
+KeepCount = int | str
 
 
 @dataclass(frozen=True)
@@ -165,7 +197,7 @@ class Policy:
     keep_within: Duration | None = None
 
     def __post_init__(self) -> None:
-        for name, _, _ in COUNTED_RULES:
+        for name in (r.field for r in COUNTED_RULES):
             n = getattr(self, name)
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < UNLIMITED):
                 raise PolicyError(f"--{name.replace('_', '-')} {n!r}: expected a number >= 0 or unlimited")
@@ -180,7 +212,7 @@ class Policy:
 
     def counts(self) -> list[tuple[str, int]]:
         """The counted rules in force: (reason word, count), in COUNTED_RULES order."""
-        return [(word, n) for name, word, _ in COUNTED_RULES if (n := getattr(self, name))]
+        return [(r.word, n) for r in COUNTED_RULES if (n := getattr(self, r.field))]
 
     def within(self) -> Duration | None:
         """The ``--keep-within`` duration, None when absent or zero."""
@@ -274,7 +306,7 @@ def _complete_reasons(complete: list[SnapshotFacts], policy: Policy, now: dateti
     if within is not None:
         reference = next((s.start for s in complete if s.start < now), None)
         cutoff = None if reference is None else within.before(reference)
-    rules = [(word, n, period) for name, word, period in COUNTED_RULES if (n := getattr(policy, name))]
+    rules = [(r.word, n, r.period) for r in COUNTED_RULES if (n := getattr(policy, r.field))]
     last_period: list[object] = [None] * len(rules)
     kept = [0] * len(rules)
     oldest = len(complete) - 1

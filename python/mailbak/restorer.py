@@ -39,7 +39,7 @@ from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner, link_hint
 from mailbak.status import Status
 from mailbak.testpause import pause
-from mailbak.verify import Verify
+from mailbak.verifier import Verify
 
 
 def _entries(path: Path) -> list[Path]:

@@ -1,19 +1,23 @@
 """Consistent copies of live LMDB databases, and the IDs each copy holds.
 
+(LMDB calls what one read transaction sees a snapshot; mailbak keeps that word for a
+repository's snapshots, so here it is the transaction's view.)
+
 For one database file:
 1. Open the environment read-only and begin a read transaction. That registers a reader in the
-   lock file, which keeps every page of this snapshot from being reused by writers until the
+   lock file, which keeps every page of this transaction's view from being reused by writers until the
    transaction ends; writers in other processes are never blocked.
-2. Have the engine check the snapshot's B-trees structurally (bounds, page types, order, counts)
+2. Have the engine check the view's B-trees structurally (bounds, page types, order, counts)
    by reading the file directly. A damaged file is reported and never handed to LMDB, whose C
    code trusts page contents and could crash the whole process on a bad pointer.
-3. ``Environment.copy(dst, compact=True, txn=txn)``: LMDB writes exactly that snapshot to
+3. ``Environment.copy(dst, compact=True, txn=txn)``: LMDB writes exactly that view to
    ``dst``, compacted, without a lock file.
 4. For an index (queue or account), the engine reads the live IDs, sizes, erase set, highest
    ID and next-ID counter *from the copy*. The copy is the backup, so the IDs cannot disagree with it (docs/BACKUP.md
-   explains why this beat reading them in Python inside the transaction).
+   explains why this beat reading them in Python inside the transaction). :func:`engine_area`
+   hands those IDs, with the area's layout, to the engine's ``backup_areas`` and ``check_areas``.
 
-Not guaranteed: different database files are different snapshots (LMDB has no transaction
+Not guaranteed: different database files are copied at different moments (LMDB has no transaction
 spanning environments). That is harmless here: each area's message files are decided by its own
 index alone.
 """
@@ -36,25 +40,25 @@ from mailbak.anchor import DataRoot, identity
 from mailbak.errors import DestinationFull, is_destination_full
 from mailbak.fsio import create_new, open_file
 from mailbak.identity import StoreOwner, acting_as, in_directory
-from mailbak.layout import LEASE_FILE, LOCK_SUFFIX, AreaKind
+from mailbak.layout import LEASE_FILE, AreaKind, lock_file
 from mailbak.report import Reporter
 from mailbak.testpause import pause
 
 #: Attempts at step 2 before a database is called damaged. A writer can overwrite the meta page
-#: of our snapshot after two further commits (Stale), and a page being rewritten can be read torn;
+#: of our read transaction after two further commits (Stale), and a page being rewritten can be read torn;
 #: both clear on a fresh transaction, real damage does not.
 CHECK_ATTEMPTS = 8
 
 
-class SnapshotError(Exception):
-    """A database could not be snapshotted; the message says why."""
+class DatabaseError(Exception):
+    """A database could not be copied, or its copy could not be read; the message says why."""
 
 
 @dataclass
 class DbCopy:
-    """One database copied from one snapshot."""
+    """One database copied from one read transaction."""
 
-    #: Transaction ID of the snapshot in the source.
+    #: Transaction ID of the read transaction in the source.
     txnid: int
     #: Transaction ID the copy itself holds (a compacting copy starts over at 1).
     copy_txnid: int
@@ -64,7 +68,7 @@ class DbCopy:
 
 @dataclass
 class Index:
-    """What an index snapshot says about its area."""
+    """What the copy of an area's index says about the area."""
 
     live: bytes
     sizes: bytes
@@ -81,14 +85,14 @@ class Index:
 
     @classmethod
     def read(cls, path: Path, kind: AreaKind) -> Index:
-        """Reads the index of an area of ``kind`` from a snapshot file (a copy); raises
-        SnapshotError when damaged."""
+        """Reads the index of an area of ``kind`` from its copy; raises
+        DatabaseError when damaged."""
         try:
             d = _engine.read_index(path, kind.value)
         except _engine.LmdbError as e:
-            raise SnapshotError(describe(e)) from e
+            raise DatabaseError(describe(e)) from e
         except OSError as e:
-            raise SnapshotError(f"cannot read: {e.strerror}") from e
+            raise DatabaseError(f"cannot read: {e.strerror}") from e
         d.pop("txnid")
         return cls(**d)
 
@@ -98,12 +102,32 @@ class Index:
 
     @property
     def new_from(self) -> int:
-        """The first ID not allocated at the snapshot: the ``meta`` counter, or one above the
+        """The first ID not allocated when the index was copied: the ``meta`` counter, or one above the
         highest record for stores without one (never below that, whatever the counter says)."""
         return max(self.next_id or 0, self.highest + 1)
 
     def summary(self) -> dict[str, Any]:
         return {"records": self.records, "live": self.live_count, "expunged": self.expunged, "erasing": len(self.erasing) // 8, "highest_id": self.highest}
+
+
+def engine_area(kind: AreaKind, rel: str, index: Index) -> dict[str, Any]:
+    """The area ``data/rel`` of this kind as the engine takes it (``_engine.Area``), with the
+    IDs of ``index``; backup adds ``dst``, verify ``fix_rel``. One builder for both, so that
+    they never disagree on what an area holds."""
+    lay = kind.layout
+    assert lay.tree is not None, "an area with messages"
+    return {
+        "src": rel,
+        "tree": lay.tree.encode(),
+        "known": [k.encode() for k in lay.known],
+        "copy": [f.encode() for f in lay.files],
+        "live": index.live,
+        "sizes": index.sizes,
+        "unknown_sizes": index.unknown_sizes,
+        "erasing": index.erasing,
+        "next_id": index.new_from,
+        "prefix": f"data/{rel}".encode(),
+    }
 
 
 def describe(e: BaseException) -> str:
@@ -123,25 +147,25 @@ def open_readonly(path: Path, owner: StoreOwner | None = None) -> lmdb.Environme
     top of that, a lock path that is not a regular file is refused by name, and a missing lock
     file is created here, by that identity, with the database's owner and group and a mode that
     lets both read and write it (LMDB would create it with its own mode, minus the umask).
-    Raises SnapshotError."""
+    Raises DatabaseError."""
     try:
         db = os.lstat(path)
         with in_directory(path) as (dir_fd, via):
             lock_fd = None
             try:
                 with acting_as(owner):
-                    lock_fd = _prepare_lock_file(dir_fd, path.name + LOCK_SUFFIX, db)
+                    lock_fd = _prepare_lock_file(dir_fd, lock_file(path.name), db)
                     pause("lock_file_checked")  # tests swap the lock file here: the identity must hold
                     try:
                         return lmdb.open(via, subdir=False, readonly=True, lock=True, create=False, max_dbs=0, readahead=False)
                     except lmdb.Error as e:
                         as_whom = f" (opened as the store's owner, {owner})" if owner else ""
-                        raise SnapshotError(f"LMDB cannot open it{as_whom}: {str(e).replace(via, path.name)}") from e
+                        raise DatabaseError(f"LMDB cannot open it{as_whom}: {str(e).replace(via, path.name)}") from e
             finally:
                 if lock_fd is not None:
                     _give_lock_file(lock_fd, db)  # with root's identity again: it may chown
     except OSError as e:
-        raise SnapshotError(f"cannot open: {e.strerror}") from e
+        raise DatabaseError(f"cannot open: {e.strerror}") from e
 
 
 def _prepare_lock_file(dir_fd: int, name: str, db: os.stat_result) -> int | None:
@@ -156,7 +180,7 @@ def _prepare_lock_file(dir_fd: int, name: str, db: os.stat_result) -> int | None
             return None  # removed meanwhile: LMDB creates it, with the same identity
         if not stat.S_ISREG(st.st_mode):
             kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a special file"
-            raise SnapshotError(f"its lock file {name} is {kind}, not a regular file; never opened, so the database is not read") from None
+            raise DatabaseError(f"its lock file {name} is {kind}, not a regular file; never opened, so the database is not read") from None
         return None
     except OSError:
         # Left to LMDB, with the same identity: on a read-only file system it reads without a
@@ -190,7 +214,7 @@ def lock_file_mode(db_mode: int) -> int:
 
 def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None, root: DataRoot | None = None) -> DbCopy:
     """Steps 1 to 3 of the module doc, opening ``src`` as the store's ``owner``
-    (``open_readonly``); raises SnapshotError with the cause. ``src`` lies below ``root`` (the
+    (``open_readonly``); raises DatabaseError with the cause. ``src`` lies below ``root`` (the
     run's descriptor of ``data/``), or is reached relative to its own directory."""
     own_root = root is None
     if root is None:
@@ -203,7 +227,7 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None, root: D
     try:
         if st.st_size == 0:
             # LMDB would say "Bad file descriptor" (it refuses to create in read-only mode).
-            raise SnapshotError("empty file, not an LMDB database")
+            raise DatabaseError("empty file, not an LMDB database")
         return _copy_checked(src, dst, fd, st, owner)
     finally:
         os.close(fd)
@@ -211,18 +235,18 @@ def copy_database(src: Path, dst: Path, owner: StoreOwner | None = None, root: D
 
 def _open_database_file(root: DataRoot, rel: str) -> tuple[int, os.stat_result]:
     """An O_PATH descriptor of the database file, reached from ``root`` without following a
-    symlink at any step, and its stat; raises SnapshotError."""
+    symlink at any step, and its stat; raises DatabaseError."""
     try:
         fd, st = root.open_entry(rel)
     except FileNotFoundError as e:
-        raise SnapshotError("missing") from e
+        raise DatabaseError("missing") from e
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise SnapshotError("a directory on its path is a symlink or not a directory (never followed)") from e
-        raise SnapshotError(f"cannot stat: {e.strerror}") from e
+            raise DatabaseError("a directory on its path is a symlink or not a directory (never followed)") from e
+        raise DatabaseError(f"cannot stat: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise SnapshotError("not a regular file (a symlink or special file is never opened)")
+        raise DatabaseError("not a regular file (a symlink or special file is never opened)")
     return fd, st
 
 
@@ -262,10 +286,10 @@ def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: Stor
     try:
         env = open_readonly(src, owner)
     except lmdb.Error as e:
-        raise SnapshotError(f"LMDB cannot open it: {e}") from e
+        raise DatabaseError(f"LMDB cannot open it: {e}") from e
     try:
         if not maps_file(st):
-            raise SnapshotError("replaced while it was being opened (its path now leads to another file, through a symlink?); not read")
+            raise DatabaseError("replaced while it was being opened (its path now leads to another file, through a symlink?); not read")
         # The engine reads the very file we hold (the /proc link reopens our descriptor's file,
         # whatever its path now leads to), which is the one LMDB maps.
         held = f"/proc/self/fd/{fd}"
@@ -280,7 +304,7 @@ def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: Stor
                     last = e
                     continue
                 except OSError as e:
-                    raise SnapshotError(f"cannot read: {e.strerror}") from e
+                    raise DatabaseError(f"cannot read: {e.strerror}") from e
                 try:
                     if summary["compact_copy_safe"]:
                         env.copy(str(dst), compact=True, txn=txn)
@@ -290,19 +314,19 @@ def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: Stor
                 except lmdb.Error as e:
                     if is_destination_full(str(e)):
                         raise DestinationFull(f"{dst}: {e}") from e
-                    raise SnapshotError(f"LMDB copy failed: {e}") from e
+                    raise DatabaseError(f"LMDB copy failed: {e}") from e
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
                 if os.geteuid() == 0:
                     os.chown(dst, st.st_uid, st.st_gid)
                 return DbCopy(txnid, copy_txnid, os.stat(dst).st_size)
         assert last is not None
-        raise SnapshotError(f"damaged: {describe(last).replace(held, str(src))}")
+        raise DatabaseError(f"damaged: {describe(last).replace(held, str(src))}")
     finally:
         env.close()
 
 
 def _file_txnid(path: Path) -> int:
-    """The transaction ID of the newest snapshot in a copy we just wrote (recorded in the
+    """The ID of the newest transaction in a copy we just wrote (recorded in the
     manifest, so that verify can tell the backup's file is still that copy)."""
     env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, create=False, max_dbs=0)
     try:
@@ -315,20 +339,20 @@ def _file_txnid(path: Path) -> int:
 def _plain_copy(env: lmdb.Environment, dst: Path) -> int:
     """A page-for-page copy (LMDB takes its own read transaction and copies pages without walking
     the trees), for databases whose compacting copy LMDB can crash on (DUPSORT with DUPFIXED
-    duplicates). The copy is a snapshot too, possibly a later one than the checked transaction,
+    duplicates). The copy is of a read transaction too, possibly a later one than the checked one,
     so it is checked itself before anyone reads it; returns its transaction ID."""
     env.copy(str(dst))
     try:
         return _engine.lmdb_check(dst)["txnid"]
     except _engine.LmdbError as e:
-        raise SnapshotError(f"damaged: {describe(e)}") from e
+        raise DatabaseError(f"damaged: {describe(e)}") from e
     except OSError as e:
-        raise SnapshotError(f"cannot read the copy: {e.strerror}") from e
+        raise DatabaseError(f"cannot read the copy: {e.strerror}") from e
 
 
 class ReaderLease:
     """The reading side of the lease protocol (docs/FORMAT.md section 6): a shared flock on
-    ``data/backup.lease``, held from before the first snapshot until the last message file is
+    ``data/backup.lease``, held from before the first database is copied until the last message file is
     linked (backup) or checked (verify of a live store), so that writers defer removing files."""
 
     #: Seconds to wait while a writer's sweep holds the lease exclusively (it holds it only while

@@ -21,8 +21,8 @@ The checks, in order, each reported with its path:
 7. Backups with a finished manifest: every database, area and known file it names is there,
    with the recorded size, transaction ID and record counts (``check_against_manifest``).
 
-A live store is verified from a snapshot of each index copied to a temporary directory outside
-the store (``snapshot.py``), holding the backup lease so that writers defer removals, and files
+A live store is verified from a copy of each index, made to a temporary directory outside
+the store (``lmdbcopy.py``), holding the backup lease so that writers defer removals, and files
 added meanwhile are skipped.
 Nothing is written anywhere in PATH except by ``--fix``.
 """
@@ -45,11 +45,11 @@ from mailbak.destdir import BACKUP_ENTRIES, is_store
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.job import Metrics, Stage, files_from, interrupted_hint
-from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, engine_area, is_real_dir, read_config
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, is_real_dir, read_config
+from mailbak.lmdbcopy import DatabaseError, Index, ReaderLease, copy_database, describe, engine_area
 from mailbak.report import Reporter
 from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner
-from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database, describe
 from mailbak.status import Status
 from mailbak.testpause import pause
 
@@ -224,7 +224,7 @@ class Verify:
             dst = self.tmp / rel.replace("/", "%")
             try:
                 self.db_txnids[rel] = copy_database(src, dst, self.owner, self.root).txnid
-            except SnapshotError as e:
+            except DatabaseError as e:
                 self.reporter.error("database", f"data/{rel}", str(e))
                 return None
             except DestinationFull as e:
@@ -286,7 +286,7 @@ class Verify:
                 continue
             try:
                 index = Index.read(path, kind)
-            except SnapshotError as e:
+            except DatabaseError as e:
                 self.reporter.error("database", f"data/{rel}/index.db", str(e))
                 continue
             for code, _id, detail in index.problems:

@@ -10,11 +10,11 @@ The phases, in order:
 3. **Lease.** A shared ``flock`` on ``data/backup.lease``: writers following the protocol of
    docs/FORMAT.md defer removing message files until the backup releases it after phase 5.
 4. **Databases.** Every known database is copied from one LMDB read transaction
-   (``snapshot.py``); for the queue and each account the IDs come from that copy.
-5. **Messages.** Per area, the engine hardlinks (or copies) the snapshot's message files, skips
-   files added after the snapshot or being erased, copies the area's plain files (an account's
+   (``lmdbcopy.py``); for the queue and each account the IDs come from that copy.
+5. **Messages.** Per area, the engine hardlinks (or copies) the message files of the index's
+   copy, skips files added after the copy or being erased, copies the area's plain files (an account's
    junk filter), and reports and copies anything else; all areas in one engine call, each
-   described by ``layout.engine_area``.
+   described by ``lmdbcopy.engine_area``.
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
 7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
@@ -45,7 +45,6 @@ from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.layout import (
     ACCOUNTS_DIR,
     LEASE_FILE,
-    LOCK_SUFFIX,
     MAX_VERSION_BYTES,
     QUEUE_DIR,
     VERSION_FILE,
@@ -54,13 +53,14 @@ from mailbak.layout import (
     StorePaths,
     area_label,
     area_rel,
-    engine_area,
     is_real_dir,
+    lock_file,
+    lock_files,
     read_config,
 )
+from mailbak.lmdbcopy import DatabaseError, Index, ReaderLease, copy_database, engine_area
 from mailbak.report import Reporter, rfc3339
 from mailbak.runner import Runner, link_hint
-from mailbak.snapshot import Index, ReaderLease, SnapshotError, copy_database
 from mailbak.status import Status
 from mailbak.testpause import pause
 
@@ -91,7 +91,7 @@ class Area:
     rel: str
     #: Destination directory.
     dst: Path
-    #: The index snapshot.
+    #: The copy of the area's index.
     index: Index
     #: Counts for the manifest.
     counts: dict[str, int] = field(default_factory=dict)
@@ -108,9 +108,11 @@ class Backup:
 
     def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False, link_dest: Path | None = None):
         self.paths = paths
+        #: DEST as given: the directory to back up into, or a repository.
         self.dest = dest
-        #: DEST as given (``dest`` becomes the new snapshot in a repository DEST).
-        self.requested_dest = dest
+        #: The new snapshot's directory when DEST is a repository (set in phase 1, by
+        #: ``open_snapshot``); None otherwise.
+        self.snapshot_path: Path | None = None
         #: The reference backup asked for with --link-dest (checked in phase 1).
         self.link_dest = link_dest
         #: The reference the engine reuses unchanged files from: --link-dest, or the newest
@@ -205,7 +207,7 @@ class Backup:
             make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
             self.close()
-            raise UsageError(f"{self.dest}: cannot write to the destination: {e.strerror}") from e
+            raise UsageError(f"{self.target}: cannot write to the destination: {e.strerror}") from e
         except BaseException:
             self.close()
             raise
@@ -219,8 +221,8 @@ class Backup:
         """Phase 1 for a repository DEST (held, ``self.held[-1]``): waits for its shared lock
         (a prune holds it exclusively), warns when failed snapshots pile up, takes the newest
         complete snapshot as the reference (unless --link-dest named one) and creates the new
-        snapshot's directory in the held REPO, held and locked while it is written;
-        ``self.dest`` becomes its path."""
+        snapshot's directory in the held REPO, held and locked while it is written
+        (``self.snapshot_path``)."""
         repo_dir = self.held[-1]
         repo = repository.Repository.open(self.dest)
         try:
@@ -241,7 +243,7 @@ class Backup:
             self.close()
             raise
         self.repository = repo
-        self.dest = path
+        self.snapshot_path = path
 
     def close(self) -> None:
         """Releases the repository's and the snapshot's locks (a backup into a repository) and
@@ -254,7 +256,7 @@ class Backup:
     @property
     def out(self) -> Path:
         """Where the backup is written: DEST (the new snapshot, for a repository DEST) through
-        its held descriptor; ``self.dest`` names it to the user."""
+        its held descriptor; ``self.target`` names it to the user."""
         return self.held[-1].via
 
     @property
@@ -263,9 +265,15 @@ class Backup:
         return self.out / "data"
 
     @property
+    def target(self) -> Path:
+        """The backup's directory as the user knows it: DEST, or the new snapshot once one is
+        made in the repository DEST."""
+        return self.snapshot_path or self.dest
+
+    @property
     def summary_target(self) -> Path:
-        """What the summary line names: DEST, or the new snapshot in the repository DEST."""
-        return self.dest
+        """What the summary line names: :attr:`target`."""
+        return self.target
 
     def headline(self, status: Status) -> str:
         """The summary's title: it names the snapshot made in a repository, not the repository."""
@@ -273,12 +281,12 @@ class Backup:
 
     def left_behind(self, stage: Stage | None) -> str:
         """What a run stopped early leaves: a DEST whose manifest says running."""
-        hint = interrupted_hint(stage, self.requested_dest, "backup")
+        hint = interrupted_hint(stage, self.dest, "backup")
         if hint is not None:
             return hint
-        if self.repository is None and repository.is_repository(self.requested_dest):
+        if self.repository is None and repository.is_repository(self.dest):
             return "no snapshot was begun"  # stopped while waiting for the repository
-        return f"{self.dest} is an incomplete backup (its manifest says running)"
+        return f"{self.target} is an incomplete backup (its manifest says running)"
 
     def metrics(self, facts: dict[str, Any] | None) -> Metrics:
         """Message files by kind, over the queue and every account; every byte written by
@@ -396,7 +404,7 @@ class Backup:
         """Copies one database; reports and returns False on failure."""
         try:
             copy = copy_database(src, dst, self.owner, self.root)
-        except SnapshotError as e:
+        except DatabaseError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
         self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size}
@@ -454,7 +462,7 @@ class Backup:
             return
         try:
             index = Index.read(dst / lay.index, kind)
-        except SnapshotError as e:
+        except DatabaseError as e:
             self.reporter.error("area_unreadable", f"data/{rel}/{lay.index}", f"{what}: the snapshot cannot be read ({e}); its directory is copied as plain files")
             self.plain_accounts.append(rel)
             return
@@ -491,11 +499,11 @@ class Backup:
         data = self.paths.data_dir
         never = {os.fsencode(n) for n in DATA.never}
         handled = never | {os.fsencode(n) for n in (QUEUE_DIR, ACCOUNTS_DIR, *DATA.databases)}
-        handled |= {os.fsencode(n + LOCK_SUFFIX) for n in DATA.databases}
+        handled |= {os.fsencode(lock_file(n)) for n in DATA.databases}
         expected = {os.fsencode(n) for n in (*DATA.files, LEASE_FILE, *DATA.dirs)}
         to_copy: list[bytes] = []
         names = sorted(self.root.listdir(""))
-        locks = lock_files(self.root, "", names)
+        locks = _lock_files_at(self.root, "", names)
         for name in names:
             if name in locks:
                 continue  # never backed up (docs/BACKUP.md); the engine would leave it out too
@@ -583,7 +591,7 @@ class Backup:
             "accounts": {a.name: {**a.counts, **a.index.summary()} for a in self.areas if a.kind is AreaKind.ACCOUNT},
             "plain_copied_accounts": [r.split("/", 1)[1] for r in self.plain_accounts if r.startswith("accounts/")],
             "repository": str(self.repository.path) if self.repository is not None else None,
-            "snapshot": self.dest.name if self.repository is not None else None,
+            "snapshot": self.snapshot_path.name if self.snapshot_path is not None else None,
             "reference": str(self.reference) if self.reference is not None else None,
             "transfer": self.transfer(),
             "warnings": counts.warnings,
@@ -641,20 +649,18 @@ def check_reference(path: Path) -> Path:
     return path
 
 
-def lock_files(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:
-    """The LMDB lock files among ``names`` (the entries of ``data/rel``): each ``NAME-lock``
-    that is a regular file beside a regular file ``NAME``, the engine's rule (rust/walk.rs)."""
-    suffix = LOCK_SUFFIX.encode()
-    present = set(names)
-    candidates = [n for n in names if n.endswith(suffix) and len(n) > len(suffix) and n[: -len(suffix)] in present]
-    if not candidates:
-        return set()
-    fd = root.open_dir(rel)
-    try:
-        regular = {n for n in present if _is_regular_at(fd, n)}
-    finally:
-        os.close(fd)
-    return {n for n in candidates if n in regular and n[: -len(suffix)] in regular}
+def _lock_files_at(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:
+    """The LMDB lock files among ``names``, the entries of ``data/rel`` (``layout.lock_files``:
+    the rule), their types read below ``root``."""
+
+    def regular(wanted: set[bytes]) -> set[bytes]:
+        fd = root.open_dir(rel)
+        try:
+            return {n for n in wanted if _is_regular_at(fd, n)}
+        finally:
+            os.close(fd)
+
+    return lock_files(names, regular)
 
 
 def _is_regular_at(dir_fd: int, name: bytes) -> bool:
