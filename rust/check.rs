@@ -25,11 +25,11 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rayon::prelude::*;
-use rustix::fs::{self as rfs, RenameFlags};
 use rustix::io::Errno;
 
 use crate::areas::{open_area_root, AreaSpec};
 use crate::classify::{Area, Class, Snapshot};
+use crate::error::Error;
 use crate::fsid::{self, FsId};
 use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
@@ -73,20 +73,17 @@ pub fn check_areas(jobs: &[CheckJob], opts: &CheckOptions, progress: &Progress) 
             let sink = Sink::new(progress, &a.prefix);
             // --fix asked for and impossible (no descriptor left) is an error, never a silent
             // skip: the user would believe the strays were moved.
-            let fix = opts
-                .fix_root
-                .as_ref()
-                .and_then(|r| match rustix::io::dup(r) {
-                    Ok(root) => Some(FixTarget {
-                        root,
-                        rel: job.fix_rel.clone(),
-                        owner: opts.fix_owner.clone(),
-                    }),
-                    Err(e) => {
-                        sink.io_error(b"", "--fix: open data/ again (nothing moved here)", e);
-                        None
-                    }
-                });
+            let fix = opts.fix_root.as_ref().and_then(|r| match fsutil::dup(r) {
+                Ok(root) => Some(FixTarget {
+                    root,
+                    rel: job.fix_rel.clone(),
+                    owner: opts.fix_owner.clone(),
+                }),
+                Err(e) => {
+                    sink.io_error(b"", "--fix: open data/ again (nothing moved here)", e);
+                    None
+                }
+            });
             if let Some(root) = open_area_root(opts.anchor.as_ref(), &a.src, &sink) {
                 AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, opts.live, &sink).run(root);
             }
@@ -167,7 +164,7 @@ impl<'a> AreaCheck<'a> {
 
     /// Runs steps 1 to 3.
     pub fn run(&self, root: OwnedFd) {
-        let root2 = match rustix::io::dup(&root) {
+        let root2 = match fsutil::dup(&root) {
             Ok(fd) => fd,
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
@@ -319,7 +316,7 @@ impl<'a> AreaCheck<'a> {
                     ),
                 );
             }
-            Err((op, e)) => self.sink.io_error(rel, op, e),
+            Err(e) => self.sink.fs_error(rel, &e),
         }
     }
 }
@@ -337,15 +334,11 @@ fn unchanged_for(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> bool {
 
 /// Moves `name` of `dir` to the same relative place below the fix target, as the store's owner
 /// when one is given; returns where it went.
-fn move_aside(
-    fix: &FixTarget,
-    dir: &Dir<'_>,
-    name: &CStr,
-) -> Result<Vec<u8>, (&'static str, Errno)> {
+fn move_aside(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, Error> {
     let Some(owner) = &fix.owner else {
         return move_aside_as_is(fix, dir, name);
     };
-    let old = fsid::switch(owner).map_err(|e| ("take the store owner's identity", e))?;
+    let old = fsid::switch(owner).map_err(Error::op("take the store owner's identity"))?;
     let moved = move_aside_as_is(fix, dir, name);
     // Going back to root's identity cannot be refused (the capabilities it needs are not
     // file-system ones); if it ever were, this worker must not go on with a mixed identity.
@@ -354,17 +347,13 @@ fn move_aside(
 }
 
 /// [`move_aside`] with the thread's current identity.
-fn move_aside_as_is(
-    fix: &FixTarget,
-    dir: &Dir<'_>,
-    name: &CStr,
-) -> Result<Vec<u8>, (&'static str, Errno)> {
+fn move_aside_as_is(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, Error> {
     let target_rel = join(&fix.rel, dir.rel);
-    let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
+    let mut cur = fsutil::dup(&fix.root).map_err(Error::op("dup"))?;
     for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
-        let c = CString::new(comp).map_err(|_| ("create directory", Errno::INVAL))?;
+        let c = CString::new(comp).map_err(|_| Error::new("create directory", Errno::INVAL))?;
         cur = fsutil::make_dir_at(cur.as_fd(), &c, fsutil::NEW_DIR_MODE, None)
-            .map_err(|e| ("create directory", e))?;
+            .map_err(Error::op("create directory"))?;
     }
     for n in 0..100u32 {
         let mut to = name.to_bytes().to_vec();
@@ -372,13 +361,13 @@ fn move_aside_as_is(
             to.extend_from_slice(format!(".{n}").as_bytes());
         }
         let to_c = CString::new(to.clone()).expect("no NUL in a file name");
-        match rfs::renameat_with(dir.src, name, &cur, &to_c, RenameFlags::NOREPLACE) {
+        match fsutil::rename_noreplace_at(dir.src, name, cur.as_fd(), &to_c) {
             Ok(()) => return Ok(join(&target_rel, &to)),
             Err(Errno::EXIST) => continue,
-            Err(e) => return Err(("move", e)),
+            Err(e) => return Err(Error::new("move", e)),
         }
     }
-    Err(("move", Errno::EXIST))
+    Err(Error::new("move", Errno::EXIST))
 }
 
 impl Visitor for AreaCheck<'_> {

@@ -174,6 +174,38 @@ pub fn open_root_dir(anchor: Option<BorrowedFd<'_>>, path: &Path) -> Result<Owne
     }
 }
 
+/// A second descriptor of `fd`, close-on-exec like every descriptor the engine opens (`dup`
+/// would leave the flag off).
+pub fn dup(fd: impl AsFd) -> Result<OwnedFd, Errno> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0)
+}
+
+/// `fstat` of an open file.
+pub fn fstat(fd: impl AsFd) -> Result<rfs::Stat, Errno> {
+    rfs::fstat(fd)
+}
+
+/// Removes the non-directory `name` from `dir` (a symlink is removed, never followed).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    rfs::unlinkat(dir, name, AtFlags::empty())
+}
+
+/// Removes the empty directory `name` from `dir`.
+pub fn remove_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Moves `name` of `from` to `to_name` in `to`, failing with `EEXIST` rather than replacing
+/// what is there (`RENAME_NOREPLACE`: checked by the kernel, so no race can overwrite a file).
+pub fn rename_noreplace_at(
+    from: BorrowedFd<'_>,
+    name: &CStr,
+    to: BorrowedFd<'_>,
+    to_name: &CStr,
+) -> Result<(), Errno> {
+    rfs::renameat_with(from, name, to, to_name, rfs::RenameFlags::NOREPLACE)
+}
+
 /// The identity of a file: `(st_dev, st_ino)`. Two paths name the same directory exactly when
 /// their identities are equal, whatever mounts or symlinks lie on the way.
 pub fn identity(st: &rfs::Stat) -> (u64, u64) {

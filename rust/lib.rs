@@ -13,7 +13,9 @@
 mod areas;
 mod check;
 mod classify;
+mod copy;
 mod delete;
+mod error;
 mod fsid;
 mod fsutil;
 mod gen;

@@ -33,9 +33,10 @@ use rustix::io::Errno;
 
 use crate::areas::{open_area_root, AreaSpec};
 use crate::classify::{Area, Class, Snapshot};
+use crate::error::Error;
 use crate::fsutil::{self, join, Kind};
 use crate::ids::SeenSet;
-use crate::linkcopy::{LinkPolicy, OpError, Placed};
+use crate::linkcopy::{LinkPolicy, Placed};
 use crate::msgpath;
 use crate::progress::{Progress, Sink, Tally};
 use crate::testpause::{self, Pause};
@@ -218,7 +219,7 @@ fn copy_plain(
                 Tally::bump(&sink.tally.symlinks);
                 sink.info("symlink", rel, "symlink recreated");
             })
-            .map_err(|e| OpError::new("symlink", e)),
+            .map_err(|e| Error::new("symlink", e)),
         Kind::Special | Kind::Dir => {
             Tally::bump(&sink.tally.special);
             sink.warn(
@@ -231,7 +232,7 @@ fn copy_plain(
         }
     };
     if let Err(e) = result {
-        sink.io_error(rel, e.op, e.errno);
+        sink.fs_error(rel, &e);
     }
 }
 
@@ -297,11 +298,11 @@ impl<'a> AreaBackup<'a> {
 
     /// Runs steps 1 to 3 of the module doc.
     pub fn run(&self, src: OwnedFd, dst: OwnedFd) {
-        let (src2, dst2) = match (rustix::io::dup(&src), rustix::io::dup(&dst)) {
+        let (src2, dst2) = match (fsutil::dup(&src), fsutil::dup(&dst)) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(e), _) | (_, Err(e)) => return self.sink.io_error(b"", "dup", e),
         };
-        let refs = match self.reference.as_ref().map(rustix::io::dup).transpose() {
+        let refs = match self.reference.as_ref().map(fsutil::dup).transpose() {
             Ok(r) => vec![r],
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
@@ -342,11 +343,11 @@ impl<'a> AreaBackup<'a> {
                 count_placed(self.sink, rel, p);
                 self.check_size(dst, name, rel, i, p);
             }
-            Err(OpError {
+            Err(Error {
                 errno: Errno::NOENT,
                 ..
             }) => self.missing(rel, id, met),
-            Err(e) => self.sink.io_error(rel, e.op, e.errno),
+            Err(e) => self.sink.fs_error(rel, &e),
         }
         self.sink.progress.add_done(1);
         self.pause.tick();
@@ -451,11 +452,11 @@ fn make_dirs(
     rel: &[u8],
 ) -> Result<OwnedFd, Errno> {
     let mut done = Vec::new();
-    let mut cur = rustix::io::dup(dst_root)?;
+    let mut cur = fsutil::dup(dst_root)?;
     for comp in rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
         done = join(&done, comp);
         let mode = fsutil::open_dir_below(src_root, &done)
-            .and_then(|fd| rustix::fs::fstat(&fd))
+            .and_then(|fd| fsutil::fstat(&fd))
             .map_or(fsutil::NEW_DIR_MODE, |st| st.st_mode);
         let name = CString::new(comp).map_err(|_| Errno::INVAL)?;
         cur = fsutil::make_dir_at(cur.as_fd(), &name, mode, None)?;
@@ -520,7 +521,7 @@ impl Visitor for AreaBackup<'_> {
                     Ok(Placed::Linked) => {
                         unreachable!("plain files are never linked from the store")
                     }
-                    Err(e) => self.sink.io_error(&rel, e.op, e.errno),
+                    Err(e) => self.sink.fs_error(&rel, &e),
                 }
             }
             (Class::Copy, _) => {
@@ -611,7 +612,7 @@ impl<'a> PlainCopy<'a> {
 
     /// Copies the tree (only the root-level `only` names when given).
     pub fn run(&self, src: OwnedFd, dst: OwnedFd, only: Option<&[Vec<u8>]>) {
-        let refs = match self.reference.as_ref().map(rustix::io::dup).transpose() {
+        let refs = match self.reference.as_ref().map(fsutil::dup).transpose() {
             Ok(r) => vec![r],
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
@@ -641,7 +642,7 @@ impl Visitor for PlainCopy<'_> {
             // A restore's messages have no recorded size here: never reused.
             match self.policy.link_or_copy(dir.src, dst, name) {
                 Ok(p) => count_placed(self.sink, &rel, p),
-                Err(e) => self.sink.io_error(&rel, e.op, e.errno),
+                Err(e) => self.sink.fs_error(&rel, &e),
             }
         } else {
             copy_plain(self.policy, self.sink, dir, name, kind, &rel);
