@@ -15,6 +15,10 @@
 //! An entry that cannot be removed is an error event (its path relative to the target, with
 //! the call's prefix) and the rest goes on; its directories then stay (not empty), each one
 //! more error. Progress counts one unit per file removed.
+//!
+//! Deleting pruned snapshots is background work: [`delete_tree_lowered`] runs in a pool whose
+//! workers gave themselves the lowest CPU and I/O priority (`priority.rs`) and reports once when
+//! they could not.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,6 +30,7 @@ use rustix::io::Errno;
 
 use crate::error::Error;
 use crate::fsutil::{self, join, Kind};
+use crate::priority::Lowering;
 use crate::progress::{Progress, Sink};
 use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Fence, Roots, Visitor};
@@ -164,8 +169,24 @@ pub fn delete_tree(target: Target, progress: &Progress, prefix: &[u8]) -> Delete
     }
 }
 
+/// [`delete_tree`] in a pool whose workers `lowering` lowered as they started (see
+/// `priority.rs`; None: normal priority): a worker left at normal priority is one warning of
+/// the call, and the deletion goes on.
+pub fn delete_tree_lowered(
+    target: Target,
+    progress: &Progress,
+    prefix: &[u8],
+    lowering: Option<&Lowering>,
+) -> Deleted {
+    let mut d = delete_tree(target, progress, prefix);
+    if let Some(e) = lowering.and_then(Lowering::first_error) {
+        d.warnings += priority_warning(progress, prefix, e).warnings;
+    }
+    d
+}
+
 /// Reports that the workers could not be given low priority (`e`), once per call.
-pub fn priority_warning(progress: &Progress, prefix: &[u8], e: Errno) -> Deleted {
+fn priority_warning(progress: &Progress, prefix: &[u8], e: Errno) -> Deleted {
     let sink = Sink::new(progress, prefix);
     sink.warn(
         "priority",

@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::fsid::{self, FsId};
 use crate::ids::IdSet;
 use crate::lmdbfile::{ErrorKind, LmdbFile};
+use crate::priority::StartHook;
 use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{self, AreaJob, BackupOptions, Transferred, TreeCopy};
@@ -113,9 +114,6 @@ impl Progress {
 fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> PyResult<T> {
     run_with_start(py, jobs, None, f)
 }
-
-/// A hook each worker thread runs as it starts (before any work).
-type StartHook = Box<dyn Fn(usize) + Send + Sync>;
 
 /// [`run`] whose worker threads each run `start` first (e.g. to lower their priority).
 fn run_with_start<T: Send>(
@@ -389,18 +387,11 @@ fn delete_tree<'py>(
     prefix: Vec<u8>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let target = delete::Target::open(&path)?;
-    let lowering = Arc::new(priority::Lowering::default());
-    let start: Option<StartHook> = low_priority.then(|| {
-        let l = Arc::clone(&lowering);
-        Box::new(move |_| l.lower_this_thread()) as StartHook
-    });
+    let lowering = low_priority.then(|| Arc::new(priority::Lowering::default()));
+    let start = lowering.as_ref().map(priority::Lowering::start_hook);
     let p = Arc::clone(&progress.inner);
     let out = run_with_start(py, jobs, start, move || {
-        let mut d = delete::delete_tree(target, &p, &prefix);
-        if let Some(e) = lowering.first_error() {
-            d.warnings += delete::priority_warning(&p, &prefix, e).warnings;
-        }
-        d
+        delete::delete_tree_lowered(target, &p, &prefix, lowering.as_deref())
     })?;
     let d = PyDict::new(py);
     d.set_item("files", out.files)?;
