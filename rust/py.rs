@@ -49,6 +49,7 @@ struct Progress {
 
 #[pymethods]
 impl Progress {
+    /// Fresh counters; `verbose` keeps per-file lines, `max_queued` bounds them.
     #[new]
     #[pyo3(signature = (verbose = false, max_queued = progress::DEFAULT_MAX_QUEUED))]
     fn new(verbose: bool, max_queued: usize) -> Self {
@@ -230,28 +231,40 @@ fn unpack_u64(buf: &[u8]) -> PyResult<Vec<u64>> {
 /// `bytes` objects until converted, never lists of ints.
 #[derive(FromPyObject)]
 struct AreaArgs<'py> {
+    /// The area's directory (relative to `root` when the call has one).
     #[pyo3(item("src"))]
     src: PathBuf,
+    /// Where a backup writes the area (backups only).
     #[pyo3(item("dst"), default)]
     dst: Option<PathBuf>,
+    /// The message tree below `src`, e.g. `msg`.
     #[pyo3(item("tree"))]
     tree: Bound<'py, PyBytes>,
+    /// Root-level names the caller handles itself (databases, lock files).
     #[pyo3(item("known"))]
     known: Vec<Vec<u8>>,
+    /// Root-level names that change in place: always copied, never linked.
     #[pyo3(item("copy"), default)]
     copy: Vec<Vec<u8>>,
+    /// The snapshot's live IDs, packed little-endian u64s, ascending.
     #[pyo3(item("live"))]
     live: Bound<'py, PyBytes>,
+    /// Their recorded sizes, aligned with `live`.
     #[pyo3(item("sizes"))]
     sizes: Bound<'py, PyBytes>,
+    /// The live IDs whose record has no readable size.
     #[pyo3(item("unknown_sizes"), default)]
     unknown_sizes: Option<Bound<'py, PyBytes>>,
+    /// IDs being erased, packed like `live`.
     #[pyo3(item("erasing"))]
     erasing: Bound<'py, PyBytes>,
+    /// The index's next ID: files at or above it are new.
     #[pyo3(item("next_id"))]
     next_id: u64,
+    /// Prefix of every reported path, e.g. `data/accounts/bob`.
     #[pyo3(item("prefix"))]
     prefix: Bound<'py, PyBytes>,
+    /// Where `verify --fix` moves this area's strays, below `fix_root`.
     #[pyo3(item("fix_rel"), default)]
     fix_rel: Option<Vec<u8>>,
 }
