@@ -16,11 +16,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{self as rfs, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use crate::error::Error;
-use crate::fsutil::{file_mode, Kind, Owner};
+use crate::fsutil::{self, file_mode, Kind, Owner};
 
 /// What a copy wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,27 +150,15 @@ impl Copier {
         name: &CStr,
         immutable: bool,
     ) -> Result<Copied, Error> {
-        // O_NONBLOCK: if the entry was swapped for a FIFO since it was listed, opening it must not
-        // wait for a writer forever; fstat then refuses it. Regular files ignore the flag.
-        let from = rfs::openat(
-            src,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| Error::new("open", e))?;
-        let st = rfs::fstat(&from).map_err(|e| Error::new("stat", e))?;
+        // Non-blocking: a FIFO swapped in since the listing is refused below, never waited on.
+        let from = fsutil::open_file_at(src, name).map_err(Error::op("open"))?;
+        let st = fsutil::fstat(&from).map_err(Error::op("stat"))?;
         if Kind::from_mode(st.st_mode) != Kind::File {
             return Err(Error::new("open", Errno::INVAL));
         }
         let plan = self.plan(&st);
-        let to = rfs::openat(
-            dst,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(plan.create_mode),
-        )
-        .map_err(|e| Error::new("create", e))?;
+        let to =
+            fsutil::create_file_at(dst, name, plan.create_mode).map_err(Error::op("create"))?;
         let result = self
             .fill(&from, &to, st.st_size as u64, immutable)
             .and_then(|placed| {
@@ -179,7 +167,7 @@ impl Copier {
             });
         if result.is_err() {
             // A partial copy must never pass for the real file.
-            let _ = rfs::unlinkat(dst, name, AtFlags::empty());
+            let _ = fsutil::unlink_at(dst, name);
         }
         result
     }

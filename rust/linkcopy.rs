@@ -27,15 +27,15 @@
 //! copies that stand in for a link.
 
 use std::ffi::CStr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::fs as rfs;
 use rustix::io::Errno;
 
 use crate::copy::{Copied, Copier};
 use crate::error::Error;
-use crate::fsutil::{file_mode, Kind};
+use crate::fsutil::{self, file_mode, Kind};
 
 /// How a file was placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,7 +122,7 @@ impl LinkPolicy {
         xdev_expected: bool,
     ) -> Self {
         let mut p = Self::new(force_copy);
-        if let (Ok(s), Ok(d)) = (rfs::fstat(src), rfs::fstat(dst)) {
+        if let (Ok(s), Ok(d)) = (fsutil::fstat(src), fsutil::fstat(dst)) {
             #[allow(clippy::unnecessary_cast)] // dev_t is not u64 on every target
             let (sd, dd) = (s.st_dev as u64, d.st_dev as u64);
             p.copier = p.copier.between(sd, dd, d.st_mode & 0o2000 != 0);
@@ -173,7 +173,7 @@ impl LinkPolicy {
     ) -> Result<Placed, Error> {
         let mut reason: Reason = None;
         if self.try_links.load(Ordering::Relaxed) {
-            match rfs::linkat(src, name, dst, name, AtFlags::empty()) {
+            match fsutil::link_at(src, dst, name) {
                 Ok(()) => return Ok(Placed::Linked),
                 Err(e) if link_impossible(e) => {
                     reason = Some(e);
@@ -256,21 +256,16 @@ impl LinkPolicy {
         // name, so that the link below is of exactly the inode compared, whatever happens to
         // the name meanwhile, and the name is looked up once, not twice: on a machine with
         // millions of dentries each lookup is most of the cost of a reused file.
-        let Ok(rfd) = rfs::openat(
-            r,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
+        let Ok(rfd) = fsutil::open_path_at(r, name) else {
             return Ok(None);
         };
-        let Ok(rst) = rfs::fstat(&rfd) else {
+        let Ok(rst) = fsutil::fstat(&rfd) else {
             return Ok(None);
         };
         if Kind::from_mode(rst.st_mode) != Kind::File {
             return Ok(None);
         }
-        let Ok(sst) = rfs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        let Ok(sst) = fsutil::lstat_at(src, name) else {
             return Ok(None);
         };
         if !same_file(&sst, &rst, self.copier.as_root())
@@ -282,7 +277,7 @@ impl LinkPolicy {
             return Ok(None);
         }
         if self.empty_path_links.load(Ordering::Relaxed) {
-            match rfs::linkat(&rfd, c"", dst, name, AtFlags::EMPTY_PATH) {
+            match fsutil::link_fd_at(rfd.as_fd(), dst, name) {
                 Ok(()) => return Ok(Some(rst.st_size as u64)),
                 // ENOENT: this thread lacks CAP_DAC_READ_SEARCH (not root, or acting as another
                 // user); link by name from now on.
@@ -290,15 +285,15 @@ impl LinkPolicy {
                 Err(e) => return Err(e),
             }
         }
-        rfs::linkat(r, name, dst, name, AtFlags::empty())?;
+        fsutil::link_at(r, dst, name)?;
         // Linked by name: the entry could have been swapped between the open and the link, so
         // what was linked must be the inode compared, else it is removed and the file copied.
-        match rfs::statat(dst, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match fsutil::lstat_at(dst, name) {
             Ok(st) if (st.st_dev, st.st_ino) == (rst.st_dev, rst.st_ino) => {
                 Ok(Some(st.st_size as u64))
             }
             _ => {
-                let _ = rfs::unlinkat(dst, name, AtFlags::empty());
+                let _ = fsutil::unlink_at(dst, name);
                 Ok(None)
             }
         }
@@ -345,7 +340,7 @@ mod tests {
     use super::*;
     use crate::fsutil::open_dir;
     use crate::fsutil::testutil::Scratch;
-    use rustix::fs::{Timespec, Timestamps};
+    use rustix::fs::{AtFlags, Timespec, Timestamps};
     use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
