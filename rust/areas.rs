@@ -9,13 +9,25 @@
 //!
 //! An area whose root cannot be opened is an error event of that area, never a failure of the
 //! call: one unreadable account does not stop the others.
+//!
+//! Both per-area phases (backup and check) walk an area the same way: they carry an
+//! [`AreaState`] (layout, snapshot, sizes, and which live IDs the walk met), and after the walk
+//! they visit every live ID the walk did not meet by its path, one message directory at a time
+//! ([`AreaState::visit_unseen`]): the directory is opened once for all its messages; one that
+//! does not exist makes each of them absent, one that cannot be used (a symlink, never
+//! followed) is one error for all of them. What each phase does with a directory and a file is
+//! its [`Unseen`] implementation.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use rustix::io::Errno;
+
 use crate::classify::{Area, Snapshot};
-use crate::fsutil;
-use crate::ids::IdSet;
+use crate::fsutil::{self, join};
+use crate::ids::{IdSet, SeenSet};
+use crate::msgpath;
 use crate::progress::Sink;
 
 /// One message area of a call.
@@ -62,6 +74,105 @@ pub(crate) fn open_area_root(
     fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path)
         .map_err(|e| sink.io_error(b"", "open directory", e))
         .ok()
+}
+
+/// What a per-area phase carries through its walk: the area's layout, the snapshot deciding
+/// what belongs, the recorded sizes, and which live IDs the walk met.
+pub struct AreaState<'a> {
+    /// The area's layout.
+    pub area: &'a Area,
+    /// The snapshot's IDs.
+    pub snap: &'a Snapshot,
+    /// Recorded sizes aligned with `snap.live` (None: the record has no readable size, already
+    /// reported by the index read; the size is then not compared).
+    pub sizes: &'a [Option<u64>],
+    /// Which live IDs the walk met.
+    pub seen: SeenSet,
+}
+
+impl<'a> AreaState<'a> {
+    /// The state of a walk of `area` against `snap`, nothing met yet.
+    pub fn new(area: &'a Area, snap: &'a Snapshot, sizes: &'a [Option<u64>]) -> Self {
+        debug_assert_eq!(sizes.len(), snap.live.len(), "checked by recorded_sizes");
+        AreaState {
+            area,
+            snap,
+            sizes,
+            seen: SeenSet::new(snap.live.len()),
+        }
+    }
+
+    /// The ID of live message number `i`.
+    pub fn id(&self, i: usize) -> u64 {
+        self.snap.live.as_slice()[i]
+    }
+
+    /// Visits every live ID the walk did not meet (see the module doc), until the caller
+    /// cancels: one [`Unseen::open`] per message directory, then one [`Unseen::file`] per message
+    /// in it (or [`Unseen::absent`] when the directory does not exist, or one
+    /// [`Unseen::unusable`] for all of them when it cannot be used).
+    pub fn visit_unseen<U: Unseen>(&self, sink: &Sink<'_>, u: &U) {
+        let unseen = self.seen.unmarked();
+        let ids = self.snap.live.as_slice();
+        let mut name = Vec::new();
+        let mut i = 0;
+        while i < unseen.len() && !sink.cancelled() {
+            // IDs are sorted, so a message directory is one run of them.
+            let dir_idx = msgpath::dir_index(ids[unseen[i]]);
+            let end = unseen[i..]
+                .iter()
+                .position(|&u| msgpath::dir_index(ids[u]) != dir_idx)
+                .map_or(unseen.len(), |n| i + n);
+            let dir_rel = join(
+                &self.area.tree,
+                msgpath::dir_name(ids[unseen[i]]).as_bytes(),
+            );
+            let dir = match u.open(&dir_rel) {
+                Ok(d) => Some(d),
+                Err(Errno::NOENT) => None,
+                Err(e) => {
+                    u.unusable(&dir_rel, e, (end - i) as u64);
+                    i = end;
+                    continue;
+                }
+            };
+            for &k in &unseen[i..end] {
+                if sink.cancelled() {
+                    return;
+                }
+                msgpath::file_name(ids[k], &mut name);
+                let rel = join(&dir_rel, &name);
+                match &dir {
+                    Some(d) => {
+                        name.push(0);
+                        let c = CStr::from_bytes_with_nul(&name).expect("digits, one NUL");
+                        u.file(d, c, &rel, k);
+                    }
+                    None => u.absent(&rel, k),
+                }
+            }
+            i = end;
+        }
+    }
+}
+
+/// What a phase does with the live IDs its walk did not meet ([`AreaState::visit_unseen`]).
+pub trait Unseen {
+    /// What an opened message directory is to the phase (its descriptors).
+    type Dir;
+
+    /// Opens message directory `dir_rel` (relative to the area root); `ENOENT` makes its
+    /// messages absent, any other error unusable.
+    fn open(&self, dir_rel: &[u8]) -> Result<Self::Dir, Errno>;
+
+    /// Message directory `dir_rel` cannot be used (`e`); `n` live messages were expected in it.
+    fn unusable(&self, dir_rel: &[u8], e: Errno, n: u64);
+
+    /// Live message number `i`, file `name` of `dir` (at `rel` below the area root).
+    fn file(&self, dir: &Self::Dir, name: &CStr, rel: &[u8], i: usize);
+
+    /// Live message number `i`, whose directory does not exist (`rel`: where its file belongs).
+    fn absent(&self, rel: &[u8], i: usize);
 }
 
 #[cfg(test)]

@@ -25,15 +25,13 @@ use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rayon::prelude::*;
-use rustix::fs::{self as rfs, RenameFlags};
 use rustix::io::Errno;
 
-use crate::areas::{open_area_root, AreaSpec};
+use crate::areas::{open_area_root, AreaSpec, AreaState, Unseen};
 use crate::classify::{Area, Class, Snapshot};
+use crate::error::Error;
 use crate::fsid::{self, FsId};
 use crate::fsutil::{self, join, Kind};
-use crate::ids::SeenSet;
-use crate::msgpath;
 use crate::progress::{Progress, Sink, Tally};
 use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Fence, Roots, Visitor};
@@ -73,20 +71,17 @@ pub fn check_areas(jobs: &[CheckJob], opts: &CheckOptions, progress: &Progress) 
             let sink = Sink::new(progress, &a.prefix);
             // --fix asked for and impossible (no descriptor left) is an error, never a silent
             // skip: the user would believe the strays were moved.
-            let fix = opts
-                .fix_root
-                .as_ref()
-                .and_then(|r| match rustix::io::dup(r) {
-                    Ok(root) => Some(FixTarget {
-                        root,
-                        rel: job.fix_rel.clone(),
-                        owner: opts.fix_owner.clone(),
-                    }),
-                    Err(e) => {
-                        sink.io_error(b"", "--fix: open data/ again (nothing moved here)", e);
-                        None
-                    }
-                });
+            let fix = opts.fix_root.as_ref().and_then(|r| match fsutil::dup(r) {
+                Ok(root) => Some(FixTarget {
+                    root,
+                    rel: job.fix_rel.clone(),
+                    owner: opts.fix_owner.clone(),
+                }),
+                Err(e) => {
+                    sink.io_error(b"", "--fix: open data/ again (nothing moved here)", e);
+                    None
+                }
+            });
             if let Some(root) = open_area_root(opts.anchor.as_ref(), &a.src, &sink) {
                 AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, opts.live, &sink).run(root);
             }
@@ -119,15 +114,8 @@ pub struct FixTarget {
 
 /// Checks one area (see the module doc).
 pub struct AreaCheck<'a> {
-    /// The area's layout.
-    area: &'a Area,
-    /// The index's IDs.
-    snap: &'a Snapshot,
-    /// Recorded sizes, aligned with `snap.live` (None: the record has no readable size, which
-    /// the index check already reported; the size is then not compared).
-    sizes: &'a [Option<u64>],
-    /// Which live IDs the walk met.
-    seen: SeenSet,
+    /// The area, the index's IDs and sizes, and which live IDs the walk met.
+    state: AreaState<'a>,
     /// Where unrecognized files go, with --fix.
     fix: Option<FixTarget>,
     /// Whether the tree is a live store (writers may be adding files) rather than a backup.
@@ -148,16 +136,8 @@ impl<'a> AreaCheck<'a> {
         live: bool,
         sink: &'a Sink<'a>,
     ) -> Self {
-        debug_assert_eq!(
-            sizes.len(),
-            snap.live.len(),
-            "checked by areas::recorded_sizes"
-        );
         AreaCheck {
-            area,
-            snap,
-            sizes,
-            seen: SeenSet::new(snap.live.len()),
+            state: AreaState::new(area, snap, sizes),
             fix,
             live,
             sink,
@@ -167,7 +147,7 @@ impl<'a> AreaCheck<'a> {
 
     /// Runs steps 1 to 3.
     pub fn run(&self, root: OwnedFd) {
-        let root2 = match rustix::io::dup(&root) {
+        let root2 = match fsutil::dup(&root) {
             Ok(fd) => fd,
             Err(e) => return self.sink.io_error(b"", "dup", e),
         };
@@ -183,7 +163,14 @@ impl<'a> AreaCheck<'a> {
             self.sink,
         );
         if !self.sink.cancelled() {
-            self.check_unseen(root2.as_fd());
+            // Step 3.
+            self.state.visit_unseen(
+                self.sink,
+                &UnseenCheck {
+                    check: self,
+                    root: root2.as_fd(),
+                },
+            );
         }
     }
 
@@ -196,7 +183,7 @@ impl<'a> AreaCheck<'a> {
             Ok(st) => st,
             Err(Errno::NOENT) => {
                 Tally::bump(&self.sink.tally.missing);
-                let id = self.snap.live.as_slice()[index];
+                let id = self.state.id(index);
                 return self.sink.error(
                     "missing",
                     rel,
@@ -215,7 +202,7 @@ impl<'a> AreaCheck<'a> {
                 "message file is not a regular file".into(),
             );
         }
-        if let Some(want) = self.sizes[index] {
+        if let Some(want) = self.state.sizes[index] {
             if st.st_size as u64 != want {
                 Tally::bump(&self.sink.tally.damaged);
                 self.sink.error(
@@ -224,66 +211,6 @@ impl<'a> AreaCheck<'a> {
                     0,
                     format!("file has {} bytes, its record says {}", st.st_size, want),
                 );
-            }
-        }
-    }
-
-    /// Step 3.
-    fn check_unseen(&self, root: BorrowedFd<'_>) {
-        let ids = self.snap.live.as_slice();
-        let mut name = Vec::new();
-        let mut cached: Option<(u64, Result<OwnedFd, Errno>)> = None;
-        let unseen = self.seen.unmarked();
-        for (k, &i) in unseen.iter().enumerate() {
-            if self.sink.cancelled() {
-                return;
-            }
-            let id = ids[i];
-            let dir_rel = join(&self.area.tree, msgpath::dir_name(id).as_bytes());
-            if cached
-                .as_ref()
-                .is_none_or(|(d, _)| *d != msgpath::dir_index(id))
-            {
-                let opened = fsutil::open_dir_below(root, &dir_rel);
-                if let Err(e) = opened {
-                    if e != Errno::NOENT {
-                        // One error for an unusable message directory (a symlink is never
-                        // followed), its messages counted missing, instead of one per message.
-                        let n = unseen[k..]
-                            .iter()
-                            .take_while(|&&u| msgpath::dir_index(ids[u]) == msgpath::dir_index(id))
-                            .count() as u64;
-                        self.sink
-                            .tally
-                            .checked
-                            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        self.sink
-                            .unusable_message_dir(&dir_rel, e, n, "open", "count as missing");
-                    }
-                }
-                cached = Some((msgpath::dir_index(id), opened));
-            }
-            msgpath::file_name(id, &mut name);
-            let rel = join(&dir_rel, &name);
-            match &cached.as_ref().expect("set above").1 {
-                Ok(dir) => self.check_file(
-                    dir.as_fd(),
-                    &CString::new(name.clone()).expect("digits"),
-                    &rel,
-                    i,
-                ),
-                Err(Errno::NOENT) => {
-                    Tally::bump(&self.sink.tally.checked);
-                    Tally::bump(&self.sink.tally.missing);
-                    self.sink.progress.add_done(1);
-                    self.sink.error(
-                        "missing",
-                        &rel,
-                        Errno::NOENT.raw_os_error(),
-                        format!("message {id} has no file"),
-                    );
-                }
-                Err(_) => {} // reported once for the whole directory above
             }
         }
     }
@@ -319,8 +246,52 @@ impl<'a> AreaCheck<'a> {
                     ),
                 );
             }
-            Err((op, e)) => self.sink.io_error(rel, op, e),
+            Err(e) => self.sink.fs_error(rel, &e),
         }
+    }
+}
+
+/// Step 3: the live IDs the walk did not meet, looked up by path below the area root.
+struct UnseenCheck<'c, 'a> {
+    /// The check they belong to.
+    check: &'c AreaCheck<'a>,
+    /// The area root.
+    root: BorrowedFd<'c>,
+}
+
+impl Unseen for UnseenCheck<'_, '_> {
+    type Dir = OwnedFd;
+
+    fn open(&self, dir_rel: &[u8]) -> Result<OwnedFd, Errno> {
+        fsutil::open_dir_below(self.root, dir_rel)
+    }
+
+    fn unusable(&self, dir_rel: &[u8], e: Errno, n: u64) {
+        // One error for an unusable message directory (a symlink is never followed), its
+        // messages counted missing, instead of one per message.
+        let sink = self.check.sink;
+        sink.tally
+            .checked
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        sink.unusable_message_dir(dir_rel, e, n, "open", "count as missing");
+    }
+
+    fn file(&self, dir: &OwnedFd, name: &CStr, rel: &[u8], i: usize) {
+        self.check.check_file(dir.as_fd(), name, rel, i);
+    }
+
+    fn absent(&self, rel: &[u8], i: usize) {
+        let sink = self.check.sink;
+        Tally::bump(&sink.tally.checked);
+        Tally::bump(&sink.tally.missing);
+        sink.progress.add_done(1);
+        let id = self.check.state.id(i);
+        sink.error(
+            "missing",
+            rel,
+            Errno::NOENT.raw_os_error(),
+            format!("message {id} has no file"),
+        );
     }
 }
 
@@ -337,15 +308,11 @@ fn unchanged_for(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> bool {
 
 /// Moves `name` of `dir` to the same relative place below the fix target, as the store's owner
 /// when one is given; returns where it went.
-fn move_aside(
-    fix: &FixTarget,
-    dir: &Dir<'_>,
-    name: &CStr,
-) -> Result<Vec<u8>, (&'static str, Errno)> {
+fn move_aside(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, Error> {
     let Some(owner) = &fix.owner else {
         return move_aside_as_is(fix, dir, name);
     };
-    let old = fsid::switch(owner).map_err(|e| ("take the store owner's identity", e))?;
+    let old = fsid::switch(owner).map_err(Error::op("take the store owner's identity"))?;
     let moved = move_aside_as_is(fix, dir, name);
     // Going back to root's identity cannot be refused (the capabilities it needs are not
     // file-system ones); if it ever were, this worker must not go on with a mixed identity.
@@ -354,17 +321,13 @@ fn move_aside(
 }
 
 /// [`move_aside`] with the thread's current identity.
-fn move_aside_as_is(
-    fix: &FixTarget,
-    dir: &Dir<'_>,
-    name: &CStr,
-) -> Result<Vec<u8>, (&'static str, Errno)> {
+fn move_aside_as_is(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u8>, Error> {
     let target_rel = join(&fix.rel, dir.rel);
-    let mut cur = rustix::io::dup(&fix.root).map_err(|e| ("dup", e))?;
+    let mut cur = fsutil::dup(&fix.root).map_err(Error::op("dup"))?;
     for comp in target_rel.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
-        let c = CString::new(comp).map_err(|_| ("create directory", Errno::INVAL))?;
+        let c = CString::new(comp).map_err(|_| Error::new("create directory", Errno::INVAL))?;
         cur = fsutil::make_dir_at(cur.as_fd(), &c, fsutil::NEW_DIR_MODE, None)
-            .map_err(|e| ("create directory", e))?;
+            .map_err(Error::op("create directory"))?;
     }
     for n in 0..100u32 {
         let mut to = name.to_bytes().to_vec();
@@ -372,22 +335,26 @@ fn move_aside_as_is(
             to.extend_from_slice(format!(".{n}").as_bytes());
         }
         let to_c = CString::new(to.clone()).expect("no NUL in a file name");
-        match rfs::renameat_with(dir.src, name, &cur, &to_c, RenameFlags::NOREPLACE) {
+        match fsutil::rename_noreplace_at(dir.src, name, cur.as_fd(), &to_c) {
             Ok(()) => return Ok(join(&target_rel, &to)),
             Err(Errno::EXIST) => continue,
-            Err(e) => return Err(("move", e)),
+            Err(e) => return Err(Error::new("move", e)),
         }
     }
-    Err(("move", Errno::EXIST))
+    Err(Error::new("move", Errno::EXIST))
 }
 
 impl Visitor for AreaCheck<'_> {
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
         let rel = join(dir.rel, name.to_bytes());
         let t = &self.sink.tally;
-        match self.area.classify(self.snap, dir.rel, name.to_bytes()) {
+        match self
+            .state
+            .area
+            .classify(self.state.snap, dir.rel, name.to_bytes())
+        {
             Class::Message(i) => {
-                self.seen.mark(i);
+                self.state.seen.mark(i);
                 self.check_file(dir.src, name, &rel, i);
             }
             Class::New if self.live => Tally::bump(&t.skipped_new),

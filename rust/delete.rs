@@ -15,17 +15,22 @@
 //! An entry that cannot be removed is an error event (its path relative to the target, with
 //! the call's prefix) and the rest goes on; its directories then stay (not empty), each one
 //! more error. Progress counts one unit per file removed.
+//!
+//! Deleting pruned snapshots is background work: [`delete_tree_lowered`] runs in a pool whose
+//! workers gave themselves the lowest CPU and I/O priority (`priority.rs`) and reports once when
+//! they could not.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::error::Error;
 use crate::fsutil::{self, join, Kind};
+use crate::priority::Lowering;
 use crate::progress::{Progress, Sink};
 use crate::testpause::{self, Pause};
 use crate::walk::{self, Dir, Fence, Roots, Visitor};
@@ -42,8 +47,14 @@ pub struct Target {
 
 impl Target {
     /// Opens `path` for deletion (step 1); fails (nothing deleted) when it is a symlink, not a
-    /// directory, a mount point, or names no entry of a parent (`/`, `..`).
-    pub fn open(path: &Path) -> Result<Target, Errno> {
+    /// directory, a mount point, or names no entry of a parent (`/`, `..`). The error carries
+    /// `path`.
+    pub fn open(path: &Path) -> Result<Target, Error> {
+        Target::open_errno(path).map_err(|e| Error::new("open", e).with_path(path))
+    }
+
+    /// [`Target::open`], failing with the bare errno.
+    fn open_errno(path: &Path) -> Result<Target, Errno> {
         let name = path.file_name().ok_or(Errno::INVAL)?;
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
@@ -51,13 +62,8 @@ impl Target {
         };
         let name = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
         let parent = fsutil::open_dir(parent)?;
-        let root = rfs::openat(
-            &parent,
-            &name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        if rfs::fstat(&root)?.st_dev != rfs::fstat(&parent)?.st_dev {
+        let root = fsutil::open_dir_at(parent.as_fd(), &name)?;
+        if fsutil::fstat(&root)?.st_dev != fsutil::fstat(&parent)?.st_dev {
             return Err(Errno::XDEV);
         }
         Ok(Target { parent, name, root })
@@ -95,7 +101,7 @@ impl Visitor for Remover<'_> {
     }
 
     fn entry(&self, dir: &Dir<'_>, name: &CStr, _kind: Kind) {
-        match rfs::unlinkat(dir.src, name, AtFlags::empty()) {
+        match fsutil::unlink_at(dir.src, name) {
             Ok(()) => {
                 self.files.fetch_add(1, Ordering::Relaxed);
                 self.sink.progress.add_done(1);
@@ -114,7 +120,7 @@ impl Visitor for Remover<'_> {
         let Some(parent) = dir.parent else { return };
         let last = dir.rel.rsplit(|&c| c == b'/').next().unwrap_or(dir.rel);
         let Ok(name) = CString::new(last) else { return };
-        match rfs::unlinkat(parent, &name, AtFlags::REMOVEDIR) {
+        match fsutil::remove_dir_at(parent, &name) {
             Ok(()) => {
                 self.dirs.fetch_add(1, Ordering::Relaxed);
             }
@@ -147,7 +153,7 @@ pub fn delete_tree(target: Target, progress: &Progress, prefix: &[u8]) -> Delete
         &sink,
     );
     if !sink.cancelled() {
-        match rfs::unlinkat(&parent, &name, AtFlags::REMOVEDIR) {
+        match fsutil::remove_dir_at(parent.as_fd(), &name) {
             Ok(()) => {
                 remover.dirs.fetch_add(1, Ordering::Relaxed);
             }
@@ -163,8 +169,24 @@ pub fn delete_tree(target: Target, progress: &Progress, prefix: &[u8]) -> Delete
     }
 }
 
+/// [`delete_tree`] in a pool whose workers `lowering` lowered as they started (see
+/// `priority.rs`; None: normal priority): a worker left at normal priority is one warning of
+/// the call, and the deletion goes on.
+pub fn delete_tree_lowered(
+    target: Target,
+    progress: &Progress,
+    prefix: &[u8],
+    lowering: Option<&Lowering>,
+) -> Deleted {
+    let mut d = delete_tree(target, progress, prefix);
+    if let Some(e) = lowering.and_then(Lowering::first_error) {
+        d.warnings += priority_warning(progress, prefix, e).warnings;
+    }
+    d
+}
+
 /// Reports that the workers could not be given low priority (`e`), once per call.
-pub fn priority_warning(progress: &Progress, prefix: &[u8], e: Errno) -> Deleted {
+fn priority_warning(progress: &Progress, prefix: &[u8], e: Errno) -> Deleted {
     let sink = Sink::new(progress, prefix);
     sink.warn(
         "priority",
@@ -252,11 +274,12 @@ mod tests {
         let s = Scratch::new("delroot");
         s.file("real/f", b"x");
         std::os::unix::fs::symlink(s.path("real"), s.path("t")).unwrap();
-        let err = Target::open(&s.path("t")).err().unwrap();
+        let err = Target::open(&s.path("t")).err().unwrap().errno;
         assert!(matches!(err, Errno::LOOP | Errno::NOTDIR), "{err:?}");
         assert!(s.path("real/f").exists() && s.path("t").exists());
-        assert_eq!(Target::open(Path::new("/")).err(), Some(Errno::INVAL));
-        assert_eq!(Target::open(&s.path("real/..")).err(), Some(Errno::INVAL));
+        let errno = |p: &Path| Target::open(p).err().map(|e| e.errno);
+        assert_eq!(errno(Path::new("/")), Some(Errno::INVAL));
+        assert_eq!(errno(&s.path("real/..")), Some(Errno::INVAL));
     }
 
     #[test]

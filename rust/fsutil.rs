@@ -1,8 +1,13 @@
-//! Thin, directory-relative file system primitives shared by every engine operation.
+//! The engine's file-system seam: thin, directory-relative primitives shared by every engine
+//! operation (restic's `internal/fs` is the model).
 //!
-//! Everything works on directory file descriptors and single name components (`*at` calls with
+//! Every call that names a file goes through here, so that the rules are written once:
+//! everything works on directory file descriptors and single name components (`*at` calls with
 //! `O_NOFOLLOW`), so a symlink planted anywhere in a tree can never redirect a read or a write,
-//! and the kernel resolves one component per call instead of a whole path.
+//! and the kernel resolves one component per call instead of a whole path; every descriptor is
+//! close-on-exec. The phases (`transfer/`, `check.rs`, `delete.rs`, `walk.rs`, `linkcopy.rs`)
+//! never open, link, stat or remove by name themselves. Calls on an open descriptor's content
+//! (read, write, `copy_file_range`, `FICLONE`, `fchmod`) stay with the copy engine (`copy.rs`).
 
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
@@ -172,6 +177,83 @@ pub fn open_root_dir(anchor: Option<BorrowedFd<'_>>, path: &Path) -> Result<Owne
         Some(root) => open_dir_below(root, path.as_os_str().as_bytes()),
         None => open_dir(path),
     }
+}
+
+/// A second descriptor of `fd`, close-on-exec like every descriptor the engine opens (`dup`
+/// would leave the flag off).
+pub fn dup(fd: impl AsFd) -> Result<OwnedFd, Errno> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0)
+}
+
+/// `fstat` of an open file.
+pub fn fstat(fd: impl AsFd) -> Result<rfs::Stat, Errno> {
+    rfs::fstat(fd)
+}
+
+/// Opens regular file `name` in `dir` for reading without following a symlink. `O_NONBLOCK`: if
+/// the entry was swapped for a FIFO since it was listed, the open must not wait for a writer
+/// forever (the caller's fstat then refuses it); regular files ignore the flag.
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Creates file `name` in `dir` for writing with `mode` (before the umask); fails with `EEXIST`
+/// when anything, a symlink included, is there already, so nothing is ever overwritten.
+pub fn create_file_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+}
+
+/// A handle on the entry `name` in `dir` itself (`O_PATH`, never following a symlink): no access
+/// to its content and no open of a FIFO, but enough to stat it and link exactly that inode.
+pub fn open_path_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {
+    rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Hardlinks `name` of `src` as `name` in `dst` (a symlink is linked as itself, never followed).
+pub fn link_at(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    rfs::linkat(src, name, dst, name, AtFlags::empty())
+}
+
+/// Hardlinks the inode `fd` holds (from [`open_path_at`]) as `name` in `dst`
+/// (`AT_EMPTY_PATH`: it needs CAP_DAC_READ_SEARCH, else `ENOENT`).
+pub fn link_fd_at(fd: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    rfs::linkat(fd, c"", dst, name, AtFlags::EMPTY_PATH)
+}
+
+/// Removes the non-directory `name` from `dir` (a symlink is removed, never followed).
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    rfs::unlinkat(dir, name, AtFlags::empty())
+}
+
+/// Removes the empty directory `name` from `dir`.
+pub fn remove_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Moves `name` of `from` to `to_name` in `to`, failing with `EEXIST` rather than replacing
+/// what is there (`RENAME_NOREPLACE`: checked by the kernel, so no race can overwrite a file).
+pub fn rename_noreplace_at(
+    from: BorrowedFd<'_>,
+    name: &CStr,
+    to: BorrowedFd<'_>,
+    to_name: &CStr,
+) -> Result<(), Errno> {
+    rfs::renameat_with(from, name, to, to_name, rfs::RenameFlags::NOREPLACE)
 }
 
 /// The identity of a file: `(st_dev, st_ino)`. Two paths name the same directory exactly when

@@ -9,7 +9,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use rayon::prelude::*;
-use rustix::fs::{self as rfs, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::fsutil::{self, join};
@@ -138,12 +137,7 @@ fn fill(buf: &mut Vec<u8>, block: &[u8], id: u64, seed: u64, size: usize) {
 /// Creates and writes one file.
 fn write_file(dir: &OwnedFd, name: &[u8], data: &[u8]) -> Result<(), Errno> {
     let cname = CString::new(name).map_err(|_| Errno::INVAL)?;
-    let fd = rfs::openat(
-        dir,
-        &cname,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-        Mode::from_raw_mode(MESSAGE_FILE_MODE),
-    )?;
+    let fd = fsutil::create_file_at(dir.as_fd(), &cname, MESSAGE_FILE_MODE)?;
     let mut off = 0;
     while off < data.len() {
         off += rustix::io::write(&fd, &data[off..])?;

@@ -8,6 +8,7 @@
 //! priority. Neither needs privileges: any thread may lower its own priority.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use rustix::io::Errno;
 
@@ -20,6 +21,10 @@ const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 pub const IOPRIO_CLASS_IDLE: u32 = 3;
 /// `IOPRIO_CLASS_SHIFT`: the class sits above the 13 bits of priority data.
 const IOPRIO_CLASS_SHIFT: u32 = 13;
+
+/// A hook each worker thread of a rayon pool runs as it starts, before any work (its
+/// `start_handler`).
+pub type StartHook = Box<dyn Fn(usize) + Send + Sync>;
 
 /// Lowers threads as they start and remembers the first failure, so that the caller can report
 /// it once (a failure leaves the thread at normal priority; the work still runs).
@@ -40,6 +45,12 @@ impl Lowering {
                 Ordering::Relaxed,
             );
         }
+    }
+
+    /// A pool start hook that lowers each worker thread as it starts, recording failures here.
+    pub fn start_hook(self: &Arc<Self>) -> StartHook {
+        let l = Arc::clone(self);
+        Box::new(move |_| l.lower_this_thread())
     }
 
     /// The first failure, if any thread could not be lowered.

@@ -298,6 +298,11 @@ impl<'a> Sink<'a> {
         );
     }
 
+    /// A failed operation on `rel` (its step and errno; the walk's own `rel` locates it).
+    pub fn fs_error(&self, rel: &[u8], e: &crate::error::Error) {
+        self.io_error(rel, e.op, e.errno);
+    }
+
     /// One error for a message directory that cannot be used (`errno`, met trying to `verb`
     /// it; a symlink is never followed), its `n` snapshot messages counted missing and done, so
     /// that backup and verify report it alike: once, not once per message. `consequence` says

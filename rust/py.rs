@@ -3,10 +3,11 @@
 //! Each function turns its arguments into core types (an area dict through one
 //! `#[derive(FromPyObject)]` struct, `AreaArgs`), runs the core in a rayon pool of `jobs`
 //! threads with the GIL released, and returns plain dicts of counts. Every errno crosses as
-//! OSError through one helper, `os_err`. Per-file problems never raise: they travel as events
+//! OSError through one conversion (`From<Error> for PyErr`). Per-file problems never raise: they travel as events
 //! on the shared `Progress`. Only failures of the whole call raise (a root or database file
 //! that cannot be read: `OSError`; a damaged LMDB file: `LmdbError`; an engine panic:
-//! `RuntimeError`). The contract is `python/mailbak/_engine.pyi`.
+//! `RuntimeError`). The core's errors are [`Error`] values, turned into OSError by the one
+//! `From<Error> for PyErr` below. The contract is `python/mailbak/_engine.pyi`.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,9 +22,11 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::areas::{self, AreaSpec};
 use crate::check::{self, CheckJob, CheckOptions};
 use crate::classify::{Area, Snapshot};
+use crate::error::Error;
 use crate::fsid::{self, FsId};
 use crate::ids::IdSet;
 use crate::lmdbfile::{ErrorKind, LmdbFile};
+use crate::priority::StartHook;
 use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{self, AreaJob, BackupOptions, Transferred, TreeCopy};
@@ -46,6 +49,7 @@ struct Progress {
 
 #[pymethods]
 impl Progress {
+    /// Fresh counters; `verbose` keeps per-file lines, `max_queued` bounds them.
     #[new]
     #[pyo3(signature = (verbose = false, max_queued = progress::DEFAULT_MAX_QUEUED))]
     fn new(verbose: bool, max_queued: usize) -> Self {
@@ -112,9 +116,6 @@ fn run<T: Send>(py: Python<'_>, jobs: usize, f: impl FnOnce() -> T + Send) -> Py
     run_with_start(py, jobs, None, f)
 }
 
-/// A hook each worker thread runs as it starts (before any work).
-type StartHook = Box<dyn Fn(usize) + Send + Sync>;
-
 /// [`run`] whose worker threads each run `start` first (e.g. to lower their priority).
 fn run_with_start<T: Send>(
     py: Python<'_>,
@@ -144,25 +145,23 @@ fn run_with_start<T: Send>(
         })
 }
 
-/// An OS error as OSError (errno, message[, path]): the one way an errno crosses the boundary.
-fn os_err(errno: i32, path: Option<&Path>) -> PyErr {
-    let msg = std::io::Error::from_raw_os_error(errno).to_string();
-    match path {
-        Some(p) => PyOSError::new_err((errno, msg, p.to_path_buf())),
-        None => PyOSError::new_err((errno, msg)),
+/// The engine's error as OSError (errno, message[, path]): the one way an errno crosses the
+/// boundary. The step (`op`) stays out, as it always has: Python words its own messages.
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        let (errno, msg) = (e.errno.raw_os_error(), e.message());
+        match e.path {
+            Some(p) => PyOSError::new_err((errno, msg, p)),
+            None => PyOSError::new_err((errno, msg)),
+        }
     }
-}
-
-/// An errno as OSError.
-fn errno_err(e: rustix::io::Errno) -> PyErr {
-    os_err(e.raw_os_error(), None)
 }
 
 /// Opens a root directory below `anchor` when given (see `fsutil::open_root_dir`), as OSError
 /// with the path on failure.
 fn open_root(anchor: Option<&OwnedFd>, path: &Path) -> PyResult<OwnedFd> {
-    fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path)
-        .map_err(|e| os_err(e.raw_os_error(), Some(path)))
+    Ok(fsutil::open_root_dir(anchor.map(|a| a.as_fd()), path)
+        .map_err(|e| Error::new("open directory", e).with_path(path))?)
 }
 
 /// Our own duplicate of the caller's descriptor of a trusted directory (the store's `data/`,
@@ -177,8 +176,8 @@ fn anchor(raw: Option<i32>) -> PyResult<Option<OwnedFd>> {
     // SAFETY: the caller passes a descriptor it holds open for the duration of this call (the
     // GIL is held here); it is only borrowed long enough to duplicate it.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let own = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(errno_err)?;
-    match rustix::fs::fstat(&own) {
+    let own = fsutil::dup(fd).map_err(Error::op("dup"))?;
+    match fsutil::fstat(&own) {
         Ok(st) if fsutil::Kind::from_mode(st.st_mode) == fsutil::Kind::Dir => Ok(Some(own)),
         _ => Err(not_dir()),
     }
@@ -232,28 +231,40 @@ fn unpack_u64(buf: &[u8]) -> PyResult<Vec<u64>> {
 /// `bytes` objects until converted, never lists of ints.
 #[derive(FromPyObject)]
 struct AreaArgs<'py> {
+    /// The area's directory (relative to `root` when the call has one).
     #[pyo3(item("src"))]
     src: PathBuf,
+    /// Where a backup writes the area (backups only).
     #[pyo3(item("dst"), default)]
     dst: Option<PathBuf>,
+    /// The message tree below `src`, e.g. `msg`.
     #[pyo3(item("tree"))]
     tree: Bound<'py, PyBytes>,
+    /// Root-level names the caller handles itself (databases, lock files).
     #[pyo3(item("known"))]
     known: Vec<Vec<u8>>,
+    /// Root-level names that change in place: always copied, never linked.
     #[pyo3(item("copy"), default)]
     copy: Vec<Vec<u8>>,
+    /// The snapshot's live IDs, packed little-endian u64s, ascending.
     #[pyo3(item("live"))]
     live: Bound<'py, PyBytes>,
+    /// Their recorded sizes, aligned with `live`.
     #[pyo3(item("sizes"))]
     sizes: Bound<'py, PyBytes>,
+    /// The live IDs whose record has no readable size.
     #[pyo3(item("unknown_sizes"), default)]
     unknown_sizes: Option<Bound<'py, PyBytes>>,
+    /// IDs being erased, packed like `live`.
     #[pyo3(item("erasing"))]
     erasing: Bound<'py, PyBytes>,
+    /// The index's next ID: files at or above it are new.
     #[pyo3(item("next_id"))]
     next_id: u64,
+    /// Prefix of every reported path, e.g. `data/accounts/bob`.
     #[pyo3(item("prefix"))]
     prefix: Bound<'py, PyBytes>,
+    /// Where `verify --fix` moves this area's strays, below `fix_root`.
     #[pyo3(item("fix_rel"), default)]
     fix_rel: Option<Vec<u8>>,
 }
@@ -388,19 +399,12 @@ fn delete_tree<'py>(
     low_priority: bool,
     prefix: Vec<u8>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let target = delete::Target::open(&path).map_err(|e| os_err(e.raw_os_error(), Some(&path)))?;
-    let lowering = Arc::new(priority::Lowering::default());
-    let start: Option<StartHook> = low_priority.then(|| {
-        let l = Arc::clone(&lowering);
-        Box::new(move |_| l.lower_this_thread()) as StartHook
-    });
+    let target = delete::Target::open(&path)?;
+    let lowering = low_priority.then(|| Arc::new(priority::Lowering::default()));
+    let start = lowering.as_ref().map(priority::Lowering::start_hook);
     let p = Arc::clone(&progress.inner);
     let out = run_with_start(py, jobs, start, move || {
-        let mut d = delete::delete_tree(target, &p, &prefix);
-        if let Some(e) = lowering.first_error() {
-            d.warnings += delete::priority_warning(&p, &prefix, e).warnings;
-        }
-        d
+        delete::delete_tree_lowered(target, &p, &prefix, lowering.as_deref())
     })?;
     let d = PyDict::new(py);
     d.set_item("files", out.files)?;
@@ -451,7 +455,9 @@ fn check_areas<'py>(
 /// (with its errno), LmdbError when its content is wrong.
 fn lmdb_err(e: crate::lmdbfile::LmdbError, path: &Path) -> PyErr {
     if let ErrorKind::Io(errno) = e.kind {
-        return os_err(errno, Some(path));
+        return Error::new("read", rustix::io::Errno::from_raw_os_error(errno))
+            .with_path(path)
+            .into();
     }
     let kind = match e.kind {
         ErrorKind::Io(_) => unreachable!("handled above"),
@@ -566,7 +572,7 @@ fn write_messages<'py>(
         let sink = Sink::new(&p, b"");
         gen::write_messages(&root, &ids, &sizes, seed, &sink).map(|()| sink.tally)
     })?
-    .map_err(errno_err)?;
+    .map_err(Error::op("write messages"))?;
     tally_dict(py, &tally)
 }
 
@@ -574,14 +580,15 @@ fn write_messages<'py>(
 #[pyfunction]
 fn syncfs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     let fd = open_root(None, &path)?;
-    py.detach(|| rustix::fs::syncfs(&fd))
-        .map_err(|e| os_err(e.raw_os_error(), Some(&path)))
+    Ok(py
+        .detach(|| rustix::fs::syncfs(&fd))
+        .map_err(|e| Error::new("syncfs", e).with_path(&path))?)
 }
 
 /// The calling thread's file-system identity: (fsuid, fsgid, supplementary groups).
 #[pyfunction]
 fn fs_identity() -> PyResult<(u32, u32, Vec<u32>)> {
-    let id = fsid::current().map_err(errno_err)?;
+    let id = fsid::current().map_err(Error::op("read the file-system identity"))?;
     Ok((id.uid, id.gid, id.groups))
 }
 
@@ -589,7 +596,8 @@ fn fs_identity() -> PyResult<(u32, u32, Vec<u32>)> {
 /// previous one. See `fsid.rs`.
 #[pyfunction]
 fn set_fs_identity(uid: u32, gid: u32, groups: Vec<u32>) -> PyResult<(u32, u32, Vec<u32>)> {
-    let old = fsid::switch(&FsId { uid, gid, groups }).map_err(errno_err)?;
+    let old = fsid::switch(&FsId { uid, gid, groups })
+        .map_err(Error::op("set the file-system identity"))?;
     Ok((old.uid, old.gid, old.groups))
 }
 

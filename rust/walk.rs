@@ -222,7 +222,7 @@ type Finish = Mutex<Vec<(Vec<u8>, u32)>>;
 /// Walks the tree below `roots.src`, in the current rayon pool.
 pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
     let finish: Finish = Mutex::new(Vec::new());
-    let dst_root = roots.dst.as_ref().map(rustix::io::dup).transpose();
+    let dst_root = roots.dst.as_ref().map(fsutil::dup).transpose();
     let dst_root = match dst_root {
         Ok(d) => d,
         Err(e) => return sink.io_error(b"", "dup", e),
@@ -230,7 +230,7 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
     let (only, fence) = (roots.only, roots.fence);
     let mut root_dev = None;
     if !fence.skip.is_empty() || v.one_file_system() {
-        match rustix::fs::fstat(&roots.src) {
+        match fsutil::fstat(&roots.src) {
             Ok(st) if fence.skip.contains(&fsutil::identity(&st)) => return fenced(sink, b""),
             Ok(st) => root_dev = v.one_file_system().then_some(fsutil::identity(&st).0),
             Err(e) => return sink.io_error(b"", "stat directory", e),
@@ -399,7 +399,7 @@ fn open_child(
     if dst.is_none() && skip.is_empty() && limits.root_dev.is_none() {
         return Some((child, None));
     }
-    let st = match rustix::fs::fstat(&child) {
+    let st = match fsutil::fstat(&child) {
         Ok(st) => st,
         Err(e) => {
             sink.io_error(rel, "stat directory", e);

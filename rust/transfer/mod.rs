@@ -1,0 +1,246 @@
+//! Writing trees into a destination: a message area from a snapshot (backup), and plain trees
+//! (configuration, everything else under `data/`, and restores).
+//!
+//! Backup of one area:
+//! 1. Walk the area (see `walk.rs`), mirroring directories into the destination.
+//! 2. Classify each file against the snapshot (`classify.rs`): snapshot messages are hardlinked
+//!    (or copied), files added after the snapshot and files being erased are skipped, the
+//!    caller's known files are left to the caller, the area's `copy` files (which change in
+//!    place, like a junk filter) are copied, anything else is reported and copied.
+//! 3. Every snapshot ID the walk did not meet is placed by its path directly; one that does not
+//!    exist there is reported missing (the backup is then failed). A message directory that is
+//!    a symlink (never followed) or cannot be opened is one error, its messages counted missing;
+//!    a directory where a message file belongs is an error for that message.
+//! 4. Every placed message file is compared with its record's size, as verify of the backup will
+//!    (one stat of the placed file; a copy knows its size): a mismatch is an error, so that a
+//!    backup called ok always verifies clean.
+//!
+//! [`backup_areas`] runs every area of one call (the queue and all accounts) in the caller's
+//! rayon pool, so that workers spread over all areas' directories; each area has its own tally
+//! and link policy, and an area whose root cannot be opened is that area's error only.
+//! [`copy_tree`] is the plain copy of one tree.
+//!
+//! The module's parts: `area.rs` backs up one message area ([`AreaBackup`]), `plain.rs` copies a
+//! plain tree ([`PlainCopy`]); this file holds what a call shares (options, outcomes, counting
+//! and the copy of odd files).
+//!
+//! Not guaranteed: a file removed by a writer after step 1 met it is reported missing, not
+//! waited for. Writers following the lease protocol of docs/FORMAT.md never do that.
+
+mod area;
+mod plain;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use rayon::prelude::*;
+use rustix::io::Errno;
+
+use crate::areas::{open_area_root, AreaSpec};
+use crate::classify::Area;
+use crate::error::Error;
+use crate::fsutil::{self, Kind};
+use crate::linkcopy::{LinkPolicy, Placed};
+use crate::progress::{Progress, Sink, Tally};
+use crate::walk::{Dir, Fence};
+
+use area::AreaBackup;
+use plain::PlainCopy;
+
+/// One area of a backup call: what to back up and where (an existing directory).
+pub struct AreaJob {
+    /// The area.
+    pub spec: AreaSpec,
+    /// The destination directory, opened as named.
+    pub dst: PathBuf,
+}
+
+/// What every area of a backup call shares.
+#[derive(Default)]
+pub struct BackupOptions {
+    /// Copy every message file instead of hardlinking it.
+    pub force_copy: bool,
+    /// The trusted directory each area's `src` is relative to (the store's `data/`).
+    pub anchor: Option<OwnedFd>,
+    /// What the walks never visit.
+    pub fence: Fence,
+    /// The root of an earlier complete backup to reuse unchanged files from; each area's tree
+    /// in it is at the area's `prefix` (see `linkcopy.rs`).
+    pub reference: Option<OwnedFd>,
+    /// Reference files with an mtime at or after this (ns since the epoch) are copied, never
+    /// reused ([`LinkPolicy::with_reuse_cutoff`]).
+    pub reference_cutoff: Option<i64>,
+}
+
+/// The directory `prefix` below reference root `r`, opened without following a symlink at
+/// any component; None when absent or unusable (no reference for that tree, never an error).
+fn reference_below(r: Option<&OwnedFd>, prefix: &[u8]) -> Option<OwnedFd> {
+    fsutil::open_dir_below(r?.as_fd(), prefix).ok()
+}
+
+/// What a transfer did: its counts, the errno of its first link that became a copy, and how
+/// many files were copied because a link was impossible.
+#[derive(Debug)]
+pub struct Transferred {
+    /// The counts.
+    pub tally: Tally,
+    /// Why the first link became a copy, if one did.
+    pub first_fallback: Option<Errno>,
+    /// Files copied because a link was impossible.
+    pub fallbacks: u64,
+}
+
+impl Transferred {
+    /// The outcome of a call that reported into `sink` with `policy`.
+    fn of(sink: Sink<'_>, policy: &LinkPolicy) -> Self {
+        Transferred {
+            tally: sink.tally,
+            first_fallback: policy.first_fallback(),
+            fallbacks: policy.fallbacks(),
+        }
+    }
+}
+
+/// Backs up every area in the current rayon pool, areas and their directories interleaved;
+/// one outcome per area, in order. An area whose root or destination cannot be opened is an
+/// error event of that area.
+pub fn backup_areas(
+    jobs: &[AreaJob],
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Vec<Transferred> {
+    jobs.par_iter()
+        .map(|job| {
+            let a = &job.spec;
+            let sink = Sink::new(progress, &a.prefix);
+            let mut policy = LinkPolicy::new(opts.force_copy);
+            if let (Some(src), Some(dst)) = (
+                open_area_root(opts.anchor.as_ref(), &a.src, &sink),
+                open_area_root(None, &job.dst, &sink),
+            ) {
+                policy = LinkPolicy::for_roots(
+                    opts.force_copy,
+                    src.as_fd(),
+                    dst.as_fd(),
+                    opts.reference.is_some(),
+                )
+                .with_reuse_cutoff(opts.reference_cutoff);
+                AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
+                    .with_fence(&opts.fence)
+                    .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
+                    .run(src, dst);
+            }
+            Transferred::of(sink, &policy)
+        })
+        .collect()
+}
+
+/// A plain copy of one tree (see [`PlainCopy`]).
+#[derive(Default)]
+pub struct TreeCopy {
+    /// Prefix of every reported path.
+    pub prefix: Vec<u8>,
+    /// When set, only these root-level names are copied.
+    pub only: Option<Vec<Vec<u8>>>,
+    /// The message area whose message files are linked (restore), if any.
+    pub messages: Option<Area>,
+    /// Copy message files instead of linking them.
+    pub force_copy: bool,
+    /// What the walk never visits.
+    pub fence: Fence,
+    /// The root of an earlier complete backup; the tree in it is at `prefix` (see
+    /// [`BackupOptions::reference`]).
+    pub reference: Option<OwnedFd>,
+    /// As [`BackupOptions::reference_cutoff`].
+    pub reference_cutoff: Option<i64>,
+}
+
+/// Copies the tree `src` into `dst` in the current rayon pool.
+pub fn copy_tree(src: OwnedFd, dst: OwnedFd, job: &TreeCopy, progress: &Progress) -> Transferred {
+    let sink = Sink::new(progress, &job.prefix);
+    let policy = LinkPolicy::for_roots(
+        job.force_copy,
+        src.as_fd(),
+        dst.as_fd(),
+        job.reference.is_some(),
+    )
+    .with_reuse_cutoff(job.reference_cutoff);
+    PlainCopy::new(job.messages.as_ref(), &policy, &sink)
+        .with_fence(&job.fence)
+        .with_reference(reference_below(job.reference.as_ref(), &job.prefix))
+        .run(src, dst, job.only.as_deref());
+    Transferred::of(sink, &policy)
+}
+
+/// Counts a placed file and reports it in verbose mode.
+fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
+    match placed {
+        Placed::Linked => {
+            Tally::bump(&sink.tally.linked);
+            sink.info("linked", rel, "hardlinked");
+        }
+        Placed::Reused(_) => {
+            Tally::bump(&sink.tally.reused);
+            sink.info("reused", rel, "hardlinked from the reference");
+        }
+        Placed::Copied(n) => {
+            Tally::bump(&sink.tally.copied);
+            sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
+            sink.info("copied", rel, "copied");
+        }
+        Placed::Reflinked(n) => {
+            Tally::bump(&sink.tally.copied);
+            Tally::bump(&sink.tally.reflinked);
+            sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
+            sink.info("copied", rel, "copied (reflink)");
+        }
+    }
+}
+
+/// The reference directory of a walked directory, if the walk has one there.
+fn ref_of<'d>(dir: &Dir<'d>) -> Option<BorrowedFd<'d>> {
+    dir.refs.first().copied().flatten()
+}
+
+/// Copies one non-directory entry of `dir` into its mirror as a plain file: regular files
+/// copied (or reused from the directory's reference), symlinks recreated, special files skipped with a warning. Shared by every
+/// visitor that meets odd files.
+fn copy_plain(
+    policy: &LinkPolicy,
+    sink: &Sink<'_>,
+    dir: &Dir<'_>,
+    name: &CStr,
+    kind: Kind,
+    rel: &[u8],
+) {
+    let (src, reference) = (dir.src, ref_of(dir));
+    let dst = dir.dst.expect("copies mirror into a destination");
+    let result = match kind {
+        Kind::File => policy
+            .place_plain(src, dst, name, reference)
+            .map(|p| count_placed(sink, rel, p)),
+        Kind::Symlink => fsutil::copy_symlink(src, dst, name, policy.as_root())
+            .map(|()| {
+                Tally::bump(&sink.tally.symlinks);
+                sink.info("symlink", rel, "symlink recreated");
+            })
+            .map_err(|e| Error::new("symlink", e)),
+        Kind::Special | Kind::Dir => {
+            Tally::bump(&sink.tally.special);
+            sink.warn(
+                "special",
+                rel,
+                0,
+                "socket, FIFO or device: not backed up".into(),
+            );
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        sink.fs_error(rel, &e);
+    }
+}
