@@ -51,13 +51,15 @@ test-python: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m 'not slow'
 
-# The linters CI runs: rustfmt, clippy (the PyO3 glue included), ruff (lint and format), and mypy's stubtest of the
+# The linters CI runs: rustfmt, clippy (the PyO3 glue included, missing docs denied), ruff (lint
+# and format), import-linter (the package's layers, pyproject.toml), and mypy's stubtest of the
 # hand-written stub against the built extension (type-only names are allowlisted).
 lint: $(STAMP)
 	cargo fmt --check
 	cargo clippy --quiet --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests bench
 	$(VENV)/bin/ruff format --check python tests bench
+	cd python && ../$(VENV)/bin/lint-imports --no-cache ../pyproject.toml
 	$(PY) -m mypy.stubtest mailbak._engine --allowlist .ci/stubtest-allowlist
 
 # Generates a 20k-message sample store in a temporary directory and runs backup, verify and

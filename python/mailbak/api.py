@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailbak.errors import DestinationFull, UsageError
+from mailbak.errors import DestinationFull, RepositoryBusy, UsageError
 from mailbak.job import default_jobs, run_api
 from mailbak.report import JsonReporter, Reporter
-from mailbak.repository import RepositoryBusy, SnapshotInfo
+from mailbak.repository import SnapshotInfo
 from mailbak.retention import KeepCount
 from mailbak.status import Status
 

@@ -4,6 +4,8 @@
 - :class:`Interrupted`: SIGINT or SIGTERM (exit 130); a BaseException, so that no ``except
   Exception`` on the way swallows it.
 - :class:`DestinationFull`: the destination cannot take more data (exit 1); the run stops.
+- :class:`RepositoryBusy`: a repository's lock is held and the caller would not wait (exit 1);
+  repository.py raises it.
 - :class:`ResticError`: restic failed (exit 1); restic.py raises it (the API names it
   ``mailbak.restic.ResticError``; ``mailbak.offsite.ResticError`` is the same class). It lives
   here so that the one runner (job.py) maps it without importing restic's client.
@@ -39,6 +41,10 @@ class DestinationFull(Exception):
     def __init__(self, text: str, what: str = "the destination cannot take more data"):
         super().__init__(text)
         self.what = what
+
+
+class RepositoryBusy(Exception):
+    """The repository lock is held by another mailbak and the caller would not wait (exit 1)."""
 
 
 class ResticError(Exception):

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from mailbak.errors import DestinationFull, Interrupted, ResticError, UsageError
+from mailbak.errors import DestinationFull, Interrupted, RepositoryBusy, ResticError, UsageError
 from mailbak.report import Reporter
 from mailbak.status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Status
 
@@ -198,8 +198,6 @@ def execute(make_job: Callable[[], Job], reporter: Reporter, *, on_job: Callable
     failed, problems found, a busy repository, a full destination, restic failing or any
     other OSError, 2 bad usage or input (restic missing included), 130 interrupted.
     ``on_job`` receives the job once made (the monitor's, for the metrics file)."""
-    from mailbak.repository import RepositoryBusy
-
     stage = Stage()
     job: Job | None = None
 

@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 from mailbak import manifest
 from mailbak.destdir import PRIVATE_DIR_MODE, check_destination, hold_new, hold_parent
-from mailbak.errors import ManifestError, UsageError
+from mailbak.errors import ManifestError, RepositoryBusy, UsageError
 from mailbak.fsio import fsync_dir, open_dir, replace_file
 from mailbak.job import Metrics, Stage
 from mailbak.layout import read_tagged_json
@@ -74,10 +74,6 @@ LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 #: repository warns: prune keeps them (they may hold the latest mail), so a store that keeps
 #: failing would otherwise fill the disk unnoticed; a week of nightly failures.
 FAILED_PILE_WARN = 7
-
-
-class RepositoryBusy(Exception):
-    """The repository lock is held by another mailbak and the caller would not wait (exit 1)."""
 
 
 def is_repository(path: Path) -> bool:

@@ -170,7 +170,7 @@ def configured_repos(env: dict[str, str]) -> tuple[str, ...]:
     """The repository strings restic's environment ``env`` configures: ``RESTIC_REPOSITORY``
     and the content of ``RESTIC_REPOSITORY_FILE`` (as restic reads it: trimmed), for
     :func:`redact`. An unreadable file gives nothing (restic then says why)."""
-    from mailbak.layout import read_bounded
+    from mailbak.fsio import read_bounded
 
     repos = [env["RESTIC_REPOSITORY"]] if env.get("RESTIC_REPOSITORY") else []
     if env.get("RESTIC_REPOSITORY_FILE"):
