@@ -336,22 +336,12 @@ fn finish_copy(to: &OwnedFd, st: &rfs::Stat, plan: &Plan) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fsutil::open_dir;
     use crate::fsutil::testutil::Scratch;
-
-    fn dirs(s: &Scratch) -> (OwnedFd, OwnedFd) {
-        std::fs::create_dir_all(s.path("src")).unwrap();
-        std::fs::create_dir_all(s.path("dst")).unwrap();
-        (
-            open_dir(&s.path("src")).unwrap(),
-            open_dir(&s.path("dst")).unwrap(),
-        )
-    }
 
     #[test]
     fn empty_file_copies() {
         let s = Scratch::new("empty");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         s.file("src/e", b"");
         assert_eq!(
             Copier::new().copy(src.as_fd(), dst.as_fd(), c"e").unwrap(),
@@ -363,7 +353,7 @@ mod tests {
     #[test]
     fn existing_destination_is_never_overwritten() {
         let s = Scratch::new("exists");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         s.file("src/1", b"new");
         s.file("dst/1", b"old");
         assert_eq!(
@@ -379,7 +369,7 @@ mod tests {
     #[test]
     fn a_fifo_is_refused_at_once_not_waited_on() {
         let s = Scratch::new("fifo");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         rustix::fs::mkfifoat(&src, c"f", Mode::from_raw_mode(0o600)).unwrap();
         let err = Copier::new()
             .copy(src.as_fd(), dst.as_fd(), c"f")
@@ -391,7 +381,7 @@ mod tests {
     #[test]
     fn symlink_source_is_not_followed_by_copy() {
         let s = Scratch::new("nofollow");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         s.file("secret", b"top secret");
         std::os::unix::fs::symlink(s.path("secret"), s.path("src/l")).unwrap();
         let err = Copier::new()

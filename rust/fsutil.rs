@@ -413,6 +413,7 @@ pub fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 pub(crate) mod testutil {
     //! A scratch directory per test, removed afterwards.
+    use std::os::fd::OwnedFd;
     use std::path::{Path, PathBuf};
 
     /// A temporary directory under the system temp dir.
@@ -450,6 +451,16 @@ pub(crate) mod testutil {
         /// The root.
         pub fn root(&self) -> &Path {
             &self.0
+        }
+
+        /// Directories `src` and `dst` made in it and opened: the two ends of a copy or link.
+        pub fn src_dst(&self) -> (OwnedFd, OwnedFd) {
+            std::fs::create_dir_all(self.path("src")).unwrap();
+            std::fs::create_dir_all(self.path("dst")).unwrap();
+            (
+                super::open_dir(&self.path("src")).unwrap(),
+                super::open_dir(&self.path("dst")).unwrap(),
+            )
         }
     }
 

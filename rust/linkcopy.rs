@@ -341,24 +341,15 @@ mod tests {
     use crate::fsutil::open_dir;
     use crate::fsutil::testutil::Scratch;
     use rustix::fs::{AtFlags, Timespec, Timestamps};
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::AsFd;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-    fn dirs(s: &Scratch) -> (OwnedFd, OwnedFd) {
-        std::fs::create_dir_all(s.path("src")).unwrap();
-        std::fs::create_dir_all(s.path("dst")).unwrap();
-        (
-            open_dir(&s.path("src")).unwrap(),
-            open_dir(&s.path("dst")).unwrap(),
-        )
-    }
 
     #[test]
     fn reuse_links_by_name_when_the_descriptor_link_is_refused() {
         // Both ways of linking a reused file: through the compared descriptor (AT_EMPTY_PATH)
         // and, where the kernel refuses that, by name with the check afterwards.
         let s = Scratch::new("byname");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         std::fs::create_dir_all(s.path("ref")).unwrap();
         let refd = open_dir(&s.path("ref")).unwrap();
         for name in [c"1", c"2"] {
@@ -389,7 +380,7 @@ mod tests {
         // A file rewritten in the tick the reference copied it in keeps size and mtime: from
         // the cutoff on, the store's bytes are copied; before it, the reference is reused.
         let s = Scratch::new("racy");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         std::fs::create_dir_all(s.path("ref")).unwrap();
         let refd = open_dir(&s.path("ref")).unwrap();
         let mtime = |name: &str| {
@@ -439,7 +430,7 @@ mod tests {
     #[test]
     fn links_on_one_file_system() {
         let s = Scratch::new("link");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         s.file("src/5", b"hello");
         let p = LinkPolicy::new(false);
         assert_eq!(
@@ -455,7 +446,7 @@ mod tests {
     #[test]
     fn forced_copy_keeps_bytes_mode_and_mtime_but_not_setuid() {
         let s = Scratch::new("copy");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
         let f = s.file("src/7", &data);
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4640)).unwrap();
@@ -477,7 +468,7 @@ mod tests {
     #[test]
     fn missing_source_is_a_link_error_with_errno() {
         let s = Scratch::new("missing");
-        let (src, dst) = dirs(&s);
+        let (src, dst) = s.src_dst();
         let err = LinkPolicy::new(false)
             .link_or_copy(src.as_fd(), dst.as_fd(), c"9")
             .unwrap_err();
