@@ -85,6 +85,7 @@ class DataRoot:
         self.close()
 
     def close(self) -> None:
+        """Closes the descriptor of ``data/``; harmless when called again."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

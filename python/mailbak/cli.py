@@ -77,12 +77,16 @@ def run_command(
 
 
 def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
+    """Click callback of --metrics-file: refuses, as bad usage before the run, a file in a directory
+    that does not exist (it would only fail once the run is over)."""
     if value is not None and not value.parent.is_dir():
         raise click.BadParameter(f"{value.parent}: no such directory", ctx=ctx, param=param)
     return value
 
 
 def check_ping_url(ctx, param, value: str | None) -> str | None:
+    """Click callback of --ping-url: refuses, as bad usage before the run, a URL that
+    ``monitor.check_ping_url`` finds unusable."""
     from mailbak.monitor import check_ping_url as problem
 
     why = problem(value) if value is not None else None

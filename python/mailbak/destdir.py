@@ -117,6 +117,8 @@ class HeldDir:
 
     @property
     def via(self) -> Path:
+        """The path that reaches the held directory itself (``/proc/self/fd/N``), or ``path`` on a
+        system without ``/proc/self/fd``."""
         assert self.fd is not None, "HeldDir used after close"
         return PROC_FD / str(self.fd) if PROC_FD.is_dir() else self.path
 
@@ -134,6 +136,7 @@ class HeldDir:
         return str(self.path) if text == via else text.replace(via + "/", f"{self.path}/")
 
     def close(self) -> None:
+        """Closes the held descriptor; harmless when called again."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -83,6 +83,7 @@ class AreaKind(Enum):
 
     @property
     def layout(self) -> AreaLayout:
+        """What an area of this kind holds."""
         return _LAYOUTS[self]
 
 
@@ -107,6 +108,7 @@ class AreaLayout:
 
     @property
     def all_databases(self) -> tuple[str, ...]:
+        """Every LMDB database of the area: the index first (when it has one), then the others."""
         return ((self.index,) if self.index else ()) + self.databases
 
     @property
@@ -292,6 +294,8 @@ class StorePaths:
 
     @classmethod
     def of(cls, store: os.PathLike | str, config: os.PathLike | str | None = None, data: os.PathLike | str | None = None) -> StorePaths:
+        """The paths of the store at ``store``: its ``config/`` and ``data/``, unless ``config`` or
+        ``data`` name them elsewhere."""
         root = Path(store)
         return cls(Path(config) if config else root / "config", Path(data) if data else root / "data")
 

@@ -98,6 +98,7 @@ class Index:
 
     @property
     def live_count(self) -> int:
+        """The number of live messages (``live`` holds their IDs, eight bytes each)."""
         return len(self.live) // 8
 
     @property
@@ -107,6 +108,8 @@ class Index:
         return max(self.next_id or 0, self.highest + 1)
 
     def summary(self) -> dict[str, Any]:
+        """The index's counts as a backup's manifest records them for each area
+        (``manifest.AREA_FACTS``), for verify to compare."""
         return {"records": self.records, "live": self.live_count, "expunged": self.expunged, "erasing": len(self.erasing) // 8, "highest_id": self.highest}
 
 
@@ -402,6 +405,7 @@ class ReaderLease:
         self.release()
 
     def release(self) -> None:
+        """Closes the lease file, which releases the shared flock; harmless when called again."""
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor releases the flock
             self.fd = None

@@ -78,6 +78,7 @@ class RunRecord:
 
     @property
     def success(self) -> bool:
+        """Whether the run ended with exit status 0."""
         return self.exit_status == 0
 
 
@@ -195,6 +196,8 @@ _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 
 
 def ping_timeout() -> float:
+    """Seconds a ping may take: MAILBAK_PING_TIMEOUT when it is a positive finite number, else
+    PING_TIMEOUT."""
     try:
         seconds = float(os.environ.get("MAILBAK_PING_TIMEOUT", PING_TIMEOUT))
     except ValueError:
@@ -301,6 +304,8 @@ class PingRequest:
         self._sockets: list[socket.socket] | None = []
 
     def start(self) -> None:
+        """Starts the request on a daemon thread of its own, with SIGINT and SIGTERM blocked there
+        so that they reach the main thread."""
         thread = threading.Thread(target=self._run, name="mailbak-ping", daemon=True)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
@@ -424,6 +429,7 @@ class Monitor:
 
     @property
     def active(self) -> bool:
+        """Whether there is anything to do: a metrics file to write or a URL to ping."""
         return self.metrics_file is not None or self.ping_url is not None
 
     def __enter__(self) -> Monitor:

@@ -71,6 +71,8 @@ class OffsiteSnapshot:
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> OffsiteSnapshot:
+        """The snapshot as restic's ``snapshots --json`` describes it in ``doc``, with mailbak's
+        tags read back."""
         tags = tuple(doc.get("tags") or ())
 
         def tag(prefix: str) -> str | None:
@@ -89,6 +91,8 @@ class OffsiteSnapshot:
         )
 
     def as_json(self) -> dict[str, Any]:
+        """The snapshot as JSON output shows it (offsite list, offsite prune): restic's IDs, the
+        local snapshot's name, the times in RFC 3339 and the host."""
         return {
             "restic_snapshot": self.id,
             "short_id": self.short_id,
@@ -152,6 +156,7 @@ class PushResult:
 
     @property
     def ok(self) -> bool:
+        """Whether restic read every file (status ok)."""
         return self.status == Status.OK
 
     @property
@@ -161,6 +166,7 @@ class PushResult:
         return self.files_unmodified / n if n else 1.0
 
     def facts(self) -> dict[str, Any]:
+        """The summary's facts: the snapshots involved and restic's counts."""
         return {
             "status": self.status,
             "pushed": self.pushed,
@@ -183,6 +189,8 @@ class PushResult:
         }
 
     def table(self) -> list[tuple[str, ...]]:
+        """The summary's table for people: files and directories new, changed and unmodified, and
+        the bytes added."""
         return [
             ("", "new", "changed", "unmodified"),
             ("files", str(self.files_new), str(self.files_changed), str(self.files_unmodified)),
@@ -379,6 +387,7 @@ class ListEntry:
     offsite: tuple[OffsiteSnapshot, ...]
 
     def as_json(self) -> dict[str, Any]:
+        """The entry as ``mailbak offsite list --json`` prints it, its off-site copies included."""
         return {"name": self.name, "status": self.status, "offsite": [s.as_json() for s in self.offsite]}
 
 
@@ -474,6 +483,7 @@ class OffsiteRestoreResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the verification of what came back found it clean."""
         return self.status == Status.CLEAN
 
 

@@ -74,6 +74,7 @@ class Prune:
         self.lock = RepoLock(self.path, exclusive=True, wait=self.wait, on_wait=self.reporter.message)
 
     def close(self) -> None:
+        """Releases the repository's exclusive lock; harmless when called again."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
@@ -140,6 +141,8 @@ class Prune:
                 self.deleted.append(name)
 
     def facts(self, status: str) -> dict[str, Any]:
+        """The summary's facts: the policy, each snapshot's action and reasons, and what was deleted
+        or is left in the trash."""
         return {
             "status": status,
             "repository": str(self.path),

@@ -46,10 +46,13 @@ class Event:
     final: bool = False
 
     def line(self) -> str:
+        """The event as one line for people: severity, escaped path, detail."""
         where = f"{escape_path(self.path)}: " if self.path is not None else ""
         return f"{self.severity}: {where}{self.detail}"
 
     def as_json(self) -> dict[str, Any]:
+        """The event as a JSON Lines object (``message_type`` is its severity; ``path`` and
+        ``errno`` only when set)."""
         d: dict[str, Any] = {"message_type": self.severity, "code": self.code, "cause": self.detail}
         if self.path is not None:
             d["path"] = escape_path(self.path)
@@ -91,9 +94,12 @@ class Reporter:
             self.counts.errors += 1
 
     def warn(self, code: str, path: bytes | str | None, detail: str) -> None:
+        """Reports a warning (the result stays good)."""
         self.event(Event("warning", code, _b(path), detail))
 
     def error(self, code: str, path: bytes | str | None, detail: str, *, final: bool = False) -> None:
+        """Reports an error (the result is failed, the work goes on); ``final`` marks the one that
+        ends the run, which the command prints itself."""
         self.event(Event("error", code, _b(path), detail, final=final))
 
     def message(self, text: str) -> None:
@@ -162,6 +168,9 @@ class PlainReporter(Reporter):
         return ev.severity == "warning" or self.verbose
 
     def event(self, ev: Event) -> None:
+        """Counts the event and prints it: errors always, warnings unless --quiet, info lines only
+        with --verbose, the final error never. Past HUMAN_LINES_PER_CODE warnings or errors of one
+        code, the rest are only counted."""
         super().event(ev)
         if not self._wants(ev):
             return
@@ -175,12 +184,15 @@ class PlainReporter(Reporter):
         print(text, file=self.err, flush=True)
 
     def phase(self, name: str, total: int | None = None) -> None:
+        """Prints the phase as a ``== name`` line (nothing with --quiet)."""
         super().phase(name, total)
         self._last_status = time.monotonic()
         if not self.quiet:
             self._print(f"== {name}" + (f" ({total} files)" if total else ""))
 
     def advance(self, done: int, total: int | None) -> None:
+        """Prints a status line (files done, rate, time left) at most every 10 s (nothing with
+        --quiet)."""
         # One status line every 10 s keeps logs of long cron runs readable.
         now = time.monotonic()
         if self.quiet or not self.phase_name or now - self._last_status < 10:
@@ -192,10 +204,13 @@ class PlainReporter(Reporter):
         self._print(f"   {self.phase_name}: {done}{of} files, {rate:.0f}/s{left}")
 
     def message(self, text: str) -> None:
+        """Prints the line (nothing with --quiet)."""
         if not self.quiet:
             self._print(text)
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        """Prints the title, the table and how many lines of each code were not shown on stdout;
+        with --quiet, only for a run that did not end ok or clean."""
         if self.quiet and facts.get("status") in (Status.OK, Status.CLEAN):
             return
         hidden = {c: n - HUMAN_LINES_PER_CODE for c, n in self._shown.items() if n > HUMAN_LINES_PER_CODE}
@@ -235,6 +250,8 @@ class RichReporter(PlainReporter):
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def phase(self, name: str, total: int | None = None) -> None:
+        """Starts a progress bar for the phase, leaving the previous one where it stood (no
+        ``== name`` line: the bar names the phase)."""
         Reporter.phase(self, name, total)
         if self.task is not None:
             self.progress.update(self.task, completed=self.progress.tasks[self.task].completed)
@@ -242,12 +259,16 @@ class RichReporter(PlainReporter):
         self.task = self.progress.add_task(name, total=total or None, rate="")
 
     def advance(self, done: int, total: int | None) -> None:
+        """Moves the phase's progress bar on and shows the rate."""
         if self.task is None:
             return
         _, _, rate = self.eta(done, total)
         self.progress.update(self.task, completed=done, total=total or None, rate=f"{rate:,.0f} files/s")
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        """Stops the progress display, then shows the title and table as a rich table on stdout, and
+        how many lines of each code were not shown; with --quiet, only for a run that did not end ok
+        or clean."""
         self.close()
         if self.quiet and facts.get("status") in (Status.OK, Status.CLEAN):
             return
@@ -269,6 +290,7 @@ class RichReporter(PlainReporter):
                 self.out_console.print(f"({n - HUMAN_LINES_PER_CODE} more '{code}' lines not shown; use --json for all)")
 
     def close(self) -> None:
+        """Stops the progress display."""
         self.progress.stop()
 
 
@@ -289,16 +311,21 @@ class JsonReporter(Reporter):
         self.out.flush()
 
     def event(self, ev: Event) -> None:
+        """Counts the event and writes it as a JSON line (the final error too); info lines only with
+        --verbose."""
         super().event(ev)
         if ev.severity != "info" or self.verbose:
             self._emit(ev.as_json())
 
     def phase(self, name: str, total: int | None = None) -> None:
+        """Starts the phase with a ``status`` line at zero files done."""
         super().phase(name, total)
         self._last = 0.0
         self.advance(0, total)
 
     def advance(self, done: int, total: int | None) -> None:
+        """Writes a ``status`` line at most every STATUS_EVERY seconds, and always when the phase's
+        work is all done."""
         now = time.monotonic()
         if now - self._last < self.STATUS_EVERY and done != total:
             return
@@ -312,9 +339,11 @@ class JsonReporter(Reporter):
         self._emit(obj)
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        """Writes the facts as one ``summary`` line; the title and table are for people only."""
         self._emit({"message_type": "summary", **facts})
 
     def usage_error(self, text: str) -> None:
+        """Writes the usage error as an ``error`` line with code ``usage``."""
         self._emit({"message_type": "error", "code": "usage", "cause": text})
 
 
@@ -341,6 +370,8 @@ class LogTail(Reporter):
         self.size = 0
 
     def add(self, text: str) -> None:
+        """Appends a line (its last ``limit`` bytes at most), dropping the oldest lines beyond
+        ``limit`` bytes in all."""
         line = (text + "\n").encode("utf-8", "backslashreplace")[-self.limit :]
         self.lines.append(line)
         self.size += len(line)
@@ -348,24 +379,31 @@ class LogTail(Reporter):
             self.size -= len(self.lines.popleft())
 
     def text(self) -> bytes:
+        """The lines kept, oldest first: the body of the final ping."""
         return b"".join(self.lines)
 
     def phase(self, name: str, total: int | None = None) -> None:
+        """Logs the phase as a ``== name`` line."""
         super().phase(name, total)
         self.add(f"== {name}" + (f" ({total} files)" if total else ""))
 
     def event(self, ev: Event) -> None:
+        """Counts the event and logs warnings and errors, the final error included; info lines
+        never."""
         super().event(ev)
         if ev.severity != "info":
             self.add(ev.line())
 
     def message(self, text: str) -> None:
+        """Logs the line."""
         self.add(text)
 
     def usage_error(self, text: str) -> None:
+        """Logs the usage error as the command's ``mailbak: error:`` line."""
         self.add(f"mailbak: error: {text}")
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        """Logs the title, the table's rows and the numbers of warnings and errors."""
         self.add(title)
         for row in table or []:
             self.add("  " + "  ".join(str(c) for c in row))
@@ -380,31 +418,39 @@ class Tee(Reporter):
         self.reporters = reporters
 
     def phase(self, name: str, total: int | None = None) -> None:
+        """Starts the phase here and in every reporter."""
         super().phase(name, total)
         for r in self.reporters:
             r.phase(name, total)
 
     def advance(self, done: int, total: int | None) -> None:
+        """Passes the progress on to every reporter."""
         for r in self.reporters:
             r.advance(done, total)
 
     def event(self, ev: Event) -> None:
+        """Counts the event here, where the phases read the counts, and passes it on to every
+        reporter."""
         super().event(ev)
         for r in self.reporters:
             r.event(ev)
 
     def message(self, text: str) -> None:
+        """Passes the line on to every reporter."""
         for r in self.reporters:
             r.message(text)
 
     def usage_error(self, text: str) -> None:
+        """Passes the usage error on to every reporter."""
         for r in self.reporters:
             r.usage_error(text)
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
+        """Passes the summary on to every reporter."""
         for r in self.reporters:
             r.summary(title, facts, table)
 
     def close(self) -> None:
+        """Closes every reporter."""
         for r in self.reporters:
             r.close()

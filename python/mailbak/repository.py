@@ -152,6 +152,7 @@ class SnapshotInfo:
 
     @property
     def duration(self) -> float | None:
+        """Seconds from start to finish; None for a snapshot without a finish time."""
         return (self.finished - self.start).total_seconds() if self.finished else None
 
     @property
@@ -162,6 +163,8 @@ class SnapshotInfo:
         return t if isinstance(t, dict) else {}
 
     def as_json(self) -> dict[str, Any]:
+        """The snapshot as ``mailbak snapshots --json`` prints it: status, times, the manifest's
+        transfer counts, errors and warnings."""
         t = self.transfer
         return {
             "name": self.name,
@@ -238,6 +241,7 @@ class RepoLock:
             raise
 
     def release(self) -> None:
+        """Releases the lock (closes its descriptor); harmless when called again."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -276,6 +280,7 @@ class SnapshotLock:
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
+        """Releases the lock (closes its descriptor); harmless when called again."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -373,6 +378,8 @@ class Repository:
 
     @property
     def trash(self) -> Path:
+        """The repository's ``.trash`` directory: snapshots prune has removed, waiting to be
+        deleted."""
         return self.path / TRASH
 
     def trash_entries(self) -> list[str]:

@@ -255,12 +255,16 @@ class Restore:
         self.copy(src, dst, b"data/" + os.fsencode(rel), message_tree=lay.tree.encode())
 
     def copy(self, src: Path, dst: Path, prefix: bytes, *, only: list[bytes] | None = None, message_tree: bytes | None = None) -> None:
+        """Copies the tree ``src`` to ``dst`` in the engine (only the entries ``only`` when given;
+        files in ``message_tree`` hardlinked unless --copy), adding its counts to the run's."""
         result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, only=only, message_tree=message_tree, force_copy=self.force_copy, skip=self.skip)
         for k in self.counts:
             self.counts[k] += result[k]
         self.runner.note_link_fallback(result, self.exdev_hint)
 
     def facts(self, result: str) -> dict[str, Any]:
+        """The summary's facts: files linked and copied, symlinks, and the final verification's
+        facts under ``verify``."""
         facts: dict[str, Any] = {"status": result, "store": str(self.store), **self.counts}
         if self.verify is not None:
             facts["verify"] = self.verify.facts(result)

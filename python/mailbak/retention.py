@@ -229,11 +229,16 @@ class SnapshotFacts(Protocol):
     """What ``decide`` needs of a snapshot."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The snapshot's directory name."""
+
     @property
-    def status(self) -> str: ...
+    def status(self) -> str:
+        """Its status (one of STATUSES)."""
+
     @property
-    def start(self) -> datetime: ...
+    def start(self) -> datetime:
+        """Its start time (time-zone aware)."""
 
 
 @dataclass(frozen=True)

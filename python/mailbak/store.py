@@ -429,6 +429,7 @@ class Store:
         self.close()
 
     def close(self) -> None:
+        """Closes the account and queue databases opened so far."""
         for acc in self._accounts.values():
             acc.close()
         self._accounts.clear()

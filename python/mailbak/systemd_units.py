@@ -16,6 +16,7 @@ _SAFE_PATH = re.compile(r"[A-Za-z0-9_./+-]+")
 
 
 def names() -> list[str]:
+    """The names of the shipped files (the units and example.env), sorted."""
     return sorted(p.name for p in UNIT_DIR.iterdir() if p.is_file())
 
 

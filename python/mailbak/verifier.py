@@ -121,6 +121,9 @@ class Verify:
         self.lock: RepoLock | None = None
 
     def check(self) -> None:
+        """Takes the repository's shared lock when PATH is a snapshot of one, then raises UsageError
+        for a PATH that is not a directory, a store with a problem, or neither a store nor a
+        backup."""
         pause("verify.check")
         # First: a prune must not remove the snapshot while it is read (it waits, or with
         # --no-wait refuses); a prune running now makes this wait, saying so.
@@ -196,6 +199,8 @@ class Verify:
     # 1 ---------------------------------------------------------------------------------------
 
     def check_manifest(self) -> None:
+        """Check 1: a missing, malformed or ``running`` manifest is an error, and so is a ``failed``
+        one; a finished one (ok or failed) is kept for check 7."""
         try:
             doc = manifest.read(self.path)
         except ManifestError as e:
@@ -260,6 +265,7 @@ class Verify:
         return src
 
     def check_top_databases(self) -> None:
+        """Check 2 for the databases at the top of ``data/``; a missing one is only a warning."""
         for name in DATA.databases:
             if os.path.lexists(self.paths.data_dir / name):
                 self.database(name)
@@ -310,6 +316,8 @@ class Verify:
     # 6 ---------------------------------------------------------------------------------------
 
     def check_account_dirs(self, config) -> None:
+        """Check 6: a configured account without a directory is an error, a directory of an account
+        not in the config a warning."""
         accounts_dir = self.paths.data_dir / ACCOUNTS_DIR
         present = set(_listdir(accounts_dir)) if is_real_dir(accounts_dir) else set()
         for name in config.accounts:
@@ -374,6 +382,8 @@ class Verify:
     # Results ---------------------------------------------------------------------------------
 
     def facts(self, result: str) -> dict[str, Any]:
+        """The summary's facts: what was verified, the manifest's status, the numbers of databases,
+        areas and files by outcome, warnings and errors."""
         c = self.reporter.counts
         totals = {k: sum(a.counts.get(k, 0) for a in self.areas) for k in AREA_COUNTS}
         return {
