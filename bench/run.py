@@ -460,6 +460,20 @@ def source_commit() -> str | None:
     return f"{head} with uncommitted changes to python/ or rust/" if dirty else head
 
 
+def dentry_hash_entries() -> int | None:
+    """The kernel's dentry hash size (its boot log: "Dentry cache hash table entries"). It moves
+    lookup-bound ratios between machines (few entries: long hash chains at millions of files),
+    so every result records it; None when the boot log cannot be read."""
+    try:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in log.splitlines():
+        if "Dentry cache hash table entries:" in line:
+            return int(line.split("entries:")[1].split()[0])
+    return None
+
+
 def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -469,6 +483,7 @@ def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:
         "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "memory_gib": meminfo_gib(),
         "kernel": platform.release(),
+        "dentry_hash_entries": dentry_hash_entries(),
         "python": platform.python_version(),
         "mailbak": mailbak["version"],
         "mailbak_commit": source_commit(),
