@@ -21,7 +21,7 @@ The rules:
 
 Every function raises OSError as ``os.open`` does (with the errno of the call that failed);
 callers turn it into their own messages. Not covered here: the message tree and databases of a
-store (the Rust engine, ``anchor.py``, ``snapshot.py``) and the writer library ``store.py``.
+store (the Rust engine, ``anchor.py``, ``lmdbcopy.py``) and the writer library ``store.py``.
 """
 
 from __future__ import annotations
