@@ -177,3 +177,23 @@ def test_failed_push_is_counted_and_pinged_with_its_reason(pushed: Pushed, tmp_p
     assert j.returncode == 1, j.stdout + j.stderr
     errors = [o for o in json_lines(j.stdout) if o["message_type"] == "error"]
     assert len(errors) == 1 and errors[0]["code"] == "restic" and "wrong password" in errors[0]["cause"], j.stdout
+
+
+def test_a_symlinked_repository_file_is_still_redacted(tmp_path):
+    """RESTIC_REPOSITORY_FILE is the operator's setting, often a symlink (systemd credentials,
+    /etc alternatives): restic follows it, so redaction must read it too, or its credentials
+    would be repeated whole. A FIFO there is still never waited for."""
+    from mailbak.restic import configured_repos, redact
+
+    secret = "pa ss/word"
+    real = tmp_path / "repo-real"
+    real.write_text(f"rest:http://user:{secret}@127.0.0.1:1/repo/\n")
+    link = tmp_path / "repo-file"
+    link.symlink_to(real)
+    repos = configured_repos({"RESTIC_REPOSITORY_FILE": str(link)})
+    assert repos == (f"rest:http://user:{secret}@127.0.0.1:1/repo/",)
+    line = redact(f'Fatal: invalid repository: parse "http://user:{secret}@127.0.0.1:1/repo/"', repos)
+    assert "pa ss" not in line and "word" not in line, line
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert configured_repos({"RESTIC_REPOSITORY_FILE": str(fifo)}) == ()

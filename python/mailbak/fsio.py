@@ -92,12 +92,13 @@ def fsync_dir(path: os.PathLike | str) -> None:
 # Files ----------------------------------------------------------------------------------------
 
 
-def open_file(path: os.PathLike | str, *, dir_fd: int | None = None) -> int:
+def open_file(path: os.PathLike | str, *, dir_fd: int | None = None, follow: bool = False) -> int:
     """A read-only descriptor of the file ``path`` (relative to ``dir_fd`` when given), opened
     without following a symlink (ELOOP) and without waiting (``O_NONBLOCK``: a FIFO would
-    otherwise block the open forever). The caller checks with ``fstat`` that it is a regular
-    file, as :func:`read_small` does. Raises OSError."""
-    return os.open(path, _FILE_FLAGS, dir_fd=dir_fd)
+    otherwise block the open forever). ``follow=True`` follows a symlink at the last component:
+    only for a file the operator names (a setting), never for one in a store. The caller checks
+    with ``fstat`` that it is a regular file, as :func:`read_small` does. Raises OSError."""
+    return os.open(path, _FILE_FLAGS & ~os.O_NOFOLLOW if follow else _FILE_FLAGS, dir_fd=dir_fd)
 
 
 def create_new(name: os.PathLike | str, mode: int, *, dir_fd: int | None = None, access: int = os.O_WRONLY) -> int:
@@ -113,15 +114,15 @@ class Refused(OSError):
     regular file, larger than its bound)."""
 
 
-def read_small(path: os.PathLike | str, limit: int, *, dir_fd: int | None = None) -> bytes:
+def read_small(path: os.PathLike | str, limit: int, *, dir_fd: int | None = None, follow: bool = False) -> bytes:
     """The one way mailbak reads a small file a hostile user may have placed (a store's config,
     its ``mailstore-version``, a manifest): opened without following a symlink and without
     waiting (``O_NOFOLLOW|O_NONBLOCK``: a FIFO would otherwise hang the run), refused unless
     ``fstat`` says it is a regular file, never read past ``limit`` bytes. With ``dir_fd``, ``path``
-    is a name in that directory. Raises OSError: FileNotFoundError when missing, ``Refused`` for
-    what is never read."""
+    is a name in that directory; ``follow``: as for :func:`open_file`. Raises OSError:
+    FileNotFoundError when missing, ``Refused`` for what is never read."""
     try:
-        fd = open_file(path, dir_fd=dir_fd)
+        fd = open_file(path, dir_fd=dir_fd, follow=follow)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise Refused(e.errno, "a symlink (never followed)") from e

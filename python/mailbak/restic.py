@@ -169,14 +169,16 @@ def parse_time(text: str) -> datetime | None:
 def configured_repos(env: dict[str, str]) -> tuple[str, ...]:
     """The repository strings restic's environment ``env`` configures: ``RESTIC_REPOSITORY``
     and the content of ``RESTIC_REPOSITORY_FILE`` (as restic reads it: trimmed), for
-    :func:`redact`. An unreadable file gives nothing (restic then says why)."""
-    from mailbak.fsio import read_bounded
+    :func:`redact`. The file is the operator's, so a symlink there is followed as restic follows
+    it (else its credentials would silently go unredacted); it is still read without waiting,
+    only if regular, bounded. An unreadable file gives nothing (restic then says why)."""
+    from mailbak.fsio import read_small
 
     repos = [env["RESTIC_REPOSITORY"]] if env.get("RESTIC_REPOSITORY") else []
     if env.get("RESTIC_REPOSITORY_FILE"):
         try:
-            raw = read_bounded(Path(env["RESTIC_REPOSITORY_FILE"]), REPOSITORY_FILE_BYTES, UsageError("absent"), UsageError)
-        except UsageError:
+            raw = read_small(env["RESTIC_REPOSITORY_FILE"], REPOSITORY_FILE_BYTES, follow=True)
+        except OSError:
             raw = b""
         if raw.strip():
             repos.append(raw.decode("utf-8", "replace").strip())
