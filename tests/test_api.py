@@ -125,3 +125,27 @@ def test_repository_functions(store, shm_dir):
             mailbak.prune(repo, keep_last=1, wait=False)
     finally:
         held.release()
+
+
+def test_a_restore_stopped_mid_run_keeps_no_descriptor_of_its_target(store, tmp_path):
+    """A restore stopped by its caller after it took STORE (an exception from ``on_event``)
+    leaves STORE root's (docs/VERIFY.md) but no descriptor of it: a long-lived process calling
+    the API would otherwise keep one per stopped restore."""
+    mailbak.backup(store, tmp_path / "b")
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def on_event(e):
+        if e["message_type"] == "status" and e["phase"] == "config":  # run(): STORE is held
+            seen.append(e)
+            raise Stop
+
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(Stop):
+        mailbak.restore(tmp_path / "b", tmp_path / "restored", on_event=on_event)
+    assert seen, "the restore was stopped mid-run, after it took STORE"
+    leaked = [os.readlink(f"/proc/self/fd/{n}") for n in set(os.listdir("/proc/self/fd")) - before if os.path.exists(f"/proc/self/fd/{n}")]
+    assert not [p for p in leaked if "restored" in p], leaked

@@ -162,10 +162,16 @@ class Restore:
 
     def close(self) -> None:
         """Releases the repository's lock (BACKUP a snapshot of a repository) once the run is
-        over: the final verify still reads the backup's data/."""
+        over (the final verify still reads the backup's data/), and STORE's descriptor if the
+        run stopped before giving STORE back: STORE then stays root's, mode 0700, as
+        docs/VERIFY.md says of a restore stopped early, but a process calling the API again
+        and again keeps no descriptor of it."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        if self.store_fd is not None:
+            os.close(self.store_fd)
+            self.store_fd = None
 
     def run(self) -> Status:
         """Steps 2 to 5; returns the verification's outcome (clean or problems)."""
