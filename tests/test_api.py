@@ -149,3 +149,14 @@ def test_a_restore_stopped_mid_run_keeps_no_descriptor_of_its_target(store, tmp_
     assert seen, "the restore was stopped mid-run, after it took STORE"
     leaked = [os.readlink(f"/proc/self/fd/{n}") for n in set(os.listdir("/proc/self/fd")) - before if os.path.exists(f"/proc/self/fd/{n}")]
     assert not [p for p in leaked if "restored" in p], leaked
+
+
+def test_a_bad_job_count_reaches_on_event_like_every_usage_error(store, tmp_path):
+    """docs/API.md: every usage error is also an ``on_event`` line (code ``usage``); a bad
+    ``jobs`` once raised before the runner that sends it."""
+    for call in (lambda ev: mailbak.verify(store, jobs=0, on_event=ev), lambda ev: mailbak.backup(store, tmp_path / "b", jobs=0, on_event=ev)):
+        events: list[dict] = []
+        with pytest.raises(mailbak.UsageError, match="jobs"):
+            call(events.append)
+        assert [e["code"] for e in events] == ["usage"], events
+    assert not (tmp_path / "b").exists()

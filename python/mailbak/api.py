@@ -240,8 +240,7 @@ def backup(
     from mailbak.archiver import backup_job
 
     reporter = event_reporter(on_event, verbose)
-    n = check_jobs(jobs)
-    job, facts = run_api(lambda: backup_job(store, dest, config=config, data=data, jobs=n, reporter=reporter, verbose=verbose, link_dest=link_dest), reporter)
+    job, facts = run_api(lambda: backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, link_dest=link_dest), reporter)
     return _result(BackupResult, facts, dest=job.target)
 
 
@@ -257,8 +256,7 @@ def verify(
     from mailbak.verifier import Verify
 
     reporter = event_reporter(on_event, verbose)
-    n = check_jobs(jobs)
-    _, facts = run_api(lambda: Verify(Path(path), fix=fix, jobs=n, reporter=reporter, verbose=verbose), reporter)
+    _, facts = run_api(lambda: Verify(Path(path), fix=fix, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose), reporter)
     return _result(VerifyResult, facts, path=Path(path))
 
 
@@ -277,8 +275,7 @@ def restore(
     from mailbak.restorer import Restore
 
     reporter = event_reporter(on_event, verbose)
-    n = check_jobs(jobs)
-    _, facts = run_api(lambda: Restore(Path(backup), Path(store), force_copy=copy, force=force, jobs=n, reporter=reporter, verbose=verbose), reporter)
+    _, facts = run_api(lambda: Restore(Path(backup), Path(store), force_copy=copy, force=force, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose), reporter)
     v = facts.get("verify")
     checked = _result(VerifyResult, v, path=Path(store)) if isinstance(v, dict) else None
     return _result(RestoreResult, facts, store=Path(store), verify=checked)
@@ -344,11 +341,10 @@ def prune(
     from mailbak.pruner import Prune
 
     reporter = event_reporter(on_event, verbose)
-    n = check_jobs(jobs)
-
     def job() -> Prune:
+        # Made inside the runner: a bad policy or job count reaches on_event, as every usage error does.
         policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
-        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=n, reporter=reporter, verbose=verbose)
+        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
 
     _, facts = run_api(job, reporter)
     return _result(PruneResult, facts)
