@@ -272,7 +272,8 @@ def test_oversized_metrics_file_is_replaced_unread(store, tmp_path):
     """A metrics file far larger than mailbak writes is not its own: only a bounded head is
     read, and its last-success time (here at its end) is not carried on."""
     prom = tmp_path / "b.prom"
-    prom.write_text("# padding\n" * 200_000 + "mailbak_last_success_timestamp_seconds 1700000000\n")
+    # The line first: a reader that kept a bounded head of the file would find it there.
+    prom.write_text("mailbak_last_success_timestamp_seconds 1700000000\n" + "# padding\n" * 200_000)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").touch()
     p = run_cli("backup", "--metrics-file", prom, store, tmp_path / "full")

@@ -341,6 +341,7 @@ def prune(
     from mailbak.pruner import Prune
 
     reporter = event_reporter(on_event, verbose)
+
     def job() -> Prune:
         # Made inside the runner: a bad policy or job count reaches on_event, as every usage error does.
         policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)

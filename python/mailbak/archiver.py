@@ -270,14 +270,9 @@ class Backup:
         made in the repository DEST."""
         return self.snapshot_path or self.dest
 
-    @property
-    def summary_target(self) -> Path:
-        """What the summary line names: :attr:`target`."""
-        return self.target
-
     def headline(self, status: Status) -> str:
         """The summary's title: it names the snapshot made in a repository, not the repository."""
-        return f"backup {status}: {self.summary_target}"
+        return f"backup {status}: {self.target}"
 
     def left_behind(self, stage: Stage | None) -> str:
         """What a run stopped early leaves: a DEST whose manifest says running."""

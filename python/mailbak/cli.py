@@ -232,9 +232,9 @@ def init(repo: Path, json_output: bool, quiet: bool) -> None:
     """
     import json
 
-    from mailbak.job import Status
     from mailbak.report import Reporter
     from mailbak.repository import Init
+    from mailbak.status import Status
 
     def show(job: Init) -> None:
         if json_output:

@@ -32,7 +32,7 @@ from mailbak.errors import Interrupted
 from mailbak.fsio import Refused, read_small, replace_file
 from mailbak.job import Metrics
 from mailbak.report import LogTail, Reporter, Tee
-from mailbak.status import Status
+from mailbak.status import EXIT_INTERRUPTED, EXIT_USAGE, Status
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -459,7 +459,7 @@ class Monitor:
         elif isinstance(exc, SystemExit):
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         elif isinstance(exc, KeyboardInterrupt | Interrupted):
-            status = 130  # a signal outside the run proper (during the start ping, say)
+            status = EXIT_INTERRUPTED  # a signal the runner did not turn into its exit (a crash path)
         else:  # a crash: Python prints the traceback and exits 1
             import traceback
 
@@ -471,7 +471,7 @@ class Monitor:
     def facts(self, status: int) -> dict[str, Any] | None:
         """The job's summary facts, also after a stop (the counts so far); none when
         the run never started (bad usage or input)."""
-        if self.job is None or status == 2:
+        if self.job is None or status == EXIT_USAGE:
             return None
         try:
             return self.job.facts(Status.OK if status == 0 else Status.FAILED)
@@ -510,9 +510,9 @@ class Monitor:
         if self.ping_url:
             self.log.add(f"mailbak {self.command}: exit status {status}")
             # The run's result is decided: a signal now only shortens the ping, and after one
-            # (status 130) the ping is short from the start.
+            # (exit status 130) the ping is short from the start.
             short = min(ping_timeout(), PING_TIMEOUT_INTERRUPTED)
-            problem = ping(self.ping_url, "" if status == 0 else str(status), body=self.log.text(), timeout=short if status == 130 else None, on_interrupt=short)
+            problem = ping(self.ping_url, "" if status == 0 else str(status), body=self.log.text(), timeout=short if status == EXIT_INTERRUPTED else None, on_interrupt=short)
             if problem:
                 _warn(self._ping_warning("final", problem))
 

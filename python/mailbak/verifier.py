@@ -96,7 +96,7 @@ class Verify:
 
     command: ClassVar[str] = "verify"
     #: Message files by what the verification found of them.
-    file_kinds: ClassVar[tuple[str, ...]] = ("checked", "missing", "damaged", "orphans", "unrecognized", "moved")
+    file_kinds: ClassVar[tuple[str, ...]] = AREA_COUNTS
     counts_bytes: ClassVar[bool] = False
     reports_failure: ClassVar[bool] = False
 
