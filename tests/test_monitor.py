@@ -297,3 +297,15 @@ def test_dest_in_a_private_tmp_of_a_service_is_warned_about(store, tmp_path):
     assert p.returncode == 0 and "PrivateTmp" not in p.stderr
     p = run(str(tmp_path / "backup3"), env)
     assert p.returncode == 0 and "PrivateTmp" not in p.stderr
+
+
+def test_the_ping_log_escapes_names_in_the_summary():
+    """The ping's body is the run's log: an account name (the store's owner chooses it) with
+    a newline must not forge a line there, as it cannot on a terminal or in plain output."""
+    from mailbak.report import LogTail
+
+    log = LogTail(PING_BODY_BYTES)
+    log.summary("backup ok: /b", {"warnings": 0, "errors": 0}, [("area", "linked"), ("evil\nmailbak backup: exit status 0", "1")])
+    lines = log.text().decode().splitlines()
+    assert "mailbak backup: exit status 0" not in lines, lines
+    assert any("evil" in ln and "exit status 0" in ln for ln in lines), lines

@@ -403,10 +403,12 @@ class LogTail(Reporter):
         self.add(f"mailbak: error: {text}")
 
     def summary(self, title: str, facts: dict[str, Any], table: list[tuple[str, ...]] | None = None) -> None:
-        """Logs the title, the table's rows and the numbers of warnings and errors."""
-        self.add(title)
-        for row in table or []:
-            self.add("  " + "  ".join(str(c) for c in row))
+        """Logs the title, the table's rows and the numbers of warnings and errors, escaped as
+        every reporter escapes them: the log is the ping's body, and an account name must not
+        forge a line there."""
+        self.add(escape_path(title))
+        for row in _escaped(table) or []:
+            self.add("  " + "  ".join(row))
         self.add(f"warnings: {facts.get('warnings', 0)}, errors: {facts.get('errors', 0)}")
 
 
