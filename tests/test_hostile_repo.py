@@ -86,8 +86,11 @@ def test_a_verify_started_during_a_prune_waits_for_it(store, repo):
 
 
 def test_a_manifest_nested_too_deep_makes_one_snapshot_incomplete(store, repo):
-    good = str(repo / backup_into(store, repo)["snapshot"])
-    deep = forged_snapshot(repo, "2026-01-01T020000Z", '{"kind": "mailbak-backup", "x": ' + "[" * DEEP + "]" * DEEP + "}")
+    # The damaged snapshot is newer than the good one, so that taking the good one as the
+    # next reference shows the damaged one was passed over, not merely older.
+    t0, t1, t2 = start_times(3)
+    good = str(repo / backup_into(store, repo, clock=t0)["snapshot"])
+    deep = forged_snapshot(repo, repository.snapshot_name(t1), '{"kind": "mailbak-backup", "x": ' + "[" * DEEP + "]" * DEEP + "}")
     p = cli("snapshots", "--json", repo)
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json_lines(p.stdout)}
@@ -103,7 +106,7 @@ def test_a_manifest_nested_too_deep_makes_one_snapshot_incomplete(store, repo):
     assert "nested too deeply" in p.stdout + p.stderr
     # The next backup takes the good snapshot as its reference, and a prune then removes the
     # damaged one as superseded.
-    summary = backup_into(store, repo)
+    summary = backup_into(store, repo, clock=t2)
     assert summary["reference"] == good
     p = cli("prune", "--keep-last", "1", "--json", repo)
     assert p.returncode == 0, p.stderr
