@@ -187,3 +187,23 @@ def test_a_backup_warns_when_failed_snapshots_pile_up(store, repo):
     assert f"{FAILED_PILE_WARN} failed or incomplete snapshots" in warnings[0]["cause"]
     assert "mailbak snapshots" in warnings[0]["cause"]
     assert lines[-1]["warnings"] == 1
+
+
+@pytest.mark.parametrize("plant", ["symlink", "fifo"])
+def test_a_repository_marker_that_is_no_regular_file_is_bad_input(repo, tmp_path, plant):
+    """A marker swapped for a symlink (to a marker elsewhere) or a FIFO is refused by the one
+    bounded reader, never followed nor waited for: exit 2 with one line."""
+    marker = repo / MARKER
+    if plant == "symlink":
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_bytes(marker.read_bytes())
+        marker.unlink()
+        marker.symlink_to(elsewhere)
+    else:
+        marker.unlink()
+        os.mkfifo(marker)
+    p = cli("snapshots", repo)
+    assert p.returncode == 2, p.stderr
+    why = "a symlink (never followed)" if plant == "symlink" else "not a regular file"
+    assert f"{marker}: {why}" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr

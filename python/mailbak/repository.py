@@ -307,11 +307,10 @@ class Repository:
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"{path}: not a directory, so not a repository")
         marker_path = path / MARKER
-        if not os.path.lexists(marker_path):
-            raise UsageError(f"{path}: not a mailbak repository (no {MARKER}); create one with `mailbak init DIR` in a new or empty directory")
-        if not stat.S_ISREG(os.lstat(marker_path).st_mode):
-            raise UsageError(f"{marker_path}: not a regular file")
-        doc = read_tagged_json(marker_path, MAX_MARKER_BYTES, UsageError(f"{marker_path}: missing"), UsageError, KIND, "a mailbak repository marker")
+        # The reader refuses a symlink or anything but a regular file at the marker itself, with
+        # no window between a check and the open.
+        missing = UsageError(f"{path}: not a mailbak repository (no {MARKER}); create one with `mailbak init DIR` in a new or empty directory")
+        doc = read_tagged_json(marker_path, MAX_MARKER_BYTES, missing, UsageError, KIND, "a mailbak repository marker")
         if doc.get("format_version") != REPO_FORMAT:
             raise UsageError(f"{marker_path}: repository format {doc.get('format_version')!r} is not supported (this mailbak reads {REPO_FORMAT})")
         return cls(path, doc)
