@@ -244,6 +244,24 @@ def test_init_below_a_directory_another_user_owns_is_refused(public_dir):
     assert os.listdir(theirs) == []
 
 
+def test_a_symlink_chain_through_another_users_directory_is_refused(store, public_dir):
+    """DEST reached through a chain of symlinks, one of which sits in a directory another user
+    owns: they could retarget it between a check and its use and pick which directory of
+    root's the backup takes. Every link is read in a directory already checked, so the one in
+    their directory is refused (the chain's last hop, a root-owned directory, was accepted)."""
+    mine = public_dir / "mine"
+    mine.mkdir(mode=0o755)
+    theirs = nobodys_dir(public_dir / "theirs")
+    target = public_dir / "target"
+    target.mkdir(mode=0o755)
+    (theirs / "hop").symlink_to(target)
+    (mine / "link").symlink_to(theirs / "hop")
+    p = run_cli("backup", store, mine / "link" / "dest")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert f"refusing to write there: {theirs} can be changed by another user (it belongs to uid 65534)" in p.stderr, p.stderr
+    assert os.listdir(target) == []
+
+
 def test_errors_name_dest_as_given_not_the_descriptor(tmp_path):
     """Writes go through /proc/self/fd/N; a database copy that fills the destination is still
     reported under the path the user gave."""

@@ -114,6 +114,8 @@ class HeldDir:
         self.fd: int | None = fd
         #: Its name in its parent directory (``path`` may end in ``.``, say).
         self.name = name
+        #: Held by :func:`hold_parent`: the name in it of the path it was held for.
+        self.entry = ""
 
     @property
     def via(self) -> Path:
@@ -159,49 +161,79 @@ def _refuse(path: Path, where: str, why: str, what: str) -> UsageError:
     return UsageError(f"{path}: refusing to write there: {where} can be changed by another user ({why}), who could make root write elsewhere; give {what} below directories that only root can change")
 
 
-def _real(path: Path) -> Path:
-    """``path`` absolute, with the symlinks the operator put on the way resolved (the last
-    component is never one: ``check_destination`` and ``is_repository`` refuse it) and ``.``
-    or ``..`` at its end replaced by the name they stand for."""
-    return Path(os.path.realpath(path))
+#: Symlinks followed on the way to a destination before giving up (the kernel's own bound).
+MAX_SYMLINKS = 40
 
 
 def hold_parent(path: Path, what: str = "a destination") -> HeldDir:
     """The parent directory of ``path``, reached from ``/`` one component at a time, never
-    following a symlink (symlinks the operator put in the path are resolved first), each
-    directory on the way checked with :func:`unsafe_reason`. So are the directories the path
-    names as given, above each of its components: one holding a symlink of the path must not
-    be changeable by another user either, or they could point it at a directory of root's of
-    their choosing. Raises UsageError (another user could change a directory on the way; one
-    is missing)."""
-    # ".." kept: each prefix is a directory the kernel passes through.
+    following a symlink, each directory on the way checked with :func:`unsafe_reason`. A
+    symlink the operator put in the path is resolved here, not by the kernel: it is read
+    (``readlinkat``) in a directory already checked, and its target walked the same way, so
+    that nobody else can retarget a link on the way (or one a link leads through) between a
+    check and its use. The held parent's ``entry`` is the name ``path`` has in it (for
+    :func:`hold_new`, :func:`hold_existing`). Raises UsageError (another user could change a
+    directory on the way; one is missing)."""
     given = path if path.is_absolute() else Path.cwd() / path
-    for prefix in reversed(given.parents):
+    todo = list(given.parts[1:])
+    stack = [open_dir_search("/")]  # the directories walked into, "/" first
+    names: list[str] = []
+    links = 0
+
+    def fail(text: str) -> UsageError:
+        for fd in stack:
+            os.close(fd)
+        return UsageError(text)
+
+    def here() -> str:
+        return "/" + "/".join(names)
+
+    why = unsafe_reason(os.fstat(stack[0]))
+    if why is not None:
+        raise fail(str(_refuse(path, "/", why, what)))
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if len(stack) > 1:
+                os.close(stack.pop())
+                names.pop()
+            continue
+        if not todo:
+            names.append(part)  # the last component is ``path`` itself: not entered here
+            break
         try:
-            why = unsafe_reason(os.stat(prefix))
-        except OSError:
-            continue  # the walk below says what is missing
+            new = open_dir_search(part, dir_fd=stack[-1])
+        except OSError as e:
+            try:
+                target = os.readlink(part, dir_fd=stack[-1])
+            except OSError:
+                raise fail(f"{path}: cannot reach its parent directory through {here()}/{part}: {e.strerror}") from e
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise fail(f"{path}: more than {MAX_SYMLINKS} symlinks on the way") from e
+            if target.startswith("/"):
+                while len(stack) > 1:
+                    os.close(stack.pop())
+                names.clear()
+            todo = list(Path(target).parts[1:] if target.startswith("/") else Path(target).parts) + todo
+            continue
+        stack.append(new)
+        names.append(part)
+        why = unsafe_reason(os.fstat(new))
         if why is not None:
-            raise _refuse(path, str(prefix), why, what)
-    real = _real(path).parent
-    fd = open_dir_search("/")
-    here = Path("/")
-    try:
-        for part in ("", *real.parts[1:]):
-            if part:
-                new = open_dir_search(part, dir_fd=fd)
-                os.close(fd)
-                fd, here = new, here / part
-            why = unsafe_reason(os.fstat(fd))
-            if why is not None:
-                raise _refuse(path, str(here), why, what)
-    except OSError as e:
+            raise fail(str(_refuse(path, here(), why, what)))
+    if not names or names[-1] in (".", ".."):
+        raise fail(f"{path}: names no directory entry to write")
+    entry = names.pop()
+    if len(stack) > len(names) + 1:  # the last component ended a "..": its directory was entered
+        os.close(stack.pop())
+    for fd in stack[:-1]:
         os.close(fd)
-        raise UsageError(f"{path}: cannot reach its parent directory {real} without following a symlink: {e.strerror}") from e
-    except BaseException:
-        os.close(fd)
-        raise
-    return HeldDir(path.parent, fd, real.name)
+    held = HeldDir(path.parent, stack[-1], names[-1] if names else "/")
+    held.entry = entry
+    return held
 
 
 def hold_existing(parent: HeldDir, path: Path, what: str = "a repository") -> HeldDir:
@@ -209,7 +241,7 @@ def hold_existing(parent: HeldDir, path: Path, what: str = "a repository") -> He
     symlink and held; refused like its ancestors when another user could change it. Raises
     UsageError."""
     try:
-        held = parent.child(_real(path).name, path)
+        held = parent.child(parent.entry, path)
     except OSError as e:
         raise UsageError(f"{path}: cannot open it without following a symlink: {e.strerror}") from e
     assert held.fd is not None
@@ -229,7 +261,7 @@ def hold_new(parent: HeldDir, path: Path) -> tuple[HeldDir, bool]:
     temporary file. Returns the held directory and whether it existed. Raises OSError, and
     UsageError when it was written into meanwhile."""
     assert parent.fd is not None, "HeldDir used after close"
-    existed, name = True, _real(path).name
+    existed, name = True, parent.entry
     try:
         os.mkdir(name, PRIVATE_DIR_MODE, dir_fd=parent.fd)
         existed = False
