@@ -54,7 +54,7 @@ from mailbak.errors import ManifestError, UsageError
 from mailbak.fsio import open_dir
 from mailbak.identity import PROC_FD, StoreOwner, acting_as
 from mailbak.job import Metrics, Stage
-from mailbak.layout import CONFIG_FILE, FormatError, account_name_problem, mailbox_name_problem
+from mailbak.layout import CONFIG_FILE, FormatError, account_name_problem, mailbox_ancestors, mailbox_name_problem
 from mailbak.report import Event, Reporter, rfc3339
 from mailbak.repository import MARKER
 from mailbak.runner import Runner
@@ -101,10 +101,9 @@ def origin_key(source_id: str, account: str, id_: int) -> str:
     return json.dumps([source_id, account, id_], ensure_ascii=False, separators=(",", ":"))
 
 
-def ancestors_and_self(name: str) -> list[str]:
+def with_ancestors(name: str) -> list[str]:
     """``a``, ``a/b``, ``a/b/c`` for ``a/b/c``: what ``ensure_mailbox`` creates when missing."""
-    parts = name.split("/")
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return [*mailbox_ancestors(name), name]
 
 
 @dataclass
@@ -384,7 +383,7 @@ class Redeliver:
         if name not in self.mailbox_ids:
             with acting_as(self.owner):
                 self.mailbox_ids[name] = self.target_account.ensure_mailbox(name)
-            for n in ancestors_and_self(name):
+            for n in with_ancestors(name):
                 if n not in self.live_names:
                     self.live_names.add(n)
                     self.created.append(n)
@@ -400,7 +399,7 @@ class Redeliver:
                 self.refuse(plan)
                 continue
             if plan.todo or plan.empty:
-                self.created.extend(n for n in ancestors_and_self(plan.target) if n not in self.live_names and n not in self.created)
+                self.created.extend(n for n in with_ancestors(plan.target) if n not in self.live_names and n not in self.created)
             if self.verbose:
                 for m, _ in plan.todo:
                     self.reporter.event(Event("info", "would_restore", None, f"mailbox {escape_path(plan.source)!r}, message {m.id} (UID {m.uid}, {m.size} bytes, received {rfc3339(m.received)}) -> {escape_path(plan.target)!r}"))
