@@ -101,6 +101,11 @@ def origin_key(source_id: str, account: str, id_: int) -> str:
     return json.dumps([source_id, account, id_], ensure_ascii=False, separators=(",", ":"))
 
 
+def quoted(name: str) -> str:
+    """A mailbox name in a message: escaped (text.escape_path) and in quotes."""
+    return f"'{escape_path(name)}'"
+
+
 def with_ancestors(name: str) -> list[str]:
     """``a``, ``a/b``, ``a/b/c`` for ``a/b/c``: what ``ensure_mailbox`` creates when missing."""
     return [*mailbox_ancestors(name), name]
@@ -219,11 +224,11 @@ class Redeliver:
         """The target account's name and the prefix (the operator's): valid, or bad usage."""
         problem = account_name_problem(self.to_account)
         if problem is not None:
-            raise UsageError(f"account name {escape_path(self.to_account)!r} {problem}")
+            raise UsageError(f"account name {quoted(self.to_account)} {problem}")
         if self.into:
             problem = mailbox_name_problem(self.into)
             if problem is not None:
-                raise UsageError(f"--into {escape_path(self.into)!r}: not a usable mailbox name: {problem}")
+                raise UsageError(f"--into {quoted(self.into)}: not a usable mailbox name: {problem}")
 
     def hold_store(self) -> None:
         """Opens STORE (the operator's path, followed) and refuses a backup or a repository."""
@@ -348,15 +353,14 @@ class Redeliver:
         self.reporter.error(
             "mailbox_name",
             None,
-            f"account {escape_path(self.account)}: mailbox {escape_path(plan.source)!r} cannot be restored as {escape_path(plan.target)!r} "
-            f"({plan.problem}); its {len(plan.todo)} messages {'would not be' if self.dry_run else 'were not'} restored",
+            f"account {escape_path(self.account)}: mailbox {quoted(plan.source)} cannot be restored as {quoted(plan.target)} ({plan.problem}); its {len(plan.todo)} messages {'would not be' if self.dry_run else 'were not'} restored",
         )
 
     def restore_message(self, plan: MailboxPlan, m: Message, key: str) -> None:
         """Reads one source message (as root, or as the source store's owner) and delivers it
         (as the target's owner); an unreadable source file is an error value."""
         assert self.target_account is not None
-        where = f"account {escape_path(self.account)}, mailbox {escape_path(plan.source)!r}, message {m.id}"
+        where = f"account {escape_path(self.account)}, mailbox {quoted(plan.source)}, message {m.id}"
         try:
             data = self.view.read_message(m.id)
         except OSError as e:
@@ -367,13 +371,19 @@ class Redeliver:
             plan.failed += 1
             self.reporter.error("size", None, f"{where}: the file holds {len(data)} bytes, its record says {m.size}; not restored")
             return
-        mailbox_id = self.ensure(plan.target)
-        with acting_as(self.owner):
-            new = self.target_account.deliver(mailbox_id, data, received=m.received, flags=m.flags, keywords=m.keywords, origin=key)
+        try:
+            mailbox_id = self.ensure(plan.target)
+            with acting_as(self.owner):
+                new = self.target_account.deliver(mailbox_id, data, received=m.received, flags=m.flags, keywords=m.keywords, origin=key)
+        except OSError as e:
+            # Ends the run (STORE fails): named as the operator named STORE, not by its descriptor.
+            if isinstance(e.filename, str):
+                e.filename = self.unheld(e.filename)
+            raise
         plan.restored += 1
         plan.bytes += len(data)
         if self.verbose:
-            self.reporter.event(Event("info", "restored", None, f"{where} -> {escape_path(plan.target)!r} as message {new}"))
+            self.reporter.event(Event("info", "restored", None, f"{where} -> {quoted(plan.target)} as message {new}"))
         self.runner.step()
         pause_at("redeliver.delivered", self.restored)
 
@@ -402,7 +412,7 @@ class Redeliver:
                 self.created.extend(n for n in with_ancestors(plan.target) if n not in self.live_names and n not in self.created)
             if self.verbose:
                 for m, _ in plan.todo:
-                    self.reporter.event(Event("info", "would_restore", None, f"mailbox {escape_path(plan.source)!r}, message {m.id} (UID {m.uid}, {m.size} bytes, received {rfc3339(m.received)}) -> {escape_path(plan.target)!r}"))
+                    self.reporter.event(Event("info", "would_restore", None, f"mailbox {quoted(plan.source)}, message {m.id} (UID {m.uid}, {m.size} bytes, received {rfc3339(m.received)}) -> {quoted(plan.target)}"))
 
     # Results ------------------------------------------------------------------------------
 
