@@ -487,3 +487,17 @@ def test_restore_while_a_writer_delivers_and_expunges(tmp_path):
     check_restored(restored, new_mbs, mbs, src, summary_of(p)["prefix"], set(ALICE), target, account)
     v = run_cli("verify", target)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_since_and_before_select_by_received_time(live):
+    store, backup, src = live
+    since, before_ = 1_700_000_000 + 3 * 3600, 1_700_000_000 + 11 * 3600
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))  # noqa: E731
+    records = state(store)
+    p = restore("--json", backup, store, "--account", "alice", "--since", iso(since), "--before", iso(before_), "--into", "Dated")
+    assert p.returncode == 0, p.stderr
+    new_mbs, new_msgs = unchanged_records(records, state(store))["alice"]
+    want = {i for i, (_, r, _) in src.items() if since <= r["received"] < before_}
+    assert sorted(json.loads(r["origin"])[2] for r in new_msgs.values()) == sorted(want) and len(want) == 8
+    # With dates, a mailbox without messages in them is not created (nor the empty one).
+    assert "Dated/Empty" not in {r["name"] for r in new_mbs.values()}

@@ -124,7 +124,8 @@ class MailboxPlan:
     todo: list[tuple[Message, str]] = field(default_factory=list)
     #: Selected messages already in the target account (found by key).
     already_there: int = 0
-    #: Whether the source mailbox holds no live message at all (restored as an empty mailbox).
+    #: Whether the source mailbox holds no live message at all and no dates were given (it is
+    #: restored as an empty mailbox).
     empty: bool = False
     #: Messages delivered, their bytes, and messages that could not be.
     restored: int = 0
@@ -281,12 +282,15 @@ class Redeliver:
         by_mailbox: dict[int, list[Message]] = {}
         for m in selected:
             by_mailbox.setdefault(m.mailbox_id, []).append(m)
+        # An empty source mailbox comes back as an empty mailbox, unless dates select messages
+        # (then "empty" is only "nothing in the dates").
+        dated = self.selection.since is not None or self.selection.before is not None
         holding = {m.mailbox_id for m in self.view.messages}
         plans = []
         for mid in self.selected_mailboxes():
             name = self.view.mailboxes[mid].name
             target = target_name(self.prefix, name)
-            plan = MailboxPlan(name, target, mailbox_name_problem(target), empty=mid not in holding)
+            plan = MailboxPlan(name, target, mailbox_name_problem(target), empty=not dated and mid not in holding)
             for m in sorted(by_mailbox.get(mid, []), key=lambda m: m.id):
                 key = origin_key(source_id, self.account, m.id)
                 if key in origins:
@@ -321,6 +325,8 @@ class Redeliver:
         for plan in self.plans:
             self.restore_mailbox(plan)
         self.runner.finish()
+        if self.created:
+            self.reporter.message(f"created mailboxes in {escape_path(self.to_account)}: {', '.join(quoted(n) for n in self.created)}")
         return Status.FAILED if self.reporter.counts.errors else Status.OK
 
     def add_account(self) -> None:
@@ -413,6 +419,8 @@ class Redeliver:
             if self.verbose:
                 for m, _ in plan.todo:
                     self.reporter.event(Event("info", "would_restore", None, f"mailbox {quoted(plan.source)}, message {m.id} (UID {m.uid}, {m.size} bytes, received {rfc3339(m.received)}) -> {quoted(plan.target)}"))
+        if self.created:
+            self.reporter.message(f"would create mailboxes in {escape_path(self.to_account)}: {', '.join(quoted(n) for n in self.created)}")
 
     # Results ------------------------------------------------------------------------------
 
@@ -462,6 +470,9 @@ class Redeliver:
         for p in self.plans:
             n, b = (len(p.todo), p.bytes_todo) if self.dry_run and p.problem is None else (p.restored, p.bytes)
             rows.append((p.source, p.target, str(n), str(p.already_there), str(p.failed), str(b)))
+        if len(self.plans) > 1:
+            f = self.facts(Status.OK)
+            rows.append(("total", "", str(f["restored"]), str(f["already_there"]), str(f["not_restored"]), str(f["bytes"])))
         return rows
 
     def left_behind(self, stage: Stage | None) -> str:
