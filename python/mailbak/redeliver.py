@@ -49,8 +49,8 @@ import lmdb
 
 from mailbak import manifest
 from mailbak.anchor import identity
-from mailbak.catalog import Message, Selection, Source, SourceKind
-from mailbak.errors import ManifestError, UsageError
+from mailbak.catalog import Message, Selection, Source
+from mailbak.errors import UsageError
 from mailbak.fsio import open_dir
 from mailbak.identity import PROC_FD, StoreOwner, acting_as
 from mailbak.job import Metrics, Stage
@@ -85,13 +85,10 @@ def target_name(prefix: str, name: str) -> str:
 def source_identity(source: Source) -> str:
     """What identifies the source in keys, wherever it lies now: for a backup or a snapshot,
     the store it was made of and its start time (its manifest's: the same for a copy restored
-    from off-site), else its path and label; for a live store, its path."""
-    if source.kind in (SourceKind.BACKUP, SourceKind.SNAPSHOT):
-        try:
-            doc = manifest.read(source.path)
-            return f"{doc.get('store')}@{doc['started']}"
-        except (ManifestError, KeyError):
-            pass
+    from off-site); for a live store, its path."""
+    doc = source.manifest
+    if doc is not None and isinstance(doc.get("started"), str):
+        return f"{doc.get('store')}@{doc['started']}"
     return f"{os.path.realpath(source.path)}@{source.label}"
 
 
@@ -201,13 +198,26 @@ class Redeliver:
         # Before anything opens either (LMDB forbids opening one environment twice in a process).
         if self.same_store():
             raise UsageError(f"{self.path} and {self.store_path} are the same store; restore from a backup or snapshot of it (`mailbak snapshots REPO` lists them), or into another store")
-        self.source = Source.open(self.path)
+        self.source = Source.open(self.path, self.reporter)
         self.view = self.source.account(self.account)
+        self.report_problems()
         selected = self.view.select(self.selection)
         self.prefix = self.into if self.into is not None else default_prefix(self.source.started)
         self.open_target()
         origins = self.read_origins()
         self.plans = self.make_plans(selected, origins)
+
+    def report_problems(self) -> None:
+        """Records of the source account that do not decode (catalog.py leaves them out): with
+        the whole account asked for, each is an error (what it held is not restored); with
+        mailboxes named, a warning (it may belong to another mailbox)."""
+        assert self.source is not None
+        index = f"{self.source.path}/data/{self.view.rel}/index.db"
+        for code, detail in self.view.problems:
+            if self.selection.mailboxes:
+                self.reporter.warn(code, index, f"{detail}; not restored if it belongs to the mailboxes asked for")
+            else:
+                self.reporter.error(code, index, f"{detail}; not restored")
 
     def same_store(self) -> bool:
         """Whether PATH is STORE, or has STORE's ``data/`` (by identity: a symlink or a bind
@@ -368,7 +378,7 @@ class Redeliver:
         assert self.target_account is not None
         where = f"account {escape_path(self.account)}, mailbox {quoted(plan.source)}, message {m.id}"
         try:
-            data = self.view.read_message(m.id)
+            data = self.view.read_message(m.id, m.size)
         except OSError as e:
             plan.failed += 1
             self.reporter.error("unreadable", e.filename, f"{where}: {e.strerror or e}; not restored")
