@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import lmdb
 import msgpack
 import pytest
-from conftest import NOBODY, backup_ok, chown_tree, dump_env, inode_listing, json_lines, make_store, manifest_of, run_cli
+from conftest import NOBODY, backup_into, backup_ok, chown_tree, dump_env, inode_listing, json_lines, make_store, manifest_of, run_cli
 from live_writer import read_log
 from mailbak.layout import NEXT_ID_KEY, id_key, message_rel
 from mailbak.redeliver import PREFIX_TIME_FORMAT
@@ -501,3 +502,37 @@ def test_since_and_before_select_by_received_time(live):
     assert sorted(json.loads(r["origin"])[2] for r in new_msgs.values()) == sorted(want) and len(want) == 8
     # With dates, a mailbox without messages in them is not created (nor the empty one).
     assert "Dated/Empty" not in {r["name"] for r in new_mbs.values()}
+
+
+def test_from_a_snapshot_of_a_repository(live, repo):
+    store, _, src = live
+    # The snapshot is of the store after Projects was deleted: Inbox is restored from it.
+    summary = backup_into(store, repo)
+    snapshot = repo / summary["snapshot"]
+    assert snapshot.is_dir()
+    p = restore("--json", snapshot, store, "--account", "alice", "--mailbox", "Inbox")
+    assert p.returncode == 0, p.stderr
+    facts = summary_of(p)
+    started = calendar.timegm(time.strptime(manifest_of(snapshot)["started"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert facts["prefix"] == "Restored/" + time.strftime(PREFIX_TIME_FORMAT, time.localtime(started))
+    assert facts["restored"] == ALICE["Inbox"]
+
+
+def test_undecodable_source_records(live):
+    """A record the catalog cannot decode: an error when the whole account is restored (its
+    message is lost to the restore), a warning when only named mailboxes are."""
+    store, backup, _ = live
+    env = lmdb.open(str(backup / "data" / "accounts" / "alice" / "index.db"), subdir=False, lock=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(id_key(99_999), b"\xc1 not msgpack", db=env.open_db(b"message", txn=txn))
+    env.close()
+    named = restore("--json", backup, store, "--account", "alice", "--mailbox", "Sent", "--into", "A")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert [e["code"] for e in json_lines(named.stdout) if e["message_type"] == "warning"] == ["bad_record"]
+    whole = restore("--json", backup, store, "--account", "alice", "--into", "B")
+    assert whole.returncode == 1
+    (err,) = [e for e in json_lines(whole.stdout) if e["message_type"] == "error"]
+    assert err["code"] == "bad_record" and "not restored" in err["cause"] and err["path"].endswith("alice/index.db")
+    facts = summary_of(whole)
+    # Sent came back in the first run (into A): already there, whatever the prefix.
+    assert (facts["restored"], facts["already_there"]) == (sum(ALICE.values()) - ALICE["Sent"], ALICE["Sent"])
