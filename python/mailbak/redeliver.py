@@ -38,6 +38,7 @@ moved by the server after a first restore keep no ``origin`` unless the server c
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -49,12 +50,12 @@ import lmdb
 
 from mailbak import manifest
 from mailbak.anchor import identity
-from mailbak.catalog import Message, Selection, Source
+from mailbak.catalog import AccountView, Message, Selection, Source
 from mailbak.errors import UsageError
 from mailbak.fsio import open_dir
 from mailbak.identity import PROC_FD, StoreOwner, acting_as
 from mailbak.job import Metrics, Stage
-from mailbak.layout import CONFIG_FILE, FormatError, account_name_problem, mailbox_ancestors, mailbox_name_problem
+from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, FormatError, account_name_problem, mailbox_ancestors, mailbox_name_problem
 from mailbak.report import Event, Reporter, rfc3339
 from mailbak.repository import MARKER
 from mailbak.runner import Runner
@@ -171,7 +172,7 @@ class Redeliver:
         #: The prefix in use (set by check()).
         self.prefix = ""
         self.source: Source | None = None
-        self.view: Any = None
+        self.view: AccountView | None = None
         #: STORE's descriptor, and the path naming it through that descriptor.
         self.store_fd: int | None = None
         self.held = store
@@ -187,6 +188,8 @@ class Redeliver:
         self.created: list[str] = []
         #: Mailbox IDs of target names ensured so far.
         self.mailbox_ids: dict[str, int] = {}
+        #: Messages delivered so far.
+        self.delivered = 0
 
     # Checking -----------------------------------------------------------------------------
 
@@ -212,12 +215,18 @@ class Redeliver:
         the whole account asked for, each is an error (what it held is not restored); with
         mailboxes named, a warning (it may belong to another mailbox)."""
         assert self.source is not None
-        index = f"{self.source.path}/data/{self.view.rel}/index.db"
-        for code, detail in self.view.problems:
+        index = f"{self.source.path}/data/{self.src.rel}/index.db"
+        for code, detail in self.src.problems:
             if self.selection.mailboxes:
                 self.reporter.warn(code, index, f"{detail}; not restored if it belongs to the mailboxes asked for")
             else:
                 self.reporter.error(code, index, f"{detail}; not restored")
+
+    @property
+    def src(self) -> AccountView:
+        """The source account (once check() opened it)."""
+        assert self.view is not None, "used before check()"
+        return self.view
 
     def same_store(self) -> bool:
         """Whether PATH is STORE, or has STORE's ``data/`` (by identity: a symlink or a bind
@@ -295,10 +304,10 @@ class Redeliver:
         # An empty source mailbox comes back as an empty mailbox, unless dates select messages
         # (then "empty" is only "nothing in the dates").
         dated = self.selection.since is not None or self.selection.before is not None
-        holding = {m.mailbox_id for m in self.view.messages}
+        holding = {m.mailbox_id for m in self.src.messages}
         plans = []
         for mid in self.selected_mailboxes():
-            name = self.view.mailboxes[mid].name
+            name = self.src.mailboxes[mid].name
             target = target_name(self.prefix, name)
             plan = MailboxPlan(name, target, mailbox_name_problem(target), empty=not dated and mid not in holding)
             for m in sorted(by_mailbox.get(mid, []), key=lambda m: m.id):
@@ -316,8 +325,8 @@ class Redeliver:
         unknown names."""
         names = self.selection.mailboxes
         out = []
-        for mid, mb in self.view.mailboxes.items():
-            if not names or mb.name in names or (self.selection.recursive and any(mb.name.startswith(n + "/") for n in names)):
+        for mid, mb in self.src.mailboxes.items():
+            if not names or mb.name in names or (self.selection.recursive and any(mb.name.startswith(n + MAILBOX_SEPARATOR) for n in names)):
                 out.append(mid)
         return out
 
@@ -378,7 +387,7 @@ class Redeliver:
         assert self.target_account is not None
         where = f"account {escape_path(self.account)}, mailbox {quoted(plan.source)}, message {m.id}"
         try:
-            data = self.view.read_message(m.id, m.size)
+            data = self.src.read_message(m.id, m.size)
         except OSError as e:
             plan.failed += 1
             self.reporter.error("unreadable", e.filename, f"{where}: {e.strerror or e}; not restored")
@@ -391,17 +400,27 @@ class Redeliver:
             mailbox_id = self.ensure(plan.target)
             with acting_as(self.owner):
                 new = self.target_account.deliver(mailbox_id, data, received=m.received, flags=m.flags, keywords=m.keywords, origin=key)
+        except KeyError:
+            # Someone removed the target mailbox while the restore ran: not made again against
+            # their will; the next run would.
+            plan.failed += 1
+            self.reporter.error("mailbox_gone", None, f"{where}: the target mailbox {quoted(plan.target)} was removed while the restore ran; not restored")
+            return
         except OSError as e:
             # Ends the run (STORE fails): named as the operator named STORE, not by its descriptor.
             if isinstance(e.filename, str):
                 e.filename = self.unheld(e.filename)
             raise
+        except lmdb.Error as e:
+            index = f"{self.store_path}/data/accounts/{escape_path(self.to_account)}/index.db"
+            raise OSError(errno.EIO, f"the account's index cannot be written: {e}", index) from e
+        self.delivered += 1
         plan.restored += 1
         plan.bytes += len(data)
         if self.verbose:
             self.reporter.event(Event("info", "restored", None, f"{where} -> {quoted(plan.target)} as message {new}"))
         self.runner.step()
-        pause_at("redeliver.delivered", self.restored)
+        pause_at("redeliver.delivered", self.delivered)
 
     def ensure(self, name: str) -> int:
         """The ID of target mailbox ``name``, created (with missing ancestors) the first time."""
@@ -434,11 +453,6 @@ class Redeliver:
 
     # Results ------------------------------------------------------------------------------
 
-    @property
-    def restored(self) -> int:
-        """Messages delivered so far."""
-        return sum(p.restored for p in self.plans)
-
     def unheld(self, text: str) -> str:
         """``text`` with STORE's descriptor path replaced by STORE as the operator named it."""
         return text.replace(str(self.held), str(self.store_path)) if self.held != self.store_path else text
@@ -455,7 +469,7 @@ class Redeliver:
             "to_account": self.to_account,
             "prefix": self.prefix,
             "dry_run": would,
-            "restored": sum(len(p.todo) for p in self.plans if p.problem is None) if would else self.restored,
+            "restored": sum(len(p.todo) for p in self.plans if p.problem is None) if would else self.delivered,
             "already_there": sum(p.already_there for p in self.plans),
             "not_restored": sum(p.failed for p in self.plans),
             "bytes": sum(p.bytes_todo for p in self.plans if p.problem is None) if would else sum(p.bytes for p in self.plans),
@@ -492,7 +506,7 @@ class Redeliver:
             return "nothing was written"
         if stage is not None and stage.stage == "summary":
             return f"the restore itself finished ({stage.status}); only its summary was cut short"
-        return f"{self.restored} messages were restored so far; run the same restore again to finish it (it skips them)"
+        return f"{self.delivered} messages were restored so far; run the same restore again to finish it (it skips them)"
 
     def metrics(self, facts: dict[str, Any] | None) -> Metrics:
         """None of its own (restore takes no --metrics-file)."""
