@@ -536,3 +536,35 @@ def test_undecodable_source_records(live):
     facts = summary_of(whole)
     # Sent came back in the first run (into A): already there, whatever the prefix.
     assert (facts["restored"], facts["already_there"]) == (sum(ALICE.values()) - ALICE["Sent"], ALICE["Sent"])
+
+
+def test_interrupted_midway_says_what_stays(live, tmp_path):
+    store, backup, _ = live
+    before = state(store)
+    point = PausePoint(tmp_path / "pause", "redeliver.delivered", after=2)
+    proc = point.popen("restore", backup, store, "--account", "alice", "--mailbox", "Projects")
+    point.wait_reached(proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert err.strip().splitlines()[-1].endswith("2 messages were restored so far; run the same restore again to finish it (it skips them)")
+    assert len(unchanged_records(before, state(store))["alice"][1]) == 2
+
+
+def test_target_mailbox_removed_during_the_run(live, tmp_path):
+    """A user deletes the restore's mailbox while it runs: each message still to go is an error
+    naming it, and the mailbox is not made again behind the user's back."""
+    store, backup, _ = live
+    point = PausePoint(tmp_path / "pause", "redeliver.delivered", after=2)
+    proc = point.popen("restore", "--json", backup, store, "--account", "alice", "--mailbox", "Projects", "--into", "Back")
+    point.wait_reached(proc)
+    with Store.open(store, durable=False) as s:
+        a = s.account("alice")
+        a.expunge_mailbox(a.mailbox_id("Back/Projects"))
+    point.go()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    lines = json_lines(out)
+    assert [e["code"] for e in lines if e["message_type"] == "error"] == ["mailbox_gone"] * 3
+    assert (lines[-1]["restored"], lines[-1]["not_restored"]) == (2, 3)
+    assert "Back/Projects" not in {r["name"] for r in state(store)["alice"][0].values() if not r["expunged"]}

@@ -369,10 +369,15 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, accoun
     store's owner when run as root. Each selected message is delivered with
     its flags, keywords and received time into PREFIX/<its mailbox> of
     account B (--to-account, default A); mailboxes are created as needed;
-    nothing in STORE is modified or deleted. Each restored message remembers
-    where it came from, so running the same restore again adds nothing, and
-    a restore stopped midway finishes when run again, without duplicates (a
-    kill can leave one orphan file, which verify warns of). A source message
+    nothing in STORE is modified or deleted. The default PREFIX is
+    'Restored/<start of the backup>' (local time, as `mailbak snapshots`
+    shows it; for a live PATH, the time of the run); --into '' restores into
+    the original names, adding to mailboxes that exist. Each restored message
+    remembers where it came from (backup, account, ID): a message already in
+    account B from an earlier restore is skipped, whatever its mailbox, so
+    running the same restore again adds nothing, and a restore stopped
+    midway finishes when run again, without duplicates (a kill can leave one
+    orphan file, which verify warns of). A source message
     that cannot be read, or a mailbox name the store refuses, is an error:
     the rest goes on. Exit status: 0 ok, 1 some messages not restored (each
     named), 2 bad usage or input (unknown account or mailbox, bad date,
