@@ -8,9 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import msgpack
 import pytest
-from mailbak.layout import FormatError, check_account_name, read_config
-from mailbak.store import Store
+from mailbak.layout import SYSTEM_FLAGS, Flag, FormatError, check_account_name, id_key, mailbox_ancestors, mailbox_name_problem, read_config
+from mailbak.store import Store, message_record
 
 
 def test_create_layout(tmp_path):
@@ -163,3 +164,138 @@ def test_malformed_config_is_a_format_error(tmp_path, text):
     (tmp_path / "mailstore.toml").write_bytes(text.encode("latin-1"))
     with pytest.raises(FormatError):
         read_config(tmp_path)
+
+
+def test_mailbox_name_rules():
+    for bad, why in (
+        ("", "empty"),
+        ("/Inbox", "empty component"),
+        ("Inbox/", "empty component"),
+        ("a//b", "empty component"),
+        ("..", "'..'"),
+        ("Archive/../../etc", "'..'"),
+        ("a/./b", "'.'"),
+        ("tab\there", "control"),
+        ("nl\nhere", "control"),
+        ("nul\0", "control"),
+        ("csi\x9b", "control"),
+        ("del\x7f", "control"),
+        ("\udcff", "UTF-8"),
+    ):
+        problem = mailbox_name_problem(bad)
+        assert problem is not None and why in problem, (bad, problem)
+    for good in ("Inbox", "Archive/2024", "Projekte/Übersicht", "Reçus", ".hidden", "a b", "日本語/メール"):
+        assert mailbox_name_problem(good) is None, good
+    assert mailbox_ancestors("a/b/c") == ["a", "a/b"]
+    assert mailbox_ancestors("Inbox") == []
+
+
+def test_flags_are_the_imap_system_flags_and_well_known_keywords():
+    assert [str(f) for f in SYSTEM_FLAGS] == ["\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"]
+    assert {str(f) for f in Flag} - set(SYSTEM_FLAGS) == {"$Forwarded", "$Junk", "$NotJunk", "$Phishing", "$MDNSent"}
+    assert all(f.startswith("\\") for f in SYSTEM_FLAGS)
+
+
+def test_create_mailbox_makes_missing_ancestors_once(writer_store):
+    acc = writer_store.add_account("frank", mailboxes=("Inbox", "Archive"))
+    archive = acc.mailbox_id("Archive")
+    y2024 = acc.create_mailbox("Archive/2024")
+    deep = acc.create_mailbox("Projekte/Übersicht/2025")
+    names = {rec["name"]: id_ for id_, rec in acc.mailboxes().items()}
+    assert set(names) == {"Inbox", "Archive", "Archive/2024", "Projekte", "Projekte/Übersicht", "Projekte/Übersicht/2025"}
+    assert names["Archive"] == archive, "an existing ancestor is not made again"
+    assert names["Archive/2024"] == y2024 and names["Projekte/Übersicht/2025"] == deep
+    # Ancestors get IDs below their child's, from the one counter: none reused, none above next_id.
+    assert names["Projekte"] < names["Projekte/Übersicht"] < deep
+    for rec in acc.mailboxes().values():
+        assert rec["uidnext"] == 1 and rec["expunged"] is False and rec["uidvalidity"] > 0
+    with pytest.raises(FormatError, match="exists"):
+        acc.create_mailbox("Archive/2024")
+    assert acc.ensure_mailbox("Archive/2024") == y2024
+    assert acc.ensure_mailbox("Projekte") == names["Projekte"]
+    fresh = acc.ensure_mailbox("Reçus")
+    assert acc.mailbox_id("Reçus") == fresh
+    assert len(acc.mailboxes()) == 7
+    # A mailbox delivered to after its ancestors were made takes messages like any other.
+    m = acc.deliver(y2024, b"Subject: old\r\n\r\nx")
+    assert acc.message(m)["mailbox_id"] == y2024 and acc.message(m)["uid"] == 1
+
+
+def test_expunged_ancestor_is_made_anew(writer_store):
+    acc = writer_store.add_account("gina", mailboxes=("Old",))
+    old = acc.mailbox_id("Old")
+    acc.expunge_mailbox(old)
+    child = acc.create_mailbox("Old/2020")
+    live = {rec["name"]: i for i, rec in acc.mailboxes().items() if not rec["expunged"]}
+    assert set(live) == {"Old", "Old/2020"} and live["Old"] not in (old, child)
+
+
+def test_bad_mailbox_names_are_refused_and_nothing_written(writer_store):
+    acc = writer_store.add_account("hank", mailboxes=())
+    for bad in ("", "..", "../x", "a/../b", "/abs", "trail/", "x\ny"):
+        with pytest.raises(FormatError, match="mailbox name"):
+            acc.create_mailbox(bad)
+        with pytest.raises(FormatError, match="mailbox name"):
+            acc.ensure_mailbox(bad)
+    assert acc.mailboxes() == {}
+    with pytest.raises(FormatError):
+        writer_store.add_account("ivan", mailboxes=("Inbox", "a//b"))
+
+
+def test_add_account_with_nested_mailboxes(writer_store):
+    acc = writer_store.add_account("jane", mailboxes=("Inbox", "Archive/2023", "Archive", "Archive/2024"))
+    names = sorted(rec["name"] for rec in acc.mailboxes().values())
+    assert names == ["Archive", "Archive/2023", "Archive/2024", "Inbox"]
+
+
+def test_a_mailbox_made_meanwhile_is_not_made_twice(tmp_path):
+    """A writer that allocated IDs for ``Archive/2024`` and its ancestor stands still (pause
+    point) while another process makes both; when it goes on it finds them and writes nothing,
+    leaving one live mailbox per name, and both writers agree on the ID."""
+    from pausing import PausePoint
+
+    root = tmp_path / "st"
+    with Store.create(root, durable=False) as s:
+        s.add_account("kim", mailboxes=("Inbox",))
+    child = textwrap.dedent(
+        """
+        import sys
+        from mailbak.store import Store
+        with Store.open(sys.argv[1], durable=False) as s:
+            print(s.account("kim").ensure_mailbox("Archive/2024"))
+        """
+    )
+    pp = PausePoint(tmp_path / "pause", "store.make_mailbox")
+    proc = subprocess.Popen([sys.executable, "-c", child, str(root)], env=pp.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pp.wait_reached(proc)
+        with Store.open(root, durable=False) as s:
+            mine = s.account("kim").create_mailbox("Archive/2024")
+    finally:
+        pp.go()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert int(out) == mine
+    with Store.open(root, durable=False) as s:
+        acc = s.account("kim")
+        names = sorted(rec["name"] for rec in acc.mailboxes().values())
+        assert names == ["Archive", "Archive/2024", "Inbox"]
+        # Inbox is 1; the paused writer took 2 and 3, which stay unused; this one 4 and 5.
+        assert sorted(acc.mailboxes()) == [1, 4, 5] and mine == 5
+
+
+def test_deliver_records_flags_keywords_and_origin(writer_store):
+    acc = writer_store.add_account("lena")
+    inbox = acc.mailbox_id("Inbox")
+    a = acc.deliver(inbox, b"Subject: a\r\n\r\n", received=1_600_000_000, flags=(Flag.SEEN, Flag.FORWARDED), keywords=("$label1", "work"), origin="snap-1/lena/42")
+    b = acc.deliver(inbox, b"Subject: b\r\n\r\n", received=0)
+    ra, rb = acc.message(a), acc.message(b)
+    assert ra["flags"] == ["\\Seen", "$Forwarded"] and ra["keywords"] == ["$label1", "work"]
+    assert ra["origin"] == "snap-1/lena/42" and ra["received"] == 1_600_000_000
+    assert rb["flags"] == [] and rb["keywords"] == [] and "origin" not in rb
+    assert rb["received"] == 0, "an explicit received time is kept, even 0"
+    # The raw record is a msgpack map with plain strings, as FORMAT.md says.
+    with acc.env.begin(db=acc.db["message"]) as txn:
+        raw = msgpack.unpackb(txn.get(id_key(a)), raw=False)
+    assert raw["flags"] == ["\\Seen", "$Forwarded"] and type(raw["flags"][0]) is str
+    assert message_record(mailbox_id=1, uid=1, size=1, received=1).keys() == {"mailbox_id", "uid", "size", "expunged", "received", "flags", "keywords"}

@@ -20,7 +20,7 @@ import tomllib
 from array import array
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,67 @@ def account_name_problem(name: str) -> str | None:
     except UnicodeEncodeError:
         return "is not valid UTF-8"
     return None
+
+
+class Flag(StrEnum):
+    """The message flags a ``message`` record's ``flags`` may hold (docs/FORMAT.md section 3):
+    the IMAP system flags (RFC 9051 section 2.3.2) and the well-known keywords of RFC 5788's
+    registry that mail clients act on. Any other keyword goes in ``keywords``."""
+
+    SEEN = "\\Seen"
+    ANSWERED = "\\Answered"
+    FLAGGED = "\\Flagged"
+    DELETED = "\\Deleted"
+    DRAFT = "\\Draft"
+    FORWARDED = "$Forwarded"
+    JUNK = "$Junk"
+    NOT_JUNK = "$NotJunk"
+    PHISHING = "$Phishing"
+    MDN_SENT = "$MDNSent"
+
+
+#: The five IMAP system flags (the backslash ones); a client cannot create others of that form.
+SYSTEM_FLAGS = (Flag.SEEN, Flag.ANSWERED, Flag.FLAGGED, Flag.DELETED, Flag.DRAFT)
+
+#: The hierarchy separator of mailbox names (``Archive/2024`` lies below ``Archive``), as in mox.
+MAILBOX_SEPARATOR = "/"
+
+
+def _is_control(ch: str) -> bool:
+    """C0 and C1 controls and DEL: the characters ``text.escape_path`` escapes in a line."""
+    o = ord(ch)
+    return o < 0x20 or 0x7F <= o <= 0x9F
+
+
+def mailbox_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be written as a mailbox name, without repeating it, or None when it
+    can (docs/FORMAT.md section 3).
+
+    A writer's names are non-empty UTF-8 without control characters, made of non-empty
+    components separated by ``/`` (no leading, trailing or doubled ``/``), none of them ``.``
+    or ``..``: a name that is also a relative path then stays below the directory it is joined
+    to. Readers must not rely on this: a store or backup may hold any name."""
+    if not isinstance(name, str) or name == "":
+        return "is empty"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if any(_is_control(ch) for ch in name):
+        return "contains a control character"
+    for part in name.split(MAILBOX_SEPARATOR):
+        if part == "":
+            return f"has an empty component (a leading, trailing or doubled {MAILBOX_SEPARATOR!r})"
+        if part in (".", ".."):
+            return f"has a component {part!r}"
+    return None
+
+
+def mailbox_ancestors(name: str) -> list[str]:
+    """The names above ``name`` in the hierarchy, outermost first: ``a/b/c`` gives
+    ``["a", "a/b"]``, a top-level name none."""
+    parts = name.split(MAILBOX_SEPARATOR)
+    return [MAILBOX_SEPARATOR.join(parts[:i]) for i in range(1, len(parts))]
 
 
 @dataclass(frozen=True)

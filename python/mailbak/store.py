@@ -8,6 +8,10 @@ What it guarantees, step by step:
   the directory, and only then commits the record. A crash can leave a file without a record
   (an orphan under an ID nobody will reuse, reported by ``mailbak verify``), never a record
   without its file.
+* **Mailboxes** are made with their ancestors (``Archive/2024`` also makes ``Archive``): IDs
+  first, then every record in one transaction that looks for the names again, so concurrent
+  writers leave one live mailbox per name. Names ``layout.mailbox_name_problem`` refuses are
+  never written.
 * **Expunge** marks messages expunged and records them in ``message_erase`` in one transaction;
   **dequeue** deletes the queue record and records it in ``msg_erase`` in one transaction. The
   files are then removed by :meth:`_Area.sweep`, and the erase records deleted last.
@@ -29,7 +33,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,9 +50,12 @@ from mailbak.layout import (
     check_account_name,
     id_key,
     key_id,
+    mailbox_ancestors,
+    mailbox_name_problem,
     message_rel,
     read_config,
 )
+from mailbak.testpause import pause
 from mailbak.text import toml_key
 
 #: Virtual size reserved for each LMDB map. LMDB files grow only as data is written; the map
@@ -100,9 +107,24 @@ def unpack(value: bytes) -> dict:
     return rec
 
 
-def message_record(*, mailbox_id: int, uid: int, size: int, received: int, expunged: bool = False, flags: tuple[str, ...] = ()) -> dict:
-    """The fields of a ``message`` record."""
-    return {"mailbox_id": mailbox_id, "uid": uid, "size": size, "expunged": expunged, "received": received, "flags": list(flags)}
+def message_record(
+    *,
+    mailbox_id: int,
+    uid: int,
+    size: int,
+    received: int,
+    expunged: bool = False,
+    flags: Iterable[str] = (),
+    keywords: Iterable[str] = (),
+    origin: str | None = None,
+) -> dict:
+    """The fields of a ``message`` record: ``flags`` are ``layout.Flag`` values, ``keywords``
+    any other IMAP keywords, ``origin`` the restore's idempotence key (docs/FORMAT.md section
+    3), written only when given."""
+    rec = {"mailbox_id": mailbox_id, "uid": uid, "size": size, "expunged": expunged, "received": received, "flags": list(flags), "keywords": list(keywords)}
+    if origin is not None:
+        rec["origin"] = origin
+    return rec
 
 
 def mailbox_record(*, name: str, uidvalidity: int, uidnext: int = 1, expunged: bool = False) -> dict:
@@ -257,12 +279,59 @@ class Account(_Area):
         super().__init__(store, area, area / "msg")
 
     def create_mailbox(self, name: str) -> int:
-        """Adds a mailbox; returns its ID."""
-        id_ = self._alloc_ids()
-        with self.env.begin(write=True, db=self.db["mailbox"]) as txn:
-            rec = mailbox_record(name=name, uidvalidity=int(time.time()) & 0xFFFFFFFF or 1)
-            txn.put(id_key(id_), pack(rec))
+        """Adds the mailbox ``name`` and those of its ancestors no live mailbox is called (so
+        ``Archive/2024`` also makes ``Archive``); returns its ID. Raises FormatError for a name
+        ``layout.mailbox_name_problem`` refuses, or one a live mailbox already has."""
+        id_, created = self._make_mailbox(name)
+        if not created:
+            raise FormatError(f"mailbox {name!r} exists")
         return id_
+
+    def ensure_mailbox(self, name: str) -> int:
+        """The ID of the live mailbox ``name``, created with its missing ancestors when there
+        is none (see create_mailbox)."""
+        return self._make_mailbox(name)[0]
+
+    def _make_mailbox(self, name: str) -> tuple[int, bool]:
+        """(ID of the live mailbox ``name``, whether this call created it), creating it and its
+        missing ancestors. IDs are allocated first (their own transaction, as for every ID);
+        then one transaction looks again and writes the records of the names still missing,
+        so that a concurrent writer making the same mailbox leaves one live mailbox of each
+        name. IDs it allocated for names another writer made meanwhile stay unused (gaps are
+        allowed; reuse is not)."""
+        problem = mailbox_name_problem(name)
+        if problem is not None:
+            raise FormatError(f"mailbox name {name!r} {problem}")
+        wanted = [*mailbox_ancestors(name), name]
+        live = self._live_mailbox_ids()
+        if name in live:
+            return live[name], False
+        missing = [n for n in wanted if n not in live]
+        first = self._alloc_ids(len(missing))
+        pause("store.make_mailbox")
+        uidvalidity = int(time.time()) & 0xFFFFFFFF or 1
+        with self.env.begin(write=True, db=self.db["mailbox"]) as txn:
+            live = self._live_mailbox_ids(txn)
+            if name in live:
+                return live[name], False
+            for i, n in enumerate(missing):
+                if n not in live:
+                    live[n] = first + i
+                    txn.put(id_key(first + i), pack(mailbox_record(name=n, uidvalidity=uidvalidity)))
+        return live[name], True
+
+    def _live_mailbox_ids(self, txn: lmdb.Transaction | None = None) -> dict[str, int]:
+        """Live mailboxes' IDs by name (the first by ID when a store holds a name twice), read
+        in ``txn`` or a read transaction of its own."""
+        if txn is None:
+            with self.env.begin(db=self.db["mailbox"]) as own:
+                return self._live_mailbox_ids(own)
+        out: dict[str, int] = {}
+        for k, v in txn.cursor(db=self.db["mailbox"]):
+            rec = unpack(v)
+            if not rec["expunged"]:
+                out.setdefault(rec["name"], key_id(k))
+        return out
 
     def mailboxes(self) -> dict[int, dict]:
         """All mailbox records by ID."""
@@ -270,14 +339,22 @@ class Account(_Area):
             return {key_id(k): unpack(v) for k, v in txn.cursor()}
 
     def mailbox_id(self, name: str) -> int:
-        """The ID of the live mailbox called ``name``."""
-        for id_, rec in self.mailboxes().items():
-            if rec["name"] == name and not rec["expunged"]:
-                return id_
-        raise KeyError(name)
+        """The ID of the live mailbox called ``name``; KeyError when there is none."""
+        return self._live_mailbox_ids()[name]
 
-    def deliver(self, mailbox_id: int, data: bytes, *, received: int | None = None, flags: tuple[str, ...] = ()) -> int:
-        """Adds a message to a mailbox, crash-safely (see the module doc); returns its ID."""
+    def deliver(
+        self,
+        mailbox_id: int,
+        data: bytes,
+        *,
+        received: int | None = None,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        origin: str | None = None,
+    ) -> int:
+        """Adds a message to a mailbox, crash-safely (see the module doc); returns its ID.
+        ``received`` defaults to now; ``flags``, ``keywords`` and ``origin`` go into the record
+        as given (see message_record)."""
         id_ = self._alloc_ids()
         self._place(id_, data)
         try:
@@ -291,7 +368,8 @@ class Account(_Area):
                 uid = mb["uidnext"]
                 mb["uidnext"] = uid + 1
                 txn.put(id_key(mailbox_id), pack(mb), db=self.db["mailbox"])
-                rec = message_record(mailbox_id=mailbox_id, uid=uid, size=len(data), received=received or int(time.time()), flags=flags)
+                when = int(time.time()) if received is None else received
+                rec = message_record(mailbox_id=mailbox_id, uid=uid, size=len(data), received=when, flags=flags, keywords=keywords, origin=origin)
                 txn.put(id_key(id_), pack(rec), db=self.db["message"])
         except BaseException:
             self._discard(id_)
@@ -442,7 +520,8 @@ class Store:
         return read_config(self.config_dir).accounts
 
     def add_account(self, name: str, *, mailboxes: tuple[str, ...] = ("Inbox",)) -> Account:
-        """Configures a new account, creates its index and mailboxes."""
+        """Configures a new account, creates its index and mailboxes (nested names with their
+        ancestors, each once)."""
         check_account_name(name)
         if name in self.account_names():
             raise FormatError(f"account {name!r} exists")
@@ -456,7 +535,8 @@ class Store:
         (area / "msg").mkdir(mode=0o750)
         acc = self.account(name)
         for mb in mailboxes:
-            acc.create_mailbox(mb)
+            # ensure: a nested name listed after its ancestor (or before it) makes each once.
+            acc.ensure_mailbox(mb)
         return acc
 
     def account(self, name: str) -> Account:
