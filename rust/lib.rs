@@ -26,6 +26,7 @@ mod error;
 mod fsid;
 mod fsutil;
 mod gen;
+mod heads;
 mod ids;
 mod linkcopy;
 mod lmdbfile;

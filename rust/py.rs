@@ -24,6 +24,7 @@ use crate::check::{self, CheckJob, CheckOptions};
 use crate::classify::{Area, Snapshot};
 use crate::error::Error;
 use crate::fsid::{self, FsId};
+use crate::heads::{self, HeadError};
 use crate::ids::IdSet;
 use crate::lmdbfile::{ErrorKind, LmdbFile};
 use crate::priority::StartHook;
@@ -549,6 +550,77 @@ fn read_index<'py>(
     Ok(d)
 }
 
+/// One LMDB record as Python sees it: (key, value).
+type Record<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+
+/// Records of LMDB file `path`: for each named database of `tables`, every (key, value) in
+/// key order, or None when the file has no such table. Read directly by the bounds-checked
+/// reader (`lmdbfile`), all from one snapshot: `txnid` when given (see `read_index`).
+#[pyfunction]
+#[pyo3(signature = (path, tables, txnid = None))]
+fn read_tables<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    tables: Vec<Vec<u8>>,
+    txnid: Option<u64>,
+) -> PyResult<Vec<Option<Vec<Record<'py>>>>> {
+    /// The records of one table, or None when it is absent.
+    type Table = Option<Vec<(Vec<u8>, Vec<u8>)>>;
+    let read = py
+        .detach(|| -> Result<Vec<Table>, crate::lmdbfile::LmdbError> {
+            let file = LmdbFile::open(&path, txnid)?;
+            tables
+                .iter()
+                .map(|name| {
+                    let mut out = Vec::new();
+                    let found = file.for_each(name, &mut |k, v| {
+                        out.push((k.to_vec(), v.to_vec()));
+                        Ok(())
+                    })?;
+                    Ok(found.then_some(out))
+                })
+                .collect()
+        })
+        .map_err(|e| lmdb_err(e, &path))?;
+    Ok(read
+        .into_iter()
+        .map(|t| {
+            t.map(|rs| {
+                rs.iter()
+                    .map(|(k, v)| (PyBytes::new(py, k), PyBytes::new(py, v)))
+                    .collect()
+            })
+        })
+        .collect())
+}
+
+/// The heads of messages `ids` (packed u64s) below the message tree `root`; see `heads.rs`.
+/// Each item: the five raw field values, or the errno of what failed (-1: not a regular file).
+#[pyfunction]
+#[pyo3(signature = (root, ids, *, jobs))]
+fn read_heads<'py>(
+    py: Python<'py>,
+    root: PathBuf,
+    ids: &[u8],
+    jobs: usize,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let ids = unpack_u64(ids)?;
+    let dir = fsutil::open_dir(&root).map_err(|e| Error::new("open", e).with_path(&root))?;
+    let got = run(py, jobs, || heads::read_heads(dir.as_fd(), &ids))?;
+    got.into_iter()
+        .map(|r| match r {
+            Ok(fields) => Ok(fields
+                .iter()
+                .map(|f| PyBytes::new(py, f))
+                .collect::<Vec<_>>()
+                .into_pyobject(py)?
+                .into_any()),
+            Err(HeadError::NotRegular) => Ok((-1i32).into_pyobject(py)?.into_any()),
+            Err(HeadError::Io(e)) => Ok(e.raw_os_error().into_pyobject(py)?.into_any()),
+        })
+        .collect()
+}
+
 /// Writes generated message files; see `gen.rs`.
 #[pyfunction]
 #[pyo3(signature = (root, ids, sizes, *, seed, jobs, progress))]
@@ -644,6 +716,8 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_areas, m)?)?;
     m.add_function(wrap_pyfunction!(lmdb_check, m)?)?;
     m.add_function(wrap_pyfunction!(read_index, m)?)?;
+    m.add_function(wrap_pyfunction!(read_tables, m)?)?;
+    m.add_function(wrap_pyfunction!(read_heads, m)?)?;
     m.add_function(wrap_pyfunction!(write_messages, m)?)?;
     m.add_function(wrap_pyfunction!(message_path, m)?)?;
     m.add_function(wrap_pyfunction!(syncfs, m)?)?;

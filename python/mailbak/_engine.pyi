@@ -20,6 +20,8 @@ __all__ = [
     "check_areas",
     "lmdb_check",
     "read_index",
+    "read_heads",
+    "read_tables",
     "write_messages",
     "message_path",
     "syncfs",
@@ -260,6 +262,18 @@ def read_index(path: StrPath, kind: str, txnid: int | None = None) -> IndexSnaps
     set, highest ID, and the first 1000 problems (codes ``bad_*``/``missing_*``: unreadable, e.g.
     ``bad_key`` for a key that is not an 8-byte ID from 1 to 2^64-2; others: consistency rules
     of docs/FORMAT.md). Raises LmdbError."""
+
+def read_heads(root: StrPath, ids: bytes, *, jobs: int) -> list[list[bytes] | int]:
+    """For each message ID of ``ids`` (packed u64s), the raw values of From, To, Subject, Date
+    and Message-ID from the head of its file below the message tree ``root`` (its first 64 KiB
+    only; "" when absent), or the errno of the open or read that failed (-1: not a regular
+    file, never read). Files are opened without following a symlink."""
+
+def read_tables(path: StrPath, tables: list[bytes], txnid: int | None = None) -> list[list[tuple[bytes, bytes]] | None]:
+    """For each named database of ``tables``: every (key, value) in key order, or None when the
+    file has no such table; all from one snapshot, read directly like ``lmdb_check`` (of the
+    snapshot ``txnid`` when given). Raises LmdbError for damage met on the way, OSError if the
+    file cannot be read."""
 
 def write_messages(root: StrPath, ids: bytes, sizes: bytes, *, seed: int, jobs: int, progress: Progress) -> Tally:
     """Writes generated message files below message tree ``root`` (deterministic for ``seed``)."""

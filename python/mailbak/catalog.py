@@ -1,0 +1,479 @@
+"""What a backup, a repository's snapshot or a live store holds, read for the recovery verbs
+(``ls``, ``find``, ``export``, ``restore --account``): accounts, mailboxes, messages and the
+messages' files. Each verb is written against this one reader.
+
+Step by step:
+
+1. :meth:`Source.open` decides what PATH is: a directory with ``mailbak.json`` is a backup (a
+   snapshot when it sits in a repository, whose shared lock it then holds, so that no prune
+   removes it while it is read), a directory with ``config/mailstore.toml`` and ``data/`` a live
+   store. ``data/`` is held by descriptor (anchor.DataRoot) for the whole run; in a live store the
+   lease is held shared (lmdbcopy.ReaderLease), so writers defer removing message files.
+2. :meth:`Source.account` reads the account's index: its ``mailbox``, ``message`` and
+   ``message_erase`` tables, all from one LMDB view, through the engine's bounds-checked reader
+   (``_engine.read_tables``; LMDB's own C code trusts page contents, and a store's owner can
+   write any bytes into a database). A backup's copy is read at rest; a live store's database
+   is opened as one more LMDB reader, as the store's owner (lmdbcopy.open_readonly), and read at
+   that read transaction's ID while the transaction pins its pages.
+3. :class:`AccountView` opens message files below the account's ``msg/`` descriptor, one
+   component at a time, never following a symlink nor waiting on a FIFO, as the store's owner in
+   a live store; a file that is not a regular file is refused.
+
+Records are untrusted input: a record that does not decode as docs/FORMAT.md says is left out
+and named in ``AccountView.problems``; names (accounts, mailboxes) may hold any text, and are
+escaped by whoever prints them.
+
+Not guaranteed: in a live store each account is read from its own read transaction (LMDB has
+none spanning databases), and a message the server expunges and sweeps after that transaction
+but before its file is read (only possible when the lease could not be held) is a missing file,
+reported by the verb that reads it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from mailbak import _engine, manifest
+from mailbak.anchor import DataRoot, open_problem
+from mailbak.errors import ManifestError, UsageError
+from mailbak.fsio import open_dir, open_file
+from mailbak.headers import Head, head_of
+from mailbak.identity import StoreOwner, acting_as
+from mailbak.layout import CONFIG_FILE, AreaKind, FormatError, area_rel, key_id, message_rel, pack_ids, read_config
+from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, open_readonly
+from mailbak.report import Reporter
+from mailbak.repository import NAME_RE, RepoLock, is_repository, parse_time, reader_lock
+from mailbak.status import Status
+
+#: Separates the levels of a mailbox name (``Archive/2024``), as in mox.
+MAILBOX_SEPARATOR = "/"
+#: The tables of an account index the catalog reads.
+_TABLES = (b"mailbox", b"message", b"message_erase")
+
+
+class SourceKind(StrEnum):
+    """What PATH is."""
+
+    BACKUP = "backup"
+    SNAPSHOT = "snapshot"
+    STORE = "store"
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A live mailbox of an account."""
+
+    id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A live message of an account, as its record says."""
+
+    id: int
+    mailbox_id: int
+    uid: int
+    size: int
+    received: int
+    flags: tuple[str, ...]
+    keywords: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages of an account a verb takes: those of the named mailboxes (all when none
+    is named; with ``recursive``, also every mailbox below a named one), received at or after
+    ``since`` and before ``before`` (unix seconds)."""
+
+    mailboxes: tuple[str, ...] = ()
+    recursive: bool = False
+    since: int | None = None
+    before: int | None = None
+
+
+def parse_date(text: str) -> int:
+    """Unix seconds of ``text``: a date (``2026-11-24``, its midnight) or an ISO 8601 date and
+    time (``2026-11-24T13:05``, ``2026-11-24 13:05:00+01:00``), in local time when it names no
+    zone. Raises ValueError."""
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an ISO 8601 date and time") from None
+    return int(t.timestamp())  # a naive datetime is local time, as the operator means it
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    """A record's list of strings (flags, keywords); anything else in it is left out."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def _uint(rec: dict, key: str) -> int:
+    """The unsigned integer ``rec[key]``; raises FormatError when it is not one."""
+    v = rec.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise FormatError(f"{key} is not an unsigned integer")
+    return v
+
+
+def _decode(value: bytes) -> dict:
+    """A record's msgpack map; raises FormatError."""
+    try:
+        rec = msgpack.unpackb(value, raw=False)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise FormatError(f"not msgpack: {e}") from e
+    if not isinstance(rec, dict):
+        raise FormatError("not a msgpack map")
+    return rec
+
+
+class Source:
+    """A backup, a snapshot or a live store opened for reading (a context manager)."""
+
+    def __init__(self, path: Path, kind: SourceKind, doc: dict[str, Any] | None, reporter: Reporter):
+        self.path = path
+        self.kind = kind
+        #: The manifest of a backup or snapshot.
+        self.manifest = doc
+        self.reporter = reporter
+        #: The manifest's start (unix seconds); None for a live store.
+        self.started: float | None = None
+        #: ok, failed, running (an incomplete backup), or "live".
+        self.status = "live"
+        if doc is not None:
+            self.status = str(doc.get("status"))
+            started = parse_time(doc.get("started"))
+            self.started = started.timestamp() if started is not None else None
+        #: How the source is named in output: a snapshot's name, a backup's start, or "live".
+        self.label = path.name if kind is SourceKind.SNAPSHOT else (str(doc.get("started")) if doc and doc.get("started") else "live" if kind is SourceKind.STORE else path.name)
+        self.lock: RepoLock | None = None
+        self.lease: ReaderLease | None = None
+        self.root: DataRoot | None = None
+        self.owner: StoreOwner | None = None
+
+    @classmethod
+    def open(cls, path: Path, reporter: Reporter | None = None, *, lock: bool = True) -> Source:
+        """Opens PATH; raises UsageError when it is neither a backup (or snapshot) nor a store,
+        or cannot be read. ``lock``: take the repository's shared lock for a snapshot (a caller
+        reading many snapshots holds it itself). Warnings (an incomplete backup, a lease that
+        cannot be held) go to ``reporter``."""
+        reporter = reporter or Reporter()
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise UsageError(f"{path}: {e.strerror}") from e
+        if stat.S_ISLNK(st.st_mode):
+            raise UsageError(f"{path}: is a symlink (never followed); name the directory it points to itself")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{path}: not a directory (a backup, a snapshot or a store)")
+        if is_repository(path):
+            raise UsageError(f"{path}: is a repository; name one of its snapshots (`mailbak snapshots {path}` lists them)")
+        snapshot = bool(NAME_RE.match(path.name)) and is_repository(path.parent)
+        src: Source
+        if os.path.lexists(path / manifest.MANIFEST):
+            try:
+                doc = manifest.read(path)
+            except ManifestError as e:
+                raise UsageError(str(e)) from e
+            src = cls(path, SourceKind.SNAPSHOT if snapshot else SourceKind.BACKUP, doc, reporter)
+        elif os.path.lexists(path / "config" / CONFIG_FILE):
+            src = cls(path, SourceKind.STORE, None, reporter)
+        else:
+            raise UsageError(f"{path}: neither a backup (no {manifest.MANIFEST}) nor a store (no config/{CONFIG_FILE})")
+        try:
+            src._hold(lock)
+        except BaseException:
+            src.close()
+            raise
+        return src
+
+    def _hold(self, lock: bool) -> None:
+        """Takes what the run holds: the repository's lock, ``data/``, the lease."""
+        if lock and self.kind is SourceKind.SNAPSHOT:
+            self.lock = reader_lock(self.path, on_wait=self.reporter.message)
+        if self.status == Status.RUNNING:
+            self.reporter.warn("incomplete", manifest.MANIFEST, 'the backup is incomplete (its manifest says "running"): what it lacks is missing here too')
+        elif self.status == Status.FAILED:
+            self.reporter.warn("backup_failed", manifest.MANIFEST, "the backup is marked failed: what its errors name is missing here too")
+        data = self.path / "data"
+        try:
+            self.root = DataRoot(data)
+        except OSError as e:
+            raise UsageError(f"{data}: cannot open: {open_problem(data, e)}") from e
+        if self.kind is SourceKind.STORE:
+            self.owner = StoreOwner.of(data)
+            self.lease = ReaderLease(data, self.reporter).__enter__()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases the lease, ``data/`` and the repository's lock; harmless when called again."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        if self.root is not None:
+            self.root.close()
+            self.root = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def accounts(self) -> tuple[str, ...]:
+        """The valid configured account names, in the config's order. Raises UsageError when the
+        config cannot be read."""
+        try:
+            return read_config(self.path / "config").accounts
+        except FormatError as e:
+            raise UsageError(str(e)) from e
+
+    def account(self, name: str) -> AccountView:
+        """The account ``name`` read (step 2 of the module doc). Raises UsageError naming the
+        accounts there are when it is not one of them, and when its index cannot be read."""
+        names = self.accounts()
+        if name not in names:
+            raise UsageError(f"no account {name!r} in {self.path} (accounts: {', '.join(map(repr, names)) or 'none'})")
+        assert self.root is not None, "Source used after close"
+        rel = area_rel(AreaKind.ACCOUNT, name)
+        try:
+            tables = self._read_index(f"{rel}/{AreaKind.ACCOUNT.layout.index}")
+        except DatabaseError as e:
+            raise UsageError(f"{self.path}/data/{rel}/index.db: {e}") from e
+        try:
+            msg_fd = self.root.open_dir(f"{rel}/{AreaKind.ACCOUNT.layout.tree}")
+        except OSError as e:
+            # Every message is then unreadable: each an error of the verb that reads it.
+            self.reporter.error("message_dir", f"data/{rel}/msg", f"cannot open: {e.strerror}")
+            msg_fd = None
+        return AccountView(name, rel, tables, msg_fd, self.owner)
+
+    def _read_index(self, rel: str) -> list[list[tuple[bytes, bytes]] | None]:
+        """The catalog's tables of the database ``data/rel``; raises DatabaseError."""
+        assert self.root is not None
+        try:
+            fd, st = self.root.open_entry(rel)
+        except FileNotFoundError as e:
+            raise DatabaseError("missing") from e
+        except OSError as e:
+            raise DatabaseError(f"cannot open: {e.strerror}") from e
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise DatabaseError("not a regular file (a symlink or special file is never opened)")
+            # The engine reads the very file held (the /proc link reopens the descriptor's file).
+            held = f"/proc/self/fd/{fd}"
+            try:
+                if self.kind is not SourceKind.STORE:
+                    return _engine.read_tables(held, list(_TABLES))
+                return self._read_live(held, rel, st)
+            except _engine.LmdbError as e:
+                raise DatabaseError(f"damaged: {describe(e).replace(held, rel)}") from e
+            except OSError as e:
+                raise DatabaseError(f"cannot read: {e.strerror}") from e
+        finally:
+            os.close(fd)
+
+    def _read_live(self, held: str, rel: str, st: os.stat_result) -> list[list[tuple[bytes, bytes]] | None]:
+        """The tables of a live database, read at one read transaction's ID while it is held."""
+        assert self.root is not None
+        env = open_readonly(self.root.path / rel, self.owner)
+        try:
+            last: BaseException | None = None
+            for _ in range(CHECK_ATTEMPTS):
+                with env.begin() as txn:
+                    try:
+                        with acting_as(self.owner):
+                            return _engine.read_tables(held, list(_TABLES), txn.id())
+                    except _engine.LmdbError as e:
+                        # A writer may have overwritten our view's meta page before the engine
+                        # read it (two commits in between): a fresh transaction clears that.
+                        last = e
+            assert last is not None
+            raise last
+        finally:
+            env.close()
+
+
+class AccountView:
+    """One account of a source, as its index says (a context manager: it holds ``msg/``)."""
+
+    def __init__(self, name: str, rel: str, tables: list[list[tuple[bytes, bytes]] | None], msg_fd: int | None, owner: StoreOwner | None):
+        self.name = name
+        #: The account's directory below ``data/``.
+        self.rel = rel
+        self.owner = owner
+        self.msg_fd = msg_fd
+        self._dirs: dict[str, int] = {}
+        #: (code, detail) of what could not be read from the index.
+        self.problems: list[tuple[str, str]] = []
+        mailboxes, messages, erasing = (t if t is not None else [] for t in tables)
+        for table, rows in zip(_TABLES, tables, strict=True):
+            if rows is None and table != b"message_erase":
+                self.problems.append(("missing_table", f"the index has no {table.decode()} table"))
+        self.mailboxes: dict[int, Mailbox] = {}
+        for key, value in mailboxes:
+            try:
+                rec = _decode(value)
+                id_ = key_id(key)
+                if rec.get("expunged") is True:
+                    continue
+                name_ = rec.get("name")
+                if not isinstance(name_, str):
+                    raise FormatError("name is not a string")
+                self.mailboxes[id_] = Mailbox(id_, name_, _uint(rec, "uidvalidity"), _uint(rec, "uidnext"))
+            except (FormatError, ValueError) as e:
+                self.problems.append(("bad_record", f"mailbox {key.hex()}: {e}"))
+        gone = {k for k, _ in erasing}
+        self.messages: list[Message] = []
+        for key, value in messages:
+            if key in gone:
+                continue
+            try:
+                rec = _decode(value)
+                if rec.get("expunged") is not False:
+                    if rec.get("expunged") is True:
+                        continue
+                    raise FormatError("expunged is not a bool")
+                id_ = key_id(key)
+                received = rec.get("received")
+                if not isinstance(received, int) or isinstance(received, bool):
+                    raise FormatError("received is not an integer")
+                m = Message(id_, _uint(rec, "mailbox_id"), _uint(rec, "uid"), _uint(rec, "size"), received, _str_tuple(rec.get("flags")), _str_tuple(rec.get("keywords")))
+            except (FormatError, ValueError) as e:
+                self.problems.append(("bad_record", f"message {key.hex()}: {e}"))
+                continue
+            if m.mailbox_id not in self.mailboxes:
+                self.problems.append(("unknown_mailbox", f"message {m.id} names mailbox {m.mailbox_id}, which does not exist"))
+                continue
+            self.messages.append(m)
+
+    def __enter__(self) -> AccountView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the message directories held; harmless when called again."""
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
+        if self.msg_fd is not None:
+            os.close(self.msg_fd)
+            self.msg_fd = None
+
+    # Mailboxes and selections ------------------------------------------------------------------
+
+    def mailbox(self, name: str) -> Mailbox:
+        """The live mailbox called ``name``; raises UsageError naming the mailboxes there are."""
+        for mb in self.mailboxes.values():
+            if mb.name == name:
+                return mb
+        names = sorted(mb.name for mb in self.mailboxes.values())
+        raise UsageError(f"no mailbox {name!r} in account {self.name!r} (mailboxes: {', '.join(map(repr, names)) or 'none'})")
+
+    def select(self, sel: Selection) -> list[Message]:
+        """The messages ``sel`` takes, by ID; raises UsageError for a mailbox that does not
+        exist."""
+        ids: set[int] | None = None
+        if sel.mailboxes:
+            ids = set()
+            for name in sel.mailboxes:
+                ids.add(self.mailbox(name).id)
+                if sel.recursive:
+                    below = name + MAILBOX_SEPARATOR
+                    ids.update(mb.id for mb in self.mailboxes.values() if mb.name.startswith(below))
+        return [m for m in self.messages if (ids is None or m.mailbox_id in ids) and (sel.since is None or m.received >= sel.since) and (sel.before is None or m.received < sel.before)]
+
+    # Message files -----------------------------------------------------------------------------
+
+    def message_rel(self, id_: int) -> str:
+        """The path of message ``id_``'s file below ``data/``, for messages."""
+        return f"{self.rel}/msg/{message_rel(id_)}"
+
+    def open_message(self, id_: int) -> int:
+        """A read-only descriptor of message ``id_``'s file (step 3 of the module doc). Raises
+        OSError with ``filename`` the file's path below ``data/``."""
+        dname, _, fname = message_rel(id_).partition("/")
+        try:
+            if self.msg_fd is None:
+                raise OSError(errno.ENOENT, "the message directory cannot be opened")
+            with acting_as(self.owner):
+                dfd = self._dirs.get(dname)
+                if dfd is None:
+                    dfd = self._dirs[dname] = open_dir(dname, dir_fd=self.msg_fd)
+                fd = open_file(fname, dir_fd=dfd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device is never read)")
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as e:
+            strerror = "a symlink, or below one (never followed)" if e.errno == errno.ELOOP else e.strerror
+            raise OSError(e.errno, strerror, self.message_rel(id_)) from e
+        return fd
+
+    def read_message(self, id_: int, size: int | None = None) -> bytes:
+        """The bytes of message ``id_``'s file, never more than ``size`` (its record's) plus one,
+        so a file grown past its record shows as one; raises OSError as :meth:`open_message`."""
+        fd = self.open_message(id_)
+        try:
+            limit = (size if size is not None else os.fstat(fd).st_size) + 1
+            chunks, got = [], 0
+            while got < limit:
+                chunk = os.read(fd, min(limit - got, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def heads(self, ids: list[int], jobs: int = 2) -> list[Head | OSError]:
+        """The parsed heads of messages ``ids`` (each from its file's first 64 KiB only), in
+        order, read by the engine in ``jobs`` threads; a file that cannot be read is its OSError
+        (``filename``: its path below ``data/``). Read as root in a live store too, as backup
+        reads it: below the held ``msg/``, never following a symlink."""
+        if self.msg_fd is None:
+            return [OSError(errno.ENOENT, "the message directory cannot be opened", self.message_rel(i)) for i in ids]
+        got = _engine.read_heads(f"/proc/self/fd/{self.msg_fd}", pack_ids(ids), jobs=jobs)
+        out: list[Head | OSError] = []
+        for id_, r in zip(ids, got, strict=True):
+            if isinstance(r, int):
+                why = "not a regular file (a FIFO, socket or device is never read)" if r < 0 else "a symlink, or below one (never followed)" if r == errno.ELOOP else os.strerror(r)
+                out.append(OSError(r if r > 0 else errno.EINVAL, why, self.message_rel(id_)))
+            else:
+                out.append(head_of(r))
+        return out
+
+    def head(self, id_: int) -> Head:
+        """The parsed head of message ``id_``; raises OSError as :meth:`heads` gives it."""
+        (h,) = self.heads([id_], jobs=1)
+        if isinstance(h, OSError):
+            raise h
+        return h
+
+    def stat_message(self, id_: int) -> os.stat_result:
+        """``fstat`` of message ``id_``'s file; raises OSError."""
+        fd = self.open_message(id_)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,50 @@
+"""A message's head as ``ls`` and ``find`` show it: From, To, Subject, Date and Message-ID.
+
+The engine finds the fields in the first 64 KiB of each file (``_engine.read_heads``, many
+files in parallel: opening and reading them from Python cost 18 µs a message, against a 2 s
+budget for listing a 100,000-message mailbox); this decodes their values. RFC 2047 encoded words
+are left to ``email.header``, and only for a value that holds one (building the standard
+library's header objects for every field cost 40 µs a message).
+
+Text is what the sender wrote, decoded: it may hold anything (control characters included);
+whoever prints it escapes it (report.py).
+"""
+
+from __future__ import annotations
+
+import email.header
+import re
+from dataclasses import dataclass
+
+#: Runs of whitespace (folding included) inside a field's value.
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The fields of a message's head a listing shows, decoded; "" when absent."""
+
+    from_: str = ""
+    to: str = ""
+    subject: str = ""
+    date: str = ""
+    message_id: str = ""
+
+
+def _decode(raw: bytes) -> str:
+    """A field's value as text: RFC 2047 encoded words decoded, other bytes as UTF-8 (invalid
+    sequences replaced), runs of whitespace collapsed to one space."""
+    text = raw.decode("utf-8", "replace")
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (ValueError, LookupError, UnicodeError, AssertionError):
+            pass  # a malformed encoded word: shown as written
+    # The engine joined folded lines with one space; only odd spacing needs the regex.
+    return _SPACE.sub(" ", text).strip() if "  " in text or "\t" in text or "\r" in text else text
+
+
+def head_of(fields: list[bytes]) -> Head:
+    """The head whose raw field values (From, To, Subject, Date, Message-ID, as the engine
+    returns them) are ``fields``."""
+    return Head(*(_decode(v) for v in fields))
