@@ -1,12 +1,14 @@
 """Dovecot's real ``imap`` binary on stdin/stdout, reading a Maildir tree, driven by Python's
 ``imaplib.IMAP4_stream``: what a mail server makes of an export.
 
-The config is the least Dovecot needs (``mail_location`` with ``LAYOUT=fs`` and ``INBOX=``
-naming mox's ``Inbox`` maildir, and a log file); the binary runs as an unprivileged user with
-a clean environment (``USER``, ``HOME``), as Dovecot's own ``imap`` does after login."""
+The config is the least Dovecot needs: ``mail_location`` with ``LAYOUT=fs``, ``UTF-8`` (names
+on disk are UTF-8, not modified UTF-7) and ``INBOX=`` naming mox's ``Inbox`` maildir, and a log
+file. The binary runs as an unprivileged user with a clean environment (``USER``, ``HOME``), as
+Dovecot's own ``imap`` does after login."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import pwd
 import re
@@ -21,7 +23,7 @@ IMAP_BINARY = "/usr/lib/dovecot/imap"
 def dovecot_config(maildir: Path, conf_dir: Path) -> Path:
     """A config file in ``conf_dir`` for the Maildir tree at ``maildir`` (mailbak export's)."""
     conf = conf_dir / "dovecot.conf"
-    conf.write_text(f"mail_location = maildir:{maildir}:LAYOUT=fs:INBOX={maildir}/Inbox\nlog_path = {conf_dir}/dovecot.log\n")
+    conf.write_text(f"mail_location = maildir:{maildir}:LAYOUT=fs:UTF-8:INBOX={maildir}/Inbox\nlog_path = {conf_dir}/dovecot.log\n")
     conf.chmod(0o644)
     return conf
 
@@ -40,8 +42,42 @@ _LIST = re.compile(rb'\((?P<attrs>[^)]*)\) (?P<sep>"[^"]*"|NIL) (?P<name>.*)$')
 
 def _unquote(name: bytes) -> str:
     if name.startswith(b'"'):
-        return re.sub(rb"\\(.)", rb"\1", name[1:-1]).decode("utf-8")
-    return name.decode("utf-8")
+        name = re.sub(rb"\\(.)", rb"\1", name[1:-1])
+    return mutf7_decode(name.decode("ascii"))
+
+
+def mutf7_decode(text: str) -> str:
+    """A mailbox name in IMAP's modified UTF-7 (RFC 3501 section 5.1.3) as text: Dovecot
+    without UTF8=ACCEPT sends non-ASCII names so."""
+
+    def part(m: re.Match) -> str:
+        b64 = m[1]
+        if b64 == "":
+            return "&"
+        raw = base64.b64decode(b64.replace(",", "/") + "=" * (-len(b64) % 4))
+        return raw.decode("utf-16-be")
+
+    return re.sub(r"&([^-]*)-", part, text)
+
+
+def mutf7_encode(name: str) -> str:
+    """``name`` in IMAP's modified UTF-7, as a SELECT takes it."""
+    out, run = [], []
+
+    def flush() -> None:
+        if run:
+            b64 = base64.b64encode("".join(run).encode("utf-16-be")).decode("ascii").rstrip("=").replace("/", ",")
+            out.append(f"&{b64}-")
+            run.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            run.append(ch)
+    flush()
+    return "".join(out)
 
 
 class Imap:
@@ -54,8 +90,6 @@ class Imap:
         cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "env", "-i", f"USER={user}", f"HOME={conf_dir}", IMAP_BINARY, "-c", str(conf)]
         self.log = conf_dir / "dovecot.log"
         self.conn = imaplib.IMAP4_stream(shlex.join(cmd))
-        # UTF-8 mailbox names (RFC 6855) rather than modified UTF-7.
-        self.conn.enable("UTF8=ACCEPT")
 
     def __enter__(self) -> Imap:
         return self
@@ -84,7 +118,8 @@ class Imap:
     def fetch_all(self, mailbox: str) -> list[Fetched]:
         """Every message of ``mailbox`` in UID order: its flags (``\\Recent`` left out: a
         session's, not the message's), body and internal date."""
-        typ, data = self.conn.select('"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"', readonly=True)
+        quoted = mutf7_encode(mailbox).replace("\\", "\\\\").replace('"', '\\"')
+        typ, data = self.conn.select(f'"{quoted}"', readonly=True)
         count = int(self.ok(typ, data)[0])
         if count == 0:
             return []

@@ -381,7 +381,7 @@ def export(path: Path, out: Path, account: str, mailboxes: tuple[str, ...], recu
     one maildir per mailbox mirroring the hierarchy, flags in the ":2," suffix,
     keywords in each maildir's dovecot-keywords, file names starting with the
     received time, message bytes unchanged; Dovecot reads it with
-    "mail_location = maildir:OUT:LAYOUT=fs:INBOX=OUT/Inbox", mox with
+    "mail_location = maildir:OUT:LAYOUT=fs:UTF-8:INBOX=OUT/Inbox", mox with
     "mox import maildir". mbox: OUT/Archive/2024.mbox, mboxrd quoting, flags as
     Status/X-Status/X-Keywords headers. Mailbox names that are not safe as file
     names (".", "..", leading ".", control characters, "%") are written

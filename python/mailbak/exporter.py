@@ -39,7 +39,7 @@ from mailbak.errors import UsageError
 from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.layout import MAILBOX_SEPARATOR
 from mailbak.mailformat import MaildirFolder, MailFormat, MboxFile, Tree, relpath
-from mailbak.report import Reporter
+from mailbak.report import Event, Reporter
 from mailbak.runner import Runner
 from mailbak.status import Status
 from mailbak.testpause import pause
@@ -87,6 +87,7 @@ class Export:
         self.fmt = fmt
         self.owner_name = owner
         self.reporter = reporter
+        self.verbose = verbose
         self.runner = Runner(reporter, verbose=verbose)
         self.owner: tuple[int, int] | None = None
         self.source: Source | None = None
@@ -101,7 +102,7 @@ class Export:
     def check(self) -> None:
         """Step 1; raises UsageError."""
         self.owner = resolve_owner(self.owner_name)
-        self.source = Source.open(self.path)
+        self.source = Source.open(self.path, self.reporter)
         self.view = self.source.account(self.account)
         messages = self.view.select(self.selection)
         for code, detail in self.view.problems:
@@ -121,7 +122,7 @@ class Export:
 
     def plan(self, messages: list[Message]) -> list[Folder]:
         """The folders to write, by name: every selected mailbox (an empty one too), with its
-        messages by UID. A message of no live mailbox is an error value."""
+        messages by UID."""
         assert self.view is not None
         names = self.selection.mailboxes
         wanted = {m.name for m in self.view.mailboxes.values() if not names or m.name in names or (self.selection.recursive and any(m.name.startswith(n + MAILBOX_SEPARATOR) for n in names))}
@@ -129,11 +130,8 @@ class Export:
         for name in wanted:
             by_name[name] = []
         for msg in messages:
-            box = self.view.mailboxes.get(msg.mailbox_id)
-            if box is None:
-                self.reporter.error("no_mailbox", None, f"account {escape_path(self.account)}, message {msg.id}: its mailbox {msg.mailbox_id} is not a live mailbox; not exported")
-                continue
-            by_name[box.name].append(msg)
+            # The catalog keeps only messages of live mailboxes (the others are its problems).
+            by_name[self.view.mailboxes[msg.mailbox_id].name].append(msg)
         return [Folder(name, sorted(msgs, key=lambda m: (m.uid, m.id))) for name, msgs in sorted(by_name.items())]
 
     # Phase 2 ----------------------------------------------------------------------------------
@@ -165,6 +163,8 @@ class Export:
                 try:
                     self.counts["bytes"] += self.write_message(writer, msg)
                     self.counts["messages"] += 1
+                    if self.verbose:
+                        self.reporter.event(Event("info", "exported", os.fsencode(writer.rel), f"message {msg.id}"))
                 except OSError as e:
                     self.message_error(folder.name, msg, e)
                 self.runner.step()

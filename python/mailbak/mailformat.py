@@ -8,8 +8,10 @@ Layout below OUT (a mailbox name's components, ``/``-separated, each escaped by
 
 - Maildir (:class:`MaildirFolder`): ``OUT/Archive/2024/{cur,new,tmp}``, one maildir per
   mailbox in a tree mirroring the hierarchy, as Dovecot's ``LAYOUT=fs`` reads it (and
-  ``mox import maildir``, one maildir at a time). Mox's inbox ``Inbox`` is ``OUT/Inbox``:
-  Dovecot needs ``INBOX=OUT/Inbox`` in ``mail_location`` to take it as its INBOX. A message is
+  ``mox import maildir``, one maildir at a time). Names are UTF-8 on disk (Dovecot needs
+  ``UTF-8`` in ``mail_location``, else it expects modified UTF-7). Mox's inbox ``Inbox`` is
+  ``OUT/Inbox``: Dovecot needs ``INBOX=OUT/Inbox`` in ``mail_location`` to take it as its
+  INBOX (``maildir:OUT:LAYOUT=fs:UTF-8:INBOX=OUT/Inbox``). A message is
   ``cur/<received>.I<ID>.mailbak,S=<size>:2,<letters>``: mox import takes the received time
   from the name's first dot-separated part, Dovecot checks ``S=`` against the file's size. The
   letters are the Maildir flags (``D`` draft, ``F`` flagged, ``R`` answered, ``S`` seen, ``T``
@@ -63,9 +65,9 @@ from mailbak.layout import MAILBOX_SEPARATOR, Flag
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
 #: Maildir letters of the IMAP system flags (Dovecot, mox and cr.yp.to's maildir spec agree).
-MAILDIR_LETTERS = {Flag.DRAFT: "D", Flag.FLAGGED: "F", Flag.ANSWERED: "R", Flag.SEEN: "S", Flag.DELETED: "T"}
+MAILDIR_LETTERS: dict[str, str] = {Flag.DRAFT: "D", Flag.FLAGGED: "F", Flag.ANSWERED: "R", Flag.SEEN: "S", Flag.DELETED: "T"}
 #: ``X-Status:`` letters of the mbox headers (Dovecot's, which mox import reads).
-X_STATUS_LETTERS = {Flag.ANSWERED: "A", Flag.FLAGGED: "F", Flag.DRAFT: "T", Flag.DELETED: "D"}
+X_STATUS_LETTERS: dict[str, str] = {Flag.ANSWERED: "A", Flag.FLAGGED: "F", Flag.DRAFT: "T", Flag.DELETED: "D"}
 #: Keywords a maildir can name: its ``dovecot-keywords`` letters ``a`` to ``z``.
 MAX_MAILDIR_KEYWORDS = 26
 #: The name of a maildir's keywords file (Dovecot's).
