@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import NOBODY, backup_ok, json_lines, run_cli
+from conftest import NOBODY, backup_into, backup_ok, chown_tree, init_ok, json_lines, run_cli
 from dovecot import Imap, as_served
 from mailbak.layout import id_key, message_rel
 from mailbak.mailformat import MailFormat, escape_component, relpath, unescape_component
@@ -134,16 +134,37 @@ def test_maildir_export_is_what_dovecot_serves(source, public_dir):
             assert got == want, name
 
 
-def test_maildir_of_live_store_and_of_its_backup_are_the_same(tmp_path):
-    build_store(tmp_path / "store")
-    backup_ok(tmp_path / "store", tmp_path / "backup")
-    export_ok(tmp_path / "store", tmp_path / "a", "--account", "alice")
+def test_live_store_its_backup_and_a_snapshot_export_the_same(tmp_path):
+    """A live store owned by the mail server's user (nobody; root reads it as that user), a
+    backup of it and a repository snapshot of it give the same tree."""
+    store = tmp_path / "store"
+    build_store(store)
+    chown_tree(store)
+    backup_ok(store, tmp_path / "backup")
+    init_ok(tmp_path / "repo")
+    backup_into(store, tmp_path / "repo")
+    [snapshot] = [p for p in (tmp_path / "repo").iterdir() if not p.name.startswith(".") and p.is_dir()]
+    export_ok(store, tmp_path / "a", "--account", "alice")
     export_ok(tmp_path / "backup", tmp_path / "b", "--account", "alice")
-    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
-    assert a == b and len([r for r in a if "/cur/" in r]) == len(MESSAGES)
+    export_ok(snapshot, tmp_path / "c", "--account", "alice")
+    a, b, c = tree(tmp_path / "a"), tree(tmp_path / "b"), tree(tmp_path / "c")
+    assert a == b == c and len([r for r in a if "/cur/" in r]) == len(MESSAGES)
     for rel, mode in a.items():
         if stat.S_ISREG(mode):
-            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes() == (tmp_path / "c" / rel).read_bytes()
+
+
+def test_more_keywords_than_a_maildir_holds_are_left_out_with_a_warning(tmp_path, public_dir):
+    words = [f"kw{i:02d}" for i in range(30)]
+    build_store(tmp_path / "store", extra=[("Drafts", f"Subject: {w}\n\n{w}\n".encode(), T0 + i, [], [w]) for i, w in enumerate(words)])
+    out = public_dir / "out"
+    lines = export_ok(tmp_path / "store", out, "--account", "alice", "--owner", "nobody")
+    [warn] = [e for e in lines if e["message_type"] == "warning"]
+    assert warn["code"] == "keywords" and warn["path"] == "Drafts" and "kw26, kw27, kw28, kw29" in warn["cause"]
+    assert (out / "Drafts" / "dovecot-keywords").read_text() == "".join(f"{i} {w}\n" for i, w in enumerate(words[:26]))
+    with Imap(out, public_dir) as imap:
+        got = sorted(tuple(sorted(m.flags)) for m in imap.fetch_all("Drafts"))
+    assert got == sorted([(w,) for w in words[:26]] + [()] * 4)
 
 
 def test_selection_mailbox_recursive_and_dates(source, tmp_path):
@@ -249,24 +270,35 @@ def test_owner_of_another_user_needs_root(source, tmp_path):
     assert p.returncode == 2 and "no such user" in p.stderr and not (tmp_path / "o").exists()
 
 
-def test_missing_message_file_is_an_error_naming_it_and_the_rest_is_exported(tmp_path):
+def test_missing_or_irregular_message_files_are_errors_naming_them_and_the_rest_is_exported(tmp_path):
     msgs = build_store(tmp_path / "store")
     backup_ok(tmp_path / "store", tmp_path / "backup")
     victim_id = next(i for i, m in msgs.items() if m[0] == "Sent")
-    path = tmp_path / "backup" / "data" / "accounts" / "alice" / "msg" / message_rel(victim_id)
-    path.unlink()
+    msg_dir = tmp_path / "backup" / "data" / "accounts" / "alice" / "msg"
+    (msg_dir / message_rel(victim_id)).unlink()
+    # Two more in Archive/2024 that are not regular files: a symlink (never followed) and a FIFO
+    # (never waited for): errors naming them too.
+    link_id, fifo_id = sorted(i for i, m in msgs.items() if m[0] == "Archive/2024")
+    (msg_dir / message_rel(link_id)).unlink()
+    (msg_dir / message_rel(link_id)).symlink_to("/etc/passwd")
+    (msg_dir / message_rel(fifo_id)).unlink()
+    os.mkfifo(msg_dir / message_rel(fifo_id))
     for fmt in ("maildir", "mbox"):
         out = tmp_path / f"out-{fmt}"
         p = run_cli("export", tmp_path / "backup", out, "--account", "alice", "--format", fmt)
         assert p.returncode == 1, p.stdout + p.stderr
-        [err] = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("error:")]
-        assert "alice" in err and "Sent" in err and f"message {victim_id}" in err and message_rel(victim_id) in err
+        errs = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("error:")]
+        assert len(errs) == 3, errs
+        for id_, mb in ((victim_id, "Sent"), (link_id, "Archive/2024"), (fifo_id, "Archive/2024")):
+            [err] = [e for e in errs if f"message {id_}:" in e]
+            assert "alice" in err and f"mailbox {mb}," in err and message_rel(id_) in err
         p = run_cli("export", "--json", tmp_path / "backup", tmp_path / f"json-{fmt}", "--account", "alice", "--format", fmt)
         summary = json_lines(p.stdout)[-1]
-        assert (p.returncode, summary["status"], summary["errors"], summary["messages"]) == (1, "failed", 1, len(MESSAGES) - 1)
-    assert len(list((tmp_path / "out-maildir").rglob("*.mailbak,*"))) == len(MESSAGES) - 1
+        assert (p.returncode, summary["status"], summary["errors"], summary["messages"]) == (1, "failed", 3, len(MESSAGES) - 3)
+    assert len(list((tmp_path / "out-maildir").rglob("*.mailbak,*"))) == len(MESSAGES) - 3
     assert (tmp_path / "out-mbox" / "Sent.mbox").stat().st_size == 0
-    assert sum(len(mailbox.mbox(f).keys()) for f in (tmp_path / "out-mbox").rglob("*.mbox")) == len(MESSAGES) - 1
+    assert sum(len(mailbox.mbox(f).keys()) for f in (tmp_path / "out-mbox").rglob("*.mbox")) == len(MESSAGES) - 3
+    assert b"root:" not in b"".join(f.read_bytes() for f in (tmp_path / "out-mbox").rglob("*.mbox"))
 
 
 HOSTILE = ["..", "../x", "../../etc", "/abs", "a\nb", ".hidden", "x/new", "cur", "dovecot.index", "sub%2Fescaped", "tail/", "A.mbox/b", "A"]
@@ -352,3 +384,16 @@ def test_out_taken_from_its_owner_while_written(source, public_dir):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stdout + stderr
     assert os.stat(out).st_uid == NOBODY.pw_uid and (out / "Inbox" / "cur").is_dir()
+
+
+def test_received_times_out_of_range_are_written_as_the_nearest(tmp_path):
+    build_store(tmp_path / "store", extra=[("Drafts", b"Subject: past\n\nx\n", -5, [], []), ("Drafts", b"Subject: future\n\ny\n", 1 << 62, [], [])])
+    export_ok(tmp_path / "store", tmp_path / "m", "--account", "alice", "--mailbox", "Drafts")
+    names = sorted(os.listdir(tmp_path / "m" / "Drafts" / "cur"))
+    assert [n.split(".")[0] for n in names] == ["0", "253402300799"]
+    past, future = sorted(int((tmp_path / "m" / "Drafts" / "cur" / n).stat().st_mtime) for n in names)
+    # The future as far as the file system stores it (ext4: year 2446).
+    assert past == 0 and future > T0 + 400 * 365 * 86400
+    export_ok(tmp_path / "store", tmp_path / "b", "--account", "alice", "--mailbox", "Drafts", "--format", "mbox")
+    box = (tmp_path / "b" / "Drafts.mbox").read_bytes()
+    assert box.startswith(b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n") and b"\n\nFrom MAILER-DAEMON Fri Dec 31 23:59:59 9999\n" in box

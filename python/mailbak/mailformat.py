@@ -79,6 +79,16 @@ MAILDIR_HOST = "mailbak"
 _COPY_CHUNK = 1 << 30
 
 
+#: The received times both formats can write (1970 to the end of 9999): a record's time
+#: outside them (a damaged or hostile one) is written as the nearest.
+MIN_RECEIVED, MAX_RECEIVED = 0, 253_402_300_799
+
+
+def clamp_received(received: int) -> int:
+    """``received`` within the times the formats can write."""
+    return min(max(received, MIN_RECEIVED), MAX_RECEIVED)
+
+
 class MailFormat(StrEnum):
     """The formats ``mailbak export`` writes."""
 
@@ -296,6 +306,7 @@ class MaildirFolder:
         """Writes the message ``id_`` from descriptor ``src`` (``size`` bytes, its fstat size)
         into ``cur/``; returns the bytes written. Raises OSError (the file is then removed)."""
         letters = self.flag_letters(flags, keywords)
+        received = clamp_received(received)
         stem = f"{received}.I{id_}.{MAILDIR_HOST}"
         name = f"{stem},S={size}:2,{letters}"
         fd = self.tree.create(self.cur, name)
@@ -343,7 +354,7 @@ _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 def from_line(received: int) -> bytes:
     """An mbox separator line for a message received at ``received`` (unix seconds): asctime
     in UTC, which mox import parses (Go's ``time.ANSIC``)."""
-    return b"From MAILER-DAEMON " + time.asctime(time.gmtime(received)).encode("ascii") + b"\n"
+    return b"From MAILER-DAEMON " + time.asctime(time.gmtime(clamp_received(received))).encode("ascii") + b"\n"
 
 
 def mbox_status(flags: Iterable[str], keywords: Iterable[str], eol: bytes) -> tuple[bytes, list[str]]:
