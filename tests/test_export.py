@@ -397,3 +397,14 @@ def test_received_times_out_of_range_are_written_as_the_nearest(tmp_path):
     export_ok(tmp_path / "store", tmp_path / "b", "--account", "alice", "--mailbox", "Drafts", "--format", "mbox")
     box = (tmp_path / "b" / "Drafts.mbox").read_bytes()
     assert box.startswith(b"From MAILER-DAEMON Thu Jan  1 00:00:00 1970\n") and b"\n\nFrom MAILER-DAEMON Fri Dec 31 23:59:59 9999\n" in box
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_a_full_out_stops_the_export_with_one_line(tmp_path, small_tmpfs, fmt):
+    big = [("Inbox", b"Subject: big\n\n" + b"x" * 99_999 + b"\n", T0 + i, [], []) for i in range(40)]
+    build_store(tmp_path / "store", extra=big)
+    p = run_cli("export", tmp_path / "store", small_tmpfs / "out", "--account", "alice", "--format", fmt)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr.splitlines()[-1].startswith("mailbak: error: the output directory cannot take more data")
+    assert "is incomplete; delete it and export again" in p.stderr
+    assert not [line for line in p.stderr.splitlines() if line.startswith("error:")]

@@ -17,8 +17,8 @@ the file names and the escaping of mailbox names).
    (exit 1). Every file and directory is created new, relative to held descriptors, and given
    to the owner (``--owner``, else the running user) as it is made; OUT itself last.
 
-Not guaranteed: an export stopped midway (Ctrl-C, a full disk) leaves OUT incomplete (the
-message says so: delete it and export again). Keywords neither format can hold are left out
+Not guaranteed: an export stopped midway (Ctrl-C; a full or read-only OUT, which stops the
+run: exit 1) leaves OUT incomplete (the message says so: delete it and export again). Keywords neither format can hold are left out
 with a warning per mailbox (mailformat.py). Flags a live store changes during the export are
 those of the read transaction the catalog took.
 """
@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 from mailbak.anchor import inside
 from mailbak.catalog import AccountView, Message, Selection, Source
 from mailbak.destdir import HeldDir, check_destination, hold_new, hold_parent
-from mailbak.errors import UsageError
+from mailbak.errors import FATAL_ERRNOS, DestinationFull, UsageError
 from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.layout import MAILBOX_SEPARATOR
 from mailbak.mailformat import MaildirFolder, MailFormat, MboxFile, Tree, relpath
@@ -145,6 +145,7 @@ class Export:
             try:
                 self.write_folder(tree, folder)
             except OSError as e:
+                self.stop_if_full(e)
                 self.reporter.error("mailbox", str(self.out / relpath(folder.name, self.fmt)), f"account {escape_path(self.account)}, mailbox {escape_path(folder.name)}: cannot write it: {e.strerror}; its messages not exported")
         self.runner.finish()
         if self.owner is not None:
@@ -166,6 +167,7 @@ class Export:
                     if self.verbose:
                         self.reporter.event(Event("info", "exported", os.fsencode(writer.rel), f"message {msg.id}"))
                 except OSError as e:
+                    self.stop_if_full(e)
                     self.message_error(folder.name, msg, e)
                 self.runner.step()
         if writer.dropped:
@@ -183,6 +185,11 @@ class Export:
             return writer.add(src, os.fstat(src).st_size, id_=msg.id, received=msg.received, flags=msg.flags, keywords=msg.keywords)
         finally:
             os.close(src)
+
+    def stop_if_full(self, e: OSError) -> None:
+        """A full (or read-only) OUT stops the run: every further message would fail too."""
+        if e.errno in FATAL_ERRNOS:
+            raise DestinationFull(f"{self.out}: {e.strerror}", "the output directory cannot take more data") from e
 
     def message_error(self, mailbox: str, msg: Message, e: OSError) -> None:
         """A message that could not be exported, as an error value naming it."""
