@@ -555,26 +555,32 @@ type Record<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>);
 
 /// Records of LMDB file `path`: for each named database of `tables`, every (key, value) in
 /// key order, or None when the file has no such table. Read directly by the bounds-checked
-/// reader (`lmdbfile`), all from one snapshot: `txnid` when given (see `read_index`).
+/// reader (`lmdbfile`), all from one snapshot: `txnid` when given (see `read_index`). `only`:
+/// just the records with these keys (the whole tree is still walked, and checked as it goes).
 #[pyfunction]
-#[pyo3(signature = (path, tables, txnid = None))]
+#[pyo3(signature = (path, tables, txnid = None, only = None))]
 fn read_tables<'py>(
     py: Python<'py>,
     path: PathBuf,
     tables: Vec<Vec<u8>>,
     txnid: Option<u64>,
+    only: Option<Vec<Vec<u8>>>,
 ) -> PyResult<Vec<Option<Vec<Record<'py>>>>> {
     /// The records of one table, or None when it is absent.
     type Table = Option<Vec<(Vec<u8>, Vec<u8>)>>;
     let read = py
         .detach(|| -> Result<Vec<Table>, crate::lmdbfile::LmdbError> {
             let file = LmdbFile::open(&path, txnid)?;
+            let only: Option<std::collections::HashSet<Vec<u8>>> =
+                only.map(|o| o.into_iter().collect());
             tables
                 .iter()
                 .map(|name| {
                     let mut out = Vec::new();
                     let found = file.for_each(name, &mut |k, v| {
-                        out.push((k.to_vec(), v.to_vec()));
+                        if only.as_ref().is_none_or(|o| o.contains(k)) {
+                            out.push((k.to_vec(), v.to_vec()));
+                        }
                         Ok(())
                     })?;
                     Ok(found.then_some(out))

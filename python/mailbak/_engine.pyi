@@ -269,11 +269,11 @@ def read_heads(root: StrPath, ids: bytes, *, jobs: int) -> list[list[bytes] | in
     only; "" when absent), or the errno of the open or read that failed (-1: not a regular
     file, never read). Files are opened without following a symlink."""
 
-def read_tables(path: StrPath, tables: list[bytes], txnid: int | None = None) -> list[list[tuple[bytes, bytes]] | None]:
-    """For each named database of ``tables``: every (key, value) in key order, or None when the
-    file has no such table; all from one snapshot, read directly like ``lmdb_check`` (of the
-    snapshot ``txnid`` when given). Raises LmdbError for damage met on the way, OSError if the
-    file cannot be read."""
+def read_tables(path: StrPath, tables: list[bytes], txnid: int | None = None, only: list[bytes] | None = None) -> list[list[tuple[bytes, bytes]] | None]:
+    """For each named database of ``tables``: every (key, value) in key order (with ``only``:
+    those whose key is in it), or None when the file has no such table; all from one snapshot,
+    read directly like ``lmdb_check`` (of the snapshot ``txnid`` when given). Raises LmdbError
+    for damage met on the way, OSError if the file cannot be read."""
 
 def write_messages(root: StrPath, ids: bytes, sizes: bytes, *, seed: int, jobs: int, progress: Progress) -> Tally:
     """Writes generated message files below message tree ``root`` (deterministic for ``seed``)."""

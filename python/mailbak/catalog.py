@@ -34,11 +34,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
+from array import array
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 
@@ -48,16 +51,19 @@ from mailbak.errors import ManifestError, UsageError
 from mailbak.fsio import open_dir, open_file
 from mailbak.headers import Head, head_of
 from mailbak.identity import StoreOwner, acting_as
-from mailbak.layout import CONFIG_FILE, AreaKind, FormatError, area_rel, key_id, message_rel, pack_ids, read_config
-from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, open_readonly
+from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, AreaKind, FormatError, area_rel, id_key, key_id, message_rel, pack_ids, read_config
+from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, maps_file, open_readonly
 from mailbak.report import Reporter
 from mailbak.repository import NAME_RE, RepoLock, is_repository, parse_time, reader_lock
 from mailbak.status import Status
+from mailbak.testpause import pause
 
-#: Separates the levels of a mailbox name (``Archive/2024``), as in mox.
-MAILBOX_SEPARATOR = "/"
 #: The tables of an account index the catalog reads.
 _TABLES = (b"mailbox", b"message", b"message_erase")
+
+
+#: What a reader of an index returns.
+T = TypeVar("T")
 
 
 class SourceKind(StrEnum):
@@ -243,18 +249,28 @@ class Source:
         except FormatError as e:
             raise UsageError(str(e)) from e
 
-    def account(self, name: str) -> AccountView:
-        """The account ``name`` read (step 2 of the module doc). Raises UsageError naming the
-        accounts there are when it is not one of them, and when its index cannot be read."""
+    def _check_account(self, name: str) -> str:
+        """The directory of account ``name`` below ``data/``; raises UsageError naming the
+        accounts there are when it is not one of them."""
         names = self.accounts()
         if name not in names:
             raise UsageError(f"no account {name!r} in {self.path} (accounts: {', '.join(map(repr, names)) or 'none'})")
         assert self.root is not None, "Source used after close"
-        rel = area_rel(AreaKind.ACCOUNT, name)
-        try:
-            tables = self._read_index(f"{rel}/{AreaKind.ACCOUNT.layout.index}")
-        except DatabaseError as e:
-            raise UsageError(f"{self.path}/data/{rel}/index.db: {e}") from e
+        return area_rel(AreaKind.ACCOUNT, name)
+
+    def account(self, name: str, only: Collection[int] | None = None) -> AccountView:
+        """The account ``name`` read (step 2 of the module doc): every mailbox, and its live
+        messages (with ``only``: those of these IDs, which saves decoding the rest). Raises
+        UsageError naming the accounts there are when it is not one of them, and when its
+        index cannot be read."""
+        rel = self._check_account(name)
+        if only is None:
+            tables = self._read_index(rel, lambda held, txnid: _engine.read_tables(held, list(_TABLES), txnid))
+        else:
+            keys = [id_key(i) for i in only]
+            # Every mailbox, and the messages asked for, from one view.
+            tables = self._read_index(rel, lambda held, txnid: _engine.read_tables(held, list(_TABLES[:1]), txnid) + _engine.read_tables(held, list(_TABLES[1:]), txnid, keys))
+        assert self.root is not None
         try:
             msg_fd = self.root.open_dir(f"{rel}/{AreaKind.ACCOUNT.layout.tree}")
         except OSError as e:
@@ -263,42 +279,65 @@ class Source:
             msg_fd = None
         return AccountView(name, rel, tables, msg_fd, self.owner)
 
-    def _read_index(self, rel: str) -> list[list[tuple[bytes, bytes]] | None]:
-        """The catalog's tables of the database ``data/rel``; raises DatabaseError."""
-        assert self.root is not None
-        try:
-            fd, st = self.root.open_entry(rel)
-        except FileNotFoundError as e:
-            raise DatabaseError("missing") from e
-        except OSError as e:
-            raise DatabaseError(f"cannot open: {e.strerror}") from e
-        try:
-            if not stat.S_ISREG(st.st_mode):
-                raise DatabaseError("not a regular file (a symlink or special file is never opened)")
-            # The engine reads the very file held (the /proc link reopens the descriptor's file).
-            held = f"/proc/self/fd/{fd}"
-            try:
-                if self.kind is not SourceKind.STORE:
-                    return _engine.read_tables(held, list(_TABLES))
-                return self._read_live(held, rel, st)
-            except _engine.LmdbError as e:
-                raise DatabaseError(f"damaged: {describe(e).replace(held, rel)}") from e
-            except OSError as e:
-                raise DatabaseError(f"cannot read: {e.strerror}") from e
-        finally:
-            os.close(fd)
+    def live_ids(self, name: str) -> tuple[array, array]:
+        """The live message IDs of account ``name`` and their recorded sizes (aligned arrays of
+        unsigned 64-bit integers), decoded by the engine alone: for a verb that looks at many
+        snapshots before it needs any record (``find``). Raises UsageError as :meth:`account`."""
+        rel = self._check_account(name)
+        index = self._read_index(rel, lambda held, txnid: _engine.read_index(held, AreaKind.ACCOUNT.value, txnid))
+        ids, sizes = array("Q"), array("Q")
+        ids.frombytes(index["live"])
+        sizes.frombytes(index["sizes"])
+        if sys.byteorder != "little":
+            ids.byteswap()
+            sizes.byteswap()
+        return ids, sizes
 
-    def _read_live(self, held: str, rel: str, st: os.stat_result) -> list[list[tuple[bytes, bytes]] | None]:
-        """The tables of a live database, read at one read transaction's ID while it is held."""
+    def _read_index(self, rel: str, read: Callable[[str, int | None], T]) -> T:
+        """``read(path, txnid)`` of account ``rel``'s index: the path names the very file held,
+        ``txnid`` is None for a copy at rest, or the ID of the read transaction held on a live
+        database meanwhile. Raises UsageError when it cannot be read."""
         assert self.root is not None
-        env = open_readonly(self.root.path / rel, self.owner)
+        db = f"{rel}/{AreaKind.ACCOUNT.layout.index}"
         try:
+            try:
+                fd, st = self.root.open_entry(db)
+            except FileNotFoundError as e:
+                raise DatabaseError("missing") from e
+            except OSError as e:
+                raise DatabaseError(f"cannot open: {e.strerror}") from e
+            try:
+                if not stat.S_ISREG(st.st_mode):
+                    raise DatabaseError("not a regular file (a symlink or special file is never opened)")
+                # The engine reads the very file held (the /proc link reopens the descriptor's file).
+                held = f"/proc/self/fd/{fd}"
+                try:
+                    return read(held, None) if self.kind is not SourceKind.STORE else self._read_live(db, held, st, read)
+                except _engine.LmdbError as e:
+                    raise DatabaseError(f"damaged: {describe(e).replace(held, db)}") from e
+                except OSError as e:
+                    raise DatabaseError(f"cannot read: {e.strerror}") from e
+            finally:
+                os.close(fd)
+        except DatabaseError as e:
+            raise UsageError(f"{self.path}/data/{db}: {e}") from e
+
+    def _read_live(self, db: str, held: str, st: os.stat_result, read: Callable[[str, int | None], T]) -> T:
+        """``read`` of a live database (``st``: the file held), at the ID of a read transaction
+        held meanwhile on that very file."""
+        assert self.root is not None
+        env = open_readonly(self.root.path / db, self.owner)
+        try:
+            if not maps_file(st):
+                # LMDB opens by path: the owner swapped the file (or a directory above it)
+                # after it was held, and a transaction on another file pins nothing here.
+                raise DatabaseError("replaced while it was being opened (its path now leads to another file, through a symlink?); not read")
             last: BaseException | None = None
             for _ in range(CHECK_ATTEMPTS):
                 with env.begin() as txn:
+                    pause("catalog.live_view")  # tests commit twice here: the view's meta page goes
                     try:
-                        with acting_as(self.owner):
-                            return _engine.read_tables(held, list(_TABLES), txn.id())
+                        return read(held, txn.id())
                     except _engine.LmdbError as e:
                         # A writer may have overwritten our view's meta page before the engine
                         # read it (two commits in between): a fresh transaction clears that.
