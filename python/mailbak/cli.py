@@ -19,6 +19,7 @@ from mailbak.job import default_jobs
 from mailbak.status import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
+    from mailbak.catalog import Selection
     from mailbak.job import Job
     from mailbak.report import Reporter
 
@@ -74,6 +75,21 @@ def run_command(
         # Exit inside the monitor: it reads the status from SystemExit.
         sys.exit(status)
     raise AssertionError("unreachable: the monitor never swallows SystemExit")
+
+
+def selection_of(mailboxes: tuple[str, ...], recursive: bool, since: str | None, before: str | None) -> Selection:
+    """The messages --mailbox, --recursive, --since and --before take (export, restore
+    --account); a date catalog.parse_date cannot read is bad usage (UsageError)."""
+    from mailbak.catalog import Selection, parse_date
+    from mailbak.errors import UsageError
+
+    dates: list[int | None] = []
+    for opt, text in (("--since", since), ("--before", before)):
+        try:
+            dates.append(None if text is None else parse_date(text))
+        except ValueError as e:
+            raise UsageError(f"{opt} {text!r}: {e}") from None
+    return Selection(mailboxes=tuple(mailboxes), recursive=recursive, since=dates[0], before=dates[1])
 
 
 def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
@@ -403,20 +419,11 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, accoun
     from mailbak.redeliver import Redeliver
 
     def redeliver(reporter: Reporter) -> Job:
-        from mailbak.catalog import Selection, parse_date
-
         if force_copy or force:
             raise UsageError("--copy and --force are for a whole-store restore, not with --account")
         if recursive and not mailboxes:
             raise UsageError("--recursive needs --mailbox")
-        dates = {}
-        for name, text in (("since", since), ("before", before)):
-            if text is not None:
-                try:
-                    dates[name] = parse_date(text)
-                except ValueError as e:
-                    raise UsageError(f"--{name} {text!r}: not a date ({e}); use YYYY-MM-DD or ISO 8601") from e
-        selection = Selection(mailboxes=tuple(mailboxes), recursive=recursive, **dates)
+        selection = selection_of(mailboxes, recursive, since, before)
         return Redeliver(backup_dir, store, account=account, selection=selection, to_account=to_account, into=into, create_account=create_account, dry_run=dry_run, reporter=reporter, verbose=verbose)
 
     run_command(Redeliver, store, reporter, redeliver)
@@ -455,20 +462,12 @@ def export(path: Path, out: Path, account: str, mailboxes: tuple[str, ...], recu
     account or mailbox, OUT not empty: nothing written), 130 interrupted (OUT
     is then incomplete).
     """
-    from mailbak.catalog import Selection, parse_date
-    from mailbak.errors import UsageError
     from mailbak.exporter import Export
     from mailbak.mailformat import MailFormat
     from mailbak.report import make_reporter
 
     def job(reporter: Reporter) -> Job:
-        dates = []
-        for opt, text in (("--since", since), ("--before", before)):
-            try:
-                dates.append(None if text is None else parse_date(text))
-            except ValueError as e:
-                raise UsageError(f"{opt} {text!r}: {e}") from None
-        selection = Selection(mailboxes=mailboxes, recursive=recursive, since=dates[0], before=dates[1])
+        selection = selection_of(mailboxes, recursive, since, before)
         return Export(path, out, account=account, selection=selection, fmt=MailFormat(fmt), owner=owner, reporter=reporter, verbose=verbose)
 
     run_command(Export, out, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)
