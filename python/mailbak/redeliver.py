@@ -30,7 +30,7 @@ size differs from its record, a source mailbox whose name the writer refuses (``
 characters: its messages are not restored). Anything failing in STORE stops the run.
 
 Not guaranteed: a run killed between a message's file and its record leaves that file as an
-orphan (``mailbak verify`` warns of it; ``verify --fix`` removes it); the message itself is
+orphan (``mailbak verify`` warns of it; ``verify --fix`` moves it to ``data/moved/``); the message itself is
 delivered by the next run. A key is only as good as the target's records: the store's owner can
 forge ``origin`` values, and so make a restore skip messages of their own account. Messages
 moved by the server after a first restore keep no ``origin`` unless the server copies it.
@@ -55,7 +55,7 @@ from mailbak.errors import UsageError
 from mailbak.fsio import open_dir
 from mailbak.identity import PROC_FD, StoreOwner, acting_as
 from mailbak.job import Metrics, Stage
-from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, FormatError, account_name_problem, mailbox_ancestors, mailbox_name_problem
+from mailbak.layout import CONFIG_FILE, FormatError, account_name_problem, mailbox_ancestors, mailbox_name_problem
 from mailbak.report import Event, Reporter, rfc3339
 from mailbak.repository import MARKER
 from mailbak.runner import Runner
@@ -306,8 +306,8 @@ class Redeliver:
         dated = self.selection.since is not None or self.selection.before is not None
         holding = {m.mailbox_id for m in self.src.messages}
         plans = []
-        for mid in self.selected_mailboxes():
-            name = self.src.mailboxes[mid].name
+        for mb in self.src.selected_mailboxes(self.selection):
+            mid, name = mb.id, mb.name
             target = target_name(self.prefix, name)
             plan = MailboxPlan(name, target, mailbox_name_problem(target), empty=not dated and mid not in holding)
             for m in sorted(by_mailbox.get(mid, []), key=lambda m: m.id):
@@ -318,17 +318,6 @@ class Redeliver:
                     plan.todo.append((m, key))
             plans.append(plan)
         return sorted(plans, key=lambda p: p.source)
-
-    def selected_mailboxes(self) -> list[int]:
-        """IDs of the source mailboxes the selection names (every one when none is named; with
-        ``recursive``, also those below each named one). catalog's select() has already refused
-        unknown names."""
-        names = self.selection.mailboxes
-        out = []
-        for mid, mb in self.src.mailboxes.items():
-            if not names or mb.name in names or (self.selection.recursive and any(mb.name.startswith(n + MAILBOX_SEPARATOR) for n in names)):
-                out.append(mid)
-        return out
 
     # Running ------------------------------------------------------------------------------
 
