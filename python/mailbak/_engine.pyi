@@ -261,8 +261,10 @@ def read_index(path: StrPath, kind: str, txnid: int | None = None) -> IndexSnaps
     ``bad_key`` for a key that is not an 8-byte ID from 1 to 2^64-2; others: consistency rules
     of docs/FORMAT.md). Raises LmdbError."""
 
-def write_messages(root: StrPath, ids: bytes, sizes: bytes, *, seed: int, jobs: int, progress: Progress) -> Tally:
-    """Writes generated message files below message tree ``root`` (deterministic for ``seed``)."""
+def write_messages(root: StrPath, ids: bytes, sizes: bytes, received: bytes, *, to: str, seed: int, jobs: int, progress: Progress) -> Tally:
+    """Writes generated message files below message tree ``root`` (deterministic for ``seed``):
+    each a head (Message-ID, Date from its ``received`` unix seconds, From, To: ``to`` or, when
+    empty, an address picked per message, Subject) and body text, cut at its size."""
 
 def syncfs(path: StrPath) -> None:
     """Flushes the file system holding ``path`` to stable storage."""
