@@ -123,8 +123,9 @@ def message_record(
     3). ``keywords`` and ``origin`` are written only when there are some (most messages have
     none, and readers take an absent key for empty)."""
     rec = {"mailbox_id": mailbox_id, "uid": uid, "size": size, "expunged": expunged, "received": received, "flags": list(flags)}
+    keywords = list(keywords)
     if keywords:
-        rec["keywords"] = list(keywords)
+        rec["keywords"] = keywords
     if origin is not None:
         rec["origin"] = origin
     return rec
