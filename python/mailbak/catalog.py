@@ -49,7 +49,7 @@ from mailbak import _engine, manifest
 from mailbak.anchor import DataRoot, open_problem
 from mailbak.errors import ManifestError, UsageError
 from mailbak.fsio import open_dir, open_file
-from mailbak.headers import Head, head_of
+from mailbak.headers import Head, heads_of
 from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, AreaKind, FormatError, area_rel, id_key, key_id, message_rel, pack_ids, read_config
 from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, open_readonly
@@ -486,13 +486,19 @@ class AccountView:
         if self.msg_fd is None:
             return [OSError(errno.ENOENT, "the message directory cannot be opened", self.message_rel(i)) for i in ids]
         got = _engine.read_heads(f"/proc/self/fd/{self.msg_fd}", pack_ids(ids), jobs=jobs)
+        # The heads read are decoded together (headers.heads_of), the errors one by one.
+        read = heads_of([r for r in got if not isinstance(r, int)])
         out: list[Head | OSError] = []
+        if len(read) == len(got):
+            out.extend(read)
+            return out
+        heads = iter(read)
         for id_, r in zip(ids, got, strict=True):
             if isinstance(r, int):
                 why = "not a regular file (a FIFO, socket or device is never read)" if r < 0 else "a symlink, or below one (never followed)" if r == errno.ELOOP else os.strerror(r)
                 out.append(OSError(r if r > 0 else errno.EINVAL, why, self.message_rel(id_)))
             else:
-                out.append(head_of(r))
+                out.append(next(heads))
         return out
 
     def head(self, id_: int) -> Head:
