@@ -271,7 +271,7 @@ class Find:
                 self.heads_read += len(batch)
                 for (i, size), h in zip(batch, heads, strict=True):
                     if isinstance(h, OSError):
-                        self._error("message_unreadable", h.filename, f"{src.label}: account {account!r}, message {i}: {h.strerror or h}; not searched")
+                        self._error("message_unreadable", f"data/{h.filename}", f"{src.label}: account {account!r}, message {i}: {h.strerror or h}; not searched")
                     elif self.criteria.matches(h):
                         yield Match(account, i, size, h)
 

@@ -184,7 +184,7 @@ class Ls:
         for m, h in zip(msgs, heads, strict=True):
             if isinstance(h, OSError):
                 why = h.strerror or str(h)
-                self._error("message_unreadable", h.filename, f"account {view.name!r}, message {m.id}: {why}")
+                self._error("message_unreadable", f"data/{h.filename}", f"account {view.name!r}, message {m.id}: {why}")
                 out.append(MessageEntry(m, None, why))
             else:
                 out.append(MessageEntry(m, h))
