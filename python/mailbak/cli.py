@@ -293,12 +293,18 @@ def print_listing(job: Any, json_output: bool) -> None:
 
     if not job.done:
         return
+    # In pieces: the whole text of 100,000 messages at once would double the memory ls needs.
     if json_output:
-        click.echo("".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in job.objects()), nl=False)
-        return
-    from mailbak.report import format_table
+        from itertools import islice
 
-    click.echo(format_table(job.table()), nl=False)
+        objects = job.objects()
+        while chunk := "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in islice(objects, 10_000)):
+            click.echo(chunk, nl=False)
+        return
+    from mailbak.report import table_chunks
+
+    for chunk in table_chunks(job.table()):
+        click.echo(chunk, nl=False)
 
 
 @main.command()

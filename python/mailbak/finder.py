@@ -34,7 +34,11 @@ size, different bytes: only a hostile store or a broken disk) shows the newest s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from array import array
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -88,10 +92,20 @@ class Criteria:
 
     def matches(self, head: Head) -> bool:
         """Whether ``head`` matches the criteria on heads."""
-        for want, got in ((self.from_, head.from_), (self.to, head.to), (self.subject, head.subject)):
-            if want is not None and want.casefold() not in got.casefold():
+        return self.matcher()(head)
+
+    def matcher(self) -> Callable[[Head], bool]:
+        """:meth:`matches` with the criteria prepared once, for matching many heads."""
+        needles = [(i, text.casefold()) for i, text in ((0, self.from_), (1, self.to), (2, self.subject)) if text is not None]
+        want = bare_message_id(self.message_id) if self.message_id is not None else None
+
+        def match(head: Head) -> bool:
+            # The wanted ID must be in the head's (one C search): most heads are out here.
+            if want is not None and (want not in head.message_id or bare_message_id(head.message_id) != want):
                 return False
-        return self.message_id is None or bare_message_id(self.message_id) == bare_message_id(head.message_id)
+            return all(needle in head[i].casefold() for i, needle in needles)
+
+        return match
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,84 @@ class Match:
         return runs
 
 
+def _positions(ids: array, members: set[int]) -> list[int] | None:
+    """The positions of ``members`` in ``ids`` (sorted), in order; None when one is not where
+    a sorted array would hold it (``ids`` unsorted)."""
+    out = []
+    for i in members:
+        p = bisect_left(ids, i)
+        if p == len(ids) or ids[p] != i:
+            return None
+        out.append(p)
+    out.sort()
+    return out
+
+
+def _without(values: array, positions: list[int]) -> bytes:
+    """The bytes of ``values`` but those at ``positions`` (in order), copied in C."""
+    view = memoryview(values)
+    parts, start = [], 0
+    for p in positions:
+        parts.append(view[start:p])
+        start = p + 1
+    parts.append(view[start:])
+    return b"".join(parts)
+
+
+class Distinct:
+    """The distinct messages of one account across sources (step 2 of the module doc), fed
+    newest source first: for each ID, its size and the index of the newest source holding it;
+    a same ID with another size in an older source (only in a hostile store) is another message,
+    in ``apart``.
+
+    Consecutive snapshots differ by a few messages (1% a day), so a source is compared with the
+    one fed before it: the IDs added and removed are found with sets, the rest must be equal
+    position by position (IDs and sizes, compared as bytes in C); only the added are looked at
+    in Python. When that does not hold (unsorted IDs, a size changed), every (ID, size) is
+    compared with what is known, which costs ten times more."""
+
+    def __init__(self) -> None:
+        self.size: dict[int, int] = {}
+        self.where: dict[int, int] = {}
+        self.apart: dict[tuple[int, int], int] = {}
+        self._prev: tuple[array, array, set[int]] | None = None
+
+    def add(self, k: int, ids: array, sizes: array) -> None:
+        """Source ``k``'s IDs and their sizes (aligned, sorted by ID)."""
+        prev = self._prev
+        if prev is not None and ids == prev[0] and sizes == prev[1]:
+            return  # as in the source before (an account nobody wrote to)
+        cur = set(ids)
+        if prev is None or not self._add_changes(k, ids, sizes, cur, prev):
+            self._add_all(k, ids, sizes)
+        self._prev = (ids, sizes, cur)
+
+    def _note(self, k: int, i: int, size: int) -> None:
+        known = self.size.get(i)
+        if known is None:
+            self.size[i], self.where[i] = size, k
+        elif known != size:
+            self.apart.setdefault((i, size), k)
+
+    def _add_all(self, k: int, ids: array, sizes: array) -> None:
+        got = dict(zip(ids, sizes, strict=True))
+        if not self.size:
+            self.size, self.where = got, dict.fromkeys(got, k)
+            return
+        for i, size in got.items() - self.size.items():
+            self._note(k, i, size)
+
+    def _add_changes(self, k: int, ids: array, sizes: array, cur: set[int], prev: tuple[array, array, set[int]]) -> bool:
+        """The fast path (see the class doc); False when it does not apply."""
+        pids, psizes, pset = prev
+        at, gone = _positions(ids, cur - pset), _positions(pids, pset - cur)
+        if at is None or gone is None or _without(ids, at) != _without(pids, gone) or _without(sizes, at) != _without(psizes, gone):
+            return False
+        for p in at:
+            self._note(k, ids[p], sizes[p])
+        return True
+
+
 class Find:
     """One run of ``mailbak find`` (a job: job.py): see the module doc. ``matches`` once run."""
 
@@ -146,6 +238,8 @@ class Find:
         self.lock: RepoLock | None = None
         #: The sources searched, newest first.
         self.sources: list[Source] = []
+        #: Each source's accounts, by id() of the source.
+        self._names: dict[int, tuple[str, ...]] = {}
         self.matches: list[Match] = []
         self.errors = 0
         #: Heads parsed (each distinct message once: the tests hold find to it).
@@ -178,7 +272,7 @@ class Find:
         """Refuses an account, or a mailbox of it, that no source has."""
         want = self.criteria.account
         if want is not None:
-            every = {a for s in self.sources for a in s.accounts()}
+            every = {a for s in self.sources for a in self._all_accounts(s)}
             if want not in every:
                 raise UsageError(f"no account {want!r} in {self.path} (accounts: {', '.join(map(repr, sorted(every))) or 'none'})")
         if self.criteria.mailbox is not None:
@@ -190,9 +284,16 @@ class Find:
             if self.criteria.mailbox not in names:
                 raise UsageError(f"no mailbox {self.criteria.mailbox!r} in {self.path}{f' (account {want!r})' if want else ''} (mailboxes: {', '.join(map(repr, sorted(names))) or 'none'})")
 
+    def _all_accounts(self, src: Source) -> tuple[str, ...]:
+        """The accounts of ``src`` (its config read once)."""
+        names = self._names.get(id(src))
+        if names is None:
+            names = self._names[id(src)] = src.accounts()
+        return names
+
     def _accounts(self, src: Source) -> tuple[str, ...]:
         """The accounts of ``src`` searched."""
-        names = src.accounts()
+        names = self._all_accounts(src)
         want = self.criteria.account
         return names if want is None else tuple(n for n in names if n == want)
 
@@ -204,38 +305,20 @@ class Find:
 
     def run(self) -> Status:
         """Finds the candidates, reads their heads once, and the history of the matches."""
-        # Per account: each ID's size and the index of the newest source holding it; a same ID
-        # with another size in an older source is another message (a hostile store): apart.
-        sizes: dict[str, dict[int, int]] = {}
-        where: dict[str, dict[int, int]] = {}
-        apart: dict[str, dict[tuple[int, int], int]] = {}
+        distinct: dict[str, Distinct] = {}
         received: dict[tuple[str, int, int], int] = {}
-        last: dict[str, dict[int, int]] = {}
-        for k, src in enumerate(self.sources):
-            for account in self._accounts(src):
-                try:
-                    got = self._candidates(src, account, received)
-                except UsageError as e:
-                    self._error("index_unreadable", None, f"{src.label}: account {account!r}: {e}")
-                    continue
-                if got == last.get(account):
-                    continue  # as in the newer source (compared in C): nothing new
-                last[account] = got
-                known, at = sizes.setdefault(account, {}), where.setdefault(account, {})
-                # (ID, size) pairs not met before, compared in C: new messages (1% a day
-                # between snapshots), or a known ID with another size.
-                for i, size in got.items() - known.items():
-                    if i in known:
-                        apart.setdefault(account, {}).setdefault((i, size), k)
-                    else:
-                        known[i], at[i] = size, k
+        tasks = [(k, src, account) for k, src in enumerate(self.sources) for account in self._accounts(src)]
+        for (k, src, account), got in zip(tasks, self._in_parallel(tasks, received), strict=True):
+            if isinstance(got, UsageError):
+                self._error("index_unreadable", None, f"{src.label}: account {account!r}: {got}")
+                continue
+            distinct.setdefault(account, Distinct()).add(k, *got)
         found: dict[tuple[str, int, int], Match] = {}
-        for account, at in where.items():
-            known = sizes[account]
+        for account, d in distinct.items():
             per_source: dict[int, list[tuple[int, int]]] = {}
-            for i, k in at.items():
-                per_source.setdefault(k, []).append((i, known[i]))
-            for (i, size), k in apart.get(account, {}).items():
+            for i, k in d.where.items():
+                per_source.setdefault(k, []).append((i, d.size[i]))
+            for (i, size), k in d.apart.items():
                 per_source.setdefault(k, []).append((i, size))
             for k, msgs in sorted(per_source.items()):
                 for m in self._match_heads(self.sources[k], account, sorted(msgs)):
@@ -247,23 +330,41 @@ class Find:
         self.done = True
         return Status.FAILED if self.errors else Status.OK
 
-    def _candidates(self, src: Source, account: str, received: dict[tuple[str, int, int], int]) -> dict[int, int]:
-        """Step 2: the candidates of one account of one source, {id: size}."""
+    def _in_parallel(self, tasks: list[tuple[int, Source, str]], received: dict[tuple[str, int, int], int]) -> Iterator[tuple[array, array] | UsageError]:
+        """Step 2's reads (:meth:`_candidates`) of ``tasks``, in order, ``jobs`` at a time: the
+        engine reads an index without holding the GIL, so the indexes of several snapshots are
+        read at once (a few ahead only: each is 16 bytes a message)."""
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            ahead: deque[Future] = deque()
+            pending = iter(tasks)
+            while True:
+                while len(ahead) < 2 * self.jobs and (task := next(pending, None)) is not None:
+                    ahead.append(pool.submit(self._candidates, task[1], task[2], received))
+                if not ahead:
+                    return
+                try:
+                    yield ahead.popleft().result()
+                except UsageError as e:
+                    yield e
+
+    def _candidates(self, src: Source, account: str, received: dict[tuple[str, int, int], int]) -> tuple[array, array]:
+        """Step 2: the candidates of one account of one source: their IDs and sizes, by ID."""
         c = self.criteria
         if not c.needs_records:
-            ids, sizes = src.live_ids(account)
-            return dict(zip(ids, sizes, strict=True))
+            return src.live_ids(account)
         with src.account(account) as view:
             mailboxes = {mb.id for mb in view.mailboxes.values() if c.mailbox is None or mb.name == c.mailbox}
-            out = {}
-            for m in view.messages:
+            ids, sizes = array("Q"), array("Q")
+            for m in sorted(view.messages, key=lambda m: m.id):
                 if m.mailbox_id in mailboxes and (c.since is None or m.received >= c.since) and (c.before is None or m.received < c.before):
-                    out[m.id] = m.size
+                    ids.append(m.id)
+                    sizes.append(m.size)
                     received[(account, m.id, m.size)] = m.received
-            return out
+            return ids, sizes
 
     def _match_heads(self, src: Source, account: str, msgs: list[tuple[int, int]]) -> Iterator[Match]:
         """Step 3: the heads of ``msgs`` (id, size) read from ``src``, those that match."""
+        match = self.criteria.matcher()
         with src.account(account, only=()) as view:
             for at in range(0, len(msgs), HEAD_BATCH):
                 batch = msgs[at : at + HEAD_BATCH]
@@ -272,7 +373,7 @@ class Find:
                 for (i, size), h in zip(batch, heads, strict=True):
                     if isinstance(h, OSError):
                         self._error("message_unreadable", f"data/{h.filename}", f"{src.label}: account {account!r}, message {i}: {h.strerror or h}; not searched")
-                    elif self.criteria.matches(h):
+                    elif match(h):
                         yield Match(account, i, size, h)
 
     def _history(self, found: dict[tuple[str, int, int], Match]) -> None:
@@ -282,7 +383,7 @@ class Find:
             by_account.setdefault(account, set()).add(i)
         for src in self.sources:
             for account, ids in by_account.items():
-                if account not in src.accounts():
+                if account not in self._accounts(src):
                     continue
                 try:
                     view = src.account(account, only=ids)
@@ -327,9 +428,9 @@ class Find:
             rows.append((m.account, m.head.message_id, m.head.date, m.head.from_, m.head.subject, str(m.size), first, last, str(len(m.seen)), self.history_text(m)))
         return rows
 
-    def objects(self) -> list[dict[str, Any]]:
+    def objects(self) -> Iterator[dict[str, Any]]:
         """The matches for ``--json``: one ``match`` object each, its snapshots newest first."""
-        return [
+        return (
             {
                 "message_type": "match",
                 "account": m.account,
@@ -348,7 +449,7 @@ class Find:
                 "snapshots": [{"snapshot": s.source, "mailbox": s.mailbox, "id": s.id, "uid": s.uid, "flags": list(s.flags)} for s in m.seen],
             }
             for m in self.matches
-        ]
+        )
 
     def close(self) -> None:
         """Releases the sources and the repository's lock."""
