@@ -12,6 +12,7 @@ whoever prints it escapes it (report.py).
 
 from __future__ import annotations
 
+import email.errors
 import email.header
 import re
 from functools import partial
@@ -39,7 +40,7 @@ def _decode(raw: bytes) -> str:
     if "=?" in text:
         try:
             text = str(email.header.make_header(email.header.decode_header(text)))
-        except (ValueError, LookupError, UnicodeError, AssertionError):
+        except (email.errors.HeaderParseError, ValueError, LookupError, UnicodeError, AssertionError):
             pass  # a malformed encoded word: shown as written
     # The engine joined folded lines with one space; only odd spacing needs the regex.
     return _SPACE.sub(" ", text).strip() if "  " in text or "\t" in text or "\r" in text else text
