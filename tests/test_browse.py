@@ -387,3 +387,63 @@ def test_find_skips_an_incomplete_snapshot_and_names_an_unreadable_file(history,
     assert len(p.stdout.splitlines()) == 3  # header, alice's report, bob's
     # In the repository, the newer snapshots hold the file: read from the newest, found.
     assert [o["id"] for o in find_json(repo, "--to", "dave@")] == [ids["stays"]]
+
+
+def naive_distinct(sources: list[list[tuple[int, int]]]) -> tuple[dict[int, int], dict[int, int], dict[tuple[int, int], int]]:
+    """What finder.Distinct must compute, the slow obvious way."""
+    size: dict[int, int] = {}
+    where: dict[int, int] = {}
+    apart: dict[tuple[int, int], int] = {}
+    for k, pairs in enumerate(sources):
+        for i, s in pairs:
+            if i not in size:
+                size[i], where[i] = s, k
+            elif size[i] != s:
+                apart.setdefault((i, s), k)
+    return size, where, apart
+
+
+def test_distinct_messages_across_sources_fast_path_and_fallback_agree_with_the_obvious_way():
+    from array import array
+
+    from mailbak.finder import Distinct
+
+    sources = [
+        [(1, 10), (2, 20), (3, 30), (5, 50)],
+        [(1, 10), (2, 20), (3, 30), (5, 50)],  # unchanged: skipped
+        [(1, 10), (2, 20), (4, 40), (5, 50)],  # 3 gone (expunged later), 4 appears: fast path
+        [(1, 10), (2, 25), (4, 40), (6, 60)],  # 2 with another size: another message (fallback)
+        [(6, 60), (1, 10), (7, 70)],  # unsorted: fallback
+        [(1, 11), (2, 20), (8, 80)],  # 1 with another size next to an added ID
+    ]
+    d = Distinct()
+    for k, pairs in enumerate(sources):
+        d.add(k, array("Q", [i for i, _ in pairs]), array("Q", [s for _, s in pairs]))
+    size, where, apart = naive_distinct(sources)
+    assert (d.size, d.where, d.apart) == (size, where, apart)
+    assert apart == {(2, 25): 3, (1, 11): 5}
+
+
+def test_find_takes_a_same_id_with_another_size_in_an_older_snapshot_as_another_message(history):
+    """A hostile store's record may give an ID another size in an older snapshot: that is
+    another message (another file), listed apart with the snapshots holding it."""
+    import lmdb
+
+    repo, names, ids = history
+    index = repo / names[0] / "data" / "accounts" / "bob" / "index.db"
+    env = lmdb.open(str(index), subdir=False, lock=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"message", txn=txn)
+        rec = unpack(txn.get(id_key(ids["bob"]), db=db))
+        rec["size"] += 1
+        txn.put(id_key(ids["bob"]), pack(rec), db=db)
+    env.close()
+    got = find_json(repo, "--account", "bob")
+    assert [(o["id"], o["count"], o["first_seen"], o["last_seen"]) for o in got] == [(ids["bob"], 2, names[1], names[2]), (ids["bob"], 1, names[0], names[0])]
+    assert got[1]["size"] == got[0]["size"] + 1
+
+
+def test_find_in_a_live_store(shop: Path):
+    (got,) = find_json(shop, "--subject", "café", "--account", "alice")
+    assert (got["subject"], got["first_seen"], got["last_seen"], got["count"]) == (DECODED_SUBJECT, "live", "live", 1)
+    assert got["snapshots"] == [{"snapshot": "live", "mailbox": "Inbox", "id": got["id"], "uid": 2, "flags": ["\\Flagged", "project-x"]}]
