@@ -447,3 +447,13 @@ def test_find_in_a_live_store(shop: Path):
     (got,) = find_json(shop, "--subject", "café", "--account", "alice")
     assert (got["subject"], got["first_seen"], got["last_seen"], got["count"]) == (DECODED_SUBJECT, "live", "live", 1)
     assert got["snapshots"] == [{"snapshot": "live", "mailbox": "Inbox", "id": got["id"], "uid": 2, "flags": ["\\Flagged", "project-x"]}]
+
+
+def test_table_escaping_fast_path_is_the_same_as_cell_by_cell():
+    from mailbak.report import format_table
+    from mailbak.text import escape_all, escape_path
+
+    cells = ["plain", "é ü 会议", "back\\slash", "new\nline", "\x1b[31m", "\x9b", "ok/..", ""]
+    assert escape_all(cells) == [escape_path(c) for c in cells]
+    assert escape_all(["a", "b"]) == ["a", "b"]
+    assert format_table([("h", "x"), ("a\nb", ""), ("", "")]) == "  h     x\n  a\\nb\n\n"
