@@ -31,8 +31,9 @@ pub enum Scalar<'a> {
     Str(&'a [u8]),
     /// A bin's bytes.
     Bin(&'a [u8]),
-    /// An array, map or ext, validated and skipped.
-    Compound,
+    /// An array, map or ext, validated and skipped: its encoded bytes, for a caller that
+    /// decodes it itself (a message's flags).
+    Compound(&'a [u8]),
 }
 
 /// Why a buffer is not a msgpack map of the accepted shape.
@@ -57,7 +58,7 @@ impl std::error::Error for DecodeError {}
 ///
 /// The whole buffer is validated before the first call to `f`, so `f` sees either every entry
 /// of a valid map or nothing. Nested arrays, maps and ext values are validated and reported as
-/// [`Scalar::Compound`]; nesting deeper than 32 levels is an error.
+/// [`Scalar::Compound`] with their encoded bytes; nesting deeper than 32 levels is an error.
 pub fn read_map<'a>(
     buf: &'a [u8],
     mut f: impl FnMut(&'a [u8], Scalar<'a>),
@@ -189,7 +190,7 @@ impl<'a> Reader<'a> {
     fn ext(&mut self, n: usize) -> Result<Scalar<'a>, DecodeError> {
         self.byte()?;
         self.payload(n)?;
-        Ok(Scalar::Compound)
+        Ok(Scalar::Compound(&[]))
     }
 
     /// `count` values nested at `depth`.
@@ -201,7 +202,7 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             self.value(depth)?;
         }
-        Ok(Scalar::Compound)
+        Ok(Scalar::Compound(&[]))
     }
 
     /// `count` key/value pairs nested at `depth`.
@@ -213,8 +214,17 @@ impl<'a> Reader<'a> {
         self.items(items, depth)
     }
 
-    /// One value at nesting `depth` (its container's depth).
+    /// One value at nesting `depth` (its container's depth); a compound one with its bytes.
     fn value(&mut self, depth: usize) -> Result<Scalar<'a>, DecodeError> {
+        let at = self.pos;
+        Ok(match self.scalar(depth)? {
+            Scalar::Compound(_) => Scalar::Compound(&self.buf[at..self.pos]),
+            other => other,
+        })
+    }
+
+    /// One value at nesting `depth`; a compound one without its bytes (`value` adds them).
+    fn scalar(&mut self, depth: usize) -> Result<Scalar<'a>, DecodeError> {
         let at = self.pos;
         let b = self.byte()?;
         let inner = depth + 1;
@@ -421,7 +431,7 @@ mod tests {
             assert_eq!(key, EVERY_FORMAT[i].0);
             match expected.get(i) {
                 Some(want) => assert_eq!(value, want, "{key}"),
-                None => assert_eq!(*value, Scalar::Compound, "{key}"),
+                None => assert!(matches!(*value, Scalar::Compound(_)), "{key}"),
             }
         }
     }
@@ -497,9 +507,11 @@ mod tests {
             buf.push(0x90);
             buf
         };
+        let ok = nested(31);
         assert_eq!(
-            decoded(&nested(31)).unwrap(),
-            vec![("a".into(), Scalar::Compound)]
+            decoded(&ok).unwrap(),
+            vec![("a".into(), Scalar::Compound(&ok[3..]))],
+            "a compound value comes with its encoded bytes"
         );
         assert_eq!(
             read_map(&nested(32), |_, _| ()).unwrap_err().message,

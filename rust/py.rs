@@ -627,6 +627,44 @@ fn read_heads<'py>(
         .collect()
 }
 
+/// An account's live messages as columns; see `records::read_messages`. IDs, mailbox IDs, UIDs
+/// and sizes come packed as little-endian u64s, received times as i64s; flags and keywords as
+/// their encoded msgpack arrays (empty bytes when absent).
+#[pyfunction]
+#[pyo3(signature = (path, txnid = None, mailboxes = None, only = None))]
+fn read_messages<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    txnid: Option<u64>,
+    mailboxes: Option<Vec<u64>>,
+    only: Option<Vec<u64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mailboxes: Option<std::collections::HashSet<u64>> =
+        mailboxes.map(|m| m.into_iter().collect());
+    let only: Option<std::collections::HashSet<u64>> = only.map(|o| o.into_iter().collect());
+    let cols = py
+        .detach(|| {
+            LmdbFile::open(&path, txnid)
+                .and_then(|f| records::read_messages(&f, mailboxes.as_ref(), only.as_ref()))
+        })
+        .map_err(|e| lmdb_err(e, &path))?;
+    let d = PyDict::new(py);
+    d.set_item("ids", PyBytes::new(py, &packed(&cols.ids)))?;
+    d.set_item("mailbox_ids", PyBytes::new(py, &packed(&cols.mailbox_ids)))?;
+    d.set_item("uids", PyBytes::new(py, &packed(&cols.uids)))?;
+    d.set_item("sizes", PyBytes::new(py, &packed(&cols.sizes)))?;
+    let received: Vec<u8> = cols.received.iter().flat_map(|t| t.to_le_bytes()).collect();
+    d.set_item("received", PyBytes::new(py, &received))?;
+    let raw = |v: &[Vec<u8>]| -> Vec<Bound<'py, PyBytes>> {
+        v.iter().map(|b| PyBytes::new(py, b)).collect()
+    };
+    d.set_item("flags", raw(&cols.flags))?;
+    d.set_item("keywords", raw(&cols.keywords))?;
+    d.set_item("problems", cols.problems)?;
+    d.set_item("problem_count", cols.problem_count)?;
+    Ok(d)
+}
+
 /// Writes generated message files; see `gen.rs`.
 #[pyfunction]
 #[pyo3(signature = (root, ids, sizes, received, *, to, seed, jobs, progress))]
@@ -727,6 +765,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_index, m)?)?;
     m.add_function(wrap_pyfunction!(read_tables, m)?)?;
     m.add_function(wrap_pyfunction!(read_heads, m)?)?;
+    m.add_function(wrap_pyfunction!(read_messages, m)?)?;
     m.add_function(wrap_pyfunction!(write_messages, m)?)?;
     m.add_function(wrap_pyfunction!(message_path, m)?)?;
     m.add_function(wrap_pyfunction!(syncfs, m)?)?;

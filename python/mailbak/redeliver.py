@@ -202,7 +202,7 @@ class Redeliver:
         if self.same_store():
             raise UsageError(f"{self.path} and {self.store_path} are the same store; restore from a backup or snapshot of it (`mailbak snapshots REPO` lists them), or into another store")
         self.source = Source.open(self.path, self.reporter)
-        self.view = self.source.account(self.account)
+        self.view = self.source.account(self.account, within=self.selection)
         self.report_problems()
         selected = self.view.select(self.selection)
         self.prefix = self.into if self.into is not None else default_prefix(self.source.started)
