@@ -80,6 +80,23 @@ def run_command(
     raise AssertionError("unreachable: the monitor never swallows SystemExit")
 
 
+def selection_options(scope: str):
+    """--mailbox/-m, --recursive/-r, --since, --before: which messages of the account export
+    and restore --account take (``selection_of``); ``scope`` opens each help text ("With
+    --account: " for restore, whose other form takes everything)."""
+
+    def scoped(text: str) -> str:
+        return scope + text if scope else text[0].upper() + text[1:]
+
+    def add(f):
+        f = click.option("--before", metavar="DATE", help=scoped("only messages received before DATE."))(f)
+        f = click.option("--since", metavar="DATE", help=scoped("only messages received at or after DATE (YYYY-MM-DD or ISO 8601; local time unless a zone is given)."))(f)
+        f = click.option("--recursive", "-r", is_flag=True, help="With --mailbox: also every mailbox below each one named (NAME/...).")(f)
+        return click.option("--mailbox", "-m", "mailboxes", metavar="NAME", multiple=True, help=scoped("only mailbox NAME (repeatable; default: every mailbox of the account)."))(f)
+
+    return add
+
+
 def selection_of(mailboxes: tuple[str, ...], recursive: bool, since: str | None, before: str | None) -> Selection:
     """The messages --mailbox, --recursive, --since and --before take (export, restore
     --account); a date catalog.parse_date cannot read is bad usage (UsageError)."""
@@ -471,11 +488,8 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--copy", "force_copy", is_flag=True, help="Whole-store restore: copy message files instead of hardlinking them, so the restored store shares no inode with the backup.")
 @click.option("--force", is_flag=True, help="Whole-store restore: restore even if the backup's manifest is missing or says failed.")
-@click.option("--account", metavar="A", help="Restore (part of) account A of PATH into the live STORE, adding to what is there.")
-@click.option("--mailbox", "mailboxes", metavar="M", multiple=True, help="With --account: only mailbox M (repeatable; default: every mailbox).")
-@click.option("--recursive", "-r", is_flag=True, help="With --mailbox: also every mailbox below each one named.")
-@click.option("--since", metavar="DATE", help="With --account: only messages received at or after DATE (YYYY-MM-DD or ISO 8601; local time unless a zone is given).")
-@click.option("--before", metavar="DATE", help="With --account: only messages received before DATE.")
+@click.option("--account", "-a", metavar="A", help="Restore (part of) account A of PATH into the live STORE, adding to what is there.")
+@selection_options("With --account: ")
 @click.option("--to-account", metavar="B", help="With --account: restore into account B of STORE (default: A).")
 @click.option("--into", metavar="PREFIX", help="With --account: put mailbox M at PREFIX/M (default: 'Restored/<time of the snapshot>'; '' for the original names).")
 @click.option("--create-account", is_flag=True, help="With --account: add the target account to STORE when it is missing (says what it added to the config).")
@@ -552,11 +566,8 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, accoun
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--account", "-a", required=True, help="The account to export.")
-@click.option("--mailbox", "-m", "mailboxes", multiple=True, metavar="NAME", help="Export only this mailbox (repeatable; default: every mailbox of the account).")
-@click.option("--recursive", "-r", is_flag=True, help="Also every mailbox below each --mailbox (NAME/...).")
-@click.option("--since", metavar="DATE", help="Only messages received on or after DATE (YYYY-MM-DD or ISO 8601; local time unless a zone is given).")
-@click.option("--before", metavar="DATE", help="Only messages received before DATE.")
+@click.option("--account", "-a", metavar="A", required=True, help="The account to export.")
+@selection_options("")
 @click.option("--format", "fmt", type=click.Choice(["maildir", "mbox"]), default="maildir", show_default=True, help="Maildir (a tree Dovecot's LAYOUT=fs and mox import read) or mbox (one mboxrd file per mailbox).")
 @click.option("--owner", metavar="USER", help="Give every exported file to USER (root only; default: the user running mailbak).")
 @output_options
