@@ -15,9 +15,9 @@ Step by step:
 2. Candidates: per source and account, the live IDs and sizes, decoded by the engine
    (``Source.live_ids``); each distinct (ID, size) is remembered with the newest source holding
    it. Only ``--mailbox``, ``--since`` and ``--before`` need records here: then each source's
-   account records are decoded in Python (``Source.account``), which costs several times more.
+   account records are decoded too (``Source.account``), which costs several times more.
 3. Heads: each candidate's head is read once, from its newest source, by the engine in batches
-   (``AccountView.heads``), and matched: ``--from``, ``--to``, ``--subject`` are
+   (``AccountView.iter_heads``), and matched: ``--from``, ``--to``, ``--subject`` are
    case-insensitive substrings of the decoded field, ``--message-id`` is exact (angle brackets
    optional); all criteria must hold.
 4. History: for the matches only, each source's records of their IDs (``Source.account(name,
@@ -366,15 +366,12 @@ class Find:
         """Step 3: the heads of ``msgs`` (id, size) read from ``src``, those that match."""
         match = self.criteria.matcher()
         with src.account(account, only=()) as view:
-            for at in range(0, len(msgs), HEAD_BATCH):
-                batch = msgs[at : at + HEAD_BATCH]
-                heads = view.heads([i for i, _ in batch], jobs=self.jobs)
-                self.heads_read += len(batch)
-                for (i, size), h in zip(batch, heads, strict=True):
-                    if isinstance(h, OSError):
-                        self._error("message_unreadable", f"data/{h.filename}", f"{src.label}: account {account!r}, message {i}: {h.strerror or h}; not searched")
-                    elif match(h):
-                        yield Match(account, i, size, h)
+            for (i, size), h in zip(msgs, view.iter_heads([i for i, _ in msgs], jobs=self.jobs, batch=HEAD_BATCH), strict=True):
+                self.heads_read += 1
+                if isinstance(h, OSError):
+                    self._error("message_unreadable", f"data/{h.filename}", f"{src.label}: account {account!r}, message {i}: {h.strerror or h}; not searched")
+                elif match(h):
+                    yield Match(account, i, size, h)
 
     def _history(self, found: dict[tuple[str, int, int], Match]) -> None:
         """Step 4: each match's sightings, from the records of the matches alone."""
