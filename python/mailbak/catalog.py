@@ -57,6 +57,7 @@ from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describ
 from mailbak.report import Reporter
 from mailbak.repository import NAME_RE, RepoLock, is_repository, parse_time, reader_lock
 from mailbak.status import Status
+from mailbak.store import unpack
 from mailbak.testpause import pause
 
 #: Heads the engine reads per call when many are asked for (iter_heads): the raw fields of
@@ -146,17 +147,6 @@ def _numbers(packed: bytes, code: str) -> array:
     return a
 
 
-def _decode(value: bytes) -> dict:
-    """A record's msgpack map; raises FormatError."""
-    try:
-        rec = msgpack.unpackb(value, raw=False)
-    except Exception as e:  # msgpack raises several unrelated types
-        raise FormatError(f"not msgpack: {e}") from e
-    if not isinstance(rec, dict):
-        raise FormatError("not a msgpack map")
-    return rec
-
-
 class Source:
     """A backup, a snapshot or a live store opened for reading (a context manager)."""
 
@@ -178,6 +168,8 @@ class Source:
         self.label = path.name if kind is SourceKind.SNAPSHOT else (str(doc.get("started")) if doc and doc.get("started") else "live" if kind is SourceKind.STORE else path.name)
         self.lock: RepoLock | None = None
         self.lease: ReaderLease | None = None
+        #: The accounts opened (account()): closed with the source.
+        self.views: list[AccountView] = []
         self.root: DataRoot | None = None
         self.owner: StoreOwner | None = None
 
@@ -241,7 +233,11 @@ class Source:
         self.close()
 
     def close(self) -> None:
-        """Releases the lease, ``data/`` and the repository's lock; harmless when called again."""
+        """Releases the accounts opened, the lease, ``data/`` and the repository's lock;
+        harmless when called again."""
+        for view in self.views:
+            view.close()
+        self.views.clear()
         if self.lease is not None:
             self.lease.release()
             self.lease = None
@@ -289,6 +285,7 @@ class Source:
             return view
 
         view = self._read_index(rel, read)
+        self.views.append(view)
         assert self.root is not None
         try:
             view.msg_fd = self.root.open_dir(f"{rel}/{AreaKind.ACCOUNT.layout.tree}")
@@ -378,7 +375,7 @@ class AccountView:
         self.mailboxes: dict[int, Mailbox] = {}
         for key, value in mailbox_rows or ():
             try:
-                rec = _decode(value)
+                rec = unpack(value)
                 id_ = key_id(key)
                 if rec.get("expunged") is True:
                     continue

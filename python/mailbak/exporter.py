@@ -198,12 +198,10 @@ class Export:
 
     def close(self) -> None:
         """Releases the account, the source (and a repository's lock) and OUT's descriptor."""
-        if self.view is not None:
-            self.view.close()
-            self.view = None
         if self.source is not None:
-            self.source.close()
+            self.source.close()  # and the account it opened
             self.source = None
+            self.view = None
         if self.held is not None:
             self.held.close()
             self.held = None

@@ -261,12 +261,10 @@ class Ls:
 
     def close(self) -> None:
         """Releases the account's directories, PATH's lease and lock."""
-        if self.view is not None:
-            self.view.close()
-            self.view = None
         if self.source is not None:
-            self.source.close()
+            self.source.close()  # and the account it opened
             self.source = None
+            self.view = None
 
     def left_behind(self, stage: Stage | None) -> str:
         """Listing changes nothing."""

@@ -504,12 +504,10 @@ class Redeliver:
     def close(self) -> None:
         """Closes the source, the target store and STORE's descriptor; harmless when called
         again."""
-        if self.view is not None:
-            self.view.close()
-            self.view = None
         if self.source is not None:
-            self.source.close()
+            self.source.close()  # and the account it opened
             self.source = None
+            self.view = None
         if self.target is not None:
             self.target.close()
             self.target = None
