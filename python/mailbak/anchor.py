@@ -20,7 +20,7 @@ import errno
 import os
 from pathlib import Path
 
-from mailbak.fsio import open_dir, open_entry
+from mailbak.fsio import descend, open_dir, open_entry
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:
@@ -94,16 +94,7 @@ class DataRoot:
         """A descriptor of directory ``rel`` below ``data/`` (the caller closes it). Raises
         OSError: ELOOP or ENOTDIR when a component is a symlink or not a directory."""
         assert self.fd is not None, "DataRoot used after close"
-        fd = os.dup(self.fd)
-        try:
-            for part in _parts(rel):
-                new = open_dir(part, dir_fd=fd)
-                os.close(fd)
-                fd = new
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return descend(self.fd, _parts(rel), lambda parent, part: open_dir(part, dir_fd=parent))
 
     def open_entry(self, rel: str) -> tuple[int, os.stat_result]:
         """An ``O_PATH`` descriptor of the entry ``rel`` below ``data/`` itself (a symlink is

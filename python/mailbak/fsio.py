@@ -62,6 +62,22 @@ def open_dir(path: os.PathLike | str, *, dir_fd: int | None = None, follow: bool
     return os.open(path, _NAMED_DIR_FLAGS if follow else _DIR_FLAGS, dir_fd=dir_fd)
 
 
+def descend(dir_fd: int, parts: list[str], step: Callable[[int, str], int]) -> int:
+    """A new descriptor of the directory ``parts`` below ``dir_fd``, reached one component at
+    a time: ``step(parent_fd, name)`` opens (or creates) each, never following a symlink; every
+    descriptor on the way is closed, also when a step fails. Raises what ``step`` raises."""
+    fd = os.dup(dir_fd)
+    try:
+        for part in parts:
+            new = step(fd, part)
+            os.close(fd)
+            fd = new
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_dir_search(path: os.PathLike | str, *, dir_fd: int | None = None) -> int:
     """An ``O_PATH`` descriptor of directory ``path`` (relative to ``dir_fd`` when given), never
     through a symlink: for a directory passed through on the way to another, which needs only

@@ -58,7 +58,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from urllib.parse import unquote
 
-from mailbak.fsio import create_new, open_dir
+from mailbak.fsio import create_new, descend, open_dir
 from mailbak.layout import MAILBOX_SEPARATOR, Flag
 
 #: Mode of every file and directory an export creates: mail is private to its owner.
@@ -210,16 +210,7 @@ class Tree:
 
     def open_path(self, parts: list[str]) -> int:
         """A new descriptor of ``OUT/parts...``, each directory created when missing."""
-        fd = os.dup(self.out_fd)
-        try:
-            for part in parts:
-                new = self.subdir(fd, part)
-                os.close(fd)
-                fd = new
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return descend(self.out_fd, parts, self.subdir)
 
     def create(self, dir_fd: int, name: str) -> int:
         """File ``name`` in ``dir_fd``, created new (mode 0600), given to the owner."""
