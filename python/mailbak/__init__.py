@@ -1,9 +1,11 @@
 """mailbak: consistent online backups of LMDB mail stores.
 
-The Python API (docs/API.md): :func:`backup`, :func:`verify`, :func:`restore` and, for
-repositories, :func:`init`, :func:`snapshots` and :func:`prune` return typed results
+The Python API (docs/API.md): :func:`backup`, :func:`verify`, :func:`restore`, for
+repositories :func:`init`, :func:`snapshots` and :func:`prune`, and for recovery :func:`ls`,
+:func:`find`, :func:`export` and :func:`restore_account` return typed results
 (:class:`BackupResult`, :class:`VerifyResult`, :class:`RestoreResult`, :class:`SnapshotInfo`,
-:class:`PruneResult`) and raise :class:`UsageError` for bad usage or input,
+:class:`PruneResult`, :class:`LsResult`, :class:`FindResult`, :class:`ExportResult`,
+:class:`AccountRestoreResult`) and raise :class:`UsageError` for bad usage or input,
 :class:`DestinationFull` when the destination cannot take more data, :class:`RepositoryBusy`
 when a repository is locked and the caller would not wait; they live in ``mailbak.api`` and are
 loaded on first use.
@@ -32,10 +34,18 @@ __all__ = [
     "init",
     "snapshots",
     "prune",
+    "ls",
+    "find",
+    "export",
+    "restore_account",
     "BackupResult",
     "VerifyResult",
     "RestoreResult",
     "PruneResult",
+    "LsResult",
+    "FindResult",
+    "ExportResult",
+    "AccountRestoreResult",
     "SnapshotInfo",
     "UsageError",
     "DestinationFull",
@@ -48,8 +58,12 @@ _API = tuple(n for n in __all__ if n != "__version__")
 
 if TYPE_CHECKING:
     from mailbak.api import (
+        AccountRestoreResult,
         BackupResult,
         DestinationFull,
+        ExportResult,
+        FindResult,
+        LsResult,
         PruneResult,
         RepositoryBusy,
         RestoreResult,
@@ -57,9 +71,13 @@ if TYPE_CHECKING:
         UsageError,
         VerifyResult,
         backup,
+        export,
+        find,
         init,
+        ls,
         prune,
         restore,
+        restore_account,
         snapshots,
         verify,
     )

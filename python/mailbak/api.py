@@ -1,4 +1,5 @@
-"""The Python API: ``mailbak.backup``, ``mailbak.verify`` and ``mailbak.restore`` (docs/API.md).
+"""The Python API: ``mailbak.backup``, ``mailbak.verify``, ``mailbak.restore``, the repository
+functions and the recovery verbs ``ls``, ``find``, ``export``, ``restore_account`` (docs/API.md).
 
 Each function runs the command the CLI runs, in the calling thread (the engine works in a
 worker thread meanwhile), and returns a typed result with the facts of the JSON summary. Bad
@@ -19,7 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailbak.errors import DestinationFull, RepositoryBusy, UsageError
 from mailbak.job import default_jobs, run_api
@@ -28,9 +29,18 @@ from mailbak.repository import SnapshotInfo
 from mailbak.retention import KeepCount
 from mailbak.status import Status
 
+if TYPE_CHECKING:
+    from mailbak.catalog import DateArg
+    from mailbak.finder import Match
+    from mailbak.lister import AccountEntry, MailboxEntry, MessageEntry
+
 __all__ = [
+    "AccountRestoreResult",
     "BackupResult",
     "DestinationFull",
+    "ExportResult",
+    "FindResult",
+    "LsResult",
     "PruneResult",
     "RepositoryBusy",
     "RestoreResult",
@@ -38,13 +48,17 @@ __all__ = [
     "UsageError",
     "VerifyResult",
     "backup",
+    "export",
+    "find",
     "init",
+    "ls",
     "prune",
     "offsite_list",
     "offsite_prune",
     "offsite_push",
     "offsite_restore",
     "restore",
+    "restore_account",
     "snapshots",
     "verify",
 ]
@@ -175,6 +189,115 @@ class PruneResult:
         return self.status == Status.OK
 
 
+@dataclass(frozen=True)
+class LsResult:
+    """The outcome of :func:`ls`: the listing of the level asked for (the other two are None)
+    and the facts of its JSON summary."""
+
+    #: ok, or failed when a message file or record could not be read (each an error event; the
+    #: rest is listed).
+    status: Status
+    path: Path
+    account: str | None
+    mailbox: str | None
+    #: ``ls(path)``: every account (lister.AccountEntry: name, messages, bytes, mailboxes).
+    accounts: list[AccountEntry] | None
+    #: ``ls(path, account)``: the mailbox tree, parents first (lister.MailboxEntry).
+    mailboxes: list[MailboxEntry] | None
+    #: ``ls(path, account, mailbox)``: its messages by UID (lister.MessageEntry).
+    messages: list[MessageEntry] | None
+    #: Entries listed.
+    listed: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything could be read."""
+        return self.status == Status.OK
+
+
+@dataclass(frozen=True)
+class FindResult:
+    """The outcome of :func:`find`: the matches and the facts of its JSON summary."""
+
+    #: ok, or failed when a message file or a snapshot could not be read (the rest is searched).
+    status: Status
+    path: Path
+    #: Each matching message once (finder.Match), by account and ID.
+    matches: list[Match]
+    #: The labels of the sources searched (a repository's snapshot names), newest first.
+    searched: list[str]
+    #: Heads parsed: each distinct message once, however many snapshots hold it.
+    heads_read: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything could be searched."""
+        return self.status == Status.OK
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The outcome of :func:`export`: the facts of its JSON summary."""
+
+    #: ok, or failed when a message or mailbox could not be exported (the rest is).
+    status: Status
+    path: Path
+    account: str
+    #: "maildir" or "mbox".
+    format: str
+    out: Path
+    #: Messages and bytes written, mailboxes (folders) made.
+    messages: int
+    bytes: int
+    mailboxes: int
+    warnings: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every selected message was exported."""
+        return self.status == Status.OK
+
+
+@dataclass(frozen=True)
+class AccountRestoreResult:
+    """The outcome of :func:`restore_account`: the facts of its JSON summary."""
+
+    #: ok, or failed when some messages were not restored (each an error event).
+    status: Status
+    #: PATH, the backup (snapshot, store) restored from.
+    source: Path
+    store: Path
+    account: str
+    to_account: str
+    #: The prefix the mailboxes went under ("" for the original names).
+    prefix: str
+    dry_run: bool
+    #: Messages delivered (in a dry run: that would be), already there from an earlier
+    #: restore (skipped), not restored (errors); bytes delivered (would be).
+    restored: int
+    already_there: int
+    not_restored: int
+    bytes: int
+    #: Mailboxes created in the target account (would be, in a dry run), ancestors included.
+    mailboxes_created: list[str]
+    #: Whether the account was created (``create_account``; would be, in a dry run).
+    account_created: bool
+    warnings: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every selected message is in the target (restored or already there)."""
+        return self.status == Status.OK
+
+
 R = TypeVar("R")
 
 
@@ -271,7 +394,8 @@ def restore(
     on_event: EventCallback | None = None,
 ) -> RestoreResult:
     """Restores ``backup`` into ``store`` (new or empty) and verifies it, as ``mailbak restore``
-    does (``copy`` as ``--copy``, ``force`` as ``--force``)."""
+    does (``copy`` as ``--copy``, ``force`` as ``--force``). Part of one account into a live
+    store: :func:`restore_account`."""
     from mailbak.restorer import Restore
 
     reporter = event_reporter(on_event, verbose)
@@ -444,3 +568,134 @@ def offsite_prune(
 
     job_, _ = run_api(job, reporter)
     return job_.result
+
+
+# Recovery: listing, searching, exporting, restoring one account (docs/RECOVERY.md) -----------
+#
+# Their PATH is a backup, a repository's snapshot or a live store (find: also a repository,
+# all its snapshots); dates (``since``, ``before``) are texts as the commands take them
+# ("2026-11-24", ISO 8601; local time unless a zone is given), datetimes (naive: local time),
+# dates (local midnight) or unix seconds.
+
+
+def ls(path: PathArg, account: str | None = None, mailbox: str | None = None, *, jobs: int | None = None, on_event: EventCallback | None = None) -> LsResult:
+    """Lists what ``path`` holds, as ``mailbak ls`` does: its accounts; with ``account``, its
+    mailbox tree; with ``mailbox`` too, that mailbox's messages with their heads. Raises
+    UsageError for a ``path`` that is none of the three, an unknown account or mailbox (the
+    message lists those there are), a mailbox without an account."""
+    from mailbak.lister import Ls
+
+    reporter = event_reporter(on_event)
+
+    def job() -> Ls:
+        if mailbox is not None and account is None:
+            raise UsageError("a mailbox is listed within an account: give the account too")
+        return Ls(Path(path), account, mailbox, jobs=check_jobs(jobs), reporter=reporter)
+
+    job_, facts = run_api(job, reporter)
+    return _result(LsResult, facts, path=Path(path), account=account, mailbox=mailbox, accounts=job_.accounts, mailboxes=job_.mailboxes, messages=job_.messages)
+
+
+def find(
+    path: PathArg,
+    *,
+    account: str | None = None,
+    mailbox: str | None = None,
+    from_: str | None = None,
+    to: str | None = None,
+    subject: str | None = None,
+    message_id: str | None = None,
+    since: DateArg | None = None,
+    before: DateArg | None = None,
+    jobs: int | None = None,
+    on_event: EventCallback | None = None,
+) -> FindResult:
+    """Finds the messages matching every criterion given in a repository's snapshots (or in
+    one backup, snapshot or store), as ``mailbak find`` does: ``from_``, ``to``, ``subject``
+    case-insensitive substrings of the decoded header, ``message_id`` exact (angle brackets
+    optional), ``since``/``before`` on the received time. Raises UsageError for a ``path``
+    that is none, a bad date, an account or mailbox no snapshot has (listing those there are)."""
+    from mailbak.finder import Criteria, Find
+
+    reporter = event_reporter(on_event)
+
+    def job() -> Find:
+        criteria = Criteria.parse(account=account, mailbox=mailbox, from_=from_, to=to, subject=subject, message_id=message_id, since=since, before=before)
+        return Find(Path(path), criteria, jobs=check_jobs(jobs), reporter=reporter)
+
+    job_, facts = run_api(job, reporter)
+    return _result(FindResult, facts, path=Path(path), matches=job_.matches, searched=job_.labels)
+
+
+def export(
+    path: PathArg,
+    out: PathArg,
+    *,
+    account: str,
+    mailboxes: str | tuple[str, ...] | list[str] = (),
+    recursive: bool = False,
+    since: DateArg | None = None,
+    before: DateArg | None = None,
+    format: str = "maildir",
+    owner: str | int | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> ExportResult:
+    """Exports ``account`` of ``path`` into ``out`` (new or empty) as ``mailbak export`` does:
+    ``format`` "maildir" or "mbox"; ``mailboxes`` (a name or names; default all),
+    ``recursive`` (also the mailboxes below each), ``since``, ``before`` select the messages;
+    ``owner`` (a user name or uid) gets every file (root only; default: the calling user).
+    Raises UsageError (nothing written) for an unknown account or mailbox, a bad date or
+    format, ``out`` not empty; DestinationFull when ``out`` cannot take more data."""
+    from mailbak.catalog import Selection
+    from mailbak.exporter import Export
+    from mailbak.mailformat import MailFormat
+
+    reporter = event_reporter(on_event, verbose)
+
+    def job() -> Export:
+        if format not in tuple(MailFormat):
+            raise UsageError(f"format {format!r}: not one of {', '.join(map(repr, MailFormat))}")
+        selection = Selection.of(mailboxes, recursive, since, before)
+        return Export(Path(path), Path(out), account=account, selection=selection, fmt=MailFormat(format), owner=None if owner is None else str(owner), reporter=reporter, verbose=verbose)
+
+    _, facts = run_api(job, reporter)
+    return _result(ExportResult, facts, path=Path(path), out=Path(out))
+
+
+def restore_account(
+    backup: PathArg,
+    store: PathArg,
+    *,
+    account: str,
+    mailboxes: str | tuple[str, ...] | list[str] = (),
+    recursive: bool = False,
+    since: DateArg | None = None,
+    before: DateArg | None = None,
+    to_account: str | None = None,
+    into: str | None = None,
+    create_account: bool = False,
+    dry_run: bool = False,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> AccountRestoreResult:
+    """Restores (part of) ``account`` of ``backup`` (a backup, a snapshot or another store)
+    into the live ``store``, adding to what is there, as ``mailbak restore --account`` does:
+    each selected message (``mailboxes``, ``recursive``, ``since``, ``before`` as for
+    :func:`export`) is delivered anew into ``into``/<its mailbox> (default
+    ``Restored/<time of the backup>``; "" for the original names) of ``to_account`` (default
+    ``account``; ``create_account`` adds it when missing). Idempotent: a message an earlier
+    restore delivered is skipped. ``dry_run`` writes nothing and counts what would be done.
+    Raises UsageError (nothing written) for an unknown account or mailbox, a bad date, a
+    ``store`` that is no live store, a missing target account without ``create_account``."""
+    from mailbak.catalog import Selection
+    from mailbak.redeliver import Redeliver
+
+    reporter = event_reporter(on_event, verbose)
+
+    def job() -> Redeliver:
+        selection = Selection.of(mailboxes, recursive, since, before)
+        return Redeliver(Path(backup), Path(store), account=account, selection=selection, to_account=to_account, into=into, create_account=create_account, dry_run=dry_run, reporter=reporter, verbose=verbose)
+
+    _, facts = run_api(job, reporter)
+    return _result(AccountRestoreResult, facts, source=Path(backup), store=Path(store))

@@ -36,10 +36,10 @@ import os
 import stat
 import sys
 from array import array
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -110,6 +110,41 @@ class Selection:
     recursive: bool = False
     since: int | None = None
     before: int | None = None
+
+    @classmethod
+    def of(cls, mailboxes: str | Iterable[str] = (), recursive: bool = False, since: DateArg | None = None, before: DateArg | None = None) -> Selection:
+        """The selection ``--mailbox``, ``--recursive``, ``--since`` and ``--before`` make
+        (export, restore --account; their keyword arguments in the API): ``mailboxes`` a name or
+        names, the dates as :func:`timestamp_of` takes them. Raises UsageError for a date that
+        is none, or ``recursive`` without a mailbox (it would mean nothing)."""
+        names = (mailboxes,) if isinstance(mailboxes, str) else tuple(mailboxes)
+        if recursive and not names:
+            raise UsageError("--recursive needs --mailbox")
+        return cls(mailboxes=names, recursive=recursive, since=timestamp_of(since, "--since"), before=timestamp_of(before, "--before"))
+
+
+#: A date as the recovery verbs take it: a text :func:`parse_date` reads, a ``datetime`` (naive:
+#: local time) or ``date`` (its local midnight), or unix seconds.
+DateArg = str | int | date
+
+
+def timestamp_of(value: DateArg | None, option: str) -> int | None:
+    """Unix seconds of ``value`` (a :data:`DateArg`; None stays None); raises UsageError naming
+    ``option`` (``--since``) for a text that is no date or a value of another type."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return parse_date(value)
+        except ValueError as e:
+            raise UsageError(f"{option} {value!r}: {e}") from None
+    if isinstance(value, datetime):
+        return int(value.timestamp())  # naive: local time, as parse_date reads a text
+    if isinstance(value, date):
+        return int(datetime(value.year, value.month, value.day).timestamp())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise UsageError(f"{option}: a date (text, datetime or date) or unix seconds, not {value!r}")
 
 
 def parse_date(text: str) -> int:

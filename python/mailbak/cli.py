@@ -19,7 +19,6 @@ from mailbak.job import default_jobs
 from mailbak.status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
-    from mailbak.catalog import Selection
     from mailbak.job import Job
     from mailbak.report import Reporter
 
@@ -82,7 +81,7 @@ def run_command(
 
 def selection_options(scope: str):
     """--mailbox/-m, --recursive/-r, --since, --before: which messages of the account export
-    and restore --account take (``selection_of``); ``scope`` opens each help text ("With
+    and restore --account take (``catalog.Selection.of``); ``scope`` opens each help text ("With
     --account: " for restore, whose other form takes everything)."""
 
     def scoped(text: str) -> str:
@@ -95,21 +94,6 @@ def selection_options(scope: str):
         return click.option("--mailbox", "-m", "mailboxes", metavar="NAME", multiple=True, help=scoped("only mailbox NAME (repeatable; default: every mailbox of the account)."))(f)
 
     return add
-
-
-def selection_of(mailboxes: tuple[str, ...], recursive: bool, since: str | None, before: str | None) -> Selection:
-    """The messages --mailbox, --recursive, --since and --before take (export, restore
-    --account); a date catalog.parse_date cannot read is bad usage (UsageError)."""
-    from mailbak.catalog import Selection, parse_date
-    from mailbak.errors import UsageError
-
-    dates: list[int | None] = []
-    for opt, text in (("--since", since), ("--before", before)):
-        try:
-            dates.append(None if text is None else parse_date(text))
-        except ValueError as e:
-            raise UsageError(f"{opt} {text!r}: {e}") from None
-    return Selection(mailboxes=tuple(mailboxes), recursive=recursive, since=dates[0], before=dates[1])
 
 
 def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
@@ -550,14 +534,13 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, accoun
 
         run_command(Restore, store, reporter, job)
 
+    from mailbak.catalog import Selection
     from mailbak.redeliver import Redeliver
 
     def redeliver(reporter: Reporter) -> Job:
         if force_copy or force:
             raise UsageError("--copy and --force are for a whole-store restore, not with --account")
-        if recursive and not mailboxes:
-            raise UsageError("--recursive needs --mailbox")
-        selection = selection_of(mailboxes, recursive, since, before)
+        selection = Selection.of(mailboxes, recursive, since, before)
         return Redeliver(backup_dir, store, account=account, selection=selection, to_account=to_account, into=into, create_account=create_account, dry_run=dry_run, reporter=reporter, verbose=verbose)
 
     run_command(Redeliver, store, reporter, redeliver)
@@ -593,12 +576,13 @@ def export(path: Path, out: Path, account: str, mailboxes: tuple[str, ...], recu
     account or mailbox, OUT not empty: nothing written), 130 interrupted (OUT
     is then incomplete).
     """
+    from mailbak.catalog import Selection
     from mailbak.exporter import Export
     from mailbak.mailformat import MailFormat
     from mailbak.report import make_reporter
 
     def job(reporter: Reporter) -> Job:
-        selection = selection_of(mailboxes, recursive, since, before)
+        selection = Selection.of(mailboxes, recursive, since, before)
         return Export(path, out, account=account, selection=selection, fmt=MailFormat(fmt), owner=owner, reporter=reporter, verbose=verbose)
 
     run_command(Export, out, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)

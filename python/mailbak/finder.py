@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mailbak.catalog import Source, parse_date
+from mailbak.catalog import DateArg, Source, timestamp_of
 from mailbak.errors import UsageError
 from mailbak.headers import Head
 from mailbak.job import Metrics, Stage
@@ -78,12 +78,10 @@ class Criteria:
     before: int | None = None
 
     @classmethod
-    def parse(cls, *, since: str | None = None, before: str | None = None, **kw: str | None) -> Criteria:
-        """Criteria from the command line's text; raises UsageError for a date that is none."""
-        try:
-            return cls(since=parse_date(since) if since else None, before=parse_date(before) if before else None, **kw)
-        except ValueError as e:
-            raise UsageError(str(e)) from e
+    def parse(cls, *, since: DateArg | None = None, before: DateArg | None = None, **kw: str | None) -> Criteria:
+        """Criteria from the command line's text (the API's values: the dates as
+        catalog.timestamp_of takes them); raises UsageError for a date that is none."""
+        return cls(since=timestamp_of(since, "--since"), before=timestamp_of(before, "--before"), **kw)
 
     @property
     def needs_records(self) -> bool:
