@@ -6,6 +6,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from mailbak.errors import RepositoryBusy, UsageError
 from mailbak.layout import id_key
 from mailbak.repository import RepoLock
 from mailbak.store import Store, pack
+from mailbak.testpause import ENV_DIR, ENV_POINT
 
 #: A head with a folded, RFC 2047 encoded subject and a repeated From (the first counts).
 ENCODED = (
@@ -208,3 +213,41 @@ def test_parse_date():
     assert parse_date("2026-11-24T13:05:00+01:00") == int(datetime.fromisoformat("2026-11-24T12:05:00+00:00").timestamp())
     with pytest.raises(ValueError, match="not a date"):
         parse_date("last tuesday")
+
+
+def test_a_live_view_overtaken_by_writers_is_read_again(tmp_path, monkeypatch):
+    """Two commits while the catalog holds its read transaction overwrite the meta page of its
+    view before the engine reads it: the engine says stale, and a fresh transaction is read
+    (it sees the messages delivered meanwhile, which the first view could not)."""
+    store = tmp_path / "store"
+    make(store)
+    folder = tmp_path / "pause"
+    folder.mkdir()
+    monkeypatch.setenv(ENV_POINT, "catalog.live_view")
+    monkeypatch.setenv(ENV_DIR, str(folder))
+    result: dict = {}
+
+    def read() -> None:
+        with Source.open(store) as src, src.account("alice") as acc:
+            result["count"] = len(acc.messages)
+
+    t = threading.Thread(target=read)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not (folder / "catalog.live_view.reached").exists():
+        assert time.monotonic() < deadline and t.is_alive(), "the read never reached its view"
+        time.sleep(0.01)
+    # Another process (LMDB: one environment per process) delivers twice: two commits of the
+    # message table (and two of meta, for the IDs).
+    code = f"""
+from mailbak.store import Store
+s = Store.open({str(store)!r}, durable=False)
+a = s.account("alice")
+for _ in range(2):
+    a.deliver(a.mailbox_id("Inbox"), b"Subject: new\\r\\n\\r\\n")
+s.close()
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    (folder / "catalog.live_view.go").touch()
+    t.join(60)
+    assert result["count"] == 3 + 2

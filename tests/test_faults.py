@@ -29,18 +29,6 @@ def assert_incomplete(dest: Path) -> None:
     assert "incomplete" in v.stderr
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 3 MiB tmpfs, to fill up."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0755", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the full-destination test needs one")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)])
-
-
 def test_destination_fills_up(tmp_path, small_tmpfs):
     store = make_store(tmp_path / "store", messages=2000, accounts=3)
     before = inode_listing(store)

@@ -52,10 +52,11 @@ from mailbak.fsio import open_dir, open_file
 from mailbak.headers import Head, head_of
 from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, AreaKind, FormatError, area_rel, id_key, key_id, message_rel, pack_ids, read_config
-from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, open_readonly
+from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, maps_file, open_readonly
 from mailbak.report import Reporter
 from mailbak.repository import NAME_RE, RepoLock, is_repository, parse_time, reader_lock
 from mailbak.status import Status
+from mailbak.testpause import pause
 
 #: The tables of an account index the catalog reads.
 _TABLES = (b"mailbox", b"message", b"message_erase")
@@ -311,7 +312,7 @@ class Source:
                 # The engine reads the very file held (the /proc link reopens the descriptor's file).
                 held = f"/proc/self/fd/{fd}"
                 try:
-                    return read(held, None) if self.kind is not SourceKind.STORE else self._read_live(db, held, read)
+                    return read(held, None) if self.kind is not SourceKind.STORE else self._read_live(db, held, st, read)
                 except _engine.LmdbError as e:
                     raise DatabaseError(f"damaged: {describe(e).replace(held, db)}") from e
                 except OSError as e:
@@ -321,14 +322,20 @@ class Source:
         except DatabaseError as e:
             raise UsageError(f"{self.path}/data/{db}: {e}") from e
 
-    def _read_live(self, db: str, held: str, read: Callable[[str, int | None], T]) -> T:
-        """``read`` of a live database, at the ID of a read transaction held meanwhile."""
+    def _read_live(self, db: str, held: str, st: os.stat_result, read: Callable[[str, int | None], T]) -> T:
+        """``read`` of a live database (``st``: the file held), at the ID of a read transaction
+        held meanwhile on that very file."""
         assert self.root is not None
         env = open_readonly(self.root.path / db, self.owner)
         try:
+            if not maps_file(st):
+                # LMDB opens by path: the owner swapped the file (or a directory above it)
+                # after it was held, and a transaction on another file pins nothing here.
+                raise DatabaseError("replaced while it was being opened (its path now leads to another file, through a symlink?); not read")
             last: BaseException | None = None
             for _ in range(CHECK_ATTEMPTS):
                 with env.begin() as txn:
+                    pause("catalog.live_view")  # tests commit twice here: the view's meta page goes
                     try:
                         return read(held, txn.id())
                     except _engine.LmdbError as e:

@@ -362,6 +362,58 @@ def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, 
 
 
 @main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--account", "-a", required=True, help="The account to export.")
+@click.option("--mailbox", "-m", "mailboxes", multiple=True, metavar="NAME", help="Export only this mailbox (repeatable; default: every mailbox of the account).")
+@click.option("--recursive", "-r", is_flag=True, help="Also every mailbox below each --mailbox (NAME/...).")
+@click.option("--since", metavar="DATE", help="Only messages received on or after DATE (YYYY-MM-DD or ISO 8601; local time unless a zone is given).")
+@click.option("--before", metavar="DATE", help="Only messages received before DATE.")
+@click.option("--format", "fmt", type=click.Choice(["maildir", "mbox"]), default="maildir", show_default=True, help="Maildir (a tree Dovecot's LAYOUT=fs and mox import read) or mbox (one mboxrd file per mailbox).")
+@click.option("--owner", metavar="USER", help="Give every exported file to USER (root only; default: the user running mailbak).")
+@output_options
+def export(path: Path, out: Path, account: str, mailboxes: tuple[str, ...], recursive: bool, since: str | None, before: str | None, fmt: str, owner: str | None, json_output, quiet, verbose) -> None:
+    """Export an ACCOUNT's mail from PATH into OUT (new or empty) as Maildir or mbox.
+
+    \b
+    PATH is a backup, a snapshot of a repository, or a live store (read in one
+    read transaction while the server runs). Maildir: OUT/Archive/2024/cur/...,
+    one maildir per mailbox mirroring the hierarchy, flags in the ":2," suffix,
+    keywords in each maildir's dovecot-keywords, file names starting with the
+    received time, message bytes unchanged; Dovecot reads it with
+    "mail_location = maildir:OUT:LAYOUT=fs:UTF-8:INBOX=OUT/Inbox", mox with
+    "mox import maildir". mbox: OUT/Archive/2024.mbox, mboxrd quoting, flags as
+    Status/X-Status/X-Keywords headers. Mailbox names that are not safe as file
+    names (".", "..", leading ".", control characters, "%") are written
+    percent-escaped (docs/RECOVERY.md); nothing is ever written outside OUT.
+
+    \b
+    Files are the running user's (or USER's, with --owner) and private (0600,
+    directories 0700). Exit status: 0 exported, 1 some message could not be
+    read (each named; the rest is exported), 2 bad usage or input (unknown
+    account or mailbox, OUT not empty: nothing written), 130 interrupted (OUT
+    is then incomplete).
+    """
+    from mailbak.catalog import Selection, parse_date
+    from mailbak.errors import UsageError
+    from mailbak.exporter import Export
+    from mailbak.mailformat import MailFormat
+    from mailbak.report import make_reporter
+
+    def job(reporter: Reporter) -> Job:
+        dates = []
+        for opt, text in (("--since", since), ("--before", before)):
+            try:
+                dates.append(None if text is None else parse_date(text))
+            except ValueError as e:
+                raise UsageError(f"{opt} {text!r}: {e}") from None
+        selection = Selection(mailboxes=mailboxes, recursive=recursive, since=dates[0], before=dates[1])
+        return Export(path, out, account=account, selection=selection, fmt=MailFormat(fmt), owner=owner, reporter=reporter, verbose=verbose)
+
+    run_command(Export, out, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)
+
+
+@main.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--messages", "-n", type=click.IntRange(0), required=True, help="Messages over all accounts.")
 @click.option("--accounts", "-a", type=click.IntRange(1), required=True, help="Accounts (sizes vary like real users').")
