@@ -629,26 +629,29 @@ fn read_heads<'py>(
 
 /// Writes generated message files; see `gen.rs`.
 #[pyfunction]
-#[pyo3(signature = (root, ids, sizes, *, seed, jobs, progress))]
+#[pyo3(signature = (root, ids, sizes, received, *, to, seed, jobs, progress))]
+#[allow(clippy::too_many_arguments)]
 fn write_messages<'py>(
     py: Python<'py>,
     root: PathBuf,
     ids: &[u8],
     sizes: &[u8],
+    received: &[u8],
+    to: String,
     seed: u64,
     jobs: usize,
     progress: &Progress,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (ids, sizes) = (unpack_u64(ids)?, unpack_u64(sizes)?);
-    if ids.len() != sizes.len() {
+    let (ids, sizes, received) = (unpack_u64(ids)?, unpack_u64(sizes)?, unpack_u64(received)?);
+    if ids.len() != sizes.len() || ids.len() != received.len() {
         return Err(PyValueError::new_err(
-            "ids and sizes must be of equal length",
+            "ids, sizes and received must be of equal length",
         ));
     }
     let p = Arc::clone(&progress.inner);
     let tally = run(py, jobs, move || {
         let sink = Sink::new(&p, b"");
-        gen::write_messages(&root, &ids, &sizes, seed, &sink).map(|()| sink.tally)
+        gen::write_messages(&root, &ids, &sizes, &received, &to, seed, &sink).map(|()| sink.tally)
     })?
     .map_err(Error::op("write messages"))?;
     tally_dict(py, &tally)

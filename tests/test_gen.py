@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
+import email.utils
 import statistics
+from datetime import UTC, datetime
 
 from conftest import dump_env, run_cli, tree_listing
+from mailbak import gen
 from mailbak.gen import generate, split
-from mailbak.layout import read_config
+from mailbak.layout import Flag, mailbox_ancestors, mailbox_name_problem, read_config
 from mailbak.store import Store
 
 
@@ -87,3 +92,57 @@ def test_version_and_help_list_the_commands():
     h = run_cli("--help")
     for cmd in ("backup", "verify", "restore", "gen", "demo"):
         assert cmd in h.stdout
+
+
+def test_mailboxes_flags_times_and_heads_are_realistic(tmp_path):
+    """Every account has the mailboxes clients make and a dated archive; the bigger ones user
+    folders, nested and non-ASCII. Flags follow the mailbox, received times its period, and
+    each file's head (parsed by Python's email package) names its message and dates it."""
+    s = generate(tmp_path / "g", messages=4000, accounts=3, seed=2)
+    flags_known = {f.value for f in Flag}
+    message_ids, subjects, encoded = set(), [], 0
+    user_folders_seen: set[str] = set()
+    with Store.open(tmp_path / "g", durable=False) as st:
+        for name in s.accounts:
+            acc = st.account(name)
+            names = {i: rec["name"] for i, rec in acc.mailboxes().items()}
+            assert set(names.values()) >= {"Inbox", "Sent", "Drafts", "Trash", "Junk", "Archive", "Archive/2024", "Archive/2023"}
+            for n in names.values():
+                assert mailbox_name_problem(n) is None
+                assert all(a in names.values() for a in mailbox_ancestors(n)), n
+            user_folders_seen |= set(names.values()) - {p.name for p in gen.STANDARD_MAILBOXES}
+            by_box: dict[str, list[tuple[int, dict]]] = {}
+            for id_, rec in acc.messages().items():
+                by_box.setdefault(names[rec["mailbox_id"]], []).append((id_, rec))
+                assert set(rec["flags"]) <= flags_known and not set(rec.get("keywords", ())) & flags_known
+                assert rec["received"] < gen.EPOCH
+            assert all("\\Seen" in r["flags"] for _, r in by_box["Sent"])
+            assert all("\\Draft" in r["flags"] for _, r in by_box["Drafts"])
+            assert all("$Junk" in r["flags"] for _, r in by_box["Junk"])
+            inbox = [r for _, r in by_box["Inbox"]]
+            seen = sum("\\Seen" in r["flags"] for r in inbox) / len(inbox)
+            assert 0.75 < seen < 0.95, seen
+            for flag in ("\\Flagged", "\\Answered", "$Forwarded"):
+                assert any(flag in r["flags"] for r in inbox), flag
+            assert any(r.get("keywords") for r in inbox)
+            for box, year in (("Archive/2023", 2023), ("Archive/2024", 2024), ("Inbox", 2025)):
+                for _, r in by_box[box]:
+                    assert datetime.fromtimestamp(r["received"], UTC).year == year, (box, r)
+            # Within a mailbox, UIDs rise with the received time, as deliveries would have it.
+            for box, msgs in by_box.items():
+                ordered = sorted(msgs, key=lambda m: m[1]["uid"])
+                assert [r["received"] for _, r in ordered] == sorted(r["received"] for _, r in ordered), box
+            for id_, rec in list(acc.messages().items())[:150]:
+                raw = acc.message_path(id_).read_bytes()
+                head = email.message_from_bytes(raw, policy=email.policy.default)
+                assert head["Message-ID"] not in message_ids
+                message_ids.add(head["Message-ID"])
+                date = email.utils.parsedate_to_datetime(head["Date"]).timestamp()
+                assert rec["received"] - 600 < date <= rec["received"]
+                assert head["To"] == f"{name}@example.org"
+                assert str(head["Subject"]).endswith(f" #{id_}")
+                assert head["From"].addresses[0].domain
+                subjects.append(str(head["Subject"]))
+                encoded += b"Subject: =?UTF-8?" in raw
+    assert {"Projekte", "Projekte/Übersicht", "Reçus"} <= user_folders_seen
+    assert encoded > 0 and any(not t.isascii() for t in subjects) and any(t.isascii() for t in subjects)

@@ -275,8 +275,10 @@ def read_tables(path: StrPath, tables: list[bytes], txnid: int | None = None, on
     read directly like ``lmdb_check`` (of the snapshot ``txnid`` when given). Raises LmdbError
     for damage met on the way, OSError if the file cannot be read."""
 
-def write_messages(root: StrPath, ids: bytes, sizes: bytes, *, seed: int, jobs: int, progress: Progress) -> Tally:
-    """Writes generated message files below message tree ``root`` (deterministic for ``seed``)."""
+def write_messages(root: StrPath, ids: bytes, sizes: bytes, received: bytes, *, to: str, seed: int, jobs: int, progress: Progress) -> Tally:
+    """Writes generated message files below message tree ``root`` (deterministic for ``seed``):
+    each a head (Message-ID, Date from its ``received`` unix seconds, From, To: ``to`` or, when
+    empty, an address picked per message, Subject) and body text, cut at its size."""
 
 def syncfs(path: StrPath) -> None:
     """Flushes the file system holding ``path`` to stable storage."""

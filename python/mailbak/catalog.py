@@ -426,18 +426,21 @@ class AccountView:
         names = sorted(mb.name for mb in self.mailboxes.values())
         raise UsageError(f"no mailbox {name!r} in account {self.name!r} (mailboxes: {', '.join(map(repr, names)) or 'none'})")
 
+    def selected_mailboxes(self, sel: Selection) -> list[Mailbox]:
+        """The mailboxes ``sel`` names, by ID: every one when it names none; with
+        ``recursive``, also every mailbox below a named one. Raises UsageError for a name no
+        mailbox has."""
+        if not sel.mailboxes:
+            return sorted(self.mailboxes.values(), key=lambda mb: mb.id)
+        named = {self.mailbox(name).name for name in sel.mailboxes}
+        below = tuple(n + MAILBOX_SEPARATOR for n in named) if sel.recursive else ()
+        return sorted((mb for mb in self.mailboxes.values() if mb.name in named or (below and mb.name.startswith(below))), key=lambda mb: mb.id)
+
     def select(self, sel: Selection) -> list[Message]:
         """The messages ``sel`` takes, by ID; raises UsageError for a mailbox that does not
         exist."""
-        ids: set[int] | None = None
-        if sel.mailboxes:
-            ids = set()
-            for name in sel.mailboxes:
-                ids.add(self.mailbox(name).id)
-                if sel.recursive:
-                    below = name + MAILBOX_SEPARATOR
-                    ids.update(mb.id for mb in self.mailboxes.values() if mb.name.startswith(below))
-        return [m for m in self.messages if (ids is None or m.mailbox_id in ids) and (sel.since is None or m.received >= sel.since) and (sel.before is None or m.received < sel.before)]
+        ids = {mb.id for mb in self.selected_mailboxes(sel)}
+        return [m for m in self.messages if m.mailbox_id in ids and (sel.since is None or m.received >= sel.since) and (sel.before is None or m.received < sel.before)]
 
     # Message files -----------------------------------------------------------------------------
 

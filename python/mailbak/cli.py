@@ -19,6 +19,7 @@ from mailbak.job import default_jobs
 from mailbak.status import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
+    from mailbak.catalog import Selection
     from mailbak.job import Job
     from mailbak.report import Reporter
 
@@ -74,6 +75,21 @@ def run_command(
         # Exit inside the monitor: it reads the status from SystemExit.
         sys.exit(status)
     raise AssertionError("unreachable: the monitor never swallows SystemExit")
+
+
+def selection_of(mailboxes: tuple[str, ...], recursive: bool, since: str | None, before: str | None) -> Selection:
+    """The messages --mailbox, --recursive, --since and --before take (export, restore
+    --account); a date catalog.parse_date cannot read is bad usage (UsageError)."""
+    from mailbak.catalog import Selection, parse_date
+    from mailbak.errors import UsageError
+
+    dates: list[int | None] = []
+    for opt, text in (("--since", since), ("--before", before)):
+        try:
+            dates.append(None if text is None else parse_date(text))
+        except ValueError as e:
+            raise UsageError(f"{opt} {text!r}: {e}") from None
+    return Selection(mailboxes=tuple(mailboxes), recursive=recursive, since=dates[0], before=dates[1])
 
 
 def check_metrics_file(ctx, param, value: Path | None) -> Path | None:
@@ -331,34 +347,86 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
 
 
 @main.command()
-@click.argument("backup_dir", metavar="BACKUP", type=click.Path(path_type=Path))
+@click.argument("backup_dir", metavar="PATH", type=click.Path(path_type=Path))
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--copy", "force_copy", is_flag=True, help="Copy message files instead of hardlinking them, so the restored store shares no inode with the backup.")
-@click.option("--force", is_flag=True, help="Restore even if the backup's manifest is missing or says failed.")
+@click.option("--copy", "force_copy", is_flag=True, help="Whole-store restore: copy message files instead of hardlinking them, so the restored store shares no inode with the backup.")
+@click.option("--force", is_flag=True, help="Whole-store restore: restore even if the backup's manifest is missing or says failed.")
+@click.option("--account", metavar="A", help="Restore (part of) account A of PATH into the live STORE, adding to what is there.")
+@click.option("--mailbox", "mailboxes", metavar="M", multiple=True, help="With --account: only mailbox M (repeatable; default: every mailbox).")
+@click.option("--recursive", "-r", is_flag=True, help="With --mailbox: also every mailbox below each one named.")
+@click.option("--since", metavar="DATE", help="With --account: only messages received at or after DATE (YYYY-MM-DD or ISO 8601; local time unless a zone is given).")
+@click.option("--before", metavar="DATE", help="With --account: only messages received before DATE.")
+@click.option("--to-account", metavar="B", help="With --account: restore into account B of STORE (default: A).")
+@click.option("--into", metavar="PREFIX", help="With --account: put mailbox M at PREFIX/M (default: 'Restored/<time of the snapshot>'; '' for the original names).")
+@click.option("--create-account", is_flag=True, help="With --account: add the target account to STORE when it is missing (says what it added to the config).")
+@click.option("--dry-run", "-n", is_flag=True, help="With --account: show what would be restored; write nothing.")
 @jobs_option
 @output_options
-def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, jobs, json_output, quiet, verbose) -> None:
-    """Restore BACKUP into STORE (new or empty), then verify the result.
+def restore(backup_dir: Path, store: Path, force_copy: bool, force: bool, account, mailboxes, recursive, since, before, to_account, into, create_account, dry_run, jobs, json_output, quiet, verbose) -> None:
+    """Restore PATH into STORE: a whole backup into a new store, or (with
+    --account) mailboxes of one account into a live store.
 
     \b
-    Databases are written as fresh LMDB files (no lock files) and all other
-    files are copied; message files are hardlinked when BACKUP and STORE share
-    a file system. Use --copy when the server might modify message files in
-    place: with hardlinks that would change the backup too. Permission bits and
-    symlinks are kept; nothing outside STORE is ever written.
+    Whole store (no --account): PATH is a backup or snapshot, STORE new or
+    empty; the result is verified. Databases are written as fresh LMDB files
+    (no lock files) and all other files are copied; message files are
+    hardlinked when PATH and STORE share a file system. Use --copy when the
+    server might modify message files in place: with hardlinks that would
+    change the backup too. Permission bits and symlinks are kept; nothing
+    outside STORE is ever written. Refuses a backup without an "ok" manifest
+    unless --force. Exit status: 0 restored and verified clean, 1 restored
+    with problems, 2 bad usage or input (nothing written), 130 interrupted
+    (STORE is then incomplete).
 
     \b
-    Refuses a backup without an "ok" manifest unless --force. Exit status: 0
-    restored and verified clean, 1 restored with problems, 2 bad usage or input
-    (nothing written), 130 interrupted (STORE is then incomplete).
+    One account (--account A): PATH is a backup, a snapshot or another store;
+    STORE is the live store, written while the server runs, through the
+    writer library (new IDs and UIDs, each file before its record), as the
+    store's owner when run as root. Each selected message is delivered with
+    its flags, keywords and received time into PREFIX/<its mailbox> of
+    account B (--to-account, default A); mailboxes are created as needed;
+    nothing in STORE is modified or deleted. The default PREFIX is
+    'Restored/<start of the backup>' (local time, as `mailbak snapshots`
+    shows it; for a live PATH, the time of the run); --into '' restores into
+    the original names, adding to mailboxes that exist. Each restored message
+    remembers where it came from (backup, account, ID): a message already in
+    account B from an earlier restore is skipped, whatever its mailbox, so
+    running the same restore again adds nothing, and a restore stopped
+    midway finishes when run again, without duplicates (a kill can leave one
+    orphan file, which verify warns of). A source message
+    that cannot be read, or a mailbox name the store refuses, is an error:
+    the rest goes on. Exit status: 0 ok, 1 some messages not restored (each
+    named), 2 bad usage or input (unknown account or mailbox, bad date,
+    STORE not a store; nothing written), 130 interrupted (what was restored
+    stays; run again to finish).
     """
+    from mailbak.errors import UsageError
     from mailbak.report import make_reporter
-    from mailbak.restorer import Restore
 
-    def job(reporter: Reporter) -> Job:
-        return Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+    reporter = make_reporter(json_output=json_output, quiet=quiet, verbose=verbose)
+    if account is None:
+        from mailbak.restorer import Restore
 
-    run_command(Restore, store, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)
+        def job(reporter: Reporter) -> Job:
+            only = {"--mailbox": mailboxes, "--recursive": recursive, "--since": since, "--before": before, "--to-account": to_account, "--into": into is not None, "--create-account": create_account, "--dry-run": dry_run}
+            given = [o for o, v in only.items() if v]
+            if given:
+                raise UsageError(f"{', '.join(given)}: only with --account (a whole-store restore takes everything, into a new store)")
+            return Restore(backup_dir, store, force_copy=force_copy, force=force, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+
+        run_command(Restore, store, reporter, job)
+
+    from mailbak.redeliver import Redeliver
+
+    def redeliver(reporter: Reporter) -> Job:
+        if force_copy or force:
+            raise UsageError("--copy and --force are for a whole-store restore, not with --account")
+        if recursive and not mailboxes:
+            raise UsageError("--recursive needs --mailbox")
+        selection = selection_of(mailboxes, recursive, since, before)
+        return Redeliver(backup_dir, store, account=account, selection=selection, to_account=to_account, into=into, create_account=create_account, dry_run=dry_run, reporter=reporter, verbose=verbose)
+
+    run_command(Redeliver, store, reporter, redeliver)
 
 
 @main.command()
@@ -394,20 +462,12 @@ def export(path: Path, out: Path, account: str, mailboxes: tuple[str, ...], recu
     account or mailbox, OUT not empty: nothing written), 130 interrupted (OUT
     is then incomplete).
     """
-    from mailbak.catalog import Selection, parse_date
-    from mailbak.errors import UsageError
     from mailbak.exporter import Export
     from mailbak.mailformat import MailFormat
     from mailbak.report import make_reporter
 
     def job(reporter: Reporter) -> Job:
-        dates = []
-        for opt, text in (("--since", since), ("--before", before)):
-            try:
-                dates.append(None if text is None else parse_date(text))
-            except ValueError as e:
-                raise UsageError(f"{opt} {text!r}: {e}") from None
-        selection = Selection(mailboxes=mailboxes, recursive=recursive, since=dates[0], before=dates[1])
+        selection = selection_of(mailboxes, recursive, since, before)
         return Export(path, out, account=account, selection=selection, fmt=MailFormat(fmt), owner=owner, reporter=reporter, verbose=verbose)
 
     run_command(Export, out, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job)

@@ -37,7 +37,6 @@ from mailbak.catalog import AccountView, Message, Selection, Source
 from mailbak.destdir import HeldDir, check_destination, hold_new, hold_parent
 from mailbak.errors import FATAL_ERRNOS, DestinationFull, UsageError
 from mailbak.job import Metrics, Stage, interrupted_hint
-from mailbak.layout import MAILBOX_SEPARATOR
 from mailbak.mailformat import MaildirFolder, MailFormat, MboxFile, Tree, relpath
 from mailbak.report import Event, Reporter
 from mailbak.runner import Runner
@@ -124,8 +123,7 @@ class Export:
         """The folders to write, by name: every selected mailbox (an empty one too), with its
         messages by UID."""
         assert self.view is not None
-        names = self.selection.mailboxes
-        wanted = {m.name for m in self.view.mailboxes.values() if not names or m.name in names or (self.selection.recursive and any(m.name.startswith(n + MAILBOX_SEPARATOR) for n in names))}
+        wanted = {mb.name for mb in self.view.selected_mailboxes(self.selection)}
         by_name: dict[str, list[Message]] = defaultdict(list)
         for name in wanted:
             by_name[name] = []

@@ -120,8 +120,12 @@ def message_record(
 ) -> dict:
     """The fields of a ``message`` record: ``flags`` are ``layout.Flag`` values, ``keywords``
     any other IMAP keywords, ``origin`` the restore's idempotence key (docs/FORMAT.md section
-    3), written only when given."""
-    rec = {"mailbox_id": mailbox_id, "uid": uid, "size": size, "expunged": expunged, "received": received, "flags": list(flags), "keywords": list(keywords)}
+    3). ``keywords`` and ``origin`` are written only when there are some (most messages have
+    none, and readers take an absent key for empty)."""
+    rec = {"mailbox_id": mailbox_id, "uid": uid, "size": size, "expunged": expunged, "received": received, "flags": list(flags)}
+    keywords = list(keywords)
+    if keywords:
+        rec["keywords"] = keywords
     if origin is not None:
         rec["origin"] = origin
     return rec

@@ -20,6 +20,10 @@ A run pauses at one point only; a test that must know when something happened wh
 holds the run (the main thread set the cancel flag while a paused worker waits) asks for a
 *mark*: ``mark(name)`` creates ``DIR/NAME.reached`` whenever ``MAILBAK_TEST_PAUSE_DIR`` is set,
 and never waits. Marks: ``runner.cancelled`` (an interrupt set the engine's cancel flag).
+
+A Python point passed once per unit of work (``redeliver.delivered``, after each message a
+restore delivers) pauses, as the engine's do, only at the ``MAILBAK_TEST_PAUSE_AFTER``-th unit
+(:func:`pause_at`, given the caller's count).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 ENV_POINT = "MAILBAK_TEST_PAUSE"
 #: Environment variable naming the directory of the handshake files.
 ENV_DIR = "MAILBAK_TEST_PAUSE_DIR"
+#: Environment variable naming which pass of a counted point pauses (default 1).
+ENV_AFTER = "MAILBAK_TEST_PAUSE_AFTER"
 #: Longest wait for the test's go-ahead.
 WAIT_SECONDS = 60.0
 
@@ -48,6 +54,16 @@ def pause(point: str) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not (base / f"{point}.go").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def pause_at(point: str, count: int) -> None:
+    """Pauses at ``point`` when a test asked for it and ``count`` (the caller's count of passes,
+    from 1) is ``MAILBAK_TEST_PAUSE_AFTER`` (default 1)."""
+    if os.environ.get(ENV_POINT) != point:
+        return
+    if count != int(os.environ.get(ENV_AFTER) or 1):
+        return
+    pause(point)
 
 
 def mark(point: str) -> None:
