@@ -135,7 +135,7 @@ class Sizes:
 
 
 FULL = Sizes(105_000, 200_000, 50, 30, 281_000, 28_100, 100_000, 100_000, 10_000)
-SMOKE = Sizes(1_000, 2_000, 3, 3, 1_000, 200, 950, 630, 125)
+SMOKE = Sizes(1_000, 2_000, 3, 3, 1_000, 200, 950, 380, 90)
 
 
 def log_tail(path: Path, chars: int = 3000) -> str:
@@ -369,15 +369,25 @@ def find_group(places: Places, sizes: Sizes, seed: int, repeat: int, log_path: P
     newest = repo / repo_facts["snapshots"][-1]
     message_id = repo_facts["message"]["message_id"]
 
+    account, snapshots = repo_facts["message"]["account"], len(repo_facts["snapshots"])
+
     def check(contender: Contender, path: Path) -> None:
         text = path.read_text(errors="replace")
         if message_id not in text:
             raise HarnessError(f"{contender.name}: {message_id} is not in its output:\n{text[-2000:]}")
 
     contenders = [
-        Contender(f"mailbak find REPO ({len(repo_facts['snapshots'])} snapshots)", lambda s, t: mailbak_cli("find", str(repo), "--message-id", message_id)),
+        Contender(f"mailbak find REPO ({snapshots} snapshots)", lambda s, t: mailbak_cli("find", str(repo), "--message-id", message_id)),
         Contender("mailbak find SNAPSHOT (the newest)", lambda s, t: mailbak_cli("find", str(newest), "--message-id", message_id)),
     ]
+    # Once, untimed, with --json: each finds the message, in every snapshot it searched.
+    for contender, want in zip(contenders, (snapshots, 1), strict=True):
+        argv = [*contender.argv(store, repo), "--json"]
+        run_once(argv, discard_stdout=False, log_path=log_path)
+        events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        counts = [e.get("count") for e in events if e.get("message_type") == "match" and e.get("message_id") == message_id and e.get("account") == account]
+        if counts != [want]:
+            raise HarnessError(f"{shlex.join(argv)}: expected one match of {message_id} in account {account} seen in {want} snapshot(s), got counts {counts}:\n{log_tail(log_path)}")
     group = Group("find", f"find a Message-ID across {len(repo_facts['snapshots'])} snapshots", contenders, repo, makes_target=False, reference=contenders[1].name, check=check)
     results = run_group(group, store, repeat, f"[find {sizes.find_messages:,}]", log_path)
     return Measured(group, results, sizes.find_messages, {"store": str(store), "store_facts": store_facts, "repo": str(repo), "repo_facts": repo_facts, "message_id": message_id})
