@@ -148,7 +148,7 @@ def check_restored(new_msgs: dict, new_mbs: dict, old: dict, src: dict, prefix: 
         i, r = by_origin[src_id]
         assert mbs[r["mailbox_id"]]["name"] == (f"{prefix}/{name}" if prefix else name)
         assert (store / "data" / "accounts" / account / "msg" / message_rel(i)).read_bytes() == data
-        assert (r["size"], r["received"], r["flags"], r["keywords"]) == (len(data), srec["received"], srec["flags"], srec["keywords"])
+        assert (r["size"], r["received"], r["flags"], r.get("keywords", [])) == (len(data), srec["received"], srec["flags"], srec.get("keywords", []))
     for mid in {r["mailbox_id"] for r in new_msgs.values()}:
         uids = sorted(r["uid"] for r in new_msgs.values() if r["mailbox_id"] == mid)
         if mid in new_mbs:

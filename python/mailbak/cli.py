@@ -16,7 +16,7 @@ import click
 
 from mailbak import __version__
 from mailbak.job import default_jobs
-from mailbak.status import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from mailbak.status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
     from mailbak.catalog import Selection
@@ -47,11 +47,14 @@ def run_command(
     ping_url: str | None = None,
     signals: bool = True,
     show: Callable[[Any], None] | None = None,
+    show_failed: bool = False,
 ) -> NoReturn:
     """Runs the job ``make_job`` makes (given the reporter to use) through the one runner
     (``job.execute``), inside a monitor (metrics file and pings, when asked for), and exits
     with its status. With ``signals``, SIGTERM and SIGINT stop the run as Interrupted (exit
-    130); ``show`` prints the result of a job that succeeded (a listing)."""
+    130); ``show`` prints the result of a job that succeeded (a listing), with
+    ``show_failed`` also of one that failed (exit 1: a listing whose errors name what it could
+    not read; ``show`` then prints nothing for a job whose run did not finish)."""
     from mailbak.errors import Interrupted
     from mailbak.job import execute, stop_before_start
     from mailbak.monitor import Monitor
@@ -70,7 +73,7 @@ def run_command(
             monitor.job = job
 
         status = execute(lambda: make_job(shown), shown, on_job=made)
-        if status == EXIT_OK and show is not None:
+        if show is not None and (status == EXIT_OK or (show_failed and status == EXIT_FAILED)):
             show(monitor.job)
         # Exit inside the monitor: it reads the status from SystemExit.
         sys.exit(status)
@@ -294,6 +297,110 @@ def snapshots(repo: Path, json_output: bool) -> None:
             click.echo(repository.trash_line(job.repository, job.trash))
 
     run_command(repository.Snapshots, repo, Reporter(), lambda _: repository.Snapshots(repo), signals=False, show=show)
+
+
+# The recovery verbs' listings: ls and find (issue 20) ------------------------------------------
+
+
+def print_listing(job: Any, json_output: bool) -> None:
+    """Prints a listing job's result (``ls``, ``find``) on stdout: one JSON object per line,
+    or its table (cells escaped); nothing for a run that did not finish."""
+    import json
+
+    if not job.done:
+        return
+    # In pieces: the whole text of 100,000 messages at once would double the memory ls needs.
+    if json_output:
+        from itertools import islice
+
+        objects = job.objects()
+        while chunk := "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in islice(objects, 10_000)):
+            click.echo(chunk, nl=False)
+        return
+    from mailbak.report import table_chunks
+
+    for chunk in table_chunks(job.table()):
+        click.echo(chunk, nl=False)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("account", required=False)
+@click.argument("mailbox", required=False)
+@jobs_option
+@click.option("--json", "json_output", is_flag=True, help='One JSON object per line on stdout ("message_type": account, mailbox or message); nothing else on stdout.')
+@click.option("--quiet", "-q", is_flag=True, help="Print no warnings on stderr (errors still).")
+def ls(path: Path, account: str | None, mailbox: str | None, jobs, json_output: bool, quiet: bool) -> None:
+    """List what PATH (a backup, a repository's snapshot, or a live store) holds.
+
+    \b
+    ls PATH                   accounts: messages, bytes, mailboxes
+    ls PATH ACCOUNT           its mailboxes as a tree: messages, unseen, bytes
+    ls PATH ACCOUNT MAILBOX   its messages in UID order: ID, UID, received
+                              (local time), size, flags (system flags without
+                              their backslash: Seen, ...) and keywords, and the
+                              From, Subject, Date and Message-ID of each file's
+                              head (only the head is read)
+
+    \b
+    A snapshot is read under its repository's shared lock (a prune waits), a
+    live store in one read transaction per account, as its owner when run as
+    root; nothing is changed. Names are escaped in the table. Exit status: 0;
+    1 when a message file or record could not be read (each an error line on
+    stderr naming the account, the ID and the path; the rest is listed); 2 bad
+    usage or input (PATH no backup, snapshot or store; an unknown account or
+    mailbox: the message lists those there are).
+    """
+    from mailbak.lister import Ls
+    from mailbak.report import ListingReporter
+
+    reporter = ListingReporter(quiet=quiet)
+    run_command(Ls, path, reporter, lambda r: Ls(path, account, mailbox, jobs=jobs or default_jobs(), reporter=r), show=lambda job: print_listing(job, json_output), show_failed=True)
+
+
+@main.command()
+@click.argument("path", metavar="REPO|PATH", type=click.Path(path_type=Path))
+@click.option("--account", help="Search this account only.")
+@click.option("--mailbox", help="Only messages in this mailbox (in at least one snapshot); costs more: records are read.")
+@click.option("--from", "from_", metavar="TEXT", help="From contains TEXT (case-insensitive, decoded).")
+@click.option("--to", metavar="TEXT", help="To contains TEXT (case-insensitive, decoded).")
+@click.option("--subject", metavar="TEXT", help="Subject contains TEXT (case-insensitive, decoded).")
+@click.option("--message-id", metavar="ID", help="Message-ID is ID (exact; angle brackets optional).")
+@click.option("--since", metavar="DATE", help="Received at or after DATE (YYYY-MM-DD or ISO 8601, local time); costs more.")
+@click.option("--before", metavar="DATE", help="Received before DATE; costs more.")
+@jobs_option
+@click.option("--json", "json_output", is_flag=True, help='One JSON object per match per line on stdout ("message_type": "match", with its "snapshots"); nothing else on stdout.')
+@click.option("--quiet", "-q", is_flag=True, help="Print no warnings on stderr (errors still).")
+def find(path: Path, account, mailbox, from_, to, subject, message_id, since, before, jobs, json_output: bool, quiet: bool) -> None:
+    """Find messages in every snapshot of repository REPO, or in PATH (a backup, a
+    snapshot or a live store).
+
+    \b
+    Each matching message is shown once, with the snapshots holding it: the
+    first and last, how many, and the mailboxes it was in, oldest first
+    ("Inbox (A..B), Archive (C..)": from snapshot A to B, then from C on to
+    the newest). All criteria must hold; with none, every message matches. A
+    message file shared by snapshots is parsed once, from the newest snapshot
+    holding it; only file heads are read. --mailbox, --since and --before read
+    every snapshot's records too, which costs several times more.
+
+    \b
+    REPO is read under its shared lock (a prune waits); snapshots that are
+    incomplete or running are skipped with a warning. Exit status: 0; 1 when
+    a message file or a snapshot could not be read (each an error on stderr,
+    the rest is searched); 2 bad usage or input (no such account or mailbox
+    anywhere: the message lists those there are).
+    """
+    from mailbak.finder import Criteria, Find
+    from mailbak.report import ListingReporter
+
+    reporter = ListingReporter(quiet=quiet)
+
+    def make(r: Reporter) -> Find:
+        criteria = Criteria.parse(account=account, mailbox=mailbox, from_=from_, to=to, subject=subject, message_id=message_id, since=since, before=before)
+        return Find(path, criteria, jobs=jobs or default_jobs(), reporter=r)
+
+    run_command(Find, path, reporter, make, show=lambda job: print_listing(job, json_output), show_failed=True)
 
 
 def keep_options(f):

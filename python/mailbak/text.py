@@ -11,6 +11,11 @@ config file where the store library appends one table header.
 from __future__ import annotations
 
 import os
+import re
+
+#: Text escape_path returns as it is: no control character (C0, DEL, C1), no backslash, no
+#: surrogate (an undecodable byte of a file name).
+_PLAIN = re.compile(r"[^\x00-\x1f\x7f-\x9f\\\ud800-\udfff]*")
 
 
 def escape_path(raw: bytes | str) -> str:
@@ -22,6 +27,10 @@ def escape_path(raw: bytes | str) -> str:
     so a hostile name can neither forge report lines nor lose bytes.
     """
     if isinstance(raw, str):
+        if _PLAIN.fullmatch(raw):
+            # Nothing to escape (no control character, backslash or undecodable byte): the
+            # common case, checked in C, which keeps a 100,000-row listing fast (ls).
+            return raw
         raw = os.fsencode(raw)
     text = raw.decode("utf-8", errors="surrogateescape")
     out = []
@@ -43,6 +52,15 @@ def escape_path(raw: bytes | str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def escape_all(cells: list[str]) -> list[str]:
+    """Each of ``cells`` as :func:`escape_path` gives it. The common case, nothing to escape in
+    any of them, is one check in C of them all: a column of a 100,000-row listing (ls) costs a
+    millisecond instead of a function call per cell."""
+    if _PLAIN.fullmatch(" ".join(cells)):
+        return cells
+    return [escape_path(c) for c in cells]
 
 
 def toml_key(name: str) -> str:
