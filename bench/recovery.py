@@ -524,7 +524,8 @@ def targets(measured: dict[str, Measured]) -> tuple[list[list[str]], dict]:
 
 
 def probe_commands() -> dict[str, bool]:
-    """Which of the four verbs this build has (asked of a child, as probe_mailbak does)."""
+    """Which of the four verbs this build has (asked of a child, as probe_mailbak does), so that
+    a build without one stops the run at once, not after the groups before it."""
     out = {}
     for group, argv, needle in (("export", ["export", "--help"], "--format"), ("find", ["find", "--help"], "--message-id"), ("ls", ["ls", "--help"], "ls"), ("restore", ["restore", "--help"], "--account")):
         done = subprocess.run(mailbak_cli(*argv), capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -568,17 +569,14 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
         log(f"bench: warning: {info['engine_warning']}")
     have = probe_commands()
     missing = [g for g in args.groups if not have[g]]
-    for g in missing:
-        log(f"bench: note: this build has no `mailbak {g}` of issue 20 (not merged yet?): the {g} group is skipped")
-    info["groups_skipped"] = ", ".join(f"{g} (no such command in this build)" for g in missing) or None
+    if missing:
+        raise HarnessError(f"this build has no {', '.join(f'`mailbak {g}`' for g in missing)} of issue 20 (python -m mailbak ... --help)")
     log_path = places.near / "last-command.log"
     print(f"## mailbak recovery benchmark (issue 20)\n\n{machine_markdown(info)}\n", flush=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     report: dict = {"machine": info, "settings": settings, "sizes": vars(sizes), "groups": {}}
     measured: dict[str, Measured] = {}
     for name in args.groups:
-        if name in missing:
-            continue
         m = measured[name] = BUILDERS[name](places, sizes, args.seed, args.repeat, log_path)
         floor = rss_floor_kib()
         print(f"### {name}: {m.group.title}\n\n{run_group_table(m.group, m.results, m.messages, floor)}\n", flush=True)
