@@ -179,6 +179,11 @@ class Group:
     makes_target: bool = True
     #: Ratios are to this contender's median.
     reference: str = "mailbak backup"
+    #: Called before each run, outside the timed part (e.g. to make a fresh target).
+    prepare: Callable[[], None] | None = None
+    #: Called after each successful run with the path of its output (stdout and stderr, unless
+    #: discarded), before the target is removed: checks the run did its work (raises HarnessError).
+    check: Callable[[Contender, Path], None] | None = None
 
 
 def backup_contender(jobs: int | None = None) -> Contender:
@@ -311,9 +316,13 @@ def run_group(group: Group, store: Path, repeat: int, label: str, log_path: Path
     for round_ in range(repeat + 1):
         what = "warm-up" if round_ == 0 else f"round {round_}/{repeat}"
         for contender, result in zip(group.contenders, results, strict=True):
+            if group.prepare is not None:
+                group.prepare()
             settle()
             try:
                 sample = run_once(result.argv, discard_stdout=contender.discard_stdout, log_path=log_path)
+                if group.check is not None:
+                    group.check(contender, log_path)
             except HarnessError as e:
                 kept = f"\n(its destination {group.target} is left for inspection)" if group.makes_target and group.target.exists() else ""
                 raise HarnessError(f"{label} {group.name}, {contender.name}: {e}{kept}") from None

@@ -87,3 +87,25 @@ def test_bench_repo_work_store_never_writes_into_the_cache(tmp_path):
     bench_repo.churn(shared, seed=7)
     diffs = bench_repo.fingerprint_diff(before, bench_repo.fingerprint(cache))
     assert any("index.db" in d for d in diffs), diffs
+
+
+RECOVERY_BENCH = RUN.parent / "recovery.py"
+
+
+def test_bench_recovery_smoke(tmp_path):
+    # bench/recovery.py --smoke: all four groups (export, find, ls, restore) run once on small
+    # stores and a three-snapshot repository, each run checked by the harness to have done its
+    # work (files counted, the Message-ID in find's output, the restored files there), and the
+    # targets table and the raw result hold every ratio.
+    raw = tmp_path / "raw.json"
+    argv = [sys.executable, str(RECOVERY_BENCH), "--smoke", "--json", str(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(raw.read_text())
+    assert set(report["groups"]) == {"export", "find", "ls", "restore"}
+    for group in report["groups"].values():
+        assert all(len(r["seconds"]) == 1 and r["seconds"][0] > 0 and r["rss_kib"][0] > 0 for r in group["results"])
+    assert set(report["targets"]) >= {"export_maildir_vs_cp", "export_mbox_vs_cp", "find_repo_vs_snapshot", "ls_seconds", "ls_rss_bytes", "ls_vs_head", "restore_vs_writer"}
+    find = report["groups"]["find"]["facts"]
+    assert len(find["repo_facts"]["snapshots"]) == 3 and find["message_id"].startswith("<")
+    assert "### Targets" in done.stdout and "dentry_hash_entries" in done.stdout
