@@ -119,34 +119,53 @@ fn read_one(dir: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> Result<Fields, 
 /// The head of message `ids[i]` (a file below the message tree `root`) at index `i`, read in
 /// the calling rayon pool, one task per message directory.
 pub fn read_heads(root: BorrowedFd<'_>, ids: &[u64]) -> Vec<Result<Fields, HeadError>> {
+    read_runs(root, ids, |runs, read| {
+        runs.par_iter().map(|run| read(run)).collect()
+    })
+}
+
+/// [`read_heads`] on the calling thread alone.
+pub fn read_heads_here(root: BorrowedFd<'_>, ids: &[u64]) -> Vec<Result<Fields, HeadError>> {
+    read_runs(root, ids, |runs, read| {
+        runs.iter().map(|run| read(run)).collect()
+    })
+}
+
+/// One head read: its index in the caller's IDs and what reading it gave.
+type Read = (usize, Result<Fields, HeadError>);
+
+/// The heads of `ids`, in their order, the runs of one message directory each handed to
+/// `each` (in parallel or not) with the function that reads one run.
+fn read_runs(
+    root: BorrowedFd<'_>,
+    ids: &[u64],
+    each: impl FnOnce(&[&[usize]], &(dyn Fn(&[usize]) -> Vec<Read> + Sync)) -> Vec<Vec<Read>>,
+) -> Vec<Result<Fields, HeadError>> {
     let mut order: Vec<usize> = (0..ids.len()).collect();
     order.sort_unstable_by_key(|&i| ids[i]);
     let runs: Vec<&[usize]> = order
         .chunk_by(|&a, &b| msgpath::dir_index(ids[a]) == msgpath::dir_index(ids[b]))
         .collect();
-    let parts: Vec<Vec<(usize, Result<Fields, HeadError>)>> = runs
-        .par_iter()
-        .map(|run| {
-            let dname = msgpath::dir_name(ids[run[0]]);
-            let dir = CString::new(dname.as_bytes())
-                .map_err(|_| Errno::INVAL)
-                .and_then(|c| fsutil::open_dir_at(root, &c));
-            let mut buf = vec![0u8; HEAD_LIMIT];
-            let mut name = Vec::new();
-            run.iter()
-                .map(|&i| {
-                    let r = match &dir {
-                        Ok(d) => {
-                            msgpath::file_name(ids[i], &mut name);
-                            read_one(d.as_fd(), &name, &mut buf)
-                        }
-                        Err(e) => Err(HeadError::Io(*e)),
-                    };
-                    (i, r)
-                })
-                .collect()
-        })
-        .collect();
+    let parts: Vec<Vec<Read>> = each(&runs, &|run: &[usize]| {
+        let dname = msgpath::dir_name(ids[run[0]]);
+        let dir = CString::new(dname.as_bytes())
+            .map_err(|_| Errno::INVAL)
+            .and_then(|c| fsutil::open_dir_at(root, &c));
+        let mut buf = vec![0u8; HEAD_LIMIT];
+        let mut name = Vec::new();
+        run.iter()
+            .map(|&i| {
+                let r = match &dir {
+                    Ok(d) => {
+                        msgpath::file_name(ids[i], &mut name);
+                        read_one(d.as_fd(), &name, &mut buf)
+                    }
+                    Err(e) => Err(HeadError::Io(*e)),
+                };
+                (i, r)
+            })
+            .collect()
+    });
     let mut out: Vec<Result<Fields, HeadError>> = vec![Err(HeadError::Io(Errno::NOENT)); ids.len()];
     for (i, r) in parts.into_iter().flatten() {
         out[i] = r;
@@ -186,6 +205,11 @@ mod tests {
         std::fs::create_dir(s.path("msg/a/7")).unwrap();
         let root = fsutil::open_dir(&s.path("msg")).unwrap();
         let got = read_heads(root.as_fd(), &[8192, 5, 6, 7, 9]);
+        assert_eq!(
+            got,
+            read_heads_here(root.as_fd(), &[8192, 5, 6, 7, 9]),
+            "one thread or many, the same"
+        );
         assert_eq!(got[0].as_ref().unwrap()[3], b"today");
         assert_eq!(got[1].as_ref().unwrap()[4], b"<5@x>");
         assert_eq!(got[2], Err(HeadError::Io(Errno::LOOP)));

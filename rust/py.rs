@@ -600,6 +600,9 @@ fn read_tables<'py>(
         .collect())
 }
 
+/// Fewer heads than this are read without a pool of worker threads.
+const SMALL_HEAD_READ: usize = 256;
+
 /// The heads of messages `ids` (packed u64s) below the message tree `root`; see `heads.rs`.
 /// Each item: the five raw field values, or the errno of what failed (-1: not a regular file).
 #[pyfunction]
@@ -612,7 +615,13 @@ fn read_heads<'py>(
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
     let ids = unpack_u64(ids)?;
     let dir = fsutil::open_dir(&root).map_err(|e| Error::new("open", e).with_path(&root))?;
-    let got = run(py, jobs, || heads::read_heads(dir.as_fd(), &ids))?;
+    // A few heads (find reads the handful an older snapshot alone holds, account by account)
+    // are read on this thread: starting a pool of threads per call cost more than the reads.
+    let got = if ids.len() < SMALL_HEAD_READ {
+        py.detach(|| heads::read_heads_here(dir.as_fd(), &ids))
+    } else {
+        run(py, jobs, || heads::read_heads(dir.as_fd(), &ids))?
+    };
     got.into_iter()
         .map(|r| match r {
             Ok(fields) => Ok(fields
