@@ -6,6 +6,37 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Where two ascending lists of IDs differ, found by one merge: the positions in `a` of the IDs
+/// `b` lacks, and the positions in `b` of the IDs `a` lacks. None unless both are strictly
+/// ascending. (find compares each snapshot's IDs with the next one's: with Python sets that was
+/// a fifth of a search across 30 snapshots.)
+pub fn sorted_diff(a: &[u64], b: &[u64]) -> Option<(Vec<u64>, Vec<u64>)> {
+    if !a.windows(2).all(|w| w[0] < w[1]) || !b.windows(2).all(|w| w[0] < w[1]) {
+        return None;
+    }
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Less => {
+                only_a.push(i as u64);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                only_b.push(j as u64);
+                j += 1;
+            }
+        }
+    }
+    only_a.extend((i..a.len()).map(|p| p as u64));
+    only_b.extend((j..b.len()).map(|p| p as u64));
+    Some((only_a, only_b))
+}
+
 /// A sorted set of IDs without duplicates.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdSet {
@@ -101,6 +132,15 @@ impl SeenSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorted_diff_names_the_positions_on_each_side() {
+        let (a, b) = sorted_diff(&[1, 3, 5, 9, 10], &[1, 2, 5, 10, 11, 12]).unwrap();
+        assert_eq!((a, b), (vec![1, 3], vec![1, 4, 5]));
+        assert_eq!(sorted_diff(&[], &[4]).unwrap(), (vec![], vec![0]));
+        assert!(sorted_diff(&[2, 1], &[]).is_none(), "unsorted");
+        assert!(sorted_diff(&[1], &[1, 1]).is_none(), "a duplicate");
+    }
 
     #[test]
     fn sorts_dedups_and_round_trips() {

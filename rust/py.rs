@@ -674,6 +674,19 @@ fn read_messages<'py>(
     Ok(d)
 }
 
+/// Where two ascending ID lists (packed u64s) differ; see `ids::sorted_diff`. Positions come
+/// packed too; None when a list is not strictly ascending.
+#[pyfunction]
+fn diff_ids<'py>(
+    py: Python<'py>,
+    a: &[u8],
+    b: &[u8],
+) -> PyResult<Option<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+    let (a, b) = (unpack_u64(a)?, unpack_u64(b)?);
+    Ok(crate::ids::sorted_diff(&a, &b)
+        .map(|(x, y)| (PyBytes::new(py, &packed(&x)), PyBytes::new(py, &packed(&y)))))
+}
+
 /// Writes generated message files; see `gen.rs`.
 #[pyfunction]
 #[pyo3(signature = (root, ids, sizes, received, *, to, seed, jobs, progress))]
@@ -774,6 +787,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_index, m)?)?;
     m.add_function(wrap_pyfunction!(read_tables, m)?)?;
     m.add_function(wrap_pyfunction!(read_heads, m)?)?;
+    m.add_function(wrap_pyfunction!(diff_ids, m)?)?;
     m.add_function(wrap_pyfunction!(read_messages, m)?)?;
     m.add_function(wrap_pyfunction!(write_messages, m)?)?;
     m.add_function(wrap_pyfunction!(message_path, m)?)?;

@@ -17,6 +17,7 @@ __all__ = [
     "backup_areas",
     "copy_tree",
     "delete_tree",
+    "diff_ids",
     "check_areas",
     "lmdb_check",
     "read_index",
@@ -263,6 +264,11 @@ def read_index(path: StrPath, kind: str, txnid: int | None = None) -> IndexSnaps
     set, highest ID, and the first 1000 problems (codes ``bad_*``/``missing_*``: unreadable, e.g.
     ``bad_key`` for a key that is not an 8-byte ID from 1 to 2^64-2; others: consistency rules
     of docs/FORMAT.md). Raises LmdbError."""
+
+def diff_ids(a: bytes, b: bytes) -> tuple[bytes, bytes] | None:
+    """Where two strictly ascending ID lists (packed u64s) differ: the positions (packed) in
+    ``a`` of the IDs ``b`` lacks, and in ``b`` of those ``a`` lacks; None when a list is not
+    strictly ascending."""
 
 def read_heads(root: StrPath, ids: bytes, *, jobs: int) -> list[list[bytes] | int]:
     """For each message ID of ``ids`` (packed u64s), the raw values of From, To, Subject, Date

@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 from array import array
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +51,7 @@ from mailbak.errors import ManifestError, UsageError
 from mailbak.fsio import open_dir, open_file
 from mailbak.headers import Head, heads_of
 from mailbak.identity import StoreOwner, acting_as
-from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, AreaKind, FormatError, area_rel, key_id, message_rel, pack_ids, read_config
+from mailbak.layout import CONFIG_FILE, MAILBOX_SEPARATOR, AreaKind, FormatError, area_rel, key_id, message_rel, pack_ids, read_config, unpack_ids
 from mailbak.lmdbcopy import CHECK_ATTEMPTS, DatabaseError, ReaderLease, describe, maps_file, open_readonly
 from mailbak.report import Reporter
 from mailbak.repository import NAME_RE, RepoLock, is_repository, parse_time, reader_lock
@@ -171,15 +170,6 @@ def _uint(rec: dict, key: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise FormatError(f"{key} is not an unsigned integer")
     return v
-
-
-def _numbers(packed: bytes, code: str) -> array:
-    """An array of the engine's packed little-endian 64-bit integers (``code`` "Q" or "q")."""
-    a = array(code)
-    a.frombytes(packed)
-    if sys.byteorder != "little":
-        a.byteswap()
-    return a
 
 
 class Source:
@@ -339,7 +329,7 @@ class Source:
         snapshots before it needs any record (``find``). Raises UsageError as :meth:`account`."""
         rel = self._check_account(name)
         index = self._read_index(rel, lambda held, txnid: _engine.read_index(held, AreaKind.ACCOUNT.value, txnid))
-        return _numbers(index["live"], "Q"), _numbers(index["sizes"], "Q")
+        return unpack_ids(index["live"], "Q"), unpack_ids(index["sizes"], "Q")
 
     def _read_index(self, rel: str, read: Callable[[str, int | None], T]) -> T:
         """``read(path, txnid)`` of account ``rel``'s index: the path names the very file held,
@@ -447,7 +437,7 @@ class AccountView:
             return t
 
         boxes = self.mailboxes
-        columns = [_numbers(cols[k], "Q") for k in ("ids", "mailbox_ids", "uids", "sizes")] + [_numbers(cols["received"], "q")]
+        columns = [unpack_ids(cols[k], "Q") for k in ("ids", "mailbox_ids", "uids", "sizes")] + [unpack_ids(cols["received"], "q")]
         for id_, mailbox_id, uid, size, received, flags, keywords in zip(*columns, cols["flags"], cols["keywords"], strict=True):
             if mailbox_id in boxes:
                 self.messages.append(Message(id_, mailbox_id, uid, size, received, strings(flags), strings(keywords)))

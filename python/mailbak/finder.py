@@ -35,7 +35,6 @@ size, different bytes: only a hostile store or a broken disk) shows the newest s
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,10 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mailbak import _engine
 from mailbak.catalog import DateArg, Source, timestamp_of
 from mailbak.errors import UsageError
 from mailbak.headers import Head
 from mailbak.job import Metrics, Stage
+from mailbak.layout import pack_ids, unpack_ids
 from mailbak.report import Reporter
 from mailbak.repository import RepoLock, Repository, is_repository
 from mailbak.status import Status
@@ -142,19 +143,6 @@ class Match:
         return runs
 
 
-def _positions(ids: array, members: set[int]) -> list[int] | None:
-    """The positions of ``members`` in ``ids`` (sorted), in order; None when one is not where
-    a sorted array would hold it (``ids`` unsorted)."""
-    out = []
-    for i in members:
-        p = bisect_left(ids, i)
-        if p == len(ids) or ids[p] != i:
-            return None
-        out.append(p)
-    out.sort()
-    return out
-
-
 def _without(values: array, positions: list[int]) -> bytes:
     """The bytes of ``values`` but those at ``positions`` (in order), copied in C."""
     view = memoryview(values)
@@ -173,16 +161,17 @@ class Distinct:
     in ``apart``.
 
     Consecutive snapshots differ by a few messages (1% a day), so a source is compared with the
-    one fed before it: the IDs added and removed are found with sets, the rest must be equal
-    position by position (IDs and sizes, compared as bytes in C); only the added are looked at
-    in Python. When that does not hold (unsorted IDs, a size changed), every (ID, size) is
-    compared with what is known, which costs ten times more."""
+    one fed before it: the IDs added and removed are found by one merge in the engine
+    (``diff_ids``), and the sizes of the rest must be equal position by position (compared as
+    bytes in C); only the added are looked at in Python. When that does not hold (unsorted IDs,
+    a size changed), every (ID, size) is compared with what is known, which costs ten times
+    more."""
 
     def __init__(self) -> None:
         self.size: dict[int, int] = {}
         self.where: dict[int, int] = {}
         self.apart: dict[tuple[int, int], int] = {}
-        self._prev: tuple[array, array, set[int]] | None = None
+        self._prev: tuple[array, array] | None = None
 
     def add(self, k: int, ids: array, sizes: array) -> list[tuple[int, int]]:
         """Source ``k``'s IDs and their sizes (aligned, sorted by ID); returns the (ID, size)
@@ -191,12 +180,11 @@ class Distinct:
         prev = self._prev
         if prev is not None and ids == prev[0] and sizes == prev[1]:
             return []  # as in the source before (an account nobody wrote to)
-        cur = set(ids)
         new: list[tuple[int, int]] = []
-        if prev is None or not self._add_changes(k, ids, sizes, cur, prev, new):
+        if prev is None or not self._add_changes(k, ids, sizes, prev, new):
             new.clear()
             self._add_all(k, ids, sizes, new)
-        self._prev = (ids, sizes, cur)
+        self._prev = (ids, sizes)
         return new
 
     def _note(self, k: int, i: int, size: int, new: list[tuple[int, int]]) -> None:
@@ -217,11 +205,14 @@ class Distinct:
         for i, size in got.items() - self.size.items():
             self._note(k, i, size, new)
 
-    def _add_changes(self, k: int, ids: array, sizes: array, cur: set[int], prev: tuple[array, array, set[int]], new: list[tuple[int, int]]) -> bool:
+    def _add_changes(self, k: int, ids: array, sizes: array, prev: tuple[array, array], new: list[tuple[int, int]]) -> bool:
         """The fast path (see the class doc); False when it does not apply."""
-        pids, psizes, pset = prev
-        at, gone = _positions(ids, cur - pset), _positions(pids, pset - cur)
-        if at is None or gone is None or _without(ids, at) != _without(pids, gone) or _without(sizes, at) != _without(psizes, gone):
+        pids, psizes = prev
+        diff = _engine.diff_ids(pack_ids(ids), pack_ids(pids))
+        if diff is None:
+            return False
+        at, gone = (list(unpack_ids(d)) for d in diff)
+        if _without(sizes, at) != _without(psizes, gone):
             return False
         for p in at:
             self._note(k, ids[p], sizes[p], new)

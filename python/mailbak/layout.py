@@ -187,6 +187,16 @@ def is_real_dir(path: Path) -> bool:
         return False
 
 
+def unpack_ids(packed: bytes, code: str = "Q") -> array:
+    """The engine's packed little-endian 64-bit integers as an array (``code`` "Q" unsigned,
+    "q" signed): the reverse of :func:`pack_ids`."""
+    a = array(code)
+    a.frombytes(packed)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return a
+
+
 def pack_ids(values) -> bytes:
     """IDs (or sizes) as one buffer of little-endian u64, the engine's input format."""
     a = array("Q", values)
