@@ -88,6 +88,7 @@ from run import (  # noqa: E402
     Places,
     Result,
     check_space,
+    code_changed,
     ensure_store,
     log,
     machine_info,
@@ -100,7 +101,6 @@ from run import (  # noqa: E402
     run_group,
     run_harness,
     run_once,
-    source_digest,
 )
 from run import group_table as run_group_table  # noqa: E402
 
@@ -605,10 +605,8 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
     print(f"Peak RSS is the largest single process of a contender's tree; ≤{floor / 1024:.0f} marks the harness's floor (the contender used less).\n")
     if rows:
         print(f"### Targets\n\n{markdown_table(['measure', 'measured (medians)', 'target', ''], rows)}\n", flush=True)
-    if source_digest(mailbak["engine"]) != info["mailbak_source_digest"]:
-        note = f"mailbak's code changed during the run (digest now {source_digest(mailbak['engine'])}): the tables may mix versions"
-        log(f"bench: warning: {note}")
-        print(f"**Warning: {note}.**\n")
+    note = code_changed(mailbak, info)
+    if note:
         report["warning"] = note
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -57,6 +57,7 @@ from run import (  # noqa: E402  (bench/ is not a package: run.py is imported by
     HarnessError,
     Places,
     Sample,
+    code_changed,
     ensure_rsync,
     ensure_store,
     free_bytes,
@@ -73,7 +74,6 @@ from run import (  # noqa: E402  (bench/ is not a package: run.py is imported by
     run_once,
     settle,
     sizes_and_counts,
-    source_digest,
 )
 
 #: Churn: this fraction of the messages is delivered, and as many expunged (1 % churned).
@@ -628,10 +628,8 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
         if checks:
             print(f"### Flat time per message\n\n{markdown_table(['step', 'ratio', 'target', ''], checks)}\n", flush=True)
         report["flat"] = flat
-    if source_digest(mailbak["engine"]) != info["mailbak_source_digest"]:
-        note = f"mailbak's code changed during the run (digest now {source_digest(mailbak['engine'])}): the tables may mix versions"
-        log(f"bench: warning: {note}")
-        print(f"**Warning: {note}.**\n")
+    note = code_changed(mailbak, info)
+    if note:
         report["warning"] = note
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -587,13 +587,23 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
         if args.json:
             # Written after every size, so that a long run aborted later keeps what it measured.
             args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if source_digest(mailbak["engine"]) != info["mailbak_source_digest"]:
-        note = f"mailbak's code changed during the run (digest now {source_digest(mailbak['engine'])}): the tables may mix versions"
-        log(f"bench: warning: {note}")
-        print(f"**Warning: {note}.**\n")
+    code_changed(mailbak, info)
     if len(args.sizes) > 1:
         print(f"## Scaling: µs per message (median)\n\n{scaling_table(args.sizes, per_size, groups)}\n", flush=True)
     log_path.unlink(missing_ok=True)
+
+
+def code_changed(mailbak: dict, info: dict) -> str | None:
+    """The warning, logged and printed under the tables, when mailbak's code is no longer what
+    the run started with (its source digest in ``info``): the tables may mix versions. None when
+    it is unchanged."""
+    now = source_digest(mailbak["engine"])
+    if now == info["mailbak_source_digest"]:
+        return None
+    note = f"mailbak's code changed during the run (digest now {now}): the tables may mix versions"
+    log(f"bench: warning: {note}")
+    print(f"**Warning: {note}.**\n")
+    return note
 
 
 def run_harness(run_fn: Callable[[argparse.Namespace, dict[str, Path]], None], args: argparse.Namespace, smoke_prefix: str) -> int:
