@@ -274,3 +274,19 @@ def test_encoded_words_decode_as_the_standard_library_would(raw, text):
     except (email.errors.HeaderParseError, LookupError):
         return  # the standard library gives up on it (an unknown charset, a language)
     assert standard == text, "where the standard library decodes it, it agrees"
+
+
+def test_heads_read_a_batch_ahead_are_the_heads_read_at_once(tmp_path):
+    """iter_heads reads batch k+1 on another thread while k is decoded: the same heads, in the
+    same order, errors in place (a listing of fewer than 10,000 messages never takes that path,
+    so it is forced here with batches of two)."""
+    store = tmp_path / "store"
+    ids = make(store)
+    with Source.open(store) as src, src.account("alice") as acc:
+        wanted = [ids["lf"], ids["gone"], ids["encoded"], ids["archived"], ids["lf"]]
+        ahead = list(acc.iter_heads(wanted, jobs=2, batch=2))
+        at_once = acc.heads(wanted)
+    assert [type(h) for h in ahead] == [type(h) for h in at_once]
+    assert [h for h in ahead if not isinstance(h, OSError)] == [h for h in at_once if not isinstance(h, OSError)]
+    assert isinstance(ahead[1], OSError) and ahead[1].filename == at_once[1].filename
+    assert ahead[2].subject == "Übersicht für 2024" and ahead[4].subject == "plain"

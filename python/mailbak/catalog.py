@@ -9,15 +9,20 @@ Step by step:
    removes it while it is read), a directory with ``config/mailstore.toml`` and ``data/`` a live
    store. ``data/`` is held by descriptor (anchor.DataRoot) for the whole run; in a live store the
    lease is held shared (lmdbcopy.ReaderLease), so writers defer removing message files.
-2. :meth:`Source.account` reads the account's index: its ``mailbox``, ``message`` and
-   ``message_erase`` tables, all from one LMDB view, through the engine's bounds-checked reader
-   (``_engine.read_tables``; LMDB's own C code trusts page contents, and a store's owner can
-   write any bytes into a database). A backup's copy is read at rest; a live store's database
-   is opened as one more LMDB reader, as the store's owner (lmdbcopy.open_readonly), and read at
-   that read transaction's ID while the transaction pins its pages.
+2. :meth:`Source.account` reads the account's index from one LMDB view, through the engine's
+   bounds-checked reader (LMDB's own C code trusts page contents, and a store's owner can write
+   any bytes into a database): the ``mailbox`` table (``_engine.read_tables``), then the live
+   messages, decoded by the engine into columns (``_engine.read_messages``: not expunged, not in
+   ``message_erase``; of the mailboxes a selection takes, or of given IDs, when asked).
+   :meth:`Source.live_ids` takes only the IDs and sizes. A backup's copy is read at rest; a live
+   store's database is opened as one more LMDB reader, as the store's owner
+   (lmdbcopy.open_readonly), and read at that read transaction's ID while the transaction pins
+   its pages.
 3. :class:`AccountView` opens message files below the account's ``msg/`` descriptor, one
    component at a time, never following a symlink nor waiting on a FIFO, as the store's owner in
-   a live store; a file that is not a regular file is refused.
+   a live store; a file that is not a regular file is refused. Heads of many messages are read
+   by the engine in parallel (``_engine.read_heads``), as root below that descriptor, as backup
+   reads a store.
 
 Records are untrusted input: a record that does not decode as docs/FORMAT.md says is left out
 and named in ``AccountView.problems``; names (accounts, mailboxes) may hold any text, and are
@@ -433,7 +438,7 @@ class AccountView:
                     t = _str_tuple(msgpack.unpackb(raw, raw=False))
                 except Exception:  # msgpack raises several unrelated types; the engine checked the shape
                     t = ()
-                t = lists[raw] = t
+                lists[raw] = t
             return t
 
         boxes = self.mailboxes
