@@ -290,3 +290,37 @@ def test_heads_read_a_batch_ahead_are_the_heads_read_at_once(tmp_path):
     assert [h for h in ahead if not isinstance(h, OSError)] == [h for h in at_once if not isinstance(h, OSError)]
     assert isinstance(ahead[1], OSError) and ahead[1].filename == at_once[1].filename
     assert ahead[2].subject == "Übersicht für 2024" and ahead[4].subject == "plain"
+
+
+def test_a_live_index_swapped_while_lmdb_opens_it_is_not_read(tmp_path, monkeypatch):
+    """The owner replaces alice's index.db (by rename) after the catalog held the file and before
+    LMDB opens it by path: LMDB would map the other file, and a transaction on it pins nothing
+    of the file held. The catalog refuses to read rather than read a file no reader protects."""
+    store = tmp_path / "store"
+    make(store)
+    folder = tmp_path / "pause"
+    folder.mkdir()
+    monkeypatch.setenv(ENV_POINT, "lock_file_checked")
+    monkeypatch.setenv(ENV_DIR, str(folder))
+    result: dict = {}
+
+    def read() -> None:
+        try:
+            with Source.open(store) as src, src.account("alice"):
+                result["read"] = True
+        except UsageError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not (folder / "lock_file_checked.reached").exists():
+        assert time.monotonic() < deadline and t.is_alive(), "the read never reached LMDB's open"
+        time.sleep(0.01)
+    accounts = store / "data/accounts"
+    os.rename(accounts / "alice/index.db", tmp_path / "alice-index.db")
+    os.link(accounts / "bob/index.db", accounts / "alice/index.db")
+    (folder / "lock_file_checked.go").touch()
+    t.join(60)
+    assert "read" not in result
+    assert "replaced while it was being opened" in result["error"]
