@@ -12,6 +12,7 @@ store's good file).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -312,3 +313,51 @@ def test_offsite_copies_of_damaged_bytes_or_unpushed_snapshots_do_not_heal(histo
     assert "restic snapshot " in results[1].detail and "do not have the recorded digest" in results[1].detail
     assert "none of its snapshots was pushed: not healable off-site" in results[2].detail
     assert listing(h.repo) == before
+
+
+# offsite check ---------------------------------------------------------------------------------
+
+
+def offsite_check(h: History, o: Offsite, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    p = subprocess.run([sys.executable, "-m", "mailbak", "offsite", "check", "--json", str(h.repo), *args], capture_output=True, text=True, env=o.env, timeout=300)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p, [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_offsite_check_clean_after_a_push_then_names_a_message_damaged_before_its_push(history, tmp_path, monkeypatch):
+    h = history
+    o = restic_repo(tmp_path, monkeypatch)
+    offsite_push(h, o, h.names[2])
+    p, out = offsite_check(h, o)
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = out[-1]
+    assert s["message_type"] == "summary" and s["status"] == "clean" and s["snapshot"] == h.names[2]
+    assert s["missing"] == s["differs"] == 0 and s["matched"] > 40 and s["size_only"] >= 1 and s["unverified"] == 0, s
+    # Rotten before the newest snapshot's push: off-site holds the rotten bytes under another blob ID.
+    d = damage(h, h.ids[9])
+    offsite_push(h, o, h.names[0])
+    p, out = offsite_check(h, o)
+    assert p.returncode == 1, p.stdout + p.stderr
+    s = out[-1]
+    assert s["snapshot"] == h.names[0] and s["differs"] == 1 and s["missing"] == 0
+    assert s["problems"] == [{"area": ACC, "id": d.id, "path": d.rel, "problem": "differs", "detail": "the off-site copy's blob is not the recorded digest"}]
+    errors = [e for e in out if e["message_type"] == "error"]
+    assert [(e["code"], e["path"]) for e in errors] == [("offsite_differs", d.rel)]
+    # The older push still holds the good bytes.
+    p, out = offsite_check(h, o, h.names[2])
+    assert p.returncode == 0 and out[-1]["differs"] == 0
+
+
+@pytest.mark.slow
+def test_offsite_check_of_a_snapshot_not_pushed_says_so(history, tmp_path, monkeypatch):
+    h = history
+    o = restic_repo(tmp_path, monkeypatch)
+    p, _ = offsite_check(h, o)
+    assert p.returncode == 2 and "no snapshot of it is off-site" in p.stderr, p.stderr
+    offsite_push(h, o, h.names[2])
+    p, _ = offsite_check(h, o, h.names[0])
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == f"mailbak: error: {h.names[0]}: not pushed off-site (mailbak offsite push {h.repo} {h.names[0]} pushes it)"
+    p, _ = offsite_check(h, o, "../etc")
+    assert p.returncode == 2 and "not a snapshot name" in p.stderr
