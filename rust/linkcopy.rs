@@ -27,7 +27,7 @@
 //! copies that stand in for a link.
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use rustix::fs as rfs;
@@ -276,6 +276,54 @@ impl LinkPolicy {
         {
             return Ok(None);
         }
+        self.link_reference(&rfd, &rst, r, dst, name)
+    }
+
+    /// Places message file `name` that the reference's index proves to be the reference's
+    /// file (`areas::proven`: live in both indexes with the same recorded size `want`) without
+    /// looking at the store's file: the reference's file (`r`: its directory) is opened
+    /// (`O_PATH`, never followed) and linked when it is a regular file of `want` bytes. One
+    /// that is missing, not a regular file or of another size (a damaged reference) is not
+    /// linked: the store's file is copied. Where the store's files are linked (the repository
+    /// on the store's file system), that rule wins ([`LinkPolicy::place_message`]).
+    pub fn place_proven(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        r: BorrowedFd<'_>,
+        want: u64,
+    ) -> Result<Placed, Error> {
+        if self.try_links.load(Ordering::Relaxed) {
+            return self.place_message(src, dst, name, Some((r, want)));
+        }
+        let mut reason: Reason = None;
+        if let Ok(rfd) = fsutil::open_path_at(r, name) {
+            if let Ok(rst) = fsutil::fstat(&rfd) {
+                if Kind::from_mode(rst.st_mode) == Kind::File && rst.st_size as u64 == want {
+                    match self.link_reference(&rfd, &rst, r, dst, name) {
+                        Ok(Some(n)) => return Ok(Placed::Reused(n)),
+                        Ok(None) => {}
+                        Err(e) => reason = Some(e),
+                    }
+                }
+            }
+        }
+        self.copy_counted(src, dst, name, true, reason)
+    }
+
+    /// Hardlinks reference file `rfd` (`rst`: its stat; `name` in reference directory `r`) into
+    /// `dst`: through the descriptor where the kernel allows it, else by name, checked to be
+    /// that inode. Ok(Some(size)) when linked, Ok(None) when the name led elsewhere (nothing
+    /// linked), Err(errno) when the link failed.
+    fn link_reference(
+        &self,
+        rfd: &OwnedFd,
+        rst: &rfs::Stat,
+        r: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Option<u64>, Errno> {
         if self.empty_path_links.load(Ordering::Relaxed) {
             match fsutil::link_fd_at(rfd.as_fd(), dst, name) {
                 Ok(()) => return Ok(Some(rst.st_size as u64)),

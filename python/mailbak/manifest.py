@@ -106,7 +106,8 @@ def _is_rel(rel: Any) -> bool:
 def _check_facts(path: Path, doc: dict[str, Any]) -> None:
     """The facts verify compares a backup with must have the shapes ``mailbak backup`` writes, so
     that a damaged or forged manifest is one clear error, never a traceback or a path outside
-    the backup. ``files`` and ``copy_txnid`` came later within version 1: optional."""
+    the backup. ``files``, ``copy_txnid`` and ``source_inode`` came later within version 1:
+    optional."""
 
     def bad(what: str) -> ManifestError:
         return ManifestError(f"{path}: {what}")
@@ -114,7 +115,7 @@ def _check_facts(path: Path, doc: dict[str, Any]) -> None:
     for rel, db in doc["databases"].items():
         if not _is_rel(rel) or not isinstance(db, dict) or not all(_is_int(db.get(k)) for k in ("txnid", "bytes")):
             raise bad(f"database entry {rel!r} is malformed")
-        if "copy_txnid" in db and not _is_int(db["copy_txnid"]):
+        if any(k in db and not _is_int(db[k]) for k in ("copy_txnid", "source_inode")):
             raise bad(f"database entry {rel!r} is malformed")
     files = doc.setdefault("files", {})
     if not isinstance(files, dict) or not all(_is_rel(rel) and isinstance(f, dict) and _is_int(f.get("bytes")) for rel, f in files.items()):
