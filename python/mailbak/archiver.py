@@ -230,7 +230,8 @@ class Backup:
         repo = repository.Repository.open(self.dest)
         try:
             self.locks.append(repository.RepoLock(repo.path, exclusive=False, on_wait=self.reporter.message, dir_fd=repo_dir.fd))
-            infos = repo.snapshots()
+            # Down to the newest complete snapshot only: older manifests are never read.
+            infos = repo.down_to_complete()
             if (piled := repo.failed_pile_warning(infos)) is not None:
                 self.reporter.warn("failed_snapshots", str(repo.path), piled)
             if self.reference is None:
