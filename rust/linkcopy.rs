@@ -16,6 +16,11 @@
 //! never compared (linking changes the one, a restore the other). When that link fails (EMLINK
 //! at ext4's 65,000 links, EPERM, ...) the file is copied and counted as a link fallback.
 //!
+//! A message the reference's own index proves to be the reference's file (`areas::proven`) is
+//! linked from the reference without a look at the store's file
+//! ([`LinkPolicy::place_proven`]); only the reference's file is checked (a regular file of the
+//! recorded size), and the store's file is copied when it is not.
+//!
 //! Size and mtime do not tell a file rewritten in the clock tick the reference copied it in
 //! from the copy: its mtime stays the same, and every later backup would reuse the stale copy
 //! ("racily clean", as git calls it). So a reference file whose mtime is not older than the
