@@ -22,6 +22,7 @@ mod check;
 mod classify;
 mod copy;
 mod delete;
+mod digests;
 mod error;
 mod fsid;
 mod fsutil;
