@@ -478,6 +478,41 @@ mod tests {
     }
 
     #[test]
+    fn proven_messages_link_the_reference_unlooked_at_unless_it_is_damaged() {
+        // The store's file is never looked at: one gone from the store is still linked from a
+        // sound reference. A reference file missing or of another size than the record is not
+        // linked: the store's file is copied.
+        let s = Scratch::new("proven");
+        let (src, dst) = s.src_dst();
+        std::fs::create_dir_all(s.path("ref")).unwrap();
+        let refd = open_dir(&s.path("ref")).unwrap();
+        s.file("ref/1", b"twelve bytes");
+        s.file("ref/2", b"short");
+        s.file("src/2", b"twelve bytes");
+        s.file("src/3", b"twelve bytes");
+        let p = LinkPolicy::new(true);
+        let placed = |name| {
+            p.place_proven(src.as_fd(), dst.as_fd(), name, refd.as_fd(), 12)
+                .unwrap()
+        };
+        assert_eq!(placed(c"1"), Placed::Reused(12));
+        let (a, b) = (
+            std::fs::metadata(s.path("ref/1")).unwrap(),
+            std::fs::metadata(s.path("dst/1")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        for name in [c"2", c"3"] {
+            assert!(matches!(placed(name), Placed::Copied(c) if c.bytes == 12));
+            let n = name.to_str().unwrap();
+            assert_eq!(
+                std::fs::read(s.path(&format!("dst/{n}"))).unwrap(),
+                b"twelve bytes"
+            );
+        }
+        assert_eq!(p.fallbacks(), 0, "a damaged reference is no link fallback");
+    }
+
+    #[test]
     fn links_on_one_file_system() {
         let s = Scratch::new("link");
         let (src, dst) = s.src_dst();
