@@ -14,7 +14,10 @@ The phases, in order:
 5. **Messages.** Per area, the engine hardlinks (or copies) the message files of the index's
    copy, skips files added after the copy or being erased, copies the area's plain files (an account's
    junk filter), and reports and copies anything else; all areas in one engine call, each
-   described by ``lmdbcopy.engine_area``.
+   described by ``lmdbcopy.engine_area``. With a reference, a message its own copy of the
+   area's index proves (live there too, same recorded size) is linked from it without a look
+   at the store's file, unless the store's index may have gone back in time since
+   (``Backup.proof``; docs/REPOSITORY.md, "What is reused").
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
 7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
