@@ -19,7 +19,8 @@
 //! A message the reference's own index proves to be the reference's file (`areas::proven`) is
 //! linked from the reference without a look at the store's file
 //! ([`LinkPolicy::place_proven`]); only the reference's file is checked (a regular file of the
-//! recorded size), and the store's file is copied when it is not.
+//! recorded size), and the store's file is copied when it is not. A reference file not older
+//! than the reuse cutoff (below) is compared with the store's file as any other.
 //!
 //! Size and mtime do not tell a file rewritten in the clock tick the reference copied it in
 //! from the copy: its mtime stays the same, and every later backup would reuse the stale copy
@@ -302,6 +303,14 @@ impl LinkPolicy {
         let mut reason: Reason = None;
         if let Ok(rfd) = fsutil::open_path_at(r, name) {
             if let Ok(rst) = fsutil::fstat(&rfd) {
+                if self
+                    .reuse_cutoff
+                    .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
+                {
+                    // Written just before or while the reference ran: the store's file may have
+                    // been rewritten in that tick (see the module doc), so it is compared.
+                    return self.place_message(src, dst, name, Some((r, want)));
+                }
                 if Kind::from_mode(rst.st_mode) == Kind::File && rst.st_size as u64 == want {
                     match self.link_reference(&rfd, &rst, r, dst, name) {
                         Ok(Some(n)) => return Ok(Placed::Reused(n)),
