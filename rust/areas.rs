@@ -7,6 +7,13 @@
 //! message. The sizes are aligned with the live IDs; [`recorded_sizes`] checks that once, and
 //! the per-area workers rely on it.
 //!
+//! What the reference snapshot's own copy of the index proves ([`proven`]): a live message whose
+//! ID the reference's index also holds live, with the same recorded size, is the reference's
+//! file (message files are immutable and IDs are never handed out twice by one store). The
+//! caller decides whether the reference's index may be trusted for that (the store did not go
+//! back in time since: a restore from an older backup hands IDs out again); the backup then
+//! links such a message from the reference without a look at the store's file.
+//!
 //! An area whose root cannot be opened is an error event of that area, never a failure of the
 //! call: one unreadable account does not stop the others.
 //!
@@ -43,6 +50,34 @@ pub struct AreaSpec {
     pub sizes: Vec<Option<u64>>,
     /// Prefix of every path reported for this area, e.g. `data/accounts/bob`.
     pub prefix: Vec<u8>,
+    /// Aligned with `snap.live`: the messages the reference's index proves (see [`proven`]);
+    /// empty when nothing is proven (no reference, or one not trusted for this area).
+    pub proven: Vec<bool>,
+}
+
+/// Which live messages (`live`, with their recorded `sizes`) the reference's index proves to be
+/// the reference's files: live there too (`ref_live`, ascending) with the same known recorded
+/// size (`ref_sizes`, aligned with it). One merge of the two sorted ID lists. A message of
+/// unknown recorded size on either side is never proven.
+pub fn proven(
+    live: &IdSet,
+    sizes: &[Option<u64>],
+    ref_live: &IdSet,
+    ref_sizes: &[Option<u64>],
+) -> Vec<bool> {
+    let (ids, ref_ids) = (live.as_slice(), ref_live.as_slice());
+    let mut out = vec![false; ids.len()];
+    let mut j = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        while j < ref_ids.len() && ref_ids[j] < id {
+            j += 1;
+        }
+        if j == ref_ids.len() {
+            break;
+        }
+        out[i] = ref_ids[j] == id && sizes[i].is_some() && sizes[i] == ref_sizes[j];
+    }
+    out
 }
 
 /// The live IDs as a set and their recorded sizes, checked once: `live` must be strictly
@@ -188,5 +223,22 @@ mod tests {
         let (live, sizes) = recorded_sizes(vec![1, 7], vec![5, 0], &IdSet::new(vec![7])).unwrap();
         assert_eq!(live.as_slice(), &[1, 7]);
         assert_eq!(sizes, vec![Some(5), None]);
+    }
+
+    #[test]
+    fn proven_needs_the_same_id_live_with_the_same_known_size() {
+        let live = IdSet::new(vec![1, 2, 3, 5, 8, 9]);
+        let sizes = [Some(10), Some(20), None, Some(50), Some(80), Some(90)];
+        // 1: same size; 2: other size; 3: unknown today; 5: unknown in the reference;
+        // 8: not live in the reference (new); 9: beyond the reference's last ID.
+        let ref_live = IdSet::new(vec![0, 1, 2, 3, 5, 7]);
+        let ref_sizes = [Some(1), Some(10), Some(21), Some(30), None, Some(80)];
+        assert_eq!(
+            proven(&live, &sizes, &ref_live, &ref_sizes),
+            vec![true, false, false, false, false, false]
+        );
+        assert!(proven(&live, &sizes, &IdSet::default(), &[])
+            .iter()
+            .all(|p| !p));
     }
 }

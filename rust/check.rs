@@ -478,6 +478,7 @@ mod tests {
             snap: snap.clone(),
             sizes: sizes.clone(),
             prefix: prefix.to_vec(),
+            proven: Vec::new(),
         };
         let jobs = [
             CheckJob {

@@ -16,6 +16,12 @@
 //! never compared (linking changes the one, a restore the other). When that link fails (EMLINK
 //! at ext4's 65,000 links, EPERM, ...) the file is copied and counted as a link fallback.
 //!
+//! A message the reference's own index proves to be the reference's file (`areas::proven`) is
+//! linked from the reference without a look at the store's file
+//! ([`LinkPolicy::place_proven`]); only the reference's file is checked (a regular file of the
+//! recorded size), and the store's file is copied when it is not. A reference file not older
+//! than the reuse cutoff (below) is compared with the store's file as any other.
+//!
 //! Size and mtime do not tell a file rewritten in the clock tick the reference copied it in
 //! from the copy: its mtime stays the same, and every later backup would reuse the stale copy
 //! ("racily clean", as git calls it). So a reference file whose mtime is not older than the
@@ -27,7 +33,7 @@
 //! copies that stand in for a link.
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use rustix::fs as rfs;
@@ -273,6 +279,62 @@ impl LinkPolicy {
         {
             return Ok(None);
         }
+        self.link_reference(&rfd, &rst, r, dst, name)
+    }
+
+    /// Places message file `name` that the reference's index proves to be the reference's
+    /// file (`areas::proven`: live in both indexes with the same recorded size `want`) without
+    /// looking at the store's file: the reference's file (`r`: its directory) is opened
+    /// (`O_PATH`, never followed) and linked when it is a regular file of `want` bytes. One
+    /// that is missing, not a regular file or of another size (a damaged reference) is not
+    /// linked: the store's file is copied. Where the store's files are linked (the repository
+    /// on the store's file system), that rule wins ([`LinkPolicy::place_message`]).
+    pub fn place_proven(
+        &self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        r: BorrowedFd<'_>,
+        want: u64,
+    ) -> Result<Placed, Error> {
+        if self.try_links.load(Ordering::Relaxed) {
+            return self.place_message(src, dst, name, Some((r, want)));
+        }
+        let mut reason: Reason = None;
+        if let Ok(rfd) = fsutil::open_path_at(r, name) {
+            if let Ok(rst) = fsutil::fstat(&rfd) {
+                if self
+                    .reuse_cutoff
+                    .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
+                {
+                    // Written just before or while the reference ran: the store's file may have
+                    // been rewritten in that tick (see the module doc), so it is compared.
+                    return self.place_message(src, dst, name, Some((r, want)));
+                }
+                if Kind::from_mode(rst.st_mode) == Kind::File && rst.st_size as u64 == want {
+                    match self.link_reference(&rfd, &rst, r, dst, name) {
+                        Ok(Some(n)) => return Ok(Placed::Reused(n)),
+                        Ok(None) => {}
+                        Err(e) => reason = Some(e),
+                    }
+                }
+            }
+        }
+        self.copy_counted(src, dst, name, true, reason)
+    }
+
+    /// Hardlinks reference file `rfd` (`rst`: its stat; `name` in reference directory `r`) into
+    /// `dst`: through the descriptor where the kernel allows it, else by name, checked to be
+    /// that inode. Ok(Some(size)) when linked, Ok(None) when the name led elsewhere (nothing
+    /// linked), Err(errno) when the link failed.
+    fn link_reference(
+        &self,
+        rfd: &OwnedFd,
+        rst: &rfs::Stat,
+        r: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Result<Option<u64>, Errno> {
         if self.empty_path_links.load(Ordering::Relaxed) {
             match fsutil::link_fd_at(rfd.as_fd(), dst, name) {
                 Ok(()) => return Ok(Some(rst.st_size as u64)),
@@ -422,6 +484,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn proven_messages_link_the_reference_unlooked_at_unless_it_is_damaged() {
+        // The store's file is never looked at: one gone from the store is still linked from a
+        // sound reference. A reference file missing or of another size than the record is not
+        // linked: the store's file is copied.
+        let s = Scratch::new("proven");
+        let (src, dst) = s.src_dst();
+        std::fs::create_dir_all(s.path("ref")).unwrap();
+        let refd = open_dir(&s.path("ref")).unwrap();
+        s.file("ref/1", b"twelve bytes");
+        s.file("ref/2", b"short");
+        s.file("src/2", b"twelve bytes");
+        s.file("src/3", b"twelve bytes");
+        let p = LinkPolicy::new(true);
+        let placed = |name| {
+            p.place_proven(src.as_fd(), dst.as_fd(), name, refd.as_fd(), 12)
+                .unwrap()
+        };
+        assert_eq!(placed(c"1"), Placed::Reused(12));
+        let (a, b) = (
+            std::fs::metadata(s.path("ref/1")).unwrap(),
+            std::fs::metadata(s.path("dst/1")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino());
+        for name in [c"2", c"3"] {
+            assert!(matches!(placed(name), Placed::Copied(c) if c.bytes == 12));
+            let n = name.to_str().unwrap();
+            assert_eq!(
+                std::fs::read(s.path(&format!("dst/{n}"))).unwrap(),
+                b"twelve bytes"
+            );
+        }
+        assert_eq!(p.fallbacks(), 0, "a damaged reference is no link fallback");
     }
 
     #[test]

@@ -374,6 +374,16 @@ struct AreaArgs<'py> {
     /// Where `verify --fix` moves this area's strays, below `fix_root`.
     #[pyo3(item("fix_rel"), default)]
     fix_rel: Option<Vec<u8>>,
+    /// The reference snapshot's copy of this area's index, when the caller trusts it to prove
+    /// messages (`areas::proven`): its live IDs, packed like `live` (backups only).
+    #[pyo3(item("reference_live"), default)]
+    reference_live: Option<Bound<'py, PyBytes>>,
+    /// Their recorded sizes, aligned with `reference_live`.
+    #[pyo3(item("reference_sizes"), default)]
+    reference_sizes: Option<Bound<'py, PyBytes>>,
+    /// The reference's live IDs whose record has no readable size.
+    #[pyo3(item("reference_unknown_sizes"), default)]
+    reference_unknown_sizes: Option<Bound<'py, PyBytes>>,
     /// Backup: the existing directory the area's shard files of digests go into, and the
     /// area's shard directory below the reference's `digests/` (e.g. `accounts/bob`).
     #[pyo3(item("digests"), default)]
@@ -393,6 +403,27 @@ impl AreaArgs<'_> {
             &unknown,
         )
         .map_err(PyValueError::new_err)?;
+        let proven = match (&self.reference_live, &self.reference_sizes) {
+            (Some(l), Some(n)) => {
+                let unknown = match &self.reference_unknown_sizes {
+                    Some(b) => ids(b.as_bytes())?,
+                    None => IdSet::default(),
+                };
+                let (ref_live, ref_sizes) = areas::recorded_sizes(
+                    unpack_u64(l.as_bytes())?,
+                    unpack_u64(n.as_bytes())?,
+                    &unknown,
+                )
+                .map_err(|e| PyValueError::new_err(format!("reference: {e}")))?;
+                areas::proven(&live, &sizes, &ref_live, &ref_sizes)
+            }
+            (None, None) => Vec::new(),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "reference_live and reference_sizes go together",
+                ))
+            }
+        };
         Ok(AreaSpec {
             src: self.src.clone(),
             area: Area {
@@ -407,6 +438,7 @@ impl AreaArgs<'_> {
             },
             sizes,
             prefix: self.prefix.as_bytes().to_vec(),
+            proven,
         })
     }
 }

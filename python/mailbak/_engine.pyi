@@ -121,6 +121,9 @@ class Area(TypedDict, total=False):
     next_id: int  # the first ID not allocated at the snapshot; files at the path of an ID from here on are new
     prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
     fix_rel: bytes  # check_areas with fix_root: where this area's strays go below fix_root
+    reference_live: bytes  # backup_areas, optional: the reference snapshot's copy of the index, trusted to prove messages: its live IDs, packed u64, ascending
+    reference_sizes: bytes  # with reference_live: their recorded sizes (a live ID of both with the same size is linked from the reference unlooked-at)
+    reference_unknown_sizes: bytes  # optional: the reference's live IDs whose record has no readable size (never proven)
     digests: tuple[StrPath, bytes]  # backup_areas: the directory for the area's shard files, and its place below reference_digests
 
 def backup_areas(

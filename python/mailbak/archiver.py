@@ -14,7 +14,10 @@ The phases, in order:
 5. **Messages.** Per area, the engine hardlinks (or copies) the message files of the index's
    copy, skips files added after the copy or being erased, copies the area's plain files (an account's
    junk filter), and reports and copies anything else; all areas in one engine call, each
-   described by ``lmdbcopy.engine_area``.
+   described by ``lmdbcopy.engine_area``. With a reference, a message its own copy of the
+   area's index proves (live there too, same recorded size) is linked from it without a look
+   at the store's file, unless the store's index may have gone back in time since
+   (``Backup.proof``; docs/REPOSITORY.md, "What is reused").
 6. **Other files.** The rest of ``data/``: plain files copied, ``tmp/`` and ``ctl`` skipped,
    anything unknown reported and copied as plain files.
 7. **Manifest.** The destination is flushed (syncfs), then ``mailbak.json`` is replaced
@@ -156,6 +159,9 @@ class Backup:
         self.exdev_hint = EXDEV_HINT
         # (st_dev, st_ino) of DEST: no walk ever enters it (set by run()).
         self.skip: list[tuple[int, int]] = []
+        # Whether the warning that the reference's indexes prove nothing (made by an older
+        # mailbak) was given: once per run, not once per area.
+        self.old_reference_warned = False
 
     # Phase 1 ---------------------------------------------------------------------------------
 
@@ -232,7 +238,8 @@ class Backup:
         repo = repository.Repository.open(self.dest)
         try:
             self.locks.append(repository.RepoLock(repo.path, exclusive=False, on_wait=self.reporter.message, dir_fd=repo_dir.fd))
-            infos = repo.snapshots()
+            # Down to the newest complete snapshot only: older manifests are never read.
+            infos = repo.down_to_complete()
             if (piled := repo.failed_pile_warning(infos)) is not None:
                 self.reporter.warn("failed_snapshots", str(repo.path), piled)
             if self.reference is None:
@@ -423,15 +430,59 @@ class Backup:
     def reference_cutoff(self) -> int | None:
         """The reference's ``manifest.reuse_cutoff``, read once; None (and a warning: nothing
         is reused) when its manifest no longer tells its start."""
-        if self.reference is None:
+        doc = self.reference_manifest
+        if doc is None:
             return None
-        try:
-            cutoff = manifest.reuse_cutoff(manifest.read(self.reference))
-        except ManifestError:
-            cutoff = None
+        cutoff = manifest.reuse_cutoff(doc)
         if cutoff is None:
             self.reporter.warn("reference", str(self.reference), "its manifest no longer tells when it started; nothing is reused from it")
         return cutoff
+
+    @functools.cached_property
+    def reference_manifest(self) -> dict[str, Any] | None:
+        """The reference's manifest, read once; None without a reference or when it can no
+        longer be read (then nothing is reused: ``reference_cutoff`` says so)."""
+        if self.reference is None:
+            return None
+        try:
+            return manifest.read(self.reference)
+        except ManifestError:
+            return {}
+
+    def proof(self, area: Area) -> dict[str, bytes]:
+        """The engine's ``reference_*`` arguments for ``area``: the reference's own copy of the
+        area's index, when it may prove messages (docs/REPOSITORY.md, "What is reused"): a
+        message live in both indexes with the same recorded size is then linked from the
+        reference without a look at the store's file. Nothing (and a warning naming the area)
+        when the store's index may have gone back in time since the reference (a restore from
+        an older backup hands IDs out again) or the reference's copy cannot be read; nothing,
+        silently, without a reference or when the reference did not back up this area."""
+        doc = self.reference_manifest
+        db_rel = f"{area.rel}/{area.kind.layout.index}"
+        then = (doc or {}).get("databases", {}).get(db_rel)
+        if not self.reference_arg() or not isinstance(then, dict):
+            return {}
+        where = f"data/{db_rel}"
+        what = area_label(area.kind, area.name)
+        fallback = "; every message of it is compared with the store's file, as without a proof"
+        if "source_inode" not in then:
+            if not self.old_reference_warned:
+                self.old_reference_warned = True
+                self.reporter.warn("reference_index", str(self.reference), "made by a mailbak that did not record its indexes' files, so its indexes prove nothing" + fallback.replace(" of it", ""))
+            return {}
+        why = rewound(then, self.databases.get(db_rel, {}))
+        if why is None:
+            try:
+                ref_index = read_reference_index(self.reference, db_rel, area.kind)
+            except (OSError, DatabaseError) as e:
+                why = f"the reference's copy of the index cannot be read ({e.strerror if isinstance(e, OSError) else e})"
+            else:
+                if ref_index.new_from > area.index.new_from:
+                    why = f"the store's next ID ({area.index.new_from}) is below the reference's ({ref_index.new_from}): the store went back in time (restored from an older backup?) and hands IDs out again"
+        if why is not None:
+            self.reporter.warn("reference_index", where, f"{what}: {why}" + fallback)
+            return {}
+        return {"reference_live": ref_index.live, "reference_sizes": ref_index.sizes, "reference_unknown_sizes": ref_index.unknown_sizes}
 
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
         """Copies one database; reports and returns False on failure."""
@@ -440,7 +491,7 @@ class Backup:
         except DatabaseError as e:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
-        self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size}
+        self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size, "source_inode": copy.source_inode}
         if self.recording is not None:
             # Hashed as written (the copy is still in the page cache): what verify --read-data
             # and check compare it with later. The copy is in the backup, root's own directory.
@@ -530,7 +581,7 @@ class Backup:
     def backup_areas(self) -> None:
         """Phase 5: every area in one engine call, so workers spread over all of them; an area's
         plain files (an account's junk filter) travel with its messages."""
-        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst, **self.shard_arg(a)} for a in self.areas]
+        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst, **self.shard_arg(a), **self.proof(a)} for a in self.areas]
         extra = self.reference_arg()
         if extra and self.recording is not None:
             extra["reference_digests"] = self.reference / digests.DIR
@@ -723,6 +774,34 @@ def check_reference(path: Path) -> Path:
     if doc["status"] != Status.OK:
         raise UsageError(f"--link-dest {path}: not a complete backup (its manifest says {doc['status']})")
     return path
+
+
+def rewound(then: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """Why the store's index, copied now (``now``: this run's ``databases`` entry), may not be
+    the one the reference copied (``then``: its manifest's entry) grown since, or None. A
+    restore from an older backup writes another file (another inode), or one at an older
+    transaction (a copy written over the old file keeps its inode, and a compacted one starts
+    over near 1); LMDB's transaction IDs only grow in one file."""
+    if now.get("source_inode") != then.get("source_inode"):
+        return "the store's index is another file than the one the reference copied (restored from a backup, or rebuilt?), so IDs may have been handed out again"
+    if not isinstance(then.get("txnid"), int) or now.get("txnid", -1) < then["txnid"]:
+        return f"the store's index is at an older transaction ({now.get('txnid')}) than the reference copied ({then.get('txnid')}): restored from an older backup? IDs may have been handed out again"
+    return None
+
+
+def read_reference_index(reference: Path, db_rel: str, kind: AreaKind) -> Index:
+    """The reference's copy of the index ``data/db_rel``, reached below the reference without
+    following a symlink at any step (a backup may hold symlinks recreated from a store) and
+    read only when it is a regular file. Raises OSError or DatabaseError."""
+    with DataRoot(reference / "data") as root:
+        fd, st = root.open_entry(db_rel)
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise DatabaseError("not a regular file")
+            # The engine reads the very file held (the /proc link reopens it).
+            return Index.read(Path(f"/proc/self/fd/{fd}"), kind)
+        finally:
+            os.close(fd)
 
 
 def _lock_files_at(root: DataRoot, rel: str, names: list[bytes]) -> set[bytes]:

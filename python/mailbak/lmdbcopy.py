@@ -64,6 +64,9 @@ class DbCopy:
     copy_txnid: int
     #: Size of the copy in bytes.
     size: int
+    #: Inode number of the source database file: an index restored from a backup is another
+    #: file (the next backup then does not trust its reference's copy to prove messages).
+    source_inode: int
 
 
 @dataclass
@@ -321,7 +324,7 @@ def _copy_checked(src: Path, dst: Path, fd: int, st: os.stat_result, owner: Stor
                 os.chmod(dst, stat.S_IMODE(st.st_mode) & 0o777)
                 if os.geteuid() == 0:
                     os.chown(dst, st.st_uid, st.st_gid)
-                return DbCopy(txnid, copy_txnid, os.stat(dst).st_size)
+                return DbCopy(txnid, copy_txnid, os.stat(dst).st_size, st.st_ino)
         assert last is not None
         raise DatabaseError(f"damaged: {describe(last).replace(held, str(src))}")
     finally:

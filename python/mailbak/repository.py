@@ -332,10 +332,26 @@ class Repository:
         infos.sort(key=lambda s: (s.start, s.name), reverse=True)
         return infos
 
+    def down_to_complete(self) -> list[SnapshotInfo]:
+        """The snapshots newest first down to the newest complete one, that one included (every
+        snapshot when none is complete): a backup's reference and the failed or incomplete
+        snapshots newer than it (``failed_pile_warning``), without reading an older manifest, so
+        that picking the reference costs the same with 200 snapshots as with two. Names are the
+        start times (``create_snapshot``), so the snapshots are read in name order, newest first;
+        ``snapshots`` orders by the manifests' start, which is the same order."""
+        names = sorted(self.snapshot_names(), key=lambda n: (name_time(n) or EARLIEST, n), reverse=True)
+        infos = []
+        for n in names:
+            infos.append(status_of(self.path / n, n))
+            if infos[-1].status == Status.OK:
+                break
+        return infos
+
     def newest_complete(self, infos: list[SnapshotInfo] | None = None) -> SnapshotInfo | None:
         """The reference of the next backup: the newest snapshot whose manifest says ok (of
-        ``infos``, newest first, when the caller has listed them already)."""
-        return next((s for s in (self.snapshots() if infos is None else infos) if s.status == Status.OK), None)
+        ``infos``, newest first, when the caller has listed them already; else no manifest
+        older than it is read: ``down_to_complete``)."""
+        return next((s for s in (self.down_to_complete() if infos is None else infos) if s.status == Status.OK), None)
 
     def failed_pile_warning(self, infos: list[SnapshotInfo]) -> str | None:
         """What a backup says when FAILED_PILE_WARN or more failed or incomplete snapshots are

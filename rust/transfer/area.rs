@@ -33,6 +33,10 @@ pub struct AreaBackup<'a> {
     fence: &'a Fence,
     /// The area's tree in the reference backup, if any.
     reference: Option<OwnedFd>,
+    /// Aligned with the live IDs: the messages the reference's index proves to be the
+    /// reference's files (`areas::proven`), linked from it without a look at the store's file;
+    /// empty: none.
+    proven: &'a [bool],
 }
 
 impl<'a> AreaBackup<'a> {
@@ -51,6 +55,7 @@ impl<'a> AreaBackup<'a> {
             pause: Pause::from_env(testpause::MID_LINK),
             fence: Fence::NONE,
             reference: None,
+            proven: &[],
         }
     }
 
@@ -63,6 +68,12 @@ impl<'a> AreaBackup<'a> {
     /// backup on the destination's file system).
     pub fn with_reference(self, reference: Option<OwnedFd>) -> Self {
         AreaBackup { reference, ..self }
+    }
+
+    /// The same, linking the messages `proven` marks from the reference without a look at the
+    /// store's file ([`LinkPolicy::place_proven`]).
+    pub fn with_proven(self, proven: &'a [bool]) -> Self {
+        AreaBackup { proven, ..self }
     }
 
     /// Runs steps 1 to 3 of the module doc.
@@ -114,7 +125,13 @@ impl<'a> AreaBackup<'a> {
     ) {
         let id = self.state.id(i);
         let reference = reference.zip(self.state.sizes[i]);
-        match self.policy.place_message(src, dst, name, reference) {
+        let placed = match reference {
+            Some((r, want)) if self.proven.get(i).copied().unwrap_or(false) => {
+                self.policy.place_proven(src, dst, name, r, want)
+            }
+            _ => self.policy.place_message(src, dst, name, reference),
+        };
+        match placed {
             Ok(p) => {
                 count_placed(self.sink, rel, p);
                 let size = self.check_size(dst, name, rel, i, p);

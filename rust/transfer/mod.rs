@@ -152,6 +152,7 @@ pub fn backup_areas(
                 AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
                     .with_fence(&opts.fence)
                     .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
+                    .with_proven(&a.proven)
                     .run(src, dst);
             }
             let shards = job

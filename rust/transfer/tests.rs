@@ -155,6 +155,7 @@ fn backup_areas_runs_every_area_in_order_below_the_anchor() {
         snap: snap(vec![1], 2),
         sizes: vec![Some(3)],
         prefix: prefix.to_vec(),
+        proven: Vec::new(),
     };
     let jobs = [
         AreaJob {
