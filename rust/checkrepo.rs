@@ -18,7 +18,7 @@
 //!    recorded digest's first 8 bytes; for an entry without one, a hash of its area and ID) is
 //!    `N-1` modulo `M`, so that M runs over an unchanged repository read every inode exactly
 //!    once; a fraction takes each inode with that probability (keyed by a per-run seed); a byte
-//!    budget takes each with the probability budget / bytes of the first snapshot and stops
+//!    budget takes each with the probability 2 x budget / bytes of the first snapshot and stops
 //!    reading once the budget is spent.
 //! 4. A mismatch (or an unreadable file, EIO) becomes a [`Damage`] record naming the inode and
 //!    every snapshot met holding it; Python reports each once, with every snapshot.
@@ -130,6 +130,9 @@ struct Counts {
     shared: AtomicU64,
 }
 
+/// Damaged inodes in the order found, and each one's place in that list by (dev, ino).
+type DamageList = (Vec<Damage>, HashMap<(u64, u64), usize>);
+
 /// One run of `check` over a repository (see the module doc).
 pub struct RepoCheck {
     /// Whether data is read at all.
@@ -145,7 +148,7 @@ pub struct RepoCheck {
     /// (dev, ino) -> what is known, in parts.
     map: Vec<Mutex<HashMap<(u64, u64), Inode>>>,
     /// Damaged inodes, and where each is in the list.
-    damage: Mutex<(Vec<Damage>, HashMap<(u64, u64), usize>)>,
+    damage: Mutex<DamageList>,
     /// Run-wide counts.
     counts: Counts,
 }
@@ -200,10 +203,12 @@ impl RepoCheck {
                     .iter()
                     .flat_map(|j| j.spec.sizes.iter().flatten())
                     .sum();
+                // Twice the share the budget is of the first snapshot: the budget, not the
+                // chance, is what ends a run (the history holds more than one snapshot).
                 if total == 0 {
                     1.0
                 } else {
-                    (b as f64 / total as f64).min(1.0)
+                    (2.0 * b as f64 / total as f64).min(1.0)
                 }
             });
         }
