@@ -19,16 +19,39 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{self as rfs, Mode, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use crate::digests::{self, Digest};
 use crate::error::Error;
 use crate::fsutil::{self, file_mode, Kind, Owner};
 
 /// What a copy wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Copied {
-    /// Bytes written (by `copy_file_range` or read/write).
-    Written(u64),
-    /// A reflink (shared extents); the file's size.
-    Reflinked(u64),
+pub struct Copied {
+    /// Bytes written (by `copy_file_range` or read/write), or the file's size for a reflink.
+    pub bytes: u64,
+    /// Whether it is a reflink (shared extents).
+    pub reflinked: bool,
+    /// The SHA-256 of the copy as written, when the copier hashes ([`Copier::hashing`]).
+    pub digest: Option<Digest>,
+}
+
+impl Copied {
+    /// `bytes` written by a copy call.
+    fn written(bytes: u64) -> Self {
+        Copied {
+            bytes,
+            reflinked: false,
+            digest: None,
+        }
+    }
+
+    /// A reflink of a file of `bytes`.
+    fn reflinked(bytes: u64) -> Self {
+        Copied {
+            bytes,
+            reflinked: true,
+            digest: None,
+        }
+    }
 }
 
 /// Which copy calls work between two file systems, shared by every operation of the process
@@ -90,6 +113,8 @@ pub struct Copier {
     dst_setgid: bool,
     /// The umask when the operation started (None: unknown, then every copy gets an fchmod).
     umask: Option<u32>,
+    /// Whether each copy is hashed from what was written (a backup recording digests).
+    hash: bool,
 }
 
 impl Copier {
@@ -109,7 +134,14 @@ impl Copier {
             ),
             dst_setgid: true,
             umask: umask(),
+            hash: false,
         }
+    }
+
+    /// The same copier, hashing every copy from what it wrote when `on` (the copy was just
+    /// written, so the read is served by the page cache).
+    pub fn hashing(self, on: bool) -> Self {
+        Copier { hash: on, ..self }
     }
 
     /// The same copier for copies from device `src_dev` into a destination root on `dst_dev`
@@ -136,9 +168,7 @@ impl Copier {
         dst: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<u64, Error> {
-        match self.copy_file(src, dst, name, false)? {
-            Copied::Written(n) | Copied::Reflinked(n) => Ok(n),
-        }
+        Ok(self.copy_file(src, dst, name, false)?.bytes)
     }
 
     /// Copies regular file `name` of `src` into `dst`; `immutable`: a message file, whose size
@@ -161,9 +191,13 @@ impl Copier {
             fsutil::create_file_at(dst, name, plan.create_mode).map_err(Error::op("create"))?;
         let result = self
             .fill(&from, &to, st.st_size as u64, immutable)
-            .and_then(|placed| {
+            .and_then(|mut copied| {
+                if self.hash {
+                    let (d, _) = digests::hash_fd(to.as_fd()).map_err(Error::op("hash"))?;
+                    copied.digest = Some(d);
+                }
                 finish_copy(&to, &st, &plan)?;
-                Ok(placed)
+                Ok(copied)
             });
         if result.is_err() {
             // A partial copy must never pass for the real file.
@@ -199,19 +233,19 @@ impl Copier {
     ) -> Result<Copied, Error> {
         if size == 0 {
             if immutable {
-                return Ok(Copied::Written(0));
+                return Ok(Copied::written(0));
             }
             // Still read once: a file that grew since fstat is copied whole.
-            return read_write(from, to, 0, None).map(Copied::Written);
+            return read_write(from, to, 0, None).map(Copied::written);
         }
         let caps = &self.caps;
         if caps.reflink.load(Ordering::Relaxed) {
             match rfs::ioctl_ficlone(to, from) {
-                Ok(()) if immutable => return Ok(Copied::Reflinked(size)),
+                Ok(()) if immutable => return Ok(Copied::reflinked(size)),
                 Ok(()) => {
                     // A file that changes in place may have grown: the clone took it whole.
                     let n = rfs::fstat(to).map_or(size, |s| s.st_size as u64);
-                    return Ok(Copied::Reflinked(n));
+                    return Ok(Copied::reflinked(n));
                 }
                 Err(e) if clone_refused(e) => caps.reflink.store(false, Ordering::Relaxed),
                 // Anything else (ENOSPC, EIO): the next method reports it if it persists.
@@ -223,10 +257,10 @@ impl Copier {
             let mut total = 0u64;
             loop {
                 if limit.is_some_and(|l| total >= l) {
-                    return Ok(Copied::Written(total));
+                    return Ok(Copied::written(total));
                 }
                 match rfs::copy_file_range(from, None, to, None, 1 << 30) {
-                    Ok(0) => return Ok(Copied::Written(total)),
+                    Ok(0) => return Ok(Copied::written(total)),
                     Ok(n) => total += n as u64,
                     Err(e) if total == 0 && cfr_refused(e) => {
                         caps.cfr.store(false, Ordering::Relaxed);
@@ -236,7 +270,7 @@ impl Copier {
                 }
             }
         }
-        read_write(from, to, 0, limit).map(Copied::Written)
+        read_write(from, to, 0, limit).map(Copied::written)
     }
 }
 

@@ -203,12 +203,13 @@ pub fn open_file_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> 
 }
 
 /// Creates file `name` in `dir` for writing with `mode` (before the umask); fails with `EEXIST`
-/// when anything, a symlink included, is there already, so nothing is ever overwritten.
+/// when anything, a symlink included, is there already, so nothing is ever overwritten. Opened
+/// for reading too, so that a copy can be hashed from what was written (`digests.rs`).
 pub fn create_file_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> Result<OwnedFd, Errno> {
     rfs::openat(
         dir,
         name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(mode),
     )
 }

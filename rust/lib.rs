@@ -23,6 +23,7 @@ mod checkrepo;
 mod classify;
 mod copy;
 mod delete;
+mod digests;
 mod error;
 mod fsid;
 mod fsutil;

@@ -44,19 +44,8 @@ pub enum Placed {
     Linked,
     /// Hardlinked from the reference; its size (from a stat of the placed file).
     Reused(u64),
-    /// Copied; the number of bytes written.
-    Copied(u64),
-    /// Copied by a reflink (shared extents); the file's size.
-    Reflinked(u64),
-}
-
-impl From<Copied> for Placed {
-    fn from(c: Copied) -> Placed {
-        match c {
-            Copied::Written(n) => Placed::Copied(n),
-            Copied::Reflinked(n) => Placed::Reflinked(n),
-        }
-    }
+    /// Copied (possibly by a reflink); what the copy wrote.
+    Copied(Copied),
 }
 
 /// Shared decisions of one operation (one area, one tree): whether links are still tried, why
@@ -108,6 +97,14 @@ impl LinkPolicy {
     pub fn with_reuse_cutoff(self, cutoff: Option<i64>) -> Self {
         LinkPolicy {
             reuse_cutoff: cutoff,
+            ..self
+        }
+    }
+
+    /// The same policy, hashing every copy from what it wrote when `on` (`digests.rs`).
+    pub fn hashing(self, on: bool) -> Self {
+        LinkPolicy {
+            copier: self.copier.hashing(on),
             ..self
         }
     }
@@ -226,7 +223,7 @@ impl LinkPolicy {
         immutable: bool,
         reason: Reason,
     ) -> Result<Placed, Error> {
-        let placed = self.copier.copy_file(src, dst, name, immutable)?.into();
+        let placed = Placed::Copied(self.copier.copy_file(src, dst, name, immutable)?);
         if let Some(e) = reason {
             let _ = self.first_fallback.compare_exchange(
                 0,
@@ -416,7 +413,7 @@ mod tests {
                 assert_eq!(placed, Placed::Reused(9), "cutoff {cutoff:?}");
                 assert_eq!(bytes, b"old bytes");
             } else {
-                assert!(matches!(placed, Placed::Copied(9) | Placed::Reflinked(9)));
+                assert!(matches!(placed, Placed::Copied(c) if c.bytes == 9));
                 assert_eq!(bytes, b"new bytes");
                 assert_eq!(
                     p.fallbacks(),
@@ -453,7 +450,11 @@ mod tests {
         let p = LinkPolicy::new(true);
         assert_eq!(
             p.link_or_copy(src.as_fd(), dst.as_fd(), c"7").unwrap(),
-            Placed::Copied(data.len() as u64)
+            Placed::Copied(Copied {
+                bytes: data.len() as u64,
+                reflinked: false,
+                digest: None
+            })
         );
         let a = std::fs::metadata(&f).unwrap();
         let b = std::fs::metadata(s.path("dst/7")).unwrap();
@@ -503,7 +504,9 @@ mod tests {
         if same_dev {
             return;
         }
-        assert_eq!((a, b), (Placed::Copied(3), Placed::Copied(3)));
+        assert!([a, b]
+            .iter()
+            .all(|p| matches!(p, Placed::Copied(c) if c.bytes == 3)));
         assert_eq!(p.first_fallback(), Some(Errno::XDEV));
         assert_eq!(
             p.fallbacks(),

@@ -243,6 +243,8 @@ pub struct Sink<'a> {
     pub tally: Tally,
     /// Prefix of every reported path.
     prefix: Vec<u8>,
+    /// Where placed files are noted for the backup's digests (`digests.rs`); None: not recorded.
+    pub recorder: Option<crate::digests::Recorder>,
 }
 
 impl<'a> Sink<'a> {
@@ -252,6 +254,15 @@ impl<'a> Sink<'a> {
             progress,
             tally: Tally::default(),
             prefix: prefix.to_vec(),
+            recorder: None,
+        }
+    }
+
+    /// The same sink, noting placed files for digests when `on`.
+    pub fn recording(self, on: bool) -> Self {
+        Sink {
+            recorder: on.then(crate::digests::Recorder::default),
+            ..self
         }
     }
 

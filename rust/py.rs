@@ -17,7 +17,7 @@ use std::sync::Arc;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyAny, PyBytes, PyDict};
 
 use crate::areas::{self, AreaSpec};
 use crate::check::{self, CheckJob, CheckOptions};
@@ -33,7 +33,7 @@ use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{self, AreaJob, BackupOptions, Transferred, TreeCopy};
 use crate::walk::Fence;
-use crate::{delete, fsutil, gen, msgpath, priority};
+use crate::{delete, digests, fsutil, gen, msgpath, priority};
 
 create_exception!(
     _engine,
@@ -203,7 +203,113 @@ fn transfer_dict<'py>(py: Python<'py>, t: &Transferred) -> PyResult<Bound<'py, P
         t.first_fallback.map(|e| e.raw_os_error()),
     )?;
     d.set_item("link_fallbacks", t.fallbacks)?;
+    let sh = PyDict::new(py);
+    sh.set_item("shards_written", t.shards.written)?;
+    sh.set_item("shards_linked", t.shards.linked)?;
+    sh.set_item("bytes_written", t.shards.bytes)?;
+    sh.set_item("messages", t.shards.messages)?;
+    sh.set_item("pending", t.shards.pending)?;
+    d.set_item("digests", sh)?;
+    let files = t
+        .files
+        .iter()
+        .map(|f| {
+            (
+                PyBytes::new(py, &f.path),
+                f.size,
+                f.digest.map(|d| PyBytes::new(py, &d)),
+            )
+        })
+        .collect::<Vec<_>>();
+    d.set_item("files", files)?;
     Ok(d)
+}
+
+/// An entry of a digest file as Python sees it: (key, size, digest or None, how), the key an
+/// int (a shard's message ID) or bytes (a path of `files`).
+type PyEntry<'py> = (Bound<'py, PyAny>, u64, Option<Bound<'py, PyBytes>>, char);
+
+/// An entry as Python hands it to [`render_digests`] (the digest as 32 bytes).
+type PyEntryIn<'py> = (Bound<'py, PyAny>, u64, Option<Vec<u8>>, char);
+
+/// The entries of a digest file (`digests.rs`); `shard`: keys are message IDs, else paths.
+/// Raises ValueError naming what is wrong (the file is then damaged).
+#[pyfunction]
+#[pyo3(signature = (data, *, shard))]
+fn parse_digests<'py>(py: Python<'py>, data: &[u8], shard: bool) -> PyResult<Vec<PyEntry<'py>>> {
+    fn out<'py, K>(
+        py: Python<'py>,
+        entries: Vec<digests::Entry<K>>,
+        key: impl Fn(Python<'py>, K) -> PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<PyEntry<'py>>> {
+        entries
+            .into_iter()
+            .map(|e| {
+                Ok((
+                    key(py, e.key)?,
+                    e.size,
+                    e.digest.map(|d| PyBytes::new(py, &d)),
+                    e.how.as_char(),
+                ))
+            })
+            .collect()
+    }
+    if shard {
+        let e = digests::parse::<u64>(data).map_err(PyValueError::new_err)?;
+        out(py, e, |py, k| Ok(k.into_pyobject(py)?.into_any()))
+    } else {
+        let e = digests::parse::<Vec<u8>>(data).map_err(PyValueError::new_err)?;
+        out(py, e, |py, k| Ok(PyBytes::new(py, &k).into_any()))
+    }
+}
+
+/// The text of a digest file holding `entries` ((key, size, digest or None, how) as
+/// [`parse_digests`] gives them), sorted here.
+#[pyfunction]
+#[pyo3(signature = (entries, *, shard))]
+fn render_digests<'py>(
+    py: Python<'py>,
+    entries: Vec<PyEntryIn<'py>>,
+    shard: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    fn entry<K>(
+        key: K,
+        size: u64,
+        digest: Option<Vec<u8>>,
+        how: char,
+    ) -> PyResult<digests::Entry<K>> {
+        let how = digests::How::from_char(how)
+            .ok_or_else(|| PyValueError::new_err("how must be 'w', 'r' or '-'"))?;
+        let digest = digest
+            .map(|d| <digests::Digest>::try_from(d.as_slice()))
+            .transpose()
+            .map_err(|_| PyValueError::new_err("a digest has 32 bytes"))?;
+        if digest.is_none() != (how == digests::How::None) {
+            return Err(PyValueError::new_err(
+                "an entry has a digest exactly when how is not '-'",
+            ));
+        }
+        Ok(digests::Entry {
+            key,
+            size,
+            digest,
+            how,
+        })
+    }
+    let text = if shard {
+        let mut v = entries
+            .into_iter()
+            .map(|(k, size, d, how)| entry(k.extract::<u64>()?, size, d, how))
+            .collect::<PyResult<Vec<_>>>()?;
+        digests::render(&mut v)
+    } else {
+        let mut v = entries
+            .into_iter()
+            .map(|(k, size, d, how)| entry(k.extract::<Vec<u8>>()?, size, d, how))
+            .collect::<PyResult<Vec<_>>>()?;
+        digests::render(&mut v)
+    };
+    Ok(PyBytes::new(py, &text))
 }
 
 /// An ID set from packed little-endian u64s.
@@ -269,6 +375,10 @@ struct AreaArgs<'py> {
     /// Where `verify --fix` moves this area's strays, below `fix_root`.
     #[pyo3(item("fix_rel"), default)]
     fix_rel: Option<Vec<u8>>,
+    /// Backup: the existing directory the area's shard files of digests go into, and the
+    /// area's shard directory below the reference's `digests/` (e.g. `accounts/bob`).
+    #[pyo3(item("digests"), default)]
+    digests: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl AreaArgs<'_> {
@@ -307,7 +417,7 @@ impl AreaArgs<'_> {
 /// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
 /// left out (a backup never holds one).
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None))]
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None, reference_digests = None))]
 #[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
@@ -319,6 +429,7 @@ fn backup_areas<'py>(
     skip: Vec<(u64, u64)>,
     reference: Option<PathBuf>,
     reference_cutoff: Option<i64>,
+    reference_digests: Option<PathBuf>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas = areas
         .iter()
@@ -329,6 +440,7 @@ fn backup_areas<'py>(
             Ok(AreaJob {
                 spec: a.spec()?,
                 dst,
+                digests: a.digests.clone(),
             })
         })
         .collect::<PyResult<Vec<_>>>()?;
@@ -341,6 +453,9 @@ fn backup_areas<'py>(
         },
         reference: reference.map(|r| open_root(None, &r)).transpose()?,
         reference_cutoff,
+        // A reference without digests (made before they existed) is no error: shards are then
+        // written anew, reused messages without a digest.
+        reference_digests: reference_digests.and_then(|r| open_root(None, &r).ok()),
     };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || transfer::backup_areas(&areas, &opts, &p))?;
@@ -351,7 +466,7 @@ fn backup_areas<'py>(
 /// `root`, `src` is relative to that directory descriptor. `skip`: directories never entered,
 /// by `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None, reference_cutoff = None))]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None, reference_cutoff = None, digests = false))]
 #[allow(clippy::too_many_arguments)]
 fn copy_tree<'py>(
     py: Python<'py>,
@@ -368,6 +483,7 @@ fn copy_tree<'py>(
     skip_locks: bool,
     reference: Option<PathBuf>,
     reference_cutoff: Option<i64>,
+    digests: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let job = TreeCopy {
         prefix,
@@ -380,6 +496,7 @@ fn copy_tree<'py>(
         fence: Fence { skip, skip_locks },
         reference: reference.map(|r| open_root(None, &r)).transpose()?,
         reference_cutoff,
+        digests,
     };
     let root = anchor(root)?;
     let (src, dst) = (open_root(root.as_ref(), &src)?, open_root(None, &dst)?);
@@ -933,5 +1050,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fs_identity, m)?)?;
     m.add_function(wrap_pyfunction!(set_fs_identity, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_digests, m)?)?;
+    m.add_function(wrap_pyfunction!(render_digests, m)?)?;
     Ok(())
 }

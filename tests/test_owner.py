@@ -197,8 +197,13 @@ def test_backup_verify_restore_keep_the_store_usable_by_its_owner(public_dir):
     assert p.returncode == 0, p.stdout + p.stderr
     # The backup keeps the store's owners (and modes, capped at 0770 for directories).
     src_owners = {k: v for k, v in owners_and_modes(src).items() if not k.endswith("-lock") and not k.startswith("data/tmp")}
-    bk_owners = {k: v for k, v in owners_and_modes(bk).items() if k != "mailbak.json"}
+    listing = owners_and_modes(bk)
+    bk_owners = {k: v for k, v in listing.items() if k != "mailbak.json" and k.split("/")[0] != "digests"}
     assert set(bk_owners) == set(src_owners)
+    # The digests are the backup's own: root's, for nobody else.
+    digest_owners = {v for k, v in listing.items() if k.split("/")[0] == "digests"}
+    assert digest_owners and {(uid, gid) for uid, gid, _ in digest_owners} == {(0, 0)}
+    assert {mode & 0o077 for _, _, mode in digest_owners} == {0}
     for rel, (uid, gid, mode) in bk_owners.items():
         s_uid, s_gid, s_mode = src_owners[rel]
         assert (uid, gid) == (s_uid, s_gid), rel

@@ -19,6 +19,8 @@ __all__ = [
     "copy_tree",
     "delete_tree",
     "diff_ids",
+    "parse_digests",
+    "render_digests",
     "check_areas",
     "lmdb_check",
     "read_index",
@@ -93,6 +95,17 @@ class TransferResult(Tally):
 
     link_fallback_errno: int | None
     link_fallbacks: int
+    digests: ShardFacts  # the area's shard files (backup_areas with "digests"; zeros otherwise)
+    files: list[tuple[bytes, int, bytes | None]]  # plain files placed: (path, size, digest or None if reused); calls recording digests only
+
+class ShardFacts(TypedDict):
+    """What writing one area's shard files of digests did (docs/FORMAT.md, "Digests")."""
+
+    shards_written: int
+    shards_linked: int
+    bytes_written: int
+    messages: int
+    pending: int
 
 class Area(TypedDict, total=False):
     """One message area (the queue or an account) for backup_areas and check_areas."""
@@ -109,6 +122,7 @@ class Area(TypedDict, total=False):
     next_id: int  # the first ID not allocated at the snapshot; files at the path of an ID from here on are new
     prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
     fix_rel: bytes  # check_areas with fix_root: where this area's strays go below fix_root
+    digests: tuple[StrPath, bytes]  # backup_areas: the directory for the area's shard files, and its place below reference_digests
 
 def backup_areas(
     areas: list[Area],
@@ -120,6 +134,7 @@ def backup_areas(
     skip: list[tuple[int, int]] = ...,
     reference: StrPath | None = None,
     reference_cutoff: int | None = None,
+    reference_digests: StrPath | None = None,
 ) -> list[TransferResult]:
     """Backs up message areas from their index snapshots, all in one pool (workers spread over
     every area's directories); one result per area, in order.
@@ -155,7 +170,13 @@ def backup_areas(
     in the clock tick the reference copied it in keeps its size and mtime: "racily clean"). With a ``reference``, copies because the destination is on another file
     system are plain copies, not fallbacks. Copies try a reflink, ``copy_file_range``, then
     read/write (what fails is remembered per pair of file systems for the process) and keep
-    the source's mtime."""
+    the source's mtime.
+
+    An area with ``digests`` (directory, rel) records digests (docs/FORMAT.md, "Digests"):
+    every copy is hashed from what it wrote, and after the walk the area's shard files are
+    written into the directory; a shard in which every message was reused is hardlinked from
+    ``reference_digests``/rel when that holds it. The result's ``digests`` says what was written
+    and ``files`` lists the plain files placed."""
 
 def copy_tree(
     src: StrPath,
@@ -172,6 +193,7 @@ def copy_tree(
     skip_locks: bool = False,
     reference: StrPath | None = None,
     reference_cutoff: int | None = None,
+    digests: bool = False,
 ) -> TransferResult:
     """Copies a tree into ``dst`` (which must exist): files copied with their mode bits and
     mtime, symlinks recreated and never followed, special files skipped with a warning. ``only``
@@ -180,7 +202,16 @@ def copy_tree(
     ``backup_areas`` (``src`` relative to ``root``); ``skip_locks``: leave out LMDB lock files.
     ``reference``, ``reference_cutoff``: as for ``backup_areas``; the tree in it is at
     ``prefix`` (message files of ``message_tree`` have no recorded size here and are never
-    reused)."""
+    reused). With ``digests``, every copy is hashed from what it wrote and the result's
+    ``files`` lists the regular files placed."""
+
+def parse_digests(data: bytes, *, shard: bool) -> list[tuple[int | bytes, int, bytes | None, str]]:
+    """The entries (key, size, digest or None, how) of a digest file: keys are message IDs
+    with ``shard``, else paths (unescaped). Raises ValueError naming what is wrong: a bad header,
+    a malformed line, entries out of order, a missing or wrong trailer checksum."""
+
+def render_digests(entries: list[tuple[int | bytes, int, bytes | None, str]], *, shard: bool) -> bytes:
+    """The text of a digest file holding ``entries`` (sorted here): header, entries, trailer."""
 
 class DeleteResult(TypedDict):
     """What ``delete_tree`` removed, and its event counts."""

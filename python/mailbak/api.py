@@ -349,6 +349,7 @@ def backup(
     config: PathArg | None = None,
     data: PathArg | None = None,
     link_dest: PathArg | None = None,
+    digests: bool = True,
     verbose: bool = False,
     on_event: EventCallback | None = None,
 ) -> BackupResult:
@@ -357,13 +358,14 @@ def backup(
 
     ``config``/``data`` override STORE/config and STORE/data; ``link_dest`` names a complete
     backup to reuse unchanged files from (``--link-dest``; default for a repository: its newest
-    complete snapshot); ``jobs`` is the number of worker threads (default: one per core, at
-    least 2); ``on_event`` receives each JSON Lines object (status, warning, error, summary;
-    per-file "info" lines too with ``verbose``)."""
+    complete snapshot); ``digests=False`` records no digests (``--no-digests``); ``jobs`` is
+    the number of worker threads (default: one per core, at least 2); ``on_event`` receives each
+    JSON Lines object (status, warning, error, summary; per-file "info" lines too with
+    ``verbose``)."""
     from mailbak.archiver import backup_job
 
     reporter = event_reporter(on_event, verbose)
-    job, facts = run_api(lambda: backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, link_dest=link_dest), reporter)
+    job, facts = run_api(lambda: backup_job(store, dest, config=config, data=data, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, link_dest=link_dest, record_digests=digests), reporter)
     return _result(BackupResult, facts, dest=job.target)
 
 

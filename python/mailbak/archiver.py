@@ -28,6 +28,7 @@ transaction across files); each area's files agree with its own index, which is 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mailbak import __version__, _engine, manifest, repository, testclock, testpause
+from mailbak import __version__, _engine, digests, manifest, repository, testclock, testpause
 from mailbak.anchor import DataRoot, identity, inside, open_problem, open_store_dir
 from mailbak.destdir import DEFAULT_DIR_MODE, HeldDir, check_destination, hold_existing, hold_new, hold_parent, is_backup, make_dir, private_tmp_warning
 from mailbak.errors import DestinationFull, ManifestError, UsageError
@@ -106,8 +107,12 @@ class Backup:
     counts_bytes: ClassVar[bool] = True
     reports_failure: ClassVar[bool] = False
 
-    def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False, link_dest: Path | None = None):
+    def __init__(self, paths: StorePaths, dest: Path, *, jobs: int, reporter: Reporter, verbose: bool = False, link_dest: Path | None = None, record_digests: bool = True):
         self.paths = paths
+        #: What the run records for ``digests/`` (digests.py), set up in phase 2; None when
+        #: digests are off (``--no-digests``) or their directory could not be made.
+        self.recording: digests.Recording | None = None
+        self.record_digests = record_digests
         #: DEST as given: the directory to back up into, or a repository.
         self.dest = dest
         #: The new snapshot's directory when DEST is a repository (set in phase 1, by
@@ -331,6 +336,8 @@ class Backup:
 
     def _run(self) -> Status:
         self.format_version = self.store_format_version()
+        if self.record_digests:
+            self.start_digests()
         self.runner.new_phase("config")
         self.copy_tree(".", self.out / "config", b"config", root=self.config_fd)
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
@@ -347,6 +354,7 @@ class Backup:
         self.runner.finish()
         # The engine's own tallies as well as the events received: a lost event must never turn
         # a failed backup into an ok one.
+        self.finish_digests()
         status = Status.FAILED if self.error_count() else Status.OK
         testpause.pause("backup.before_manifest")
         _engine.syncfs(self.out)
@@ -355,10 +363,39 @@ class Backup:
         testpause.pause("backup.manifest_written")
         return status
 
+    def start_digests(self) -> None:
+        """Phase 2: makes ``digests/`` in the backup and reads the reference's ``digests/files``
+        (what reused files inherit). A directory that cannot be made is an error of the run (its
+        digests would be incomplete), and the run goes on without them."""
+        ref_fd = None
+        try:
+            os.mkdir(self.out / digests.DIR, digests.DIR_MODE)
+            if self.reference is not None and self.reference_cutoff is not None:
+                try:
+                    ref_fd = os.open(self.reference, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    ref_fd = None
+            self.recording = digests.Recording.against(ref_fd)
+        except OSError as e:
+            self.reporter.error("digests", digests.DIR, f"cannot make the digests directory ({e.strerror}); no digests recorded")
+        finally:
+            if ref_fd is not None:
+                os.close(ref_fd)
+
+    def digest_args(self) -> dict[str, Any]:
+        """The engine's ``digests`` argument of a plain copy."""
+        return {"digests": True} if self.recording is not None else {}
+
+    def note_files(self, result: dict[str, Any]) -> None:
+        """Records the plain files an engine call placed."""
+        if self.recording is not None:
+            self.recording.add_engine_files(result.get("files", ()))
+
     def copy_tree(self, src: str, dst: Path, prefix: bytes, root: int) -> dict[str, int]:
         """Copies ``src`` below the directory descriptor ``root`` (never through a symlink)."""
-        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, root=root, skip=self.skip, **self.reference_arg())
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, root=root, skip=self.skip, **self.reference_arg(), **self.digest_args())
         self.runner.note_link_fallback(result, self.exdev_hint)
+        self.note_files(result)
         return result
 
     def copy_data(self, rel: str, dst: Path, only: list[bytes] | None = None) -> dict[str, int]:
@@ -366,12 +403,13 @@ class Backup:
         files left out."""
         prefix = f"data/{rel}".rstrip("/").encode()
         try:
-            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True, **self.reference_arg())
+            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True, **self.reference_arg(), **self.digest_args())
         except OSError as e:
             # data/rel was replaced (by a symlink, say) after it was checked: reported, never followed.
             self.reporter.error("area_missing", prefix, f"cannot open the directory without following a symlink ({e.strerror}); not backed up")
             return {}
         self.runner.note_link_fallback(result, self.exdev_hint)
+        self.note_files(result)
         return result
 
     def reference_arg(self) -> dict[str, Any]:
@@ -403,6 +441,15 @@ class Backup:
             self.reporter.error("database", f"data/{rel}", f"database not backed up: {e}")
             return False
         self.databases[rel] = {"txnid": copy.txnid, "copy_txnid": copy.copy_txnid, "bytes": copy.size}
+        if self.recording is not None:
+            # Hashed as written (the copy is still in the page cache): what verify --read-data
+            # and check compare it with later. The copy is in the backup, root's own directory.
+            try:
+                digest, size = digests.hash_at(self.held[-1].fd, f"data/{rel}")
+            except OSError as e:
+                self.reporter.error("digests", f"data/{rel}", f"cannot hash the database as written ({e.strerror}); it has no digest")
+            else:
+                self.recording.add_written(f"data/{rel}".encode(), digest, size)
         return True
 
     def snapshot_databases(self) -> None:
@@ -483,11 +530,44 @@ class Backup:
     def backup_areas(self) -> None:
         """Phase 5: every area in one engine call, so workers spread over all of them; an area's
         plain files (an account's junk filter) travel with its messages."""
-        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst} for a in self.areas]
-        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, **self.reference_arg())
+        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst, **self.shard_arg(a)} for a in self.areas]
+        extra = self.reference_arg()
+        if extra and self.recording is not None:
+            extra["reference_digests"] = self.reference / digests.DIR
+        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, **extra)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
+            self.note_files(result)
+            if self.recording is not None:
+                self.recording.add_shards(result["digests"])
+
+    def finish_digests(self) -> None:
+        """Phase 7, before the manifest: ``digests/files``. Written last, so that a run stopped
+        earlier leaves no ``files`` at all (and no manifest saying ok: its digests are never
+        trusted)."""
+        if self.recording is None:
+            return
+        try:
+            self.recording.write_files(self.held[-1].fd)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DestinationFull(f"{self.target}: no space left writing the digests ({e.strerror})") from e
+            self.reporter.error("digests", f"{digests.DIR}/{digests.FILES}", f"cannot write it ({e.strerror}); the backup's digests are incomplete")
+
+    def shard_arg(self, area: Area) -> dict[str, Any]:
+        """The engine's ``digests`` item of an area: the directory its shard files go into (made
+        here) and its place below the reference's ``digests/``; empty when not recording."""
+        if self.recording is None:
+            return {}
+        where = self.out / digests.area_dir(area.rel)
+        try:
+            where.parent.mkdir(mode=digests.DIR_MODE, exist_ok=True)
+            where.mkdir(mode=digests.DIR_MODE)
+        except OSError as e:
+            self.reporter.error("digests", digests.area_dir(area.rel), f"cannot make the area's digests directory ({e.strerror}); its messages have no digests")
+            return {}
+        return {"digests": (where, area.rel.encode())}
 
     def copy_other_files(self) -> None:
         """Phase 6: the rest of data/ (the areas' own plain files went with their messages)."""
@@ -589,6 +669,7 @@ class Backup:
             "snapshot": self.snapshot_path.name if self.snapshot_path is not None else None,
             "reference": str(self.reference) if self.reference is not None else None,
             "transfer": self.transfer(),
+            **({"digests": self.recording.facts()} if self.recording is not None else {}),
             "warnings": counts.warnings,
             "errors": self.error_count(),
         }
@@ -621,14 +702,14 @@ class Backup:
 PathArg = str | os.PathLike[str]
 
 
-def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool, link_dest: PathArg | None = None) -> Backup:
+def backup_job(store: PathArg, dest: PathArg, *, config: PathArg | None, data: PathArg | None, jobs: int, reporter: Reporter, verbose: bool, link_dest: PathArg | None = None, record_digests: bool = True) -> Backup:
     """The job of a backup, as the command line and the API make it: STORE/config and
     STORE/data unless given; first a warning when DEST would vanish with its service's
     private /tmp."""
     warning = private_tmp_warning(dest)
     if warning:
         reporter.warn("private_tmp", os.fspath(dest), warning)
-    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose, link_dest=Path(link_dest) if link_dest is not None else None)
+    return Backup(StorePaths.of(store, config, data), Path(dest), jobs=jobs, reporter=reporter, verbose=verbose, link_dest=Path(link_dest) if link_dest is not None else None, record_digests=record_digests)
 
 
 def check_reference(path: Path) -> Path:

@@ -152,10 +152,11 @@ def main() -> None:
 @click.option("--config", "config_dir", type=click.Path(path_type=Path), help="Config directory (default: STORE/config).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Data directory (default: STORE/data).")
 @click.option("--link-dest", type=click.Path(path_type=Path), metavar="PREV", help="Reuse (hardlink) unchanged files from PREV, a complete backup (default for a repository DEST: its newest complete snapshot).")
+@click.option("--no-digests", is_flag=True, help="Record no SHA-256 digests of the files (BACKUP/digests/): `check --read-data` and `verify --read-data` then prove sizes only.")
 @jobs_option
 @output_options
 @monitor_options
-def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, no_digests, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Back up STORE into DEST while the server runs.
 
     \b
@@ -191,7 +192,7 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, jobs, json_
     from mailbak.report import make_reporter
 
     def job(reporter: Reporter) -> Job:
-        return backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest)
+        return backup_job(store, dest, config=config_dir, data=data_dir, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, link_dest=link_dest, record_digests=not no_digests)
 
     run_command(Backup, store, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 

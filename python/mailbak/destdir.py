@@ -26,6 +26,7 @@ import re
 import stat
 from pathlib import Path
 
+from mailbak import digests
 from mailbak.errors import UsageError
 from mailbak.fsio import open_dir, open_dir_search
 from mailbak.identity import PROC_FD
@@ -40,7 +41,7 @@ DEFAULT_DIR_MODE = 0o750
 DIR_MODE_CAP = 0o770
 
 #: The entries at the top of a backup.
-BACKUP_ENTRIES = ("config", "data", MANIFEST)
+BACKUP_ENTRIES = ("config", "data", MANIFEST, digests.DIR)
 
 
 def is_backup(path: Path) -> bool:

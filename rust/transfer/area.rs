@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 
 use rustix::io::Errno;
 
-use super::{copy_plain, count_placed, ref_of, reference_below};
+use super::{copy_plain, count_placed, record_plain, ref_of, reference_below};
 use crate::areas::{AreaState, Unseen};
 use crate::classify::{Area, Class, Snapshot};
+use crate::digests::{MessageRecord, Source};
 use crate::error::Error;
 use crate::fsutil::{self, join, Kind};
 use crate::linkcopy::{LinkPolicy, Placed};
@@ -116,7 +117,8 @@ impl<'a> AreaBackup<'a> {
         match self.policy.place_message(src, dst, name, reference) {
             Ok(p) => {
                 count_placed(self.sink, rel, p);
-                self.check_size(dst, name, rel, i, p);
+                let size = self.check_size(dst, name, rel, i, p);
+                self.record(id, size, p);
             }
             Err(Error {
                 errno: Errno::NOENT,
@@ -129,22 +131,54 @@ impl<'a> AreaBackup<'a> {
     }
 
     /// Step 4: the placed file (what verify of the backup will stat) against its record.
-    fn check_size(&self, dst: BorrowedFd<'_>, name: &CStr, rel: &[u8], i: usize, placed: Placed) {
-        let Some(want) = self.state.sizes[i] else {
-            return;
-        };
+    fn check_size(
+        &self,
+        dst: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &[u8],
+        i: usize,
+        placed: Placed,
+    ) -> Option<u64> {
+        let want = self.state.sizes[i];
         let have = match placed {
-            Placed::Copied(n) | Placed::Reflinked(n) | Placed::Reused(n) => n,
+            Placed::Copied(c) => c.bytes,
+            Placed::Reused(n) => n,
+            // A file linked from the store is stat'ed only when there is a size to compare with
+            // (or to record: its digest entry needs one).
+            Placed::Linked if want.is_none() && self.sink.recorder.is_none() => return None,
             Placed::Linked => match fsutil::lstat_at(dst, name) {
                 Ok(st) => st.st_size as u64,
-                Err(e) => return self.sink.io_error(rel, "stat", e),
+                Err(e) => {
+                    self.sink.io_error(rel, "stat", e);
+                    return None;
+                }
             },
+        };
+        let Some(want) = want else {
+            return Some(have);
         };
         if have != want {
             Tally::bump(&self.sink.tally.damaged);
             let id = self.state.id(i);
             self.sink.error("size_mismatch", rel, 0, format!("message {id}: file has {have} bytes, its record says {want}; backed up as it is"));
         }
+        Some(have)
+    }
+
+    /// Notes placed message file `id` of `size` for the backup's digests, when it records them.
+    fn record(&self, id: u64, size: Option<u64>, placed: Placed) {
+        let (Some(recorder), Some(size)) = (self.sink.recorder.as_ref(), size) else {
+            return;
+        };
+        let source = match placed {
+            Placed::Linked => Source::Linked,
+            Placed::Reused(_) => Source::Reused,
+            Placed::Copied(c) => match c.digest {
+                Some(d) => Source::Copied(d),
+                None => Source::Linked,
+            },
+        };
+        recorder.message(MessageRecord { id, size, source });
     }
 
     /// Reports the file of snapshot message `id` missing (see `place`).
@@ -281,14 +315,16 @@ impl Visitor for AreaBackup<'_> {
                 // and in bytes, not as a message: the area's progress counts messages only.
                 Tally::bump(&t.known);
                 match self.policy.place_plain(dir.src, dst, name, ref_of(dir)) {
-                    Ok(Placed::Reused(_)) => {
+                    Ok(p @ Placed::Reused(_)) => {
                         Tally::bump(&t.reused);
                         self.sink
                             .info("reused", &rel, "hardlinked from the reference");
+                        record_plain(self.sink, &rel, p);
                     }
-                    Ok(Placed::Copied(n) | Placed::Reflinked(n)) => {
-                        t.bytes_copied.fetch_add(n, Ordering::Relaxed);
+                    Ok(p @ Placed::Copied(c)) => {
+                        t.bytes_copied.fetch_add(c.bytes, Ordering::Relaxed);
                         self.sink.info("copied", &rel, "copied");
+                        record_plain(self.sink, &rel, p);
                     }
                     Ok(Placed::Linked) => {
                         unreachable!("plain files are never linked from the store")

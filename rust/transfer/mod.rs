@@ -34,7 +34,7 @@ mod tests;
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use rayon::prelude::*;
@@ -42,6 +42,7 @@ use rustix::io::Errno;
 
 use crate::areas::{open_area_root, AreaSpec};
 use crate::classify::Area;
+use crate::digests::{self, FileRecord, ShardStats};
 use crate::error::Error;
 use crate::fsutil::{self, Kind};
 use crate::linkcopy::{LinkPolicy, Placed};
@@ -57,6 +58,10 @@ pub struct AreaJob {
     pub spec: AreaSpec,
     /// The destination directory, opened as named.
     pub dst: PathBuf,
+    /// Where the area's shard files of digests go (an existing, empty directory), and the
+    /// path of the area's shard directory below the reference's digests directory; None: no
+    /// digests recorded.
+    pub digests: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// What every area of a backup call shares.
@@ -74,6 +79,9 @@ pub struct BackupOptions {
     /// Reference files with an mtime at or after this (ns since the epoch) are copied, never
     /// reused ([`LinkPolicy::with_reuse_cutoff`]).
     pub reference_cutoff: Option<i64>,
+    /// The reference's `digests` directory, whose shard files unchanged shards are linked
+    /// from (`digests.rs`).
+    pub reference_digests: Option<OwnedFd>,
 }
 
 /// The directory `prefix` below reference root `r`, opened without following a symlink at
@@ -82,8 +90,8 @@ fn reference_below(r: Option<&OwnedFd>, prefix: &[u8]) -> Option<OwnedFd> {
     fsutil::open_dir_below(r?.as_fd(), prefix).ok()
 }
 
-/// What a transfer did: its counts, the errno of its first link that became a copy, and how
-/// many files were copied because a link was impossible.
+/// What a transfer did: its counts, the errno of its first link that became a copy, how many
+/// files were copied because a link was impossible, and what it recorded for digests.
 #[derive(Debug)]
 pub struct Transferred {
     /// The counts.
@@ -92,15 +100,26 @@ pub struct Transferred {
     pub first_fallback: Option<Errno>,
     /// Files copied because a link was impossible.
     pub fallbacks: u64,
+    /// The shard files of digests written for the area (backups recording digests).
+    pub shards: ShardStats,
+    /// The plain files placed (recording calls only), for the backup's `digests/files`.
+    pub files: Vec<FileRecord>,
 }
 
 impl Transferred {
     /// The outcome of a call that reported into `sink` with `policy`.
     fn of(sink: Sink<'_>, policy: &LinkPolicy) -> Self {
+        let files = sink
+            .recorder
+            .as_ref()
+            .map(|r| r.take_files())
+            .unwrap_or_default();
         Transferred {
             tally: sink.tally,
             first_fallback: policy.first_fallback(),
             fallbacks: policy.fallbacks(),
+            shards: ShardStats::default(),
+            files,
         }
     }
 }
@@ -116,7 +135,7 @@ pub fn backup_areas(
     jobs.par_iter()
         .map(|job| {
             let a = &job.spec;
-            let sink = Sink::new(progress, &a.prefix);
+            let sink = Sink::new(progress, &a.prefix).recording(job.digests.is_some());
             let mut policy = LinkPolicy::new(opts.force_copy);
             if let (Some(src), Some(dst)) = (
                 open_area_root(opts.anchor.as_ref(), &a.src, &sink),
@@ -128,15 +147,57 @@ pub fn backup_areas(
                     dst.as_fd(),
                     opts.reference.is_some(),
                 )
-                .with_reuse_cutoff(opts.reference_cutoff);
+                .with_reuse_cutoff(opts.reference_cutoff)
+                .hashing(job.digests.is_some());
                 AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
                     .with_fence(&opts.fence)
                     .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
                     .run(src, dst);
             }
-            Transferred::of(sink, &policy)
+            let shards = job
+                .digests
+                .as_ref()
+                .map(|(dir, rel)| write_area_shards(&sink, dir, rel, opts))
+                .unwrap_or_default();
+            Transferred {
+                shards,
+                ..Transferred::of(sink, &policy)
+            }
         })
         .collect()
+}
+
+/// Writes the shard files of the messages `sink` recorded into `dir`, sharing unchanged ones
+/// with the reference's shard directory `rel` (below [`BackupOptions::reference_digests`]).
+/// A shard that cannot be written is an error of the area: the backup's digests are then
+/// incomplete, and the backup failed.
+fn write_area_shards(sink: &Sink<'_>, dir: &Path, rel: &[u8], opts: &BackupOptions) -> ShardStats {
+    let Some(recorder) = sink.recorder.as_ref() else {
+        return ShardStats::default();
+    };
+    let messages = recorder.take_messages();
+    let dst = match fsutil::open_root_dir(None, dir) {
+        Ok(d) => d,
+        Err(e) => {
+            sink.io_error(b"", "open the digests directory", e);
+            return ShardStats::default();
+        }
+    };
+    let reference = reference_below(opts.reference_digests.as_ref(), rel);
+    let (stats, errors) =
+        digests::write_shards(messages, dst.as_fd(), reference.as_ref().map(|r| r.as_fd()));
+    for (shard, e) in errors {
+        sink.error(
+            "digests",
+            b"",
+            e.raw_os_error(),
+            format!(
+                "shard {shard} of the area's digests not written: {}",
+                std::io::Error::from_raw_os_error(e.raw_os_error())
+            ),
+        );
+    }
+    stats
 }
 
 /// A plain copy of one tree (see [`PlainCopy`]).
@@ -157,18 +218,21 @@ pub struct TreeCopy {
     pub reference: Option<OwnedFd>,
     /// As [`BackupOptions::reference_cutoff`].
     pub reference_cutoff: Option<i64>,
+    /// Record the regular files placed, hashing copies ([`Transferred::files`]).
+    pub digests: bool,
 }
 
 /// Copies the tree `src` into `dst` in the current rayon pool.
 pub fn copy_tree(src: OwnedFd, dst: OwnedFd, job: &TreeCopy, progress: &Progress) -> Transferred {
-    let sink = Sink::new(progress, &job.prefix);
+    let sink = Sink::new(progress, &job.prefix).recording(job.digests);
     let policy = LinkPolicy::for_roots(
         job.force_copy,
         src.as_fd(),
         dst.as_fd(),
         job.reference.is_some(),
     )
-    .with_reuse_cutoff(job.reference_cutoff);
+    .with_reuse_cutoff(job.reference_cutoff)
+    .hashing(job.digests);
     PlainCopy::new(job.messages.as_ref(), &policy, &sink)
         .with_fence(&job.fence)
         .with_reference(reference_below(job.reference.as_ref(), &job.prefix))
@@ -187,18 +251,38 @@ fn count_placed(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
             Tally::bump(&sink.tally.reused);
             sink.info("reused", rel, "hardlinked from the reference");
         }
-        Placed::Copied(n) => {
+        Placed::Copied(c) => {
             Tally::bump(&sink.tally.copied);
-            sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
-            sink.info("copied", rel, "copied");
-        }
-        Placed::Reflinked(n) => {
-            Tally::bump(&sink.tally.copied);
-            Tally::bump(&sink.tally.reflinked);
-            sink.tally.bytes_copied.fetch_add(n, Ordering::Relaxed);
-            sink.info("copied", rel, "copied (reflink)");
+            sink.tally
+                .bytes_copied
+                .fetch_add(c.bytes, Ordering::Relaxed);
+            if c.reflinked {
+                Tally::bump(&sink.tally.reflinked);
+                sink.info("copied", rel, "copied (reflink)");
+            } else {
+                sink.info("copied", rel, "copied");
+            }
         }
     }
+}
+
+/// Notes a placed plain (non-message) regular file for the backup's digests, when the call
+/// records them: a copy with the digest of what was written, a reused file without (it
+/// inherits the reference's entry).
+fn record_plain(sink: &Sink<'_>, rel: &[u8], placed: Placed) {
+    let Some(recorder) = sink.recorder.as_ref() else {
+        return;
+    };
+    let (size, digest) = match placed {
+        Placed::Copied(c) => (c.bytes, c.digest),
+        Placed::Reused(n) => (n, None),
+        Placed::Linked => unreachable!("plain files are never linked from the store"),
+    };
+    recorder.file(FileRecord {
+        path: sink.full(rel),
+        size,
+        digest,
+    });
 }
 
 /// The reference directory of a walked directory, if the walk has one there.
@@ -220,9 +304,10 @@ fn copy_plain(
     let (src, reference) = (dir.src, ref_of(dir));
     let dst = dir.dst.expect("copies mirror into a destination");
     let result = match kind {
-        Kind::File => policy
-            .place_plain(src, dst, name, reference)
-            .map(|p| count_placed(sink, rel, p)),
+        Kind::File => policy.place_plain(src, dst, name, reference).map(|p| {
+            count_placed(sink, rel, p);
+            record_plain(sink, rel, p);
+        }),
         Kind::Symlink => fsutil::copy_symlink(src, dst, name, policy.as_root())
             .map(|()| {
                 Tally::bump(&sink.tally.symlinks);

@@ -160,10 +160,12 @@ fn backup_areas_runs_every_area_in_order_below_the_anchor() {
         AreaJob {
             spec: spec("accounts/a", b"data/accounts/a"),
             dst: s.path("dst/a"),
+            digests: None,
         },
         AreaJob {
             spec: spec("accounts/b", b"data/accounts/b"),
             dst: s.path("dst/b"),
+            digests: None,
         },
     ];
     let opts = BackupOptions {
