@@ -746,9 +746,9 @@ def offsite() -> None:
     with `restic init`. docs/OFFSITE.md shows the routine.
 
     \b
-    Exit status: 0 ok, 1 failed (restic failed, or the restored backup does not
-    verify clean), 2 bad usage or input (restic missing included), 130
-    interrupted.
+    Exit status: 0 ok, 1 failed (restic failed, the restored backup does not
+    verify clean, or check found a file missing or different off-site), 2 bad
+    usage or input (restic missing included), 130 interrupted.
     """
 
 
@@ -804,6 +804,31 @@ def offsite_list(repo: Path, restic_repo, password_file, restic_opts, json_outpu
             click.echo(f"{e.name}  {e.status or '-':<10}  {where}")
 
     run_command(off.Listing, repo, Reporter(), lambda _: off.Listing(repo, config), show=show)
+
+
+@offsite.command("check")
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.argument("snapshot", required=False)
+@restic_options
+@output_options
+def offsite_check(repo: Path, snapshot: str | None, restic_repo, password_file, restic_opts, json_output, quiet, verbose) -> None:
+    """Compare SNAPSHOT of REPO (default: the newest one off-site) with its off-site copy.
+
+    \b
+    Every file's recorded SHA-256 is compared with the content blob ID of the
+    same path in the restic snapshot (restic's trees and index only: no file
+    content is downloaded). A file under 512 KiB is one restic blob whose ID
+    is its SHA-256; a larger one (several blobs) is compared by size only,
+    and counted as such. Every file missing or different off-site is named.
+    Exit status: 0 all match, 1 a file missing or different off-site, 2 bad
+    input (a snapshot not pushed, or made before digests were recorded).
+    """
+    from mailbak import offsite as off
+    from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
+
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    run_command(off.OffsiteCheck, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), lambda reporter: off.OffsiteCheck(repo, snapshot, config, reporter))
 
 
 @offsite.command("restore")
