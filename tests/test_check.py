@@ -326,3 +326,29 @@ def test_check_holds_the_repository_shared(history):
     _, repo, _ = history
     p = waits_for_a_held_repository(repo, "check", repo)
     assert p.returncode == 0, p.stderr
+
+
+def test_repair_heals_from_the_store_and_leaves_what_has_no_good_copy(history):
+    store, repo, names = history
+    victim = shared_message(repo, names)
+    rel = victim.relative_to(repo / names[-1])
+    good = (store / rel).read_bytes()
+    flip_byte(victim)
+    code, s, _, err = check(repo, "--repair")
+    assert code == 1, "damage was found (and healed): " + err
+    assert s["damaged"] == 1 and s["repaired"] == 1
+    assert [r["source"] for r in s["repairs"]] == ["store"]
+    assert sorted(s["repairs"][0]["repointed"]) == sorted(names)
+    inos = {os.stat(repo / n / rel).st_ino for n in names}
+    assert len(inos) == 1 and (repo / names[0] / rel).read_bytes() == good, "one new inode, good bytes, every snapshot"
+    code, s, _, err = check(repo, "--read-data")
+    assert code == 0 and s["damaged"] == 0, err
+    # No good copy anywhere: the store's file is damaged too. Reported, nothing replaced.
+    before = os.stat(repo / names[0] / rel).st_ino
+    flip_byte(repo / names[0] / rel)
+    flip_byte(store / rel)
+    code, s, events, _ = check(repo, "--repair")
+    assert code == 1 and s["repaired"] == 0
+    assert [r["source"] for r in s["repairs"]] == [None]
+    assert "not_healed" in {e["code"] for e in events if e["message_type"] == "error"}
+    assert {os.stat(repo / n / rel).st_ino for n in names} == {before}

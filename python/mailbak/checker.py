@@ -38,10 +38,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mailbak import repairer
 from mailbak.errors import UsageError
 from mailbak.job import Metrics, Stage, files_from, interrupted_hint, run_within
+from mailbak.layout import ACCOUNTS_DIR
 from mailbak.report import Event, Reporter
 from mailbak.repository import RepoLock, Repository, SnapshotInfo
+from mailbak.restic import ResticConfig
 from mailbak.status import Status
 from mailbak.verifier import AREA_COUNTS, ContentCheck, Subset, Verify
 
@@ -121,23 +124,30 @@ class Check:
         reporter: Reporter,
         verbose: bool = False,
         seed: int | None = None,
+        store: Path | None = None,
+        offsite: ResticConfig | None = None,
     ):
         self.path = repo
-        # A subset implies reading (restic's --read-data-subset does too).
-        self.read_data = read_data or subset is not None
+        # A subset implies reading (restic's --read-data-subset does too), and so does a repair:
+        # only reading finds what it heals.
+        self.read_data = read_data or subset is not None or repair
         self.subset = subset
         self.repair = repair
         self.jobs = jobs
         self.reporter = reporter
         self.verbose = verbose
         self.seed = secrets.randbits(63) if seed is None else seed
+        #: Where --repair looks for good copies: the live store (None: the one the newest
+        #: snapshot's manifest names) and the off-site restic repository (None: not tried).
+        self.store = store
+        self.offsite = offsite
         self.repo: Repository | None = None
         self.lock: RepoLock | None = None
         self.content: ContentCheck | None = None
         #: (snapshot, its manifest status, verify's result, its area counts summed).
         self.results: list[tuple[SnapshotInfo, str | None, Status, dict[str, int]]] = []
         self.skipped: list[str] = []
-        self.healed: list[Any] = []
+        self.healed: list[repairer.Healed] = []
 
     def check(self) -> None:
         """Step 1; raises UsageError (not a repository) or RepositoryBusy."""
@@ -174,29 +184,31 @@ class Check:
         return Status.PROBLEMS if self.reporter.counts.errors else Status.CLEAN
 
     def heal(self) -> None:
-        """Step 5's repair: every damaged inode to ``repairer.heal``, under the exclusive lock."""
+        """Step 5's repair: every damaged inode to ``repairer.heal``, under the exclusive lock;
+        it reports each outcome itself."""
         assert self.repo is not None and self.content is not None
         damages = self.content.damages()
         if not damages:
             return
-        from mailbak import repairer  # the repair engineer's module (same layer as verifier)
-
         damaged = [
             repairer.Damage(
-                area=d["area"].decode("utf-8", "surrogateescape").removeprefix("accounts/"),
+                area=d["area"].decode("utf-8", "surrogateescape").removeprefix(ACCOUNTS_DIR + "/"),
                 id=d["id"],
                 rel=d["rel"].decode("utf-8", "surrogateescape"),
                 size=d["size"],
                 digest=d["digest"] or b"",
                 snapshots=d["snapshots"],
-                inode=tuple(d["inode"]),
+                inode=(d["inode"][0], d["inode"][1]),
                 cause=d["cause"],
             )
             for d in damages
         ]
-        newest = next((s for s in self.repo.snapshots() if s.status == Status.OK), None)
-        store = (newest.manifest or {}).get("store") if newest is not None else None
-        self.healed = repairer.heal(self.repo, damaged, store=Path(store) if isinstance(store, str) else None, offsite=None, reporter=self.reporter)
+        self.runner_phase("repair", len(damaged))
+        self.healed = repairer.heal(self.repo, damaged, store=self.store, offsite=self.offsite, reporter=self.reporter)
+
+    def runner_phase(self, name: str, total: int) -> None:
+        """Names a phase for the reporter (the repair runs in Python, without the engine)."""
+        self.reporter.phase(name, total)
 
     def facts(self, status: str) -> dict[str, Any]:
         """The summary's facts: snapshots checked and skipped, files by outcome over all of
@@ -215,7 +227,8 @@ class Check:
             "snapshots_with_problems": [r[0].name for r in self.results if r[2] != Status.CLEAN],
             **{f"files_{k}": v for k, v in totals.items()},
             **content,
-            "repaired": sum(1 for h in self.healed if getattr(h, "source", None)),
+            "repaired": sum(1 for h in self.healed if h.complete),
+            "repairs": [h.as_json() for h in self.healed],
             "damage": [
                 {
                     "area": d["area"].decode("utf-8", "surrogateescape"),

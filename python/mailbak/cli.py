@@ -36,6 +36,15 @@ def output_options(f):
     return f
 
 
+def restic_options(f):
+    """Where the restic repository is: restic's own environment, or these options (passed to
+    restic through its environment, never on its command line)."""
+    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
+    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
+    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
+    return f
+
+
 def run_command(
     kind: type[Job],
     target: Path,
@@ -435,11 +444,15 @@ def find(path: Path, account, mailbox, from_, to, subject, message_id, since, be
 @click.argument("repo", type=click.Path(path_type=Path))
 @click.option("--read-data", is_flag=True, help="Read every distinct file (inode) once and compare its SHA-256 with the digest its snapshot recorded.")
 @click.option("--read-data-subset", "subset", metavar="N/M|P%|SIZE", help="Read only a subset (implies --read-data): part N of M (stable: M runs with N=1..M read everything once), P percent at random, or SIZE bytes (500M, 2G) at random.")
-@click.option("--repair", is_flag=True, help="Heal each damaged file from a good copy (the live store, the off-site repository) and re-point every snapshot holding it (takes the repository's lock exclusively).")
+@click.option(
+    "--repair", is_flag=True, help="Heal each damaged file from a good copy (the live store, then the off-site restic repository when one is configured) and re-point every snapshot holding it (takes the repository's lock exclusively)."
+)
+@click.option("--store", "store", type=click.Path(path_type=Path, file_okay=False), help="With --repair: the live store to take good copies from (default: the one the newest snapshot's manifest names).")
+@restic_options
 @jobs_option
 @output_options
 @monitor_options
-def check(repo: Path, read_data: bool, subset: str | None, repair: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+def check(repo: Path, read_data: bool, subset: str | None, repair: bool, store: Path | None, restic_repo, password_file, restic_opts, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Verify every snapshot of repository REPO, each shared file once.
 
     \b
@@ -458,11 +471,19 @@ def check(repo: Path, read_data: bool, subset: str | None, repair: bool, jobs, j
     damage or other problems found, 2 bad usage or input (not a repository,
     a bad subset), 130 interrupted.
     """
+    import os
+
     from mailbak.checker import Check, parse_subset
+    from mailbak.errors import UsageError
     from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig, configured_repos
 
     def job(reporter: Reporter) -> Job:
-        return Check(repo, read_data=read_data, subset=parse_subset(subset) if subset is not None else None, repair=repair, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        if not repair and (store is not None or restic_repo or password_file or restic_opts):
+            raise UsageError("--store and the restic options are where --repair takes good copies from: give them with --repair")
+        # Off-site copies are tried only where a restic repository is configured.
+        offsite = ResticConfig(restic_repo, password_file, tuple(restic_opts)) if repair and (restic_repo or configured_repos(dict(os.environ))) else None
+        return Check(repo, read_data=read_data, subset=parse_subset(subset) if subset is not None else None, repair=repair, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, store=store, offsite=offsite)
 
     run_command(Check, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
@@ -723,15 +744,6 @@ def systemd(print_unit: str | None, show_dir: bool) -> None:
 
 
 # Off-site copies through restic (docs/OFFSITE.md) ----------------------------------------------
-
-
-def restic_options(f):
-    """Where the restic repository is: restic's own environment, or these options (passed to
-    restic through its environment, never on its command line)."""
-    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
-    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
-    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
-    return f
 
 
 @main.group()
