@@ -352,3 +352,37 @@ def test_repair_heals_from_the_store_and_leaves_what_has_no_good_copy(history):
     assert [r["source"] for r in s["repairs"]] == [None]
     assert "not_healed" in {e["code"] for e in events if e["message_type"] == "error"}
     assert {os.stat(repo / n / rel).st_ino for n in names} == {before}
+
+
+def test_store_linked_messages_are_hashed_and_counted_unrecorded(store, tmp_path):
+    """A repository on the store's file system links the store's message files: backup never
+    read them, so their entries say `-`; check reads them, counts them unrecorded, and writes
+    nothing."""
+    age_tree(store)
+    repo = tmp_path / "repo"
+    assert run_cli("init", repo).returncode == 0
+    name = backup_into(store, repo)["snapshot"]
+    doc = json.loads((repo / name / "mailbak.json").read_text())
+    assert doc["digests"]["pending"] > 0
+    before = {p: p.stat().st_mtime_ns for p in (repo / name / "digests").rglob("*")}
+    code, s, _, err = check(repo, "--read-data")
+    assert code == 0, err
+    assert s["unrecorded"] == doc["digests"]["pending"] and s["damaged"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (repo / name / "digests").rglob("*")} == before
+
+
+def test_snapshots_without_digests_are_checked_by_size_and_said_once(store, repo):
+    age_tree(store)
+    t1, t2 = start_times(2)
+    old = backup_into(store, repo, "--no-digests", clock=t1)["snapshot"]
+    with Store.open(store, durable=False) as st:
+        acc = st.account(ACC)
+        acc.expunge(sorted(acc.messages())[:2])
+        acc.sweep()
+    new = backup_into(store, repo, clock=t2)["snapshot"]
+    code, s, events, err = check(repo, "--read-data")
+    assert code == 0, err
+    warnings = [e for e in events if e["message_type"] == "warning"]
+    assert [w["code"] for w in warnings] == ["no_digests"] and old in warnings[0]["cause"] and new not in warnings[0]["cause"]
+    # The two messages expunged since are only in the old snapshot: checked by size, not read.
+    assert s["sizes_only"] == s["inodes_checked"] - s["inodes_read"] == 2
