@@ -386,3 +386,15 @@ def test_snapshots_without_digests_are_checked_by_size_and_said_once(store, repo
     assert [w["code"] for w in warnings] == ["no_digests"] and old in warnings[0]["cause"] and new not in warnings[0]["cause"]
     # The two messages expunged since are only in the old snapshot: checked by size, not read.
     assert s["sizes_only"] == s["inodes_checked"] - s["inodes_read"] == 2
+
+
+def test_the_api_runs_check(history):
+    import mailbak
+
+    _, repo, names = history
+    r = mailbak.check(repo, subset="1/1")
+    assert isinstance(r, mailbak.CheckResult) and r.ok and r.snapshots == 3 and r.read_data
+    assert r.inodes_read == r.inodes_checked == len(distinct_inodes(repo, names)) and r.damage == []
+    with pytest.raises(mailbak.UsageError, match="read-data-subset"):
+        mailbak.check(repo, subset="7/3")
+    assert mailbak.verify(repo / names[0], read_data=True).summary["inodes_read"] > 0
