@@ -23,8 +23,9 @@
 //! 4. A mismatch (or an unreadable file, EIO) becomes a [`Damage`] record naming the inode and
 //!    every snapshot met holding it; Python reports each once, with every snapshot.
 //!
-//! The run's memory is the inode map: (device, inode) to size, state and the first 8 bytes of
-//! the hash read, about 40 bytes per distinct inode; nothing per snapshot file is kept.
+//! The run's memory is the inode map: (device, inode) to size and state, 32 bytes per distinct
+//! inode (plus the first 8 bytes of the hash of the few hashed without a digest to compare);
+//! nothing per snapshot file is kept.
 //!
 //! Not guaranteed: a digest file is only read where a file needs it, so a damaged shard file
 //! whose every message was verified through another snapshot's shard is not reported; inodes
@@ -88,8 +89,6 @@ pub enum State {
 struct Inode {
     /// Its size when met.
     size: u64,
-    /// The first 8 bytes of the SHA-256 read (0 when not read).
-    hash8: u64,
     /// What is known of its content.
     state: State,
 }
@@ -145,8 +144,12 @@ pub struct RepoCheck {
     budget_p: OnceLock<f64>,
     /// Bytes of the budget not yet spent.
     budget_left: AtomicI64,
-    /// (dev, ino) -> what is known, in parts.
+    /// (dev, ino) -> what is known, in parts. 32 bytes an entry: the map is the run's memory.
     map: Vec<Mutex<HashMap<(u64, u64), Inode>>>,
+    /// The first 8 bytes of the SHA-256 of inodes hashed with nothing to compare it with
+    /// (unrecorded, unverified), for a later snapshot that records their digest; kept apart
+    /// because few inodes need it.
+    unmatched: Mutex<HashMap<(u64, u64), u64>>,
     /// Damaged inodes, and where each is in the list.
     damage: Mutex<DamageList>,
     /// Run-wide counts.
@@ -178,6 +181,7 @@ impl RepoCheck {
             budget_p: OnceLock::new(),
             budget_left: AtomicI64::new(budget),
             map: (0..MAP_PARTS).map(|_| Mutex::new(HashMap::new())).collect(),
+            unmatched: Mutex::new(HashMap::new()),
             damage: Mutex::new((Vec::new(), HashMap::new())),
             counts: Counts::default(),
         }
@@ -309,7 +313,7 @@ impl RepoCheck {
             .digest
             .map_or_else(|| fnv(&[rel.as_slice()]), |d| digest_key(&d));
         if !self.selects(content, key, st.st_size as u64) {
-            self.insert(key, st.st_size as u64, 0, State::Sized);
+            self.insert(key, st.st_size as u64, State::Sized);
             return;
         }
         let rec = Recorded {
@@ -340,11 +344,11 @@ impl RepoCheck {
     }
 
     /// Records `key`'s state.
-    fn insert(&self, key: (u64, u64), size: u64, hash8: u64, state: State) {
+    fn insert(&self, key: (u64, u64), size: u64, state: State) {
         self.part(key)
             .lock()
             .expect("map lock")
-            .insert(key, Inode { size, hash8, state });
+            .insert(key, Inode { size, state });
     }
 
     /// Whether the subset reads the inode of content key `content` and identity `key`.
@@ -381,7 +385,7 @@ impl RepoCheck {
         let (hash, n) = match digests::hash_fd(fd.as_fd()) {
             Ok(h) => h,
             Err(e) => {
-                self.insert(key, size, 0, State::Damaged);
+                self.insert(key, size, State::Damaged);
                 return self.damaged(Damage {
                     area: area.to_vec(),
                     id,
@@ -403,7 +407,7 @@ impl RepoCheck {
         let state = match rec.digest {
             Some(d) if d == hash => State::Good,
             Some(d) => {
-                self.insert(key, size, hash8, State::Damaged);
+                self.insert(key, size, State::Damaged);
                 return self.damaged(Damage {
                     area: area.to_vec(),
                     id,
@@ -422,7 +426,13 @@ impl RepoCheck {
             }
             None => rec.state_without,
         };
-        self.insert(key, size, hash8, state);
+        if matches!(state, State::Unrecorded | State::Unverified) {
+            self.unmatched
+                .lock()
+                .expect("unmatched lock")
+                .insert(key, hash8);
+        }
+        self.insert(key, size, state);
     }
 
     /// Adds a damage record.
@@ -697,10 +707,11 @@ impl FileStat for AreaHook<'_> {
                 // Hashed where nothing could be compared: this snapshot may record a digest.
                 if let Some(e) = self.recorded(state.as_deref(), id, rel, sink) {
                     if let Some(d) = e.digest {
-                        if digest_key(&d) == known.hash8 {
-                            run.insert(key, known.size, known.hash8, State::Good);
+                        let hash8 = run.unmatched.lock().expect("unmatched lock").remove(&key);
+                        if hash8 == Some(digest_key(&d)) {
+                            run.insert(key, known.size, State::Good);
                         } else {
-                            run.insert(key, known.size, known.hash8, State::Damaged);
+                            run.insert(key, known.size, State::Damaged);
                             run.damaged(Damage {
                                 area: self.area.clone(),
                                 id: Some(id),
@@ -775,7 +786,7 @@ impl FileStat for AreaHook<'_> {
                     &Sink::new(sink.progress, b""),
                 );
             }
-            _ => run.insert(key, have, 0, State::Sized),
+            _ => run.insert(key, have, State::Sized),
         }
         Ok((Kind::File, have))
     }
@@ -992,6 +1003,53 @@ mod tests {
             (count(&rc, "inodes_read"), count(&rc, "sizes_only")),
             (0, 40)
         );
+    }
+
+    #[test]
+    fn an_inode_hashed_without_a_digest_is_compared_where_a_later_snapshot_records_one() {
+        let s = Scratch::new("repoc4");
+        snapshot(&s, "s1", &[1, 2], Some(2));
+        std::fs::create_dir_all(s.path("s2/data/accounts/a/msg/a")).unwrap();
+        for id in [1u64, 2] {
+            std::fs::hard_link(
+                s.path(&format!("s1/data/accounts/a/msg/a/{id}")),
+                s.path(&format!("s2/data/accounts/a/msg/a/{id}")),
+            )
+            .unwrap();
+        }
+        // s2 (checked first) records no digest: both are hashed and unrecorded until s1.
+        let mut pending = vec![1u64, 2]
+            .into_iter()
+            .map(|id| Entry {
+                key: id,
+                size: id,
+                digest: None,
+                how: How::None,
+            })
+            .collect::<Vec<_>>();
+        s.file("s2/digests/accounts/a/0", &digests::render(&mut pending));
+        let rc = RepoCheck::new(true, Subset::All, 0);
+        run(&rc, &s, "s2", &[1, 2], true);
+        assert_eq!(
+            (count(&rc, "unrecorded"), count(&rc, "inodes_read")),
+            (2, 2)
+        );
+        run(&rc, &s, "s1", &[1, 2], true);
+        assert_eq!(
+            (
+                count(&rc, "good"),
+                count(&rc, "damaged"),
+                count(&rc, "unrecorded")
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!(count(&rc, "inodes_read"), 2, "nothing read twice");
+        assert_eq!(rc.damages()[0].id, Some(2));
+    }
+
+    #[test]
+    fn an_inode_costs_32_bytes_in_the_map() {
+        assert_eq!(std::mem::size_of::<((u64, u64), Inode)>(), 32);
     }
 
     #[test]
