@@ -398,3 +398,29 @@ def test_the_api_runs_check(history):
     with pytest.raises(mailbak.UsageError, match="read-data-subset"):
         mailbak.check(repo, subset="7/3")
     assert mailbak.verify(repo / names[0], read_data=True).summary["inodes_read"] > 0
+
+
+def test_an_interrupted_check_exits_130_and_changed_nothing(history, tmp_path):
+    import signal
+
+    from pausing import PausePoint
+
+    _, repo, names = history
+    before = {p: p.stat().st_mtime_ns for p in repo.rglob("*")}
+    point = PausePoint(tmp_path / "pause", "verify.files", after=2)  # in the second snapshot
+    proc = point.popen("check", "--read-data", repo)
+    point.wait_reached(proc)
+    proc.send_signal(signal.SIGINT)
+    point.go()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "mailbak: interrupted (SIGINT); check incomplete; nothing was changed"
+    assert {p: p.stat().st_mtime_ns for p in repo.rglob("*")} == before
+
+
+def test_verify_read_data_is_for_backups(history):
+    store, repo, names = history
+    p = run_cli("verify", "--read-data", store)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--read-data checks a backup or a snapshot; this is a live store")
+    p = run_cli("verify", "--read-data", "--fix", repo / names[0])
+    assert p.returncode == 2 and "--read-data and --fix" in p.stderr
