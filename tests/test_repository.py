@@ -113,7 +113,7 @@ def test_first_and_second_snapshot_on_another_file_system(store, repo):
     assert repository.NAME_RE.match(name1) and (repo / name1 / "mailbak.json").is_file()
     assert name1 == repository.snapshot_name(t1), "a snapshot is named by its start second"
     assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", name1]), "everything the backup writes is in its snapshot"
-    assert sorted(os.listdir(repo / name1)) == ["config", "data", "mailbak.json"]
+    assert sorted(os.listdir(repo / name1)) == ["config", "data", "digests", "mailbak.json"]
     assert first["repository"] == str(repo)
     t1 = first["transfer"]
     assert t1["reused"] == 0 and t1["linked"] == 0 and t1["copied"] >= t1["messages"] > 0

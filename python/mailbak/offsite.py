@@ -33,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mailbak import manifest
+from mailbak import digests, manifest
 from mailbak.errors import ManifestError, ResticError, UsageError
 from mailbak.fsio import descend, open_dir
 from mailbak.job import Metrics, Stage, files_from, run_within
@@ -48,7 +48,6 @@ from mailbak.status import Status
 from mailbak.testpause import pause
 
 if TYPE_CHECKING:
-    from mailbak.digests import Entry
     from mailbak.verifier import Verify
 
 #: restic 0.14 has no "unlimited" count (0.15 took -1); this many is as good.
@@ -693,7 +692,7 @@ class _Local:
     area: str | None
     id: int | None
     path: str
-    entry: Entry | None
+    entry: digests.Entry | None
 
 
 class OffsiteCheck:
@@ -794,9 +793,6 @@ class OffsiteCheck:
             raise UsageError(str(e)) from e
         if not isinstance(doc.get("digests"), dict):
             raise UsageError(f"{snap.path}: made before digests were recorded (sizes only): nothing to compare off-site; a snapshot made by this mailbak can be checked")
-        # Imported here while the digest format lands in parallel (issue 21); it is in a lower layer.
-        from mailbak import digests
-
         out: list[_Local] = []
         root = open_dir(snap.path, follow=True)
         try:
@@ -819,8 +815,6 @@ class OffsiteCheck:
 
     def _area(self, root: int, area: str, area_rel_: str, tree: str) -> list[_Local]:
         """The message files of one area and their digest entries."""
-        from mailbak import digests
-
         ids = _message_ids(root, tree)
         by_shard: dict[int, list[int]] = {}
         for i in ids:

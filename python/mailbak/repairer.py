@@ -55,7 +55,6 @@ paths were left, an error ``not_healed`` when nothing could be done.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import secrets
 import stat
@@ -65,6 +64,7 @@ from pathlib import Path
 
 from mailbak import manifest
 from mailbak.anchor import DataRoot, open_problem
+from mailbak.digests import hash_fd
 from mailbak.errors import ManifestError, ResticError, UsageError
 from mailbak.fsio import create_new, open_dir, open_file
 from mailbak.identity import StoreOwner, acting_as
@@ -78,7 +78,7 @@ from mailbak.restic import Restic, ResticConfig, error_line
 #: and a data blob's ID is the SHA-256 of its bytes.
 SINGLE_BLOB_LIMIT = 512 * 1024
 
-#: Bytes per read when copying and hashing.
+#: Bytes per read when copying.
 CHUNK = 1 << 20
 
 
@@ -155,19 +155,6 @@ def heal(repo: Repository, damaged: list[Damage], *, store: Path | None, offsite
 
 
 # Internals ------------------------------------------------------------------------------------
-
-
-def sha256_fd(fd: int) -> tuple[bytes, int]:
-    """The SHA-256 of a file's whole content from offset 0 (read with ``pread``: the
-    descriptor's offset is left as it is), and its length."""
-    h = hashlib.sha256()
-    pos = 0
-    while True:
-        chunk = os.pread(fd, CHUNK, pos)
-        if not chunk:
-            return h.digest(), pos
-        h.update(chunk)
-        pos += len(chunk)
 
 
 def _parts(rel: str) -> list[str]:
@@ -314,7 +301,7 @@ class _Healer:
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(fd)
-            digest, size = sha256_fd(fd)
+            digest, size = hash_fd(fd)
             if (digest, size) != (d.digest, d.size):
                 return Healed(d, None, "no good copy: the new file did not read back with the recorded digest; left as it was")
             repointed, dirs = [], {first.dir_fd}
@@ -392,7 +379,7 @@ class _Healer:
 
     def _check(self, d: Damage, fd: int, what: str) -> str | None:
         """Whether ``fd`` now holds the recorded bytes: None when it does, else why not."""
-        digest, size = sha256_fd(fd)
+        digest, size = hash_fd(fd)
         if size != d.size:
             return f"{what} gave {size} bytes, recorded {d.size}"
         if digest != d.digest:
