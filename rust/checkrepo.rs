@@ -915,6 +915,7 @@ mod tests {
                 },
                 sizes: ids.iter().map(|&i| Some(i)).collect(),
                 prefix: b"data/accounts/a".to_vec(),
+                proven: Vec::new(),
             },
             fix_rel: Vec::new(),
         }

@@ -210,10 +210,11 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, no_digests,
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--fix", is_flag=True, help="Move unrecognized files out of message directories to data/moved/ (never deletes).")
 @click.option("--read-data", is_flag=True, help="Also read every file of the backup or snapshot and compare its SHA-256 with the digest the backup recorded.")
+@click.option("--against", type=click.Path(path_type=Path), metavar="REPO|BACKUP", help="With --read-data of a live store: compare its message files with the digests of BACKUP, or of REPO's newest complete snapshot (source bit rot).")
 @jobs_option
 @output_options
 @monitor_options
-def verify(path: Path, fix: bool, read_data: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+def verify(path: Path, fix: bool, read_data: bool, against: Path | None, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Prove a backup (or a store) complete and consistent.
 
     \b
@@ -236,6 +237,11 @@ def verify(path: Path, fix: bool, read_data: bool, jobs, json_output, quiet, ver
     digest the backup recorded (a backup made before digests existed is
     checked by size only; docs/VERIFY.md). Counts: inodes_read, bytes_read,
     damaged, unrecorded (no digest recorded), unverified (digest file damaged).
+    With --read-data STORE --against REPO|BACKUP: every message file of the
+    live store whose size and modification time are those of its copy in the
+    backup (REPO's newest complete snapshot) is read, and one whose bytes no
+    longer have the digest recorded there is an error, source_damaged (bit
+    rot in the store).
 
     \b
     Writes nothing (nothing at all in a backup) unless --fix, which moves
@@ -252,7 +258,7 @@ def verify(path: Path, fix: bool, read_data: bool, jobs, json_output, quiet, ver
 
             raise UsageError("--read-data and --fix: run them one at a time (--read-data reads a backup, --fix changes a store)")
         content = ContentCheck(read_data=True) if read_data else None
-        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, content=content)
+        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, content=content, against=against)
 
     run_command(Verify, path, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 

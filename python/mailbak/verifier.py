@@ -51,11 +51,13 @@ from mailbak.destdir import BACKUP_ENTRIES, is_store
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.job import Metrics, Stage, files_from, interrupted_hint
-from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, is_real_dir, read_config
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, is_real_dir, read_config, unpack_ids
 from mailbak.lmdbcopy import DatabaseError, Index, ReaderLease, copy_database, describe, engine_area
 from mailbak.report import Reporter
 from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner
+from mailbak.sourcecheck import Area as SourceArea
+from mailbak.sourcecheck import SourceCheck
 from mailbak.status import Status
 from mailbak.testpause import pause
 
@@ -173,6 +175,14 @@ class ContentCheck:
             reporter.warn("no_digests", None, f"{n} backup(s) made before digests were recorded ({', '.join(self.sizes_only)}): their files are checked by size only")
 
 
+def source_area(r: ReadIndex) -> SourceArea:
+    """An area as the source check takes it: its live IDs with their recorded sizes."""
+    ids = unpack_ids(r.index.live)
+    unknown = set(unpack_ids(r.index.unknown_sizes))
+    sizes = unpack_ids(r.index.sizes)
+    return SourceArea(r.rel, r.kind.layout.tree or "", {i: (None if i in unknown else n) for i, n in zip(ids, sizes, strict=True)})
+
+
 class Verify:
     """One run of ``mailbak verify`` (a job: job.py)."""
 
@@ -194,8 +204,13 @@ class Verify:
         content: ContentCheck | None = None,
         name: str | None = None,
         in_check: bool = False,
+        against: Path | None = None,
     ):
         self.path = path
+        #: ``--against``: with --read-data of a live store, the backup or repository whose
+        #: digests the store's message files are compared with (sourcecheck.py).
+        self.against = against
+        self.source: SourceCheck | None = None
         #: With --read-data (or as a step of ``check``): the content check (check 8).
         self.content = content
         #: The backup's name in damage reports.
@@ -240,10 +255,14 @@ class Verify:
         problem = self.paths.problem() if self.live else None
         if problem:
             raise UsageError(problem)
+        if self.against is not None and not (self.live and self.content is not None):
+            raise UsageError(f"--against {self.against}: compares a live store's files with a backup (with --read-data); {self.path} is not a live store")
         if self.live and self.content is not None:
-            # Hook for the live-store variant (source bit rot: the store's files against the
-            # newest snapshot's digests, `verify --read-data STORE --repository REPO`).
-            raise UsageError(f"{self.path}: --read-data checks a backup or a snapshot; this is a live store")
+            # Source bit rot: the store's files against a backup's digests (sourcecheck.py).
+            if self.against is None:
+                raise UsageError(f"{self.path}: a live store has no digests of its own; --read-data of a store needs --against REPO|BACKUP (the backup whose digests its files are compared with)")
+            self.source = SourceCheck.open(self.against, self.reporter)
+            self.content = None
         # Anything that is not a store is taken for a backup, so that what a killed backup left
         # (an empty DEST, one with only config/, or only the temporary file of its first
         # manifest, killed while that was fsynced) is reported incomplete. A directory holding
@@ -252,10 +271,12 @@ class Verify:
             raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
     def close(self) -> None:
-        """Releases the repository's lock (a snapshot of a repository)."""
+        """Releases the repository's lock (a snapshot of a repository, or --against's)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        if self.source is not None:
+            self.source.close()
 
     def run(self) -> Status:
         """All checks; returns clean or problems. The repository's lock ends with them, also
@@ -296,6 +317,9 @@ class Verify:
                 self.runner.new_phase("files", total)
                 pause("verify.files")
                 self.check_files(indexes)
+                if self.source is not None:
+                    # Still under the lease: no writer removes a file while it is read.
+                    self.source.run(self.root, self.owner, [source_area(r) for r in indexes], jobs=self.jobs, reporter=self.reporter)
             self.check_account_dirs(config)
             if self.manifest_doc is not None:
                 self.check_against_manifest(self.manifest_doc, config, indexes)
@@ -508,6 +532,7 @@ class Verify:
             "areas": len(self.areas),
             **totals,
             **(self.content.counts() if self.content is not None and not self.in_check else {}),
+            **({"against": self.source.name, **self.source.counts} if self.source is not None else {}),
             "warnings": c.warnings,
             "errors": c.errors,
         }
