@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from mailbak import _engine, repository, retention
 from mailbak.errors import UsageError
-from mailbak.job import Metrics, Stage, interrupted_hint
+from mailbak.job import Metrics, Stage, default_jobs, interrupted_hint
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import RepoLock, Repository
 from mailbak.runner import Runner
@@ -39,21 +39,27 @@ from mailbak.status import Status
 from mailbak.testpause import pause
 
 
+def default_prune_jobs() -> int:
+    """Delete workers of a prune when ``--jobs`` is not given: for now the file work's default
+    (job.default_jobs); to be set from the cold-cache worker sweep (bench/cold.py)."""
+    return default_jobs()
+
+
 class Prune:
-    """One run of ``mailbak prune`` (a job: job.py)."""
+    """One run of ``mailbak prune`` (a job: job.py); ``jobs`` None is default_prune_jobs()."""
 
     command: ClassVar[str] = "prune"
     file_kinds: ClassVar[tuple[str, ...]] = ("deleted",)
     counts_bytes: ClassVar[bool] = False
     reports_failure: ClassVar[bool] = False
 
-    def __init__(self, repo: Path, policy: retention.Policy, *, dry_run: bool = False, wait: bool = True, nice: bool = True, jobs: int, reporter: Reporter, verbose: bool = False):
+    def __init__(self, repo: Path, policy: retention.Policy, *, dry_run: bool = False, wait: bool = True, nice: bool = True, jobs: int | None = None, reporter: Reporter, verbose: bool = False):
         self.path = repo
         self.policy = policy
         self.dry_run = dry_run
         self.wait = wait
         self.nice = nice
-        self.jobs = jobs
+        self.jobs = default_prune_jobs() if jobs is None else jobs
         self.reporter = reporter
         self.runner = Runner(reporter, verbose=verbose)
         self.started = time.time()
