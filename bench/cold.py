@@ -146,6 +146,8 @@ class Conditions:
     #: Whether the repository goes on a loop-mounted image.
     loop: bool
     loop_note: str | None
+    #: The image's loop device does direct I/O (--loop-direct-io).
+    direct_io: bool = False
 
     def settle(self) -> None:
         """Before a timed run: everything dirty written back, then (cold) every clean page,
@@ -155,7 +157,7 @@ class Conditions:
             DROP_CACHES.write_text("3\n")
 
     def as_json(self) -> dict:
-        return {"caches_dropped": self.drop, "caches_note": self.drop_note, "loop_image": self.loop, "loop_note": self.loop_note}
+        return {"caches_dropped": self.drop, "caches_note": self.drop_note, "loop_image": self.loop, "loop_note": self.loop_note, "loop_direct_io": self.direct_io}
 
 
 def probe_conditions(scratch: Path, *, smoke: bool, warm: bool) -> Conditions:
@@ -190,9 +192,12 @@ def run_checked(argv: list[str], what: str) -> str:
 
 
 @contextlib.contextmanager
-def loop_image(image: Path, mountpoint: Path, *, size: int, inodes: int) -> Iterator[dict]:
+def loop_image(image: Path, mountpoint: Path, *, size: int, inodes: int, direct_io: bool = False) -> Iterator[dict]:
     """An ext4 file system in a sparse file ``image``, mounted at ``mountpoint``; unmounted and
-    both removed on exit, whatever happened. Yields its facts (size, inodes, loop device)."""
+    both removed on exit, whatever happened. Yields its facts (size, inodes, loop device).
+    ``direct_io``: the loop device reads and writes the image with direct I/O (``losetup
+    --direct-io=on``: no second copy in the page cache of /, requests queued to the disk as
+    they come), instead of ``mount -o loop``'s buffered I/O."""
     if os.geteuid() != 0:
         raise HarnessError("mounting needs root")
     mountpoint.mkdir(parents=True, exist_ok=True)
@@ -200,15 +205,28 @@ def loop_image(image: Path, mountpoint: Path, *, size: int, inodes: int) -> Iter
     with open(image, "wb") as f:
         f.truncate(size)
     mounted = False
+    attached = None
     try:
         # Inode tables and journal written now: ext4lazyinit would otherwise write them in the
         # background during the timed runs. No reserved blocks: nothing here is root's reserve.
         run_checked(["mkfs.ext4", "-q", "-F", "-N", str(inodes), "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)], "mkfs.ext4")
-        run_checked(["mount", "-o", "loop", str(image), str(mountpoint)], "mount -o loop")
+        if direct_io:
+            attached = run_checked(["losetup", "--direct-io=on", "-f", "--show", str(image)], "losetup --direct-io=on").strip()
+            run_checked(["mount", attached, str(mountpoint)], "mount")
+        else:
+            run_checked(["mount", "-o", "loop", str(image), str(mountpoint)], "mount -o loop")
         mounted = True
         dev = run_checked(["findmnt", "-no", "SOURCE", str(mountpoint)], "findmnt").strip()
         dio = subprocess.run(["losetup", "-nO", "DIO", dev], capture_output=True, text=True).stdout.strip()
-        yield {"image": str(image), "size_bytes": size, "inodes": inodes, "device": dev, "loop_direct_io": dio or None, "mkfs": f"mkfs.ext4 -N {inodes} -m 0 -E lazy_itable_init=0,lazy_journal_init=0", "mount": "mount -o loop"}
+        yield {
+            "image": str(image),
+            "size_bytes": size,
+            "inodes": inodes,
+            "device": dev,
+            "loop_direct_io": dio or None,
+            "mkfs": f"mkfs.ext4 -N {inodes} -m 0 -E lazy_itable_init=0,lazy_journal_init=0",
+            "mount": f"losetup --direct-io=on; mount {attached}" if direct_io else "mount -o loop",
+        }
     finally:
         if mounted:
             os.sync()
@@ -219,6 +237,8 @@ def loop_image(image: Path, mountpoint: Path, *, size: int, inodes: int) -> Iter
             else:
                 log(f"bench: warning: cannot unmount {mountpoint}; {image} is left: umount it and remove it by hand")
                 return
+        if attached:
+            subprocess.run(["losetup", "-d", attached], capture_output=True)
         image.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             mountpoint.rmdir()
@@ -241,7 +261,7 @@ def repo_place(work_dir: Path, cond: Conditions, store: Path, facts: dict) -> It
     need = facts["disk_bytes"] + inodes * INODE_SIZE + (256 << 20)
     if free_bytes(work_dir) < need:
         raise HarnessError(f"{work_dir}: {free_bytes(work_dir) / 1e9:.1f} GB free; the image needs about {need / 1e9:.1f} GB")
-    with loop_image(work_dir / "repo.img", mnt, size=size, inodes=inodes) as image:
+    with loop_image(work_dir / "repo.img", mnt, size=size, inodes=inodes, direct_io=cond.direct_io) as image:
         image["store_entries"] = entries
         yield mnt, image
 
@@ -506,6 +526,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prune-jobs", default=None, help=f"prune worker counts to sweep, a comma list (default {','.join(map(str, PRUNE_JOBS))}; 1,2 with --smoke; 'none' to skip)")
     p.add_argument("--scale", action="store_true", help="issue 22 part 4: backup, nightly, verify and prune per message, per size")
     p.add_argument("--median-size", type=int, default=SCALE_MEDIAN_SIZE, help=f"--scale: gen's --median-size (default {SCALE_MEDIAN_SIZE})")
+    p.add_argument("--loop-direct-io", action="store_true", help="attach the image with losetup --direct-io=on (default: mount -o loop, buffered)")
     p.add_argument("--warm", action="store_true", help="never drop the caches (for comparison; the cold mode's point is dropping them)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write machine info and every raw timing here")
     p.add_argument("--smoke", action="store_true", help="3,000 messages, one round, temporary directories; without root or loop devices, warm and on a plain directory")
@@ -533,9 +554,10 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
             raise HarnessError(why)
     mailbak = probe_mailbak()
     cond = probe_conditions(places.near, smoke=args.smoke, warm=args.warm)
+    cond.direct_io = args.loop_direct_io and cond.loop
     info = machine_info(places, [sys.executable, *sys.argv], mailbak)
     info.pop("fs_cross_device_dest", None)  # no tmpfs here: REPO is the image
-    info["fs_repository"] = "ext4 on a loop-mounted sparse image under " + str(places.near) if cond.loop else cond.loop_note
+    info["fs_repository"] = f"ext4 on a loop-mounted sparse image under {places.near} ({'direct I/O' if cond.direct_io else 'buffered loop I/O'})" if cond.loop else cond.loop_note
     info["caches"] = "dropped before every timed run (sync; echo 3 > /proc/sys/vm/drop_caches)" if cond.drop else f"not dropped: {cond.drop_note}"
     info["io_scheduler"] = io_scheduler(places.near)
     info["churn"] = f"{DELIVER_FRACTION:.1%} of the messages delivered and {EXPUNGE_FRACTION:.1%} expunged"
