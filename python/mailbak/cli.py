@@ -439,7 +439,7 @@ def keep_options(f):
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be kept and removed; change nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when a backup, or a verify or restore of a snapshot, holds the repository.")
 @click.option("--no-nice", is_flag=True, help="Delete at normal CPU and I/O priority (default: lowest CPU, idle I/O).")
-@jobs_option(default="one per core, at least 2")
+@jobs_option(default="2, measured fastest for a cold prune whatever the cores")
 @output_options
 @monitor_options
 def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url, **keep) -> None:

@@ -31,18 +31,28 @@ from typing import Any, ClassVar
 
 from mailbak import _engine, repository, retention
 from mailbak.errors import UsageError
-from mailbak.job import Metrics, Stage, default_jobs, interrupted_hint
+from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import RepoLock, Repository
 from mailbak.runner import Runner
 from mailbak.status import Status
 from mailbak.testpause import pause
 
+#: Delete workers of a prune when ``--jobs`` is not given (default_prune_jobs).
+PRUNE_JOBS = 2
+
 
 def default_prune_jobs() -> int:
-    """Delete workers of a prune when ``--jobs`` is not given: for now the file work's default
-    (job.default_jobs); to be set from the cold-cache worker sweep (bench/cold.py)."""
-    return default_jobs()
+    """Delete workers of a prune when ``--jobs`` is not given: two, whatever the cores. Measured
+    with caches dropped before each run (bench/cold.py's worker sweep, BENCHMARKS.md "Cold
+    caches (issue 22)", raw result bench/results/cold-cf05f45-200k.json): deleting a
+    200,000-message snapshot of hardlinks on an ext4 image (loop device on a virtio disk, 2
+    cores) took, median of 2 rounds, 6.6 s with 1 worker, 4.0 s with 2, 5.8 s with 4, 8.7 s
+    with 8 and 8.5 s with 16 (``rm -rf``: 7.1 s). More workers did not keep the disk busier:
+    past two they only spread the reads of inode tables and directory blocks over more places
+    at once, and every unlink waits in the journal. Unlike job.default_jobs this does not grow
+    with the cores: the disk, not the CPU, bounds a cold prune."""
+    return PRUNE_JOBS
 
 
 class Prune:
