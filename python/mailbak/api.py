@@ -529,7 +529,7 @@ def prune(
     def job() -> Prune:
         # Made inside the runner: a bad policy or job count reaches on_event, as every usage error does.
         policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
-        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=None if jobs is None else check_jobs(jobs), reporter=reporter, verbose=verbose)
 
     _, facts = run_api(job, reporter)
     return _result(PruneResult, facts)
