@@ -423,9 +423,9 @@ def test_an_interrupted_check_exits_130_and_changed_nothing(history, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in repo.rglob("*")} == before
 
 
-def test_verify_read_data_is_for_backups(history):
+def test_verify_read_data_of_a_store_needs_a_backup_to_compare_with(history):
     store, repo, names = history
     p = run_cli("verify", "--read-data", store)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith("--read-data checks a backup or a snapshot; this is a live store")
+    assert p.returncode == 2 and "needs --against REPO|BACKUP" in p.stderr.strip().splitlines()[-1]
     p = run_cli("verify", "--read-data", "--fix", repo / names[0])
     assert p.returncode == 2 and "--read-data and --fix" in p.stderr
