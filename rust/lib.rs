@@ -19,6 +19,7 @@
 
 mod areas;
 mod check;
+mod checkrepo;
 mod classify;
 mod copy;
 mod delete;

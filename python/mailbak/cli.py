@@ -36,6 +36,15 @@ def output_options(f):
     return f
 
 
+def restic_options(f):
+    """Where the restic repository is: restic's own environment, or these options (passed to
+    restic through its environment, never on its command line)."""
+    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
+    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
+    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
+    return f
+
+
 def run_command(
     kind: type[Job],
     target: Path,
@@ -200,10 +209,11 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, no_digests,
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--fix", is_flag=True, help="Move unrecognized files out of message directories to data/moved/ (never deletes).")
+@click.option("--read-data", is_flag=True, help="Also read every file of the backup or snapshot and compare its SHA-256 with the digest the backup recorded.")
 @jobs_option
 @output_options
 @monitor_options
-def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+def verify(path: Path, fix: bool, read_data: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Prove a backup (or a store) complete and consistent.
 
     \b
@@ -221,16 +231,28 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
     manifest names, with the recorded sizes, transaction IDs and counts.
 
     \b
+    With --read-data (a backup or snapshot): every message file and every
+    file its digests/files lists is read and its SHA-256 compared with the
+    digest the backup recorded (a backup made before digests existed is
+    checked by size only; docs/VERIFY.md). Counts: inodes_read, bytes_read,
+    damaged, unrecorded (no digest recorded), unverified (digest file damaged).
+
+    \b
     Writes nothing (nothing at all in a backup) unless --fix, which moves
     unrecognized files to data/moved/ keeping their path. Exit status: 0 clean,
     1 problems found (incomplete, failed, damaged, or not what its manifest
     says), 2 bad usage or input, 130 interrupted.
     """
     from mailbak.report import make_reporter
-    from mailbak.verifier import Verify
+    from mailbak.verifier import ContentCheck, Verify
 
     def job(reporter: Reporter) -> Job:
-        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        if read_data and fix:
+            from mailbak.errors import UsageError
+
+            raise UsageError("--read-data and --fix: run them one at a time (--read-data reads a backup, --fix changes a store)")
+        content = ContentCheck(read_data=True) if read_data else None
+        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, content=content)
 
     run_command(Verify, path, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
@@ -416,6 +438,54 @@ def find(path: Path, account, mailbox, from_, to, subject, message_id, since, be
         return Find(path, criteria, jobs=jobs or default_jobs(), reporter=r)
 
     run_command(Find, path, reporter, make, show=lambda job: print_listing(job, json_output), show_failed=True)
+
+
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--read-data", is_flag=True, help="Read every distinct file (inode) once and compare its SHA-256 with the digest its snapshot recorded.")
+@click.option("--read-data-subset", "subset", metavar="N/M|P%|SIZE", help="Read only a subset (implies --read-data): part N of M (stable: M runs with N=1..M read everything once), P percent at random, or SIZE bytes (500M, 2G) at random.")
+@click.option(
+    "--repair", is_flag=True, help="Heal each damaged file from a good copy (the live store, then the off-site restic repository when one is configured) and re-point every snapshot holding it (takes the repository's lock exclusively)."
+)
+@click.option("--store", "store", type=click.Path(path_type=Path, file_okay=False), help="With --repair: the live store to take good copies from (default: the one the newest snapshot's manifest names).")
+@restic_options
+@jobs_option
+@output_options
+@monitor_options
+def check(repo: Path, read_data: bool, subset: str | None, repair: bool, store: Path | None, restic_repo, password_file, restic_opts, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+    """Verify every snapshot of repository REPO, each shared file once.
+
+    \b
+    Each snapshot is verified as `mailbak verify` verifies it (manifest,
+    databases, records, account rules, sizes, unknown files, the manifest's
+    facts), but a file (inode) that many snapshots share is stat'ed, and
+    with --read-data read, only once. --read-data compares each file's
+    SHA-256 with the digest a finished backup recorded; a mismatch names the
+    message and every snapshot holding it. Snapshots whose backup failed or
+    was killed are reported and never trusted for digests; one being written
+    is skipped.
+
+    \b
+    REPO is read under its shared lock (a prune waits); --repair takes it
+    exclusively. Writes nothing unless --repair. Exit status: 0 clean, 1
+    damage or other problems found, 2 bad usage or input (not a repository,
+    a bad subset), 130 interrupted.
+    """
+    import os
+
+    from mailbak.checker import Check, parse_subset
+    from mailbak.errors import UsageError
+    from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig, configured_repos
+
+    def job(reporter: Reporter) -> Job:
+        if not repair and (store is not None or restic_repo or password_file or restic_opts):
+            raise UsageError("--store and the restic options are where --repair takes good copies from: give them with --repair")
+        # Off-site copies are tried only where a restic repository is configured.
+        offsite = ResticConfig(restic_repo, password_file, tuple(restic_opts)) if repair and (restic_repo or configured_repos(dict(os.environ))) else None
+        return Check(repo, read_data=read_data, subset=parse_subset(subset) if subset is not None else None, repair=repair, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, store=store, offsite=offsite)
+
+    run_command(Check, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
 
 def keep_options(f):
@@ -676,15 +746,6 @@ def systemd(print_unit: str | None, show_dir: bool) -> None:
 # Off-site copies through restic (docs/OFFSITE.md) ----------------------------------------------
 
 
-def restic_options(f):
-    """Where the restic repository is: restic's own environment, or these options (passed to
-    restic through its environment, never on its command line)."""
-    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
-    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
-    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
-    return f
-
-
 @main.group()
 def offsite() -> None:
     """Off-site copies of a repository's snapshots, made by restic.
@@ -697,9 +758,9 @@ def offsite() -> None:
     with `restic init`. docs/OFFSITE.md shows the routine.
 
     \b
-    Exit status: 0 ok, 1 failed (restic failed, or the restored backup does not
-    verify clean), 2 bad usage or input (restic missing included), 130
-    interrupted.
+    Exit status: 0 ok, 1 failed (restic failed, the restored backup does not
+    verify clean, or check found a file missing or different off-site), 2 bad
+    usage or input (restic missing included), 130 interrupted.
     """
 
 
@@ -755,6 +816,31 @@ def offsite_list(repo: Path, restic_repo, password_file, restic_opts, json_outpu
             click.echo(f"{e.name}  {e.status or '-':<10}  {where}")
 
     run_command(off.Listing, repo, Reporter(), lambda _: off.Listing(repo, config), show=show)
+
+
+@offsite.command("check")
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.argument("snapshot", required=False)
+@restic_options
+@output_options
+def offsite_check(repo: Path, snapshot: str | None, restic_repo, password_file, restic_opts, json_output, quiet, verbose) -> None:
+    """Compare SNAPSHOT of REPO (default: the newest one off-site) with its off-site copy.
+
+    \b
+    Every file's recorded SHA-256 is compared with the content blob ID of the
+    same path in the restic snapshot (restic's trees and index only: no file
+    content is downloaded). A file under 512 KiB is one restic blob whose ID
+    is its SHA-256; a larger one (several blobs) is compared by size only,
+    and counted as such. Every file missing or different off-site is named.
+    Exit status: 0 all match, 1 a file missing or different off-site, 2 bad
+    input (a snapshot not pushed, or made before digests were recorded).
+    """
+    from mailbak import offsite as off
+    from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig
+
+    config = ResticConfig(restic_repo, password_file, tuple(restic_opts))
+    run_command(off.OffsiteCheck, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), lambda reporter: off.OffsiteCheck(repo, snapshot, config, reporter))
 
 
 @offsite.command("restore")

@@ -216,10 +216,13 @@ class Restic:
                     continue
         raise ResticError(f"restic {what}: no JSON in its output")
 
-    def run(self, argv: list[str], cwd: Path | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    def run(self, argv: list[str], cwd: Path | None = None, pass_fds: tuple[int, ...] = (), stdout: int | None = None) -> subprocess.CompletedProcess:
         """Runs ``argv`` (from :meth:`command`) to its end with restic's environment, its
-        output captured; restic is stopped (:func:`stop`) when this is interrupted."""
-        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+        output captured; restic is stopped (:func:`stop`) when this is interrupted. With
+        ``stdout`` (a descriptor), restic's output goes there as bytes, never through memory
+        (``restic cat blob``, ``restic dump``), and only its stderr is captured."""
+        out_to = subprocess.PIPE if stdout is None else stdout
+        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=out_to, stderr=subprocess.PIPE, text=True, errors="replace")
         try:
             out, err = proc.communicate()
         except BaseException:

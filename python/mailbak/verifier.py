@@ -20,6 +20,12 @@ The checks, in order, each reported with its path:
 6. Accounts in the config without a directory (error), directories not in the config (warning).
 7. Backups with a finished manifest: every database, area and known file it names is there,
    with the recorded size, transaction ID and record counts (``check_against_manifest``).
+8. With ``--read-data`` (a backup or snapshot; :class:`ContentCheck`): check 3 goes through the
+   engine's content check instead (``_engine.RepoCheck``), which also reads every message file
+   and every file ``digests/files`` lists, and compares its SHA-256 with the digest the backup
+   recorded (docs/FORMAT.md, "Digests"). ``mailbak check`` runs the same per-backup checks over
+   every snapshot of a repository with one ContentCheck, so that an inode shared by many
+   snapshots is stat'ed and read once.
 
 A live store is verified from a copy of each index, made to a temporary directory outside
 the store (``lmdbcopy.py``), holding the backup lease so that writers defer removals, and files
@@ -91,6 +97,82 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
+#: What a content check counts, as the summary names it (``_engine.RepoCheck.counts``).
+CONTENT_COUNTS = ("inodes_checked", "inodes_read", "bytes_read", "damaged", "unrecorded", "unverified", "sizes_only")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which inodes ``--read-data`` reads (restic's ``--read-data-subset``): all, part ``n`` of
+    ``m`` (stable over runs), a ``fraction`` at random, or a byte ``budget`` at random."""
+
+    part: tuple[int, int] | None = None
+    fraction: float | None = None
+    budget: int | None = None
+
+    def engine_args(self) -> dict[str, Any]:
+        """The subset as ``_engine.RepoCheck`` takes it."""
+        return {"part": self.part, "fraction": self.fraction, "budget": self.budget}
+
+
+class ContentCheck:
+    """The content check of one run (check 8): the engine's inode map, shared by every backup
+    the run verifies, so that each distinct inode is stat'ed (and, with ``read_data``, read)
+    once; the damage found, reported once per inode with every snapshot holding it."""
+
+    def __init__(self, *, read_data: bool, subset: Subset | None = None, seed: int = 0):
+        self.read_data = read_data
+        self.subset = subset or Subset()
+        self.engine = _engine.RepoCheck(read_data=read_data, seed=seed, **self.subset.engine_args())
+        #: Finished backups whose manifest records no digests: checked by size only.
+        self.sizes_only: list[str] = []
+
+    @staticmethod
+    def trusted(doc: dict[str, Any] | None, status: str | None) -> bool:
+        """Whether a backup's digest files are proof: its manifest is ``ok`` and names digests
+        (a failed or killed run's never are)."""
+        return doc is not None and status == Status.OK and isinstance(doc.get("digests"), dict)
+
+    def check_backup(self, v: Verify, name: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Check 3 (and 8) of the backup ``v`` verifies, named ``name`` in damage reports; one
+        tally per area of ``specs``."""
+        assert v.root is not None
+        trusted = self.trusted(v.manifest_doc, v.manifest_status)
+        if self.read_data and v.manifest_doc is not None and v.manifest_status == Status.OK and not trusted:
+            self.sizes_only.append(name)
+        results = v.runner.call(self.engine.check_snapshot, name, v.path, trusted, specs, jobs=v.jobs, root=v.root.fd)
+        if self.read_data and trusted:
+            v.runner.call(self.engine.check_files, name, v.path, trusted, jobs=v.jobs)
+        return results
+
+    def counts(self) -> dict[str, int]:
+        """The run's counts (:data:`CONTENT_COUNTS`)."""
+        c = self.engine.counts()
+        return {k: c[k] for k in CONTENT_COUNTS}
+
+    def damages(self) -> list[dict[str, Any]]:
+        """The damaged inodes: the engine's records, their snapshots newest first."""
+        out = self.engine.damages()
+        for d in out:
+            d["snapshots"] = sorted(d["snapshots"], reverse=True)
+        return out
+
+    def report(self, reporter: Reporter, *, in_repository: bool) -> None:
+        """One error per damaged inode, naming the message and every snapshot holding it
+        (``in_repository``: the path starts with the newest of them); one warning for the
+        backups checked by size only."""
+        for d in self.damages():
+            area = d["area"].decode("utf-8", "surrogateescape")
+            what = f"message {d['id']} of " if d["id"] is not None else "file of "
+            what += "the queue" if area == QUEUE_DIR else f"account {area.removeprefix(ACCOUNTS_DIR + '/')!r}" if area else "the backup"
+            path = d["rel"] if not in_repository else d["snapshots"][0].encode() + b"/" + d["rel"]
+            held = f"; held by {len(d['snapshots'])} snapshot(s): {', '.join(d['snapshots'])}" if in_repository else ""
+            reporter.error(d["cause"], path, f"{what}: {d['detail']}{held}")
+        if self.sizes_only:
+            n = len(self.sizes_only)
+            reporter.warn("no_digests", None, f"{n} backup(s) made before digests were recorded ({', '.join(self.sizes_only)}): their files are checked by size only")
+
+
 class Verify:
     """One run of ``mailbak verify`` (a job: job.py)."""
 
@@ -100,8 +182,27 @@ class Verify:
     counts_bytes: ClassVar[bool] = False
     reports_failure: ClassVar[bool] = False
 
-    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False, expect: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fix: bool,
+        jobs: int,
+        reporter: Reporter,
+        verbose: bool = False,
+        expect: dict[str, Any] | None = None,
+        content: ContentCheck | None = None,
+        name: str | None = None,
+        in_check: bool = False,
+    ):
         self.path = path
+        #: With --read-data (or as a step of ``check``): the content check (check 8).
+        self.content = content
+        #: The backup's name in damage reports.
+        self.name = name or path.name
+        #: A step of ``mailbak check``: the caller holds the repository's lock and reports the
+        #: content check's findings once for all snapshots.
+        self.in_check = in_check
         self.fix = fix
         self.jobs = jobs
         self.reporter = reporter
@@ -119,6 +220,7 @@ class Verify:
         self.owner: StoreOwner | None = None
         #: The repository's shared lock while PATH, a snapshot of it, is verified.
         self.lock: RepoLock | None = None
+        self.root: DataRoot | None = None
 
     def check(self) -> None:
         """Takes the repository's shared lock when PATH is a snapshot of one, then raises UsageError
@@ -127,7 +229,8 @@ class Verify:
         pause("verify.check")
         # First: a prune must not remove the snapshot while it is read (it waits, or with
         # --no-wait refuses); a prune running now makes this wait, saying so.
-        self.lock = reader_lock(self.path, on_wait=self.reporter.message)
+        if not self.in_check:
+            self.lock = reader_lock(self.path, on_wait=self.reporter.message)
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
         self.live = is_store(self.path)
@@ -137,6 +240,10 @@ class Verify:
         problem = self.paths.problem() if self.live else None
         if problem:
             raise UsageError(problem)
+        if self.live and self.content is not None:
+            # Hook for the live-store variant (source bit rot: the store's files against the
+            # newest snapshot's digests, `verify --read-data STORE --repository REPO`).
+            raise UsageError(f"{self.path}: --read-data checks a backup or a snapshot; this is a live store")
         # Anything that is not a store is taken for a backup, so that what a killed backup left
         # (an empty DEST, one with only config/, or only the temporary file of its first
         # manifest, killed while that was fsynced) is reported incomplete. A directory holding
@@ -192,6 +299,8 @@ class Verify:
             self.check_account_dirs(config)
             if self.manifest_doc is not None:
                 self.check_against_manifest(self.manifest_doc, config, indexes)
+            if self.content is not None and not self.in_check:
+                self.content.report(self.reporter, in_repository=False)
             self.runner.finish()
         engine_errors = sum(a.counts.get("errors", 0) for a in self.areas)
         return Status.PROBLEMS if self.reporter.counts.errors or engine_errors else Status.CLEAN
@@ -307,9 +416,14 @@ class Verify:
     # 3 and 5 ---------------------------------------------------------------------------------
 
     def check_files(self, indexes: list[ReadIndex]) -> None:
-        """Checks 3 and 5 for every area, in one engine call."""
+        """Checks 3 and 5 (and 8) for every area, in one engine call."""
         specs = [{**engine_area(r.kind, r.rel, r.index), "fix_rel": f"moved/{r.rel}".encode()} for r in indexes]
-        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd)
+        if self.content is not None:
+            results = self.content.check_backup(self, self.name, specs)
+        else:
+            results = self.runner.call(
+                _engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd
+            )
         for r, result in zip(indexes, results, strict=True):
             self.areas.append(AreaResult(area_label(r.kind, r.name), {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
@@ -393,6 +507,7 @@ class Verify:
             "databases": self.databases,
             "areas": len(self.areas),
             **totals,
+            **(self.content.counts() if self.content is not None and not self.in_check else {}),
             "warnings": c.warnings,
             "errors": c.errors,
         }
@@ -406,8 +521,10 @@ class Verify:
         return interrupted_hint(stage, self.path, "verify") or "verification incomplete"
 
     def metrics(self, facts: dict[str, Any] | None) -> Metrics:
-        """Message files by what was found of them."""
-        return Metrics(files_from(self.file_kinds, facts))
+        """Message files by what was found of them; with --read-data, bytes read and inodes."""
+        if self.content is None:
+            return Metrics(files_from(self.file_kinds, facts))
+        return Metrics(files_from(self.file_kinds, facts), bytes_read=(facts or {}).get("bytes_read", 0), inodes_checked=(facts or {}).get("inodes_checked", 0))
 
     def table(self) -> list[tuple[str, ...]]:
         """One row per area and a total."""
