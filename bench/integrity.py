@@ -127,6 +127,9 @@ SMOKE_MESSAGES, SMOKE_ACCOUNTS, SMOKE_SNAPSHOTS = 2000, 3, 3
 #: The sha256sum peer: processes, and files per sha256sum process.
 SHA_PROCESSES, SHA_BATCH = 2, 2000
 
+#: The facts of check's summary the report shows (the raw result keeps all of them).
+SUMMARY_KEYS = ("status", "snapshots", "files_checked", "inodes_checked", "inodes_read", "bytes_read", "damaged", "unrecorded", "unverified", "sizes_only")
+
 #: Room to spare in RAM when deciding whether both repositories fit the page cache.
 CACHE_MARGIN = 2 << 30
 
@@ -514,7 +517,7 @@ def history_lines(chk: dict) -> str:
     lines.append(f"- page cache: {warm}; both repositories {pc['need_bytes'] / 1e9:.2f} GB, memory available {avail}")
     if "check_untimed" in chk:
         u = chk["check_untimed"]
-        facts = {k: v for k, v in u["summary"].items() if k != "message_type"}
+        facts = {k: u["summary"][k] for k in SUMMARY_KEYS if k in u["summary"]}
         lines.append(f"- untimed `mailbak check --read-data --json` (first read, before the warm-up): {u['seconds']:.3f} s, {u['rss_kib'] / 1024:.0f} MiB; summary: `{json.dumps(facts)}`")
     return "\n".join(lines)
 
