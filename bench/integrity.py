@@ -267,6 +267,20 @@ def step_seconds(rounds: list[dict], step: str) -> list[float]:
     return [x["seconds"] for r in rounds for x in r["samples"][step]]
 
 
+def paired_ratios(rounds: list[dict]) -> dict[str, list[float]]:
+    """Per round, the ratios of runs made next to each other (same W, same minute): first
+    snapshot ÷ ``cp -a`` and ÷ ``--no-digests``, and the round's nightlies with digests ÷ without
+    (A B B A: the sums of two runs each). Drift of a busy machine moves medians taken over
+    rounds more than these."""
+    out: dict[str, list[float]] = {"first_vs_cp": [], "first_vs_nodig": [], "nightly_vs_nodig": []}
+    for r in rounds:
+        t = {step: [x["seconds"] for x in xs] for step, xs in r["samples"].items()}
+        out["first_vs_cp"].append(t["first"][0] / t["cp"][0])
+        out["first_vs_nodig"].append(t["first"][0] / t["first_nodig"][0])
+        out["nightly_vs_nodig"].append(sum(t["nightly"]) / sum(t["nightly_nodig"]))
+    return out
+
+
 def digests_table(rounds: list[dict], n: int, floor_kib: int) -> str:
     rows = []
     for step, title in DIGEST_STEPS:
@@ -474,9 +488,15 @@ def targets(dig: dict | None, chk: dict | None) -> tuple[list[list[str]], dict]:
     if dig:
         r = dig["rounds"]
         med = {step: statistics.median(step_seconds(r, step)) for step, _ in DIGEST_STEPS}
-        ratio("first_vs_cp", med["first"], med["cp"], TARGET_FIRST_VS_CP, "first snapshot with digests ÷ `cp -a` (onto /dev/shm)")
-        ratio("first_vs_nodig", med["first"], med["first_nodig"], None, "first snapshot with digests ÷ with `--no-digests`")
-        ratio("nightly_vs_nodig", med["nightly"], med["nightly_nodig"], TARGET_NIGHTLY, "nightly snapshot at 1 % churn, with digests ÷ without")
+        paired = paired_ratios(r)
+        for key, a, b, target, what in (
+            ("first_vs_cp", "first", "cp", TARGET_FIRST_VS_CP, "first snapshot with digests ÷ `cp -a` (onto /dev/shm)"),
+            ("first_vs_nodig", "first", "first_nodig", None, "first snapshot with digests ÷ with `--no-digests`"),
+            ("nightly_vs_nodig", "nightly", "nightly_nodig", TARGET_NIGHTLY, "nightly snapshot at 1 % churn, with digests ÷ without"),
+        ):
+            ratio(key, med[a], med[b], target, what)
+            data[key]["paired"] = paired[key]
+            rows.append(["… the same per round, runs next to each other", ", ".join(f"{v:.2f}" for v in paired[key]) + f" (median **{statistics.median(paired[key]):.2f}**)", "", ""])
         added = [d["bytes_written"] for rr in r for d in rr["nightly_digests"]]
         msgs = dig["store_facts"]["messages"]
         rows.append(["bytes a nightly snapshot's digests add (manifest `digests.bytes_written`), median", f"**{round(statistics.median(added)):,} B** ({statistics.median(added) / msgs:.2f} B per message of the store)", "(state it)", "—"])
