@@ -598,6 +598,8 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
         log("bench: note: this build has no `mailbak check --read-data`: the check group runs its peers only")
     info = machine_info(places, [sys.executable, *sys.argv], mailbak)
     del info["rsync"]
+    if info["dentry_hash_entries"] is None:
+        info["dentry_hash_entries"] = "unknown (no longer in the kernel's boot log, and not remembered for this boot)"
     info["fs_cross_device_dest"] += " (digests group: the repository)"
     info["sha256sum"] = first_line(["sha256sum", "--version"])
     info["restic"] = first_line(["restic", "version"]) if shutil.which("restic") else None
