@@ -473,18 +473,39 @@ def source_commit() -> str | None:
     return f"{head} with uncommitted changes to python/ or rust/" if dirty else head
 
 
+#: The dentry hash size read from the boot log, per boot (the kernel's ring buffer drops its
+#: first lines once enough is logged, so a later run of the same boot reads it from here).
+DENTRY_MEMO = BENCH_DIR / ".cache" / "dentry-hash-entries.json"
+
+
 def dentry_hash_entries() -> int | None:
     """The kernel's dentry hash size (its boot log: "Dentry cache hash table entries"). It moves
     lookup-bound ratios between machines (few entries: long hash chains at millions of files),
-    so every result records it; None when the boot log cannot be read."""
+    so every result records it. Remembered per boot in DENTRY_MEMO; None when neither the boot
+    log nor the memo of this boot has it."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
     try:
         log = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        log = ""
     for line in log.splitlines():
         if "Dentry cache hash table entries:" in line:
-            return int(line.split("entries:")[1].split()[0])
-    return None
+            entries = int(line.split("entries:")[1].split()[0])
+            if boot:
+                try:
+                    DENTRY_MEMO.parent.mkdir(parents=True, exist_ok=True)
+                    DENTRY_MEMO.write_text(json.dumps({"boot_id": boot, "entries": entries}) + "\n")
+                except OSError:
+                    pass  # only a memo
+            return entries
+    try:
+        memo = json.loads(DENTRY_MEMO.read_text())
+    except (OSError, ValueError):
+        return None
+    return memo.get("entries") if boot and memo.get("boot_id") == boot else None
 
 
 def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:

@@ -169,3 +169,35 @@ def test_bench_cold_scale_smoke(tmp_path):
     assert round_["second_transfer"]["reused"] > 0
     assert report["scale"]["peak_rss"]["pass"] is True
     assert "## Scale: µs per message" in done.stdout
+
+
+INTEGRITY_BENCH = RUN.parent / "integrity.py"
+
+
+def test_bench_integrity_smoke(tmp_path):
+    # bench/integrity.py --smoke: both groups run on a small store. Digests: cp -a and the first
+    # snapshot with and without digests once, the nightly with and without twice each (A B B A),
+    # each checked by the harness against its manifest (digests recorded or not, the nightly
+    # reusing from the first snapshot). Check: the cached three-snapshot repository and its
+    # restic twin (one restic snapshot per snapshot) are built, and the peers (and check, when
+    # this build has it) run and are checked clean.
+    raw = tmp_path / "raw.json"
+    argv = [sys.executable, str(INTEGRITY_BENCH), "--smoke", "--json", str(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(raw.read_text())
+    (round_,) = report["groups"]["digests"]["rounds"]
+    assert {step: len(xs) for step, xs in round_["samples"].items()} == {"cp": 1, "first_nodig": 1, "first": 1, "nightly": 2, "nightly_nodig": 2}
+    assert all(x["seconds"] > 0 and x["rss_kib"] > 0 for xs in round_["samples"].values() for x in xs)
+    # A nightly's digests are a fraction of the first snapshot's: unchanged shards are linked.
+    first, nightly = round_["first_digests"], round_["nightly_digests"][0]
+    assert nightly["shards_linked"] > 0 and 0 < nightly["bytes_written"] < first["bytes_written"]
+    check = report["groups"]["check"]
+    assert len(check["history_facts"]["snapshots"]) == 3 and check["history_facts"]["restic"]["snapshots"] == 3
+    assert check["page_cache"]["warm"] is True
+    names = [r["name"] for r in check["results"]]
+    assert any(n.startswith("sha256sum") for n in names) and any(n.startswith("restic check") for n in names)
+    assert ("check_untimed" in check) == any(n.startswith("mailbak check") for n in names)
+    assert all(len(r["seconds"]) == 1 and r["seconds"][0] > 0 for r in check["results"])
+    assert {"first_vs_cp", "nightly_vs_nodig", "nightly_digest_bytes", "check_vs_sha256sum", "check_vs_restic", "check_rss_bytes"} <= set(report["targets"])
+    assert "### Targets, 2,000 messages" in done.stdout and "dentry_hash_entries" in done.stdout and "restic 0." in done.stdout
