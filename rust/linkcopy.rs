@@ -28,6 +28,10 @@
 //! caller's cutoff ([`LinkPolicy::with_reuse_cutoff`]: the reference's start less a margin for
 //! coarse timestamps) is never reused: the file is copied from the store.
 //!
+//! In place ([`LinkPolicy::in_place`]: a repository on btrfs, `inplace.rs`), the destination is
+//! a clone of the reference and is its own reference: a file the rule above would link from the
+//! reference is kept where it is, and a copy first removes the clone's file it replaces.
+//!
 //! Copies themselves (reflink, `copy_file_range`, read/write; owner, mode and mtime) are
 //! `copy.rs`'s; this module decides when a file is linked, reused or copied, and counts the
 //! copies that stand in for a link.
@@ -78,6 +82,8 @@ pub struct LinkPolicy {
     /// Reference files whose mtime (nanoseconds since the epoch) is at or after this are never
     /// reused (see the module doc); None: no such bound.
     reuse_cutoff: Option<i64>,
+    /// The reference directory is the destination directory itself (see the module doc).
+    in_place: bool,
 }
 
 /// Why a file about to be copied was not linked (counted as a fallback when Some).
@@ -95,6 +101,16 @@ impl LinkPolicy {
             copier: Copier::new(),
             empty_path_links: AtomicBool::new(true),
             reuse_cutoff: None,
+            in_place: false,
+        }
+    }
+
+    /// The same policy, the destination being its own reference when `on` (see the module
+    /// doc): reuse keeps the destination's file, a copy replaces it.
+    pub fn in_place(self, on: bool) -> Self {
+        LinkPolicy {
+            in_place: on,
+            ..self
         }
     }
 
@@ -229,6 +245,13 @@ impl LinkPolicy {
         immutable: bool,
         reason: Reason,
     ) -> Result<Placed, Error> {
+        if self.in_place {
+            // The clone's file (a stale or damaged copy) gives way to the store's.
+            match fsutil::unlink_at(dst, name) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(Error::new("unlink", e)),
+            }
+        }
         let placed = Placed::Copied(self.copier.copy_file(src, dst, name, immutable)?);
         if let Some(e) = reason {
             let _ = self.first_fallback.compare_exchange(
@@ -335,6 +358,10 @@ impl LinkPolicy {
         dst: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<Option<u64>, Errno> {
+        if self.in_place {
+            // `rfd` is the destination's own entry, compared as a reference file: kept.
+            return Ok(Some(rst.st_size as u64));
+        }
         if self.empty_path_links.load(Ordering::Relaxed) {
             match fsutil::link_fd_at(rfd.as_fd(), dst, name) {
                 Ok(()) => return Ok(Some(rst.st_size as u64)),
