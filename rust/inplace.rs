@@ -47,7 +47,8 @@ pub enum Verdict {
 /// What [`drop_stale`] removed.
 #[derive(Debug, Default)]
 pub struct Dropped {
-    /// Entries removed (files, symlinks and directories, those inside removed directories too).
+    /// Entries removed because the store has no such entry there (files, symlinks and
+    /// directories, those inside removed directories too); not the symlinks removed to be recreated.
     pub entries: AtomicU64,
 }
 
@@ -92,21 +93,26 @@ fn visit<'s, F>(
     for i in entries.indexes() {
         let (name, kind) = entries.get(i);
         let path = join(&rel, name.to_bytes());
-        let keep = match verdict(&rel, name.to_bytes(), kind) {
+        // Whether the entry stays, and whether removing it counts (a symlink removed only to be
+        // recreated from the store's does not).
+        let (keep, counted) = match verdict(&rel, name.to_bytes(), kind) {
             Verdict::Leave => continue,
-            Verdict::Keep => true,
-            Verdict::Drop => false,
-            Verdict::Check if matches!(kind, Kind::File | Kind::Dir) => {
+            Verdict::Keep => (true, false),
+            Verdict::Drop => (false, true),
+            Verdict::Check => {
                 let sdir = store.get_or_insert_with(|| fsutil::open_dir_below(src_root, &rel).ok());
-                sdir.as_ref()
+                let theirs = sdir
+                    .as_ref()
                     .and_then(|d| fsutil::lstat_at(d.as_fd(), name).ok())
-                    .is_some_and(|st| Kind::from_mode(st.st_mode) == kind)
+                    .map(|st| Kind::from_mode(st.st_mode));
+                let same = theirs == Some(kind);
+                (same && matches!(kind, Kind::File | Kind::Dir), !same)
             }
-            Verdict::Check => false,
         };
         if !keep {
-            if let Err(e) = remove(dir, name, kind, out) {
-                sink.io_error(&path, "remove", e);
+            match remove(dir, name, kind, counted.then_some(out)) {
+                Ok(()) => {}
+                Err(e) => sink.io_error(&path, "remove", e),
             }
             continue;
         }
@@ -122,8 +128,13 @@ fn visit<'s, F>(
 }
 
 /// Removes `name` of `dir` (of `kind`; a directory with everything below it, never following
-/// a symlink), counting into `out`.
-fn remove(dir: BorrowedFd<'_>, name: &CStr, kind: Kind, out: &Dropped) -> Result<(), Errno> {
+/// a symlink), counting into `out` when given.
+fn remove(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    kind: Kind,
+    out: Option<&Dropped>,
+) -> Result<(), Errno> {
     if kind == Kind::Dir {
         let sub = fsutil::open_dir_at(dir, name)?;
         let entries = fsutil::read_entries(sub.as_fd())?;
@@ -139,7 +150,9 @@ fn remove(dir: BorrowedFd<'_>, name: &CStr, kind: Kind, out: &Dropped) -> Result
             Err(e) => return Err(e),
         }
     }
-    out.entries.fetch_add(1, Ordering::Relaxed);
+    if let Some(out) = out {
+        out.entries.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(())
 }
 
@@ -163,6 +176,8 @@ mod tests {
         s.file("dst/kept/z", b"old");
         s.file("dst/dropped", b"old");
         std::os::unix::fs::symlink("same", s.path("dst/link")).unwrap();
+        std::os::unix::fs::symlink("same", s.path("dst/link2")).unwrap();
+        std::os::unix::fs::symlink("same", s.path("src/link2")).unwrap();
         std::fs::create_dir_all(s.path("src/file_in_dst_is_dir")).unwrap();
         s.file("dst/file_in_dst_is_dir", b"old");
         let progress = Progress::new(false, 100);
@@ -176,7 +191,8 @@ mod tests {
         let mut left: Vec<String> = walk_names(&s.path("dst"));
         left.sort();
         assert_eq!(left, ["d", "d/x", "kept", "kept/z", "same"]);
-        // gone, d/y, olddir/z, olddir, dropped, link, file_in_dst_is_dir
+        // gone, d/y, olddir/z, olddir, dropped, link, file_in_dst_is_dir; link2 is removed too
+        // (the backup recreates it) but not counted.
         assert_eq!(out.entries.load(Ordering::Relaxed), 7);
         assert_eq!(sink.tally.errors.load(Ordering::Relaxed), 0);
     }

@@ -501,6 +501,10 @@ class Repository:
                 target = self.trash / f"{name}.{n}"
                 if not os.path.lexists(target):
                     break
+        if self.method is Method.SUBVOLUME and _engine.btrfs_is_subvolume(self.path / name):
+            # A read-only subvolume cannot move to another directory (its ``..`` would change):
+            # made writable first. Killed in between, it stays a complete snapshot, writable.
+            _engine.btrfs_set_readonly(self.path / name, False)
         os.rename(self.path / name, target)
         for d in (self.trash, self.path):
             fsync_dir(d)
