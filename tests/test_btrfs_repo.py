@@ -216,3 +216,62 @@ def test_a_marker_without_a_method_keeps_hardlinking_on_btrfs(aged, btrfs):
     summary = json.loads(p.stdout.splitlines()[-1])
     assert summary["subvolumes_deleted"] == 0 and summary["files_deleted"] > 0
     assert snapshots(repo) == [cur]
+
+
+@pytest.mark.parametrize("proof", [True, False])
+def test_without_the_indexes_proof_every_message_is_compared_with_the_store(aged, btrfs, proof):
+    # A message file rewritten in the store behind its index's back (same size, new bytes and
+    # time): while the reference's index proves the message, the clone's file is kept unlooked-
+    # at (the trust the format gives, as with hardlinks); when the proof is unavailable (here:
+    # a reference that recorded no index file identity, as an older mailbak made it), the
+    # message is compared with the store's file by size and time and copied again.
+    repo = btrfs / "repo"
+    init_ok(repo)
+    t = start_times(2)
+    backup_into(aged, repo, clock=t[0])
+    [ref] = snapshots(repo)
+    if not proof:
+        doc = manifest_of(ref)
+        for db in doc["databases"].values():
+            del db["source_inode"]
+        _engine.btrfs_set_readonly(ref, False)
+        (ref / "mailbak.json").write_text(json.dumps(doc))
+        _engine.btrfs_set_readonly(ref, True)
+    with Store.open(aged, durable=False) as s:
+        victim = min(s.account(ACC).messages())
+    path = message_file(aged, victim)
+    old = path.read_bytes()
+    path.write_bytes(bytes(b ^ 1 for b in old))
+    events: list[dict] = []
+    summary = backup_into(aged, repo, events=events, clock=t[1])
+    cur = snapshots(repo)[-1]
+    held = message_file(cur, victim).read_bytes()
+    assert held == (old if proof else path.read_bytes())
+    assert summary["accounts"][ACC]["copied"] == (0 if proof else 1)
+    assert bool([e for e in events if e.get("code") == "reference_index"]) is not proof
+    assert run_cli("verify", cur).returncode == 0
+
+
+def test_a_snapshot_killed_while_set_up_is_never_listed_and_pruned(aged, btrfs):
+    # The clone of the reference still holds the reference's manifest (ok) until the backup
+    # replaces it: it lives under a name no listing takes for a snapshot until then, and one a
+    # killed run left is removed by the next prune.
+    repo = btrfs / "repo"
+    init_ok(repo)
+    t = start_times(2)
+    backup_into(aged, repo, clock=t[0])
+    [ref] = snapshots(repo)
+    fd = os.open(repo, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _engine.btrfs_snapshot(ref, fd, b".new-2026-01-01T000000Z-99999")
+    finally:
+        os.close(fd)
+    p = run_cli("snapshots", "--json", repo)
+    assert [json.loads(line)["name"] for line in p.stdout.splitlines() if '"snapshot"' in line] == [ref.name]
+    second = backup_into(aged, repo, clock=t[1])
+    assert second["reference"] == str(ref)
+    p = run_cli("prune", "--json", repo, "--keep-last", "2", "--no-nice")
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = json.loads(p.stdout.splitlines()[-1])
+    assert summary["subvolumes_deleted"] == 1
+    assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", ref.name, second["snapshot"]])

@@ -6,7 +6,8 @@ The steps, in order:
    snapshot (whose reference could be removed), and no verify or restore reads one, while
    prune runs. One of them holding it makes prune wait, saying so, or, with ``--no-wait``,
    fail at once (exit 1).
-2. **Leftover trash.** Snapshots a killed prune had moved into ``REPO/.trash`` are deleted
+2. **Leftover trash.** Snapshots a killed prune had moved into ``REPO/.trash`` (and subvolumes
+   a backup killed while setting them up left, ``repository.CREATING_PREFIX``) are deleted
    first: the decision to remove them was made and made durable.
 3. **Decide.** Every snapshot's status and start time come from its manifest and lock
    (``repository.status_of``); ``retention.decide`` gives keep or remove and the reasons.
@@ -109,12 +110,12 @@ class Prune:
         """Steps 2 to 5; returns ``ok``, or ``failed`` when something could not be deleted."""
         assert self.repo is not None, "check() first"
         if not self.dry_run:
-            self.empty_trash("trash")
-        if not self.dry_run:
-            # Subvolumes of snapshots whose backup was killed while setting them up.
+            # Subvolumes of snapshots whose backup was killed while setting them up (the
+            # subvolume method) go with the leftover trash.
             for name in self.repo.leftover_creations():
                 self.repo.move_to_trash(name)
                 self.moved = True
+            self.empty_trash("trash")
         infos = self.repo.snapshots()
         self.decisions = retention.decide([retention.Snapshot(s.name, s.status, s.start) for s in infos], self.policy)
         removals = [d.name for d in self.decisions if not d.keep]
