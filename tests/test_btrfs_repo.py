@@ -275,3 +275,16 @@ def test_a_snapshot_killed_while_set_up_is_never_listed_and_pruned(aged, btrfs):
     summary = json.loads(p.stdout.splitlines()[-1])
     assert summary["subvolumes_deleted"] == 1
     assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", ref.name, second["snapshot"]])
+
+
+def test_a_clone_without_digests_keeps_none_of_the_references(aged, btrfs):
+    repo = btrfs / "repo"
+    init_ok(repo)
+    t = start_times(2)
+    backup_into(aged, repo, clock=t[0])
+    churn(aged)
+    summary = backup_into(aged, repo, "--no-digests", clock=t[1])
+    cur = snapshots(repo)[-1]
+    assert "digests" not in summary
+    assert sorted(os.listdir(cur)) == ["config", "data", "mailbak.json"]
+    assert run_cli("verify", cur).returncode == 0

@@ -379,6 +379,11 @@ class Backup:
 
     def _run(self) -> Status:
         self.format_version = self.store_format_version()
+        if self.in_place and os.path.lexists(self.out / digests.DIR):
+            # The clone's digests are the reference's: set aside (the areas link their unchanged
+            # shards from there, within this subvolume) and deleted after the areas, never kept
+            # as they are (with --no-digests too).
+            os.rename(self.out / digests.DIR, self.out / DIGESTS_REFERENCE)
         if self.record_digests:
             self.start_digests()
         self.runner.new_phase("config")
@@ -444,10 +449,6 @@ class Backup:
         digests would be incomplete), and the run goes on without them."""
         ref_fd = None
         try:
-            if self.in_place and os.path.lexists(self.out / digests.DIR):
-                # The clone's digests are the reference's: set aside (the areas link their
-                # unchanged shards from there, within this subvolume), never kept as they are.
-                os.rename(self.out / digests.DIR, self.out / DIGESTS_REFERENCE)
             os.mkdir(self.out / digests.DIR, digests.DIR_MODE)
             if self.reference is not None and self.reference_cutoff is not None:
                 try:
