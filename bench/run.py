@@ -126,10 +126,11 @@ def mailbak_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "mailbak", *args]
 
 
-def ensure_store(cache: Path, messages: int, accounts: int, seed: int) -> tuple[Path, dict]:
-    """The cached store for these parameters, generated when absent or half-generated.
+def ensure_store(cache: Path, messages: int, accounts: int, seed: int, median_size: int | None = None) -> tuple[Path, dict]:
+    """The cached store for these parameters, generated when absent or half-generated
+    (``median_size``: gen's ``--median-size``; None, its default, keeps the cache's old names).
     Returns its path and the facts recorded when it was generated."""
-    entry = cache / f"store-{messages}m-{accounts}a-seed{seed}"
+    entry = cache / (f"store-{messages}m-{accounts}a-seed{seed}" + (f"-ms{median_size}" if median_size else ""))
     marker = entry / "complete.json"
     if marker.exists():
         return entry / "store", json.loads(marker.read_text())
@@ -137,10 +138,13 @@ def ensure_store(cache: Path, messages: int, accounts: int, seed: int) -> tuple[
         log(f"bench: {entry} has no completion marker (interrupted generation?); regenerating")
         remove_tree(entry)
     entry.mkdir(parents=True)
-    check_space(entry, messages, f"a {messages:,}-message store")
+    if median_size is None:  # BYTES_PER_MESSAGE is for gen's default size; others check their own
+        check_space(entry, messages, f"a {messages:,}-message store")
     log(f"bench: generating {messages:,} messages over {accounts} accounts (seed {seed}) in {entry}")
     store = entry / "store"
     argv = mailbak_cli("gen", str(store), "--messages", str(messages), "--accounts", str(accounts), "--seed", str(seed), "--quiet")
+    if median_size:
+        argv[-1:-1] = ["--median-size", str(median_size)]
     t0 = time.perf_counter()
     done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -148,7 +152,7 @@ def ensure_store(cache: Path, messages: int, accounts: int, seed: int) -> tuple[
         raise HarnessError(f"{shlex.join(argv)} exited with status {done.returncode}:\n{done.stdout}{done.stderr}")
     age_tree(store)
     du = subprocess.run(["du", "-s", "--block-size=1", str(store)], capture_output=True, text=True, check=True)
-    facts = {"messages": messages, "accounts": accounts, "seed": seed, "generation_seconds": round(seconds, 2), "disk_bytes": int(du.stdout.split()[0])}
+    facts = {"messages": messages, "accounts": accounts, "seed": seed, **({"median_size": median_size} if median_size else {}), "generation_seconds": round(seconds, 2), "disk_bytes": int(du.stdout.split()[0])}
     marker.write_text(json.dumps(facts) + "\n")
     log(f"bench: generated in {seconds:.1f} s")
     return store, facts

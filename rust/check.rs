@@ -65,8 +65,23 @@ pub struct CheckOptions {
 /// Checks every area in the current rayon pool, areas and their directories interleaved; one
 /// tally per area, in order. An area whose root cannot be opened is an error event of that area.
 pub fn check_areas(jobs: &[CheckJob], opts: &CheckOptions, progress: &Progress) -> Vec<Tally> {
+    check_areas_with(jobs, opts, progress, None)
+}
+
+/// Makes the [`FileStat`] of area number `i` of a call.
+pub type HookFactory<'h> = dyn Fn(usize, &CheckJob) -> Box<dyn FileStat + 'h> + Sync + 'h;
+
+/// [`check_areas`], each area's live files stat'ed by the hook `hooks` makes for it (None: a
+/// plain `lstat`).
+pub fn check_areas_with(
+    jobs: &[CheckJob],
+    opts: &CheckOptions,
+    progress: &Progress,
+    hooks: Option<&HookFactory<'_>>,
+) -> Vec<Tally> {
     jobs.par_iter()
-        .map(|job| {
+        .enumerate()
+        .map(|(i, job)| {
             let a = &job.spec;
             let sink = Sink::new(progress, &a.prefix);
             // --fix asked for and impossible (no descriptor left) is an error, never a silent
@@ -83,7 +98,12 @@ pub fn check_areas(jobs: &[CheckJob], opts: &CheckOptions, progress: &Progress) 
                 }
             });
             if let Some(root) = open_area_root(opts.anchor.as_ref(), &a.src, &sink) {
-                AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, opts.live, &sink).run(root);
+                let hook = hooks.map(|make| make(i, job));
+                let check = AreaCheck::new(&a.area, &a.snap, &a.sizes, fix, opts.live, &sink);
+                match &hook {
+                    Some(h) => check.with_hook(h.as_ref()).run(root),
+                    None => check.run(root),
+                }
             }
             sink.tally
         })
@@ -112,6 +132,28 @@ pub struct FixTarget {
     pub owner: Option<FsId>,
 }
 
+/// What a caller may put in place of the `lstat` that checks a live message's file: the
+/// repository check (`checkrepo.rs`) answers from what it already knows of the file's inode
+/// (one `stat` or read per inode, not per snapshot) and reads the files it was asked to.
+/// Reporting (missing, not regular, size) stays here, the same for both.
+pub trait FileStat: Sync {
+    /// Called for every directory the walk enters, before its entries.
+    fn enter_dir(&self, _dir: &Dir<'_>, _sink: &Sink<'_>) {}
+    /// Called once a directory's entries and subdirectories are done.
+    fn leave_dir(&self, _dir: &Dir<'_>) {}
+    /// The kind and size of live message `id`'s file `name` in `dir` (at `rel` below the area
+    /// root; `size`: its recorded size). Problems other than these three go to `sink`.
+    fn stat(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        rel: &[u8],
+        id: u64,
+        size: Option<u64>,
+        sink: &Sink<'_>,
+    ) -> Result<(Kind, u64), Errno>;
+}
+
 /// Checks one area (see the module doc).
 pub struct AreaCheck<'a> {
     /// The area, the index's IDs and sizes, and which live IDs the walk met.
@@ -124,6 +166,8 @@ pub struct AreaCheck<'a> {
     sink: &'a Sink<'a>,
     /// Test-only pause point [`testpause::MID_CHECK`], inert unless a test armed it.
     pause: Pause,
+    /// What stats each live message's file, when not a plain `lstat`.
+    hook: Option<&'a dyn FileStat>,
 }
 
 impl<'a> AreaCheck<'a> {
@@ -142,7 +186,14 @@ impl<'a> AreaCheck<'a> {
             live,
             sink,
             pause: Pause::from_env(testpause::MID_CHECK),
+            hook: None,
         }
+    }
+
+    /// The same check with `hook` in place of the `lstat` of each live message's file.
+    pub fn with_hook(mut self, hook: &'a dyn FileStat) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// Runs steps 1 to 3.
@@ -179,11 +230,16 @@ impl<'a> AreaCheck<'a> {
         Tally::bump(&self.sink.tally.checked);
         self.sink.progress.add_done(1);
         self.pause.tick();
-        let st = match fsutil::lstat_at(dir, name) {
+        let id = self.state.id(index);
+        let got = match self.hook {
+            Some(h) => h.stat(dir, name, rel, id, self.state.sizes[index], self.sink),
+            None => fsutil::lstat_at(dir, name)
+                .map(|st| (Kind::from_mode(st.st_mode), st.st_size as u64)),
+        };
+        let (kind, size) = match got {
             Ok(st) => st,
             Err(Errno::NOENT) => {
                 Tally::bump(&self.sink.tally.missing);
-                let id = self.state.id(index);
                 return self.sink.error(
                     "missing",
                     rel,
@@ -193,7 +249,7 @@ impl<'a> AreaCheck<'a> {
             }
             Err(e) => return self.sink.io_error(rel, "stat", e),
         };
-        if Kind::from_mode(st.st_mode) != Kind::File {
+        if kind != Kind::File {
             Tally::bump(&self.sink.tally.damaged);
             return self.sink.error(
                 "not_regular",
@@ -203,13 +259,13 @@ impl<'a> AreaCheck<'a> {
             );
         }
         if let Some(want) = self.state.sizes[index] {
-            if st.st_size as u64 != want {
+            if size != want {
                 Tally::bump(&self.sink.tally.damaged);
                 self.sink.error(
                     "size_mismatch",
                     rel,
                     0,
-                    format!("file has {} bytes, its record says {}", st.st_size, want),
+                    format!("file has {} bytes, its record says {}", size, want),
                 );
             }
         }
@@ -345,6 +401,18 @@ fn move_aside_as_is(fix: &FixTarget, dir: &Dir<'_>, name: &CStr) -> Result<Vec<u
 }
 
 impl Visitor for AreaCheck<'_> {
+    fn enter_dir(&self, dir: &Dir<'_>) {
+        if let Some(h) = self.hook {
+            h.enter_dir(dir, self.sink);
+        }
+    }
+
+    fn leave_dir(&self, dir: &Dir<'_>) {
+        if let Some(h) = self.hook {
+            h.leave_dir(dir);
+        }
+    }
+
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
         let rel = join(dir.rel, name.to_bytes());
         let t = &self.sink.tally;

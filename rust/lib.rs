@@ -20,6 +20,7 @@
 mod areas;
 mod btrfs;
 mod check;
+mod checkrepo;
 mod classify;
 mod copy;
 mod delete;

@@ -21,6 +21,7 @@ use pyo3::types::{PyAny, PyBytes, PyDict};
 
 use crate::areas::{self, AreaSpec};
 use crate::check::{self, CheckJob, CheckOptions};
+use crate::checkrepo::{self, SnapshotArgs, Subset};
 use crate::classify::{Area, Snapshot};
 use crate::error::Error;
 use crate::fsid::{self, FsId};
@@ -736,6 +737,141 @@ fn check_areas<'py>(
     tallies.iter().map(|t| tally_dict(py, t)).collect()
 }
 
+/// One run of `mailbak check` over a repository: the inode map shared by its snapshots; see
+/// `checkrepo.rs`.
+#[pyclass(frozen, module = "mailbak._engine")]
+struct RepoCheck {
+    /// The run.
+    inner: Arc<checkrepo::RepoCheck>,
+}
+
+/// The damage record as a dict (see `_engine.pyi`).
+fn damage_dict<'py>(py: Python<'py>, d: &checkrepo::Damage) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    out.set_item("area", PyBytes::new(py, &d.area))?;
+    out.set_item("id", d.id)?;
+    out.set_item("rel", PyBytes::new(py, &d.rel))?;
+    out.set_item("size", d.size)?;
+    out.set_item("digest", d.digest.map(|x| PyBytes::new(py, &x)))?;
+    out.set_item("cause", d.cause)?;
+    out.set_item("detail", &d.detail)?;
+    out.set_item("inode", d.inode)?;
+    out.set_item("snapshots", d.snapshots.clone())?;
+    Ok(out)
+}
+
+#[pymethods]
+impl RepoCheck {
+    /// A run; with `read_data`, the subset read: at most one of `part` (n, m), `fraction`
+    /// (0 < f <= 1), `budget` (bytes). `seed` keys the random subsets.
+    #[new]
+    #[pyo3(signature = (*, read_data, part = None, fraction = None, budget = None, seed = 0))]
+    fn new(
+        read_data: bool,
+        part: Option<(u64, u64)>,
+        fraction: Option<f64>,
+        budget: Option<u64>,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let subset = match (part, fraction, budget) {
+            (None, None, None) => Subset::All,
+            (Some((n, m)), None, None) if m >= 1 && (1..=m).contains(&n) => Subset::Part { n, m },
+            (None, Some(f), None) if f > 0.0 && f <= 1.0 => Subset::Fraction(f),
+            (None, None, Some(b)) => Subset::Budget(b),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "one subset: part (n, m) with 1 <= n <= m, fraction in (0, 1], or budget",
+                ))
+            }
+        };
+        Ok(RepoCheck {
+            inner: Arc::new(checkrepo::RepoCheck::new(read_data, subset, seed)),
+        })
+    }
+
+    /// Checks one snapshot's areas (as `check_areas` does, each relative to the descriptor
+    /// `root`, the snapshot's `data/`); `snapshot` is its directory, `trusted` whether its
+    /// manifest is ok and names digests. One tally per area.
+    #[pyo3(signature = (name, snapshot, trusted, areas, *, jobs, progress, root))]
+    #[allow(clippy::too_many_arguments)]
+    fn check_snapshot<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        snapshot: PathBuf,
+        trusted: bool,
+        areas: Vec<AreaArgs<'py>>,
+        jobs: usize,
+        progress: &Progress,
+        root: i32,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let areas = areas
+            .iter()
+            .map(|a| {
+                Ok(CheckJob {
+                    spec: a.spec()?,
+                    fix_rel: Vec::new(),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let snap = SnapshotArgs {
+            name,
+            root: open_root(None, &snapshot)?,
+            trusted,
+        };
+        let opts = CheckOptions {
+            anchor: anchor(Some(root))?,
+            ..Default::default()
+        };
+        let p = Arc::clone(&progress.inner);
+        let run_ = Arc::clone(&self.inner);
+        let tallies = run(py, jobs, move || {
+            run_.check_snapshot(&snap, &areas, &opts, &p)
+        })?;
+        tallies.iter().map(|t| tally_dict(py, t)).collect()
+    }
+
+    /// Reads the files a trusted snapshot's `digests/files` lists (with `read_data`).
+    #[pyo3(signature = (name, snapshot, trusted, *, jobs, progress))]
+    fn check_files<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        snapshot: PathBuf,
+        trusted: bool,
+        jobs: usize,
+        progress: &Progress,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let snap = SnapshotArgs {
+            name,
+            root: open_root(None, &snapshot)?,
+            trusted,
+        };
+        let p = Arc::clone(&progress.inner);
+        let run_ = Arc::clone(&self.inner);
+        let t = run(py, jobs, move || run_.check_files(&snap, &p))?;
+        tally_dict(py, &t)
+    }
+
+    /// The damaged inodes found so far.
+    fn damages<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.inner
+            .damages()
+            .iter()
+            .map(|d| damage_dict(py, d))
+            .collect()
+    }
+
+    /// The run's counts (inodes checked, read, bytes read, by state).
+    fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.counts() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
+
 /// Converts an LMDB error to the Python exception: OSError when the file could not be read
 /// (with its errno), LmdbError when its content is wrong.
 fn lmdb_err(e: crate::lmdbfile::LmdbError, path: &Path) -> PyErr {
@@ -1062,6 +1198,7 @@ fn build_info<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Progress>()?;
+    m.add_class::<RepoCheck>()?;
     m.add("LmdbError", m.py().get_type::<LmdbError>())?;
     m.add_function(wrap_pyfunction!(backup_areas, m)?)?;
     m.add_function(wrap_pyfunction!(copy_tree, m)?)?;

@@ -109,3 +109,63 @@ def test_bench_recovery_smoke(tmp_path):
     find = report["groups"]["find"]["facts"]
     assert len(find["repo_facts"]["snapshots"]) == 3 and find["message_id"].startswith("<")
     assert "### Targets" in done.stdout and "dentry_hash_entries" in done.stdout
+
+
+COLD_BENCH = RUN.parent / "cold.py"
+
+
+def test_bench_cold_smoke(tmp_path):
+    # bench/cold.py --smoke: every step of a cold round and the prune worker sweep (--jobs 1
+    # and 2, and rm -rf) run once; the raw result records the conditions (caches dropped, the
+    # repository on a loop-mounted image) or, where the machine cannot (no root, no loop
+    # device, a read-only /proc/sys), says why in the report; the image is gone afterwards.
+    raw = tmp_path / "raw.json"
+    argv = [sys.executable, str(COLD_BENCH), "--smoke", "--json", str(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(raw.read_text())
+    assert report["mode"] == "cold" and report["machine"]["dentry_hash_entries"] is not None
+    (size,) = report["sizes"]
+    (round_,) = size["rounds"]
+    assert set(round_["samples"]) == {"first", "second", "rsync", "cpal", "prune", "rm"}
+    assert set(round_["sweep"]) == {"prune_jobs_1", "prune_jobs_2", "rm"}
+    samples = [*round_["samples"].values(), *round_["sweep"].values()]
+    assert all(s["seconds"] > 0 and s["rss_kib"] > 0 for s in samples)
+    # The second snapshot reused the first's files; rsync linked all but the churned ones.
+    churn = round_["churn"]
+    assert round_["second_transfer"]["reused"] > 0 and round_["second_transfer"]["copied"] >= churn["delivered"]
+    assert round_["rsync"]["linked"] >= round_["rsync"]["regular_files"] - churn["delivered"] - 60
+    assert set(size["targets"]) == {"second_vs_rsync", "second_vs_cp_al", "prune_vs_rm"}
+    assert size["sweep"]["best_jobs"] in (1, 2)
+    cond = report["conditions"]
+    if cond["loop_image"]:
+        image = round_["image"]
+        assert image["inodes"] >= 2 * image["store_entries"] and image["device"].startswith("/dev/loop")
+        # Unmounted and detached: no loop device still backs the image file.
+        assert image["image"] not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+        assert "ext4 on a loop-mounted sparse image" in done.stdout
+    else:
+        assert cond["loop_note"] and cond["loop_note"] in done.stdout
+    if cond["caches_dropped"]:
+        assert "dropped before every timed run" in done.stdout
+    else:
+        assert cond["caches_note"] and "not dropped" in done.stdout
+    assert "### Prune workers, 3,000 messages" in done.stdout and "| `rm -rf` |" in done.stdout
+
+
+def test_bench_cold_scale_smoke(tmp_path):
+    # bench/cold.py --scale --smoke: backup, nightly, verify and prune of a store generated with
+    # gen --median-size 1024 run once, each with its µs/message and the peak RSS check.
+    raw = tmp_path / "raw.json"
+    argv = [sys.executable, str(COLD_BENCH), "--scale", "--smoke", "--json", str(raw)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(raw.read_text())
+    assert report["mode"] == "scale"
+    (size,) = report["sizes"]
+    assert size["store_facts"]["median_size"] == 1024
+    (round_,) = size["rounds"]
+    assert set(round_["samples"]) == {"backup", "nightly", "verify", "prune"}
+    assert round_["second_transfer"]["reused"] > 0
+    assert report["scale"]["peak_rss"]["pass"] is True
+    assert "## Scale: µs per message" in done.stdout

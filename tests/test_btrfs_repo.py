@@ -288,3 +288,36 @@ def test_a_clone_without_digests_keeps_none_of_the_references(aged, btrfs):
     assert "digests" not in summary
     assert sorted(os.listdir(cur)) == ["config", "data", "mailbak.json"]
     assert run_cli("verify", cur).returncode == 0
+
+
+def test_check_reads_each_snapshots_own_files(aged, btrfs):
+    # A clone keeps the inode numbers of the reference's files, but each subvolume is a device
+    # of its own: check (keyed by device and inode) reads every snapshot's files, none answered
+    # for another's, and damage in one snapshot's file is that snapshot's alone (the clone's
+    # file kept the old extents).
+    repo = btrfs / "repo"
+    init_ok(repo)
+    t = start_times(2)
+    first = backup_into(aged, repo, clock=t[0])
+    backup_into(aged, repo, clock=t[1])
+    ref, cur = snapshots(repo)
+    p = run_cli("check", "--json", "--read-data", repo)
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = json.loads(p.stdout.splitlines()[-1])
+    assert s["status"] == "clean" and s["snapshots"] == 2 and s["damaged"] == 0
+    assert s["inodes_read"] >= 2 * first["transfer"]["messages"], "no file of one snapshot stands for another's"
+    with Store.open(aged, durable=False) as st:
+        victim = min(st.account(ACC).messages())
+    assert message_file(ref, victim).stat().st_ino == message_file(cur, victim).stat().st_ino
+    _engine.btrfs_set_readonly(ref, False)
+    with open(message_file(ref, victim), "r+b") as f:
+        b = f.read(1)
+        f.seek(0)
+        f.write(bytes([b[0] ^ 0xFF]))
+    _engine.btrfs_set_readonly(ref, True)
+    p = run_cli("check", "--json", "--read-data", repo)
+    assert p.returncode == 1, p.stdout + p.stderr
+    s = json.loads(p.stdout.splitlines()[-1])
+    assert s["damaged"] == 1
+    [d] = s["damage"]
+    assert d["snapshots"] == [ref.name] and d["id"] == victim

@@ -30,7 +30,7 @@ def analyze(unit_dir: Path, *units: str) -> subprocess.CompletedProcess:
     return subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(unit_dir / u) for u in units)], capture_output=True, text=True, timeout=60, cwd=unit_dir)
 
 
-UNITS = ("mailbak-backup@.service", "mailbak-backup@.timer", "mailbak-prune@.service", "mailbak-prune@.timer")
+UNITS = ("mailbak-backup@.service", "mailbak-backup@.timer", "mailbak-prune@.service", "mailbak-prune@.timer", "mailbak-check@.service", "mailbak-check@.timer")
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path):
@@ -40,7 +40,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
         (tmp_path / name).write_text(printed(name))
     p = analyze(tmp_path, *(u.replace("@.", "@mox.") for u in UNITS))
     assert p.returncode == 0 and p.stderr == "" and p.stdout == "", p.stderr
-    for kind in ("backup", "prune"):
+    for kind in ("backup", "prune", "check"):
         unit = (tmp_path / f"mailbak-{kind}@.service").read_text()
         timer = (tmp_path / f"mailbak-{kind}@.timer").read_text()
         for setting in ("Persistent=true", "RandomizedDelaySec=", "OnCalendar="):
@@ -101,9 +101,32 @@ def test_backup_and_prune_units_run_a_repository_with_metrics(store, tmp_path):
     assert "mailbak_success{" in prune_metrics and 'kind="deleted"' in prune_metrics
 
 
+def test_check_unit_reads_the_nights_slice(store, tmp_path):
+    """The check unit's ExecStart= reads slice (day mod CHECK_PARTS) + 1 of CHECK_PARTS (30
+    when unset), so that consecutive nights cover the history; its metrics name bytes read."""
+    import time
+
+    repo = tmp_path / "repo"
+    assert run_cli("init", repo).returncode == 0
+    assert run_cli("backup", store, repo).returncode == 0
+    unit = printed("mailbak-check@.service")
+    env = {**CLI_ENV, "REPO": str(repo), "CHECK_OPTIONS": f"--json --metrics-file {tmp_path / 'check.prom'}"}
+    for parts in (None, "3"):
+        run_env = env if parts is None else {**env, "CHECK_PARTS": parts}
+        day = int(time.time()) // 86400
+        p = subprocess.run(exec_start(unit), capture_output=True, text=True, env=run_env, timeout=300)
+        assert p.returncode == 0, p.stderr
+        summary = json.loads(p.stdout.splitlines()[-1])
+        m = int(parts or 30)
+        assert summary["subset"] in (f"{day % m + 1}/{m}", f"{(day + 1) % m + 1}/{m}"), summary["subset"]
+        assert summary["snapshots"] == 1 and summary["read_data"]
+    metrics = (tmp_path / "check.prom").read_text()
+    assert 'mailbak_bytes_read{command="check"' in metrics and 'mailbak_inodes_checked{command="check"' in metrics
+
+
 def test_example_env_matches_the_units():
     env = printed("example.env")
-    for var in ("STORE=", "REPO=", "MAILBAK_OPTIONS=", "PRUNE_OPTIONS="):
+    for var in ("STORE=", "REPO=", "MAILBAK_OPTIONS=", "PRUNE_OPTIONS=", "CHECK_PARTS=", "CHECK_OPTIONS="):
         assert var in env
 
 
@@ -157,7 +180,7 @@ def test_hardlinks_failing_across_a_bind_mount_get_the_mount_hint(store, tmp_pat
 
 # Least privilege of the units (issue 18.15) ----------------------------------------------------
 
-SERVICES = ("mailbak-backup@.service", "mailbak-prune@.service")
+SERVICES = ("mailbak-backup@.service", "mailbak-prune@.service", "mailbak-check@.service")
 
 
 def unit_setting(unit: str, key: str) -> str:
@@ -225,6 +248,10 @@ def test_units_commands_work_with_only_their_capabilities(tmp_path):
         p = subprocess.run(confined(printed("mailbak-prune@.service")), capture_output=True, text=True, env=env, timeout=300)
         assert p.returncode == 0 and p.stderr == "", p.stderr
         assert sorted(d.name for d in repo.iterdir() if not d.name.startswith((".", "mailbak-repo"))) == made[1:]
+
+        # The nightly check reads every snapshot with its capabilities alone.
+        p = subprocess.run(confined(printed("mailbak-check@.service")), capture_output=True, text=True, env={**env, "CHECK_PARTS": "1", "CHECK_OPTIONS": ""}, timeout=300)
+        assert p.returncode == 0 and p.stderr == "", p.stderr
 
         # The check is live: the backup fails without one of the kept capabilities.
         p = subprocess.run(confined(backup.replace(" CAP_CHECKPOINT_RESTORE", "")), capture_output=True, text=True, env=env, timeout=300)

@@ -529,3 +529,18 @@ def test_a_damaged_repository_is_bad_input_for_every_command(repo, template, tmp
         p = run_cli(*args, target)
         assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
     assert len([n for n in os.listdir(repo) if repository.NAME_RE.match(n)]) == 2, "nothing removed"
+
+
+def test_prune_defaults_to_the_measured_worker_count_whatever_the_cores(repo):
+    # BENCHMARKS.md "Cold caches (issue 22)": two delete workers beat 1, 4, 8 and 16 on a cold
+    # cache, so without --jobs a prune uses two, not one per core; --jobs still overrides.
+    from mailbak import retention
+    from mailbak.pruner import PRUNE_JOBS, Prune
+    from mailbak.report import make_reporter
+
+    def jobs_of(**kw) -> int:
+        return Prune(repo, retention.Policy(keep_last=1), reporter=make_reporter(json_output=True, quiet=True, verbose=False), **kw).jobs
+
+    assert PRUNE_JOBS == 2 and jobs_of() == 2 and jobs_of(jobs=7) == 7
+    done = run_cli("prune", "--help")
+    assert "default: 2, measured fastest" in " ".join(done.stdout.split())

@@ -13,6 +13,7 @@ from typing import TypedDict, final
 
 __all__ = [
     "Progress",
+    "RepoCheck",
     "LmdbError",
     "backup_areas",
     "copy_tree",
@@ -302,6 +303,51 @@ def delete_tree(
     Progress: one unit per file removed. ``low_priority``: the worker threads run at nice 19 in
     the idle I/O scheduling class (the calling thread keeps its priority); if that fails, one
     "priority" warning and the deletion goes on."""
+
+class DamageRecord(TypedDict):
+    """A damaged inode ``RepoCheck`` found (``checkrepo.rs``)."""
+
+    area: bytes  # below data/: b"queue", b"accounts/alice"; b"" for a non-message file
+    id: int | None
+    rel: bytes  # below the snapshot root
+    size: int  # recorded
+    digest: bytes | None  # recorded sha256 (32 bytes)
+    cause: str  # "digest_mismatch" or "unreadable"
+    detail: str
+    inode: tuple[int, int]
+    snapshots: list[str]  # in the order checked
+
+class ContentCounts(TypedDict):
+    inodes_checked: int
+    inodes_read: int
+    bytes_read: int
+    shared: int
+    sizes_only: int
+    good: int
+    damaged: int
+    unrecorded: int
+    unverified: int
+
+@final
+class RepoCheck:
+    """One run of ``mailbak check`` (or ``verify --read-data``): the inode map its snapshots
+    share, so that each distinct inode is stat'ed, and with ``read_data`` read and hashed, once.
+    At most one subset: ``part`` (n, m) (content key modulo m), ``fraction`` in (0, 1] at random
+    (keyed by ``seed``), or a byte ``budget``; ValueError otherwise."""
+
+    def __new__(cls, *, read_data: bool, part: tuple[int, int] | None = None, fraction: float | None = None, budget: int | None = None, seed: int = 0) -> RepoCheck: ...
+    def check_snapshot(self, name: str, snapshot: StrPath, trusted: bool, areas: list[Area], *, jobs: int, progress: Progress, root: int) -> list[Tally]:
+        """``check_areas`` of one snapshot (areas relative to the descriptor ``root``, its
+        ``data/``), each live message's file answered from the inode map when met before; with
+        ``read_data`` and ``trusted`` (manifest ok with digests) new inodes the subset selects
+        are hashed and compared with ``snapshot``'s shard files. "read" info events (verbose)
+        name each file read."""
+    def check_files(self, name: str, snapshot: StrPath, trusted: bool, *, jobs: int, progress: Progress) -> Tally:
+        """With ``read_data`` and ``trusted``: the files ``digests/files`` lists, read the same way."""
+    def damages(self) -> list[DamageRecord]:
+        """The damaged inodes so far, each with every snapshot met holding it."""
+    def counts(self) -> ContentCounts:
+        """Distinct inodes met and read, bytes read, files answered from the map, inodes by state."""
 
 def check_areas(
     areas: list[Area],

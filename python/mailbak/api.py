@@ -161,6 +161,42 @@ class RestoreResult:
 
 
 @dataclass(frozen=True)
+class CheckResult:
+    """The outcome of :func:`check`: the facts of its JSON summary."""
+
+    #: clean or problems.
+    status: Status
+    repository: str
+    read_data: bool
+    #: The subset read ("3/30", "5%", "524288000 bytes"), None for all.
+    subset: str | None
+    #: Snapshots checked; names of those skipped (being written) and of those with problems.
+    snapshots: int
+    snapshots_skipped: list[str]
+    snapshots_with_problems: list[str]
+    #: Distinct inodes met, read, and bytes read (each inode once, however many snapshots).
+    inodes_checked: int
+    inodes_read: int
+    bytes_read: int
+    #: Inodes whose bytes differ from their digest, hashed without a recorded digest, and
+    #: whose digest file could not be trusted.
+    damaged: int
+    unrecorded: int
+    unverified: int
+    repaired: int
+    #: Each damaged inode: area, id, path, cause, snapshots (newest first).
+    damage: list[dict[str, Any]]
+    warnings: int
+    errors: int
+    summary: dict[str, Any] = field(repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the check found nothing wrong."""
+        return self.status == Status.CLEAN
+
+
+@dataclass(frozen=True)
 class PruneResult:
     """The outcome of :func:`prune`: the facts of its JSON summary."""
 
@@ -376,16 +412,38 @@ def verify(
     path: PathArg,
     *,
     fix: bool = False,
+    read_data: bool = False,
     jobs: int | None = None,
     verbose: bool = False,
     on_event: EventCallback | None = None,
 ) -> VerifyResult:
-    """Verifies a backup or a store, as ``mailbak verify`` does (``fix`` as ``--fix``)."""
-    from mailbak.verifier import Verify
+    """Verifies a backup or a store, as ``mailbak verify`` does (``fix`` as ``--fix``,
+    ``read_data`` as ``--read-data``: the summary then also counts bytes read and damage)."""
+    from mailbak.verifier import ContentCheck, Verify
 
     reporter = event_reporter(on_event, verbose)
-    _, facts = run_api(lambda: Verify(Path(path), fix=fix, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose), reporter)
+    _, facts = run_api(lambda: Verify(Path(path), fix=fix, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose, content=ContentCheck(read_data=True) if read_data else None), reporter)
     return _result(VerifyResult, facts, path=Path(path))
+
+
+def check(
+    repo: PathArg,
+    *,
+    read_data: bool = False,
+    subset: str | None = None,
+    repair: bool = False,
+    jobs: int | None = None,
+    verbose: bool = False,
+    on_event: EventCallback | None = None,
+) -> CheckResult:
+    """Checks every snapshot of a repository, as ``mailbak check`` does (``read_data`` as
+    ``--read-data``, ``subset`` as ``--read-data-subset`` ("3/30", "5%", "500M"), ``repair``
+    as ``--repair`` from the store the newest snapshot names)."""
+    from mailbak.checker import Check, parse_subset
+
+    reporter = event_reporter(on_event, verbose)
+    _, facts = run_api(lambda: Check(Path(repo), read_data=read_data, subset=parse_subset(subset) if subset is not None else None, repair=repair, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose), reporter)
+    return _result(CheckResult, facts)
 
 
 def restore(
@@ -474,7 +532,7 @@ def prune(
     def job() -> Prune:
         # Made inside the runner: a bad policy or job count reaches on_event, as every usage error does.
         policy = _policy(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
-        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=check_jobs(jobs), reporter=reporter, verbose=verbose)
+        return Prune(Path(repo), policy, dry_run=dry_run, wait=wait, nice=nice, jobs=None if jobs is None else check_jobs(jobs), reporter=reporter, verbose=verbose)
 
     _, facts = run_api(job, reporter)
     return _result(PruneResult, facts)

@@ -23,9 +23,12 @@ if TYPE_CHECKING:
     from mailbak.report import Reporter
 
 
-def jobs_option(f):
-    """--jobs/-j: worker threads (default: job.default_jobs())."""
-    return click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help="Worker threads for file work (default: one per core, at least 2).")(f)
+def jobs_option(f=None, *, default: str = "one per core, at least 2"):
+    """--jobs/-j: worker threads (default: job.default_jobs(); ``default`` says what a command
+    that has its own default uses)."""
+    if f is None:
+        return lambda g: jobs_option(g, default=default)
+    return click.option("--jobs", "-j", type=click.IntRange(1, 256), default=None, help=f"Worker threads for file work (default: {default}).")(f)
 
 
 def output_options(f):
@@ -33,6 +36,15 @@ def output_options(f):
     f = click.option("--json", "json_output", is_flag=True, help="JSON Lines on stdout (status, warning, error, summary); nothing else on stdout.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="Print only errors (and the summary when something failed).")(f)
     f = click.option("--verbose", "-v", is_flag=True, help="Also print a line per file.")(f)
+    return f
+
+
+def restic_options(f):
+    """Where the restic repository is: restic's own environment, or these options (passed to
+    restic through its environment, never on its command line)."""
+    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
+    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
+    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
     return f
 
 
@@ -202,10 +214,12 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, no_digests,
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--fix", is_flag=True, help="Move unrecognized files out of message directories to data/moved/ (never deletes).")
+@click.option("--read-data", is_flag=True, help="Also read every file of the backup or snapshot and compare its SHA-256 with the digest the backup recorded.")
+@click.option("--against", type=click.Path(path_type=Path), metavar="REPO|BACKUP", help="With --read-data of a live store: compare its message files with the digests of BACKUP, or of REPO's newest complete snapshot (source bit rot).")
 @jobs_option
 @output_options
 @monitor_options
-def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+def verify(path: Path, fix: bool, read_data: bool, against: Path | None, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
     """Prove a backup (or a store) complete and consistent.
 
     \b
@@ -223,16 +237,33 @@ def verify(path: Path, fix: bool, jobs, json_output, quiet, verbose, metrics_fil
     manifest names, with the recorded sizes, transaction IDs and counts.
 
     \b
+    With --read-data (a backup or snapshot): every message file and every
+    file its digests/files lists is read and its SHA-256 compared with the
+    digest the backup recorded (a backup made before digests existed is
+    checked by size only; docs/VERIFY.md). Counts: inodes_read, bytes_read,
+    damaged, unrecorded (no digest recorded), unverified (digest file damaged).
+    With --read-data STORE --against REPO|BACKUP: every message file of the
+    live store whose size and modification time are those of its copy in the
+    backup (REPO's newest complete snapshot) is read, and one whose bytes no
+    longer have the digest recorded there is an error, source_damaged (bit
+    rot in the store).
+
+    \b
     Writes nothing (nothing at all in a backup) unless --fix, which moves
     unrecognized files to data/moved/ keeping their path. Exit status: 0 clean,
     1 problems found (incomplete, failed, damaged, or not what its manifest
     says), 2 bad usage or input, 130 interrupted.
     """
     from mailbak.report import make_reporter
-    from mailbak.verifier import Verify
+    from mailbak.verifier import ContentCheck, Verify
 
     def job(reporter: Reporter) -> Job:
-        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        if read_data and fix:
+            from mailbak.errors import UsageError
+
+            raise UsageError("--read-data and --fix: run them one at a time (--read-data reads a backup, --fix changes a store)")
+        content = ContentCheck(read_data=True) if read_data else None
+        return Verify(path, fix=fix, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, content=content, against=against)
 
     run_command(Verify, path, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
@@ -423,6 +454,54 @@ def find(path: Path, account, mailbox, from_, to, subject, message_id, since, be
     run_command(Find, path, reporter, make, show=lambda job: print_listing(job, json_output), show_failed=True)
 
 
+@main.command()
+@click.argument("repo", type=click.Path(path_type=Path))
+@click.option("--read-data", is_flag=True, help="Read every distinct file (inode) once and compare its SHA-256 with the digest its snapshot recorded.")
+@click.option("--read-data-subset", "subset", metavar="N/M|P%|SIZE", help="Read only a subset (implies --read-data): part N of M (stable: M runs with N=1..M read everything once), P percent at random, or SIZE bytes (500M, 2G) at random.")
+@click.option(
+    "--repair", is_flag=True, help="Heal each damaged file from a good copy (the live store, then the off-site restic repository when one is configured) and re-point every snapshot holding it (takes the repository's lock exclusively)."
+)
+@click.option("--store", "store", type=click.Path(path_type=Path, file_okay=False), help="With --repair: the live store to take good copies from (default: the one the newest snapshot's manifest names).")
+@restic_options
+@jobs_option
+@output_options
+@monitor_options
+def check(repo: Path, read_data: bool, subset: str | None, repair: bool, store: Path | None, restic_repo, password_file, restic_opts, jobs, json_output, quiet, verbose, metrics_file, ping_url) -> None:
+    """Verify every snapshot of repository REPO, each shared file once.
+
+    \b
+    Each snapshot is verified as `mailbak verify` verifies it (manifest,
+    databases, records, account rules, sizes, unknown files, the manifest's
+    facts), but a file (inode) that many snapshots share is stat'ed, and
+    with --read-data read, only once. --read-data compares each file's
+    SHA-256 with the digest a finished backup recorded; a mismatch names the
+    message and every snapshot holding it. Snapshots whose backup failed or
+    was killed are reported and never trusted for digests; one being written
+    is skipped.
+
+    \b
+    REPO is read under its shared lock (a prune waits); --repair takes it
+    exclusively. Writes nothing unless --repair. Exit status: 0 clean, 1
+    damage or other problems found, 2 bad usage or input (not a repository,
+    a bad subset), 130 interrupted.
+    """
+    import os
+
+    from mailbak.checker import Check, parse_subset
+    from mailbak.errors import UsageError
+    from mailbak.report import make_reporter
+    from mailbak.restic import ResticConfig, configured_repos
+
+    def job(reporter: Reporter) -> Job:
+        if not repair and (store is not None or restic_repo or password_file or restic_opts):
+            raise UsageError("--store and the restic options are where --repair takes good copies from: give them with --repair")
+        # Off-site copies are tried only where a restic repository is configured.
+        offsite = ResticConfig(restic_repo, password_file, tuple(restic_opts)) if repair and (restic_repo or configured_repos(dict(os.environ))) else None
+        return Check(repo, read_data=read_data, subset=parse_subset(subset) if subset is not None else None, repair=repair, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose, store=store, offsite=offsite)
+
+    run_command(Check, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
+
+
 def keep_options(f):
     """The --keep-* options of prune and offsite prune (restic's forget rules, listed in
     retention.py), as text: pruner.policy_from_options parses them, so that both commands read
@@ -441,7 +520,7 @@ def keep_options(f):
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be kept and removed; change nothing.")
 @click.option("--no-wait", is_flag=True, help="Fail (exit 1) instead of waiting when a backup, or a verify or restore of a snapshot, holds the repository.")
 @click.option("--no-nice", is_flag=True, help="Delete at normal CPU and I/O priority (default: lowest CPU, idle I/O).")
-@jobs_option
+@jobs_option(default="2, measured fastest for a cold prune whatever the cores")
 @output_options
 @monitor_options
 def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_output, quiet, verbose, metrics_file, ping_url, **keep) -> None:
@@ -469,7 +548,7 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
 
     def job(reporter: Reporter) -> Job:
         policy = policy_from_options(**keep)  # raises UsageError: exit status 2
-        return Prune(repo, policy, dry_run=dry_run, wait=not no_wait, nice=not no_nice, jobs=jobs or default_jobs(), reporter=reporter, verbose=verbose)
+        return Prune(repo, policy, dry_run=dry_run, wait=not no_wait, nice=not no_nice, jobs=jobs, reporter=reporter, verbose=verbose)
 
     run_command(Prune, repo, make_reporter(json_output=json_output, quiet=quiet, verbose=verbose), job, metrics_file=metrics_file, ping_url=ping_url)
 
@@ -680,15 +759,6 @@ def systemd(print_unit: str | None, show_dir: bool) -> None:
 
 
 # Off-site copies through restic (docs/OFFSITE.md) ----------------------------------------------
-
-
-def restic_options(f):
-    """Where the restic repository is: restic's own environment, or these options (passed to
-    restic through its environment, never on its command line)."""
-    f = click.option("--restic-option", "-o", "restic_opts", multiple=True, metavar="KEY=VALUE", help="An extended option for restic (restic -o), e.g. sftp.command=... or s3.storage-class=...; repeatable.")(f)
-    f = click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), help="File holding the restic repository's password (default: RESTIC_PASSWORD_FILE or RESTIC_PASSWORD_COMMAND).")(f)
-    f = click.option("--restic-repo", metavar="REPOSITORY", help="The restic repository (default: RESTIC_REPOSITORY), e.g. s3:https://host/bucket/mail, sftp:backup@host:/srv/restic/mail, /mnt/usb/restic.")(f)
-    return f
 
 
 @main.group()

@@ -53,6 +53,9 @@ class Metrics:
     bytes_copied: int | None = None
     #: ``mailbak_snapshots`` by state (prune: kept, removed).
     snapshots: dict[str, int] = field(default_factory=dict)
+    #: ``mailbak_bytes_read`` and ``mailbak_inodes_checked`` (check); None: not reported.
+    bytes_read: int | None = None
+    inodes_checked: int | None = None
 
     @classmethod
     def none(cls, kind: type[Job]) -> Metrics:

@@ -51,10 +51,12 @@ METRICS = {
     "mailbak_duration_seconds": "Wall-clock duration of the last run in seconds.",
     "mailbak_files": (
         "Files of the last run by kind (backup: message files linked, reused, copied, skipped, unrecognized; "
-        "verify: checked, missing, damaged, orphans, unrecognized, moved; prune: deleted; offsite push: new, changed, unmodified as restic counts them)."
+        "verify: checked, missing, damaged, orphans, unrecognized, moved; check: read, damaged, unrecorded, unverified, repaired; prune: deleted; offsite push: new, changed, unmodified as restic counts them)."
     ),
     "mailbak_snapshots": "Snapshots of the repository by what the last prune did with them: kept, removed.",
     "mailbak_bytes_copied": "Bytes the last run wrote: a backup by copying (databases and every file not hardlinked), an offsite push into the restic repository (after deduplication).",
+    "mailbak_bytes_read": "Bytes the last check (or verify --read-data) read to compare them with their recorded digests.",
+    "mailbak_inodes_checked": "Distinct files (inodes) the last check met: each once, however many snapshots hold it.",
     "mailbak_warnings": "Warnings of the last run.",
     "mailbak_errors": "Errors of the last run.",
 }
@@ -73,6 +75,9 @@ class RunRecord:
     bytes_copied: int | None = None
     #: prune: snapshots kept and removed.
     snapshots: dict[str, int] = field(default_factory=dict)
+    #: check: bytes read and distinct inodes met (None: the command does not report them).
+    bytes_read: int | None = None
+    inodes_checked: int | None = None
     warnings: int = 0
     errors: int = 0
 
@@ -110,6 +115,8 @@ def render_metrics(rec: RunRecord, last_success: float | None) -> str:
         "mailbak_files": [(f',kind="{label_value(k)}"', n) for k, n in rec.files.items()],
         "mailbak_snapshots": [(f',state="{label_value(k)}"', n) for k, n in rec.snapshots.items()],
         "mailbak_bytes_copied": [("", rec.bytes_copied)] if rec.bytes_copied is not None else [],
+        "mailbak_bytes_read": [("", rec.bytes_read)] if rec.bytes_read is not None else [],
+        "mailbak_inodes_checked": [("", rec.inodes_checked)] if rec.inodes_checked is not None else [],
         "mailbak_warnings": [("", rec.warnings)],
         "mailbak_errors": [("", rec.errors)],
     }
@@ -496,6 +503,8 @@ class Monitor:
             files=metrics.files,
             bytes_copied=metrics.bytes_copied,
             snapshots=metrics.snapshots,
+            bytes_read=metrics.bytes_read,
+            inodes_checked=metrics.inodes_checked,
             warnings=counts.warnings if counts else 0,
             errors=max(counts.errors if counts else 0, (facts or {}).get("errors", 0) or 0),
         )

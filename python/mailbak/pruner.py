@@ -43,22 +43,38 @@ from mailbak.runner import Runner
 from mailbak.status import Status
 from mailbak.testpause import pause
 
+#: Delete workers of a prune when ``--jobs`` is not given (default_prune_jobs).
+PRUNE_JOBS = 2
+
+
+def default_prune_jobs() -> int:
+    """Delete workers of a prune when ``--jobs`` is not given: two, whatever the cores. Measured
+    with caches dropped before each run (bench/cold.py's worker sweep, BENCHMARKS.md "Cold
+    caches (issue 22)", raw result bench/results/cold-cf05f45-200k.json): deleting a
+    200,000-message snapshot of hardlinks on an ext4 image (loop device on a virtio disk, 2
+    cores) took, median of 2 rounds, 6.6 s with 1 worker, 4.0 s with 2, 5.8 s with 4, 8.7 s
+    with 8 and 8.5 s with 16 (``rm -rf``: 7.1 s). More workers did not keep the disk busier:
+    past two they only spread the reads of inode tables and directory blocks over more places
+    at once, and every unlink waits in the journal. Unlike job.default_jobs this does not grow
+    with the cores: the disk, not the CPU, bounds a cold prune."""
+    return PRUNE_JOBS
+
 
 class Prune:
-    """One run of ``mailbak prune`` (a job: job.py)."""
+    """One run of ``mailbak prune`` (a job: job.py); ``jobs`` None is default_prune_jobs()."""
 
     command: ClassVar[str] = "prune"
     file_kinds: ClassVar[tuple[str, ...]] = ("deleted",)
     counts_bytes: ClassVar[bool] = False
     reports_failure: ClassVar[bool] = False
 
-    def __init__(self, repo: Path, policy: retention.Policy, *, dry_run: bool = False, wait: bool = True, nice: bool = True, jobs: int, reporter: Reporter, verbose: bool = False):
+    def __init__(self, repo: Path, policy: retention.Policy, *, dry_run: bool = False, wait: bool = True, nice: bool = True, jobs: int | None = None, reporter: Reporter, verbose: bool = False):
         self.path = repo
         self.policy = policy
         self.dry_run = dry_run
         self.wait = wait
         self.nice = nice
-        self.jobs = jobs
+        self.jobs = default_prune_jobs() if jobs is None else jobs
         self.reporter = reporter
         self.runner = Runner(reporter, verbose=verbose)
         self.started = time.time()

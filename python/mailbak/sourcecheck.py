@@ -196,9 +196,8 @@ class SourceCheck:
         finally:
             os.close(fd)
         if got != e.digest:
-            return Finding(
-                rel, "source_damaged", f"message {e.key}: its bytes no longer have the SHA-256 recorded by {self.name}, with its size and modification time unchanged: damaged in the store (bit rot); its good copy is in the backup", n
-            )
+            why = f"its bytes no longer have the SHA-256 recorded by {self.name}, with its size and modification time unchanged"
+            return Finding(rel, "source_damaged", f"message {e.key}: {why}: damaged in the store (bit rot); its good copy is in the backup", n)
         return Finding(rel, None, bytes_read=n)
 
     def _count(self, f: Finding, reporter: Reporter) -> None:

@@ -20,6 +20,12 @@ The checks, in order, each reported with its path:
 6. Accounts in the config without a directory (error), directories not in the config (warning).
 7. Backups with a finished manifest: every database, area and known file it names is there,
    with the recorded size, transaction ID and record counts (``check_against_manifest``).
+8. With ``--read-data`` (a backup or snapshot; :class:`ContentCheck`): check 3 goes through the
+   engine's content check instead (``_engine.RepoCheck``), which also reads every message file
+   and every file ``digests/files`` lists, and compares its SHA-256 with the digest the backup
+   recorded (docs/FORMAT.md, "Digests"). ``mailbak check`` runs the same per-backup checks over
+   every snapshot of a repository with one ContentCheck, so that an inode shared by many
+   snapshots is stat'ed and read once.
 
 A live store is verified from a copy of each index, made to a temporary directory outside
 the store (``lmdbcopy.py``), holding the backup lease so that writers defer removals, and files
@@ -45,11 +51,13 @@ from mailbak.destdir import BACKUP_ENTRIES, is_store
 from mailbak.errors import DestinationFull, ManifestError, UsageError
 from mailbak.identity import StoreOwner
 from mailbak.job import Metrics, Stage, files_from, interrupted_hint
-from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, is_real_dir, read_config
+from mailbak.layout import ACCOUNTS_DIR, QUEUE_DIR, AreaKind, FormatError, StorePaths, area_label, area_rel, is_real_dir, read_config, unpack_ids
 from mailbak.lmdbcopy import DatabaseError, Index, ReaderLease, copy_database, describe, engine_area
 from mailbak.report import Reporter
 from mailbak.repository import RepoLock, reader_lock
 from mailbak.runner import Runner
+from mailbak.sourcecheck import Area as SourceArea
+from mailbak.sourcecheck import SourceCheck
 from mailbak.status import Status
 from mailbak.testpause import pause
 
@@ -91,6 +99,90 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
+#: What a content check counts, as the summary names it (``_engine.RepoCheck.counts``).
+CONTENT_COUNTS = ("inodes_checked", "inodes_read", "bytes_read", "damaged", "unrecorded", "unverified", "sizes_only")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Which inodes ``--read-data`` reads (restic's ``--read-data-subset``): all, part ``n`` of
+    ``m`` (stable over runs), a ``fraction`` at random, or a byte ``budget`` at random."""
+
+    part: tuple[int, int] | None = None
+    fraction: float | None = None
+    budget: int | None = None
+
+    def engine_args(self) -> dict[str, Any]:
+        """The subset as ``_engine.RepoCheck`` takes it."""
+        return {"part": self.part, "fraction": self.fraction, "budget": self.budget}
+
+
+class ContentCheck:
+    """The content check of one run (check 8): the engine's inode map, shared by every backup
+    the run verifies, so that each distinct inode is stat'ed (and, with ``read_data``, read)
+    once; the damage found, reported once per inode with every snapshot holding it."""
+
+    def __init__(self, *, read_data: bool, subset: Subset | None = None, seed: int = 0):
+        self.read_data = read_data
+        self.subset = subset or Subset()
+        self.engine = _engine.RepoCheck(read_data=read_data, seed=seed, **self.subset.engine_args())
+        #: Finished backups whose manifest records no digests: checked by size only.
+        self.sizes_only: list[str] = []
+
+    @staticmethod
+    def trusted(doc: dict[str, Any] | None, status: str | None) -> bool:
+        """Whether a backup's digest files are proof: its manifest is ``ok`` and names digests
+        (a failed or killed run's never are)."""
+        return doc is not None and status == Status.OK and isinstance(doc.get("digests"), dict)
+
+    def check_backup(self, v: Verify, name: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Check 3 (and 8) of the backup ``v`` verifies, named ``name`` in damage reports; one
+        tally per area of ``specs``."""
+        assert v.root is not None
+        trusted = self.trusted(v.manifest_doc, v.manifest_status)
+        if self.read_data and v.manifest_doc is not None and v.manifest_status == Status.OK and not trusted:
+            self.sizes_only.append(name)
+        results = v.runner.call(self.engine.check_snapshot, name, v.path, trusted, specs, jobs=v.jobs, root=v.root.fd)
+        if self.read_data and trusted:
+            v.runner.call(self.engine.check_files, name, v.path, trusted, jobs=v.jobs)
+        return results
+
+    def counts(self) -> dict[str, int]:
+        """The run's counts (:data:`CONTENT_COUNTS`)."""
+        c = self.engine.counts()
+        return {k: c[k] for k in CONTENT_COUNTS}
+
+    def damages(self) -> list[dict[str, Any]]:
+        """The damaged inodes: the engine's records, their snapshots newest first."""
+        out = self.engine.damages()
+        for d in out:
+            d["snapshots"] = sorted(d["snapshots"], reverse=True)
+        return out
+
+    def report(self, reporter: Reporter, *, in_repository: bool) -> None:
+        """One error per damaged inode, naming the message and every snapshot holding it
+        (``in_repository``: the path starts with the newest of them); one warning for the
+        backups checked by size only."""
+        for d in self.damages():
+            area = d["area"].decode("utf-8", "surrogateescape")
+            what = f"message {d['id']} of " if d["id"] is not None else "file of "
+            what += "the queue" if area == QUEUE_DIR else f"account {area.removeprefix(ACCOUNTS_DIR + '/')!r}" if area else "the backup"
+            path = d["rel"] if not in_repository else d["snapshots"][0].encode() + b"/" + d["rel"]
+            held = f"; held by {len(d['snapshots'])} snapshot(s): {', '.join(d['snapshots'])}" if in_repository else ""
+            reporter.error(d["cause"], path, f"{what}: {d['detail']}{held}")
+        if self.sizes_only:
+            n = len(self.sizes_only)
+            reporter.warn("no_digests", None, f"{n} backup(s) made before digests were recorded ({', '.join(self.sizes_only)}): their files are checked by size only")
+
+
+def source_area(r: ReadIndex) -> SourceArea:
+    """An area as the source check takes it: its live IDs with their recorded sizes."""
+    ids = unpack_ids(r.index.live)
+    unknown = set(unpack_ids(r.index.unknown_sizes))
+    sizes = unpack_ids(r.index.sizes)
+    return SourceArea(r.rel, r.kind.layout.tree or "", {i: (None if i in unknown else n) for i, n in zip(ids, sizes, strict=True)})
+
+
 class Verify:
     """One run of ``mailbak verify`` (a job: job.py)."""
 
@@ -100,8 +192,32 @@ class Verify:
     counts_bytes: ClassVar[bool] = False
     reports_failure: ClassVar[bool] = False
 
-    def __init__(self, path: Path, *, fix: bool, jobs: int, reporter: Reporter, verbose: bool = False, expect: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fix: bool,
+        jobs: int,
+        reporter: Reporter,
+        verbose: bool = False,
+        expect: dict[str, Any] | None = None,
+        content: ContentCheck | None = None,
+        name: str | None = None,
+        in_check: bool = False,
+        against: Path | None = None,
+    ):
         self.path = path
+        #: ``--against``: with --read-data of a live store, the backup or repository whose
+        #: digests the store's message files are compared with (sourcecheck.py).
+        self.against = against
+        self.source: SourceCheck | None = None
+        #: With --read-data (or as a step of ``check``): the content check (check 8).
+        self.content = content
+        #: The backup's name in damage reports.
+        self.name = name or path.name
+        #: A step of ``mailbak check``: the caller holds the repository's lock and reports the
+        #: content check's findings once for all snapshots.
+        self.in_check = in_check
         self.fix = fix
         self.jobs = jobs
         self.reporter = reporter
@@ -119,6 +235,7 @@ class Verify:
         self.owner: StoreOwner | None = None
         #: The repository's shared lock while PATH, a snapshot of it, is verified.
         self.lock: RepoLock | None = None
+        self.root: DataRoot | None = None
 
     def check(self) -> None:
         """Takes the repository's shared lock when PATH is a snapshot of one, then raises UsageError
@@ -127,7 +244,8 @@ class Verify:
         pause("verify.check")
         # First: a prune must not remove the snapshot while it is read (it waits, or with
         # --no-wait refuses); a prune running now makes this wait, saying so.
-        self.lock = reader_lock(self.path, on_wait=self.reporter.message)
+        if not self.in_check:
+            self.lock = reader_lock(self.path, on_wait=self.reporter.message)
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
         self.live = is_store(self.path)
@@ -137,6 +255,14 @@ class Verify:
         problem = self.paths.problem() if self.live else None
         if problem:
             raise UsageError(problem)
+        if self.against is not None and not (self.live and self.content is not None):
+            raise UsageError(f"--against {self.against}: compares a live store's files with a backup (with --read-data); {self.path} is not a live store")
+        if self.live and self.content is not None:
+            # Source bit rot: the store's files against a backup's digests (sourcecheck.py).
+            if self.against is None:
+                raise UsageError(f"{self.path}: a live store has no digests of its own; --read-data of a store needs --against REPO|BACKUP (the backup whose digests its files are compared with)")
+            self.source = SourceCheck.open(self.against, self.reporter)
+            self.content = None
         # Anything that is not a store is taken for a backup, so that what a killed backup left
         # (an empty DEST, one with only config/, or only the temporary file of its first
         # manifest, killed while that was fsynced) is reported incomplete. A directory holding
@@ -145,10 +271,12 @@ class Verify:
             raise UsageError(f"{self.path}: neither a store nor a backup (no config/, data/ or {manifest.MANIFEST})")
 
     def close(self) -> None:
-        """Releases the repository's lock (a snapshot of a repository)."""
+        """Releases the repository's lock (a snapshot of a repository, or --against's)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        if self.source is not None:
+            self.source.close()
 
     def run(self) -> Status:
         """All checks; returns clean or problems. The repository's lock ends with them, also
@@ -189,9 +317,14 @@ class Verify:
                 self.runner.new_phase("files", total)
                 pause("verify.files")
                 self.check_files(indexes)
+                if self.source is not None:
+                    # Still under the lease: no writer removes a file while it is read.
+                    self.source.run(self.root, self.owner, [source_area(r) for r in indexes], jobs=self.jobs, reporter=self.reporter)
             self.check_account_dirs(config)
             if self.manifest_doc is not None:
                 self.check_against_manifest(self.manifest_doc, config, indexes)
+            if self.content is not None and not self.in_check:
+                self.content.report(self.reporter, in_repository=False)
             self.runner.finish()
         engine_errors = sum(a.counts.get("errors", 0) for a in self.areas)
         return Status.PROBLEMS if self.reporter.counts.errors or engine_errors else Status.CLEAN
@@ -307,9 +440,14 @@ class Verify:
     # 3 and 5 ---------------------------------------------------------------------------------
 
     def check_files(self, indexes: list[ReadIndex]) -> None:
-        """Checks 3 and 5 for every area, in one engine call."""
+        """Checks 3 and 5 (and 8) for every area, in one engine call."""
         specs = [{**engine_area(r.kind, r.rel, r.index), "fix_rel": f"moved/{r.rel}".encode()} for r in indexes]
-        results = self.runner.call(_engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd)
+        if self.content is not None:
+            results = self.content.check_backup(self, self.name, specs)
+        else:
+            results = self.runner.call(
+                _engine.check_areas, specs, live=self.live, jobs=self.jobs, fix_root=self.paths.data_dir if self.fix else None, fix_owner=self.owner.engine_arg() if self.fix and self.owner else None, root=self.root.fd
+            )
         for r, result in zip(indexes, results, strict=True):
             self.areas.append(AreaResult(area_label(r.kind, r.name), {k: result[k] for k in (*AREA_COUNTS, "errors")}))
 
@@ -393,6 +531,8 @@ class Verify:
             "databases": self.databases,
             "areas": len(self.areas),
             **totals,
+            **(self.content.counts() if self.content is not None and not self.in_check else {}),
+            **({"against": self.source.name, **self.source.counts} if self.source is not None else {}),
             "warnings": c.warnings,
             "errors": c.errors,
         }
@@ -406,8 +546,10 @@ class Verify:
         return interrupted_hint(stage, self.path, "verify") or "verification incomplete"
 
     def metrics(self, facts: dict[str, Any] | None) -> Metrics:
-        """Message files by what was found of them."""
-        return Metrics(files_from(self.file_kinds, facts))
+        """Message files by what was found of them; with --read-data, bytes read and inodes."""
+        if self.content is None:
+            return Metrics(files_from(self.file_kinds, facts))
+        return Metrics(files_from(self.file_kinds, facts), bytes_read=(facts or {}).get("bytes_read", 0), inodes_checked=(facts or {}).get("inodes_checked", 0))
 
     def table(self) -> list[tuple[str, ...]]:
         """One row per area and a total."""
