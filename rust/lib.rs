@@ -18,6 +18,7 @@
 #![warn(clippy::missing_docs_in_private_items)]
 
 mod areas;
+mod btrfs;
 mod check;
 mod checkrepo;
 mod classify;
@@ -30,6 +31,7 @@ mod fsutil;
 mod gen;
 mod heads;
 mod ids;
+mod inplace;
 mod linkcopy;
 mod lmdbfile;
 mod msgpack;

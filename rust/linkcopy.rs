@@ -28,6 +28,10 @@
 //! caller's cutoff ([`LinkPolicy::with_reuse_cutoff`]: the reference's start less a margin for
 //! coarse timestamps) is never reused: the file is copied from the store.
 //!
+//! In place ([`LinkPolicy::in_place`]: a repository on btrfs, `inplace.rs`), the destination is
+//! a clone of the reference and is its own reference: a file the rule above would link from the
+//! reference is kept where it is, and a copy first removes the clone's file it replaces.
+//!
 //! Copies themselves (reflink, `copy_file_range`, read/write; owner, mode and mtime) are
 //! `copy.rs`'s; this module decides when a file is linked, reused or copied, and counts the
 //! copies that stand in for a link.
@@ -78,6 +82,8 @@ pub struct LinkPolicy {
     /// Reference files whose mtime (nanoseconds since the epoch) is at or after this are never
     /// reused (see the module doc); None: no such bound.
     reuse_cutoff: Option<i64>,
+    /// The reference directory is the destination directory itself (see the module doc).
+    in_place: bool,
 }
 
 /// Why a file about to be copied was not linked (counted as a fallback when Some).
@@ -95,6 +101,16 @@ impl LinkPolicy {
             copier: Copier::new(),
             empty_path_links: AtomicBool::new(true),
             reuse_cutoff: None,
+            in_place: false,
+        }
+    }
+
+    /// The same policy, the destination being its own reference when `on` (see the module
+    /// doc): reuse keeps the destination's file, a copy replaces it.
+    pub fn in_place(self, on: bool) -> Self {
+        LinkPolicy {
+            in_place: on,
+            ..self
         }
     }
 
@@ -229,6 +245,13 @@ impl LinkPolicy {
         immutable: bool,
         reason: Reason,
     ) -> Result<Placed, Error> {
+        if self.in_place {
+            // The clone's file (a stale or damaged copy) gives way to the store's.
+            match fsutil::unlink_at(dst, name) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(Error::new("unlink", e)),
+            }
+        }
         let placed = Placed::Copied(self.copier.copy_file(src, dst, name, immutable)?);
         if let Some(e) = reason {
             let _ = self.first_fallback.compare_exchange(
@@ -259,10 +282,7 @@ impl LinkPolicy {
         // name, so that the link below is of exactly the inode compared, whatever happens to
         // the name meanwhile, and the name is looked up once, not twice: on a machine with
         // millions of dentries each lookup is most of the cost of a reused file.
-        let Ok(rfd) = fsutil::open_path_at(r, name) else {
-            return Ok(None);
-        };
-        let Ok(rst) = fsutil::fstat(&rfd) else {
+        let Some((rfd, rst)) = self.open_reference(r, name) else {
             return Ok(None);
         };
         if Kind::from_mode(rst.st_mode) != Kind::File {
@@ -279,7 +299,24 @@ impl LinkPolicy {
         {
             return Ok(None);
         }
-        self.link_reference(&rfd, &rst, r, dst, name)
+        self.link_reference(rfd.as_ref(), &rst, r, dst, name)
+    }
+
+    /// The reference file `name` of directory `r`, opened (`O_PATH`, never followed: the link
+    /// is then of exactly the inode compared) with its stat; in place, only its stat (`lstat`:
+    /// nothing is linked, and one call instead of three is most of the cost of a kept file).
+    /// None when it cannot be had (absent, ...).
+    fn open_reference(
+        &self,
+        r: BorrowedFd<'_>,
+        name: &CStr,
+    ) -> Option<(Option<OwnedFd>, rfs::Stat)> {
+        if self.in_place {
+            return fsutil::lstat_at(r, name).ok().map(|st| (None, st));
+        }
+        let rfd = fsutil::open_path_at(r, name).ok()?;
+        let rst = fsutil::fstat(&rfd).ok()?;
+        Some((Some(rfd), rst))
     }
 
     /// Places message file `name` that the reference's index proves to be the reference's
@@ -301,22 +338,20 @@ impl LinkPolicy {
             return self.place_message(src, dst, name, Some((r, want)));
         }
         let mut reason: Reason = None;
-        if let Ok(rfd) = fsutil::open_path_at(r, name) {
-            if let Ok(rst) = fsutil::fstat(&rfd) {
-                if self
-                    .reuse_cutoff
-                    .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
-                {
-                    // Written just before or while the reference ran: the store's file may have
-                    // been rewritten in that tick (see the module doc), so it is compared.
-                    return self.place_message(src, dst, name, Some((r, want)));
-                }
-                if Kind::from_mode(rst.st_mode) == Kind::File && rst.st_size as u64 == want {
-                    match self.link_reference(&rfd, &rst, r, dst, name) {
-                        Ok(Some(n)) => return Ok(Placed::Reused(n)),
-                        Ok(None) => {}
-                        Err(e) => reason = Some(e),
-                    }
+        if let Some((rfd, rst)) = self.open_reference(r, name) {
+            if self
+                .reuse_cutoff
+                .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
+            {
+                // Written just before or while the reference ran: the store's file may have
+                // been rewritten in that tick (see the module doc), so it is compared.
+                return self.place_message(src, dst, name, Some((r, want)));
+            }
+            if Kind::from_mode(rst.st_mode) == Kind::File && rst.st_size as u64 == want {
+                match self.link_reference(rfd.as_ref(), &rst, r, dst, name) {
+                    Ok(Some(n)) => return Ok(Placed::Reused(n)),
+                    Ok(None) => {}
+                    Err(e) => reason = Some(e),
                 }
             }
         }
@@ -329,12 +364,17 @@ impl LinkPolicy {
     /// linked), Err(errno) when the link failed.
     fn link_reference(
         &self,
-        rfd: &OwnedFd,
+        rfd: Option<&OwnedFd>,
         rst: &rfs::Stat,
         r: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         name: &CStr,
     ) -> Result<Option<u64>, Errno> {
+        if self.in_place {
+            // The destination's own entry, compared as a reference file: kept.
+            return Ok(Some(rst.st_size as u64));
+        }
+        let rfd = rfd.expect("a reference file is opened unless in place");
         if self.empty_path_links.load(Ordering::Relaxed) {
             match fsutil::link_fd_at(rfd.as_fd(), dst, name) {
                 Ok(()) => return Ok(Some(rst.st_size as u64)),

@@ -92,6 +92,9 @@ pub struct Tally {
     pub errors: AtomicU64,
     /// Warnings of any kind (each also queued as an event).
     pub warnings: AtomicU64,
+    /// Entries removed from a clone of the reference that the store no longer has (a backup
+    /// in place, `inplace.rs`).
+    pub dropped: AtomicU64,
 }
 
 impl Tally {
@@ -123,6 +126,7 @@ impl Tally {
             ("moved", get(&self.moved)),
             ("errors", get(&self.errors)),
             ("warnings", get(&self.warnings)),
+            ("dropped", get(&self.dropped)),
         ]
     }
 }

@@ -33,7 +33,7 @@ use crate::progress::{self, Sink, Tally};
 use crate::records::{self, IndexKind};
 use crate::transfer::{self, AreaJob, BackupOptions, Transferred, TreeCopy};
 use crate::walk::Fence;
-use crate::{delete, digests, fsutil, gen, msgpath, priority};
+use crate::{btrfs, delete, digests, fsutil, gen, inplace, msgpath, priority};
 
 create_exception!(
     _engine,
@@ -449,7 +449,7 @@ impl AreaArgs<'_> {
 /// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
 /// left out (a backup never holds one).
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None, reference_digests = None))]
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None, reference_digests = None, in_place = false))]
 #[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
@@ -462,6 +462,7 @@ fn backup_areas<'py>(
     reference: Option<PathBuf>,
     reference_cutoff: Option<i64>,
     reference_digests: Option<PathBuf>,
+    in_place: bool,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas = areas
         .iter()
@@ -488,6 +489,7 @@ fn backup_areas<'py>(
         // A reference without digests (made before they existed) is no error: shards are then
         // written anew, reused messages without a digest.
         reference_digests: reference_digests.and_then(|r| open_root(None, &r).ok()),
+        in_place,
     };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || transfer::backup_areas(&areas, &opts, &p))?;
@@ -498,7 +500,7 @@ fn backup_areas<'py>(
 /// `root`, `src` is relative to that directory descriptor. `skip`: directories never entered,
 /// by `(st_dev, st_ino)`; `skip_locks`: leave out LMDB lock files.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None, reference_cutoff = None, digests = false))]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, only = None, message_tree = None, force_copy = false, root = None, skip = Vec::new(), skip_locks = false, reference = None, reference_cutoff = None, digests = false, in_place = false))]
 #[allow(clippy::too_many_arguments)]
 fn copy_tree<'py>(
     py: Python<'py>,
@@ -516,6 +518,7 @@ fn copy_tree<'py>(
     reference: Option<PathBuf>,
     reference_cutoff: Option<i64>,
     digests: bool,
+    in_place: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let job = TreeCopy {
         prefix,
@@ -529,12 +532,144 @@ fn copy_tree<'py>(
         reference: reference.map(|r| open_root(None, &r)).transpose()?,
         reference_cutoff,
         digests,
+        in_place,
     };
     let root = anchor(root)?;
     let (src, dst) = (open_root(root.as_ref(), &src)?, open_root(None, &dst)?);
     let p = Arc::clone(&progress.inner);
     let result = run(py, jobs, move || transfer::copy_tree(src, dst, &job, &p))?;
     transfer_dict(py, &result)
+}
+
+/// Removes from the tree `dst` (a clone of the reference, to be brought up to date in place)
+/// every entry the store's tree `src` has no entry of the same kind for; see
+/// `inplace::drop_stale`. `leave`: paths below `dst` left alone (not entered); `drop`: paths
+/// removed whatever the store holds. With `root`, `src` is relative to that descriptor.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, jobs, progress, prefix, root = None, leave = Vec::new(), drop = Vec::new()))]
+#[allow(clippy::too_many_arguments)]
+fn drop_stale<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    jobs: usize,
+    progress: &Progress,
+    prefix: Vec<u8>,
+    root: Option<i32>,
+    leave: Vec<Vec<u8>>,
+    drop: Vec<Vec<u8>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let root = anchor(root)?;
+    let (src, dst) = (open_root(root.as_ref(), &src)?, open_root(None, &dst)?);
+    let p = Arc::clone(&progress.inner);
+    let tally = run(py, jobs, move || {
+        let sink = Sink::new(&p, &prefix);
+        let verdict = |rel: &[u8], name: &[u8], _kind: fsutil::Kind| {
+            let path = fsutil::join(rel, name);
+            if leave.contains(&path) {
+                inplace::Verdict::Leave
+            } else if drop.contains(&path) {
+                inplace::Verdict::Drop
+            } else {
+                inplace::Verdict::Check
+            }
+        };
+        let out = inplace::drop_stale(src.as_fd(), dst.as_fd(), &verdict, &sink);
+        sink.tally.dropped.store(
+            out.entries.into_inner(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        sink.tally
+    })?;
+    tally_dict(py, &tally)
+}
+
+/// A descriptor the caller holds open for the call (`dir_fd` arguments), borrowed.
+fn borrowed<'a>(raw: i32) -> PyResult<BorrowedFd<'a>> {
+    if raw < 0 {
+        return Err(PyValueError::new_err(
+            "dir_fd must be an open directory descriptor",
+        ));
+    }
+    // SAFETY: the caller holds the descriptor open for the duration of the call (the GIL is
+    // held throughout: these calls take milliseconds).
+    Ok(unsafe { BorrowedFd::borrow_raw(raw) })
+}
+
+/// A name for the btrfs calls, as a C string.
+fn c_name(name: &[u8]) -> PyResult<std::ffi::CString> {
+    std::ffi::CString::new(name).map_err(|_| PyValueError::new_err("a name holds no NUL"))
+}
+
+/// Whether the directory `path` (never followed if a symlink) is on btrfs.
+#[pyfunction]
+fn btrfs_is_btrfs(path: PathBuf) -> PyResult<bool> {
+    let fd = open_root(None, &path)?;
+    Ok(btrfs::is_btrfs(&fd).map_err(|e| Error::new("statfs", e).with_path(&path))?)
+}
+
+/// Whether the directory `path` (never followed if a symlink) is the root of a btrfs subvolume.
+#[pyfunction]
+fn btrfs_is_subvolume(path: PathBuf) -> PyResult<bool> {
+    let fd = open_root(None, &path)?;
+    Ok(btrfs::is_subvolume(&fd).map_err(|e| Error::new("stat", e).with_path(&path))?)
+}
+
+/// Creates the empty subvolume `name` in the held directory `dir_fd`.
+#[pyfunction]
+fn btrfs_create_subvolume(dir_fd: i32, name: &[u8]) -> PyResult<()> {
+    let name = c_name(name)?;
+    Ok(btrfs::create_subvolume(borrowed(dir_fd)?, &name)
+        .map_err(|e| Error::new("create a subvolume", e))?)
+}
+
+/// Makes `name` in the held directory `dir_fd` a snapshot of the subvolume `source` (a
+/// directory, never followed), read-only with `readonly`.
+#[pyfunction]
+#[pyo3(signature = (source, dir_fd, name, *, readonly = false))]
+fn btrfs_snapshot(source: PathBuf, dir_fd: i32, name: &[u8], readonly: bool) -> PyResult<()> {
+    let src = open_root(None, &source)?;
+    let name = c_name(name)?;
+    Ok(
+        btrfs::snapshot(src.as_fd(), borrowed(dir_fd)?, &name, readonly)
+            .map_err(|e| Error::new("snapshot a subvolume", e).with_path(&source))?,
+    )
+}
+
+/// Makes the subvolume `path` (its root directory, never followed) read-only, or writable.
+#[pyfunction]
+fn btrfs_set_readonly(path: PathBuf, readonly: bool) -> PyResult<()> {
+    let fd = open_root(None, &path)?;
+    Ok(btrfs::set_readonly(fd.as_fd(), readonly)
+        .map_err(|e| Error::new("set the subvolume's read-only flag", e).with_path(&path))?)
+}
+
+/// Whether the subvolume `path` (its root directory, never followed) is read-only.
+#[pyfunction]
+fn btrfs_is_readonly(path: PathBuf) -> PyResult<bool> {
+    let fd = open_root(None, &path)?;
+    Ok(btrfs::is_readonly(fd.as_fd())
+        .map_err(|e| Error::new("read the subvolume's flags", e).with_path(&path))?)
+}
+
+/// Deletes the subvolume `name` of the held directory `dir_fd` (made writable first); the
+/// kernel frees its space in the background. OSError ENOTTY when `name` is no subvolume.
+#[pyfunction]
+fn btrfs_destroy(py: Python<'_>, dir_fd: i32, name: &[u8]) -> PyResult<()> {
+    let name = c_name(name)?;
+    let dir = borrowed(dir_fd)?;
+    Ok(py
+        .detach(|| btrfs::destroy(dir, &name))
+        .map_err(|e| Error::new("delete a subvolume", e))?)
+}
+
+/// Renames `old` to `new` within the held directory `dir_fd`, never replacing an entry
+/// (`RENAME_NOREPLACE`: FileExistsError when `new` exists).
+#[pyfunction]
+fn rename_noreplace(dir_fd: i32, old: &[u8], new: &[u8]) -> PyResult<()> {
+    let dir = borrowed(dir_fd)?;
+    let (o, n) = (c_name(old)?, c_name(new)?);
+    Ok(fsutil::rename_noreplace_at(dir, &o, dir, &n).map_err(|e| Error::new("rename", e))?)
 }
 
 /// Deletes the directory `path` and everything in it, in parallel and bottom-up; see
@@ -1068,6 +1203,15 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backup_areas, m)?)?;
     m.add_function(wrap_pyfunction!(copy_tree, m)?)?;
     m.add_function(wrap_pyfunction!(delete_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(drop_stale, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_is_btrfs, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_is_subvolume, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_create_subvolume, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_set_readonly, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_is_readonly, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_destroy, m)?)?;
+    m.add_function(wrap_pyfunction!(rename_noreplace, m)?)?;
     m.add_function(wrap_pyfunction!(check_areas, m)?)?;
     m.add_function(wrap_pyfunction!(lmdb_check, m)?)?;
     m.add_function(wrap_pyfunction!(read_index, m)?)?;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -274,3 +275,41 @@ def small_tmpfs(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the full-destination test needs one")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)])
+
+
+@contextlib.contextmanager
+def loop_fs(tmp: Path, fstype: str, size_mb: int, *mkfs_args: str):
+    """A file system of ``fstype`` on a loop-mounted image below ``tmp``; unmounted and detached
+    in all cases."""
+    image, mnt = tmp / f"{fstype}.img", tmp / f"{fstype}-mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run([f"mkfs.{fstype}", *mkfs_args, str(image)], check=True, capture_output=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        subprocess.run(["mount", loop, str(mnt)], check=True, capture_output=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+        image.unlink()
+
+
+def kernel_has_btrfs() -> bool:
+    """Whether the running kernel can mount btrfs (built in, or its module loadable)."""
+    if "btrfs" not in Path("/proc/filesystems").read_text():
+        subprocess.run(["modprobe", "btrfs"], capture_output=True)
+    return "btrfs" in Path("/proc/filesystems").read_text()
+
+
+@pytest.fixture
+def btrfs(tmp_path):
+    """A loop-mounted btrfs image (512 MiB, sparse); skipped, saying so, only where the kernel
+    has no btrfs."""
+    if not kernel_has_btrfs():
+        pytest.skip("the kernel has no btrfs (not built in, no module): the subvolume method cannot be tested here")
+    with loop_fs(tmp_path, "btrfs", 512, "-q") as mnt:
+        yield mnt

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV
+from conftest import CLI_ENV, loop_fs
 from mailbak import _engine
 from mailbak.layout import pack_ids
 from mailbak.testpause import ENV_DIR, ENV_POINT
@@ -65,27 +65,6 @@ def backup(src: Path, snap: Path, sizes: dict[int, int], reference: Path | None 
 
 def ino(p: Path) -> int:
     return os.lstat(p).st_ino
-
-
-@contextlib.contextmanager
-def loop_fs(tmp: Path, fstype: str, size_mb: int, *mkfs_args: str):
-    """A file system of ``fstype`` on a loop-mounted image below ``tmp``; unmounted and detached
-    in all cases."""
-    image, mnt = tmp / f"{fstype}.img", tmp / f"{fstype}-mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size_mb << 20)
-    subprocess.run([f"mkfs.{fstype}", *mkfs_args, str(image)], check=True, capture_output=True)
-    loop = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
-    try:
-        subprocess.run(["mount", loop, str(mnt)], check=True, capture_output=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=True)
-        image.unlink()
 
 
 # Reuse from a reference across file systems ---------------------------------------------------

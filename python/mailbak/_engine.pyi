@@ -18,6 +18,15 @@ __all__ = [
     "backup_areas",
     "copy_tree",
     "delete_tree",
+    "drop_stale",
+    "btrfs_is_btrfs",
+    "btrfs_is_subvolume",
+    "btrfs_create_subvolume",
+    "btrfs_snapshot",
+    "btrfs_set_readonly",
+    "btrfs_is_readonly",
+    "btrfs_destroy",
+    "rename_noreplace",
     "diff_ids",
     "parse_digests",
     "render_digests",
@@ -88,6 +97,7 @@ class Tally(TypedDict):
     moved: int
     errors: int
     warnings: int
+    dropped: int  # entries removed from a clone of the reference the store no longer has (``in_place``, ``drop_stale``)
 
 class TransferResult(Tally):
     """A Tally plus the errno of the first link that had to become a copy (None if none) and
@@ -138,6 +148,7 @@ def backup_areas(
     reference: StrPath | None = None,
     reference_cutoff: int | None = None,
     reference_digests: StrPath | None = None,
+    in_place: bool = False,
 ) -> list[TransferResult]:
     """Backs up message areas from their index snapshots, all in one pool (workers spread over
     every area's directories); one result per area, in order.
@@ -179,7 +190,15 @@ def backup_areas(
     every copy is hashed from what it wrote, and after the walk the area's shard files are
     written into the directory; a shard in which every message was reused is hardlinked from
     ``reference_digests``/rel when that holds it. The result's ``digests`` says what was written
-    and ``files`` lists the plain files placed."""
+    and ``files`` lists the plain files placed.
+
+    ``in_place`` (a repository on btrfs, docs/REPOSITORY.md): each ``dst`` is a clone of the
+    reference and ``reference`` is the clone's own root. Before an area is walked, what its
+    clone holds that today's snapshot does not is removed (counted in ``dropped``): live
+    message files stay unlooked-at, files being erased or added after the snapshot go, anything
+    else stays only where the store has an entry of the same kind (symlinks are recreated).
+    A file the reuse rule would link from the reference is kept where it is (``reused``); any
+    other is replaced by a copy of the store's file. The area's databases are the caller's."""
 
 def copy_tree(
     src: StrPath,
@@ -197,6 +216,7 @@ def copy_tree(
     reference: StrPath | None = None,
     reference_cutoff: int | None = None,
     digests: bool = False,
+    in_place: bool = False,
 ) -> TransferResult:
     """Copies a tree into ``dst`` (which must exist): files copied with their mode bits and
     mtime, symlinks recreated and never followed, special files skipped with a warning. ``only``
@@ -206,7 +226,57 @@ def copy_tree(
     ``reference``, ``reference_cutoff``: as for ``backup_areas``; the tree in it is at
     ``prefix`` (message files of ``message_tree`` have no recorded size here and are never
     reused). With ``digests``, every copy is hashed from what it wrote and the result's
-    ``files`` lists the regular files placed."""
+    ``files`` lists the regular files placed. ``in_place``: as for ``backup_areas`` (the
+    caller removes what the store lacks first: ``drop_stale``)."""
+
+def drop_stale(
+    src: StrPath,
+    dst: StrPath,
+    *,
+    jobs: int,
+    progress: Progress,
+    prefix: bytes,
+    root: int | None = None,
+    leave: list[bytes] = ...,
+    drop: list[bytes] = ...,
+) -> Tally:
+    """Removes from the tree ``dst`` (a clone of the reference, about to be brought up to date
+    in place) every entry the store's tree ``src`` (relative to ``root``, never through a
+    symlink) has no entry of the same kind for: a regular file or directory stays where the
+    store has one (to be compared, or descended into), symlinks and special files always go.
+    ``leave``: paths below ``dst`` left alone and not entered; ``drop``: paths removed whatever
+    the store holds. ``dropped`` counts what was removed (not the symlinks, which the copy
+    recreates); errors are events with the path after ``prefix``."""
+
+def btrfs_is_btrfs(path: StrPath) -> bool:
+    """Whether the directory ``path`` (a symlink is never followed) is on btrfs (``statfs``)."""
+
+def btrfs_is_subvolume(path: StrPath) -> bool:
+    """Whether the directory ``path`` (never followed) is the root of a btrfs subvolume."""
+
+def btrfs_create_subvolume(dir_fd: int, name: bytes) -> None:
+    """Creates the empty subvolume ``name`` in the held directory ``dir_fd``
+    (``BTRFS_IOC_SUBVOL_CREATE``); raises OSError."""
+
+def btrfs_snapshot(source: StrPath, dir_fd: int, name: bytes, *, readonly: bool = False) -> None:
+    """Makes ``name`` in the held directory ``dir_fd`` a snapshot of the subvolume ``source``
+    (``BTRFS_IOC_SNAP_CREATE_V2``), read-only with ``readonly``; raises OSError (EXDEV: another
+    file system; EINVAL: not a subvolume)."""
+
+def btrfs_set_readonly(path: StrPath, readonly: bool) -> None:
+    """Makes the subvolume ``path`` read-only, or writable (``BTRFS_IOC_SUBVOL_SETFLAGS``)."""
+
+def btrfs_is_readonly(path: StrPath) -> bool:
+    """Whether the subvolume ``path`` is read-only."""
+
+def btrfs_destroy(dir_fd: int, name: bytes) -> None:
+    """Deletes the subvolume ``name`` of the held directory ``dir_fd``, made writable first
+    (``BTRFS_IOC_SNAP_DESTROY_V2``, or the old call on kernels before 5.7); its space comes back
+    in the background. OSError ENOTTY when ``name`` is no subvolume."""
+
+def rename_noreplace(dir_fd: int, old: bytes, new: bytes) -> None:
+    """Renames ``old`` to ``new`` in the held directory ``dir_fd`` without replacing anything
+    (``RENAME_NOREPLACE``): FileExistsError when ``new`` exists."""
 
 def parse_digests(data: bytes, *, shard: bool) -> list[tuple[int | bytes, int, bytes | None, str]]:
     """The entries (key, size, digest or None, how) of a digest file: keys are message IDs

@@ -95,7 +95,8 @@ class BackupResult:
     snapshot: str | None
     #: The backup unchanged files were reused from (None: none).
     reference: str | None
-    #: messages, linked (from the store), reused (from the reference), copied, bytes_copied.
+    #: messages, linked (from the store), reused (from the reference), copied, bytes_copied;
+    #: removed (a snapshot brought up to date in place on btrfs: docs/REPOSITORY.md).
     transfer: dict[str, int]
     warnings: int
     errors: int
@@ -215,6 +216,8 @@ class PruneResult:
     deleted: list[str]
     trash_left: list[str]
     files_deleted: int
+    #: Snapshots deleted as btrfs subvolumes (a repository of the subvolume method).
+    subvolumes_deleted: int
     warnings: int
     errors: int
     summary: dict[str, Any] = field(repr=False)

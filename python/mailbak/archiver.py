@@ -80,6 +80,10 @@ TABLE_COLUMNS = (("linked", "linked"), ("reused", "reused"), ("copied", "copied"
 #: Added to the refusal of a DEST that is neither empty nor a repository.
 INIT_HINT = "; to keep a history of snapshots, make a new or empty directory a repository with `mailbak init DIR` and back up into that"
 
+#: In place, where the clone's copy of the reference's ``digests/`` is set aside while the areas
+#: link their unchanged shards from it; removed before the manifest.
+DIGESTS_REFERENCE = ".digests-reference"
+
 #: The hint of the one link-fallback warning, when the cause is another file system.
 EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
 
@@ -162,6 +166,11 @@ class Backup:
         # Whether the warning that the reference's indexes prove nothing (made by an older
         # mailbak) was given: once per run, not once per area.
         self.old_reference_warned = False
+        #: The snapshot is a btrfs clone of the reference, brought to the store's state in place
+        #: (set in phase 1; docs/REPOSITORY.md, "Repositories on btrfs"): it is its own
+        #: reference, what the store lacks is removed from it first, and every database and
+        #: changed file is replaced.
+        self.in_place = False
 
     # Phase 1 ---------------------------------------------------------------------------------
 
@@ -214,8 +223,8 @@ class Backup:
             # until the manifest is replaced at the end), never a store to be written to.
             manifest.write(self.out, self.running_facts())
             testpause.pause("backup.started")
-            make_dir(self.out / "config", self.paths.config_dir)
-            make_dir(self.data_dst, self.paths.data_dir)
+            self.make_dir(self.out / "config", self.paths.config_dir)
+            self.make_dir(self.data_dst, self.paths.data_dir)
         except OSError as e:
             self.close()
             raise UsageError(f"{self.target}: cannot write to the destination: {e.strerror}") from e
@@ -245,9 +254,12 @@ class Backup:
             if self.reference is None:
                 newest = repo.newest_complete(infos)
                 self.reference = newest.path if newest is not None else None
-            path = repo.create_snapshot(self.started, dir_fd=repo_dir.fd)
-            self.held.append(repo_dir.child(path.name, path))
-            self.locks.append(repository.SnapshotLock(path, dir_fd=self.held[-1].fd))
+            if repo.method is repository.Method.SUBVOLUME:
+                path = self.create_subvolume(repo, repo_dir)
+            else:
+                path = repo.create_snapshot(self.started, dir_fd=repo_dir.fd)
+                self.held.append(repo_dir.child(path.name, path))
+                self.locks.append(repository.SnapshotLock(path, dir_fd=self.held[-1].fd))
         except OSError as e:
             self.close()
             raise UsageError(f"{self.dest}: cannot write a snapshot into the repository: {e.strerror}") from e
@@ -257,6 +269,26 @@ class Backup:
         self.repository = repo
         self.snapshot_path = path
 
+    def create_subvolume(self, repo: repository.Repository, repo_dir: HeldDir) -> Path:
+        """Phase 1 in a repository of the subvolume method: the new snapshot's subvolume, a
+        btrfs snapshot of the reference's (then brought up to date in place: ``in_place``) or,
+        without a reference, a new empty one; held and locked. Raises OSError (UsageError when
+        the reference's subvolume cannot be snapshotted)."""
+        source = self.reference
+        if source is not None and not _engine.btrfs_is_subvolume(source):
+            # A --link-dest outside the repository, or a snapshot made some other way: a clone
+            # is impossible, and a hardlink from it across subvolumes too.
+            raise UsageError(f"{source}: not a btrfs subvolume, so no reference for a snapshot of the repository {repo.path} (method subvolume); give a snapshot of that repository, or none")
+        try:
+            path, lock = repo.create_subvolume_snapshot(self.started, repo_dir.fd, source=source, prepare=lambda p: manifest.write(p, self.running_facts()))
+        except OSError as e:
+            what = f"a btrfs snapshot of {source}" if source is not None else "a btrfs subvolume"
+            raise UsageError(f"{repo.path}: cannot make {what} for the new snapshot: {e.strerror}") from e
+        self.locks.append(lock)
+        self.held.append(repo_dir.child(path.name, path))
+        self.in_place = source is not None
+        return path
+
     def close(self) -> None:
         """Releases the repository's and the snapshot's locks (a backup into a repository) and
         the descriptors of the directories written into."""
@@ -264,6 +296,10 @@ class Backup:
             self.locks.pop().release()
         while self.held:
             self.held.pop().close()
+
+    def make_dir(self, path: Path, like: Path) -> None:
+        """``destdir.make_dir``; in place, the clone's directory is taken as it is."""
+        make_dir(path, like, exist_ok=self.in_place)
 
     @property
     def out(self) -> Path:
@@ -343,18 +379,32 @@ class Backup:
 
     def _run(self) -> Status:
         self.format_version = self.store_format_version()
+        if self.in_place and os.path.lexists(self.out / digests.DIR):
+            # The clone's digests are the reference's: set aside (the areas link their unchanged
+            # shards from there, within this subvolume) and deleted after the areas, never kept
+            # as they are (with --no-digests too).
+            os.rename(self.out / digests.DIR, self.out / DIGESTS_REFERENCE)
         if self.record_digests:
             self.start_digests()
         self.runner.new_phase("config")
+        if self.in_place:
+            self.drop_stale(".", self.out / "config", b"config", root=self.config_fd)
         self.copy_tree(".", self.out / "config", b"config", root=self.config_fd)
         with ReaderLease(self.paths.data_dir, self.reporter) as lease:
             self.runner.new_phase("databases", len(DATA.databases) + 1 + len(self.config.accounts))
             self.snapshot_databases()
             pause("backup.messages")
+            if self.in_place:
+                # Everything of data/ but the areas (their messages are the engine's, below) and
+                # the databases just copied.
+                leave = [os.fsencode(r) for r in (*(a.rel for a in self.areas), *self.databases)]
+                self.drop_stale(".", self.data_dst, b"data", root=self.root.fd, leave=leave)
             total = sum(a.index.live_count for a in self.areas)
             self.runner.new_phase("messages", total)
             self.backup_areas()
             lease.release()
+        if self.in_place:
+            self.drop_reference_digests()
         self.runner.new_phase("other files")
         self.copy_other_files()
         self.record_known_files()
@@ -368,7 +418,30 @@ class Backup:
         self.finished = self.clock.now()
         manifest.write(self.out, self.facts(status))
         testpause.pause("backup.manifest_written")
+        if self.repository is not None and self.repository.method is repository.Method.SUBVOLUME:
+            self.freeze()
         return status
+
+    def freeze(self) -> None:
+        """The last step in a repository of the subvolume method: the snapshot's subvolume is
+        made read-only (a prune deletes it all the same). Failing that is a warning: the
+        snapshot is complete, only not protected against writes by root."""
+        try:
+            _engine.btrfs_set_readonly(self.out, True)
+        except OSError as e:
+            self.reporter.warn("read_only", str(self.target), f"cannot make the snapshot's subvolume read-only ({e.strerror}); it is complete, but stays writable")
+
+    def drop_stale(self, src: str, dst: Path, prefix: bytes, *, root: int, leave: list[bytes] | None = None) -> None:
+        """In place: removes from the clone's tree ``dst`` what the store's ``src`` (below
+        ``root``) no longer has, except the paths ``leave`` (``inplace.rs``)."""
+        self.runner.call(_engine.drop_stale, src, dst, jobs=self.jobs, prefix=prefix, root=root, leave=leave or [])
+
+    def drop_reference_digests(self) -> None:
+        """In place, after the areas: removes the clone's copy of the reference's ``digests/``,
+        which the areas' unchanged shards were linked from (``start_digests``)."""
+        where = self.out / DIGESTS_REFERENCE
+        if os.path.lexists(where):
+            self.runner.call(_engine.delete_tree, where, jobs=self.jobs, prefix=DIGESTS_REFERENCE.encode(), low_priority=False)
 
     def start_digests(self) -> None:
         """Phase 2: makes ``digests/`` in the backup and reads the reference's ``digests/files``
@@ -400,7 +473,7 @@ class Backup:
 
     def copy_tree(self, src: str, dst: Path, prefix: bytes, root: int) -> dict[str, int]:
         """Copies ``src`` below the directory descriptor ``root`` (never through a symlink)."""
-        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, root=root, skip=self.skip, **self.reference_arg(), **self.digest_args())
+        result = self.runner.call(_engine.copy_tree, src, dst, jobs=self.jobs, prefix=prefix, root=root, skip=self.skip, in_place=self.in_place, **self.reference_arg(), **self.digest_args())
         self.runner.note_link_fallback(result, self.exdev_hint)
         self.note_files(result)
         return result
@@ -410,7 +483,7 @@ class Backup:
         files left out."""
         prefix = f"data/{rel}".rstrip("/").encode()
         try:
-            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True, **self.reference_arg(), **self.digest_args())
+            result = self.runner.call(_engine.copy_tree, rel or ".", dst, jobs=self.jobs, prefix=prefix, only=only, root=self.root.fd, skip=self.skip, skip_locks=True, in_place=self.in_place, **self.reference_arg(), **self.digest_args())
         except OSError as e:
             # data/rel was replaced (by a symlink, say) after it was checked: reported, never followed.
             self.reporter.error("area_missing", prefix, f"cannot open the directory without following a symlink ({e.strerror}); not backed up")
@@ -424,7 +497,10 @@ class Backup:
         each tree in it is the call's prefix, which names the same path in this backup), with
         its ``reference_cutoff``: files written from shortly before it started on are copied."""
         cutoff = self.reference_cutoff
-        return {} if self.reference is None or cutoff is None else {"reference": self.reference, "reference_cutoff": cutoff}
+        if self.reference is None or cutoff is None:
+            return {}
+        # In place the snapshot is a clone of the reference: its own reference (kept, not linked).
+        return {"reference": self.out if self.in_place else self.reference, "reference_cutoff": cutoff}
 
     @functools.cached_property
     def reference_cutoff(self) -> int | None:
@@ -484,8 +560,18 @@ class Backup:
             return {}
         return {"reference_live": ref_index.live, "reference_sizes": ref_index.sizes, "reference_unknown_sizes": ref_index.unknown_sizes}
 
+    def clear(self, dst: Path) -> None:
+        """In place: removes the clone's copy of a database (the reference's), which is copied
+        anew or, gone from the store, must go too."""
+        if self.in_place:
+            try:
+                os.unlink(dst)
+            except FileNotFoundError:
+                pass
+
     def snapshot(self, rel: str, src: Path, dst: Path) -> bool:
         """Copies one database; reports and returns False on failure."""
+        self.clear(dst)
         try:
             copy = copy_database(src, dst, self.owner, self.root)
         except DatabaseError as e:
@@ -509,6 +595,7 @@ class Backup:
         # Progress counts one unit per top-level database and per area (its index and junk
         # filter), whether copied or not, so that it ends exactly at the phase's total.
         for name in DATA.databases:
+            self.clear(self.data_dst / name)
             if not os.path.lexists(data / name):
                 self.reporter.warn("missing_database", f"data/{name}", "known database missing from the store; not in the backup")
             else:
@@ -525,7 +612,7 @@ class Backup:
             self.reporter.error("area_missing", "data/accounts", "not a directory (a symlink is never followed); no account backed up")
             self.runner.step(len(self.config.accounts))
             return
-        make_dir(self.data_dst / ACCOUNTS_DIR, data / ACCOUNTS_DIR)
+        self.make_dir(self.data_dst / ACCOUNTS_DIR, data / ACCOUNTS_DIR)
         for name in self.config.accounts:
             self.add_area(AreaKind.ACCOUNT, name)
             self.runner.step()
@@ -548,7 +635,9 @@ class Backup:
             if kind is AreaKind.ACCOUNT:
                 self.odd_accounts.append(os.fsencode(name))
             return
-        make_dir(dst, src)
+        self.make_dir(dst, src)
+        for db in lay.databases:
+            self.clear(dst / db)
         if not self.snapshot(f"{rel}/{lay.index}", src / lay.index, dst / lay.index):
             self.reporter.error("area_unreadable", f"data/{rel}", f"{what} cannot be opened; its directory is copied as plain files")
             self.plain_accounts.append(rel)
@@ -584,8 +673,10 @@ class Backup:
         specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst, **self.shard_arg(a), **self.proof(a)} for a in self.areas]
         extra = self.reference_arg()
         if extra and self.recording is not None:
-            extra["reference_digests"] = self.reference / digests.DIR
-        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, **extra)
+            # In place, the reference's shards as the clone holds them: a link from the
+            # reference's own subvolume would fail (EXDEV).
+            extra["reference_digests"] = self.out / DIGESTS_REFERENCE if self.in_place else self.reference / digests.DIR
+        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, in_place=self.in_place, **extra)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
             area.counts = {k: result[k] for k in AREA_COUNTS}
@@ -736,6 +827,9 @@ class Backup:
             "reused": t.get("reused", 0),
             "copied": t.get("copied", 0),
             "bytes_copied": self.runner.bytes_copied + sum(db["bytes"] for db in self.databases.values()),
+            # In place (a btrfs clone of the reference): entries removed because the store no
+            # longer has them; the rest of the clone is what ``reused`` counts.
+            **({"removed": t.get("dropped", 0)} if self.in_place else {}),
         }
 
     def table(self) -> list[tuple[str, ...]]:

@@ -175,7 +175,9 @@ def backup(store: Path, dest: Path, config_dir, data_dir, link_dest, no_digests,
     DEST is a new or empty directory, or a repository (mailbak init): then
     the backup is a new snapshot REPO/<UTC start time>, and every file that
     is unchanged since the newest complete snapshot is hardlinked from it
-    (reused) instead of copied. Backups and prunes of one repository never
+    (reused) instead of copied; in a repository on btrfs the snapshot is a
+    btrfs snapshot of it in which unchanged files are kept and the rest
+    replaced. Backups and prunes of one repository never
     overlap: a backup waits for a running prune. DEST (REPO) must not lie
     below a directory another user can change, such as the store's own
     directory; run as root, an existing empty DEST becomes root's, mode 0700.
@@ -278,7 +280,10 @@ def init(repo: Path, json_output: bool, quiet: bool) -> None:
     complete backup named by its UTC start time, in which every file that is
     unchanged since the previous snapshot is a hardlink to it: keep REPO on
     another disk than the store, and thin it with `mailbak prune`
-    (docs/REPOSITORY.md). REPO becomes root's, mode 0700. Exit status: 0
+    (docs/REPOSITORY.md). On btrfs each snapshot is a subvolume instead (a
+    btrfs snapshot of the previous one, brought up to date in place, then
+    read-only): decided now, recorded in the marker as its method. REPO
+    becomes root's, mode 0700. Exit status: 0
     made, 2 bad usage (REPO exists and is not an empty directory, or lies below
     a directory another user can change; nothing written).
     """
@@ -531,7 +536,8 @@ def prune(repo: Path, dry_run: bool, no_wait: bool, no_nice: bool, jobs, json_ou
 
     \b
     Removed snapshots are first renamed into REPO/.trash (so the decision
-    survives a crash), then deleted in parallel at low priority. A prune that
+    survives a crash), then deleted in parallel at low priority (a btrfs
+    subvolume in one call; the kernel frees its space in the background). A prune that
     was stopped leaves only trash, which the next prune deletes first.
     Exit status: 0 ok, 1 something could not be deleted (it stays in the
     trash) or the repository is busy with --no-wait, 2 bad usage (no rule,

@@ -81,11 +81,13 @@ def check_destination(dest: Path, action: str = "back up", hint: str = "") -> No
         raise UsageError(f"{dest}: cannot read the destination: {e.strerror}") from e
 
 
-def make_dir(path: Path, like: Path | None) -> None:
+def make_dir(path: Path, like: Path | None, *, exist_ok: bool = False) -> None:
     """Creates a destination directory with its source's mode, capped at DIR_MODE_CAP, and, as
     root, its source's owner and group (a restored store must stay the server's). Mode and owner
     are set through a descriptor of the directory created, never by a path that could have
-    become a symlink meanwhile."""
+    become a symlink meanwhile. ``exist_ok``: a directory already there (a backup brought up to
+    date in place: docs/REPOSITORY.md, "Repositories on btrfs") gets the same mode and owner;
+    a symlink there is never followed (the open refuses it)."""
     mode, owner = DEFAULT_DIR_MODE, None
     if like is not None:
         try:
@@ -93,7 +95,11 @@ def make_dir(path: Path, like: Path | None) -> None:
             mode, owner = stat.S_IMODE(st.st_mode) & DIR_MODE_CAP, (st.st_uid, st.st_gid)
         except OSError:
             pass
-    os.mkdir(path, PRIVATE_DIR_MODE)
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        if not exist_ok:
+            raise
     fd = open_dir(path)
     try:
         # The owner always keeps full access: mailbak must be able to fill what it made.

@@ -6,7 +6,8 @@ The steps, in order:
    snapshot (whose reference could be removed), and no verify or restore reads one, while
    prune runs. One of them holding it makes prune wait, saying so, or, with ``--no-wait``,
    fail at once (exit 1).
-2. **Leftover trash.** Snapshots a killed prune had moved into ``REPO/.trash`` are deleted
+2. **Leftover trash.** Snapshots a killed prune had moved into ``REPO/.trash`` (and subvolumes
+   a backup killed while setting them up left, ``repository.CREATING_PREFIX``) are deleted
    first: the decision to remove them was made and made durable.
 3. **Decide.** Every snapshot's status and start time come from its manifest and lock
    (``repository.status_of``); ``retention.decide`` gives keep or remove and the reasons.
@@ -16,7 +17,10 @@ The steps, in order:
 5. **Delete.** The engine deletes the trash bottom-up in parallel (``_engine.delete_tree``), by
    default at the lowest CPU and idle I/O priority, so that the mail server does not notice
    (``--no-nice`` to run at normal priority). Errors on single files are reported with their
-   path; the run is then failed, and what is left stays in the trash for the next prune.
+   path; the run is then failed, and what is left stays in the trash for the next prune. A
+   trash entry that is a btrfs subvolume (a repository of the subvolume method) is deleted by
+   the kernel instead (``_engine.btrfs_destroy``: one call, made writable first; the space
+   comes back in the background).
 
 Nothing outside REPO is ever deleted: the engine opens the trash entry without following a
 symlink, removes symlinks as links, and never enters another file system.
@@ -31,6 +35,7 @@ from typing import Any, ClassVar
 
 from mailbak import _engine, repository, retention
 from mailbak.errors import UsageError
+from mailbak.fsio import open_dir
 from mailbak.job import Metrics, Stage, interrupted_hint
 from mailbak.report import Reporter, rfc3339
 from mailbak.repository import RepoLock, Repository
@@ -79,7 +84,7 @@ class Prune:
         self.decisions: list[retention.Decision] = []
         #: Trash entries deleted (leftovers and this run's), and their engine counts.
         self.deleted: list[str] = []
-        self.counts = {"files": 0, "dirs": 0, "errors": 0}
+        self.counts = {"files": 0, "dirs": 0, "errors": 0, "subvolumes": 0}
         #: Whether this run moved a snapshot into the trash (what an interrupted run leaves).
         self.moved = False
 
@@ -121,6 +126,11 @@ class Prune:
         """Steps 2 to 5; returns ``ok``, or ``failed`` when something could not be deleted."""
         assert self.repo is not None, "check() first"
         if not self.dry_run:
+            # Subvolumes of snapshots whose backup was killed while setting them up (the
+            # subvolume method) go with the leftover trash.
+            for name in self.repo.leftover_creations():
+                self.repo.move_to_trash(name)
+                self.moved = True
             self.empty_trash("trash")
         infos = self.repo.snapshots()
         self.decisions = retention.decide([retention.Snapshot(s.name, s.status, s.start) for s in infos], self.policy)
@@ -144,6 +154,8 @@ class Prune:
         self.runner.new_phase(phase)
         for name in names:
             where = f"{repository.TRASH}/{name}"
+            if self.delete_subvolume(name, where):
+                continue
             try:
                 result = self.runner.call(_engine.delete_tree, self.repo.trash / name, jobs=self.jobs, prefix=where.encode(), low_priority=self.nice)
             except OSError as e:
@@ -155,6 +167,28 @@ class Prune:
                 self.counts[key] += result.get(key, 0)
             if not os.path.lexists(self.repo.trash / name):
                 self.deleted.append(name)
+
+    def delete_subvolume(self, name: str, where: str) -> bool:
+        """Deletes trash entry ``name`` when it is a btrfs subvolume (the subvolume method):
+        True when it was one (deleted, or an error reported); False for a directory, left to
+        the engine's walk."""
+        assert self.repo is not None
+        try:
+            if not _engine.btrfs_is_subvolume(self.repo.trash / name):
+                return False
+        except OSError:
+            return False  # not a directory: the walk reports it
+        fd = open_dir(self.repo.trash)
+        try:
+            _engine.btrfs_destroy(fd, os.fsencode(name))
+        except OSError as e:
+            self.reporter.error("trash", where, f"cannot delete the subvolume ({e.strerror}); left in place: remove it by hand (every prune reports it until then)")
+        else:
+            self.deleted.append(name)
+            self.counts["subvolumes"] += 1
+        finally:
+            os.close(fd)
+        return True
 
     def facts(self, status: str) -> dict[str, Any]:
         """The summary's facts: the policy, each snapshot's action and reasons, and what was deleted
@@ -173,6 +207,7 @@ class Prune:
             "deleted": self.deleted,
             "files_deleted": self.counts["files"],
             "dirs_deleted": self.counts["dirs"],
+            "subvolumes_deleted": self.counts["subvolumes"],
             "trash_left": self.repo.trash_entries() if self.repo is not None else [],
             "warnings": self.reporter.counts.warnings,
             "errors": max(self.reporter.counts.errors, self.counts["errors"]),

@@ -4,12 +4,17 @@ complete one and thinned by ``mailbak prune``.
 
 What a repository is, on disk:
 
-- ``REPO/mailbak-repo.json``, the marker (:data:`MARKER`): kind, format version, creation time.
-  ``mailbak init`` writes it into an absent or empty directory; nothing else makes a directory a
-  repository.
+- ``REPO/mailbak-repo.json``, the marker (:data:`MARKER`): kind, format version, creation time
+  and the method (:class:`Method`: ``subvolume`` when ``init`` found REPO on btrfs, else
+  ``hardlink``; a marker without it is ``hardlink``). ``mailbak init`` writes it into an absent
+  or empty directory; nothing else makes a directory a repository.
 - ``REPO/YYYY-MM-DDTHHMMSSZ`` (a suffix ``-1``, ``-2`` on collision): one snapshot each. Any other
   entry is not a snapshot, never listed, never touched.
 - ``REPO/.trash/``: snapshots prune has decided to remove and not yet finished deleting.
+- ``REPO/.new-NAME-PID`` (subvolume method only): a snapshot's subvolume while its backup sets
+  it up (:meth:`Repository.create_subvolume_snapshot`), renamed to its name once its manifest
+  says ``running`` and its lock is held; one left by a killed run goes to the trash at the
+  next prune.
 
 The status of a snapshot (:func:`status_of`) comes from its manifest and from a lock: the backup
 writing it holds an exclusive ``flock`` on the snapshot directory for its whole run, so a
@@ -33,10 +38,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mailbak import manifest
+from mailbak import _engine, manifest
 from mailbak.destdir import PRIVATE_DIR_MODE, check_destination, hold_new, hold_parent
 from mailbak.errors import ManifestError, RepositoryBusy, UsageError
 from mailbak.fsio import fsync_dir, open_dir, replace_file
@@ -69,6 +75,21 @@ NAME_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{6}Z)(?:-([1-9]\d{0,5}))?$")
 #: ends of Python's calendar). A manifest with a time outside makes its snapshot incomplete.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+#: What a snapshot's subvolume is called while its backup sets it up (subvolume method): never a
+#: snapshot's name, so never listed or taken as a reference.
+CREATING_PREFIX = ".new-"
+
+
+class Method(StrEnum):
+    """How a repository's snapshots share what did not change (the marker's ``method``)."""
+
+    #: Each snapshot a directory; unchanged files hardlinked from the reference.
+    HARDLINK = "hardlink"
+    #: Each snapshot a btrfs subvolume, begun as a snapshot of the reference's and brought up to
+    #: date in place (docs/REPOSITORY.md, "Repositories on btrfs").
+    SUBVOLUME = "subvolume"
+
 
 #: Failed or incomplete snapshots newer than the newest complete one at which a backup into the
 #: repository warns: prune keeps them (they may hold the latest mail), so a store that keeps
@@ -313,7 +334,15 @@ class Repository:
         doc = read_tagged_json(marker_path, MAX_MARKER_BYTES, missing, UsageError, KIND, "a mailbak repository marker")
         if doc.get("format_version") != REPO_FORMAT:
             raise UsageError(f"{marker_path}: repository format {doc.get('format_version')!r} is not supported (this mailbak reads {REPO_FORMAT})")
+        if doc.get("method", Method.HARDLINK) not in tuple(Method):
+            raise UsageError(f"{marker_path}: method {doc.get('method')!r} is none of {', '.join(Method)}")
         return cls(path, doc)
+
+    @property
+    def method(self) -> Method:
+        """How the snapshots share what did not change: the marker's ``method`` (a marker made
+        before there was a choice has none: hardlink)."""
+        return Method(self.marker.get("method", Method.HARDLINK))
 
     # Snapshots ---------------------------------------------------------------------------------
 
@@ -389,6 +418,57 @@ class Repository:
                 continue
         raise UsageError(f"{self.path}: a thousand snapshots named {base}*: refusing to make another")
 
+    def create_subvolume_snapshot(self, started: float, dir_fd: int, *, source: Path | None, prepare: Callable[[Path], None]) -> tuple[Path, SnapshotLock]:
+        """The subvolume method's :meth:`create_snapshot`: a btrfs snapshot of the subvolume
+        ``source`` (the reference), or a new empty subvolume, made under a name no listing
+        takes for a snapshot (``CREATING_PREFIX``), given mode 0700, prepared by ``prepare``
+        (which writes its ``running`` manifest: the clone came with the reference's, which says
+        ok), locked, and only then renamed to its name (a suffix ``-1``, ``-2`` when taken,
+        never replacing anything). So no other backup can take the clone for a complete
+        snapshot. Returns the path and the held lock; raises OSError."""
+        base = snapshot_name(started)
+        tmp = f"{CREATING_PREFIX}{base}-{os.getpid()}"
+        if source is not None:
+            _engine.btrfs_snapshot(source, dir_fd, os.fsencode(tmp))
+        else:
+            _engine.btrfs_create_subvolume(dir_fd, os.fsencode(tmp))
+        lock = None
+        try:
+            fd = open_dir(tmp, dir_fd=dir_fd)
+            try:
+                os.fchmod(fd, PRIVATE_DIR_MODE)
+                prepare(Path(f"/proc/self/fd/{fd}"))
+                lock = SnapshotLock(self.path / tmp, dir_fd=fd)
+            finally:
+                os.close(fd)
+            for n in range(0, 1000):
+                name = base if n == 0 else f"{base}-{n}"
+                try:
+                    _engine.rename_noreplace(dir_fd, os.fsencode(tmp), os.fsencode(name))
+                except FileExistsError:
+                    continue
+                os.fsync(dir_fd)
+                return self.path / name, lock
+            raise UsageError(f"{self.path}: a thousand snapshots named {base}*: refusing to make another")
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            try:
+                _engine.btrfs_destroy(dir_fd, os.fsencode(tmp))
+            except OSError:
+                pass  # a leftover creation: the next prune moves it to the trash
+            raise
+
+    def leftover_creations(self) -> list[str]:
+        """Subvolumes of snapshots whose backup was killed while setting them up (subvolume
+        method; their lock no longer held), for prune to remove."""
+        out = []
+        with os.scandir(self.path) as it:
+            for e in it:
+                if e.name.startswith(CREATING_PREFIX) and e.is_dir(follow_symlinks=False) and not is_locked(self.path / e.name):
+                    out.append(e.name)
+        return sorted(out)
+
     # Trash -------------------------------------------------------------------------------------
 
     @property
@@ -421,6 +501,10 @@ class Repository:
                 target = self.trash / f"{name}.{n}"
                 if not os.path.lexists(target):
                     break
+        if self.method is Method.SUBVOLUME and _engine.btrfs_is_subvolume(self.path / name):
+            # A read-only subvolume cannot move to another directory (its ``..`` would change):
+            # made writable first. Killed in between, it stays a complete snapshot, writable.
+            _engine.btrfs_set_readonly(self.path / name, False)
         os.rename(self.path / name, target)
         for d in (self.trash, self.path):
             fsync_dir(d)
@@ -439,7 +523,10 @@ def init(path: Path) -> Repository:
     try:
         held, existed = hold_new(parent, path)
         assert held.fd is not None
-        doc = {"kind": KIND, "format_version": REPO_FORMAT, "created": rfc3339()}
+        # Decided once, by the file system REPO is on; never changed, since hardlinks between
+        # subvolumes fail and subvolumes cannot be deleted as directories.
+        method = Method.SUBVOLUME if _engine.btrfs_is_btrfs(held.via) else Method.HARDLINK
+        doc = {"kind": KIND, "format_version": REPO_FORMAT, "created": rfc3339(), "method": str(method)}
         # Made now, not by the first prune: a prune must work when the disk is full (no inode
         # left for a new directory), which is when it is needed most.
         os.mkdir(TRASH, PRIVATE_DIR_MODE, dir_fd=held.fd)

@@ -138,7 +138,7 @@ class Runner:
         for tally in value if isinstance(value, list) else [value]:
             if isinstance(tally, dict):
                 self.bytes_copied += tally.get("bytes_copied") or 0
-                for key in ("linked", "reused", "copied", "reflinked"):
+                for key in ("linked", "reused", "copied", "reflinked", "dropped"):
                     self.totals[key] = self.totals.get(key, 0) + (tally.get(key) or 0)
         return value
 

@@ -41,10 +41,11 @@ use rayon::prelude::*;
 use rustix::io::Errno;
 
 use crate::areas::{open_area_root, AreaSpec};
-use crate::classify::Area;
+use crate::classify::{Area, Class};
 use crate::digests::{self, FileRecord, ShardStats};
 use crate::error::Error;
 use crate::fsutil::{self, Kind};
+use crate::inplace::{self, Verdict};
 use crate::linkcopy::{LinkPolicy, Placed};
 use crate::progress::{Progress, Sink, Tally};
 use crate::walk::{Dir, Fence};
@@ -82,6 +83,10 @@ pub struct BackupOptions {
     /// The reference's `digests` directory, whose shard files unchanged shards are linked
     /// from (`digests.rs`).
     pub reference_digests: Option<OwnedFd>,
+    /// Each destination is a clone of the reference (`reference` is the destination's own
+    /// root) brought to the store's state in place (`inplace.rs`): what the store no longer
+    /// has is removed first, unchanged files are kept, others replaced.
+    pub in_place: bool,
 }
 
 /// The directory `prefix` below reference root `r`, opened without following a symlink at
@@ -148,7 +153,11 @@ pub fn backup_areas(
                     opts.reference.is_some(),
                 )
                 .with_reuse_cutoff(opts.reference_cutoff)
-                .hashing(job.digests.is_some());
+                .hashing(job.digests.is_some())
+                .in_place(opts.in_place);
+                if opts.in_place {
+                    drop_stale_messages(a, src.as_fd(), dst.as_fd(), &sink);
+                }
                 AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
                     .with_fence(&opts.fence)
                     .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
@@ -166,6 +175,29 @@ pub fn backup_areas(
             }
         })
         .collect()
+}
+
+/// Before an area is backed up in place: removes from its clone what today's snapshot does not
+/// hold. A live message file stays without a look at the store (its placement checks it, as
+/// the proof rule says); files being erased or added after the snapshot go; anything else
+/// stays only where the store has the same kind of entry (see `inplace.rs`). The area's own
+/// databases are the caller's (copied anew).
+fn drop_stale_messages(a: &AreaSpec, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, sink: &Sink<'_>) {
+    let verdict = |rel: &[u8], name: &[u8], kind: Kind| {
+        if kind != Kind::File {
+            return Verdict::Check;
+        }
+        match a.area.classify(&a.snap, rel, name) {
+            Class::Message(_) => Verdict::Keep,
+            Class::Known => Verdict::Leave,
+            Class::New | Class::Erasing => Verdict::Drop,
+            Class::Orphan | Class::Copy | Class::StrayInTree | Class::Stray => Verdict::Check,
+        }
+    };
+    let dropped = inplace::drop_stale(src, dst, &verdict, sink);
+    sink.tally
+        .dropped
+        .fetch_add(dropped.entries.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// Writes the shard files of the messages `sink` recorded into `dir`, sharing unchanged ones
@@ -221,6 +253,9 @@ pub struct TreeCopy {
     pub reference_cutoff: Option<i64>,
     /// Record the regular files placed, hashing copies ([`Transferred::files`]).
     pub digests: bool,
+    /// `dst` is a clone of the reference brought up to date in place (see
+    /// [`BackupOptions::in_place`]; the caller removed what the store lacks first).
+    pub in_place: bool,
 }
 
 /// Copies the tree `src` into `dst` in the current rayon pool.
@@ -233,7 +268,8 @@ pub fn copy_tree(src: OwnedFd, dst: OwnedFd, job: &TreeCopy, progress: &Progress
         job.reference.is_some(),
     )
     .with_reuse_cutoff(job.reference_cutoff)
-    .hashing(job.digests);
+    .hashing(job.digests)
+    .in_place(job.in_place);
     PlainCopy::new(job.messages.as_ref(), &policy, &sink)
         .with_fence(&job.fence)
         .with_reference(reference_below(job.reference.as_ref(), &job.prefix))
