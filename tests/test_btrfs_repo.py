@@ -321,3 +321,13 @@ def test_check_reads_each_snapshots_own_files(aged, btrfs):
     assert s["damaged"] == 1
     [d] = s["damage"]
     assert d["snapshots"] == [ref.name] and d["id"] == victim
+    # Repair writes into that one snapshot: its subvolume is made writable for the re-point and
+    # read-only again, the store's good copy replaces the damaged file, and the history is clean.
+    p = run_cli("check", "--json", "--repair", repo)
+    assert p.returncode == 1, p.stdout + p.stderr  # damage was found (and healed)
+    s = json.loads(p.stdout.splitlines()[-1])
+    assert [r["source"] for r in s["repairs"]] == ["store"], s["repairs"]
+    assert _engine.btrfs_is_readonly(ref) and _engine.btrfs_is_readonly(cur)
+    assert message_file(ref, victim).read_bytes() == message_file(aged, victim).read_bytes()
+    p = run_cli("check", "--json", "--read-data", repo)
+    assert p.returncode == 0, p.stdout + p.stderr

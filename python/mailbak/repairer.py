@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from mailbak import manifest
+from mailbak import _engine, manifest
 from mailbak.anchor import DataRoot, open_problem
 from mailbak.digests import hash_fd
 from mailbak.errors import ManifestError, ResticError, UsageError
@@ -71,7 +71,7 @@ from mailbak.identity import StoreOwner, acting_as
 from mailbak.layout import StorePaths
 from mailbak.pushed import OffsiteSnapshot, pushed_snapshots, repo_tag
 from mailbak.report import Reporter
-from mailbak.repository import Repository
+from mailbak.repository import Method, Repository
 from mailbak.restic import Restic, ResticConfig, error_line
 
 #: restic's chunker never cuts a file before 512 KiB: a smaller file (not empty) is one blob,
@@ -252,10 +252,37 @@ class _Healer:
             left += [f"{p.snapshot}: {_what(p.st)}" for p in paths if p not in holding]
             if not holding:
                 return Healed(d, None, "no snapshot path holds the damaged file any more; " + "; ".join(left))
-            return self._replace(d, holding, left)
+            opened = self._writable(holding)
+            try:
+                return self._replace(d, holding, left)
+            finally:
+                self._read_only_again(opened)
         finally:
             for p in paths:
                 os.close(p.dir_fd)
+
+    def _writable(self, holding: list[_Path]) -> list[Path]:
+        """In a repository on btrfs each snapshot is a read-only subvolume holding its own
+        inodes (a damage has one snapshot there): made writable for the re-point, and read-only
+        again right after by :meth:`_read_only_again`. Nothing to do in a hardlink repository."""
+        if self.repo.method is not Method.SUBVOLUME:
+            return []
+        opened = []
+        for name in dict.fromkeys(p.snapshot for p in holding):
+            path = self.repo.path / name
+            if _engine.btrfs_is_readonly(path):
+                _engine.btrfs_set_readonly(path, False)
+                opened.append(path)
+        return opened
+
+    def _read_only_again(self, opened: list[Path]) -> None:
+        """Makes the subvolumes :meth:`_writable` opened read-only again; one that refuses is
+        an error naming it (the snapshot stays complete, only writable)."""
+        for path in opened:
+            try:
+                _engine.btrfs_set_readonly(path, True)
+            except OSError as e:
+                self.reporter.error("read_only", path.name, f"the snapshot could not be made read-only again after its repair ({e.strerror}); run the repair again or `btrfs property set {path} ro true`")
 
     def _paths(self, d: Damage, parts: list[str]) -> tuple[list[_Path], list[str]]:
         """Each snapshot's path of ``d``: its directory held (reached without a symlink) and the
