@@ -142,10 +142,14 @@ pub trait FileStat: Sync {
     /// Called once a directory's entries and subdirectories are done.
     fn leave_dir(&self, _dir: &Dir<'_>) {}
     /// The kind and size of live message `id`'s file `name` in `dir` (at `rel` below the area
-    /// root; `size`: its recorded size). Problems other than these three go to `sink`.
+    /// root; `size`: its recorded size). `listed`: the walk's directory and the file's inode
+    /// number from its listing (None: looked up by path after the walk). Problems other than
+    /// these three go to `sink`.
+    #[allow(clippy::too_many_arguments)]
     fn stat(
         &self,
         dir: BorrowedFd<'_>,
+        listed: Option<(&Dir<'_>, u64)>,
         name: &CStr,
         rel: &[u8],
         id: u64,
@@ -226,13 +230,28 @@ impl<'a> AreaCheck<'a> {
     }
 
     /// Compares one live message's file with its record.
-    fn check_file(&self, dir: BorrowedFd<'_>, name: &CStr, rel: &[u8], index: usize) {
+    fn check_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        listed: Option<(&Dir<'_>, u64)>,
+        name: &CStr,
+        rel: &[u8],
+        index: usize,
+    ) {
         Tally::bump(&self.sink.tally.checked);
         self.sink.progress.add_done(1);
         self.pause.tick();
         let id = self.state.id(index);
         let got = match self.hook {
-            Some(h) => h.stat(dir, name, rel, id, self.state.sizes[index], self.sink),
+            Some(h) => h.stat(
+                dir,
+                listed,
+                name,
+                rel,
+                id,
+                self.state.sizes[index],
+                self.sink,
+            ),
             None => fsutil::lstat_at(dir, name)
                 .map(|st| (Kind::from_mode(st.st_mode), st.st_size as u64)),
         };
@@ -333,7 +352,7 @@ impl Unseen for UnseenCheck<'_, '_> {
     }
 
     fn file(&self, dir: &OwnedFd, name: &CStr, rel: &[u8], i: usize) {
-        self.check.check_file(dir.as_fd(), name, rel, i);
+        self.check.check_file(dir.as_fd(), None, name, rel, i);
     }
 
     fn absent(&self, rel: &[u8], i: usize) {
@@ -414,6 +433,17 @@ impl Visitor for AreaCheck<'_> {
     }
 
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
+        self.entry_at(dir, name, kind, None)
+    }
+
+    fn entry_ino(&self, dir: &Dir<'_>, name: &CStr, kind: Kind, ino: u64) {
+        self.entry_at(dir, name, kind, Some(ino))
+    }
+}
+
+impl AreaCheck<'_> {
+    /// One entry the walk met (`ino`: its inode number from the listing, when known).
+    fn entry_at(&self, dir: &Dir<'_>, name: &CStr, kind: Kind, ino: Option<u64>) {
         let rel = join(dir.rel, name.to_bytes());
         let t = &self.sink.tally;
         match self
@@ -423,7 +453,7 @@ impl Visitor for AreaCheck<'_> {
         {
             Class::Message(i) => {
                 self.state.seen.mark(i);
-                self.check_file(dir.src, name, &rel, i);
+                self.check_file(dir.src, ino.map(|n| (dir, n)), name, &rel, i);
             }
             Class::New if self.live => Tally::bump(&t.skipped_new),
             Class::New if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Collides),
