@@ -413,11 +413,15 @@ impl RepoCheck {
         })
     }
 
-    /// Records `key`'s state.
+    /// Records `key`'s state. [`State::Sized`] never replaces a state learnt by reading (the
+    /// same inode met at two paths at once, by both workers).
     fn insert(&self, key: (u64, u64), size: u64, state: State) {
         let (block, slot) = block_of(key);
         let mut g = self.part(block).lock().expect("map lock");
         let b = g.entry(block).or_default();
+        if state == State::Sized && b.states[slot] != 0 {
+            return;
+        }
         b.sizes[slot] = size;
         b.states[slot] = state as u8 + 1;
     }
@@ -798,6 +802,16 @@ impl FileStat for AreaHook<'_> {
         } else {
             None
         };
+        if rec.is_none() {
+            // Sizes only: one lstat instead of open, fstat and close.
+            let st = fsutil::lstat_at(dir, name)?;
+            let (kind, have) = (Kind::from_mode(st.st_mode), st.st_size as u64);
+            if kind == Kind::File {
+                run.counts.inodes.fetch_add(1, Ordering::Relaxed);
+                run.insert(fsutil::identity(&st), have, State::Sized);
+            }
+            return Ok((kind, have));
+        }
         let fd = fsutil::open_file_at(dir, name);
         let fd = match fd {
             Ok(fd) => fd,
