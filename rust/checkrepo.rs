@@ -192,6 +192,9 @@ struct Counts {
     shared: AtomicU64,
 }
 
+/// Parsed shard files: (st_dev, st_ino) -> (the snapshot that last used it, its entries).
+type ShardCache = HashMap<(u64, u64), (u64, Arc<Shard>)>;
+
 /// Damaged inodes in the order found, and each one's place in that list by (dev, ino).
 type DamageList = (Vec<Damage>, HashMap<(u64, u64), usize>);
 
@@ -217,6 +220,15 @@ pub struct RepoCheck {
     damage: Mutex<DamageList>,
     /// Run-wide counts.
     counts: Counts,
+    /// Parsed shard files by their (st_dev, st_ino), with the snapshot number that last used
+    /// each: a shard file is linked into every snapshot whose range did not change (expunges
+    /// leave it linked), so it is read, verified and parsed once, not once per snapshot; only
+    /// the shards the previous snapshot used are kept.
+    shard_cache: Mutex<ShardCache>,
+    /// Snapshots begun so far (the cache's clock).
+    snapshots: AtomicU64,
+    /// Shard files read and parsed (not answered from the cache).
+    shard_loads: AtomicU64,
 }
 
 /// One snapshot of a [`RepoCheck::check_snapshot`] call.
@@ -247,6 +259,9 @@ impl RepoCheck {
             unmatched: Mutex::new(HashMap::new()),
             damage: Mutex::new((Vec::new(), HashMap::new())),
             counts: Counts::default(),
+            shard_cache: Mutex::new(HashMap::new()),
+            snapshots: AtomicU64::new(0),
+            shard_loads: AtomicU64::new(0),
         }
     }
 
@@ -281,6 +296,11 @@ impl RepoCheck {
                 }
             });
         }
+        let now = self.snapshots.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shard_cache
+            .lock()
+            .expect("shard cache lock")
+            .retain(|_, (used, _)| *used + 1 >= now);
         let make = |_i: usize, job: &CheckJob| -> Box<dyn FileStat + '_> {
             Box::new(AreaHook {
                 run: self,
@@ -637,7 +657,7 @@ impl AreaHook<'_> {
                 return Arc::clone(s);
             }
         }
-        let loaded = Arc::new(self.load_shard(shard, sink));
+        let loaded = self.load_shard(shard, sink);
         if let Some(d) = dir {
             d.shards
                 .lock()
@@ -647,19 +667,57 @@ impl AreaHook<'_> {
         loaded
     }
 
-    /// Reads and parses shard file `shard`; reports a missing or damaged one.
-    fn load_shard(&self, shard: u64, sink: &Sink<'_>) -> Shard {
+    /// A shard file of this area, from the run-wide cache or read (see [`RepoCheck::shard_cache`]).
+    fn load_shard(&self, shard: u64, sink: &Sink<'_>) -> Arc<Shard> {
         let Some(dir) = self.digest_dir(sink) else {
-            return Shard::Untrusted;
+            return Arc::new(Shard::Untrusted);
         };
         let name = CString::new(shard.to_string()).expect("digits");
+        // The same file (inode) parsed for an earlier snapshot: its entries as parsed then.
+        // Untrusted ones are not kept, so each snapshot holding one still reports it.
+        let run = self.run;
+        let now = run.snapshots.load(Ordering::Relaxed);
+        let ident = || {
+            fsutil::lstat_at(dir, &name)
+                .ok()
+                .filter(|st| Kind::from_mode(st.st_mode) == Kind::File)
+                .map(|st| fsutil::identity(&st))
+        };
+        let before = ident();
+        if let Some(k) = before {
+            if let Some((used, s)) = run
+                .shard_cache
+                .lock()
+                .expect("shard cache lock")
+                .get_mut(&k)
+            {
+                *used = now;
+                return Arc::clone(s);
+            }
+        }
+        let loaded = Arc::new(self.read_shard(dir, &name, shard, sink));
+        // Kept only when the file read is the one identified (not replaced meanwhile).
+        if let (Some(k), Shard::Entries(_)) = (before, loaded.as_ref()) {
+            if ident() == Some(k) {
+                run.shard_cache
+                    .lock()
+                    .expect("shard cache lock")
+                    .insert(k, (now, Arc::clone(&loaded)));
+            }
+        }
+        loaded
+    }
+
+    /// Reads and parses shard file `name` of `dir`; reports a missing or damaged one.
+    fn read_shard(&self, dir: BorrowedFd<'_>, name: &CStr, shard: u64, sink: &Sink<'_>) -> Shard {
+        self.run.shard_loads.fetch_add(1, Ordering::Relaxed);
         let mut where_ = b"digests/".to_vec();
         where_.extend_from_slice(&self.area);
         where_.push(b'/');
         where_.extend_from_slice(shard.to_string().as_bytes());
         // The sink's prefix is the area's (`data/...`): name the digest file from the root.
         let shown = String::from_utf8_lossy(&where_).into_owned();
-        match digests::read_file(dir, &name) {
+        match digests::read_file(dir, name) {
             Ok(data) => match digests::parse::<u64>(&data) {
                 Ok(e) => Shard::Entries(e),
                 Err(why) => {
@@ -1182,6 +1240,47 @@ mod tests {
         }
         // Three regular message files: met once, then answered from the map.
         assert_eq!((count(&rc, "inodes_checked"), count(&rc, "shared")), (3, 3));
+    }
+
+    #[test]
+    fn a_shard_file_linked_into_several_snapshots_is_parsed_once() {
+        // s2 (newer, checked first) expunged 2 and keeps the shard linked (a superset); s1
+        // still holds 2, an inode new to the map whose digest comes from the same shard file.
+        let s = Scratch::new("repoc6");
+        snapshot(&s, "s1", &[1, 2], Some(2));
+        std::fs::create_dir_all(s.path("s2/data/accounts/a/msg/a")).unwrap();
+        std::fs::create_dir_all(s.path("s2/digests/accounts/a")).unwrap();
+        std::fs::hard_link(
+            s.path("s1/data/accounts/a/msg/a/1"),
+            s.path("s2/data/accounts/a/msg/a/1"),
+        )
+        .unwrap();
+        std::fs::hard_link(
+            s.path("s1/digests/accounts/a/0"),
+            s.path("s2/digests/accounts/a/0"),
+        )
+        .unwrap();
+        let rc = RepoCheck::new(true, Subset::All, 0);
+        run(&rc, &s, "s2", &[1], true);
+        run(&rc, &s, "s1", &[1, 2], true);
+        assert_eq!(rc.shard_loads.load(Ordering::Relaxed), 1);
+        assert_eq!((count(&rc, "good"), count(&rc, "damaged")), (1, 1));
+        assert_eq!(rc.damages()[0].snapshots, vec!["s1".to_string()]);
+        // A shard file that is not the same file is read again, and kept only while used.
+        snapshot(&s, "s3", &[1], None);
+        run(&rc, &s, "s3", &[1], true);
+        assert_eq!(rc.shard_loads.load(Ordering::Relaxed), 2);
+        let rc2 = RepoCheck::new(true, Subset::All, 0);
+        run(&rc2, &s, "s3", &[1], true);
+        run(&rc2, &s, "s1", &[1, 2], true);
+        assert_eq!(rc2.shard_loads.load(Ordering::Relaxed), 2);
+        assert_eq!(rc2.shard_cache.lock().unwrap().len(), 2);
+        run(&rc2, &s, "s2", &[1], true);
+        run(&rc2, &s, "s2", &[1], true);
+        assert!(
+            rc2.shard_cache.lock().unwrap().is_empty(),
+            "unused: dropped"
+        );
     }
 
     #[test]
