@@ -719,7 +719,12 @@ impl AreaHook<'_> {
         let shown = String::from_utf8_lossy(&where_).into_owned();
         match digests::read_file(dir, name) {
             Ok(data) => match digests::parse::<u64>(&data) {
-                Ok(e) => Shard::Entries(e),
+                Ok(mut e) => {
+                    // Kept for the run (the cache): parse's estimate of the count from the
+                    // size leaves up to twice the room needed.
+                    e.shrink_to_fit();
+                    Shard::Entries(e)
+                }
                 Err(why) => {
                     sink.error("digest_damaged", b"", 0, format!("digest file {shown} is damaged ({why}): none of its entries is trusted, its files are unverified"));
                     Shard::Untrusted
