@@ -41,6 +41,9 @@ use crate::walk::{self, Dir, Fence, Roots, Visitor};
 /// hour leaves a wide margin even on an overloaded server.
 pub const FIX_MIN_AGE_SECS: i64 = 15 * 60;
 
+/// Longest entry path [`AreaCheck`] builds on the stack (longer ones are allocated).
+const REL_ON_STACK: usize = 256;
+
 /// One area of a check call.
 pub struct CheckJob {
     /// The area.
@@ -142,10 +145,14 @@ pub trait FileStat: Sync {
     /// Called once a directory's entries and subdirectories are done.
     fn leave_dir(&self, _dir: &Dir<'_>) {}
     /// The kind and size of live message `id`'s file `name` in `dir` (at `rel` below the area
-    /// root; `size`: its recorded size). Problems other than these three go to `sink`.
+    /// root; `size`: its recorded size). `listed`: the walk's directory and the file's inode
+    /// number from its listing (None: looked up by path after the walk). Problems other than
+    /// these three go to `sink`.
+    #[allow(clippy::too_many_arguments)]
     fn stat(
         &self,
         dir: BorrowedFd<'_>,
+        listed: Option<(&Dir<'_>, u64)>,
         name: &CStr,
         rel: &[u8],
         id: u64,
@@ -226,13 +233,28 @@ impl<'a> AreaCheck<'a> {
     }
 
     /// Compares one live message's file with its record.
-    fn check_file(&self, dir: BorrowedFd<'_>, name: &CStr, rel: &[u8], index: usize) {
+    fn check_file(
+        &self,
+        dir: BorrowedFd<'_>,
+        listed: Option<(&Dir<'_>, u64)>,
+        name: &CStr,
+        rel: &[u8],
+        index: usize,
+    ) {
         Tally::bump(&self.sink.tally.checked);
         self.sink.progress.add_done(1);
         self.pause.tick();
         let id = self.state.id(index);
         let got = match self.hook {
-            Some(h) => h.stat(dir, name, rel, id, self.state.sizes[index], self.sink),
+            Some(h) => h.stat(
+                dir,
+                listed,
+                name,
+                rel,
+                id,
+                self.state.sizes[index],
+                self.sink,
+            ),
             None => fsutil::lstat_at(dir, name)
                 .map(|st| (Kind::from_mode(st.st_mode), st.st_size as u64)),
         };
@@ -333,7 +355,7 @@ impl Unseen for UnseenCheck<'_, '_> {
     }
 
     fn file(&self, dir: &OwnedFd, name: &CStr, rel: &[u8], i: usize) {
-        self.check.check_file(dir.as_fd(), name, rel, i);
+        self.check.check_file(dir.as_fd(), None, name, rel, i);
     }
 
     fn absent(&self, rel: &[u8], i: usize) {
@@ -414,7 +436,36 @@ impl Visitor for AreaCheck<'_> {
     }
 
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind) {
-        let rel = join(dir.rel, name.to_bytes());
+        self.entry_at(dir, name, kind, None)
+    }
+
+    fn entry_ino(&self, dir: &Dir<'_>, name: &CStr, kind: Kind, ino: u64) {
+        self.entry_at(dir, name, kind, Some(ino))
+    }
+}
+
+impl AreaCheck<'_> {
+    /// One entry the walk met (`ino`: its inode number from the listing, when known).
+    fn entry_at(&self, dir: &Dir<'_>, name: &CStr, kind: Kind, ino: Option<u64>) {
+        // The entry's path, on the stack when short (every message path is): no allocation
+        // per file.
+        let (mut stack, heap);
+        let name_b = name.to_bytes();
+        let len = dir.rel.len() + usize::from(!dir.rel.is_empty()) + name_b.len();
+        let rel: &[u8] = if len <= REL_ON_STACK {
+            stack = [0u8; REL_ON_STACK];
+            let mut n = dir.rel.len();
+            stack[..n].copy_from_slice(dir.rel);
+            if n > 0 {
+                stack[n] = b'/';
+                n += 1;
+            }
+            stack[n..len].copy_from_slice(name_b);
+            &stack[..len]
+        } else {
+            heap = join(dir.rel, name_b);
+            &heap
+        };
         let t = &self.sink.tally;
         match self
             .state
@@ -423,15 +474,15 @@ impl Visitor for AreaCheck<'_> {
         {
             Class::Message(i) => {
                 self.state.seen.mark(i);
-                self.check_file(dir.src, name, &rel, i);
+                self.check_file(dir.src, ino.map(|n| (dir, n)), name, rel, i);
             }
             Class::New if self.live => Tally::bump(&t.skipped_new),
-            Class::New if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Collides),
-            Class::Orphan if kind == Kind::File => self.unknown(dir, name, &rel, Unknown::Orphan),
+            Class::New if kind == Kind::File => self.unknown(dir, name, rel, Unknown::Collides),
+            Class::Orphan if kind == Kind::File => self.unknown(dir, name, rel, Unknown::Orphan),
             Class::Erasing => Tally::bump(&t.skipped_erasing),
             Class::Known | Class::Copy => Tally::bump(&t.known),
             Class::StrayInTree | Class::New | Class::Orphan => {
-                self.unknown(dir, name, &rel, Unknown::Other)
+                self.unknown(dir, name, rel, Unknown::Other)
             }
             Class::Stray => {
                 let what = if kind == Kind::Symlink {
@@ -441,7 +492,7 @@ impl Visitor for AreaCheck<'_> {
                 };
                 self.sink.warn(
                     "unrecognized",
-                    &rel,
+                    rel,
                     0,
                     format!("unrecognized {what} outside the message directories"),
                 );
@@ -492,6 +543,26 @@ mod tests {
             .collect();
         c.sort();
         c
+    }
+
+    #[test]
+    fn paths_longer_than_the_stack_buffer_are_reported_whole() {
+        let s = Scratch::new("check-long");
+        let (area, snap, sizes) = setup(&s);
+        // Directory and name together beyond REL_ON_STACK, and one just within it.
+        let long = "n".repeat(250);
+        let fits = "f".repeat(REL_ON_STACK - "msg/a/".len());
+        s.file(&format!("acc/msg/a/{long}"), b"x");
+        s.file(&format!("acc/msg/a/{fits}"), b"x");
+        let p = Progress::new(false, 100);
+        let sink = Sink::new(&p, b"data/accounts/x");
+        AreaCheck::new(&area, &snap, &sizes, None, false, &sink)
+            .run(fsutil::open_dir(&s.path("acc")).unwrap());
+        let c = codes(&p);
+        for n in [&long, &fits] {
+            let want = ("unrecognized", format!("data/accounts/x/msg/a/{n}"));
+            assert!(c.contains(&want), "{c:?}");
+        }
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Entries {
     names: Vec<u8>,
     /// Start of each name in `names`, and its kind.
     items: Vec<(u32, Kind)>,
+    /// Each entry's inode number as the listing gives it (`d_ino`), by index.
+    inos: Vec<u64>,
 }
 
 impl Entries {
@@ -76,6 +78,12 @@ impl Entries {
             CStr::from_bytes_with_nul(&rest[..=end]).expect("one NUL"),
             kind,
         )
+    }
+
+    /// Entry `i`'s inode number from the listing (`d_ino`): on the file systems mailbak runs
+    /// on, the `st_ino` an `lstat` would give, without the system call.
+    pub fn ino(&self, i: usize) -> u64 {
+        self.inos[i]
     }
 
     /// Indexes of the entries, in the order `getdents` returned them.
@@ -103,6 +111,7 @@ pub fn read_entries(dir: BorrowedFd<'_>) -> Result<Entries, Errno> {
         let start = u32::try_from(out.names.len()).map_err(|_| Errno::NOMEM)?;
         out.names.extend_from_slice(name);
         out.names.push(0);
+        out.inos.push(entry.ino());
         match Kind::of(entry.file_type()) {
             Some(kind) => out.items.push((start, kind)),
             None => {

@@ -41,11 +41,12 @@
 //!
 //! Not guaranteed: entries created or removed while the walk runs may or may not be seen.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -73,7 +74,14 @@ pub struct Dir<'a> {
     /// The source directory it is in (None for the root): with the last component of `rel`,
     /// what a visitor needs to remove the directory in `leave_dir`.
     pub parent: Option<BorrowedFd<'a>>,
+    /// What the visitor keeps for this directory while it is walked (set in `enter_dir`, read
+    /// by `entry`, dropped once the directory is left): per-directory state handed down, not
+    /// looked up by path in a shared map on every entry.
+    pub state: &'a DirSlot,
 }
+
+/// A visitor's per-directory state ([`Dir::state`]).
+pub type DirSlot = OnceLock<Box<dyn Any + Send + Sync>>;
 
 /// What a walk does with what it finds.
 pub trait Visitor: Sync {
@@ -95,6 +103,12 @@ pub trait Visitor: Sync {
 
     /// Handles one entry that is not a directory.
     fn entry(&self, dir: &Dir<'_>, name: &CStr, kind: Kind);
+
+    /// [`Visitor::entry`] with the entry's inode number from the listing (`d_ino`), which the
+    /// walk calls; visitors that can use the number (the repository check) override it.
+    fn entry_ino(&self, dir: &Dir<'_>, name: &CStr, kind: Kind, _ino: u64) {
+        self.entry(dir, name, kind)
+    }
 
     /// Called once per entered directory after all its entries and all its subdirectories
     /// (their own `leave_dir` included): bottom-up, in the parallel walk too. Not called once
@@ -181,6 +195,8 @@ struct Node {
     pending: AtomicUsize,
     /// The directory it is in (None for the root).
     parent: Option<Arc<Node>>,
+    /// The visitor's state for it ([`Dir::state`]).
+    state: DirSlot,
 }
 
 impl Node {
@@ -197,6 +213,7 @@ impl Node {
             refs: &refs,
             rel: &self.rel,
             parent: self.parent.as_ref().map(|p| p.src.as_fd()),
+            state: &self.state,
         })
     }
 
@@ -243,6 +260,7 @@ pub fn walk<V: Visitor>(roots: Roots<'_>, v: &V, sink: &Sink<'_>) {
         rel: Vec::new(),
         pending: AtomicUsize::new(1),
         parent: None,
+        state: OnceLock::new(),
     });
     let limits = Limits { fence, root_dev };
     rayon::scope(|s| visit(s, root, only, &limits, v, sink, &finish));
@@ -353,6 +371,7 @@ fn visit<'s, V: Visitor>(
                 rel,
                 pending: AtomicUsize::new(1),
                 parent: Some(parent),
+                state: OnceLock::new(),
             };
             visit(s, Arc::new(child), None, limits, v, sink, finish);
         });
@@ -361,7 +380,7 @@ fn visit<'s, V: Visitor>(
         let one = |i: usize| {
             if !sink.cancelled() {
                 let (name, kind) = entries.get(i);
-                v.entry(dir, name, kind);
+                v.entry_ino(dir, name, kind, entries.ino(i));
             }
         };
         if files.len() > CHUNK {
