@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import backup_into, json_lines, run_cli, start_times
+from mailbak import digests
 from mailbak.gen import age_tree
 from mailbak.store import Store
 
@@ -284,28 +285,42 @@ def test_a_killed_snapshot_is_reported_and_its_digests_never_trusted(history, st
     _, repo, names = history
     with Store.open(store, durable=False) as s:
         acc = s.account(ACC)
-        acc.deliver(acc.mailbox_id("Inbox"), b"Subject: only in the killed one\r\n\r\nx\r\n")
+        new_id = acc.deliver(acc.mailbox_id("Inbox"), b"Subject: only in the killed one\r\n\r\nx\r\n")
     killed = backup_into(store, repo)["snapshot"]
     ensure_digests(repo / killed)
     doc = json.loads((repo / killed / "mailbak.json").read_text())
     doc["status"] = "running"
     (repo / killed / "mailbak.json").write_text(json.dumps(doc))
-    # Its digest of a shared message is wrong: a killed run's digests prove nothing either way.
+    # Its shards say wrong digests, in well-formed files (their checksums hold): for a shared
+    # message, and for the message only it holds. Trusted, either would be a digest_mismatch.
     victim = shared_message(repo, names)
-    rel = victim.relative_to(repo / names[-1])
-    area, id_ = _message_area(rel)
-    shard = repo / killed / "digests" / area / str(id_ >> 8)
-    data = shard.read_bytes()
-    shard.unlink()
-    shard.write_bytes(data.replace(hashlib.sha256(victim.read_bytes()).hexdigest().encode(), b"0" * 64))
+    area, shared_id = _message_area(victim.relative_to(repo / names[-1]))
+    for id_ in (shared_id, new_id):
+        shard = repo / killed / "digests" / area / str(id_ >> 8)
+        entries = [e._replace(digest=b"\0" * 32, how=digests.How.WRITTEN) if e.key == id_ else e for e in digests.parse(shard.read_bytes(), shard=True)]
+        assert any(e.key == id_ for e in entries)
+        shard.unlink()
+        shard.write_bytes(digests.render(entries, shard=True))
     code, s, events, _ = check(repo, "--read-data")
     assert code == 1
     assert ("incomplete", f"{killed}/mailbak.json") in {(e["code"], e["path"]) for e in events if e["message_type"] == "error"}
     assert s["damaged"] == 0 and s["damage"] == []
+    assert not [e for e in events if e.get("code") == "digest_mismatch"]
     ok = distinct_inodes(repo, names)
     assert s["inodes_read"] == len(ok), "the killed snapshot's own inodes are checked by size only"
     assert s["inodes_checked"] > len(ok)
     assert s["snapshots"] == 4
+
+
+def test_a_snapshot_that_lost_its_manifest_is_reported_and_the_rest_still_checked(history):
+    _, repo, names = history
+    (repo / names[0] / "mailbak.json").unlink()  # still has config/ and data/: never a live store
+    code, s, events, _ = check(repo, "--read-data")
+    assert code == 1
+    errors = {(e["code"], e["path"]) for e in events if e["message_type"] == "error"}
+    assert ("incomplete", f"{names[0]}/mailbak.json") in errors, errors
+    assert s["snapshots"] == len(names) and s["damaged"] == 0
+    assert s["inodes_read"] > 0
 
 
 def test_metrics_name_bytes_read_and_inodes(history, tmp_path):

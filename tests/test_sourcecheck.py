@@ -128,3 +128,21 @@ def test_bad_uses_exit_2_with_one_line(tmp_path: Path, shm_dir: Path):
     (snap / "mailbak.json").write_text(json.dumps(doc))
     p = run_cli("verify", "--read-data", store, "--against", snap)
     assert p.returncode == 2 and "says failed" in p.stderr
+
+
+def test_a_symlinked_directory_in_the_reference_is_never_followed(tmp_path: Path, shm_dir: Path):
+    store, repo = setup(tmp_path, shm_dir)
+    snap = next(p for p in repo.iterdir() if p.name[0].isdigit())
+    account = sorted((snap / "data/accounts").iterdir())[0]
+    real = account / "msg" / "a.real"
+    (account / "msg" / "a").rename(real)
+    (account / "msg" / "a").symlink_to(real)
+    in_dir = sorted(p for p in real.iterdir())
+    flip_byte_keeping_mtime(store / "data/accounts" / account.name / "msg/a" / in_dir[0].name)
+    p = run_cli("verify", "--json", "--read-data", store, "--against", repo)
+    s = summary(p)
+    # Nothing behind the link is looked at: the directory's messages are not compared (one
+    # warning), so the rotted one is not found through it.
+    assert s["source_damaged"] == 0 and s["source_not_compared"] >= 1, p.stdout
+    warnings = [e for e in json_lines(p.stdout) if e.get("code") == "source_not_compared"]
+    assert [w["path"] for w in warnings] == [f"data/accounts/{account.name}/msg/a"]

@@ -175,7 +175,13 @@ class Check:
         for info in todo:
             sub = SnapshotReporter(self.reporter, info.name)
             v = Verify(info.path, fix=False, jobs=self.jobs, reporter=sub, verbose=self.verbose, content=self.content, name=info.name, in_check=True)
-            status = run_within(v)
+            try:
+                status = run_within(v)
+            except UsageError as e:
+                # What would be bad input for `verify SNAPSHOT` is damage of this snapshot here:
+                # the rest of the history is still checked.
+                self.reporter.error("snapshot", info.name, f"cannot be verified: {e}")
+                status = Status.PROBLEMS
             counts = {k: sum(a.counts.get(k, 0) for a in v.areas) for k in AREA_COUNTS}
             self.results.append((info, v.manifest_status, status, counts))
         self.content.report(self.reporter, in_repository=True)

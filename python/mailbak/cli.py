@@ -459,7 +459,12 @@ def find(path: Path, account, mailbox, from_, to, subject, message_id, since, be
 @click.option("--read-data", is_flag=True, help="Read every distinct file (inode) once and compare its SHA-256 with the digest its snapshot recorded.")
 @click.option("--read-data-subset", "subset", metavar="N/M|P%|SIZE", help="Read only a subset (implies --read-data): part N of M (stable: M runs with N=1..M read everything once), P percent at random, or SIZE bytes (500M, 2G) at random.")
 @click.option(
-    "--repair", is_flag=True, help="Heal each damaged file from a good copy (the live store, then the off-site restic repository when one is configured) and re-point every snapshot holding it (takes the repository's lock exclusively)."
+    "--repair",
+    is_flag=True,
+    help=(
+        "Heal each damaged file from a good copy (the live store, then the off-site restic repository when one is configured) and re-point every snapshot holding it "
+        "(implies --read-data of the whole history unless a subset is given; takes the repository's lock exclusively)."
+    ),
 )
 @click.option("--store", "store", type=click.Path(path_type=Path, file_okay=False), help="With --repair: the live store to take good copies from (default: the one the newest snapshot's manifest names).")
 @restic_options

@@ -43,9 +43,10 @@ read).
 
 What it does not: it takes no lock (the caller, ``check --repair``, holds the repository's lock
 exclusively, so no backup or prune changes a snapshot meanwhile); between the last ``lstat``
-of a path and its rename only root could change the path. A database or config file is healed
-only from the store, whose copy has usually changed since (databases change every night), and
-never from off-site blobs found by digest alone (nothing says which restic snapshot holds it).
+of a path and its rename only root could change the path. A database or config file of 512 KiB
+or more is healed only from the store, whose copy has usually changed since (databases change
+every night): ``restic dump`` is looked for message files alone. A smaller one can come from the
+blob its digest names (the digest is its content's name, whatever file it belongs to).
 The damaged inode itself is freed by the file system once no path holds it.
 
 Each outcome is also reported: a message when healed, a warning ``repair_partial`` when some

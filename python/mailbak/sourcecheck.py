@@ -119,11 +119,14 @@ class SourceCheck:
         """Steps 2 and 3, each finding reported with its path below the store."""
         ref_fd = os.open(self.reference, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            work = [(a, group) for a in areas for group in self._groups(ref_fd, a, reporter)]
-            with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mailbak-source") as pool:
-                for findings in pool.map(lambda w: self._compare_dir(root, owner, ref_fd, *w), work):
-                    for f in findings:
-                        self._count(f, reporter)
+            # The reference's message directories are reached like the store's: one component
+            # at a time below its data/, never through a symlink (a backup keeps the store's).
+            with DataRoot(self.reference / "data") as ref_root:
+                work = [(a, group) for a in areas for group in self._groups(ref_fd, a, reporter)]
+                with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="mailbak-source") as pool:
+                    for findings in pool.map(lambda w: self._compare_dir(root, owner, ref_root, *w), work):
+                        for f in findings:
+                            self._count(f, reporter)
         finally:
             os.close(ref_fd)
 
@@ -156,37 +159,43 @@ class SourceCheck:
                 by_dir.setdefault(message_rel(e.key).rsplit("/", 1)[0], []).append(e)
         return list(by_dir.values())
 
-    def _compare_dir(self, root: DataRoot, owner: StoreOwner | None, ref_fd: int, area: Area, entries: list[digests.Entry]) -> list[Finding]:
+    def _compare_dir(self, root: DataRoot, owner: StoreOwner | None, ref_root: DataRoot, area: Area, entries: list[digests.Entry]) -> list[Finding]:
         """Step 3 for the messages of one message directory."""
         tree = f"{area.tree}/" if area.tree else ""
         dir_rel = f"{area.rel}/{tree}{message_rel(int(entries[0].key)).rsplit('/', 1)[0]}"
-        out: list[Finding] = []
         try:
-            with acting_as(owner):
-                dir_fd = root.open_dir(dir_rel)
+            ref_dir = ref_root.open_dir(dir_rel)
         except OSError as e:
-            return [Finding(f"data/{dir_rel}", "not_compared", f"cannot open the message directory ({e.strerror}); not compared")]
+            return [Finding(f"data/{dir_rel}", "not_compared", f"the reference's message directory cannot be opened without following a symlink ({e.strerror}); not compared")]
         try:
-            for e in entries:
-                out.append(self._compare(ref_fd, dir_fd, owner, f"data/{area.rel}/{tree}{message_rel(int(e.key))}", e))
+            try:
+                with acting_as(owner):
+                    dir_fd = root.open_dir(dir_rel)
+            except OSError as e:
+                return [Finding(f"data/{dir_rel}", "not_compared", f"cannot open the message directory ({e.strerror}); not compared")]
+            try:
+                return [self._compare(ref_dir, dir_fd, owner, f"data/{area.rel}/{tree}{message_rel(int(e.key))}", e) for e in entries]
+            finally:
+                os.close(dir_fd)
         finally:
-            os.close(dir_fd)
-        return out
+            os.close(ref_dir)
 
-    def _compare(self, ref_fd: int, dir_fd: int, owner: StoreOwner | None, rel: str, e: digests.Entry) -> Finding:
-        """One message: ``rel`` is its path below ``data/`` (and below the reference's root)."""
+    def _compare(self, ref_dir: int, dir_fd: int, owner: StoreOwner | None, rel: str, e: digests.Entry) -> Finding:
+        """One message: ``rel`` is its path below ``data/``; ``ref_dir`` and ``dir_fd`` hold its
+        directory in the reference and in the store."""
+        name = rel.rsplit("/", 1)[1]
         try:
-            ref = os.stat(rel, dir_fd=ref_fd, follow_symlinks=False)
+            ref = os.stat(name, dir_fd=ref_dir, follow_symlinks=False)
         except OSError:
             return Finding(rel, "not_compared")
         try:
             with acting_as(owner):
-                fd = os.open(rel.rsplit("/", 1)[1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError:
             return Finding(rel, "not_compared")  # gone (expunged since), or not readable: verify says which
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != ref.st_size:
+            if not stat.S_ISREG(st.st_mode) or not stat.S_ISREG(ref.st_mode) or st.st_size != ref.st_size:
                 return Finding(rel, "not_compared")  # verify's own checks report these
             if st.st_mtime_ns != ref.st_mtime_ns:
                 return Finding(rel, "source_changed", f"message {e.key}: its modification time differs from its copy in {self.name} although message files never change; rewritten in place? (not read)")

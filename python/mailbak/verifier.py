@@ -248,7 +248,9 @@ class Verify:
             self.lock = reader_lock(self.path, on_wait=self.reporter.message)
         if not self.path.is_dir():
             raise UsageError(f"{self.path}: not a directory")
-        self.live = is_store(self.path)
+        # Inside check every path is a snapshot: one that lost its manifest still has config/ and
+        # data/ and must be reported incomplete, never taken for a live store.
+        self.live = not self.in_check and is_store(self.path)
         # A live store is opened (lock files) and fixed (data/moved/) as its owner; a backup is
         # mailbak's own and never opened with a lock file.
         self.owner = StoreOwner.of(self.paths.data_dir) if self.live else None
