@@ -124,7 +124,9 @@ def test_bench_cold_smoke(tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-4000:]
     report = json.loads(raw.read_text())
-    assert report["mode"] == "cold" and report["machine"]["dentry_hash_entries"] is not None
+    # The dentry hash size is recorded whenever the boot log (or this boot's memo) still has it;
+    # a kernel ring buffer that dropped its first lines leaves None, which the report shows.
+    assert report["mode"] == "cold" and "dentry_hash_entries" in report["machine"]
     (size,) = report["sizes"]
     (round_,) = size["rounds"]
     assert set(round_["samples"]) == {"first", "second", "rsync", "cpal", "prune", "rm"}
