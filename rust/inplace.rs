@@ -127,6 +127,11 @@ fn visit<'s, F>(
     }
 }
 
+/// Deepest directory [`remove`] descends into: each level holds a descriptor and a stack frame,
+/// and a store's owner can nest directories without limit; a tree deeper than this (its path far
+/// beyond PATH_MAX) is left in place and reported, never a crash of the backup.
+const MAX_REMOVE_DEPTH: usize = 512;
+
 /// Removes `name` of `dir` (of `kind`; a directory with everything below it, never following
 /// a symlink), counting into `out` when given.
 fn remove(
@@ -135,12 +140,27 @@ fn remove(
     kind: Kind,
     out: Option<&Dropped>,
 ) -> Result<(), Errno> {
+    remove_below(dir, name, kind, out, 0)
+}
+
+/// [`remove`] at `depth` levels below the first directory removed; Err(NAMETOOLONG) beyond
+/// [`MAX_REMOVE_DEPTH`].
+fn remove_below(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    kind: Kind,
+    out: Option<&Dropped>,
+    depth: usize,
+) -> Result<(), Errno> {
     if kind == Kind::Dir {
+        if depth >= MAX_REMOVE_DEPTH {
+            return Err(Errno::NAMETOOLONG);
+        }
         let sub = fsutil::open_dir_at(dir, name)?;
         let entries = fsutil::read_entries(sub.as_fd())?;
         for i in entries.indexes() {
             let (n, k) = entries.get(i);
-            remove(sub.as_fd(), n, k, out)?;
+            remove_below(sub.as_fd(), n, k, out, depth + 1)?;
         }
         drop(sub);
         fsutil::remove_dir_at(dir, name)?;
@@ -211,5 +231,26 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_tree_deeper_than_the_limit_is_an_error_never_a_crash() {
+        let s = Scratch::new("deep");
+        let root = fsutil::open_dir(&s.path("")).unwrap();
+        rustix::fs::mkdirat(&root, c"top", rustix::fs::Mode::from_raw_mode(0o700)).unwrap();
+        let mut cur = fsutil::open_dir_at(root.as_fd(), c"top").unwrap();
+        for _ in 0..MAX_REMOVE_DEPTH + 10 {
+            rustix::fs::mkdirat(&cur, c"d", rustix::fs::Mode::from_raw_mode(0o700)).unwrap();
+            cur = fsutil::open_dir_at(cur.as_fd(), c"d").unwrap();
+        }
+        drop(cur);
+        assert_eq!(
+            remove(root.as_fd(), c"top", Kind::Dir, None),
+            Err(Errno::NAMETOOLONG)
+        );
+        // A shallow tree goes whole.
+        rustix::fs::mkdirat(&root, c"small", rustix::fs::Mode::from_raw_mode(0o700)).unwrap();
+        assert_eq!(remove(root.as_fd(), c"small", Kind::Dir, None), Ok(()));
+        assert!(!s.path("small").exists());
     }
 }
