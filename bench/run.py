@@ -531,8 +531,15 @@ def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:
     }
 
 
+#: What the report says of a dentry hash size neither the boot log nor this boot's memo has.
+DENTRY_UNKNOWN = "unknown (the kernel's boot log no longer holds the line, and no run of this boot remembered it)"
+
+
 def machine_markdown(info: dict) -> str:
-    return "\n".join(f"- {k}: {'`' + v + '`' if k == 'command' else v}" for k, v in info.items() if v is not None)
+    """The machine facts as a markdown list; the dentry hash size is always named (it moves
+    lookup-bound ratios), unknown when it could not be read."""
+    shown = {**info, "dentry_hash_entries": info.get("dentry_hash_entries") or DENTRY_UNKNOWN} if "dentry_hash_entries" in info else info
+    return "\n".join(f"- {k}: {'`' + v + '`' if k == 'command' else v}" for k, v in shown.items() if v is not None)
 
 
 # Main --------------------------------------------------------------------------------------
