@@ -61,12 +61,21 @@ impl Target {
             _ => Path::new("."),
         };
         let name = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
-        let parent = fsutil::open_dir(parent)?;
-        let root = fsutil::open_dir_at(parent.as_fd(), &name)?;
+        Target::at(fsutil::open_dir(parent)?, &name)
+    }
+
+    /// The directory `name` of the held directory `parent`, opened for deletion as
+    /// [`Target::open`] opens a path (never a symlink, never another file system).
+    pub fn at(parent: OwnedFd, name: &CStr) -> Result<Target, Errno> {
+        let root = fsutil::open_dir_at(parent.as_fd(), name)?;
         if fsutil::fstat(&root)?.st_dev != fsutil::fstat(&parent)?.st_dev {
             return Err(Errno::XDEV);
         }
-        Ok(Target { parent, name, root })
+        Ok(Target {
+            parent,
+            name: name.to_owned(),
+            root,
+        })
     }
 }
 

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::io::Errno;
 
+use crate::delete::{self, Target};
 use crate::fsutil::{self, join, Kind};
 use crate::progress::Sink;
 
@@ -110,7 +111,7 @@ fn visit<'s, F>(
             }
         };
         if !keep {
-            match remove(dir, name, kind, counted.then_some(out)) {
+            match remove(dir, name, kind, counted.then_some(out), sink, &path) {
                 Ok(()) => {}
                 Err(e) => sink.io_error(&path, "remove", e),
             }
@@ -127,51 +128,31 @@ fn visit<'s, F>(
     }
 }
 
-/// Deepest directory [`remove`] descends into: each level holds a descriptor and a stack frame,
-/// and a store's owner can nest directories without limit; a tree deeper than this (its path far
-/// beyond PATH_MAX) is left in place and reported, never a crash of the backup.
-const MAX_REMOVE_DEPTH: usize = 512;
-
-/// Removes `name` of `dir` (of `kind`; a directory with everything below it, never following
-/// a symlink), counting into `out` when given.
+/// Removes `name` of `dir` (of `kind`; a directory with everything below it through
+/// `delete.rs`, which never follows a symlink nor leaves the file system, and walks however deep
+/// a store's owner nested it), counting into `out` when given. A directory's entries that could
+/// not be removed are `sink`'s events (below `path`); the directory then stays.
 fn remove(
     dir: BorrowedFd<'_>,
     name: &CStr,
     kind: Kind,
     out: Option<&Dropped>,
+    sink: &Sink<'_>,
+    path: &[u8],
 ) -> Result<(), Errno> {
-    remove_below(dir, name, kind, out, 0)
-}
-
-/// [`remove`] at `depth` levels below the first directory removed; Err(NAMETOOLONG) beyond
-/// [`MAX_REMOVE_DEPTH`].
-fn remove_below(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    kind: Kind,
-    out: Option<&Dropped>,
-    depth: usize,
-) -> Result<(), Errno> {
-    if kind == Kind::Dir {
-        if depth >= MAX_REMOVE_DEPTH {
-            return Err(Errno::NAMETOOLONG);
-        }
-        let sub = fsutil::open_dir_at(dir, name)?;
-        let entries = fsutil::read_entries(sub.as_fd())?;
-        for i in entries.indexes() {
-            let (n, k) = entries.get(i);
-            remove_below(sub.as_fd(), n, k, out, depth + 1)?;
-        }
-        drop(sub);
-        fsutil::remove_dir_at(dir, name)?;
+    let removed = if kind == Kind::Dir {
+        let target = Target::at(fsutil::dup(dir)?, name)?;
+        let d = delete::delete_tree(target, sink.progress, &sink.full(path));
+        d.files + d.dirs
     } else {
         match fsutil::unlink_at(dir, name) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(e),
         }
-    }
+        1
+    };
     if let Some(out) = out {
-        out.entries.fetch_add(1, Ordering::Relaxed);
+        out.entries.fetch_add(removed, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -234,23 +215,27 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_deeper_than_the_limit_is_an_error_never_a_crash() {
+    fn a_deeply_nested_stale_tree_is_removed_whole_never_a_crash() {
+        // A store's owner can nest directories without limit; a recursive removal would
+        // overflow a worker's stack on such a tree and abort every nightly.
         let s = Scratch::new("deep");
         let root = fsutil::open_dir(&s.path("")).unwrap();
         rustix::fs::mkdirat(&root, c"top", rustix::fs::Mode::from_raw_mode(0o700)).unwrap();
         let mut cur = fsutil::open_dir_at(root.as_fd(), c"top").unwrap();
-        for _ in 0..MAX_REMOVE_DEPTH + 10 {
+        for _ in 0..600 {
             rustix::fs::mkdirat(&cur, c"d", rustix::fs::Mode::from_raw_mode(0o700)).unwrap();
             cur = fsutil::open_dir_at(cur.as_fd(), c"d").unwrap();
         }
         drop(cur);
+        let progress = Progress::new(false, 100);
+        let sink = Sink::new(&progress, b"");
+        let out = Dropped::default();
         assert_eq!(
-            remove(root.as_fd(), c"top", Kind::Dir, None),
-            Err(Errno::NAMETOOLONG)
+            remove(root.as_fd(), c"top", Kind::Dir, Some(&out), &sink, b"top"),
+            Ok(())
         );
-        // A shallow tree goes whole.
-        rustix::fs::mkdirat(&root, c"small", rustix::fs::Mode::from_raw_mode(0o700)).unwrap();
-        assert_eq!(remove(root.as_fd(), c"small", Kind::Dir, None), Ok(()));
-        assert!(!s.path("small").exists());
+        assert!(!s.path("top").exists());
+        assert_eq!(out.entries.load(Ordering::Relaxed), 601);
+        assert!(progress.drain().is_empty());
     }
 }
