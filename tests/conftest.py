@@ -59,6 +59,19 @@ def json_lines(stdout: str) -> list[dict]:
     return out
 
 
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Bit rot: one byte of ``path`` flipped in place (the middle one unless ``offset``), its
+    inode, size and times as they were."""
+    st = path.lstat()
+    with open(path, "r+b") as f:
+        at = st.st_size // 2 if offset is None else offset
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 0x40]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def make_store(path: Path, messages: int = 300, accounts: int = 3, seed: int = 7) -> Path:
     """A generated store (the generator is deterministic, so tests can rely on its shape)."""
     # No test needs its store on disk, and the generator's closing sync of the whole machine was

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import backup_into, json_lines, run_cli, start_times
+from conftest import backup_into, flip_byte, json_lines, run_cli, start_times
 from mailbak import digests
 from mailbak.gen import age_tree
 from mailbak.store import Store
@@ -116,15 +116,6 @@ def shared_message(repo: Path, names: list[str]) -> Path:
         if len(inos) == 1 and all((repo / n / rel).exists() for n in names):
             return f
     raise AssertionError("no message shared by every snapshot")
-
-
-def flip_byte(path: Path) -> None:
-    """One bit flipped in the middle of ``path``: same size, mtime restored (bit rot)."""
-    st = os.stat(path)
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x10
-    path.write_bytes(bytes(raw))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def distinct_inodes(repo: Path, names: list[str]) -> dict[tuple[int, int], int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CLI_ENV, backup_into, make_store, start_times
+from conftest import CLI_ENV, backup_into, flip_byte, make_store, start_times
 from mailbak.gen import age_tree
 from mailbak.layout import message_rel
 from mailbak.repairer import SINGLE_BLOB_LIMIT, Damage, heal
@@ -62,18 +62,6 @@ def history(tmp_path, repo) -> History:
 
 def rel_of(id_: int) -> str:
     return f"data/accounts/{ACC}/msg/{message_rel(id_)}"
-
-
-def flip_byte(path: Path, offset: int | None = None) -> None:
-    """One byte flipped in place; size and times as they were (bit rot)."""
-    st = path.lstat()
-    with open(path, "r+b") as f:
-        at = st.st_size // 2 if offset is None else offset
-        f.seek(at)
-        b = f.read(1)
-        f.seek(at)
-        f.write(bytes([b[0] ^ 0x40]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def damage(h: History, id_: int) -> Damage:

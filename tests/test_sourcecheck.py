@@ -5,19 +5,9 @@ every one whose bytes no longer have the digest the backup recorded (sourcecheck
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from conftest import backup_ok, init_ok, json_lines, make_store, run_cli, tree_listing
-
-
-def flip_byte_keeping_mtime(path: Path, at: int = 5) -> None:
-    """Damage as bit rot does: one bit, same size, the modification time left as it was."""
-    st = path.stat()
-    data = bytearray(path.read_bytes())
-    data[at] ^= 0x01
-    path.write_bytes(bytes(data))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+from conftest import backup_ok, flip_byte, init_ok, json_lines, make_store, run_cli, tree_listing
 
 
 def summary(p) -> dict:
@@ -54,7 +44,7 @@ def test_a_flipped_byte_in_the_store_is_named_and_nothing_is_written(tmp_path: P
 
     snap = next(p for p in repo.iterdir() if p.name[0].isdigit())
     victim = next(f for f in files[len(files) // 2 :] if (snap / f.relative_to(store)).exists())  # a live message
-    flip_byte_keeping_mtime(victim)
+    flip_byte(victim)
     before = tree_listing(store)
     p = run_cli("verify", "--json", "--read-data", store, "--against", repo)
     assert p.returncode == 1, p.stdout + p.stderr
@@ -70,7 +60,7 @@ def test_against_a_backup_directory_too(tmp_path: Path, shm_dir: Path):
     store = make_store(tmp_path / "store", messages=60, accounts=1)
     backup = shm_dir / "b"
     backup_ok(store, backup)
-    flip_byte_keeping_mtime(message_files(store)[0])
+    flip_byte(message_files(store)[0])
     p = run_cli("verify", "--json", "--read-data", store, "--against", backup)
     assert p.returncode == 1 and summary(p)["source_damaged"] == 1, p.stdout + p.stderr
 
@@ -138,7 +128,7 @@ def test_a_symlinked_directory_in_the_reference_is_never_followed(tmp_path: Path
     (account / "msg" / "a").rename(real)
     (account / "msg" / "a").symlink_to(real)
     in_dir = sorted(p for p in real.iterdir())
-    flip_byte_keeping_mtime(store / "data/accounts" / account.name / "msg/a" / in_dir[0].name)
+    flip_byte(store / "data/accounts" / account.name / "msg/a" / in_dir[0].name)
     p = run_cli("verify", "--json", "--read-data", store, "--against", repo)
     s = summary(p)
     # Nothing behind the link is looked at: the directory's messages are not compared (one
