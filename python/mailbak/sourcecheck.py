@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import os
 import stat
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,12 +51,24 @@ COUNTS = ("source_compared", "source_bytes_read", "source_damaged", "source_chan
 @dataclass(frozen=True)
 class Area:
     """One area of the store as the verify run read it: ``rel`` below ``data/`` (``queue`` or
-    ``accounts/NAME``), the message tree below it (``msg`` or empty), and its live IDs with
-    their recorded sizes (None: unknown)."""
+    ``accounts/NAME``), the message tree below it (``msg`` or empty), its live IDs (ascending)
+    with their recorded sizes, aligned, and the IDs whose size is unknown. Arrays, not a dict:
+    a million messages cost 16 MB here, and only the reference's entries are looked up."""
 
     rel: str
     tree: str
-    sizes: dict[int, int | None]
+    ids: array
+    sizes: array
+    unknown_sizes: frozenset[int] = frozenset()
+
+    def holds(self, message_id: int) -> bool:
+        """Whether ``message_id`` is live."""
+        i = bisect_left(self.ids, message_id)
+        return i < len(self.ids) and self.ids[i] == message_id
+
+    def size_of(self, message_id: int) -> int | None:
+        """The recorded size of live message ``message_id``; None when it is unknown."""
+        return None if message_id in self.unknown_sizes else self.sizes[bisect_left(self.ids, message_id)]
 
 
 @dataclass
@@ -151,9 +165,9 @@ class SourceCheck:
                 continue
             for e in entries:
                 assert isinstance(e.key, int)
-                if e.digest is None or e.key not in area.sizes:
+                if e.digest is None or not area.holds(e.key):
                     continue
-                if area.sizes[e.key] != e.size:
+                if area.size_of(e.key) != e.size:
                     self.counts["source_not_compared"] += 1
                     continue
                 by_dir.setdefault(message_rel(e.key).rsplit("/", 1)[0], []).append(e)

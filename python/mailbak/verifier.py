@@ -177,10 +177,7 @@ class ContentCheck:
 
 def source_area(r: ReadIndex) -> SourceArea:
     """An area as the source check takes it: its live IDs with their recorded sizes."""
-    ids = unpack_ids(r.index.live)
-    unknown = set(unpack_ids(r.index.unknown_sizes))
-    sizes = unpack_ids(r.index.sizes)
-    return SourceArea(r.rel, r.kind.layout.tree or "", {i: (None if i in unknown else n) for i, n in zip(ids, sizes, strict=True)})
+    return SourceArea(r.rel, r.kind.layout.tree or "", unpack_ids(r.index.live), unpack_ids(r.index.sizes), frozenset(unpack_ids(r.index.unknown_sizes)))
 
 
 class Verify:
