@@ -136,3 +136,16 @@ def test_a_symlinked_directory_in_the_reference_is_never_followed(tmp_path: Path
     assert s["source_damaged"] == 0 and s["source_not_compared"] >= 1, p.stdout
     warnings = [e for e in json_lines(p.stdout) if e.get("code") == "source_not_compared"]
     assert [w["path"] for w in warnings] == [f"data/accounts/{account.name}/msg/a"]
+
+
+def test_a_damaged_digest_file_of_the_reference_is_a_warning_and_its_messages_not_compared(tmp_path: Path, shm_dir: Path):
+    store, repo = setup(tmp_path, shm_dir)
+    snap = next(p for p in repo.iterdir() if p.name[0].isdigit())
+    shard = next(p for p in sorted((snap / "digests/accounts").rglob("*")) if p.is_file())
+    listed = len(shard.read_text().splitlines()) - 2  # header and trailer aside
+    flip_byte(shard, 40)
+    p = run_cli("verify", "--json", "--read-data", store, "--against", repo)
+    assert p.returncode == 0, p.stdout + p.stderr
+    warnings = [e for e in json_lines(p.stdout) if e.get("code") == "digests"]
+    assert [w["path"] for w in warnings] == [f"{snap.name}/{shard.relative_to(snap).as_posix()}"]
+    assert summary(p)["source_compared"] == live_messages(repo) - listed
