@@ -19,8 +19,9 @@ Method (BENCHMARKS.md, section "Repositories", has the why). Per size and round:
    proportion to their size: 1 % of the messages churned, the count unchanged.
 4. Timed, one after the other: the second snapshot ``mailbak backup W REPO`` (with the used
    bytes of /dev/shm from statvfs before and after), ``rsync -a --stats --link-dest=PREV/data
-   W/data/ NEW/`` onto /dev/shm with PREV the first snapshot, and ``mailbak backup W W-parent/b``
-   on the store's own file system.
+   W/data/ NEW/`` onto /dev/shm with PREV the first snapshot, ``cp -al PREV/data`` within
+   /dev/shm (the hardlink method's floor, issue 22 part 1; removed at once, untimed) and
+   ``mailbak backup W W-parent/b`` on the store's own file system.
 5. Timed: ``mailbak prune REPO --keep-last 1 --no-nice`` (removes the first snapshot) and
    ``rm -rf NEW`` (the rsync tree: the same files, hardlinked to the same inodes), alternating
    which goes first from round to round.
@@ -85,6 +86,8 @@ TARGET_RSYNC = 0.2  # second snapshot / rsync --link-dest
 TARGET_SAME_FS = 1.2  # second snapshot / same-fs mailbak backup
 TARGET_SPACE = 1.05  # statvfs delta / (churned message bytes + database bytes)
 TARGET_PRUNE = 0.5  # prune / rm -rf
+#: Issue 22 part 1: the second snapshot against a bare ``cp -al`` of the reference's data/.
+TARGET_PROOF = 0.45
 TARGET_RSS_BYTES = 150_000_000
 #: "Flat" time per message: the largest size's µs/message at most this times the smallest's.
 TARGET_FLAT = 1.25
@@ -98,6 +101,7 @@ STEPS = (
     ("cp", "`cp -a W/data` to /dev/shm"),
     ("second", "second snapshot `mailbak backup W REPO`"),
     ("rsync", "`rsync -a --link-dest=PREV/data W/data/ NEW/`"),
+    ("cpal", "`cp -al PREV/data` within /dev/shm"),
     ("same_fs", "same-fs `mailbak backup W W-parent/b`"),
     ("prune", "`mailbak prune REPO --keep-last 1 --no-nice`"),
     ("rm", "`rm -rf NEW` (the rsync tree)"),
@@ -379,7 +383,7 @@ def run_round(n: int, round_no: int, cache_store: Path, facts: dict, places: Pla
     parent.mkdir(parents=True)
     far.mkdir(parents=True)
     work, same_fs_dest = parent / "store", parent / "b"
-    repo, cp_dest, rsync_new = far / "repo", far / "cp", far / "rsync-new"
+    repo, cp_dest, rsync_new, cpal = far / "repo", far / "cp", far / "rsync-new", far / "cp-al"
     out: dict = {"round": round_no, "samples": {}}
     s = out["samples"]
     try:
@@ -423,6 +427,9 @@ def run_round(n: int, round_no: int, cache_store: Path, facts: dict, places: Pla
         out["rsync"] = rsync_stats(log_path)
         if out["rsync"]["linked"] < 0.95 * out["rsync"]["regular_files"]:
             log(f"  {label} warning: rsync linked only {out['rsync']['linked']:,} of {out['rsync']['regular_files']:,} files")
+        # The floor of the hardlink method: one link per file of the reference, nothing compared.
+        s["cpal"] = timed("cp -al", ["cp", "-al", str(prev / "data"), str(cpal)], log_path, label)
+        remove_tree(cpal)
         s["same_fs"] = timed("same-fs backup", mailbak_cli("backup", str(work), str(same_fs_dest)), log_path, label)
         remove_tree(same_fs_dest)
 
@@ -490,6 +497,7 @@ def targets(rounds: list[dict], caps: dict) -> tuple[list[list[str]], dict]:
     no_prune = no_reuse if not caps["reuse"] else "not measured: this build's engine has no `delete_tree`"
     ratio("first_vs_cp", "first", "cp", TARGET_FIRST, "first snapshot ÷ `cp -a`", "")
     ratio("second_vs_rsync", "second", "rsync", TARGET_RSYNC, "second snapshot ÷ `rsync --link-dest`", no_reuse)
+    ratio("second_vs_cp_al", "second", "cpal", TARGET_PROOF, "second snapshot ÷ `cp -al` of the reference's data/", no_reuse)
     ratio("second_vs_same_fs", "second", "same_fs", TARGET_SAME_FS, "second snapshot ÷ same-fs `mailbak backup`", no_reuse)
     # Space: the worst round.
     spaces = [(r["space_delta_bytes"], r["churn"]["delivered_bytes"] + r["db_bytes"], r["churn"]["delivered_bytes_in_blocks"] + r["db_bytes"], r["space_du_bytes"]) for r in rounds if "space_delta_bytes" in r]
