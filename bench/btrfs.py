@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from offsite import churn  # noqa: E402
+from run import Places, machine_info, machine_markdown, probe_mailbak  # noqa: E402
 
 
 def log(text: str) -> None:
@@ -85,6 +86,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    # The machine's facts (the dentry hash size, the commit, the load) as every harness records them.
+    store_dir = args.store.resolve().parent
+    info = machine_info(Places(cache=store_dir, near=store_dir, far=store_dir), [sys.executable, *sys.argv], probe_mailbak())
+    for key in ("fs_same_fs_dest", "fs_cross_device_dest", "rsync"):
+        info.pop(key, None)
+    info["fs_repository"] = "btrfs on a loop-mounted sparse image beside the store"
     results: dict[str, float] = {}
     summaries: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="mailbak-bench-btrfs-", dir=args.store.parent) as tmp:
@@ -119,7 +126,8 @@ def main() -> None:
             log("rm -rf")
             results["rm_rf"], _ = timed(["rm", "-rf", twin])
         shutil.rmtree(work, ignore_errors=True)
-    print(f"## btrfs repositories: {messages} messages, churn {args.churn:.1%} (loop-mounted btrfs image, store on another file system)\n")
+    print(f"## mailbak benchmark: btrfs repositories\n\n{machine_markdown(info)}\n")
+    print(f"## {messages:,} messages, churn {args.churn:.1%} (loop-mounted btrfs image, store on another file system)\n")
     print("| step | seconds | ratio |")
     print("|---|---|---|")
     print(f"| first snapshot, subvolume | {results['first_subvolume']:.2f} | {results['first_subvolume'] / results['first_hardlink']:.2f} x hardlink |")
@@ -132,7 +140,7 @@ def main() -> None:
     t = summaries["second_subvolume"]["transfer"]
     print(f"\nsecond snapshot, subvolume: reused {t['reused']}, copied {t['copied']}, removed {t.get('removed')}, bytes copied {t['bytes_copied']}")
     if args.json:
-        args.json.write_text(json.dumps({"messages": messages, "churn": args.churn, "seconds": results, "summaries": summaries}, indent=2))
+        args.json.write_text(json.dumps({"machine": info, "messages": messages, "churn": args.churn, "seconds": results, "summaries": summaries}, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ Method (BENCHMARKS.md, section "Repositories", has the why). Per size and round:
    proportion to their size: 1 % of the messages churned, the count unchanged.
 4. Timed, one after the other: the second snapshot ``mailbak backup W REPO`` (with the used
    bytes of /dev/shm from statvfs before and after), ``rsync -a --stats --link-dest=PREV/data
-   W/data/ NEW/`` onto /dev/shm with PREV the first snapshot, ``cp -al PREV/data`` within
-   /dev/shm (the hardlink method's floor, issue 22 part 1; removed at once, untimed) and
-   ``mailbak backup W W-parent/b`` on the store's own file system.
+   W/data/ NEW/`` onto /dev/shm with PREV the first snapshot, and ``mailbak backup W W-parent/b``
+   on the store's own file system. Before them, ``cp -al PREV/data`` within /dev/shm (the
+   hardlink method's floor, issue 22 part 1; removed at once, untimed).
 5. Timed: ``mailbak prune REPO --keep-last 1 --no-nice`` (removes the first snapshot) and
    ``rm -rf NEW`` (the rsync tree: the same files, hardlinked to the same inodes), alternating
    which goes first from round to round.
@@ -409,7 +409,12 @@ def run_round(n: int, round_no: int, cache_store: Path, facts: dict, places: Pla
         log(f"  {label} churn: {out['churn']['delivered']:,} delivered ({out['churn']['delivered_bytes']:,} bytes), {out['churn']['expunged']:,} expunged")
         out["db_bytes"] = db_bytes(work)
 
-        # 4. Second snapshot, rsync --link-dest, same-fs backup.
+        # 4. cp -al of the reference's data/ (the floor of the hardlink method: one link per file,
+        # nothing compared), removed at once: tmpfs charges an inode per link, and /dev/shm's
+        # default allows about 3 per message of a 1M store, used up by the first and second
+        # snapshots and the rsync tree. Then the second snapshot, rsync --link-dest, same-fs backup.
+        s["cpal"] = timed("cp -al", ["cp", "-al", str(prev / "data"), str(cpal)], log_path, label)
+        remove_tree(cpal)
         if caps["reuse"]:
             before = used_bytes(far)
             s["second"] = timed("second snapshot", mailbak_cli("backup", str(work), str(repo)), log_path, label)
@@ -427,9 +432,6 @@ def run_round(n: int, round_no: int, cache_store: Path, facts: dict, places: Pla
         out["rsync"] = rsync_stats(log_path)
         if out["rsync"]["linked"] < 0.95 * out["rsync"]["regular_files"]:
             log(f"  {label} warning: rsync linked only {out['rsync']['linked']:,} of {out['rsync']['regular_files']:,} files")
-        # The floor of the hardlink method: one link per file of the reference, nothing compared.
-        s["cpal"] = timed("cp -al", ["cp", "-al", str(prev / "data"), str(cpal)], log_path, label)
-        remove_tree(cpal)
         s["same_fs"] = timed("same-fs backup", mailbak_cli("backup", str(work), str(same_fs_dest)), log_path, label)
         remove_tree(same_fs_dest)
 
