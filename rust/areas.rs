@@ -53,17 +53,24 @@ pub struct AreaSpec {
     /// Aligned with `snap.live`: the messages the reference's index proves (see [`proven`]);
     /// empty when nothing is proven (no reference, or one not trusted for this area).
     pub proven: Vec<bool>,
+    /// In place: the clone is of a sealed reference (a read-only subvolume that named its
+    /// racy files), so a proven message the clone holds is kept without a stat
+    /// (`transfer::AreaBackup::with_present`).
+    pub sealed: bool,
 }
 
 /// Which live messages (`live`, with their recorded `sizes`) the reference's index proves to be
 /// the reference's files: live there too (`ref_live`, ascending) with the same known recorded
 /// size (`ref_sizes`, aligned with it). One merge of the two sorted ID lists. A message of
-/// unknown recorded size on either side is never proven.
+/// unknown recorded size on either side is never proven, nor one the reference copied within
+/// its own racily-clean window (`racy`: the reference's file may be an older write of the
+/// same tick, so it is compared with the store's file).
 pub fn proven(
     live: &IdSet,
     sizes: &[Option<u64>],
     ref_live: &IdSet,
     ref_sizes: &[Option<u64>],
+    racy: &IdSet,
 ) -> Vec<bool> {
     let (ids, ref_ids) = (live.as_slice(), ref_live.as_slice());
     let mut out = vec![false; ids.len()];
@@ -76,6 +83,11 @@ pub fn proven(
             break;
         }
         out[i] = ref_ids[j] == id && sizes[i].is_some() && sizes[i] == ref_sizes[j];
+    }
+    for &id in racy.as_slice() {
+        if let Some(i) = live.index_of(id) {
+            out[i] = false;
+        }
     }
     out
 }
@@ -233,12 +245,23 @@ mod tests {
         // 8: not live in the reference (new); 9: beyond the reference's last ID.
         let ref_live = IdSet::new(vec![0, 1, 2, 3, 5, 7]);
         let ref_sizes = [Some(1), Some(10), Some(21), Some(30), None, Some(80)];
+        let none = IdSet::default();
         assert_eq!(
-            proven(&live, &sizes, &ref_live, &ref_sizes),
+            proven(&live, &sizes, &ref_live, &ref_sizes, &none),
             vec![true, false, false, false, false, false]
         );
-        assert!(proven(&live, &sizes, &IdSet::default(), &[])
+        assert!(proven(&live, &sizes, &IdSet::default(), &[], &none)
             .iter()
             .all(|p| !p));
+        // A racy file of the reference proves nothing; racy IDs no longer live change nothing.
+        assert!(proven(
+            &live,
+            &sizes,
+            &ref_live,
+            &ref_sizes,
+            &IdSet::new(vec![1, 4])
+        )
+        .iter()
+        .all(|p| !p));
     }
 }

@@ -54,6 +54,58 @@ struct VolArgsV2 {
     name: [u8; VOL_V2_NAME_LEN],
 }
 
+/// `struct btrfs_ioctl_timespec` (16 bytes with its padding).
+#[repr(C)]
+struct IoctlTimespec {
+    /// Seconds.
+    sec: u64,
+    /// Nanoseconds.
+    nsec: u32,
+}
+
+/// `struct btrfs_ioctl_get_subvol_info_args` (504 bytes); only `uuid` and `ctransid` are read.
+#[allow(dead_code)] // the kernel's layout, whole
+#[repr(C)]
+struct SubvolInfo {
+    /// The subvolume's tree ID.
+    treeid: u64,
+    /// Its name in its parent directory.
+    name: [u8; 256],
+    /// The tree ID of the subvolume holding it.
+    parent_id: u64,
+    /// The inode number of the directory holding it.
+    dirid: u64,
+    /// The transaction of its tree's last write (a snapshot of it writes it too).
+    generation: u64,
+    /// Its root item's flags.
+    flags: u64,
+    /// Its UUID.
+    uuid: [u8; 16],
+    /// The UUID of the subvolume it is a snapshot of.
+    parent_uuid: [u8; 16],
+    /// Set by `btrfs receive`.
+    received_uuid: [u8; 16],
+    /// The transaction of the subvolume's last change (of any file, directory or attribute);
+    /// neither a snapshot taken of it nor its read-only flag changes it.
+    ctransid: u64,
+    /// The transaction that created it.
+    otransid: u64,
+    /// Set by `btrfs receive`.
+    stransid: u64,
+    /// Set by `btrfs receive`.
+    rtransid: u64,
+    /// When `ctransid` was.
+    ctime: IoctlTimespec,
+    /// When `otransid` was.
+    otime: IoctlTimespec,
+    /// Set by `btrfs receive`.
+    stime: IoctlTimespec,
+    /// Set by `btrfs receive`.
+    rtime: IoctlTimespec,
+    /// Zero.
+    reserved: [u64; 8],
+}
+
 /// `_IOC(dir, 0x94, nr, size)` as the kernel's asm-generic ioctl.h builds it.
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (MAGIC << 8) | nr
@@ -72,6 +124,8 @@ const IOC_SNAP_CREATE_V2: u64 = ioc(W, 23, std::mem::size_of::<VolArgsV2>());
 const IOC_SUBVOL_GETFLAGS: u64 = ioc(R, 25, std::mem::size_of::<u64>());
 /// `BTRFS_IOC_SUBVOL_SETFLAGS`.
 const IOC_SUBVOL_SETFLAGS: u64 = ioc(W, 26, std::mem::size_of::<u64>());
+/// `BTRFS_IOC_GET_SUBVOL_INFO` (kernel 4.18).
+const IOC_GET_SUBVOL_INFO: u64 = ioc(R, 60, std::mem::size_of::<SubvolInfo>());
 /// `BTRFS_IOC_SNAP_DESTROY_V2`.
 const IOC_SNAP_DESTROY_V2: u64 = ioc(W, 63, std::mem::size_of::<VolArgsV2>());
 
@@ -164,6 +218,20 @@ pub fn is_readonly(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
     Ok(flags & SUBVOL_RDONLY != 0)
 }
 
+/// The seal of the read-only subvolume `fd` (its root directory): its UUID and the transaction
+/// of its last change, which any later change of its content raises (it must be made writable
+/// for that, by root). None when it is writable: it has no seal.
+pub fn seal(fd: BorrowedFd<'_>) -> Result<Option<([u8; 16], u64)>, Errno> {
+    if !is_readonly(fd)? {
+        return Ok(None);
+    }
+    // SAFETY: all-zero bytes are a valid `SubvolInfo` (integers and byte arrays only).
+    let mut info: Box<SubvolInfo> = Box::new(unsafe { std::mem::zeroed() });
+    // SAFETY: a `btrfs_ioctl_get_subvol_info_args` the kernel fills.
+    unsafe { ioctl(fd, IOC_GET_SUBVOL_INFO, &mut *info) }?;
+    Ok(Some((info.uuid, info.ctransid)))
+}
+
 /// Makes the subvolume `fd` (its root directory) read-only, or writable again.
 pub fn set_readonly(fd: BorrowedFd<'_>, readonly: bool) -> Result<(), Errno> {
     let mut flags: u64 = 0;
@@ -222,6 +290,8 @@ mod tests {
         assert_eq!(IOC_SNAP_DESTROY, 0x5000_940F);
         assert_eq!(IOC_SNAP_CREATE_V2, 0x5000_9417);
         assert_eq!(IOC_SUBVOL_GETFLAGS, 0x8008_9419);
+        assert_eq!(std::mem::size_of::<SubvolInfo>(), 504);
+        assert_eq!(IOC_GET_SUBVOL_INFO, 0x81f8_943c);
         assert_eq!(IOC_SUBVOL_SETFLAGS, 0x4008_941A);
         assert_eq!(IOC_SNAP_DESTROY_V2, 0x5000_943F);
     }

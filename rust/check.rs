@@ -618,6 +618,7 @@ mod tests {
             sizes: sizes.clone(),
             prefix: prefix.to_vec(),
             proven: Vec::new(),
+            sealed: false,
         };
         let jobs = [
             CheckJob {

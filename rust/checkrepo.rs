@@ -1035,6 +1035,7 @@ mod tests {
                 sizes: ids.iter().map(|&i| Some(i)).collect(),
                 prefix: b"data/accounts/a".to_vec(),
                 proven: Vec::new(),
+                sealed: false,
             },
             fix_rel: Vec::new(),
         }

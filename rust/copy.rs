@@ -32,6 +32,9 @@ pub struct Copied {
     pub reflinked: bool,
     /// The SHA-256 of the copy as written, when the copier hashes ([`Copier::hashing`]).
     pub digest: Option<Digest>,
+    /// The source's mtime (nanoseconds since the epoch), which the copy keeps: whether the
+    /// file was written within the backup's racily-clean window (`transfer/area.rs`).
+    pub mtime_ns: i128,
 }
 
 impl Copied {
@@ -41,6 +44,7 @@ impl Copied {
             bytes,
             reflinked: false,
             digest: None,
+            mtime_ns: 0,
         }
     }
 
@@ -50,6 +54,7 @@ impl Copied {
             bytes,
             reflinked: true,
             digest: None,
+            mtime_ns: 0,
         }
     }
 }
@@ -196,6 +201,7 @@ impl Copier {
                     let (d, _) = digests::hash_fd(to.as_fd()).map_err(Error::op("hash"))?;
                     copied.digest = Some(d);
                 }
+                copied.mtime_ns = fsutil::mtime_ns(&st);
                 finish_copy(&to, &st, &plan)?;
                 Ok(copied)
             });

@@ -273,6 +273,13 @@ pub fn identity(st: &rfs::Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
 }
 
+/// A file's mtime in nanoseconds since the epoch (i128: no overflow whatever the file says).
+pub fn mtime_ns(st: &rfs::Stat) -> i128 {
+    #[allow(clippy::unnecessary_cast)] // the fields' types differ between targets
+    let (sec, nsec) = (st.st_mtime as i128, st.st_mtime_nsec as i128);
+    sec * 1_000_000_000 + nsec
+}
+
 /// `lstat` of `name` in `dir`.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> Result<rfs::Stat, Errno> {
     rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)

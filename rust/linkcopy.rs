@@ -295,7 +295,7 @@ impl LinkPolicy {
             || want.is_some_and(|w| w != sst.st_size as u64)
             || self
                 .reuse_cutoff
-                .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
+                .is_some_and(|c| fsutil::mtime_ns(&rst) >= i128::from(c))
         {
             return Ok(None);
         }
@@ -341,7 +341,7 @@ impl LinkPolicy {
         if let Some((rfd, rst)) = self.open_reference(r, name) {
             if self
                 .reuse_cutoff
-                .is_some_and(|c| mtime_ns(&rst) >= i128::from(c))
+                .is_some_and(|c| fsutil::mtime_ns(&rst) >= i128::from(c))
             {
                 // Written just before or while the reference ran: the store's file may have
                 // been rewritten in that tick (see the module doc), so it is compared.
@@ -417,13 +417,6 @@ fn same_file(s: &rfs::Stat, r: &rfs::Stat, as_root: bool) -> bool {
         && s.st_mtime_nsec == r.st_mtime_nsec
         && r.st_mode & 0o7777 == file_mode(s.st_mode)
         && (!as_root || (s.st_uid, s.st_gid) == (r.st_uid, r.st_gid))
-}
-
-/// A file's mtime in nanoseconds since the epoch (i128: no overflow whatever the file says).
-fn mtime_ns(st: &rfs::Stat) -> i128 {
-    #[allow(clippy::unnecessary_cast)] // the fields' types differ between targets
-    let (sec, nsec) = (st.st_mtime as i128, st.st_mtime_nsec as i128);
-    sec * 1_000_000_000 + nsec
 }
 
 /// Errors after which a copy can stand in for the link.
@@ -590,7 +583,9 @@ mod tests {
             Placed::Copied(Copied {
                 bytes: data.len() as u64,
                 reflinked: false,
-                digest: None
+                digest: None,
+                mtime_ns: i128::from(std::fs::metadata(&f).unwrap().mtime()) * 1_000_000_000
+                    + i128::from(std::fs::metadata(&f).unwrap().mtime_nsec()),
             })
         );
         let a = std::fs::metadata(&f).unwrap();

@@ -222,6 +222,7 @@ fn transfer_dict<'py>(py: Python<'py>, t: &Transferred) -> PyResult<Bound<'py, P
         })
         .collect::<Vec<_>>();
     d.set_item("files", files)?;
+    d.set_item("racy", &t.racy)?;
     Ok(d)
 }
 
@@ -385,6 +386,13 @@ struct AreaArgs<'py> {
     /// The reference's live IDs whose record has no readable size.
     #[pyo3(item("reference_unknown_sizes"), default)]
     reference_unknown_sizes: Option<Bound<'py, PyBytes>>,
+    /// The IDs the reference copied within its racily-clean window, packed like `live`:
+    /// never proven.
+    #[pyo3(item("reference_racy"), default)]
+    reference_racy: Option<Bound<'py, PyBytes>>,
+    /// In place: the clone is of a sealed reference (see `areas::AreaSpec::sealed`).
+    #[pyo3(item("reference_sealed"), default)]
+    reference_sealed: bool,
     /// Backup: the existing directory the area's shard files of digests go into, and the
     /// area's shard directory below the reference's `digests/` (e.g. `accounts/bob`).
     #[pyo3(item("digests"), default)]
@@ -416,7 +424,11 @@ impl AreaArgs<'_> {
                     &unknown,
                 )
                 .map_err(|e| PyValueError::new_err(format!("reference: {e}")))?;
-                areas::proven(&live, &sizes, &ref_live, &ref_sizes)
+                let racy = match &self.reference_racy {
+                    Some(b) => ids(b.as_bytes())?,
+                    None => IdSet::default(),
+                };
+                areas::proven(&live, &sizes, &ref_live, &ref_sizes, &racy)
             }
             (None, None) => Vec::new(),
             _ => {
@@ -440,6 +452,7 @@ impl AreaArgs<'_> {
             sizes,
             prefix: self.prefix.as_bytes().to_vec(),
             proven,
+            sealed: self.reference_sealed,
         })
     }
 }
@@ -449,7 +462,7 @@ impl AreaArgs<'_> {
 /// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
 /// left out (a backup never holds one).
 #[pyfunction]
-#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None, reference_digests = None, in_place = false))]
+#[pyo3(signature = (areas, *, jobs, progress, force_copy = false, root = None, skip = Vec::new(), reference = None, reference_cutoff = None, reference_digests = None, in_place = false, racy_from = None))]
 #[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
@@ -463,6 +476,7 @@ fn backup_areas<'py>(
     reference_cutoff: Option<i64>,
     reference_digests: Option<PathBuf>,
     in_place: bool,
+    racy_from: Option<i64>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
     let areas = areas
         .iter()
@@ -490,6 +504,7 @@ fn backup_areas<'py>(
         // written anew, reused messages without a digest.
         reference_digests: reference_digests.and_then(|r| open_root(None, &r).ok()),
         in_place,
+        racy_from,
     };
     let p = Arc::clone(&progress.inner);
     let results = run(py, jobs, move || transfer::backup_areas(&areas, &opts, &p))?;
@@ -650,6 +665,19 @@ fn btrfs_is_readonly(path: PathBuf) -> PyResult<bool> {
     let fd = open_root(None, &path)?;
     Ok(btrfs::is_readonly(fd.as_fd())
         .map_err(|e| Error::new("read the subvolume's flags", e).with_path(&path))?)
+}
+
+/// The seal of the subvolume `path` (its root directory, never followed): its UUID and the
+/// transaction of its last change as `UUIDHEX:TRANSID`, or None when it is writable.
+#[pyfunction]
+fn btrfs_seal(path: PathBuf) -> PyResult<Option<String>> {
+    let fd = open_root(None, &path)?;
+    let seal = btrfs::seal(fd.as_fd())
+        .map_err(|e| Error::new("read the subvolume's information", e).with_path(&path))?;
+    Ok(seal.map(|(uuid, transid)| {
+        let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{hex}:{transid}")
+    }))
 }
 
 /// Deletes the subvolume `name` of the held directory `dir_fd` (made writable first); the
@@ -1210,6 +1238,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(btrfs_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(btrfs_set_readonly, m)?)?;
     m.add_function(wrap_pyfunction!(btrfs_is_readonly, m)?)?;
+    m.add_function(wrap_pyfunction!(btrfs_seal, m)?)?;
     m.add_function(wrap_pyfunction!(btrfs_destroy, m)?)?;
     m.add_function(wrap_pyfunction!(rename_noreplace, m)?)?;
     m.add_function(wrap_pyfunction!(check_areas, m)?)?;

@@ -21,7 +21,7 @@ import pytest
 from conftest import backup_into, init_ok, make_store, manifest_of, run_cli, start_times, tree_listing
 from mailbak import _engine, digests
 from mailbak.gen import age_tree
-from mailbak.repository import MARKER
+from mailbak.repository import MARKER, SEALS
 from mailbak.store import Store
 
 ACC = "user0000"
@@ -160,9 +160,15 @@ def test_a_damaged_reference_file_is_copied_again(aged, btrfs):
     with Store.open(aged, durable=False) as s:
         victim = max(s.account(ACC).messages())
     want = message_file(aged, victim).read_bytes()
+    sealed = (repo / SEALS / ref.name).read_text().strip()
+    assert sealed == _engine.btrfs_seal(ref)
     _engine.btrfs_set_readonly(ref, False)
+    assert _engine.btrfs_seal(ref) is None
     os.truncate(message_file(ref, victim), len(want) // 2)
     _engine.btrfs_set_readonly(ref, True)
+    # Changed since its backup sealed it: the seal is another, so the clone's proven files are
+    # each checked (and the truncated one copied), not kept unlooked at.
+    assert _engine.btrfs_seal(ref) != sealed
     summary = backup_into(aged, repo, clock=t[1])
     cur = snapshots(repo)[-1]
     assert message_file(cur, victim).read_bytes() == want
@@ -170,6 +176,31 @@ def test_a_damaged_reference_file_is_copied_again(aged, btrfs):
     assert summary["status"] == "ok"
     assert run_cli("verify", cur).returncode == 0
     assert digests_hold(cur) > 0
+
+
+def test_a_sealed_references_proven_files_are_kept_unlooked_at(aged, btrfs):
+    # What the seal buys, shown by defeating it: the reference is changed behind the
+    # repository's back (a proven file truncated) and its noted seal rewritten to match. The
+    # clone's proven files are then kept without a stat, the truncated one too; with the seal
+    # left as its backup noted it, the same change is caught (the test above).
+    repo = btrfs / "repo"
+    init_ok(repo)
+    t = start_times(2)
+    backup_into(aged, repo, clock=t[0])
+    [ref] = snapshots(repo)
+    with Store.open(aged, durable=False) as s:
+        victim = max(s.account(ACC).messages())
+    want = message_file(aged, victim).read_bytes()
+    _engine.btrfs_set_readonly(ref, False)
+    os.truncate(message_file(ref, victim), len(want) // 2)
+    _engine.btrfs_set_readonly(ref, True)
+    (repo / SEALS / ref.name).write_text(_engine.btrfs_seal(ref) + "\n")
+    summary = backup_into(aged, repo, clock=t[1])
+    cur = snapshots(repo)[-1]
+    assert len(message_file(cur, victim).read_bytes()) == len(want) // 2
+    assert summary["transfer"]["copied"] == 0 and summary["transfer"]["reused"] >= summary["transfer"]["messages"]
+    # The seal of the new snapshot is noted in turn.
+    assert (repo / SEALS / cur.name).read_text().strip() == _engine.btrfs_seal(cur)
 
 
 def test_prune_deletes_the_subvolume(aged, btrfs):
@@ -186,6 +217,7 @@ def test_prune_deletes_the_subvolume(aged, btrfs):
     summary = json.loads(p.stdout.splitlines()[-1])
     assert summary["subvolumes_deleted"] == 1 and summary["deleted"] == [old.name]
     assert snapshots(repo) == [keep] and os.listdir(repo / ".trash") == []
+    assert os.listdir(repo / SEALS) == [keep.name], "the seal goes with its snapshot"
     # Gone from the tree at once; the kernel's cleaner frees it in the background.
     subprocess.run(["btrfs", "subvolume", "sync", str(btrfs), old_id], check=True, capture_output=True)
     listed = subprocess.run(["btrfs", "subvolume", "list", str(btrfs)], check=True, capture_output=True, text=True).stdout
@@ -274,7 +306,7 @@ def test_a_snapshot_killed_while_set_up_is_never_listed_and_pruned(aged, btrfs):
     assert p.returncode == 0, p.stdout + p.stderr
     summary = json.loads(p.stdout.splitlines()[-1])
     assert summary["subvolumes_deleted"] == 1
-    assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", ref.name, second["snapshot"]])
+    assert sorted(os.listdir(repo)) == sorted([MARKER, ".trash", SEALS, ref.name, second["snapshot"]])
 
 
 def test_a_clone_without_digests_keeps_none_of_the_references(aged, btrfs):

@@ -25,6 +25,7 @@ __all__ = [
     "btrfs_snapshot",
     "btrfs_set_readonly",
     "btrfs_is_readonly",
+    "btrfs_seal",
     "btrfs_destroy",
     "rename_noreplace",
     "diff_ids",
@@ -107,6 +108,7 @@ class TransferResult(Tally):
     link_fallbacks: int
     digests: ShardFacts  # the area's shard files (backup_areas with "digests"; zeros otherwise)
     files: list[tuple[bytes, int, bytes | None]]  # plain files placed: (path, size, digest or None if reused); calls recording digests only
+    racy: list[int]  # backup_areas with racy_from: IDs of message files copied with an mtime at or after it, ascending (empty otherwise)
 
 class ShardFacts(TypedDict):
     """What writing one area's shard files of digests did (docs/FORMAT.md, "Digests")."""
@@ -135,6 +137,8 @@ class Area(TypedDict, total=False):
     reference_live: bytes  # backup_areas, optional: the reference snapshot's copy of the index, trusted to prove messages: its live IDs, packed u64, ascending
     reference_sizes: bytes  # with reference_live: their recorded sizes (a live ID of both with the same size is linked from the reference unlooked-at)
     reference_unknown_sizes: bytes  # optional: the reference's live IDs whose record has no readable size (never proven)
+    reference_racy: bytes  # optional: IDs the reference copied within its racily-clean window, packed u64 (never proven)
+    reference_sealed: bool  # optional, in place: the clone is of a read-only reference that named its racy files; a proven message the clone holds is kept without a stat
     digests: tuple[StrPath, bytes]  # backup_areas: the directory for the area's shard files, and its place below reference_digests
 
 def backup_areas(
@@ -149,6 +153,7 @@ def backup_areas(
     reference_cutoff: int | None = None,
     reference_digests: StrPath | None = None,
     in_place: bool = False,
+    racy_from: int | None = None,
 ) -> list[TransferResult]:
     """Backs up message areas from their index snapshots, all in one pool (workers spread over
     every area's directories); one result per area, in order.
@@ -198,7 +203,13 @@ def backup_areas(
     message files stay unlooked-at, files being erased or added after the snapshot go, anything
     else stays only where the store has an entry of the same kind (symlinks are recreated).
     A file the reuse rule would link from the reference is kept where it is (``reused``); any
-    other is replaced by a copy of the store's file. The area's databases are the caller's."""
+    other is replaced by a copy of the store's file. The area's databases are the caller's. An
+    area with ``reference_sealed`` keeps a proven message its clone lists as a regular file
+    without any call (no stat).
+
+    ``racy_from`` (nanoseconds since the epoch: this backup's start less the margin): each
+    result's ``racy`` lists the message files copied with an mtime at or after it, which a later
+    backup passes as ``reference_racy`` (never proven)."""
 
 def copy_tree(
     src: StrPath,
@@ -268,6 +279,12 @@ def btrfs_set_readonly(path: StrPath, readonly: bool) -> None:
 
 def btrfs_is_readonly(path: StrPath) -> bool:
     """Whether the subvolume ``path`` is read-only."""
+
+def btrfs_seal(path: StrPath) -> str | None:
+    """The seal of the subvolume ``path`` (its root directory, never followed): its UUID and the
+    transaction of its last change, ``"UUIDHEX:TRANSID"``; any change of its content since (it
+    must be made writable for that) raises the transaction. None when it is writable. Raises
+    OSError."""
 
 def btrfs_destroy(dir_fd: int, name: bytes) -> None:
     """Deletes the subvolume ``name`` of the held directory ``dir_fd``, made writable first

@@ -60,6 +60,7 @@ from mailbak.layout import (
     is_real_dir,
     lock_file,
     lock_files,
+    pack_ids,
     read_config,
 )
 from mailbak.lmdbcopy import DatabaseError, Index, ReaderLease, copy_database, engine_area
@@ -83,6 +84,11 @@ INIT_HINT = "; to keep a history of snapshots, make a new or empty directory a r
 #: In place, where the clone's copy of the reference's ``digests/`` is set aside while the areas
 #: link their unchanged shards from it; removed before the manifest.
 DIGESTS_REFERENCE = ".digests-reference"
+
+#: The most racy files (copied within the run's racily-clean window) an area's index entry in
+#: the manifest lists; beyond it the entry says null. A nightly has a handful (what the server
+#: delivered in the seconds before the run); only a store's owner rewriting files has more.
+RACY_LIMIT = 10_000
 
 #: The hint of the one link-fallback warning, when the cause is another file system.
 EXDEV_HINT = "DEST on the same file system as the store makes backups nearly free (hardlinks instead of copies)"
@@ -149,7 +155,7 @@ class Backup:
         self.store_path = str(paths.data_dir.parent.resolve())
         #: The store's data/mailstore-version, read once (phase 2).
         self.format_version: str | None = None
-        self.databases: dict[str, dict[str, int]] = {}
+        self.databases: dict[str, dict[str, Any]] = {}
         #: Known plain files in the backup (rel -> {"bytes": n}), for the manifest.
         self.files: dict[str, dict[str, int]] = {}
         self.areas: list[Area] = []
@@ -171,6 +177,9 @@ class Backup:
         #: reference, what the store lacks is removed from it first, and every database and
         #: changed file is replaced.
         self.in_place = False
+        #: In place: the reference's subvolume is read-only, so the clone's files are the ones
+        #: the reference placed (set in phase 1 with ``in_place``; see ``proof``).
+        self.reference_sealed = False
 
     # Phase 1 ---------------------------------------------------------------------------------
 
@@ -287,6 +296,11 @@ class Backup:
         self.locks.append(lock)
         self.held.append(repo_dir.child(path.name, path))
         self.in_place = source is not None
+        if source is not None:
+            # Asked after the clone was made: any change of the reference before the clone
+            # would have raised its seal's transaction, so an unchanged seal now means the clone
+            # holds what the reference's backup placed and checked.
+            self.reference_sealed = repo.sealed_unchanged(source.name, source)
         return path
 
     def close(self) -> None:
@@ -424,12 +438,23 @@ class Backup:
 
     def freeze(self) -> None:
         """The last step in a repository of the subvolume method: the snapshot's subvolume is
-        made read-only (a prune deletes it all the same). Failing that is a warning: the
-        snapshot is complete, only not protected against writes by root."""
+        made read-only (a prune deletes it all the same), and its seal noted in the repository
+        (``Repository.record_seal``: the next snapshot trusts its clone's proven files only while
+        the seal holds). Failing either is a warning: the snapshot is complete, only not
+        protected against writes by root, or its files are checked one by one by the next."""
         try:
             _engine.btrfs_set_readonly(self.out, True)
         except OSError as e:
             self.reporter.warn("read_only", str(self.target), f"cannot make the snapshot's subvolume read-only ({e.strerror}); it is complete, but stays writable")
+            return
+        try:
+            # Committed first, so that any later change of the snapshot is a later transaction.
+            _engine.syncfs(self.out)
+            seal = _engine.btrfs_seal(self.out)
+            if seal is not None:
+                self.repository.record_seal(self.held[-2].fd, self.snapshot_path.name, seal)
+        except OSError as e:
+            self.reporter.warn("seal", str(self.target), f"cannot note the read-only snapshot's seal ({e.strerror}); the next snapshot checks each of its files as without one")
 
     def drop_stale(self, src: str, dst: Path, prefix: bytes, *, root: int, leave: list[bytes] | None = None) -> None:
         """In place: removes from the clone's tree ``dst`` what the store's ``src`` (below
@@ -525,7 +550,7 @@ class Backup:
         except ManifestError:
             return {}
 
-    def proof(self, area: Area) -> dict[str, bytes]:
+    def proof(self, area: Area) -> dict[str, Any]:
         """The engine's ``reference_*`` arguments for ``area``: the reference's own copy of the
         area's index, when it may prove messages (docs/REPOSITORY.md, "What is reused"): a
         message live in both indexes with the same recorded size is then linked from the
@@ -558,7 +583,14 @@ class Backup:
         if why is not None:
             self.reporter.warn("reference_index", where, f"{what}: {why}" + fallback)
             return {}
-        return {"reference_live": ref_index.live, "reference_sizes": ref_index.sizes, "reference_unknown_sizes": ref_index.unknown_sizes}
+        proof: dict[str, Any] = {"reference_live": ref_index.live, "reference_sizes": ref_index.sizes, "reference_unknown_sizes": ref_index.unknown_sizes}
+        racy = then.get("racy")
+        if isinstance(racy, list) and all(type(i) is int and i >= 0 for i in racy):
+            proof["reference_racy"] = pack_ids(racy)
+            # A read-only reference that named its racy files: its clone's proven files are
+            # kept without a stat.
+            proof["reference_sealed"] = self.in_place and self.reference_sealed
+        return proof
 
     def clear(self, dst: Path) -> None:
         """In place: removes the clone's copy of a database (the reference's), which is copied
@@ -676,9 +708,16 @@ class Backup:
             # In place, the reference's shards as the clone holds them: a link from the
             # reference's own subvolume would fail (EXDEV).
             extra["reference_digests"] = self.out / DIGESTS_REFERENCE if self.in_place else self.reference / digests.DIR
-        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, in_place=self.in_place, **extra)
+        racy_from = manifest.reuse_cutoff({"started": rfc3339(self.started)})
+        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, in_place=self.in_place, racy_from=racy_from, **extra)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
+            # The files this run copied within its own racily-clean window: a later snapshot
+            # never takes them as proven (docs/REPOSITORY.md, "What is reused"); too many to
+            # list (a store's owner touching every file) is null, and then nothing of the area
+            # is kept unlooked at.
+            racy = result["racy"]
+            self.databases[f"{area.rel}/{area.kind.layout.index}"]["racy"] = racy if len(racy) <= RACY_LIMIT else None
             area.counts = {k: result[k] for k in AREA_COUNTS}
             self.note_files(result)
             if self.recording is not None:

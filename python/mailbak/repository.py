@@ -11,6 +11,10 @@ What a repository is, on disk:
 - ``REPO/YYYY-MM-DDTHHMMSSZ`` (a suffix ``-1``, ``-2`` on collision): one snapshot each. Any other
   entry is not a snapshot, never listed, never touched.
 - ``REPO/.trash/``: snapshots prune has decided to remove and not yet finished deleting.
+- ``REPO/.seals/NAME`` (subvolume method only): the seal of snapshot NAME's read-only subvolume
+  (its UUID and the transaction of its last change), noted when its backup made it read-only.
+  The next backup keeps the files its clone of NAME proves unlooked at only while NAME's seal is
+  still that one (nothing in NAME changed since); prune removes it with the snapshot.
 - ``REPO/.new-NAME-PID`` (subvolume method only): a snapshot's subvolume while its backup sets
   it up (:meth:`Repository.create_subvolume_snapshot`), renamed to its name once its manifest
   says ``running`` and its lock is held; one left by a killed run goes to the trash at the
@@ -45,7 +49,7 @@ from typing import Any, ClassVar
 from mailbak import _engine, manifest
 from mailbak.destdir import PRIVATE_DIR_MODE, check_destination, hold_new, hold_parent
 from mailbak.errors import ManifestError, RepositoryBusy, UsageError
-from mailbak.fsio import fsync_dir, open_dir, replace_file
+from mailbak.fsio import fsync_dir, open_dir, read_small, replace_file
 from mailbak.job import Metrics, Stage
 from mailbak.layout import read_tagged_json
 from mailbak.report import rfc3339
@@ -59,6 +63,11 @@ KIND = "mailbak-repository"
 REPO_FORMAT = 1
 #: Where prune moves snapshots before deleting them.
 TRASH = ".trash"
+#: Where the seals of the subvolume method's read-only snapshots are noted, one file per snapshot
+#: (:meth:`Repository.record_seal`).
+SEALS = ".seals"
+#: Largest seal file read.
+MAX_SEAL_BYTES = 256
 #: Largest marker accepted.
 MAX_MARKER_BYTES = 64 * 1024
 #: Mode of the marker file.
@@ -459,6 +468,35 @@ class Repository:
                 pass  # a leftover creation: the next prune moves it to the trash
             raise
 
+    def record_seal(self, dir_fd: int, name: str, seal: str) -> None:
+        """Notes ``seal`` (``_engine.btrfs_seal``) of snapshot ``name``, just made read-only, in
+        ``.seals/NAME`` (``dir_fd``: the repository, held), replacing any earlier note of that
+        name. Raises OSError."""
+        try:
+            os.mkdir(SEALS, PRIVATE_DIR_MODE, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        replace_file(Path(f"/proc/self/fd/{dir_fd}") / SEALS / name, f"{seal}\n".encode(), mode=0o600)
+
+    def sealed_unchanged(self, name: str, path: Path) -> bool:
+        """Whether snapshot ``name`` (its subvolume at ``path``) is read-only and unchanged since
+        its backup sealed it: its seal now is the one noted then. False when no seal was noted
+        (a backup killed between the two, or made by an older mailbak) or either cannot be read."""
+        try:
+            noted = read_small(self.path / SEALS / name, MAX_SEAL_BYTES).decode("ascii").strip()
+            now = _engine.btrfs_seal(path)
+        except (OSError, UnicodeDecodeError):
+            return False
+        return now is not None and now == noted
+
+    def drop_seal(self, name: str) -> None:
+        """Removes the note of snapshot ``name``'s seal, if any (the snapshot is gone to the
+        trash); failing that only leaves a note no subvolume matches (another UUID)."""
+        try:
+            os.unlink(self.path / SEALS / name)
+        except OSError:
+            pass
+
     def leftover_creations(self) -> list[str]:
         """Subvolumes of snapshots whose backup was killed while setting them up (subvolume
         method; their lock no longer held), for prune to remove."""
@@ -508,6 +546,7 @@ class Repository:
         os.rename(self.path / name, target)
         for d in (self.trash, self.path):
             fsync_dir(d)
+        self.drop_seal(name)
         return target
 
 

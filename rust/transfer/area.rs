@@ -4,6 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use rustix::io::Errno;
 
@@ -13,6 +14,7 @@ use crate::classify::{Area, Class, Snapshot};
 use crate::digests::{MessageRecord, Source};
 use crate::error::Error;
 use crate::fsutil::{self, join, Kind};
+use crate::ids::SeenSet;
 use crate::linkcopy::{LinkPolicy, Placed};
 use crate::progress::{Sink, Tally};
 use crate::testpause::{self, Pause};
@@ -37,6 +39,14 @@ pub struct AreaBackup<'a> {
     /// reference's files (`areas::proven`), linked from it without a look at the store's file;
     /// empty: none.
     proven: &'a [bool],
+    /// In place, from a sealed reference (a read-only subvolume that named its racy files):
+    /// which live messages the clone holds as a regular file. A proven one of them is kept
+    /// without a stat ([`AreaBackup::place`]).
+    present: Option<&'a SeenSet>,
+    /// This backup's own racily-clean cutoff (`BackupOptions::racy_from`).
+    racy_from: Option<i64>,
+    /// The IDs of message files copied with an mtime at or after `racy_from`.
+    racy: Mutex<Vec<u64>>,
 }
 
 impl<'a> AreaBackup<'a> {
@@ -56,6 +66,9 @@ impl<'a> AreaBackup<'a> {
             fence: Fence::NONE,
             reference: None,
             proven: &[],
+            present: None,
+            racy_from: None,
+            racy: Mutex::new(Vec::new()),
         }
     }
 
@@ -74,6 +87,32 @@ impl<'a> AreaBackup<'a> {
     /// store's file ([`LinkPolicy::place_proven`]).
     pub fn with_proven(self, proven: &'a [bool]) -> Self {
         AreaBackup { proven, ..self }
+    }
+
+    /// The same, keeping a proven message that `present` marks (the clone of a sealed
+    /// reference holds it as a regular file) where it is, with no call at all: the clone is a
+    /// snapshot of a read-only subvolume, whose files are those the reference placed and
+    /// checked against their records, and whose racy files are not proven
+    /// (`areas::proven`). None: every proven message is checked as
+    /// [`LinkPolicy::place_proven`] does.
+    pub fn with_present(self, present: Option<&'a SeenSet>) -> Self {
+        AreaBackup { present, ..self }
+    }
+
+    /// The same, naming the message files copied with an mtime at or after `cutoff` (this
+    /// backup's racily-clean window) in [`AreaBackup::take_racy`].
+    pub fn with_racy_from(self, cutoff: Option<i64>) -> Self {
+        AreaBackup {
+            racy_from: cutoff,
+            ..self
+        }
+    }
+
+    /// The IDs of the message files copied within this backup's racily-clean window, ascending.
+    pub fn take_racy(&self) -> Vec<u64> {
+        let mut ids = std::mem::take(&mut *self.racy.lock().unwrap_or_else(|e| e.into_inner()));
+        ids.sort_unstable();
+        ids
     }
 
     /// Runs steps 1 to 3 of the module doc.
@@ -125,14 +164,21 @@ impl<'a> AreaBackup<'a> {
     ) {
         let id = self.state.id(i);
         let reference = reference.zip(self.state.sizes[i]);
+        let proven = self.proven.get(i).copied().unwrap_or(false);
         let placed = match reference {
-            Some((r, want)) if self.proven.get(i).copied().unwrap_or(false) => {
-                self.policy.place_proven(src, dst, name, r, want)
+            Some((_, want)) if proven && self.present.is_some_and(|p| p.is_marked(i)) => {
+                Ok(Placed::Reused(want))
             }
+            Some((r, want)) if proven => self.policy.place_proven(src, dst, name, r, want),
             _ => self.policy.place_message(src, dst, name, reference),
         };
         match placed {
             Ok(p) => {
+                if let (Placed::Copied(c), Some(cutoff)) = (p, self.racy_from) {
+                    if c.mtime_ns >= i128::from(cutoff) {
+                        self.racy.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                    }
+                }
                 count_placed(self.sink, rel, p);
                 let size = self.check_size(dst, name, rel, i, p);
                 self.record(id, size, p);

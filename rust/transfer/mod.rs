@@ -45,6 +45,7 @@ use crate::classify::{Area, Class};
 use crate::digests::{self, FileRecord, ShardStats};
 use crate::error::Error;
 use crate::fsutil::{self, Kind};
+use crate::ids::SeenSet;
 use crate::inplace::{self, Verdict};
 use crate::linkcopy::{LinkPolicy, Placed};
 use crate::progress::{Progress, Sink, Tally};
@@ -87,6 +88,10 @@ pub struct BackupOptions {
     /// root) brought to the store's state in place (`inplace.rs`): what the store no longer
     /// has is removed first, unchanged files are kept, others replaced.
     pub in_place: bool,
+    /// This backup's own racily-clean cutoff (ns since the epoch: its start less the margin):
+    /// a message file it copies with an mtime at or after it is named in
+    /// [`Transferred::racy`], so that a later backup never takes it as proven unlooked at.
+    pub racy_from: Option<i64>,
 }
 
 /// The directory `prefix` below reference root `r`, opened without following a symlink at
@@ -109,6 +114,10 @@ pub struct Transferred {
     pub shards: ShardStats,
     /// The plain files placed (recording calls only), for the backup's `digests/files`.
     pub files: Vec<FileRecord>,
+    /// The IDs of the message files copied with an mtime at or after
+    /// [`BackupOptions::racy_from`] (written within this backup's racily-clean window),
+    /// ascending; backups of areas only.
+    pub racy: Vec<u64>,
 }
 
 impl Transferred {
@@ -125,6 +134,7 @@ impl Transferred {
             fallbacks: policy.fallbacks(),
             shards: ShardStats::default(),
             files,
+            racy: Vec::new(),
         }
     }
 }
@@ -142,6 +152,7 @@ pub fn backup_areas(
             let a = &job.spec;
             let sink = Sink::new(progress, &a.prefix).recording(job.digests.is_some());
             let mut policy = LinkPolicy::new(opts.force_copy);
+            let mut racy = Vec::new();
             if let (Some(src), Some(dst)) = (
                 open_area_root(opts.anchor.as_ref(), &a.src, &sink),
                 open_area_root(None, &job.dst, &sink),
@@ -155,14 +166,17 @@ pub fn backup_areas(
                 .with_reuse_cutoff(opts.reference_cutoff)
                 .hashing(job.digests.is_some())
                 .in_place(opts.in_place);
-                if opts.in_place {
-                    drop_stale_messages(a, src.as_fd(), dst.as_fd(), &sink);
-                }
-                AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
+                let present = opts
+                    .in_place
+                    .then(|| drop_stale_messages(a, src.as_fd(), dst.as_fd(), &sink));
+                let backup = AreaBackup::new(&a.area, &a.snap, &a.sizes, &policy, &sink)
                     .with_fence(&opts.fence)
                     .with_reference(reference_below(opts.reference.as_ref(), &a.prefix))
                     .with_proven(&a.proven)
-                    .run(src, dst);
+                    .with_present(present.as_ref().filter(|_| a.sealed))
+                    .with_racy_from(opts.racy_from);
+                backup.run(src, dst);
+                racy = backup.take_racy();
             }
             let shards = job
                 .digests
@@ -171,6 +185,7 @@ pub fn backup_areas(
                 .unwrap_or_default();
             Transferred {
                 shards,
+                racy,
                 ..Transferred::of(sink, &policy)
             }
         })
@@ -181,14 +196,24 @@ pub fn backup_areas(
 /// hold. A live message file stays without a look at the store (its placement checks it, as
 /// the proof rule says); files being erased or added after the snapshot go; anything else
 /// stays only where the store has the same kind of entry (see `inplace.rs`). The area's own
-/// databases are the caller's (copied anew).
-fn drop_stale_messages(a: &AreaSpec, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, sink: &Sink<'_>) {
+/// databases are the caller's (copied anew). Returns which live messages the clone holds as a
+/// regular file (the listing's own file type: no stat).
+fn drop_stale_messages(
+    a: &AreaSpec,
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    sink: &Sink<'_>,
+) -> SeenSet {
+    let present = SeenSet::new(a.snap.live.len());
     let verdict = |rel: &[u8], name: &[u8], kind: Kind| {
         if kind != Kind::File {
             return Verdict::Check;
         }
         match a.area.classify(&a.snap, rel, name) {
-            Class::Message(_) => Verdict::Keep,
+            Class::Message(i) => {
+                present.mark(i);
+                Verdict::Keep
+            }
             Class::Known => Verdict::Leave,
             Class::New | Class::Erasing => Verdict::Drop,
             Class::Orphan | Class::Copy | Class::StrayInTree | Class::Stray => Verdict::Check,
@@ -198,6 +223,7 @@ fn drop_stale_messages(a: &AreaSpec, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, s
     sink.tally
         .dropped
         .fetch_add(dropped.entries.load(Ordering::Relaxed), Ordering::Relaxed);
+    present
 }
 
 /// Writes the shard files of the messages `sink` recorded into `dir`, sharing unchanged ones

@@ -156,6 +156,7 @@ fn backup_areas_runs_every_area_in_order_below_the_anchor() {
         sizes: vec![Some(3)],
         prefix: prefix.to_vec(),
         proven: Vec::new(),
+        sealed: false,
     };
     let jobs = [
         AreaJob {
