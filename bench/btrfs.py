@@ -16,6 +16,10 @@ Method, one run (needs root and a kernel with btrfs):
 5. ``cp -al`` of the hardlink repository's first snapshot onto the image (untimed); then timed:
    ``prune --keep-last 1 --no-nice`` of each repository (each removes its first snapshot) and
    ``rm -rf`` of the ``cp -al`` tree (the same files as the hardlink snapshot).
+6. Timed: a third snapshot into the subvolume repository (no churn), then its prune of the
+   second: the snapshot a night's prune removes was itself a nightly clone (deleting a subvolume
+   evicts its cached inodes; the first snapshot's were all loaded when it was written, a
+   sealed clone's unchanged files never are).
 Warm cache: every timed step reads what the step before it read. Markdown to stdout, progress to
 stderr; ``--json FILE`` keeps the raw timings and summaries.
 """
@@ -125,6 +129,14 @@ def main() -> None:
                 results[key], summaries[key] = timed(mailbak("prune", "--json", r, "--keep-last", "1", "--no-nice"))
             log("rm -rf")
             results["rm_rf"], _ = timed(["rm", "-rf", twin])
+            # A night's prune removes a snapshot that was itself a nightly clone, not the first
+            # (full) one: deleting a subvolume evicts its cached inodes, and a sealed clone's
+            # unchanged files were never loaded. A third snapshot, then the prune of the second.
+            log("third_subvolume")
+            results["third_subvolume"], summaries["third_subvolume"] = timed(mailbak("backup", "--json", work, sub))
+            subprocess.run(["sync"], check=True)
+            log("prune_nightly_subvolume")
+            results["prune_nightly_subvolume"], summaries["prune_nightly_subvolume"] = timed(mailbak("prune", "--json", sub, "--keep-last", "1", "--no-nice"))
         shutil.rmtree(work, ignore_errors=True)
     print(f"## mailbak benchmark: btrfs repositories\n\n{machine_markdown(info)}\n")
     print(f"## {messages:,} messages, churn {args.churn:.1%} (loop-mounted btrfs image, store on another file system)\n")
@@ -137,6 +149,8 @@ def main() -> None:
     print(f"| prune, subvolume | {results['prune_subvolume']:.2f} | {results['prune_subvolume'] / results['rm_rf']:.3f} x rm -rf |")
     print(f"| prune, hardlink | {results['prune_hardlink']:.2f} | {results['prune_hardlink'] / results['rm_rf']:.3f} x rm -rf |")
     print(f"| rm -rf (cp -al of a snapshot) | {results['rm_rf']:.2f} | |")
+    print(f"| third snapshot, subvolume (no churn) | {results['third_subvolume']:.2f} | {results['third_subvolume'] / results['second_hardlink']:.3f} x second, hardlink |")
+    print(f"| prune of a nightly (cloned) snapshot, subvolume | {results['prune_nightly_subvolume']:.2f} | {results['prune_nightly_subvolume'] / results['rm_rf']:.3f} x rm -rf |")
     t = summaries["second_subvolume"]["transfer"]
     print(f"\nsecond snapshot, subvolume: reused {t['reused']}, copied {t['copied']}, removed {t.get('removed')}, bytes copied {t['bytes_copied']}")
     if args.json:
