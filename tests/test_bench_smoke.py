@@ -47,7 +47,7 @@ def test_bench_repo_smoke(tmp_path):
     report = json.loads(raw.read_text())
     (size,) = report["sizes"]
     (round_,) = size["rounds"]
-    expected = {"first", "cp", "rsync", "same_fs", "rm"}
+    expected = {"first", "cp", "cpal", "rsync", "same_fs", "rm"}
     if report["engine"]["reuse"]:
         expected.add("second")
         if report["engine"]["delete_tree"]:

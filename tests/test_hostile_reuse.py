@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import json_lines, manifest_of, run_cli
 from mailbak.gen import age_tree
-from mailbak.manifest import REUSE_MARGIN_NS, reuse_cutoff
+from mailbak.manifest import REUSE_MARGIN_NS, own_cutoff, reuse_cutoff
+from mailbak.report import rfc3339
 from mailbak.repository import parse_time
 from pausing import PausePoint
 
@@ -99,3 +100,6 @@ def test_cutoff_is_the_reference_start_less_the_margin():
     assert reuse_cutoff({"started": "2026-11-26T02:00:00Z"}) == 1_795_658_400 * 1_000_000_000 - REUSE_MARGIN_NS
     assert reuse_cutoff({"started": "yesterday"}) is None
     assert reuse_cutoff({}) is None
+    # What a run names racy by is what the next run will read back from its manifest.
+    for started in (1_795_658_400.0, 1_795_658_400.999, 1_795_658_401.5):
+        assert own_cutoff(started) == reuse_cutoff({"started": rfc3339(started)})

@@ -708,7 +708,7 @@ class Backup:
             # In place, the reference's shards as the clone holds them: a link from the
             # reference's own subvolume would fail (EXDEV).
             extra["reference_digests"] = self.out / DIGESTS_REFERENCE if self.in_place else self.reference / digests.DIR
-        racy_from = manifest.reuse_cutoff({"started": rfc3339(self.started)})
+        racy_from = manifest.own_cutoff(self.started)
         results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, in_place=self.in_place, racy_from=racy_from, **extra)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import calendar
 import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,14 @@ def reuse_cutoff(doc: dict[str, Any]) -> int | None:
     except (KeyError, TypeError, ValueError):
         return None
     return started * 1_000_000_000 - REUSE_MARGIN_NS
+
+
+def own_cutoff(started: float) -> int:
+    """For a run started at ``started`` (seconds since the epoch): the cutoff a later run will
+    read from its manifest with :func:`reuse_cutoff` (the start to the second, as the manifest
+    writes it, less REUSE_MARGIN_NS), computed without parsing (no ``strptime``: a run that
+    dropped privileges may no longer import it)."""
+    return math.floor(started) * 1_000_000_000 - REUSE_MARGIN_NS
 
 
 def _is_int(v: Any) -> bool:
