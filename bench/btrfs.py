@@ -20,7 +20,8 @@ Method, one run (needs root and a kernel with btrfs):
    second: the snapshot a night's prune removes was itself a nightly clone (deleting a subvolume
    evicts its cached inodes; the first snapshot's were all loaded when it was written, a
    sealed clone's unchanged files never are).
-Warm cache: every timed step reads what the step before it read. Markdown to stdout, progress to
+Warm cache: every timed step reads what the step before it read; everything dirty is written
+back (``sync``) before each. Markdown to stdout, progress to
 stderr; ``--json FILE`` keeps the raw timings and summaries.
 """
 
@@ -49,7 +50,10 @@ def log(text: str) -> None:
 
 
 def timed(argv: list[str | os.PathLike]) -> tuple[float, dict]:
-    """Runs ``argv`` and returns its wall time and, for a mailbak --json run, its summary."""
+    """Runs ``argv`` after writing back everything dirty (so that no step pays for an earlier
+    one's write-back: mailbak's ``syncfs`` of the image would otherwise flush the snapshot the
+    step before wrote) and returns its wall time and, for a mailbak --json run, its summary."""
+    os.sync()
     t0 = time.perf_counter()
     p = subprocess.run([str(a) for a in argv], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
