@@ -151,21 +151,29 @@ def test_nightly_snapshot_is_a_read_only_clone_holding_the_stores_state(aged, bt
     assert digests_hold(ref) >= first["transfer"]["messages"]
 
 
-def test_a_damaged_reference_file_is_copied_again(aged, btrfs):
-    repo = btrfs / "repo"
+def truncated_reference(store: Path, repo: Path, clock: float) -> tuple[Path, int, bytes]:
+    """A first snapshot of ``store`` into the new repository ``repo``, its seal as noted
+    checked, then made writable, its newest message of ACC truncated to half, and made
+    read-only again (damage by root). Returns (the snapshot, the message ID, its bytes)."""
     init_ok(repo)
-    t = start_times(2)
-    backup_into(aged, repo, clock=t[0])
+    backup_into(store, repo, clock=clock)
     [ref] = snapshots(repo)
-    with Store.open(aged, durable=False) as s:
+    with Store.open(store, durable=False) as s:
         victim = max(s.account(ACC).messages())
-    want = message_file(aged, victim).read_bytes()
-    sealed = (repo / SEALS / ref.name).read_text().strip()
-    assert sealed == _engine.btrfs_seal(ref)
+    want = message_file(store, victim).read_bytes()
+    assert (repo / SEALS / ref.name).read_text().strip() == _engine.btrfs_seal(ref)
     _engine.btrfs_set_readonly(ref, False)
     assert _engine.btrfs_seal(ref) is None
     os.truncate(message_file(ref, victim), len(want) // 2)
     _engine.btrfs_set_readonly(ref, True)
+    return ref, victim, want
+
+
+def test_a_damaged_reference_file_is_copied_again(aged, btrfs):
+    repo = btrfs / "repo"
+    t = start_times(2)
+    ref, victim, want = truncated_reference(aged, repo, t[0])
+    sealed = (repo / SEALS / ref.name).read_text().strip()
     # Changed since its backup sealed it: the seal is another, so the clone's proven files are
     # each checked (and the truncated one copied), not kept unlooked at.
     assert _engine.btrfs_seal(ref) != sealed
@@ -184,16 +192,8 @@ def test_a_sealed_references_proven_files_are_kept_unlooked_at(aged, btrfs):
     # clone's proven files are then kept without a stat, the truncated one too; with the seal
     # left as its backup noted it, the same change is caught (the test above).
     repo = btrfs / "repo"
-    init_ok(repo)
     t = start_times(2)
-    backup_into(aged, repo, clock=t[0])
-    [ref] = snapshots(repo)
-    with Store.open(aged, durable=False) as s:
-        victim = max(s.account(ACC).messages())
-    want = message_file(aged, victim).read_bytes()
-    _engine.btrfs_set_readonly(ref, False)
-    os.truncate(message_file(ref, victim), len(want) // 2)
-    _engine.btrfs_set_readonly(ref, True)
+    ref, victim, want = truncated_reference(aged, repo, t[0])
     (repo / SEALS / ref.name).write_text(_engine.btrfs_seal(ref) + "\n")
     summary = backup_into(aged, repo, clock=t[1])
     cur = snapshots(repo)[-1]
