@@ -89,6 +89,17 @@ pub struct LinkPolicy {
 /// Why a file about to be copied was not linked (counted as a fallback when Some).
 type Reason = Option<Errno>;
 
+/// What the reference's file of a proven message is worth ([`LinkPolicy::judge_proven`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proven {
+    /// A regular file of the recorded size, older than the reuse cutoff: kept.
+    Sound,
+    /// Written within the reuse cutoff's window: compared with the store's file.
+    Racy,
+    /// Not a regular file, or of another size: the store's file is copied.
+    Damaged,
+}
+
 impl LinkPolicy {
     /// A policy that tries links first (`force_copy` = false) or never links.
     pub fn new(force_copy: bool) -> Self {
@@ -341,25 +352,28 @@ impl LinkPolicy {
         if !self.in_place {
             return self.link_proven(src, dst, name, r, want);
         }
-        let mut reason: Reason = None;
-        if let Some((rfd, rst)) = self.open_reference(r, name) {
-            if self
-                .reuse_cutoff
-                .is_some_and(|c| fsutil::mtime_ns(&rst) >= i128::from(c))
-            {
-                // Written just before or while the reference ran: the store's file may have
-                // been rewritten in that tick (see the module doc), so it is compared.
-                return self.place_message(src, dst, name, Some((r, want)));
-            }
-            if Kind::from_mode(rst.st_mode) == Kind::File && rst.st_size as u64 == want {
-                match self.link_reference(rfd.as_ref(), &rst, r, dst, name) {
-                    Ok(Some(n)) => return Ok(Placed::Reused(n)),
-                    Ok(None) => {}
-                    Err(e) => reason = Some(e),
-                }
-            }
+        // In place the reference's file is the clone's own, where it stands: looked at, kept.
+        match fsutil::lstat_at(r, name).map(|st| self.judge_proven(&st, want)) {
+            Ok(Proven::Racy) => self.place_message(src, dst, name, Some((r, want))),
+            Ok(Proven::Sound) => Ok(Placed::Reused(want)),
+            Ok(Proven::Damaged) | Err(_) => self.copy_counted(src, dst, name, true, None),
         }
-        self.copy_counted(src, dst, name, true, reason)
+    }
+
+    /// What the reference's file of a proven message (its stat `st`; `want`: the recorded
+    /// size) is worth: written within the reuse cutoff's window (compared with the store's file
+    /// as any other; see the module doc), sound (a regular file of `want` bytes), or damaged.
+    fn judge_proven(&self, st: &rfs::Stat, want: u64) -> Proven {
+        if self
+            .reuse_cutoff
+            .is_some_and(|c| fsutil::mtime_ns(st) >= i128::from(c))
+        {
+            Proven::Racy
+        } else if Kind::from_mode(st.st_mode) == Kind::File && st.st_size as u64 == want {
+            Proven::Sound
+        } else {
+            Proven::Damaged
+        }
     }
 
     /// [`LinkPolicy::place_proven`] into a new snapshot: the reference's `name` is linked by
@@ -382,24 +396,14 @@ impl LinkPolicy {
         want: u64,
     ) -> Result<Placed, Error> {
         let reason: Reason = match fsutil::link_at(r, dst, name) {
-            Ok(()) => match fsutil::lstat_at(dst, name) {
-                Ok(st)
-                    if self
-                        .reuse_cutoff
-                        .is_some_and(|c| fsutil::mtime_ns(&st) >= i128::from(c)) =>
-                {
-                    // Written just before or while the reference ran: the store's file may
-                    // have been rewritten in that tick (see the module doc), so it is compared.
+            Ok(()) => match fsutil::lstat_at(dst, name).map(|st| self.judge_proven(&st, want)) {
+                Ok(Proven::Racy) => {
                     unlink_placed(dst, name)?;
                     return self.place_message(src, dst, name, Some((r, want)));
                 }
-                Ok(st)
-                    if Kind::from_mode(st.st_mode) == Kind::File && st.st_size as u64 == want =>
-                {
-                    return Ok(Placed::Reused(want));
-                }
+                Ok(Proven::Sound) => return Ok(Placed::Reused(want)),
                 // A damaged reference (another size, a symlink or a special file): not kept.
-                _ => {
+                Ok(Proven::Damaged) | Err(_) => {
                     unlink_placed(dst, name)?;
                     None
                 }

@@ -177,8 +177,9 @@ class Backup:
         #: reference, what the store lacks is removed from it first, and every database and
         #: changed file is replaced.
         self.in_place = False
-        #: In place: the reference's subvolume is read-only, so the clone's files are the ones
-        #: the reference placed (set in phase 1 with ``in_place``; see ``proof``).
+        #: In place: the reference's seal still holds (read-only, unchanged since its backup
+        #: noted it: ``Repository.sealed_unchanged``), so the clone's files are the ones the
+        #: reference placed (set in phase 1 with ``in_place``; see ``proof``).
         self.reference_sealed = False
 
     # Phase 1 ---------------------------------------------------------------------------------
