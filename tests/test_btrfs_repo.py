@@ -15,13 +15,15 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from conftest import backup_into, init_ok, make_store, manifest_of, run_cli, start_times, tree_listing
 from mailbak import _engine, digests
+from mailbak.archiver import RACY_LIMIT
 from mailbak.gen import age_tree
-from mailbak.repository import MARKER, SEALS
+from mailbak.repository import MARKER, MAX_SEAL_BYTES, SEALS
 from mailbak.store import Store
 
 ACC = "user0000"
@@ -201,6 +203,99 @@ def test_a_sealed_references_proven_files_are_kept_unlooked_at(aged, btrfs):
     assert summary["transfer"]["copied"] == 0 and summary["transfer"]["reused"] >= summary["transfer"]["messages"]
     # The seal of the new snapshot is noted in turn.
     assert (repo / SEALS / cur.name).read_text().strip() == _engine.btrfs_seal(cur)
+
+
+def _note_as_symlink(note: Path, seal: str) -> None:
+    # A note the repository did not write as a file: never followed, however right its content.
+    held = note.with_name("elsewhere")
+    held.write_text(seal + "\n")
+    note.symlink_to(held.name)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    {
+        # The note a backup killed between making the snapshot read-only and noting it leaves.
+        "missing": lambda note, seal: None,
+        # The matching seal followed by more than a note's bound: never read past it.
+        "oversized": lambda note, seal: note.write_text(seal + "\n" + " " * MAX_SEAL_BYTES),
+        "symlink": _note_as_symlink,
+        "directory": lambda note, seal: note.mkdir(),
+    }.items(),
+    ids=lambda item: item[0],
+)
+def test_a_seal_note_that_cannot_be_read_keeps_nothing_unlooked_at(aged, btrfs, broken):
+    # The forged-seal test's set-up (a truncated reference whose note would match), with the note
+    # then made unreadable: the nightly checks each proven file as without a seal, and copies the
+    # truncated one again.
+    repo = btrfs / "repo"
+    t = start_times(2)
+    ref, victim, want = truncated_reference(aged, repo, t[0])
+    note = repo / SEALS / ref.name
+    note.unlink()
+    broken[1](note, _engine.btrfs_seal(ref))
+    summary = backup_into(aged, repo, clock=t[1])
+    cur = snapshots(repo)[-1]
+    assert message_file(cur, victim).read_bytes() == want
+    assert summary["transfer"]["copied"] == 1 and summary["status"] == "ok"
+    assert run_cli("verify", cur).returncode == 0
+
+
+def test_a_seal_that_cannot_be_noted_is_a_warning(aged, btrfs):
+    # REPO/.seals a file, not a directory: no seal can be noted. Each snapshot is still complete
+    # and read-only, the run ok (exit 0) with the warning `seal`; the next checks each of its
+    # reference's files; prune leaves the file alone.
+    repo = btrfs / "repo"
+    init_ok(repo)
+    (repo / SEALS).write_text("not a directory\n")
+    for night, clock in enumerate(start_times(2)):
+        if night:
+            churn(aged)
+        events: list[dict] = []
+        summary = backup_into(aged, repo, events=events, clock=clock)
+        assert summary["status"] == "ok"
+        [warning] = [e for e in events if e.get("code") == "seal"]
+        assert "cannot note the read-only snapshot's seal" in warning["cause"], warning
+        snap = snapshots(repo)[-1]
+        assert _engine.btrfs_seal(snap) is not None, "the snapshot is read-only all the same"
+        assert run_cli("verify", snap).returncode == 0
+    assert digests_hold(snapshots(repo)[-1]) > 0
+    p = run_cli("prune", "--json", repo, "--keep-last", "1", "--no-nice")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert len(snapshots(repo)) == 1
+    assert (repo / SEALS).read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("racy", [RACY_LIMIT, RACY_LIMIT + 1])
+def test_a_reference_with_too_many_racy_files_keeps_nothing_unlooked_at(tmp_path, btrfs, racy):
+    # The reference's run copies ``racy`` message files written within its window (their mtime
+    # later than its start: a store's owner touching files) and one older one, the victim, which
+    # is then truncated in the reference and the seal forged to match (as in the forged-seal
+    # test). Up to RACY_LIMIT the index entry lists the racy IDs and the victim, proven and
+    # not racy, is kept unlooked at; beyond it the entry is null and every proven file is checked.
+    store = make_store(tmp_path / "store", messages=RACY_LIMIT * 11 // 10, accounts=1)
+    age_tree(store)
+    with Store.open(store, durable=False) as s:
+        ids = sorted(s.account(ACC).messages())
+    assert len(ids) >= racy + 2
+    later = time.time_ns() + 3600 * 1_000_000_000
+    for id_ in ids[-1 - racy : -1]:
+        os.utime(message_file(store, id_), ns=(later, later))
+    repo = btrfs / "repo"
+    t = start_times(2)
+    ref, victim, want = truncated_reference(store, repo, t[0])
+    assert victim == ids[-1]
+    listed = manifest_of(ref)["databases"][f"accounts/{ACC}/index.db"]["racy"]
+    assert listed == (ids[-1 - racy : -1] if racy <= RACY_LIMIT else None)
+    (repo / SEALS / ref.name).write_text(_engine.btrfs_seal(ref) + "\n")
+    summary = backup_into(store, repo, clock=t[1])
+    held = message_file(snapshots(repo)[-1], victim).read_bytes()
+    if racy <= RACY_LIMIT:
+        assert held == want[: len(want) // 2]
+        assert summary["transfer"]["copied"] == racy
+    else:
+        assert held == want
+        assert summary["transfer"]["copied"] == racy + 1
 
 
 def test_prune_deletes_the_subvolume(aged, btrfs):
