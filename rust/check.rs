@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rayon::prelude::*;
 use rustix::io::Errno;
 
-use crate::areas::{open_area_root, AreaSpec, AreaState, Unseen};
+use crate::areas::{open_area_root, AreaSpec, AreaState, Sizes, Unseen};
 use crate::classify::{Area, Class, Snapshot};
 use crate::error::Error;
 use crate::fsid::{self, FsId};
@@ -182,7 +182,7 @@ impl<'a> AreaCheck<'a> {
     pub fn new(
         area: &'a Area,
         snap: &'a Snapshot,
-        sizes: &'a [Option<u64>],
+        sizes: &'a Sizes,
         fix: Option<FixTarget>,
         live: bool,
         sink: &'a Sink<'a>,
@@ -252,7 +252,7 @@ impl<'a> AreaCheck<'a> {
                 name,
                 rel,
                 id,
-                self.state.sizes[index],
+                self.state.sizes.get(index),
                 self.sink,
             ),
             None => fsutil::lstat_at(dir, name)
@@ -280,7 +280,7 @@ impl<'a> AreaCheck<'a> {
                 "message file is not a regular file".into(),
             );
         }
-        if let Some(want) = self.state.sizes[index] {
+        if let Some(want) = self.state.sizes.get(index) {
             if size != want {
                 Tally::bump(&self.sink.tally.damaged);
                 self.sink.error(
@@ -514,7 +514,7 @@ mod tests {
 
     /// Live 1, 2, 5 (5 has no file, 2 the wrong size), 3 being erased, next ID 70: 20 is an
     /// orphan, 77 would collide with a future message, notes.txt is unknown, readme is outside.
-    fn setup(s: &Scratch) -> (Area, Snapshot, Vec<Option<u64>>) {
+    fn setup(s: &Scratch) -> (Area, Snapshot, Sizes) {
         s.file("acc/msg/a/1", b"12345");
         s.file("acc/msg/a/2", b"123");
         s.file("acc/msg/a/20", b"orphan");
@@ -532,7 +532,11 @@ mod tests {
             erasing: IdSet::new(vec![3]),
             next_id: 70,
         };
-        (area, snap, vec![Some(5), Some(4), Some(9)])
+        (
+            area,
+            snap,
+            [Some(5), Some(4), Some(9)].into_iter().collect(),
+        )
     }
 
     fn codes(p: &Progress) -> Vec<(&'static str, String)> {
@@ -667,8 +671,15 @@ mod tests {
         };
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
-        AreaCheck::new(&area, &snap, &[Some(u64::MAX), None], None, false, &sink)
-            .run(fsutil::open_dir(&s.path("acc")).unwrap());
+        AreaCheck::new(
+            &area,
+            &snap,
+            &[Some(u64::MAX), None].into_iter().collect(),
+            None,
+            false,
+            &sink,
+        )
+        .run(fsutil::open_dir(&s.path("acc")).unwrap());
         assert_eq!(codes(&p), vec![("size_mismatch", "msg/a/1".to_string())]);
     }
 
@@ -797,7 +808,7 @@ mod tests {
             erasing: IdSet::default(),
             next_id: 3,
         };
-        let sizes = [Some(1u64), Some(2)];
+        let sizes: Sizes = [Some(1u64), Some(2)].into_iter().collect();
         let p = Progress::new(false, 100);
         let sink = Sink::new(&p, b"");
         AreaCheck::new(&area, &snap, &sizes, None, false, &sink)

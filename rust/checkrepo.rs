@@ -283,10 +283,7 @@ impl RepoCheck {
     ) -> Vec<Tally> {
         if let Subset::Budget(b) = self.subset {
             self.budget_p.get_or_init(|| {
-                let total: u64 = jobs
-                    .iter()
-                    .flat_map(|j| j.spec.sizes.iter().flatten())
-                    .sum();
+                let total: u64 = jobs.iter().flat_map(|j| j.spec.sizes.known()).sum();
                 // Twice the share the budget is of the first snapshot: the budget, not the
                 // chance, is what ends a run (the history holds more than one snapshot).
                 if total == 0 {

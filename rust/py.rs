@@ -457,6 +457,34 @@ impl AreaArgs<'_> {
     }
 }
 
+/// One area of a backup, built from its description ahead of the call: the engine's own copy
+/// of the area's IDs, sizes and proof, so that the caller can let go of the index buffers (and
+/// of the reference's) area by area instead of holding every area's until the call returns.
+#[pyclass(frozen, module = "mailbak._engine")]
+struct BackupArea {
+    /// What the call backs up for this area.
+    job: AreaJob,
+}
+
+#[pymethods]
+impl BackupArea {
+    /// Checks and converts `area` (a dict, `Area` in `_engine.pyi`, with `dst`).
+    #[new]
+    fn new(area: AreaArgs<'_>) -> PyResult<Self> {
+        let dst = area
+            .dst
+            .clone()
+            .ok_or_else(|| PyValueError::new_err("a backup area needs a destination (\"dst\")"))?;
+        Ok(BackupArea {
+            job: AreaJob {
+                spec: area.spec()?,
+                dst,
+                digests: area.digests.clone(),
+            },
+        })
+    }
+}
+
 /// Backs up message areas (the queue and accounts), all in one pool; see
 /// `transfer::backup_areas`. With `root`, each area's `src` is relative to that directory
 /// descriptor. `skip`: directories never entered, by `(st_dev, st_ino)`. Lock files are always
@@ -466,7 +494,7 @@ impl AreaArgs<'_> {
 #[allow(clippy::too_many_arguments)]
 fn backup_areas<'py>(
     py: Python<'py>,
-    areas: Vec<AreaArgs<'py>>,
+    areas: Vec<Py<BackupArea>>,
     jobs: usize,
     progress: &Progress,
     force_copy: bool,
@@ -478,19 +506,7 @@ fn backup_areas<'py>(
     in_place: bool,
     racy_from: Option<i64>,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let areas = areas
-        .iter()
-        .map(|a| {
-            let dst = a.dst.clone().ok_or_else(|| {
-                PyValueError::new_err("a backup area needs a destination (\"dst\")")
-            })?;
-            Ok(AreaJob {
-                spec: a.spec()?,
-                dst,
-                digests: a.digests.clone(),
-            })
-        })
-        .collect::<PyResult<Vec<_>>>()?;
+    let areas: Vec<&AreaJob> = areas.iter().map(|a| &a.get().job).collect();
     let opts = BackupOptions {
         force_copy,
         anchor: anchor(root)?,
@@ -1226,6 +1242,7 @@ fn build_info<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Progress>()?;
+    m.add_class::<BackupArea>()?;
     m.add_class::<RepoCheck>()?;
     m.add("LmdbError", m.py().get_type::<LmdbError>())?;
     m.add_function(wrap_pyfunction!(backup_areas, m)?)?;

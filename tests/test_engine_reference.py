@@ -89,7 +89,7 @@ def test_engine_matches_reference(a, jobs):
         live = sorted(a["live"])
         sizes = pack_ids([len(f"message {i}") for i in live])
         spec = {"src": src, "dst": dst, "tree": a["tree"].encode(), "known": [k.encode() for k in KNOWN], "live": pack_ids(live), "sizes": sizes, "erasing": pack_ids(a["erasing"]), "next_id": a["next_id"], "prefix": b""}
-        (got,) = _engine.backup_areas([spec], jobs=jobs, progress=progress)
+        (got,) = _engine.backup_areas([_engine.BackupArea(spec)], jobs=jobs, progress=progress)
         events = progress.drain()
         assert got["linked"] == len(want.linked)
         assert got["skipped_new"] == len(want.skipped_new)

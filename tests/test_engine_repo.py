@@ -54,12 +54,25 @@ def area(src: Path, dst: Path, sizes: dict[int, int], unknown: tuple[int, ...] =
     }
 
 
+def test_a_backup_area_is_checked_when_built(tmp_path):
+    # BackupArea converts and checks the area ahead of the call, so the caller can let go of its
+    # buffers: what it refuses is refused there, with what is wrong.
+    good = area(tmp_path / "src", tmp_path / "dst", {1: 10, 2: 20})
+    _engine.BackupArea(good)
+    with pytest.raises(ValueError, match="needs a destination"):
+        _engine.BackupArea({k: v for k, v in good.items() if k != "dst"})
+    with pytest.raises(ValueError, match="sizes must align"):
+        _engine.BackupArea({**good, "sizes": pack_ids([10])})
+    with pytest.raises(ValueError, match="go together"):
+        _engine.BackupArea({**good, "reference_live": pack_ids([1])})
+
+
 def backup(src: Path, snap: Path, sizes: dict[int, int], reference: Path | None = None, **kw) -> tuple[dict, list]:
     """Backs up area ``src`` into ``snap/data/accounts/x``; returns the result and the events."""
     dst = snap / PREFIX.decode()
     dst.mkdir(parents=True)
     p = _engine.Progress(verbose=True)
-    [r] = _engine.backup_areas([area(src, dst, sizes, **kw)], jobs=2, progress=p, reference=reference)
+    [r] = _engine.backup_areas([_engine.BackupArea(area(src, dst, sizes, **kw))], jobs=2, progress=p, reference=reference)
     return r, p.drain()
 
 

@@ -13,6 +13,7 @@ from typing import TypedDict, final
 
 __all__ = [
     "Progress",
+    "BackupArea",
     "RepoCheck",
     "LmdbError",
     "backup_areas",
@@ -120,10 +121,10 @@ class ShardFacts(TypedDict):
     pending: int
 
 class Area(TypedDict, total=False):
-    """One message area (the queue or an account) for backup_areas and check_areas."""
+    """One message area (the queue or an account) for BackupArea (backup_areas) and check_areas."""
 
     src: StrPath  # the area's directory (relative to ``root`` when given)
-    dst: StrPath  # backup_areas: the destination directory (must exist)
+    dst: StrPath  # BackupArea: the destination directory (must exist)
     tree: bytes  # message tree relative to src: b"msg" for accounts, b"" for the queue
     known: list[bytes]  # root-level names the caller handles itself (index.db, ...)
     copy: list[bytes]  # optional: root-level regular files the call copies (never links), e.g. b"junkfilter.bloom"
@@ -134,15 +135,23 @@ class Area(TypedDict, total=False):
     next_id: int  # the first ID not allocated at the snapshot; files at the path of an ID from here on are new
     prefix: bytes  # prefix of every reported path, e.g. b"data/accounts/bob"
     fix_rel: bytes  # check_areas with fix_root: where this area's strays go below fix_root
-    reference_live: bytes  # backup_areas, optional: the reference snapshot's copy of the index, trusted to prove messages: its live IDs, packed u64, ascending
+    reference_live: bytes  # BackupArea, optional: the reference snapshot's copy of the index, trusted to prove messages: its live IDs, packed u64, ascending
     reference_sizes: bytes  # with reference_live: their recorded sizes (a live ID of both with the same size is linked from the reference unlooked-at)
     reference_unknown_sizes: bytes  # optional: the reference's live IDs whose record has no readable size (never proven)
     reference_racy: bytes  # optional: IDs the reference copied within its racily-clean window, packed u64 (never proven)
     reference_sealed: bool  # optional, in place: the clone is of a read-only reference that named its racy files; a proven message the clone holds is kept without a stat
-    digests: tuple[StrPath, bytes]  # backup_areas: the directory for the area's shard files, and its place below reference_digests
+    digests: tuple[StrPath, bytes]  # BackupArea: the directory for the area's shard files, and its place below reference_digests
+
+@final
+class BackupArea:
+    """One area of a backup_areas call, built from its description (``Area``, with ``dst``)
+    ahead of the call: the engine's own copy of its IDs, sizes and proof, so that the caller
+    can let go of the index buffers area by area. Raises ValueError for a malformed area."""
+
+    def __new__(cls, area: Area) -> BackupArea: ...
 
 def backup_areas(
-    areas: list[Area],
+    areas: list[BackupArea],
     *,
     jobs: int,
     progress: Progress,

@@ -703,14 +703,20 @@ class Backup:
     def backup_areas(self) -> None:
         """Phase 5: every area in one engine call, so workers spread over all of them; an area's
         plain files (an account's junk filter) travel with its messages."""
-        specs = [{**engine_area(a.kind, a.rel, a.index), "dst": a.dst, **self.shard_arg(a), **self.proof(a)} for a in self.areas]
+        # The engine's copy of each area is made area by area, and the index's buffers (and the
+        # reference's, read by proof) let go at once: held for every area until the call
+        # returned, they were a third of the nightly's peak memory at 5,000,000 messages.
+        planned = []
+        for a in self.areas:
+            planned.append(_engine.BackupArea({**engine_area(a.kind, a.rel, a.index), "dst": a.dst, **self.shard_arg(a), **self.proof(a)}))
+            a.index = a.index.without_ids()
         extra = self.reference_arg()
         if extra and self.recording is not None:
             # In place, the reference's shards as the clone holds them: a link from the
             # reference's own subvolume would fail (EXDEV).
             extra["reference_digests"] = self.out / DIGESTS_REFERENCE if self.in_place else self.reference / digests.DIR
         racy_from = manifest.own_cutoff(self.started)
-        results = self.runner.call(_engine.backup_areas, specs, jobs=self.jobs, root=self.root.fd, skip=self.skip, in_place=self.in_place, racy_from=racy_from, **extra)
+        results = self.runner.call(_engine.backup_areas, planned, jobs=self.jobs, root=self.root.fd, skip=self.skip, in_place=self.in_place, racy_from=racy_from, **extra)
         for area, result in zip(self.areas, results, strict=True):
             self.runner.note_link_fallback(result, self.exdev_hint)
             # The files this run copied within its own racily-clean window: a later snapshot

@@ -29,7 +29,7 @@ import fcntl
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,13 @@ class Index:
     next_id: int | None
     problems: list[tuple[str, int, str]]
     problem_count: int
+    #: The number of live messages: ``len(live) // 8``, kept when the buffers are let go
+    #: (:meth:`without_ids`).
+    live_count: int = -1
+
+    def __post_init__(self) -> None:
+        if self.live_count < 0:
+            self.live_count = len(self.live) // 8
 
     @classmethod
     def read(cls, path: Path, kind: AreaKind) -> Index:
@@ -100,15 +107,15 @@ class Index:
         return cls(**d)
 
     @property
-    def live_count(self) -> int:
-        """The number of live messages (``live`` holds their IDs, eight bytes each)."""
-        return len(self.live) // 8
-
-    @property
     def new_from(self) -> int:
         """The first ID not allocated when the index was copied: the ``meta`` counter, or one above the
         highest record for stores without one (never below that, whatever the counter says)."""
         return max(self.next_id or 0, self.highest + 1)
+
+    def without_ids(self) -> Index:
+        """This index with its live IDs and sizes let go, its counts kept: what a backup keeps
+        of an area once the engine holds its own copy (``_engine.BackupArea``)."""
+        return replace(self, live=b"", sizes=b"", unknown_sizes=b"", live_count=self.live_count)
 
     def summary(self) -> dict[str, Any]:
         """The index's counts as a backup's manifest records them for each area

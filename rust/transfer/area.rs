@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rustix::io::Errno;
 
 use super::{copy_plain, count_placed, record_plain, ref_of, reference_below};
-use crate::areas::{AreaState, Unseen};
+use crate::areas::{AreaState, Sizes, Unseen};
 use crate::classify::{Area, Class, Snapshot};
 use crate::digests::{MessageRecord, Source};
 use crate::error::Error;
@@ -54,7 +54,7 @@ impl<'a> AreaBackup<'a> {
     pub fn new(
         area: &'a Area,
         snap: &'a Snapshot,
-        sizes: &'a [Option<u64>],
+        sizes: &'a Sizes,
         policy: &'a LinkPolicy,
         sink: &'a Sink<'a>,
     ) -> Self {
@@ -163,7 +163,7 @@ impl<'a> AreaBackup<'a> {
         met: bool,
     ) {
         let id = self.state.id(i);
-        let reference = reference.zip(self.state.sizes[i]);
+        let reference = reference.zip(self.state.sizes.get(i));
         let proven = self.proven.get(i).copied().unwrap_or(false);
         let placed = match reference {
             Some((_, want)) if proven && self.present.is_some_and(|p| p.is_marked(i)) => {
@@ -202,7 +202,7 @@ impl<'a> AreaBackup<'a> {
         i: usize,
         placed: Placed,
     ) -> Option<u64> {
-        let want = self.state.sizes[i];
+        let want = self.state.sizes.get(i);
         let have = match placed {
             Placed::Copied(c) => c.bytes,
             Placed::Reused(n) => n,

@@ -143,7 +143,7 @@ impl Transferred {
 /// one outcome per area, in order. An area whose root or destination cannot be opened is an
 /// error event of that area.
 pub fn backup_areas(
-    jobs: &[AreaJob],
+    jobs: &[&AreaJob],
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Vec<Transferred> {

@@ -1,6 +1,7 @@
 //! Tests of area backups and plain copies on scratch trees.
 
 use super::*;
+use crate::areas::Sizes;
 use crate::classify::Snapshot;
 use crate::fsutil::join;
 use crate::fsutil::testutil::Scratch;
@@ -8,6 +9,11 @@ use crate::ids::IdSet;
 use crate::msgpath;
 use crate::progress::Progress;
 use std::os::unix::fs::MetadataExt;
+
+/// Recorded sizes from a list (None: unknown).
+fn sizes(v: &[Option<u64>]) -> Sizes {
+    v.iter().copied().collect()
+}
 
 fn area() -> Area {
     Area {
@@ -57,7 +63,7 @@ fn backup_area_links_skips_reports_and_finds_missing() {
     let p = Progress::new(false, 100);
     let sink = Sink::new(&p, b"data/accounts/x");
     let policy = LinkPolicy::new(false);
-    let sizes = [Some(7), Some(7), Some(7)]; // "msg/a/1" and "msg/a/2" hold 7 bytes
+    let sizes = sizes(&[Some(7), Some(7), Some(7)]); // "msg/a/1" and "msg/a/2" hold 7 bytes
     AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(
         fsutil::open_dir(&s.path("src")).unwrap(),
         fsutil::open_dir(&s.path("dst")).unwrap(),
@@ -110,7 +116,7 @@ fn copy_names_travel_with_the_area_as_plain_copies() {
     let p = Progress::new(false, 100);
     let sink = Sink::new(&p, b"data/accounts/x");
     let policy = LinkPolicy::new(false);
-    AreaBackup::new(&a, &snap, &[Some(3)], &policy, &sink).run(
+    AreaBackup::new(&a, &snap, &sizes(&[Some(3)]), &policy, &sink).run(
         fsutil::open_dir(&s.path("src")).unwrap(),
         fsutil::open_dir(&s.path("dst")).unwrap(),
     );
@@ -153,7 +159,7 @@ fn backup_areas_runs_every_area_in_order_below_the_anchor() {
         src: src.into(),
         area: area(),
         snap: snap(vec![1], 2),
-        sizes: vec![Some(3)],
+        sizes: sizes(&[Some(3)]),
         prefix: prefix.to_vec(),
         proven: Vec::new(),
         sealed: false,
@@ -179,7 +185,7 @@ fn backup_areas_runs_every_area_in_order_below_the_anchor() {
         ..BackupOptions::default()
     };
     let p = Progress::new(false, 100);
-    let out = backup_areas(&jobs, &opts, &p);
+    let out = backup_areas(&jobs.iter().collect::<Vec<_>>(), &opts, &p);
     let (a, b) = (get(&out[0].tally), get(&out[1].tally));
     assert_eq!((a["linked"], a["errors"], a["unrecognized"]), (1, 0, 0));
     assert_eq!((b["linked"], b["errors"]), (0, 1));
@@ -234,7 +240,7 @@ fn unreadable_message_dir_files_are_placed_by_path() {
     let p = Progress::new(false, 100);
     let sink = Sink::new(&p, b"");
     let policy = LinkPolicy::new(false);
-    AreaBackup::new(&a, &snap, &[None], &policy, &sink).run(
+    AreaBackup::new(&a, &snap, &sizes(&[None]), &policy, &sink).run(
         fsutil::open_dir(&s.path("src")).unwrap(),
         fsutil::open_dir(&s.path("dst")).unwrap(),
     );
@@ -278,7 +284,7 @@ fn a_directory_at_a_message_path_is_one_clear_error() {
     let p = Progress::new(false, 100);
     let sink = Sink::new(&p, b"");
     let policy = LinkPolicy::new(false);
-    let sizes = [None, Some(3)];
+    let sizes = sizes(&[None, Some(3)]);
     AreaBackup::new(&a, &snap, &sizes, &policy, &sink).run(
         fsutil::open_dir(&s.path("src")).unwrap(),
         fsutil::open_dir(&s.path("dst")).unwrap(),
@@ -322,7 +328,7 @@ fn placed_files_are_checked_against_their_record_sizes() {
         AreaBackup::new(
             &a,
             &snap,
-            &[Some(5), Some(9), Some(u64::MAX)],
+            &sizes(&[Some(5), Some(9), Some(u64::MAX)]),
             &policy,
             &sink,
         )
@@ -484,7 +490,7 @@ fn reuse_from_a_reference_only_for_the_same_file() {
     std::fs::create_dir(s.path("dst")).unwrap();
     let ids: Vec<u64> = (1..=8).chain([9000]).collect();
     let snap = snap(ids.clone(), 9001);
-    let sizes: Vec<Option<u64>> = ids
+    let sizes: Sizes = ids
         .iter()
         .map(|&id| {
             let n = std::fs::metadata(s.path(&format!(
@@ -581,7 +587,7 @@ fn a_failed_link_from_the_reference_is_a_counted_fallback_copy() {
     let p = Progress::new(false, 100);
     let sink = Sink::new(&p, b"");
     let policy = LinkPolicy::new(true);
-    AreaBackup::new(&a, &snap, &[Some(3)], &policy, &sink)
+    AreaBackup::new(&a, &snap, &sizes(&[Some(3)]), &policy, &sink)
         .with_reference(Some(fsutil::open_dir(&refdir).unwrap()))
         .run(
             fsutil::open_dir(&s.path("src")).unwrap(),
