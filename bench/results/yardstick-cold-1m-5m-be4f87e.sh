@@ -1,7 +1,9 @@
 #!/bin/bash
 # Cold per-file yardsticks at 1M and 5M on this machine: find's lstat walk and rm -rf of a
-# hardlink tree (cp -al, untimed), caches dropped before each timed command.
-cd /work/main
+# hardlink tree (cp -al, untimed), caches dropped before each timed command. Run as root from
+# anywhere; needs the cached stores of bench/cold.py --scale (1M and 5M, --median-size 1024).
+# The dentry hash line reads dmesg, which may have lost it since boot.
+cd "$(dirname "$0")/../.."
 out=bench/results/yardstick-cold-1m-5m-$(git rev-parse --short HEAD).txt
 {
 echo "# Cold yardsticks beside the scale runs: find's lstat walk and rm -rf of a cp -al tree"
@@ -28,4 +30,3 @@ for n in 1000000 5000000; do
   echo
 done
 } > $out 2>&1
-echo done > /work/yard.status
