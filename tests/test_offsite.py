@@ -9,6 +9,7 @@ on the servers the module shares.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -423,39 +425,41 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
     sshd: Sshd = servers["sftp"]
     t = make_target("sftp", tmp_path, servers)
     first = push(t, local, SNAP_A)
-    before = tree_listing(local.repo)
     pause_dir = tmp_path / "pause"
     pause_dir.mkdir()
     env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
-    proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
-    try:
-        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
-        # restic has reported progress and is reading the snapshot: freeze it, so that it is
-        # still mid-push when the server goes away, however fast it is.
-        restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
-        assert len(restic) == 1
-        argv = Path(f"/proc/{restic[0]}/cmdline").read_bytes().split(b"\0")
-        assert b"--parent" in argv and b"--ignore-ctime" in argv
-        assert not any(PASSWORD.encode() in a for a in argv)
-        os.kill(restic[0], signal.SIGSTOP)
-        deadline = time.monotonic() + 30
-        while not all_stopped(restic[0]):
-            assert time.monotonic() < deadline, "restic did not stop"
-            time.sleep(0.01)
-        killed = sshd.kill_all()
-        assert len(killed) >= 2, "restic's sftp session was not running"
-        os.kill(restic[0], signal.SIGCONT)
-        (pause_dir / "offsite_mid_push.go").touch()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        if sshd.proc is None or sshd.proc.poll() is not None:
-            sshd.start()
+    before = tree_listing(local.repo)
+    with slow_to_read(local, SNAP_B):
+        proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+        try:
+            wait_reached(proc, pause_dir / "offsite_mid_push.reached")
+            # restic has reported progress and is reading the snapshot, whose sparse file keeps
+            # it busy for minutes: freeze it, so that it is still mid-push when the server goes
+            # away.
+            restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
+            assert len(restic) == 1
+            argv = Path(f"/proc/{restic[0]}/cmdline").read_bytes().split(b"\0")
+            assert b"--parent" in argv and b"--ignore-ctime" in argv
+            assert not any(PASSWORD.encode() in a for a in argv)
+            os.kill(restic[0], signal.SIGSTOP)
+            deadline = time.monotonic() + 30
+            while not all_stopped(restic[0]):
+                assert time.monotonic() < deadline, "restic did not stop"
+                time.sleep(0.01)
+            killed = sshd.kill_all()
+            assert len(killed) >= 2, "restic's sftp session was not running"
+            os.kill(restic[0], signal.SIGCONT)
+            (pause_dir / "offsite_mid_push.go").touch()
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if sshd.proc is None or sshd.proc.poll() is not None:
+                sshd.start()
+    assert tree_listing(local.repo) == before
     assert proc.returncode == 1, out + err
     line = one_error_line(err)
     assert "restic backup" in line and "nothing was stored off-site" in line
-    assert tree_listing(local.repo) == before
     assert [s["short_id"] for s in t.snapshots()] == [first["restic_snapshot"][:8]]
     incremental(push(t, local, SNAP_B), first)
     # The killed restic left its lock behind, which stops restic's exclusive commands; offsite
@@ -464,6 +468,21 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
     p = t.cli("offsite", "prune", local.repo, "--keep-last", "10")
     assert p.returncode == 0, p.stdout + p.stderr
     t.restic("check")
+
+
+@contextlib.contextmanager
+def slow_to_read(local: Local, snapshot: str) -> Iterator[None]:
+    """A sparse file of 64 GiB in the snapshot while the block runs: restic reads and hashes
+    it for minutes, so a push paused at restic's first progress line is far from committing
+    when the test acts on it. (Without it, restic could finish the small snapshot on a loaded
+    machine before the test has frozen it.) Removed before the test's next push."""
+    big = local.repo / snapshot / "data" / "slow-to-read"
+    with open(big, "xb") as f:
+        f.truncate(64 << 30)
+    try:
+        yield
+    finally:
+        big.unlink()
 
 
 def wait_reached(proc: subprocess.Popen, flag: Path) -> None:
@@ -497,35 +516,84 @@ def test_interrupted_push_stops_restic_and_exits_130(small: Local, tmp_path: Pat
     pause_dir = tmp_path / "pause"
     pause_dir.mkdir()
     env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
-    proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
-    try:
-        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
-        restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
-        assert len(restic) == 1
-        os.kill(restic[0], signal.SIGSTOP)  # it stays mid-push until mailbak stops it
-        # Every thread must be stopped before the SIGINT comes: a Go thread still running would
-        # take the signal into the runtime, where it waits unseen until restic runs again.
-        deadline = time.monotonic() + 30
-        while not all_stopped(restic[0]):
-            assert time.monotonic() < deadline, "restic did not stop"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        # mailbak passes the stop on as SIGINT (restic then removes its lock); let restic run
-        # once it is pending.
-        while not pending(restic[0], signal.SIGINT):
-            assert time.monotonic() < deadline, "mailbak never sent restic SIGINT"
-            time.sleep(0.02)
-        os.kill(restic[0], signal.SIGCONT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with slow_to_read(local, SNAP_B):
+        proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+        try:
+            wait_reached(proc, pause_dir / "offsite_mid_push.reached")
+            restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
+            assert len(restic) == 1
+            os.kill(restic[0], signal.SIGSTOP)  # it stays mid-push until mailbak stops it
+            # Every thread must be stopped before the SIGINT comes: a Go thread still running
+            # would take the signal into the runtime, where it waits unseen until restic runs
+            # again.
+            deadline = time.monotonic() + 30
+            while not all_stopped(restic[0]):
+                assert time.monotonic() < deadline, "restic did not stop"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            # mailbak passes the stop on as SIGINT (restic then removes its lock); let restic
+            # run once it is pending.
+            while not pending(restic[0], signal.SIGINT):
+                assert time.monotonic() < deadline, "mailbak never sent restic SIGINT"
+                time.sleep(0.02)
+            os.kill(restic[0], signal.SIGCONT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 130, out + err
     assert "interrupted" in err and "nothing was stored off-site" in err
     assert not os.path.exists(f"/proc/{restic[0]}") or comm(restic[0]) != "restic"
     assert len(t.snapshots()) == 1
     t.restic("check")  # restic stopped cleanly: no lock left behind
     incremental(push(t, local, SNAP_B), first)
+
+
+def test_push_stopped_after_restic_finished_says_it_is_off_site(small: Local, tmp_path: Path, servers):
+    """A stop that comes after restic has committed and reported its snapshot (while mailbak had
+    not read the report yet) exits 130, and says the snapshot is off-site: it is, and the next
+    push finds it there."""
+    local = small
+    t = make_target("local", tmp_path, servers)
+    push(t, local, SNAP_A)
+    pause_dir = tmp_path / "pause"
+    pause_dir.mkdir()
+    env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
+    proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+    try:
+        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
+        restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
+        assert len(restic) == 1
+        # mailbak, paused, reads nothing; restic ends anyway (what is left of its output fits the
+        # pipe) and stays a zombie until mailbak waits for it.
+        deadline = time.monotonic() + 60
+        while state(restic[0]) != "Z":
+            assert time.monotonic() < deadline, "restic did not finish"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    snaps = t.snapshots()
+    assert len(snaps) == 2
+    new = [s for s in snaps if f"mailbak-snapshot={SNAP_B}" in s.get("tags", [])]
+    assert len(new) == 1, snaps
+    assert proc.returncode == 130, out + err
+    said = [ln for ln in err.splitlines() if ln.startswith("mailbak: interrupted")]
+    assert len(said) == 1, err
+    assert f"restic had finished before it was stopped: {SNAP_B} is off-site as restic snapshot {new[0]['short_id']}" in said[0], err
+    assert "nothing was stored" not in err and "Traceback" not in err
+    again = t.cli("offsite", "push", local.repo, SNAP_B)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already off-site" in again.stdout + again.stderr
+    assert len(t.snapshots()) == 2
+
+
+def state(pid: int) -> str:
+    """The state letter of process ``pid`` (R, S, T, Z...), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
 
 
 def test_restic_missing_exits_2_with_hint(small: Local, tmp_path: Path, servers):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mailbak import digests, manifest
-from mailbak.errors import ManifestError, ResticError, UsageError
+from mailbak.errors import Interrupted, ManifestError, ResticError, UsageError
 from mailbak.fsio import descend, open_dir
 from mailbak.job import Metrics, Stage, files_from, run_within
 from mailbak.layout import QUEUE_DIR, AreaKind, area_rel, message_rel
@@ -178,6 +179,9 @@ class Push:
         #: The summary's title and table (set by run()).
         self.title = ""
         self.rows: list[tuple[str, ...]] | None = None
+        #: (snapshot, restic snapshot ID) of a push whose restic finished before a stop reached
+        #: it: what an interrupted run then says it left behind.
+        self.stored: tuple[str, str] | None = None
 
     def check(self) -> None:
         """Finds restic and the repository."""
@@ -207,7 +211,11 @@ class Push:
         args = ["backup", "--ignore-ctime", "--time", _restic_time(snap.start), *[a for t in tags for a in ("--tag", t)]]
         if parent is not None:
             args += ["--parent", parent.id]
-        self.result = _run_backup(restic, args + ["."], repo, snap, parent, reporter)
+
+        def stored(restic_id: str) -> None:
+            self.stored = (snap.name, restic_id)
+
+        self.result = _run_backup(restic, args + ["."], repo, snap, parent, reporter, on_stopped_after=stored)
         self.title = f"offsite push {self.result.status}: {snap.name} as restic snapshot {self.result.restic_snapshot}"
         self.rows = self.result.table()
         return self.result.status
@@ -231,7 +239,11 @@ class Push:
             self.lock = None
 
     def left_behind(self, stage: Stage | None) -> str:
-        """restic commits a snapshot last: a stopped push stored nothing."""
+        """restic commits a snapshot last and then reports it: a push stopped before that report
+        stored nothing. One that had reported it (restic done before the stop reached it) did."""
+        if self.stored is not None:
+            name, restic_id = self.stored
+            return f"restic had finished before it was stopped: {name} is off-site as restic snapshot {restic_id[:8]}; nothing local changed"
         return "restic was stopped; nothing was stored off-site, nothing local changed"
 
     def metrics(self, facts: dict[str, Any] | None) -> Metrics:
@@ -239,26 +251,37 @@ class Push:
         return Metrics(files_from(self.file_kinds, facts, key=lambda k: f"files_{k}"), (facts or {}).get("bytes_added", 0))
 
 
-def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: SnapshotInfo, parent: OffsiteSnapshot | None, reporter: Reporter) -> PushResult:
-    """Runs ``restic backup`` inside the snapshot, relaying its JSON stream to ``reporter``."""
+def _run_backup(restic: Restic, args: list[str], repo: Repository, snap: SnapshotInfo, parent: OffsiteSnapshot | None, reporter: Reporter, on_stopped_after: Callable[[str], None]) -> PushResult:
+    """Runs ``restic backup`` inside the snapshot, relaying its JSON stream to ``reporter``.
+    Interrupted after restic reported its snapshot: ``on_stopped_after(restic ID)``, then the
+    interruption goes on."""
     reporter.phase("push")
     summary: dict[str, Any] | None = None
     paused = False
     abs_snap = os.path.abspath(snap.path)
-    with restic.start(*args, cwd=snap.path) as run:
-        for doc in run.messages():
-            kind = doc.get("message_type")
-            if kind == "status":
-                if not paused:
-                    # Test-only: restic has started reading the snapshot and has committed nothing.
-                    paused = True
-                    pause("offsite_mid_push")
-                reporter.advance(int(doc.get("files_done") or 0), int(doc.get("total_files") or 0) or None)
-            elif kind == "error":
-                run.errors.append(doc)
-            elif kind == "summary":
-                summary = doc
-        status = run.wait()
+    run = restic.start(*args, cwd=snap.path)
+    try:
+        with run:
+            for doc in run.messages():
+                kind = doc.get("message_type")
+                if kind == "status":
+                    if not paused:
+                        # Test-only: restic has started reading the snapshot.
+                        paused = True
+                        pause("offsite_mid_push")
+                    reporter.advance(int(doc.get("files_done") or 0), int(doc.get("total_files") or 0) or None)
+                elif kind == "error":
+                    run.errors.append(doc)
+                elif kind == "summary":
+                    summary = doc
+            status = run.wait()
+    except Interrupted:
+        # restic may have committed and reported its snapshot before the stop reached it (read
+        # already, or left in the pipe while this process was not reading).
+        done = next((d for d in reversed(run.unread) if d.get("message_type") == "summary"), summary)
+        if done and done.get("snapshot_id"):
+            on_stopped_after(str(done["snapshot_id"]))
+        raise
     for doc in run.errors:
         item = doc.get("item") or None
         if isinstance(item, str) and item.startswith(f"{abs_snap}/"):
@@ -580,6 +603,9 @@ class OffsitePrune:
         self.dry_run = dry_run
         self.result: PruneResult | None = None
         self.rows: list[tuple[str, ...]] | None = None
+        #: (snapshot, restic snapshot ID) of a push whose restic finished before a stop reached
+        #: it: what an interrupted run then says it left behind.
+        self.stored: tuple[str, str] | None = None
 
     def check(self) -> None:
         """Finds restic and the repository."""

@@ -21,6 +21,7 @@ that version has.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -248,6 +249,9 @@ class ResticRun:
         self.stderr: deque[str] = deque(maxlen=STDERR_LINES)
         #: restic's JSON error objects from stderr (up to MAX_ERRORS); the caller adds those of stdout.
         self.errors: list[dict[str, Any]] = []
+        #: After a stop (the block left by an exception): the JSON messages restic printed that
+        #: were not read, such as the summary of a backup that finished before the stop came.
+        self.unread: list[dict[str, Any]] = []
         self._drain = threading.Thread(target=self._drain_stderr, name="restic-stderr", daemon=True)
         self._drain.start()
 
@@ -274,8 +278,24 @@ class ResticRun:
         try:
             if kind is not None:
                 stop(self.proc)
+                self.unread = self._rest()
         finally:
             self._drain.join(5)
+
+    def _rest(self) -> list[dict[str, Any]]:
+        """Once restic has ended: its stdout's messages not read yet (what a stopped reader left
+        in the pipe). Read by a thread given a few seconds: a child restic started could still
+        hold the pipe open."""
+        rest: list[dict[str, Any]] = []
+
+        def read() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                rest.extend(json_lines(self.proc.stdout))
+
+        reader = threading.Thread(target=read, name="restic-stdout", daemon=True)
+        reader.start()
+        reader.join(5)
+        return list(rest)
 
 
 def error_line(stderr: str, status: int, repos: tuple[str, ...] = ()) -> str:
