@@ -34,9 +34,12 @@ Cold mode (BENCHMARKS.md, "Cold caches (issue 22)", has the why). Per size and r
 Scale mode (--scale): per size, a store made with ``gen --median-size`` (1024 by default, so
 that 5,000,000 messages fit the disk), W and the image as above, and timed, each after dropping
 the caches (--warm: never dropped): the first snapshot (backup), churn, the second snapshot
-(nightly), ``mailbak verify`` of the second snapshot, and the prune of the first. Reported:
-µs per message per step and size, whether it is flat (largest size ÷ smallest ≤ 1.25) and the
-peak RSS (≤ 300 MB).
+(nightly), ``mailbak verify`` of the second snapshot, beside it a cold ``find -printf '%s'`` of
+the same snapshot (the peer of verify's walk: a lookup and a stat per file), the prune of the
+first, and beside it ``rm -rf`` of a ``cp -al`` of the second (the peer of prune's walk: an
+unlink per file). Reported: µs per message per step and size, whether it is flat (largest size
+÷ smallest ≤ 1.25), how the peers grew in the same run (what the kernel and the disk charge
+per file at each size, which mailbak cannot go below), and the peak RSS (≤ 300 MB).
 
 Without root, a loop device or a writable /proc/sys/vm/drop_caches, --smoke says so in its
 header and runs on a plain directory, with warm caches; a real run refuses.
@@ -127,6 +130,12 @@ SCALE_STEPS = (
     ("verify", "`mailbak verify REPO/SECOND`"),
     ("prune", "`mailbak prune REPO --keep-last 1 --no-nice`"),
 )
+#: Scale mode's peers, each timed beside the mailbak step that walks the file system the same way.
+SCALE_PEERS = (
+    ("find", "peer of verify: `find REPO/SECOND -printf '%s\\n'`"),
+    ("rm", "peer of prune: `rm -rf` of a `cp -al` of REPO/SECOND"),
+)
+SCALE_PAIRS = (("verify", "find"), ("prune", "rm"))
 
 
 # Conditions: dropped caches, the image -------------------------------------------------------
@@ -270,11 +279,11 @@ def repo_place(work_dir: Path, cond: Conditions, store: Path, facts: dict) -> It
 # Timed steps ---------------------------------------------------------------------------------
 
 
-def timed(cond: Conditions, name: str, argv: list[str], log_path: Path, label: str) -> Sample:
+def timed(cond: Conditions, name: str, argv: list[str], log_path: Path, label: str, *, discard_stdout: bool = False) -> Sample:
     """Runs one step after settling (and, cold, dropping the caches)."""
     cond.settle()
     try:
-        sample = run_once(argv, discard_stdout=False, log_path=log_path)
+        sample = run_once(argv, discard_stdout=discard_stdout, log_path=log_path)
     except HarnessError as e:
         raise HarnessError(f"{label} {name}: {e}") from None
     log(f"  {label} {name}: {sample.seconds:.3f} s, {sample.rss_kib / 1024:.0f} MiB")
@@ -401,9 +410,14 @@ def scale_round(n: int, round_no: int, cache_store: Path, facts: dict, places: P
         s["nightly"] = timed(cond, "nightly", mailbak_cli("backup", str(work), str(repo)), log_path, label)
         second = new_snapshot(repo, [first["snapshot"]])
         out["second_transfer"] = second.get("transfer")
-        s["verify"] = timed(cond, "verify", mailbak_cli("verify", str(repo / second["snapshot"])), log_path, label)
+        kept = repo / second["snapshot"]
+        s["verify"] = timed(cond, "verify", mailbak_cli("verify", str(kept)), log_path, label)
+        s["find"] = timed(cond, "find", ["find", str(kept), "-printf", "%s\n"], log_path, label, discard_stdout=True)
         s["prune"] = timed(cond, "prune", mailbak_cli("prune", str(repo), "--keep-last", "1", "--no-nice"), log_path, label)
         only_snapshot(repo, second["snapshot"], label, "prune")
+        rm_tree = mnt / "rm-tree"
+        run_checked(["cp", "-al", str(kept), str(rm_tree)], "cp -al for rm -rf")
+        s["rm"] = timed(cond, "rm -rf", ["rm", "-rf", "--", str(rm_tree)], log_path, label)
         out["repo_used_bytes_end"] = used(mnt)
     out["work_store_bytes"] = du_bytes(work)
     remove_tree(work_dir)
@@ -502,15 +516,27 @@ def facts_lines(rounds: list[dict]) -> str:
 
 
 def scaling(sizes: list[int], per_size: dict[int, list[dict]], floor_kib: int) -> tuple[str, list[list[str]], dict]:
+    """µs per message per step and size; the checks: each mailbak step's growth from the
+    smallest size to the largest (the target), each peer's, and each step's growth divided by
+    its peer's (what is mailbak's own); the peak RSS of the mailbak steps."""
     rows, checks, data = [], [], {}
-    for step, title in SCALE_STEPS:
+    growth: dict[str, float] = {}
+    for step, title in (*SCALE_STEPS, *SCALE_PEERS):
         meds = [med(per_size[n], step) for n in sizes]
         rows.append([title, *(f"{m / n * 1e6:.2f}" if m is not None else "—" for m, n in zip(meds, sizes, strict=True))])
         if len(sizes) > 1 and meds[0] and meds[-1]:
-            value = (meds[-1] / sizes[-1]) / (meds[0] / sizes[0])
-            checks.append([f"{title}: µs/message at {sizes[-1]:,} ÷ at {sizes[0]:,}", f"**{value:.2f}**", f"≤ {TARGET_FLAT}", verdict(value, TARGET_FLAT)])
-            data[step] = {"value": value, "target": TARGET_FLAT, "pass": value <= TARGET_FLAT}
-    peak = max(r["samples"][k]["rss_kib"] for rs in per_size.values() for r in rs for k in r["samples"]) * 1024
+            growth[step] = value = (meds[-1] / sizes[-1]) / (meds[0] / sizes[0])
+            is_peer = step in dict(SCALE_PEERS)
+            target = None if is_peer else TARGET_FLAT
+            checks.append([f"{title}: µs/message at {sizes[-1]:,} ÷ at {sizes[0]:,}", f"**{value:.2f}**", "— (peer)" if is_peer else f"≤ {TARGET_FLAT}", "" if is_peer else verdict(value, TARGET_FLAT)])
+            data[step] = {"value": value, "target": target, "pass": None if is_peer else value <= TARGET_FLAT}
+    for step, peer in SCALE_PAIRS:
+        if step in growth and peer in growth:
+            value = growth[step] / growth[peer]
+            checks.append([f"{step}'s growth ÷ {peer}'s (mailbak's own)", f"{value:.2f}", "—", ""])
+            data[f"{step}_vs_{peer}"] = {"value": value}
+    mine = dict(SCALE_STEPS)
+    peak = max(r["samples"][k]["rss_kib"] for rs in per_size.values() for r in rs for k in r["samples"] if k in mine) * 1024
     checks.append(["peak RSS of every step, every size", f"**{peak / 1e6:.0f} MB**", f"≤ {TARGET_SCALE_RSS_BYTES / 1e6:.0f} MB", verdict(peak, TARGET_SCALE_RSS_BYTES)])
     data["peak_rss"] = {"bytes": peak, "target": TARGET_SCALE_RSS_BYTES, "pass": peak <= TARGET_SCALE_RSS_BYTES}
     return markdown_table(["step", *(f"{n:,}" for n in sizes)], rows), checks, data
@@ -590,7 +616,7 @@ def run(args: argparse.Namespace, roots: dict[str, Path]) -> None:
         entry: dict = {"messages": n, "store": str(cache_store), "store_facts": facts, "rss_floor_kib": floor, "rounds": rounds}
         print(f"## {n:,} messages, {args.accounts} accounts (seed {args.seed})\n")
         print(f"Store: {facts['disk_bytes'] / 1e9:.2f} GB on disk. {args.rounds} round(s). Cached store unchanged after every round.\n")
-        print(f"{steps_table(rounds, SCALE_STEPS if args.scale else COLD_STEPS, n, floor)}\n\n{facts_lines(rounds)}\n")
+        print(f"{steps_table(rounds, (*SCALE_STEPS, *SCALE_PEERS) if args.scale else COLD_STEPS, n, floor)}\n\n{facts_lines(rounds)}\n")
         if not args.scale:
             rows, entry["targets"] = cold_targets(rounds, warm=not cond.drop)
             print(f"### Ratios, {n:,} messages\n\n{markdown_table(['ratio', 'measured (medians)', 'target', ''], rows)}\n")

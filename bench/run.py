@@ -508,6 +508,24 @@ def dentry_hash_entries() -> int | None:
     return memo.get("entries") if boot and memo.get("boot_id") == boot else None
 
 
+def free_page_reporting() -> bool | None:
+    """Whether this is a virtual machine whose balloon device hands freed guest memory back to
+    the host (virtio feature bit 5, VIRTIO_BALLOON_F_REPORTING, with the driver bound). Then a
+    page the kernel takes again after a while costs a host fault on first touch: a cold run that
+    instantiates millions of inodes pays it per inode, and more of it at 5M than at 1M (the
+    profile in BENCHMARKS.md, "Part 4"). None when there is no balloon device."""
+    found = None
+    for dev in Path("/sys/bus/virtio/devices").glob("*"):
+        try:
+            if (dev / "device").read_text().strip() != "0x0005":
+                continue
+            features = (dev / "features").read_text().strip()
+        except OSError:
+            continue
+        found = bool(found) or ((dev / "driver").exists() and len(features) > 5 and features[5] == "1")
+    return found
+
+
 def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:
     return {
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -518,6 +536,7 @@ def machine_info(places: Places, argv: list[str], mailbak: dict) -> dict:
         "memory_gib": meminfo_gib(),
         "kernel": platform.release(),
         "dentry_hash_entries": dentry_hash_entries(),
+        "balloon_free_page_reporting": free_page_reporting(),
         "python": platform.python_version(),
         "mailbak": mailbak["version"],
         "mailbak_commit": source_commit(),

@@ -157,7 +157,8 @@ def test_bench_cold_smoke(tmp_path):
 
 def test_bench_cold_scale_smoke(tmp_path):
     # bench/cold.py --scale --smoke: backup, nightly, verify and prune of a store generated with
-    # gen --median-size 1024 run once, each with its µs/message and the peak RSS check.
+    # gen --median-size 1024 run once, each with its µs/message and the peak RSS check; beside
+    # verify and prune their peers (find, rm -rf); the balloon's free page reporting recorded.
     raw = tmp_path / "raw.json"
     argv = [sys.executable, str(COLD_BENCH), "--scale", "--smoke", "--json", str(raw)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
@@ -167,7 +168,9 @@ def test_bench_cold_scale_smoke(tmp_path):
     (size,) = report["sizes"]
     assert size["store_facts"]["median_size"] == 1024
     (round_,) = size["rounds"]
-    assert set(round_["samples"]) == {"backup", "nightly", "verify", "prune"}
+    assert set(round_["samples"]) == {"backup", "nightly", "verify", "find", "prune", "rm"}
+    assert all(x["seconds"] > 0 for x in round_["samples"].values())
+    assert "balloon_free_page_reporting" in report["machine"]
     assert round_["second_transfer"]["reused"] > 0
     assert report["scale"]["peak_rss"]["pass"] is True
     assert "## Scale: µs per message" in done.stdout
