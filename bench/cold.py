@@ -286,7 +286,7 @@ def timed(cond: Conditions, name: str, argv: list[str], log_path: Path, label: s
         sample = run_once(argv, discard_stdout=discard_stdout, log_path=log_path)
     except HarnessError as e:
         raise HarnessError(f"{label} {name}: {e}") from None
-    log(f"  {label} {name}: {sample.seconds:.3f} s, {sample.rss_kib / 1024:.0f} MiB")
+    log(f"  {label} {name}: {sample.seconds:.3f} s (CPU user {sample.user_s:.2f} s, system {sample.sys_s:.2f} s), {sample.rss_kib / 1024:.0f} MiB")
     return sample
 
 
@@ -447,12 +447,15 @@ def steps_table(rounds: list[dict], steps: tuple, n: int, floor_kib: int) -> str
     for step, title in steps:
         xs = [r["samples"][step] for r in rounds if step in r["samples"]]
         if not xs:
-            rows.append([title, "not measured", "", "", "", ""])
+            rows.append([title, "not measured", "", "", "", "", ""])
             continue
         t = [x["seconds"] for x in xs]
         peak = max(x["rss_kib"] for x in xs)
-        rows.append([title, f"{statistics.median(t):.3f}", f"{min(t):.3f}", f"{max(t):.3f}", rss_cell(peak, floor_kib), f"{statistics.median(t) / n * 1e6:.2f}"])
-    return markdown_table(["step", "median s", "min s", "max s", "peak RSS MiB", "µs/message"], rows)
+        # CPU: user is the command's own work, system the kernel's for it (results made before
+        # they were recorded have neither).
+        cpu = f"{statistics.median(x['user_s'] for x in xs):.2f} / {statistics.median(x['sys_s'] for x in xs):.2f}" if all("user_s" in x for x in xs) else "—"
+        rows.append([title, f"{statistics.median(t):.3f}", f"{min(t):.3f}", f"{max(t):.3f}", cpu, rss_cell(peak, floor_kib), f"{statistics.median(t) / n * 1e6:.2f}"])
+    return markdown_table(["step", "median s", "min s", "max s", "CPU user / system s", "peak RSS MiB", "µs/message"], rows)
 
 
 def verdict(value: float | None, target: float) -> str:

@@ -371,7 +371,7 @@ def timed(name: str, argv: list[str], log_path: Path, label: str) -> Sample:
 
 
 def sample_json(s: Sample) -> dict:
-    return {"seconds": s.seconds, "rss_kib": s.rss_kib}
+    return {"seconds": s.seconds, "rss_kib": s.rss_kib, "user_s": round(s.user_s, 3), "sys_s": round(s.sys_s, 3)}
 
 
 def run_round(n: int, round_no: int, cache_store: Path, facts: dict, places: Places, caps: dict, log_path: Path, seed: int) -> dict:

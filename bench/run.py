@@ -259,6 +259,10 @@ def ensure_rsync() -> str | None:
 class Sample:
     seconds: float
     rss_kib: int
+    #: CPU time of the command (and the children it waited for): user (its own work) and
+    #: system (the kernel's on its behalf), which tell mailbak's cost from the file system's.
+    user_s: float = 0.0
+    sys_s: float = 0.0
 
 
 @dataclass
@@ -296,7 +300,7 @@ def run_once(argv: list[str], *, discard_stdout: bool, log_path: Path) -> Sample
     if proc.returncode != 0:
         lines = log_path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
         raise HarnessError(f"{shlex.join(argv)} exited with status {proc.returncode}; its output (last {TAIL_LINES} lines):\n" + "\n".join(lines))
-    return Sample(seconds, usage.ru_maxrss)  # KiB on Linux
+    return Sample(seconds, usage.ru_maxrss, usage.ru_utime, usage.ru_stime)  # ru_maxrss: KiB on Linux
 
 
 def rss_floor_kib() -> int:

@@ -169,7 +169,7 @@ def test_bench_cold_scale_smoke(tmp_path):
     assert size["store_facts"]["median_size"] == 1024
     (round_,) = size["rounds"]
     assert set(round_["samples"]) == {"backup", "nightly", "verify", "find", "prune", "rm"}
-    assert all(x["seconds"] > 0 for x in round_["samples"].values())
+    assert all(x["seconds"] > 0 and x["user_s"] + x["sys_s"] > 0 for x in round_["samples"].values())
     assert "balloon_free_page_reporting" in report["machine"]
     assert round_["second_transfer"]["reused"] > 0
     assert report["scale"]["peak_rss"]["pass"] is True
