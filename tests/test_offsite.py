@@ -425,30 +425,19 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
     sshd: Sshd = servers["sftp"]
     t = make_target("sftp", tmp_path, servers)
     first = push(t, local, SNAP_A)
-    pause_dir = tmp_path / "pause"
-    pause_dir.mkdir()
-    env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
     before = tree_listing(local.repo)
     with slow_to_read(local, SNAP_B):
-        proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+        proc, pause_dir, restic = push_paused(t, local, tmp_path)
         try:
-            wait_reached(proc, pause_dir / "offsite_mid_push.reached")
-            # restic has reported progress and is reading the snapshot, whose sparse file keeps
-            # it busy for minutes: freeze it, so that it is still mid-push when the server goes
-            # away.
-            restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
-            assert len(restic) == 1
-            argv = Path(f"/proc/{restic[0]}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{restic}/cmdline").read_bytes().split(b"\0")
             assert b"--parent" in argv and b"--ignore-ctime" in argv
             assert not any(PASSWORD.encode() in a for a in argv)
-            os.kill(restic[0], signal.SIGSTOP)
-            deadline = time.monotonic() + 30
-            while not all_stopped(restic[0]):
-                assert time.monotonic() < deadline, "restic did not stop"
-                time.sleep(0.01)
+            # restic is reading the snapshot, whose sparse file keeps it busy for minutes:
+            # frozen, it is still mid-push when the server goes away.
+            freeze(restic)
             killed = sshd.kill_all()
             assert len(killed) >= 2, "restic's sftp session was not running"
-            os.kill(restic[0], signal.SIGCONT)
+            os.kill(restic, signal.SIGCONT)
             (pause_dir / "offsite_mid_push.go").touch()
             out, err = proc.communicate(timeout=120)
         finally:
@@ -468,6 +457,35 @@ def test_server_stopped_mid_push_then_next_push_incremental(small: Local, tmp_pa
     p = t.cli("offsite", "prune", local.repo, "--keep-last", "10")
     assert p.returncode == 0, p.stdout + p.stderr
     t.restic("check")
+
+
+def push_paused(t: Target, local: Local, tmp_path: Path) -> tuple[subprocess.Popen, Path, int]:
+    """Starts ``offsite push SNAP_B`` with the test pause at restic's first progress line;
+    returns once it is there: the process, the pause directory, and restic's PID."""
+    pause_dir = tmp_path / "pause"
+    pause_dir.mkdir()
+    env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
+    proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+    try:
+        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
+        restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
+        assert len(restic) == 1
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, pause_dir, restic[0]
+
+
+def freeze(pid: int) -> None:
+    """Stops process ``pid`` (SIGSTOP) and waits until every thread of it is stopped: a Go
+    thread still running would take a later signal into the runtime, where it waits unseen
+    until the process runs again."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while not all_stopped(pid):
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)
 
 
 @contextlib.contextmanager
@@ -513,37 +531,25 @@ def test_interrupted_push_stops_restic_and_exits_130(small: Local, tmp_path: Pat
     local = small
     t = make_target("local", tmp_path, servers)
     first = push(t, local, SNAP_A)
-    pause_dir = tmp_path / "pause"
-    pause_dir.mkdir()
-    env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
     with slow_to_read(local, SNAP_B):
-        proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+        proc, _, restic = push_paused(t, local, tmp_path)
         try:
-            wait_reached(proc, pause_dir / "offsite_mid_push.reached")
-            restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
-            assert len(restic) == 1
-            os.kill(restic[0], signal.SIGSTOP)  # it stays mid-push until mailbak stops it
-            # Every thread must be stopped before the SIGINT comes: a Go thread still running
-            # would take the signal into the runtime, where it waits unseen until restic runs
-            # again.
-            deadline = time.monotonic() + 30
-            while not all_stopped(restic[0]):
-                assert time.monotonic() < deadline, "restic did not stop"
-                time.sleep(0.01)
+            freeze(restic)  # it stays mid-push until mailbak stops it
             proc.send_signal(signal.SIGTERM)
             # mailbak passes the stop on as SIGINT (restic then removes its lock); let restic
             # run once it is pending.
-            while not pending(restic[0], signal.SIGINT):
+            deadline = time.monotonic() + 30
+            while not pending(restic, signal.SIGINT):
                 assert time.monotonic() < deadline, "mailbak never sent restic SIGINT"
                 time.sleep(0.02)
-            os.kill(restic[0], signal.SIGCONT)
+            os.kill(restic, signal.SIGCONT)
             out, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 130, out + err
     assert "interrupted" in err and "nothing was stored off-site" in err
-    assert not os.path.exists(f"/proc/{restic[0]}") or comm(restic[0]) != "restic"
+    assert not os.path.exists(f"/proc/{restic}") or comm(restic) != "restic"
     assert len(t.snapshots()) == 1
     t.restic("check")  # restic stopped cleanly: no lock left behind
     incremental(push(t, local, SNAP_B), first)
@@ -556,18 +562,12 @@ def test_push_stopped_after_restic_finished_says_it_is_off_site(small: Local, tm
     local = small
     t = make_target("local", tmp_path, servers)
     push(t, local, SNAP_A)
-    pause_dir = tmp_path / "pause"
-    pause_dir.mkdir()
-    env = {**t.env, "MAILBAK_TEST_PAUSE": "offsite_mid_push", "MAILBAK_TEST_PAUSE_DIR": str(pause_dir)}
-    proc = t.cli("offsite", "push", local.repo, SNAP_B, env=env, popen=True)
+    proc, _, restic = push_paused(t, local, tmp_path)
     try:
-        wait_reached(proc, pause_dir / "offsite_mid_push.reached")
-        restic = [p for p in descendants(proc.pid) if comm(p) == "restic"]
-        assert len(restic) == 1
         # mailbak, paused, reads nothing; restic ends anyway (what is left of its output fits the
         # pipe) and stays a zombie until mailbak waits for it.
         deadline = time.monotonic() + 60
-        while state(restic[0]) != "Z":
+        while state(restic) != "Z":
             assert time.monotonic() < deadline, "restic did not finish"
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
