@@ -513,11 +513,7 @@ def wait_reached(proc: subprocess.Popen, flag: Path) -> None:
 
 def all_stopped(pid: int) -> bool:
     """Whether every thread of process ``pid`` is stopped (state T in /proc/PID/task/*/stat)."""
-    states = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        states.append(stat[stat.rindex(")") + 2])
-    return all(st == "T" for st in states)
+    return all(state(f"{pid}/task/{tid}") == "T" for tid in os.listdir(f"/proc/{pid}/task"))
 
 
 def pending(pid: int, sig: int) -> bool:
@@ -590,8 +586,9 @@ def test_push_stopped_after_restic_finished_says_it_is_off_site(small: Local, tm
     assert len(t.snapshots()) == 2
 
 
-def state(pid: int) -> str:
-    """The state letter of process ``pid`` (R, S, T, Z...), from /proc/PID/stat."""
+def state(pid: int | str) -> str:
+    """The state letter (R, S, T, Z...) of process ``pid``, or of a thread ("PID/task/TID"), from
+    its /proc stat (the field after the name, which may hold spaces and parentheses)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rindex(")") + 2]
 

@@ -603,9 +603,6 @@ class OffsitePrune:
         self.dry_run = dry_run
         self.result: PruneResult | None = None
         self.rows: list[tuple[str, ...]] | None = None
-        #: (snapshot, restic snapshot ID) of a push whose restic finished before a stop reached
-        #: it: what an interrupted run then says it left behind.
-        self.stored: tuple[str, str] | None = None
 
     def check(self) -> None:
         """Finds restic and the repository."""
